@@ -1,0 +1,29 @@
+"""Opaque keyset cursors shared by every repository adapter."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime
+
+from insider.domain import MessageStatus
+from insider.ports import InvalidCursor
+
+
+def encode_cursor(status: MessageStatus, key: datetime, message_id: int) -> str:
+    raw = json.dumps([status.value, key.isoformat(), message_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, status: MessageStatus) -> tuple[datetime, int]:
+    """The (sort key, id) after which the next page starts; InvalidCursor if forged or stale."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        value, key, message_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        parsed = datetime.fromisoformat(key)
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise InvalidCursor("cursor is not one this service handed out") from None
+    if value != status.value or not isinstance(message_id, int) or parsed.tzinfo is None:
+        raise InvalidCursor("cursor belongs to another listing")
+    return parsed, message_id

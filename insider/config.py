@@ -1,0 +1,244 @@
+"""Typed settings from config/defaults.env, then .env, then the environment; clear errors."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from dotenv import dotenv_values
+
+PREFIX = "INSIDER_"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "console", "json")
+
+
+class ConfigError(ValueError):
+    """A setting with a value that cannot be used; the message names the variable."""
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``120``, ``0.5``, ``500ms``, ``30s``, ``2m``, ``1h`` or ``7d``."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"expected seconds (120, 0.5) or a duration (500ms, 30s, 2m, 1h), got {text!r}")
+    value = float(match.group(1)) * _UNIT_S[match.group(2)]
+    if not math.isfinite(value):
+        raise ValueError(f"duration out of range: {text!r}")
+    return value
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a number from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _duration_at_least(low: float, *, allow_zero: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = parse_duration(text)
+        if value == 0 and allow_zero:
+            return value
+        if value < low or value == 0:
+            raise ValueError(f"expected a duration above {low:g}s, got {text!r}")
+        return value
+
+    return parse
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _url(*schemes: str, optional: bool = False) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip()
+        if not value and optional:
+            return ""
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not (parts.netloc or parts.path):
+            raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        return value
+
+    return parse
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+# name (without the prefix) -> (field, parser)
+_PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "DATABASE_URL": ("database_url", _url("postgresql", "postgres")),
+    "REDIS_URL": ("redis_url", _url("redis", "rediss", "unix", optional=True)),
+    "REDIS_PREFIX": ("redis_prefix", _text),
+    "REDIS_TTL": ("redis_ttl_s", _duration_at_least(1)),
+    "WEBHOOK_URL": ("webhook_url", _url("http", "https", optional=True)),
+    "WEBHOOK_AUTH_KEY": ("webhook_auth_key", _text),
+    "WEBHOOK_TIMEOUT": ("webhook_timeout_s", _duration_at_least(0.001)),
+    "BATCH_SIZE": ("batch_size", _int_between(1, 10_000)),
+    "SEND_INTERVAL": ("send_interval_s", _duration_at_least(0, allow_zero=True)),
+    "SEND_CONCURRENCY": ("send_concurrency", _int_between(1, 1_000)),
+    "CONTENT_MAX_LENGTH": ("content_max_length", _int_between(1, 100_000)),
+    "AUTOSTART": ("autostart", parse_bool),
+    "MAX_ATTEMPTS": ("max_attempts", _int_between(1, 1_000)),
+    "RETRY_BACKOFF": ("retry_backoff_s", _duration_at_least(0.001)),
+    "RETRY_BACKOFF_MAX": ("retry_backoff_max_s", _duration_at_least(0.001)),
+    "SHUTDOWN_TIMEOUT": ("shutdown_timeout_s", _duration_at_least(0, allow_zero=True)),
+    "HOST": ("host", _text),
+    "PORT": ("port", _int_between(0, 65_535)),
+    "LOG_LEVEL": ("log_level", _choice(*LOG_LEVELS)),
+    "LOG_FORMAT": ("log_format", _choice(*LOG_FORMATS)),
+}
+# The test suite's own variables (INSIDER_TEST_DATABASE_URL, ...), not settings.
+_TEST_PREFIX = PREFIX + "TEST_"
+# Variables the loader itself reads, not settings.
+_META = {"CONFIG_FILE"}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of the service, parsed and checked.
+
+    Build one with :func:`load_settings`, or directly when embedding.
+    """
+
+    database_url: str
+    redis_url: str
+    redis_prefix: str
+    redis_ttl_s: float
+    webhook_url: str
+    webhook_auth_key: str
+    webhook_timeout_s: float
+    batch_size: int
+    send_interval_s: float
+    send_concurrency: int
+    content_max_length: int
+    autostart: bool
+    max_attempts: int
+    retry_backoff_s: float
+    retry_backoff_max_s: float
+    shutdown_timeout_s: float
+    host: str
+    port: int
+    log_level: str
+    log_format: str
+
+    @property
+    def lease_s(self) -> float:
+        """How long a claim holds: every wave of a batch may take the webhook timeout.
+
+        A batch sends in ceil(batch / concurrency) waves, each bounded by the timeout;
+        the margin covers recording the outcome. A process that dies leaves its claims
+        to be taken again after this long.
+        """
+        waves = math.ceil(self.batch_size / self.send_concurrency)
+        return waves * self.webhook_timeout_s + 30.0
+
+    def __repr__(self) -> str:  # the auth key must never reach a log or a traceback
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["webhook_auth_key"] = "***" if self.webhook_auth_key else ""
+        shown["database_url"] = mask_url(self.database_url)
+        shown["redis_url"] = mask_url(self.redis_url)
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+
+# libpq also takes the password as a query parameter: postgresql://host/db?password=...
+_QUERY_PASSWORD = re.compile(r"(?i)(^|&)(password=)[^&]*")
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password (in the user info or the query) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL we can take apart: show nothing of it
+        return "***" if url else ""
+    if password is not None:
+        host = parts.netloc.rsplit("@", 1)[-1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    if parts.query:
+        parts = parts._replace(query=_QUERY_PASSWORD.sub(r"\1\2***", parts.query))
+    return urlunsplit(parts)
+
+
+def default_config_file() -> Path:
+    """``config/defaults.env`` of the source tree, or of the installed data files."""
+    here = Path(__file__).resolve().parent.parent / "config" / "defaults.env"
+    if here.is_file():
+        return here
+    return Path(sys.prefix) / "share" / "insider" / "config" / "defaults.env"
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    *,
+    env_file: Path | None = Path(".env"),
+    defaults_file: Path | None = None,
+) -> Settings:
+    """Read the settings: defaults file, then ``.env``, then the environment wins.
+
+    Raises ConfigError naming the first variable with a bad value.
+    """
+    environ = os.environ if environ is None else environ
+    if defaults_file is None:
+        override = environ.get(PREFIX + "CONFIG_FILE")
+        defaults_file = Path(override) if override else default_config_file()
+    if not defaults_file.is_file():
+        raise ConfigError(f"INSIDER_CONFIG_FILE: no defaults file at {defaults_file}")
+    merged: dict[str, str] = {}
+    sources = [dotenv_values(defaults_file)]
+    if env_file is not None and env_file.is_file():
+        sources.append(dotenv_values(env_file))
+    sources.append(dict(environ))
+    for source in sources:
+        for key, value in source.items():
+            if key.startswith(PREFIX) and value is not None:
+                merged[key] = value
+
+    unknown = sorted(k for k in merged if k[len(PREFIX) :] not in _PARSERS and k[len(PREFIX) :] not in _META)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown setting (see README.md, Configuration)")
+    values: dict[str, Any] = {}
+    for name, (field_name, parse) in _PARSERS.items():
+        key = PREFIX + name
+        if key not in merged:
+            raise ConfigError(f"{key}: missing from {defaults_file}")
+        try:
+            values[field_name] = parse(merged[key])
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    settings = Settings(**values)
+    if settings.retry_backoff_max_s < settings.retry_backoff_s:
+        raise ConfigError("INSIDER_RETRY_BACKOFF_MAX: must not be below INSIDER_RETRY_BACKOFF")
+    return settings

@@ -1,0 +1,96 @@
+"""The message, its states, send outcomes and validation: plain data, no I/O."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+# fullmatch, not match with $: "$" also matches before a trailing newline. No leading 0 in E.164.
+E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+
+
+class MessageStatus(enum.StrEnum):
+    """Where a message is in its life; the values are stored in the database."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One row of the ``messages`` table."""
+
+    id: int
+    recipient_phone: str
+    content: str
+    status: MessageStatus
+    created_at: datetime
+    sent_at: datetime | None = None
+    message_id: str | None = None
+    last_error: str | None = None
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    lease_expires_at: datetime | None = None
+    idempotency_key: str = ""
+    claim_token: str | None = None
+
+
+class Outcome(enum.StrEnum):
+    """What one send attempt (or a refusal to send) came to."""
+
+    SENT = "sent"  # the provider accepted it (any 2xx)
+    RETRY = "retry"  # transient: back to pending with a backoff, or failed when out of attempts
+    FAILED = "failed"  # permanent: never sent
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What the SMS client reports for one request."""
+
+    outcome: Outcome
+    status_code: int | None = None
+    provider_message_id: str | None = None
+    error: str | None = None
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """The state one claimed message is written back with, all fields at once."""
+
+    id: int
+    claim_token: str | None
+    status: MessageStatus
+    sent_at: datetime | None = None
+    message_id: str | None = None
+    last_error: str | None = None
+    retry_in_s: float | None = None  # pending again: due this many seconds from now
+    # An interrupted or never-started attempt does not count against the message.
+    uncount_attempt: bool = False
+
+
+def validation_error(recipient_phone: str, content: str, max_length: int) -> str | None:
+    """Why a message can never be sent, or None when it can.
+
+    Length counts Unicode code points, so Turkish text has the same limit as ASCII.
+    """
+    if not isinstance(recipient_phone, str) or not E164.fullmatch(recipient_phone):
+        return "recipient_phone is not an E.164 number ('+' and 8 to 15 digits)"
+    if not isinstance(content, str) or not content.strip():
+        return "content is empty"
+    if len(content) > max_length:
+        return f"content is {len(content)} characters, over the limit of {max_length}"
+    return None
+
+
+def mask_phone(phone: str | None) -> str:
+    """A phone number fit for logs: country prefix and last two digits only."""
+    if not phone:
+        return ""
+    if len(phone) <= 6:
+        return "*" * len(phone)
+    return phone[:4] + "*" * (len(phone) - 6) + phone[-2:]

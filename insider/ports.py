@@ -1,0 +1,133 @@
+"""The ports: what the sender needs from a database, an SMS provider, a cache and a clock."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from insider.domain import Message, MessageStatus, Resolution, SendResult
+
+
+class RepositoryUnavailable(Exception):
+    """The database cannot be reached; the caller may try again later."""
+
+
+class MessageNotFound(LookupError):
+    """No message has that id."""
+
+
+class InvalidState(Exception):
+    """The message is not in a state that allows the operation."""
+
+    def __init__(self, message: Message, wanted: str) -> None:
+        super().__init__(f"message {message.id} is {message.status.value}, not {wanted}")
+        self.message = message
+
+
+class InvalidCursor(ValueError):
+    """A pagination cursor that this repository did not hand out."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of messages and the cursor of the next page (None on the last)."""
+
+    items: list[Message]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SentEntry:
+    """What the cache keeps about a sent message."""
+
+    provider_message_id: str
+    sent_at: datetime
+    id: int
+
+
+class MessageRepository(Protocol):
+    """The queue of messages; PostgreSQL is the source of truth in production.
+
+    Every method raises RepositoryUnavailable when the database cannot be reached.
+    """
+
+    async def migrate(self) -> None:
+        """Create or upgrade the schema; safe when several processes run it at once."""
+
+    async def ping(self) -> None:
+        """Return when the database answers."""
+
+    async def enqueue(self, recipient_phone: str, content: str) -> Message:
+        """Store one pending message and return it."""
+
+    async def get(self, message_id: int) -> Message | None:
+        """One message in any state."""
+
+    async def list_messages(self, status: MessageStatus, limit: int, cursor: str | None = None) -> Page:
+        """Messages in one status, newest first (sent: by ``sent_at``; others: by ``created_at``).
+
+        Keyset pagination: ``cursor`` is the ``next_cursor`` of the previous page.
+        """
+
+    async def claim(self, limit: int, lease_s: float) -> list[Message]:
+        """Lease up to ``limit`` due messages, oldest first, in one statement.
+
+        Due: pending with no retry time or one that has come, or sending with a lease
+        that has expired (its holder died). Claimed rows become ``sending`` with a lease
+        of ``lease_s`` seconds, a fresh claim token and one more attempt.
+        """
+
+    async def resolve(self, resolutions: Sequence[Resolution]) -> None:
+        """Write back the outcome of claimed messages, all in one statement.
+
+        A resolution applies only while its claim token still holds the row, except a
+        ``sent`` one, which applies to any row not already sent (the send happened).
+        """
+
+    async def retry(self, message_id: int) -> Message:
+        """Put a failed message back to pending with its attempts reset.
+
+        Raises MessageNotFound, or InvalidState when it is not failed.
+        """
+
+    async def acquire_slot(self, name: str, interval_s: float) -> float:
+        """Take the deployment-wide batch slot ``name`` if its time has come.
+
+        Returns 0 when taken (the next slot is then one interval later, or one interval
+        from now when late), or the seconds to wait until it can be taken.
+        """
+
+    async def counts(self) -> dict[MessageStatus, int]:
+        """How many messages are in each status."""
+
+
+class SmsClient(Protocol):
+    """The SMS provider."""
+
+    async def send(self, to: str, content: str, idempotency_key: str) -> SendResult:
+        """Send one message; never raises for a provider or transport failure."""
+
+
+class SentCache(Protocol):
+    """Where the provider's message ids of sent messages are kept for fast look-ups."""
+
+    async def remember(self, entries: Sequence[SentEntry]) -> None:
+        """Store the entries, in one round trip; raises on failure (the caller logs it)."""
+
+    async def lookup(self, provider_message_id: str) -> SentEntry | None:
+        """The entry for a provider's message id, if cached."""
+
+    async def ping(self) -> None:
+        """Return when the cache answers."""
+
+
+class Clock(Protocol):
+    """Time for the schedule: monotonic for pacing, UTC wall time for records."""
+
+    def monotonic(self) -> float: ...
+
+    def now(self) -> datetime: ...
+
+    async def sleep(self, seconds: float) -> None: ...

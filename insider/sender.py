@@ -1,0 +1,264 @@
+"""One batch, top to bottom: claim, validate, send concurrently, record, cache, log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from insider.domain import Message, MessageStatus, Outcome, Resolution, SendResult, mask_phone, validation_error
+from insider.ports import Clock, MessageRepository, RepositoryUnavailable, SentCache, SentEntry, SmsClient
+
+log = structlog.get_logger("insider.sender")
+
+# A batch tops itself up after failing invalid rows, but only this many times, so
+# that a table full of invalid rows cannot keep one batch busy.
+MAX_CLAIM_ROUNDS = 5
+# Retries of the final write when the database blinks right after the sends.
+RESOLVE_RETRIES_S = (0.2, 1.0, 3.0)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """What one batch did."""
+
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    released: int = 0
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SenderOptions:
+    """The knobs of a batch; every one is an INSIDER_* setting."""
+
+    batch_size: int = 2
+    content_max_length: int = 160
+    lease_s: float = 60.0
+    concurrency: int = 8
+    max_attempts: int = 5
+    retry_backoff_s: float = 30.0
+    retry_backoff_max_s: float = 3600.0
+
+
+class BatchSender:
+    """Sends one batch of due messages; the supervisor decides when."""
+
+    def __init__(
+        self,
+        repository: MessageRepository,
+        sms_client: SmsClient,
+        cache: SentCache | None,
+        clock: Clock,
+        options: SenderOptions,
+        *,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._repository = repository
+        self._sms = sms_client
+        self._cache = cache
+        self._clock = clock
+        self.options = options
+        self._jitter = jitter
+
+    def backoff_s(self, attempts: int, retry_after_s: float | None) -> float:
+        """Delay before the next attempt: exponential with equal jitter, capped; Retry-After wins."""
+        if retry_after_s is not None:
+            return max(0.0, retry_after_s)
+        o = self.options
+        # The exponent is bounded so that a large attempt count cannot overflow a float.
+        ceiling = min(o.retry_backoff_max_s, o.retry_backoff_s * 2.0 ** min(max(0, attempts - 1), 64))
+        return ceiling / 2 + ceiling / 2 * self._jitter()
+
+    async def run_batch(self, stopping: asyncio.Event | None = None) -> BatchReport:
+        """Claim up to a batch of due messages, send them, and record every outcome.
+
+        When ``stopping`` is set, requests not yet started are not started and their
+        messages go back to pending. If the batch is cancelled, requests in flight are
+        abandoned and their messages go back to pending (same idempotency key); the
+        write of outcomes is shielded from the cancellation.
+        """
+        started = self._clock.monotonic()
+        resolutions: dict[int, Resolution] = {}
+        claimed: list[Message] = []
+        sendable: list[Message] = []
+        for _ in range(MAX_CLAIM_ROUNDS):
+            wanted = self.options.batch_size - len(sendable)
+            got = await self._repository.claim(wanted, self.options.lease_s)
+            claimed.extend(got)
+            for message in got:
+                reason = validation_error(message.recipient_phone, message.content, self.options.content_max_length)
+                if reason is None:
+                    sendable.append(message)
+                else:
+                    resolutions[message.id] = Resolution(
+                        message.id, message.claim_token, MessageStatus.FAILED, last_error=f"invalid: {reason}"
+                    )
+                    log.warning(
+                        "send",
+                        message_id=message.id,
+                        to=mask_phone(message.recipient_phone),
+                        attempt=message.attempts,
+                        outcome="invalid",
+                        error=reason,
+                    )
+            if len(got) < wanted or len(sendable) == self.options.batch_size:
+                break
+
+        semaphore = asyncio.Semaphore(self.options.concurrency)
+
+        async def send(message: Message) -> None:
+            async with semaphore:
+                if stopping is not None and stopping.is_set():
+                    return  # left unresolved: released below
+                resolutions[message.id] = await self._send_one(message)
+
+        tasks = [asyncio.create_task(send(m)) for m in sendable]
+        try:
+            if tasks:
+                await asyncio.gather(*tasks)
+        except BaseException:  # cancelled (a stop) or broken: nothing claimed may stay stranded
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._release_unresolved(sendable, resolutions, "stopped")
+            with contextlib.suppress(Exception):  # _finish logged it; the cancellation must go on
+                await asyncio.shield(self._finish(resolutions))
+            raise
+        self._release_unresolved(sendable, resolutions, "stopped")
+        await asyncio.shield(self._finish(resolutions))
+        return self._report(claimed, resolutions, self._clock.monotonic() - started)
+
+    def _release_unresolved(self, sendable: list[Message], resolutions: dict[int, Resolution], why: str) -> None:
+        for message in sendable:
+            if message.id not in resolutions:
+                resolutions[message.id] = Resolution(
+                    message.id, message.claim_token, MessageStatus.PENDING, retry_in_s=0.0, uncount_attempt=True
+                )
+                log.info(
+                    "send",
+                    message_id=message.id,
+                    to=mask_phone(message.recipient_phone),
+                    attempt=message.attempts,
+                    outcome="released",
+                    reason=why,
+                )
+
+    async def _send_one(self, message: Message) -> Resolution:
+        t0 = self._clock.monotonic()
+        try:
+            result = await self._sms.send(message.recipient_phone, message.content, message.idempotency_key)
+        except asyncio.CancelledError:
+            log.info(
+                "send",
+                message_id=message.id,
+                to=mask_phone(message.recipient_phone),
+                attempt=message.attempts,
+                outcome="interrupted",
+                duration_ms=round((self._clock.monotonic() - t0) * 1000, 1),
+            )
+            raise
+        except Exception as exc:  # an adapter that broke its promise not to raise
+            result = SendResult(Outcome.RETRY, error=f"{type(exc).__name__}: {exc}")
+        duration_ms = round((self._clock.monotonic() - t0) * 1000, 1)
+        resolution = self._resolve(message, result)
+        fields = dict(
+            message_id=message.id,
+            to=mask_phone(message.recipient_phone),
+            attempt=message.attempts,
+            outcome=resolution.status.value
+            if result.outcome is not Outcome.RETRY
+            else ("retry" if resolution.status is MessageStatus.PENDING else "failed"),
+            status_code=result.status_code,
+            duration_ms=duration_ms,
+            provider_message_id=result.provider_message_id,
+        )
+        if result.outcome is Outcome.SENT and not result.provider_message_id:
+            log.warning("send", **fields, warning="provider accepted it without a messageId")
+        elif resolution.status is MessageStatus.SENT:
+            log.info("send", **fields)
+        else:
+            log.warning(
+                "send",
+                **fields,
+                error=resolution.last_error,
+                retry_in_s=None if resolution.retry_in_s is None else round(resolution.retry_in_s, 3),
+            )
+        return resolution
+
+    def _resolve(self, message: Message, result: SendResult) -> Resolution:
+        if result.outcome is Outcome.SENT:
+            return Resolution(
+                message.id,
+                message.claim_token,
+                MessageStatus.SENT,
+                sent_at=self._clock.now(),
+                message_id=result.provider_message_id or None,
+                last_error=None,
+            )
+        error = result.error or "unknown error"
+        if result.outcome is Outcome.RETRY:
+            if message.attempts >= self.options.max_attempts:
+                return Resolution(
+                    message.id,
+                    message.claim_token,
+                    MessageStatus.FAILED,
+                    last_error=f"gave up after {message.attempts} attempts: {error}",
+                )
+            return Resolution(
+                message.id,
+                message.claim_token,
+                MessageStatus.PENDING,
+                last_error=error,
+                retry_in_s=self.backoff_s(message.attempts, result.retry_after_s),
+            )
+        return Resolution(message.id, message.claim_token, MessageStatus.FAILED, last_error=error)
+
+    async def _finish(self, resolutions: dict[int, Resolution]) -> None:
+        """Record every outcome in one write, then cache the sent ones in one round trip."""
+        if not resolutions:
+            return
+        batch = list(resolutions.values())
+        for delay in (*RESOLVE_RETRIES_S, None):
+            try:
+                await self._repository.resolve(batch)
+                break
+            except RepositoryUnavailable as exc:
+                if delay is None:
+                    log.error(
+                        "outcomes not recorded; their leases will expire and they will be sent again "
+                        "with the same idempotency key",
+                        count=len(batch),
+                        error=str(exc),
+                    )
+                    raise
+                await self._clock.sleep(delay)
+        sent = [
+            SentEntry(r.message_id, r.sent_at, r.id)
+            for r in batch
+            if r.status is MessageStatus.SENT and r.message_id and r.sent_at
+        ]
+        if sent and self._cache is not None:
+            try:
+                await self._cache.remember(sent)
+            except Exception as exc:  # the database is the source of truth; the cache is a convenience
+                log.warning("cache write skipped", count=len(sent), error=f"{type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _report(claimed: list[Message], resolutions: dict[int, Resolution], duration_s: float) -> BatchReport:
+        statuses = [r.status for r in resolutions.values()]
+        released = sum(1 for r in resolutions.values() if r.uncount_attempt)
+        return BatchReport(
+            claimed=len(claimed),
+            sent=statuses.count(MessageStatus.SENT),
+            retried=statuses.count(MessageStatus.PENDING) - released,
+            failed=statuses.count(MessageStatus.FAILED),
+            released=released,
+            duration_s=duration_s,
+        )

@@ -1,0 +1,552 @@
+"""The supervisor: its schedule on a fake clock, start/stop, the deployment-wide slot, and failures."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+
+import pytest
+
+from insider.adapters.memory import InMemoryMessageRepository, InMemorySentCache, InMemorySmsClient, Request
+from insider.clock import FakeClock
+from insider.domain import Message, MessageStatus, Outcome, SendResult
+from insider.sender import BatchSender, SenderOptions
+from insider.supervisor import IDLE_POLL_S, Supervisor
+from tests.conftest import eventually
+from tests.unit.support import HeldProvider
+
+PHONE = "+905551234567"
+INTERVAL_S = 10.0
+BATCH = 2
+
+MakeSupervisor = Callable[..., Supervisor]
+
+
+@pytest.fixture
+async def make_supervisor(
+    repo: InMemoryMessageRepository, sms: InMemorySmsClient, cache: InMemorySentCache, clock: FakeClock
+) -> AsyncIterator[MakeSupervisor]:
+    """Supervisors on the shared fixtures (batch of 2 every 10 s unless told); all stopped at the end."""
+    made: list[Supervisor] = []
+
+    def make(
+        *, interval_s: float = INTERVAL_S, client: InMemorySmsClient | None = None, **options: float
+    ) -> Supervisor:
+        opts = SenderOptions(**{"batch_size": BATCH, **options})  # type: ignore[arg-type]
+        sender = BatchSender(repo, client or sms, cache, clock, opts, jitter=lambda: 1.0)
+        supervisor = Supervisor(sender, repo, interval_s=interval_s, clock=clock)
+        made.append(supervisor)
+        return supervisor
+
+    yield make
+    for supervisor in made:
+        await supervisor.stop()
+
+
+def add(repo: InMemoryMessageRepository, clock: FakeClock, count: int) -> list[Message]:
+    """``count`` valid pending messages, each newer than every row added before."""
+    start = clock.now() - timedelta(days=1) + timedelta(seconds=len(repo.rows))
+    first = len(repo.rows)
+    return [repo.add(PHONE, f"m{first + i}", created_at=start + timedelta(seconds=i)) for i in range(count)]
+
+
+def record_times(sms: InMemorySmsClient, clock: FakeClock) -> list[float]:
+    """Make ``sms`` accept everything and return the list of the times its requests came in."""
+    times: list[float] = []
+
+    def respond(request: Request) -> SendResult:
+        times.append(clock.monotonic())
+        return SendResult(Outcome.SENT, status_code=202, provider_message_id=f"pm-{request.content}")
+
+    sms.responder = respond
+    return times
+
+
+async def step_to(clock: FakeClock, until: float, step: float = 0.5) -> None:
+    while clock.monotonic() < until:
+        await clock.advance(min(step, until - clock.monotonic()))
+
+
+# --- the schedule -------------------------------------------------------------------------------
+
+
+async def test_first_batch_at_once_then_one_per_interval_on_the_grid(
+    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 20)
+    times = record_times(sms, clock)
+    supervisor = make_supervisor()
+
+    assert await supervisor.start() is True
+    await clock.settle()
+    assert times == [0.0, 0.0]
+
+    await step_to(clock, 9.5)
+    assert len(times) == 2
+    await step_to(clock, 45)
+    assert times == [t for k in range(5) for t in (k * INTERVAL_S, k * INTERVAL_S)]
+    assert supervisor.ticks == 5
+
+
+async def test_messages_added_while_running_go_out_in_later_batches(
+    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    times = record_times(sms, clock)
+    supervisor = make_supervisor()
+    await supervisor.start()
+    await clock.settle()
+    assert times == []  # the first tick found nothing
+
+    add(repo, clock, 3)
+    await clock.advance(9)
+    assert times == []
+    await clock.advance(1)
+    assert times == [10.0, 10.0]
+    await clock.advance(10)
+    assert times == [10.0, 10.0, 20.0]
+    assert (await repo.counts())[MessageStatus.SENT] == 3
+
+
+async def test_an_overrunning_batch_delays_the_next_without_overlap_or_catch_up(
+    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 20)
+    held = HeldProvider()
+    sms.responder = held
+    supervisor = make_supervisor(concurrency=8)
+    await supervisor.start()
+    await eventually(lambda: held.in_flight == BATCH, what="the first batch in flight")
+
+    await step_to(clock, 25)  # two and a half intervals with the first batch still out
+    assert len(sms.requests) == BATCH
+    assert supervisor.ticks == 1
+
+    held.release.set()
+    await clock.settle()
+    assert len(sms.requests) == 2 * BATCH  # the delayed batch goes as soon as the first ends
+    assert supervisor.ticks == 2
+
+    await step_to(clock, 34.5)  # no burst for the batches missed at 10 and 20
+    assert len(sms.requests) == 2 * BATCH
+    await step_to(clock, 35)
+    assert len(sms.requests) == 3 * BATCH
+    assert held.max_in_flight == BATCH  # never two batches at once
+
+
+# --- start and stop -----------------------------------------------------------------------------
+
+
+async def test_start_and_stop_are_idempotent(
+    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 10)
+    supervisor = make_supervisor()
+    assert await supervisor.stop() is False  # never started
+
+    assert await supervisor.start() is True
+    assert await supervisor.start() is True
+    await clock.settle()
+    assert supervisor.running
+    assert supervisor.ticks == 1
+    assert len(sms.requests) == BATCH
+
+    assert await supervisor.stop() is False
+    assert await supervisor.stop() is False
+    assert supervisor.status().running is False
+    await clock.advance(100)
+    assert len(sms.requests) == BATCH
+
+
+async def test_stop_cancels_a_request_in_flight_and_puts_its_message_back(
+    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    [message] = add(repo, clock, 1)
+    held = HeldProvider()
+    sms.responder = held
+    supervisor = make_supervisor()
+    await supervisor.start()
+    await eventually(lambda: held.in_flight == 1, what="the request in flight")
+
+    assert await supervisor.stop() is False
+
+    assert held.cancelled == 1
+    current = await repo.get(message.id)
+    assert current is not None
+    assert current.status is MessageStatus.PENDING
+    assert current.attempts == 0
+    assert current.idempotency_key == message.idempotency_key
+
+
+async def test_stop_with_grace_lets_a_request_in_flight_finish_and_be_recorded(
+    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    [message] = add(repo, clock, 1)
+    held = HeldProvider()
+    sms.responder = held
+    supervisor = make_supervisor()
+    await supervisor.start()
+    await eventually(lambda: held.in_flight == 1, what="the request in flight")
+
+    stopping = asyncio.create_task(supervisor.stop(grace_s=30))
+    await clock.settle()
+    assert not stopping.done()
+
+    held.release.set()
+    assert await stopping is False
+    assert not supervisor.running
+    assert held.cancelled == 0
+    current = await repo.get(message.id)
+    assert current is not None
+    assert (current.status, current.message_id) == (MessageStatus.SENT, f"pm-{message.content}")
+
+
+async def test_stop_with_grace_cancels_what_is_still_in_flight_when_the_grace_is_over(
+    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    [message] = add(repo, clock, 1)
+    held = HeldProvider()
+    sms.responder = held
+    supervisor = make_supervisor()
+    await supervisor.start()
+    await eventually(lambda: held.in_flight == 1, what="the request in flight")
+
+    stopping = asyncio.create_task(supervisor.stop(grace_s=30))
+    await clock.advance(29)
+    assert not stopping.done()
+    await clock.advance(1)  # the grace runs on the injected clock
+    await eventually(stopping.done, what="stop() to return")
+
+    assert held.cancelled == 1
+    current = await repo.get(message.id)
+    assert current is not None
+    assert (current.status, current.attempts) == (MessageStatus.PENDING, 0)
+
+
+async def test_stop_with_grace_does_not_wait_when_no_batch_is_running(
+    repo: InMemoryMessageRepository, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 1)
+    supervisor = make_supervisor()
+    await supervisor.start()
+    await clock.settle()  # the first batch is done; the loop waits for the next tick
+
+    stopping = asyncio.create_task(supervisor.stop(grace_s=30))
+    await clock.settle()
+    assert stopping.done()
+    assert not supervisor.running
+
+
+async def test_cancelling_stop_itself_is_not_swallowed_and_still_stops_the_sender(
+    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    [message] = add(repo, clock, 1)
+    held = HeldProvider()
+    sms.responder = held
+    supervisor = make_supervisor()
+    await supervisor.start()
+    await eventually(lambda: held.in_flight == 1, what="the request in flight")
+
+    stopping = asyncio.create_task(supervisor.stop(grace_s=30))
+    await clock.settle()
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+
+    await eventually(lambda: not supervisor.running, what="the sender task to end")
+    assert held.cancelled == 1
+    current = await repo.get(message.id)
+    assert current is not None
+    assert current.status is MessageStatus.PENDING
+
+
+async def test_start_during_a_stop_waits_for_it_and_then_runs(
+    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 1)
+    held = HeldProvider()
+    sms.responder = held
+    supervisor = make_supervisor()
+    await supervisor.start()
+    await eventually(lambda: held.in_flight == 1, what="the request in flight")
+
+    stopping = asyncio.create_task(supervisor.stop(grace_s=30))
+    await clock.settle()
+    starting = asyncio.create_task(supervisor.start())
+    await clock.settle()
+    assert not starting.done()
+
+    held.release.set()
+    assert await stopping is False
+    assert await starting is True
+    assert supervisor.running  # start() did not report a task that was about to end
+
+
+async def test_stop_then_start_does_not_send_again_before_one_interval_after_the_last_batch(
+    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 10)
+    times = record_times(sms, clock)
+    supervisor = make_supervisor()
+    await supervisor.start()
+    await clock.advance(3)
+
+    await supervisor.stop()
+    await supervisor.start()
+    await clock.settle()
+    assert times == [0.0, 0.0]
+    await step_to(clock, 9.5, step=0.25)
+    assert times == [0.0, 0.0]
+    await step_to(clock, 10)
+    assert times == [0.0, 0.0, 10.0, 10.0]
+
+
+async def test_toggling_start_and_stop_within_one_interval_sends_at_most_one_batch(
+    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 50)
+    supervisor = make_supervisor()
+
+    for _ in range(20):  # t = 0, 0.5, ... 9.5
+        await supervisor.start()
+        await clock.settle()
+        await supervisor.stop()
+        assert not supervisor.running
+        await clock.advance(0.5)
+
+    assert len(sms.requests) == BATCH
+
+
+async def test_the_async_context_manager_stops_the_sender_on_the_way_out(
+    repo: InMemoryMessageRepository, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    supervisor = make_supervisor()
+    async with supervisor as entered:
+        assert entered is supervisor
+        await supervisor.start()
+        await clock.settle()
+        assert supervisor.running
+    assert supervisor.status().running is False
+    assert clock.sleepers == 0
+
+    with pytest.raises(RuntimeError, match="boom"):
+        async with supervisor:
+            await supervisor.start()
+            raise RuntimeError("boom")
+    assert not supervisor.running
+
+
+# --- status -------------------------------------------------------------------------------------
+
+
+async def test_status_reports_the_schedule(
+    repo: InMemoryMessageRepository, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 5)
+    supervisor = make_supervisor()
+    before = supervisor.status()
+    assert (before.running, before.batch_size, before.interval_s) == (False, BATCH, INTERVAL_S)
+    assert (before.last_tick_at, before.next_tick_at, before.last_batch) == (None, None, None)
+
+    start = clock.now()
+    await supervisor.start()
+    await clock.settle()
+    status = supervisor.status()
+    assert status.running is True
+    assert status.last_tick_at == start
+    assert status.next_tick_at == start + timedelta(seconds=INTERVAL_S)
+    assert status.last_batch is not None and status.last_batch.sent == BATCH
+
+    await clock.advance(4)  # now + the 6 s that remain
+    assert supervisor.status().next_tick_at == start + timedelta(seconds=INTERVAL_S)
+    await clock.advance(6)
+    status = supervisor.status()
+    assert status.last_tick_at == start + timedelta(seconds=INTERVAL_S)
+    assert status.next_tick_at == start + timedelta(seconds=2 * INTERVAL_S)
+
+    await supervisor.stop()
+    after = supervisor.status()
+    assert after.running is False
+    assert after.next_tick_at is None
+    assert after.last_tick_at == start + timedelta(seconds=INTERVAL_S)
+
+
+# --- the deployment-wide slot -------------------------------------------------------------------
+
+
+async def test_two_supervisors_on_one_database_share_one_rate(
+    repo: InMemoryMessageRepository, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 100)
+    first_sms, second_sms = InMemorySmsClient(), InMemorySmsClient()
+    first_times, second_times = record_times(first_sms, clock), record_times(second_sms, clock)
+    first = make_supervisor(client=first_sms)
+    second = make_supervisor(client=second_sms)
+
+    await first.start()
+    await clock.advance(1)
+    await second.start()  # on a grid of its own, one second later
+    while clock.monotonic() < 61:
+        if clock.monotonic() == 25:
+            await first.stop()  # the other one takes over the slot
+        await clock.advance(0.5)
+        sent = len(first_times) + len(second_times)
+        # batch k at k x interval: never more than that many batches so far
+        assert sent <= BATCH * (math.floor(clock.monotonic() / INTERVAL_S) + 1), clock.monotonic()
+
+    assert sorted(first_times + second_times) == [t for k in range(7) for t in (k * INTERVAL_S,) * BATCH]
+    assert second_times and all(t > 25 for t in second_times)
+    keys = [r.idempotency_key for r in first_sms.requests + second_sms.requests]
+    assert len(keys) == len(set(keys)) == 7 * BATCH  # never the same message twice
+
+
+async def test_two_supervisors_started_together_send_one_batch_per_interval(
+    repo: InMemoryMessageRepository, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 100)
+    clients = [InMemorySmsClient(), InMemorySmsClient()]
+    supervisors = [make_supervisor(client=c) for c in clients]
+
+    for supervisor in supervisors:
+        await supervisor.start()
+    await step_to(clock, 45)
+
+    requests = [r for c in clients for r in c.requests]
+    assert len(requests) == 5 * BATCH
+    assert len({r.idempotency_key for r in requests}) == len(requests)
+
+
+# --- failures -----------------------------------------------------------------------------------
+
+
+async def test_an_unavailable_repository_during_a_tick_does_not_end_the_loop(
+    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 10)
+    times = record_times(sms, clock)
+    supervisor = make_supervisor()
+    await supervisor.start()
+    await clock.settle()
+    assert len(times) == BATCH
+
+    repo.available = False
+    await step_to(clock, 22)
+    assert supervisor.running
+    assert len(times) == BATCH
+
+    repo.available = True
+    await step_to(clock, 30)
+    assert supervisor.running
+    # back within the retry delay, then on the schedule again
+    assert len(times) == 2 * BATCH
+    assert 22 <= times[BATCH] <= 22 + 5
+    await step_to(clock, times[BATCH] + INTERVAL_S)
+    assert len(times) == 3 * BATCH
+
+
+async def test_an_unavailable_repository_at_the_first_tick_does_not_end_the_loop(
+    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 4)
+    repo.available = False
+    supervisor = make_supervisor()
+    await supervisor.start()
+    await clock.advance(3)
+    assert supervisor.running and sms.requests == []
+
+    repo.available = True
+    await clock.advance(INTERVAL_S)
+    assert len(sms.requests) == BATCH
+
+
+async def test_an_unexpected_error_in_a_batch_does_not_end_the_loop(
+    repo: InMemoryMessageRepository,
+    sms: InMemorySmsClient,
+    clock: FakeClock,
+    make_supervisor: MakeSupervisor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    add(repo, clock, 10)
+    claim = repo.claim
+    calls = 0
+
+    async def claim_with_a_bug_once(limit: int, lease_s: float) -> list[Message]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return await claim(limit, lease_s)
+
+    monkeypatch.setattr(repo, "claim", claim_with_a_bug_once)
+    supervisor = make_supervisor()
+    await supervisor.start()
+    await clock.settle()
+    assert supervisor.running
+    assert sms.requests == []
+
+    await clock.advance(INTERVAL_S)
+    assert supervisor.running
+    assert len(sms.requests) == BATCH
+
+
+# --- drain mode and manual batches --------------------------------------------------------------
+
+
+async def test_interval_zero_drains_back_to_back_then_polls(
+    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 7)
+    supervisor = make_supervisor(interval_s=0)
+    await supervisor.start()
+
+    await eventually(lambda: len(sms.requests) == 7, what="the queue to drain")
+    await clock.settle()
+    assert clock.monotonic() == 0  # no waiting between batches
+    assert [len(ids) for ids in repo.claims] == [2, 2, 2, 1, 0]
+    assert clock.next_wake() == IDLE_POLL_S
+
+    add(repo, clock, 1)
+    await clock.advance(IDLE_POLL_S - 0.5)
+    assert len(sms.requests) == 7
+    await clock.advance(0.5)
+    assert len(sms.requests) == 8
+    assert supervisor.running
+
+
+async def test_run_once_sends_a_batch_outside_the_schedule(
+    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 6)
+    supervisor = make_supervisor()
+
+    report = await supervisor.run_once()  # never started
+    assert report.sent == BATCH
+
+    await supervisor.start()
+    await clock.settle()
+    await supervisor.stop()
+    report = await supervisor.run_once()  # after a stop: the stop must not release this batch
+    assert (report.sent, report.released) == (BATCH, 0)
+    assert len(sms.requests) == 3 * BATCH
+
+
+async def test_run_once_waits_for_a_running_batch(
+    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 6)
+    held = HeldProvider()
+    sms.responder = held
+    supervisor = make_supervisor(concurrency=8)
+    await supervisor.start()
+    await eventually(lambda: held.in_flight == BATCH, what="the first batch in flight")
+
+    once = asyncio.create_task(supervisor.run_once())
+    await clock.settle()
+    assert not once.done()
+    assert len(sms.requests) == BATCH
+
+    held.release.set()
+    report = await once
+    assert report.sent == BATCH
+    assert held.max_in_flight == BATCH
