@@ -1,0 +1,271 @@
+"""The message repository on PostgreSQL (psycopg 3, asyncio), with its schema migrations."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, Final, LiteralString
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from insider.adapters.cursor import decode_cursor, encode_cursor
+from insider.adapters.memory import slot_tolerance_s
+from insider.domain import Message, MessageStatus, Resolution
+from insider.ports import InvalidState, MessageNotFound, Page, RepositoryUnavailable
+
+Pool = AsyncConnectionPool[AsyncConnection[Any]]
+
+# Taken for the whole migration transaction, so processes starting together migrate one
+# at a time; the value is "insider" in ASCII, to be recognisable in pg_locks.
+MIGRATION_LOCK_ID: Final = 0x696E7369646572
+
+# How many times acquire_slot re-runs when a concurrent taker changed the row under it.
+_SLOT_ATTEMPTS: Final = 5
+
+_SQL_DIR = resources.files("insider.adapters") / "sql"
+_MIGRATION_FILE = re.compile(r"^(\d{4})_\w+\.sql$")
+_QUERY_HEADER = re.compile(r"^-- ([a-z_]+) --$", re.MULTILINE)
+
+
+def _load_queries() -> dict[str, str]:
+    """The named queries of ``sql/queries.sql``, without their comment lines."""
+    text = (_SQL_DIR / "queries.sql").read_text(encoding="utf-8")
+    parts = _QUERY_HEADER.split(text)
+    queries = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        # Comments go: psycopg would read a placeholder written in one as a parameter.
+        lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
+        queries[name] = "\n".join(lines).strip()
+    return queries
+
+
+def load_migrations() -> list[tuple[int, str, str]]:
+    """The migrations shipped with the package, as (version, file name, SQL), in order."""
+    found = []
+    for entry in (_SQL_DIR / "migrations").iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort()
+    versions = [version for version, _, _ in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"two migration files share a version: {[name for _, name, _ in found]}")
+    if not found:
+        # A package built without its SQL files must not look like an up-to-date schema.
+        raise RuntimeError("no migration files found in insider/adapters/sql/migrations")
+    return found
+
+
+_QUERIES: Final = _load_queries()
+
+
+def _q(name: str) -> LiteralString:
+    """A named query; its text comes from the package's own files, never from input."""
+    return _QUERIES[name]
+
+
+_CREATE_MIGRATIONS_TABLE: Final = """
+CREATE TABLE IF NOT EXISTS insider_schema_migrations (
+    version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+@asynccontextmanager
+async def open_postgres_pool(
+    url: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 5.0
+) -> AsyncIterator[Pool]:
+    """A connection pool for PostgresMessageRepository, closed on exit.
+
+    The pool opens without waiting for a connection, so a service can start while the
+    database is down; until it is back, calls fail after ``timeout_s`` with
+    RepositoryUnavailable. Connections are autocommit and checked when taken, so a
+    restarted server costs no failed call.
+    """
+    pool: Pool = AsyncConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"autocommit": True},
+        open=False,
+        timeout=timeout_s,
+        check=AsyncConnectionPool.check_connection,
+        name="insider",
+    )
+    await pool.open(wait=False)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.astimezone(UTC) if value is not None else None
+
+
+def _message(row: DictRow) -> Message:
+    created_at = _utc(row["created_at"])
+    assert created_at is not None  # NOT NULL in the schema
+    return Message(
+        id=row["id"],
+        recipient_phone=row["recipient_phone"],
+        content=row["content"],
+        status=MessageStatus(row["status"]),
+        created_at=created_at,
+        sent_at=_utc(row["sent_at"]),
+        message_id=row["message_id"],
+        last_error=row["last_error"],
+        attempts=row["attempts"],
+        next_attempt_at=_utc(row["next_attempt_at"]),
+        lease_expires_at=_utc(row["lease_expires_at"]),
+        idempotency_key=str(row["idempotency_key"]),
+        claim_token=str(row["claim_token"]) if row["claim_token"] is not None else None,
+    )
+
+
+def _token(claim_token: str | None) -> uuid.UUID | None:
+    """A claim token as a UUID; one that is not a UUID can hold no row, like None."""
+    if claim_token is None:
+        return None
+    try:
+        return uuid.UUID(claim_token)
+    except ValueError:
+        return None
+
+
+class PostgresMessageRepository:
+    """The repository port on PostgreSQL, the source of truth in production.
+
+    ``pool`` should hand out autocommit connections (``open_postgres_pool`` does): each
+    method is one statement, committed when it returns. The repository does not close
+    the pool.
+    """
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        try:
+            async with self._pool.connection() as conn:
+                if not conn.autocommit:
+                    # Without it, the pool would roll back what a method wrote.
+                    await conn.set_autocommit(True)
+                yield conn
+        except psycopg.OperationalError as exc:  # also the pool's PoolTimeout, PoolClosed
+            raise RepositoryUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+        except psycopg.InterfaceError as exc:  # a connection closed under us
+            raise RepositoryUnavailable(f"PostgreSQL connection lost: {exc}") from exc
+
+    async def _fetch(self, query: LiteralString, params: Mapping[str, Any] | None = None) -> list[DictRow]:
+        async with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query, params)
+            return await cur.fetchall()
+
+    async def migrate(self) -> None:
+        """Apply the pending migrations, in order, in one transaction.
+
+        The transaction first takes an advisory lock, so processes starting together
+        wait for each other and every migration is applied once.
+        """
+        migrations = load_migrations()
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
+            await conn.execute(_CREATE_MIGRATIONS_TABLE)
+            cur = await conn.execute("SELECT version FROM insider_schema_migrations")
+            applied = {version for (version,) in await cur.fetchall()}
+            for version, _name, text in migrations:
+                if version in applied:
+                    continue
+                # No parameters: the simple protocol runs the file's statements in turn.
+                await conn.execute(text)
+                await conn.execute("INSERT INTO insider_schema_migrations (version) VALUES (%s)", (version,))
+
+    async def ping(self) -> None:
+        await self._fetch(_q("ping"))
+
+    async def enqueue(self, recipient_phone: str, content: str) -> Message:
+        rows = await self._fetch(_q("enqueue"), {"recipient_phone": recipient_phone, "content": content})
+        return _message(rows[0])
+
+    async def get(self, message_id: int) -> Message | None:
+        rows = await self._fetch(_q("get"), {"id": message_id})
+        return _message(rows[0]) if rows else None
+
+    async def list_messages(self, status: MessageStatus, limit: int, cursor: str | None = None) -> Page:
+        sent = status is MessageStatus.SENT
+        params: dict[str, Any] = {"status": status.value, "limit": limit + 1}
+        if cursor is None:
+            query = _q("list_sent" if sent else "list_by_created")
+        else:
+            params["key"], params["id"] = decode_cursor(cursor, status)
+            query = _q("list_sent_after" if sent else "list_by_created_after")
+        rows = [_message(row) for row in await self._fetch(query, params)]
+        page = rows[:limit]
+        next_cursor = None
+        if len(rows) > limit and page:
+            last = page[-1]
+            key = last.sent_at if sent else last.created_at
+            assert key is not None  # the sent queries skip rows without sent_at
+            next_cursor = encode_cursor(status, key, last.id)
+        return Page(items=page, next_cursor=next_cursor)
+
+    async def claim(self, limit: int, lease_s: float) -> list[Message]:
+        if limit <= 0:
+            return []
+        rows = await self._fetch(_q("claim"), {"limit": limit, "lease_s": float(lease_s)})
+        # UPDATE ... RETURNING gives no order.
+        return sorted((_message(row) for row in rows), key=lambda m: (m.created_at, m.id))
+
+    async def resolve(self, resolutions: Sequence[Resolution]) -> None:
+        if not resolutions:
+            return
+        params = {
+            "ids": [int(r.id) for r in resolutions],
+            "claim_tokens": [_token(r.claim_token) for r in resolutions],
+            "statuses": [r.status.value for r in resolutions],
+            "sent_ats": [r.sent_at for r in resolutions],
+            "message_ids": [r.message_id for r in resolutions],
+            "last_errors": [r.last_error for r in resolutions],
+            "retry_in_s": [float(r.retry_in_s) if r.retry_in_s is not None else None for r in resolutions],
+            "uncounts": [bool(r.uncount_attempt) for r in resolutions],
+        }
+        async with self._connection() as conn:
+            await conn.execute(_q("resolve"), params)
+
+    async def retry(self, message_id: int) -> Message:
+        rows = await self._fetch(_q("retry"), {"id": message_id})
+        if rows:
+            return _message(rows[0])
+        current = await self.get(message_id)
+        if current is None:
+            raise MessageNotFound(message_id)
+        raise InvalidState(current, "failed")
+
+    async def acquire_slot(self, name: str, interval_s: float) -> float:
+        params = {"name": name, "interval_s": float(interval_s), "tolerance_s": slot_tolerance_s(interval_s)}
+        for _ in range(_SLOT_ATTEMPTS):
+            rows = await self._fetch(_q("acquire_slot"), params)
+            taken, wait_s = rows[0]["taken"], rows[0]["wait_s"]
+            if taken:
+                return 0.0
+            if wait_s is not None and wait_s > 0:
+                return float(wait_s)
+            # Another process took or created the slot while this statement ran; its
+            # snapshot predates that, so ask again with a fresh one.
+        # Contended every time: not taken, so a short wait is the truthful answer.
+        return min(float(interval_s), 0.01)
+
+    async def counts(self) -> dict[MessageStatus, int]:
+        result = dict.fromkeys(MessageStatus, 0)
+        for row in await self._fetch(_q("counts")):
+            result[MessageStatus(row["status"])] = row["n"]
+        return result

@@ -1,0 +1,141 @@
+-- Named queries of PostgresMessageRepository; each starts at a `-- name --` line.
+-- Every query returning messages returns the same columns, in the same order.
+
+-- ping --
+-- The database answers.
+SELECT 1
+
+-- enqueue --
+-- Store one pending message.
+INSERT INTO messages (recipient_phone, content)
+VALUES (%(recipient_phone)s, %(content)s)
+RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+          attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token
+
+-- get --
+-- One message in any state.
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token
+FROM messages
+WHERE id = %(id)s
+
+-- claim --
+-- Lease up to %(limit)s due messages, oldest first. The locking select is materialized
+-- so that it runs exactly once (an `id IN (subquery ... LIMIT)` may be re-evaluated by
+-- some plans); SKIP LOCKED lets concurrent claimers take disjoint rows.
+WITH due AS MATERIALIZED (
+    SELECT id
+    FROM messages
+    WHERE status IN ('pending', 'sending')
+      AND ((status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
+           OR (status = 'sending' AND lease_expires_at <= now()))
+    ORDER BY created_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE messages m
+SET status = 'sending',
+    attempts = m.attempts + 1,
+    lease_expires_at = now() + make_interval(secs => %(lease_s)s),
+    claim_token = gen_random_uuid(),
+    updated_at = now()
+FROM due
+WHERE m.id = due.id
+RETURNING m.id, m.recipient_phone, m.content, m.status, m.created_at, m.sent_at, m.message_id,
+          m.last_error, m.attempts, m.next_attempt_at, m.lease_expires_at, m.idempotency_key,
+          m.claim_token
+
+-- resolve --
+-- Write back a batch of outcomes. A row is written while the claim token still holds
+-- it, or by a `sent` outcome when it is not sent yet (the send happened regardless).
+UPDATE messages m
+SET status = v.status,
+    sent_at = v.sent_at,
+    message_id = v.message_id,
+    last_error = COALESCE(v.last_error, m.last_error),
+    next_attempt_at = now() + make_interval(secs => v.retry_in_s),
+    lease_expires_at = NULL,
+    claim_token = NULL,
+    attempts = CASE WHEN v.uncount THEN m.attempts - 1 ELSE m.attempts END,
+    updated_at = now()
+FROM unnest(
+    %(ids)s::bigint[], %(claim_tokens)s::uuid[], %(statuses)s::text[], %(sent_ats)s::timestamptz[],
+    %(message_ids)s::text[], %(last_errors)s::text[], %(retry_in_s)s::float8[], %(uncounts)s::bool[]
+) AS v(id, claim_token, status, sent_at, message_id, last_error, retry_in_s, uncount)
+WHERE m.id = v.id
+  AND ((m.status = 'sending' AND m.claim_token = v.claim_token)
+       OR (v.status = 'sent' AND m.status <> 'sent'))
+
+-- retry --
+-- A failed message back to pending, its attempts reset.
+UPDATE messages
+SET status = 'pending', attempts = 0, next_attempt_at = NULL, updated_at = now()
+WHERE id = %(id)s AND status = 'failed'
+RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+          attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token
+
+-- acquire_slot --
+-- Take the slot %(name)s when due, in one statement. A brand-new row is taken by its
+-- inserter; an existing one by whoever updates it while due: the row lock and the
+-- recheck of `next_at <= now()` after waiting on it make that one process only.
+-- `wait_s` comes from the statement's snapshot, so it is NULL (row inserted by another
+-- process meanwhile) or not positive (taken meanwhile) when a concurrent taker won;
+-- the caller runs the statement again then.
+WITH inserted AS (
+    INSERT INTO insider_slots (name, next_at)
+    VALUES (%(name)s, now() + make_interval(secs => %(interval_s)s))
+    ON CONFLICT (name) DO NOTHING
+    RETURNING name
+), updated AS (
+    UPDATE insider_slots
+    -- On time (within the tolerance): keep the grid, no drift. Late: one interval from
+    -- now, so two batches are never less than one interval apart (memory.next_slot).
+    SET next_at = CASE WHEN now() - next_at <= make_interval(secs => %(tolerance_s)s) THEN next_at ELSE now() END
+                  + make_interval(secs => %(interval_s)s)
+    WHERE name = %(name)s AND next_at <= now()
+    RETURNING name
+)
+SELECT EXISTS (SELECT 1 FROM inserted) OR EXISTS (SELECT 1 FROM updated) AS taken,
+       (SELECT EXTRACT(EPOCH FROM next_at - now())::float8 FROM insider_slots WHERE name = %(name)s) AS wait_s
+
+-- list_sent --
+-- The first page of sent messages, newest first.
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token
+FROM messages
+WHERE status = 'sent' AND sent_at IS NOT NULL
+ORDER BY sent_at DESC, id DESC
+LIMIT %(limit)s
+
+-- list_sent_after --
+-- A later page of sent messages: those after the cursor's (sent_at, id).
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token
+FROM messages
+WHERE status = 'sent' AND sent_at IS NOT NULL AND (sent_at, id) < (%(key)s, %(id)s)
+ORDER BY sent_at DESC, id DESC
+LIMIT %(limit)s
+
+-- list_by_created --
+-- The first page of messages in one (not sent) status, newest first.
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token
+FROM messages
+WHERE status = %(status)s
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
+-- list_by_created_after --
+-- A later page: those after the cursor's (created_at, id).
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token
+FROM messages
+WHERE status = %(status)s AND (created_at, id) < (%(key)s, %(id)s)
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
+-- counts --
+-- How many messages are in each status.
+SELECT status, count(*) AS n
+FROM messages
+GROUP BY status

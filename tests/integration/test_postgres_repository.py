@@ -1,0 +1,273 @@
+"""What only the PostgreSQL repository has: migrations, several processes at once, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from insider.adapters.postgres import Pool, PostgresMessageRepository, load_migrations, open_postgres_pool
+from insider.domain import MessageStatus, Resolution
+from insider.ports import RepositoryUnavailable
+
+pytestmark = pytest.mark.postgres
+
+GO_INSERT = (
+    "INSERT INTO messages (recipient_phone, content, status) VALUES ('+905301234001', 'Message content 1', 'pending')"
+)
+
+# The table as the original Go service created it.
+GO_SCHEMA = """
+CREATE TABLE messages (
+    id SERIAL PRIMARY KEY,
+    recipient_phone VARCHAR(20) NOT NULL,
+    content TEXT NOT NULL,
+    status VARCHAR(20) NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'sent', 'failed')),
+    created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    sent_at TIMESTAMP,
+    message_id VARCHAR(255)
+)
+"""
+
+
+@asynccontextmanager
+async def pools(url: str, n: int, *, min_size: int = 1, max_size: int = 4) -> AsyncIterator[list[Pool]]:
+    """``n`` pools on ``url``, as ``n`` processes would have, ready to use."""
+    async with AsyncExitStack() as stack:
+        opened = [
+            await stack.enter_async_context(open_postgres_pool(url, min_size=min_size, max_size=max_size))
+            for _ in range(n)
+        ]
+        for pool in opened:
+            await pool.wait(timeout=10.0)
+        yield opened
+
+
+async def query(pool: Pool, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    async with pool.connection() as conn:
+        cur = await conn.execute(sql, params)
+        return await cur.fetchall() if cur.description is not None else []
+
+
+async def columns(pool: Pool) -> dict[str, str]:
+    rows = await query(
+        pool,
+        "SELECT column_name, data_type FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND table_name = 'messages'",
+    )
+    return {name: data_type for name, data_type in rows}
+
+
+async def test_migrate_creates_the_schema_other_programs_rely_on(
+    pg_repository: PostgresMessageRepository, pg_pool: Pool
+) -> None:
+    assert await columns(pg_pool) == {
+        "id": "bigint",
+        "recipient_phone": "text",
+        "content": "text",
+        "status": "text",
+        "created_at": "timestamp with time zone",
+        "sent_at": "timestamp with time zone",
+        "message_id": "text",
+        "last_error": "text",
+        "attempts": "integer",
+        "next_attempt_at": "timestamp with time zone",
+        "lease_expires_at": "timestamp with time zone",
+        "claim_token": "uuid",
+        "idempotency_key": "uuid",
+        "updated_at": "timestamp with time zone",
+    }
+    indexes = {
+        name for (name,) in await query(pg_pool, "SELECT indexname FROM pg_indexes WHERE tablename = 'messages'")
+    }
+    assert {"messages_queue_idx", "messages_sent_idx", "messages_status_created_idx"} <= indexes
+    versions = [v for (v,) in await query(pg_pool, "SELECT version FROM insider_schema_migrations ORDER BY version")]
+    assert versions == [version for version, _, _ in load_migrations()]
+    with pytest.raises(psycopg.errors.CheckViolation):
+        await query(pg_pool, "INSERT INTO messages (recipient_phone, content, status) VALUES ('+1', 'x', 'lost')")
+
+
+async def test_migrate_again_changes_nothing(pg_repository: PostgresMessageRepository, pg_pool: Pool) -> None:
+    message = await pg_repository.enqueue("+905301234001", "content")
+    before = await query(pg_pool, "SELECT version, applied_at FROM insider_schema_migrations ORDER BY version")
+
+    await pg_repository.migrate()
+
+    assert await query(pg_pool, "SELECT version, applied_at FROM insider_schema_migrations ORDER BY version") == before
+    assert await pg_repository.get(message.id) == message
+
+
+async def test_the_go_services_insert_statement_works(pg_repository: PostgresMessageRepository, pg_pool: Pool) -> None:
+    await query(pg_pool, GO_INSERT + " RETURNING id")
+
+    [claimed] = await pg_repository.claim(10, 30.0)
+
+    assert (claimed.id, claimed.recipient_phone, claimed.content) == (1, "+905301234001", "Message content 1")
+    assert claimed.attempts == 1
+    assert uuid.UUID(claimed.idempotency_key)
+
+
+async def test_concurrent_migrations_on_a_fresh_database(fresh_postgres_url: str) -> None:
+    async with pools(fresh_postgres_url, 4) as opened:
+        repositories = [PostgresMessageRepository(pool) for pool in opened]
+
+        await asyncio.gather(*(repository.migrate() for repository in repositories for _ in range(2)))
+
+        versions = [v for (v,) in await query(opened[0], "SELECT version FROM insider_schema_migrations")]
+        assert sorted(versions) == [version for version, _, _ in load_migrations()]
+        message = await repositories[1].enqueue("+905301234001", "content")
+        assert await repositories[2].get(message.id) == message
+
+
+async def test_migrate_upgrades_the_go_services_table_in_place(fresh_postgres_url: str) -> None:
+    with psycopg.connect(fresh_postgres_url, autocommit=True) as conn:
+        conn.execute(GO_SCHEMA)
+        conn.execute(GO_INSERT)
+        conn.execute(
+            "INSERT INTO messages (recipient_phone, content, status, created_at, sent_at, message_id)"
+            " VALUES ('+905301234002', 'Message content 2', 'sent',"
+            " '2025-06-01 10:00:00', '2025-06-01 10:00:05', 'go-provider-id')"
+        )
+    async with pools(fresh_postgres_url, 1) as [pool]:
+        repository = PostgresMessageRepository(pool)
+
+        await repository.migrate()
+        await repository.migrate()
+
+        assert (await columns(pool))["id"] == "bigint"
+        assert (await columns(pool))["created_at"] == "timestamp with time zone"
+        old_sent = await repository.get(2)
+        assert old_sent is not None
+        assert old_sent.status is MessageStatus.SENT
+        assert old_sent.created_at == datetime(2025, 6, 1, 10, 0, tzinfo=UTC)
+        assert old_sent.sent_at == datetime(2025, 6, 1, 10, 0, 5, tzinfo=UTC)
+        assert old_sent.message_id == "go-provider-id"
+        assert old_sent.attempts == 0
+        # The Go service's rows are sent like any other, each with its own key.
+        [old_pending] = await repository.claim(10, 30.0)
+        assert (old_pending.id, old_pending.status) == (1, MessageStatus.SENDING)
+        assert old_pending.idempotency_key != old_sent.idempotency_key
+        await repository.resolve(
+            [Resolution(1, old_pending.claim_token, MessageStatus.SENT, sent_at=datetime.now(UTC), message_id="p")]
+        )
+        # Both the Go statement and ours still insert, continuing the old id sequence.
+        await query(pool, GO_INSERT)
+        enqueued = await repository.enqueue("+905301234004", "content 4")
+        assert enqueued.id == 4
+        assert [m.id for m in await repository.claim(10, 30.0)] == [3, 4]
+        page = await repository.list_messages(MessageStatus.SENT, 10)
+        assert [m.id for m in page.items] == [1, 2]
+
+
+async def test_concurrent_claimers_never_take_the_same_message(
+    pg_repository: PostgresMessageRepository, pg_pool: Pool, postgres_url: str
+) -> None:
+    await query(
+        pg_pool,
+        "INSERT INTO messages (recipient_phone, content) SELECT '+905301234001', 'content ' || i"
+        " FROM generate_series(1, 200) AS i",
+    )
+    async with pools(postgres_url, 2, min_size=4, max_size=4) as opened:
+        repositories = [PostgresMessageRepository(pool) for pool in opened]
+
+        async def claimer(repository: PostgresMessageRepository) -> list[int]:
+            taken: list[int] = []
+            while batch := await repository.claim(7, 30.0):
+                assert len(batch) <= 7
+                taken.extend(m.id for m in batch)
+            return taken
+
+        results = await asyncio.gather(*(claimer(repositories[i % 2]) for i in range(8)))
+
+    every = [message_id for ids in results for message_id in ids]
+    assert len(every) == len(set(every)) == 200
+    assert set(every) == set(range(1, 201))
+    assert sum(1 for ids in results if ids) > 1, "the claimers did not run concurrently"
+    assert (await pg_repository.counts())[MessageStatus.SENDING] == 200
+
+
+async def test_only_one_of_concurrent_takers_gets_the_slot(
+    pg_repository: PostgresMessageRepository, pg_pool: Pool, postgres_url: str
+) -> None:
+    interval_s = 10.0
+    async with pools(postgres_url, 4, min_size=2, max_size=2) as opened:
+        repositories = [PostgresMessageRepository(pool) for pool in opened]
+
+        async def race() -> list[float]:
+            return await asyncio.gather(*(repositories[i % 4].acquire_slot("batch", interval_s) for i in range(8)))
+
+        for results in (
+            await race(),  # a slot nobody has taken yet
+            await set_due_and_race(pg_pool, race),  # a slot whose time has come
+        ):
+            assert sorted(results)[0] == 0.0
+            assert all(interval_s / 2 < wait_s <= interval_s for wait_s in sorted(results)[1:]), results
+
+
+async def set_due_and_race(pool: Pool, race: Callable[[], Awaitable[list[float]]]) -> list[float]:
+    await query(pool, "UPDATE insider_slots SET next_at = now() - interval '1 hour'")
+    return await race()
+
+
+async def test_the_slot_keeps_its_grid_when_taken_on_time(
+    pg_repository: PostgresMessageRepository, pg_pool: Pool
+) -> None:
+    await query(
+        pg_pool, "INSERT INTO insider_slots (name, next_at) VALUES ('grid', now() - interval '100 milliseconds')"
+    )
+    [(before,)] = await query(pg_pool, "SELECT next_at FROM insider_slots WHERE name = 'grid'")
+
+    assert await pg_repository.acquire_slot("grid", 10.0) == 0.0
+
+    # 0.1 s late is within the 0.5 s tolerance of a 10 s interval: one interval after the old slot.
+    [(after,)] = await query(pg_pool, "SELECT next_at FROM insider_slots WHERE name = 'grid'")
+    assert (after - before).total_seconds() == pytest.approx(10.0)
+
+
+async def test_the_slot_restarts_from_now_when_taken_late(
+    pg_repository: PostgresMessageRepository, pg_pool: Pool
+) -> None:
+    await query(pg_pool, "INSERT INTO insider_slots (name, next_at) VALUES ('late', now() - interval '1 hour')")
+
+    assert await pg_repository.acquire_slot("late", 10.0) == 0.0
+
+    [(wait_s,)] = await query(pg_pool, "SELECT EXTRACT(EPOCH FROM next_at - now())::float8 FROM insider_slots")
+    assert 9.5 < wait_s <= 10.0  # now + interval: never less than one interval after this batch
+
+
+def unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_every_method_raises_repository_unavailable_when_the_server_is_unreachable() -> None:
+    url = f"postgresql://root@127.0.0.1:{unused_port()}/insider?connect_timeout=2"
+    async with open_postgres_pool(url, timeout_s=0.3) as pool:
+        repository = PostgresMessageRepository(pool)
+        calls: list[Callable[[], Awaitable[object]]] = [
+            repository.migrate,
+            repository.ping,
+            lambda: repository.enqueue("+905301234001", "content"),
+            lambda: repository.get(1),
+            lambda: repository.list_messages(MessageStatus.SENT, 10),
+            lambda: repository.claim(10, 30.0),
+            lambda: repository.resolve([Resolution(1, str(uuid.uuid4()), MessageStatus.FAILED)]),
+            lambda: repository.retry(1),
+            lambda: repository.acquire_slot("batch", 1.0),
+            repository.counts,
+        ]
+        for call in calls:
+            started = time.monotonic()
+            with pytest.raises(RepositoryUnavailable):
+                await call()
+            assert time.monotonic() - started < 3.0
