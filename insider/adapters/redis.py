@@ -1,0 +1,113 @@
+"""The sent-message cache on Redis: one hash per provider message id, with a time to live."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from insider.ports import SentEntry
+
+DEFAULT_TTL_S = 7 * 86400
+# Field names of the hash; other programs read them, so they are part of the contract.
+FIELD_MESSAGE_ID = "messageId"
+FIELD_SENT_AT = "sentAt"
+FIELD_ID = "id"
+
+
+@asynccontextmanager
+async def open_redis(url: str) -> AsyncIterator[aioredis.Redis]:
+    """A Redis client for ``url``, closed on exit.
+
+    Socket timeouts bound every call, so a lost Redis makes calls fail within seconds
+    instead of hanging; one quick retry rides over a connection dropped by a restart.
+    """
+    client = aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=2,
+        socket_timeout=2,
+        decode_responses=True,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+        health_check_interval=30,
+    )
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+class RedisSentCache:
+    """Sent messages as hashes ``<prefix>:sent:<provider message id>``.
+
+    Each hash holds ``messageId``, ``sentAt`` (ISO 8601 UTC) and ``id`` (ours), and
+    expires after ``ttl_s`` seconds. Errors propagate; the caller logs them.
+    """
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "insider", ttl_s: float = DEFAULT_TTL_S) -> None:
+        if not ttl_s > 0 or not math.isfinite(ttl_s):
+            raise ValueError(f"ttl_s must be a positive number of seconds, not {ttl_s!r}")
+        self._client = client
+        self._prefix = prefix
+        # EXPIRE takes whole seconds; round up so an entry never lives shorter than asked.
+        self._ttl_s = max(1, math.ceil(ttl_s))
+
+    def key(self, provider_message_id: str) -> str:
+        """The Redis key of one provider message id."""
+        return f"{self._prefix}:sent:{provider_message_id}"
+
+    async def remember(self, entries: Sequence[SentEntry]) -> None:
+        """Write every entry in one pipelined round trip (not a transaction)."""
+        if not entries:
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                key = self.key(entry.provider_message_id)
+                pipe.hset(
+                    key,
+                    mapping={
+                        FIELD_MESSAGE_ID: entry.provider_message_id,
+                        FIELD_SENT_AT: _utc(entry.sent_at).isoformat(),
+                        FIELD_ID: str(entry.id),
+                    },
+                )
+                pipe.expire(key, self._ttl_s)
+            await pipe.execute()
+
+    async def lookup(self, provider_message_id: str) -> SentEntry | None:
+        """The cached entry, or None when absent, expired or not readable."""
+        raw = await self._client.hgetall(self.key(provider_message_id))
+        return _entry(provider_message_id, raw)
+
+    async def ping(self) -> None:
+        """Return when Redis answers; raise when it does not."""
+        await self._client.ping()
+
+
+def _utc(when: datetime) -> datetime:
+    # Times in this codebase are aware UTC; a naive one is taken to be UTC already.
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def _text(value: bytes | str) -> str:
+    # Decoded already when the client has decode_responses; bytes otherwise.
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
+def _entry(provider_message_id: str, raw: Mapping[bytes | str, bytes | str]) -> SentEntry | None:
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    sent_at, our_id = fields.get(FIELD_SENT_AT), fields.get(FIELD_ID)
+    if sent_at is None or our_id is None:
+        return None
+    try:
+        return SentEntry(
+            provider_message_id=fields.get(FIELD_MESSAGE_ID) or provider_message_id,
+            sent_at=_utc(datetime.fromisoformat(sent_at)),
+            id=int(our_id),
+        )
+    except ValueError:
+        return None

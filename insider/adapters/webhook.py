@@ -1,0 +1,152 @@
+"""The SMS provider as an HTTP webhook: one JSON POST per message, answers mapped to send outcomes."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import aiohttp
+
+from insider.domain import Outcome, SendResult
+
+AUTH_HEADER = "x-ins-auth-key"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+BODY_EXCERPT_CHARS = 200
+# Statuses worth another attempt: the provider is busy, down or slow, not refusing the message.
+_TRANSIENT_4XX = frozenset({408, 429})
+# Statuses whose Retry-After tells when to come back (RFC 9110 section 10.2.3, RFC 6585).
+_RETRY_AFTER_STATUSES = frozenset({429, 503})
+_DELTA_SECONDS = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*$")
+_REDACTED = "***"
+
+
+@asynccontextmanager
+async def open_http_session(*, concurrency_limit: int = 100) -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP session for the webhook client, closed on exit.
+
+    ``concurrency_limit`` caps the connections open at once (the connector's pool size).
+    Open one per process, in the composition root, and share it.
+    """
+    connector = aiohttp.TCPConnector(limit=concurrency_limit)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        yield session
+
+
+class WebhookSmsClient:
+    """The SMS provider behind a webhook URL.
+
+    ``send`` never raises for a provider answer or a transport failure: 2xx is sent,
+    408, 429 and 5xx and network errors are worth a retry, anything else is permanent.
+    The session belongs to the caller, which opens and closes it.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, auth_key: str, timeout_s: float) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, not {timeout_s!r}")
+        self._session = session
+        self._url = url
+        self._auth_key = auth_key
+        self._timeout_s = timeout_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def send(self, to: str, content: str, idempotency_key: str) -> SendResult:
+        """POST one message; the provider deduplicates on ``idempotency_key``."""
+        body = _json_body({"to": to, "content": content})
+        headers = {
+            "Content-Type": "application/json",
+            AUTH_HEADER: self._auth_key,
+            IDEMPOTENCY_HEADER: idempotency_key,
+        }
+        try:
+            async with self._session.post(
+                self._url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout,
+                # A redirect is an answer in itself (3xx is permanent), and following one
+                # could turn the POST into a GET or resend it elsewhere.
+                allow_redirects=False,
+                raise_for_status=False,
+            ) as response:
+                raw = await _read_body(response)
+                return self._result(response.status, response.headers.get("Retry-After"), raw)
+        except TimeoutError:  # also asyncio.TimeoutError and aiohttp's timeout errors
+            return SendResult(Outcome.RETRY, error=f"timeout after {self._timeout_s:g}s")
+        except (aiohttp.ClientError, OSError) as exc:
+            detail = str(exc) or type(exc).__name__
+            return SendResult(Outcome.RETRY, error=self._redact(f"connection error: {detail}"))
+
+    def _result(self, status: int, retry_after: str | None, raw: bytes) -> SendResult:
+        if 200 <= status < 300:
+            return SendResult(Outcome.SENT, status_code=status, provider_message_id=_message_id(raw))
+        error = self._redact(f"HTTP {status}: {_excerpt(raw)}")
+        if status >= 500 or status in _TRANSIENT_4XX:
+            delay = parse_retry_after(retry_after) if status in _RETRY_AFTER_STATUSES else None
+            return SendResult(Outcome.RETRY, status_code=status, error=error, retry_after_s=delay)
+        return SendResult(Outcome.FAILED, status_code=status, error=error)
+
+    def _redact(self, text: str) -> str:
+        # A provider may echo request headers back in an error page.
+        return text.replace(self._auth_key, _REDACTED) if self._auth_key else text
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or an HTTP-date), or None.
+
+    A date in the past gives 0; anything unreadable gives None.
+    """
+    if value is None:
+        return None
+    match = _DELTA_SECONDS.match(value)
+    if match:
+        seconds = float(match.group(1))
+        return seconds if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000" in an HTTP-date still means UTC
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+async def _read_body(response: aiohttp.ClientResponse) -> bytes:
+    # The status line decides the outcome; a body cut short (timeout, dropped connection)
+    # must not turn an accepted message into a retry, which could send it twice.
+    try:
+        return await response.read()
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return b""
+
+
+def _json_body(payload: dict[str, str]) -> bytes:
+    try:
+        return json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form; \u escapes keep the JSON valid
+        return json.dumps(payload).encode("ascii")
+
+
+def _message_id(raw: bytes) -> str | None:
+    try:
+        payload = json.loads(raw)
+    except ValueError:  # includes JSONDecodeError and UnicodeDecodeError
+        return None
+    if not isinstance(payload, dict):
+        return None
+    value = payload.get("messageId")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return str(value)
+    if isinstance(value, str) and value:
+        return value
+    return None
+
+
+def _excerpt(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")[:BODY_EXCERPT_CHARS]

@@ -1,0 +1,178 @@
+"""The Redis sent-message cache against the real Redis: key format, fields, TTL, one round trip."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from insider.adapters.redis import RedisSentCache, open_redis
+from insider.ports import SentEntry
+
+pytestmark = pytest.mark.redis
+
+TTL_S = 3600.0
+ISTANBUL = timezone(timedelta(hours=3))
+
+
+@pytest.fixture
+async def client(redis_url: str, redis_prefix: str) -> AsyncIterator[aioredis.Redis]:
+    async with open_redis(redis_url) as c:
+        try:
+            yield c
+        finally:
+            keys = [k async for k in c.scan_iter(match=f"{redis_prefix}:*")]
+            if keys:
+                await c.delete(*keys)
+
+
+@pytest.fixture
+def cache(client: aioredis.Redis, redis_prefix: str) -> RedisSentCache:
+    return RedisSentCache(client, prefix=redis_prefix, ttl_s=TTL_S)
+
+
+class PipelineSpy:
+    """Counts the pipelines a client opens and how often each is executed."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.opened: list[dict[str, Any]] = []
+        self.executes = 0
+        self._pipeline = client.pipeline
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.opened.append(kwargs)
+        pipe = self._pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        async def counted_execute(*a: Any, **kw: Any) -> Any:
+            self.executes += 1
+            return await execute(*a, **kw)
+
+        pipe.execute = counted_execute  # type: ignore[method-assign]
+        return pipe
+
+
+async def test_remember_writes_exactly_the_three_fields_with_ttl(
+    cache: RedisSentCache, client: aioredis.Redis, redis_prefix: str
+) -> None:
+    sent_at = datetime(2026, 1, 1, 3, 0, 0, 123456, tzinfo=ISTANBUL)
+
+    await cache.remember([SentEntry(provider_message_id="prov-1", sent_at=sent_at, id=42)])
+
+    key = f"{redis_prefix}:sent:prov-1"
+    assert await client.hgetall(key) == {
+        "messageId": "prov-1",
+        "sentAt": "2026-01-01T00:00:00.123456+00:00",
+        "id": "42",
+    }
+    ttl = await client.ttl(key)
+    assert TTL_S - 60 <= ttl <= TTL_S
+
+
+async def test_lookup_round_trip(cache: RedisSentCache) -> None:
+    entry = SentEntry(provider_message_id="67f2f8a8-ea58-4ed0", sent_at=datetime.now(UTC), id=7)
+
+    await cache.remember([entry])
+
+    assert await cache.lookup("67f2f8a8-ea58-4ed0") == entry
+    assert await cache.lookup("unknown") is None
+
+
+async def test_lookup_with_a_client_that_does_not_decode(
+    cache: RedisSentCache, redis_url: str, redis_prefix: str
+) -> None:
+    entry = SentEntry(provider_message_id="bytes-1", sent_at=datetime(2026, 2, 3, 4, 5, 6, tzinfo=UTC), id=9)
+    await cache.remember([entry])
+    raw = aioredis.Redis.from_url(redis_url)  # decode_responses=False: bytes come back
+    try:
+        assert await RedisSentCache(raw, prefix=redis_prefix).lookup("bytes-1") == entry
+    finally:
+        await raw.aclose()
+
+
+async def test_unreadable_hash_is_not_an_entry(
+    cache: RedisSentCache, client: aioredis.Redis, redis_prefix: str
+) -> None:
+    await client.hset(f"{redis_prefix}:sent:odd", mapping={"messageId": "odd", "sentAt": "yesterday", "id": "x"})
+
+    assert await cache.lookup("odd") is None
+
+
+async def test_default_prefix_is_the_shared_key_format(client: aioredis.Redis) -> None:
+    provider_id = f"contract-{uuid.uuid4().hex}"
+    key = f"insider:sent:{provider_id}"
+    try:
+        await RedisSentCache(client).remember(
+            [SentEntry(provider_message_id=provider_id, sent_at=datetime(2026, 1, 1, tzinfo=UTC), id=1)]
+        )
+        assert await client.hgetall(key) == {"messageId": provider_id, "sentAt": "2026-01-01T00:00:00+00:00", "id": "1"}
+        assert 7 * 86400 - 60 <= await client.ttl(key) <= 7 * 86400
+    finally:
+        await client.delete(key)
+
+
+async def test_many_entries_in_one_pipeline(
+    cache: RedisSentCache, client: aioredis.Redis, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = PipelineSpy(client)
+    monkeypatch.setattr(client, "pipeline", spy)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    entries = [SentEntry(f"prov-{i}", start + timedelta(seconds=i), i) for i in range(50)]
+
+    await cache.remember(entries)
+
+    assert spy.opened == [{"transaction": False}]
+    assert spy.executes == 1
+    for e in entries:
+        assert await cache.lookup(e.provider_message_id) == e
+        assert await client.ttl(f"{redis_prefix}:sent:{e.provider_message_id}") > 0
+
+
+async def test_empty_list_makes_no_round_trip(
+    cache: RedisSentCache, client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = PipelineSpy(client)
+    monkeypatch.setattr(client, "pipeline", spy)
+
+    await cache.remember([])
+
+    assert spy.opened == []
+
+
+async def test_ttl_is_whole_seconds_and_at_least_one(client: aioredis.Redis, redis_prefix: str) -> None:
+    cache = RedisSentCache(client, prefix=redis_prefix, ttl_s=0.25)
+
+    await cache.remember([SentEntry("short", datetime.now(UTC), 1)])
+
+    assert 0 < await client.pttl(f"{redis_prefix}:sent:short") <= 1000
+
+
+async def test_ping(cache: RedisSentCache) -> None:
+    await cache.ping()
+
+
+async def test_rejects_non_positive_ttl(client: aioredis.Redis) -> None:
+    for ttl_s in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="ttl_s"):
+            RedisSentCache(client, ttl_s=ttl_s)
+
+
+async def test_unreachable_redis_raises_within_the_socket_timeouts() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Nothing listens on the port once the socket is closed.
+    async with open_redis(f"redis://127.0.0.1:{port}/0") as unreachable:
+        cache = RedisSentCache(unreachable, prefix="unused")
+        async with asyncio.timeout(15):
+            with pytest.raises(redis.exceptions.ConnectionError):
+                await cache.remember([SentEntry("p", datetime.now(UTC), 1)])
+            with pytest.raises(redis.exceptions.ConnectionError):
+                await cache.ping()

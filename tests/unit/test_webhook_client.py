@@ -1,0 +1,243 @@
+"""The webhook SMS client against mocked HTTP answers (aioresponses): request shape and outcome mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import aiohttp
+import pytest
+from aioresponses import aioresponses
+from yarl import URL
+
+from insider.adapters.webhook import WebhookSmsClient, open_http_session, parse_retry_after
+from insider.domain import Outcome, SendResult
+
+URL_ = "https://provider.test/webhook/abc"
+AUTH_KEY = "s3cret-auth-key-INS.me1a9"
+TO = "+905551234567"
+TURKISH = "İyi günler, çağrı ŞÖÜ"
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with open_http_session(concurrency_limit=4) as s:
+        yield s
+
+
+@pytest.fixture
+def client(session: aiohttp.ClientSession) -> WebhookSmsClient:
+    return WebhookSmsClient(session, URL_, AUTH_KEY, timeout_s=10)
+
+
+@pytest.fixture
+def mocked() -> Iterator[aioresponses]:
+    with aioresponses() as m:
+        yield m
+
+
+async def send(client: WebhookSmsClient, content: str = "Merhaba") -> SendResult:
+    return await client.send(TO, content, "idem-1")
+
+
+def assert_no_secret(result: SendResult) -> None:
+    assert AUTH_KEY not in repr(result)
+
+
+def only_request(mocked: aioresponses) -> Any:
+    calls = mocked.requests[("POST", URL(URL_))]
+    assert len(calls) == 1
+    return calls[0]
+
+
+async def test_posts_exact_body_and_headers(client: WebhookSmsClient, mocked: aioresponses) -> None:
+    mocked.post(URL_, status=202, payload={"message": "Accepted", "messageId": "67f2f8a8-ea58"})
+
+    result = await client.send(TO, TURKISH, "key-123")
+
+    call = only_request(mocked)
+    body = call.kwargs["data"]
+    assert isinstance(body, bytes)
+    assert json.loads(body.decode("utf-8")) == {"to": TO, "content": TURKISH}
+    headers = call.kwargs["headers"]
+    assert headers["Content-Type"] == "application/json"
+    assert headers["x-ins-auth-key"] == AUTH_KEY
+    assert headers["Idempotency-Key"] == "key-123"
+    assert call.kwargs["timeout"] == aiohttp.ClientTimeout(total=10)
+    assert call.kwargs["allow_redirects"] is False
+    assert result == SendResult(Outcome.SENT, status_code=202, provider_message_id="67f2f8a8-ea58")
+
+
+async def test_numeric_message_id_becomes_text(client: WebhookSmsClient, mocked: aioresponses) -> None:
+    mocked.post(URL_, status=200, payload={"messageId": 12345})
+
+    result = await send(client)
+
+    assert result == SendResult(Outcome.SENT, status_code=200, provider_message_id="12345")
+
+
+@pytest.mark.parametrize(
+    "payload", [{"message": "Accepted"}, {"messageId": None}, {"messageId": ""}, {"messageId": True}, ["x"]]
+)
+async def test_2xx_without_message_id_is_sent(client: WebhookSmsClient, mocked: aioresponses, payload: Any) -> None:
+    mocked.post(URL_, status=201, payload=payload)
+
+    result = await send(client)
+
+    assert result == SendResult(Outcome.SENT, status_code=201, provider_message_id=None)
+
+
+@pytest.mark.parametrize("body", ["<html>ok</html>", "", "\xff\xfe"])
+async def test_2xx_with_non_json_is_sent(client: WebhookSmsClient, mocked: aioresponses, body: str) -> None:
+    mocked.post(URL_, status=200, body=body, content_type="text/html")
+
+    result = await send(client)
+
+    assert result == SendResult(Outcome.SENT, status_code=200, provider_message_id=None)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 413, 422, 301, 307])
+async def test_permanent_statuses_fail(client: WebhookSmsClient, mocked: aioresponses, status: int) -> None:
+    mocked.post(URL_, status=status, body='{"error": "invalid phone"}')
+
+    result = await send(client)
+
+    assert result.outcome is Outcome.FAILED
+    assert result.status_code == status
+    assert result.error == f'HTTP {status}: {{"error": "invalid phone"}}'
+    assert result.retry_after_s is None
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 408])
+async def test_transient_statuses_retry(client: WebhookSmsClient, mocked: aioresponses, status: int) -> None:
+    mocked.post(URL_, status=status, body="upstream down " + "x" * 500)
+
+    result = await send(client)
+
+    assert result.outcome is Outcome.RETRY
+    assert result.status_code == status
+    assert result.error == f"HTTP {status}: " + ("upstream down " + "x" * 500)[:200]
+    assert result.provider_message_id is None
+
+
+async def test_429_with_retry_after_seconds(client: WebhookSmsClient, mocked: aioresponses) -> None:
+    mocked.post(URL_, status=429, body="slow down", headers={"Retry-After": "7"})
+
+    result = await send(client)
+
+    assert result == SendResult(Outcome.RETRY, status_code=429, error="HTTP 429: slow down", retry_after_s=7.0)
+
+
+async def test_429_with_retry_after_http_date(client: WebhookSmsClient, mocked: aioresponses) -> None:
+    when = datetime.now(UTC) + timedelta(seconds=120)
+    mocked.post(URL_, status=429, headers={"Retry-After": format_datetime(when, usegmt=True)})
+
+    result = await send(client)
+
+    assert result.outcome is Outcome.RETRY
+    assert result.retry_after_s is not None
+    assert 100 <= result.retry_after_s <= 121
+
+
+async def test_503_with_retry_after(client: WebhookSmsClient, mocked: aioresponses) -> None:
+    mocked.post(URL_, status=503, headers={"Retry-After": "30"})
+
+    result = await send(client)
+
+    assert result.outcome is Outcome.RETRY
+    assert result.retry_after_s == 30.0
+
+
+@pytest.mark.parametrize("value", ["soon", "-5", "1e9", "", "Mon, 99 Foo 2026 xx"])
+async def test_429_with_garbage_retry_after(client: WebhookSmsClient, mocked: aioresponses, value: str) -> None:
+    mocked.post(URL_, status=429, headers={"Retry-After": value})
+
+    result = await send(client)
+
+    assert result.outcome is Outcome.RETRY
+    assert result.retry_after_s is None
+
+
+def test_parse_retry_after() -> None:
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("0") == 0.0
+    assert parse_retry_after(" 120 ") == 120.0
+    assert parse_retry_after("Thu, 01 Jan 2026 12:01:30 GMT", now) == 90.0
+    assert parse_retry_after("Thu, 01 Jan 2026 11:00:00 GMT", now) == 0.0  # past: clamped
+    assert parse_retry_after("9" * 400) is None
+    assert parse_retry_after("later") is None
+
+
+async def test_connection_error_retries(client: WebhookSmsClient, mocked: aioresponses) -> None:
+    mocked.post(URL_, exception=aiohttp.ClientConnectionError("Cannot connect to host provider.test:443"))
+
+    result = await send(client)
+
+    assert result == SendResult(Outcome.RETRY, error="connection error: Cannot connect to host provider.test:443")
+
+
+async def test_os_error_retries(client: WebhookSmsClient, mocked: aioresponses) -> None:
+    mocked.post(URL_, exception=ConnectionResetError("reset by peer"))
+
+    result = await send(client)
+
+    assert result.outcome is Outcome.RETRY
+    assert result.status_code is None
+    assert result.error == "connection error: reset by peer"
+
+
+@pytest.mark.parametrize("exc", [TimeoutError(), aiohttp.ServerTimeoutError("read"), aiohttp.ConnectionTimeoutError()])
+async def test_timeout_retries(client: WebhookSmsClient, mocked: aioresponses, exc: Exception) -> None:
+    mocked.post(URL_, exception=exc)
+
+    result = await send(client)
+
+    assert result == SendResult(Outcome.RETRY, error="timeout after 10s")
+
+
+async def test_cancellation_propagates(client: WebhookSmsClient, mocked: aioresponses) -> None:
+    mocked.post(URL_, exception=asyncio.CancelledError())
+
+    with pytest.raises(asyncio.CancelledError):
+        await send(client)
+
+
+@pytest.mark.parametrize("status", [401, 500, 429])
+async def test_auth_key_never_in_error(client: WebhookSmsClient, mocked: aioresponses, status: int) -> None:
+    # A provider that echoes the request headers back in its error page.
+    mocked.post(URL_, status=status, body=f"bad header x-ins-auth-key: {AUTH_KEY}")
+
+    result = await send(client)
+
+    assert result.error is not None
+    assert result.error.startswith(f"HTTP {status}: bad header x-ins-auth-key: ")
+    assert_no_secret(result)
+
+
+async def test_auth_key_never_in_transport_error(client: WebhookSmsClient, mocked: aioresponses) -> None:
+    mocked.post(URL_, exception=aiohttp.ClientConnectionError(f"failed with {AUTH_KEY}"))
+
+    result = await send(client)
+
+    assert result.outcome is Outcome.RETRY
+    assert_no_secret(result)
+
+
+async def test_lone_surrogate_still_sends_valid_json(client: WebhookSmsClient, mocked: aioresponses) -> None:
+    mocked.post(URL_, status=202, payload={"messageId": "m1"})
+
+    result = await client.send(TO, "bad \ud800 text", "k")
+
+    body = only_request(mocked).kwargs["data"]
+    assert json.loads(body.decode("utf-8")) == {"to": TO, "content": "bad \ud800 text"}
+    assert result.outcome is Outcome.SENT
+
+
+async def test_rejects_non_positive_timeout(session: aiohttp.ClientSession) -> None:
+    with pytest.raises(ValueError, match="timeout_s"):
+        WebhookSmsClient(session, URL_, AUTH_KEY, timeout_s=0)
