@@ -1,0 +1,1 @@
+"""The HTTP API: an aiohttp app over the supervisor and the repository."""

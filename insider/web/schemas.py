@@ -1,0 +1,92 @@
+"""marshmallow schemas: request validation and the Swagger spec."""
+
+from __future__ import annotations
+
+from marshmallow import RAISE, Schema, fields, validate
+
+from insider.domain import MessageStatus
+
+STATUSES = [s.value for s in MessageStatus]
+
+
+class EnqueueSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    to = fields.String(
+        required=True, metadata={"description": "Recipient, E.164 ('+' and 8 to 15 digits)", "example": "+905301234001"}
+    )
+    content = fields.String(
+        required=True,
+        metadata={
+            "description": "Text, at most INSIDER_CONTENT_MAX_LENGTH characters (Unicode code points)",
+            "example": "Hello",
+        },
+    )
+
+
+class ListQuerySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    limit = fields.Integer(
+        load_default=50, validate=validate.Range(min=1, max=500), metadata={"description": "Page size, 1 to 500"}
+    )
+    cursor = fields.String(load_default=None, metadata={"description": "nextCursor of the previous page"})
+    status = fields.String(
+        load_default=MessageStatus.SENT.value,
+        validate=validate.OneOf(STATUSES),
+        metadata={"description": "Which messages to list (default sent)", "enum": STATUSES},
+    )
+
+
+class MessageIdSchema(Schema):
+    id = fields.Integer(
+        required=True, validate=validate.Range(min=1, max=2**63 - 1), metadata={"description": "The message's id"}
+    )
+
+
+class MessageSchema(Schema):
+    id = fields.Integer(required=True)
+    recipientPhone = fields.String(required=True)
+    content = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES), metadata={"enum": STATUSES})
+    messageId = fields.String(
+        allow_none=True, required=True, metadata={"description": "The provider's id, once sent", "x-nullable": True}
+    )
+    sentAt = fields.DateTime(allow_none=True, required=True, metadata={"x-nullable": True})
+    createdAt = fields.DateTime(required=True)
+    attempts = fields.Integer(required=True)
+    lastError = fields.String(allow_none=True, required=True, metadata={"x-nullable": True})
+    nextAttemptAt = fields.DateTime(allow_none=True, required=True, metadata={"x-nullable": True})
+
+
+class PageSchema(Schema):
+    data = fields.List(fields.Nested(MessageSchema), required=True)
+    nextCursor = fields.String(
+        allow_none=True,
+        required=True,
+        metadata={"description": "Pass as cursor for the next page; null on the last", "x-nullable": True},
+    )
+
+
+class RunningSchema(Schema):
+    running = fields.Boolean(required=True)
+
+
+class SenderSchema(Schema):
+    running = fields.Boolean(required=True)
+    batchSize = fields.Integer(required=True)
+    intervalSeconds = fields.Float(required=True)
+    lastTickAt = fields.DateTime(allow_none=True, required=True, metadata={"x-nullable": True})
+    nextTickAt = fields.DateTime(allow_none=True, required=True, metadata={"x-nullable": True})
+
+
+class ErrorSchema(Schema):
+    error = fields.String(required=True, metadata={"description": "What went wrong, in one sentence"})
+    fields_ = fields.Dict(
+        data_key="fields",
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={"description": "Per-field problems, for invalid input"},
+    )

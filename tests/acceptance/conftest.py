@@ -1,0 +1,68 @@
+"""Acceptance fixtures: the service as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def service_env(**settings: str) -> dict[str, str]:
+    """The environment for a service subprocess: no INSIDER_* from outside, these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSIDER_")}
+    env.update({f"INSIDER_{k.upper()}": v for k, v in settings.items()})
+    env.setdefault("INSIDER_LOG_FORMAT", "json")
+    return env
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_service(tmp_path: Path) -> Iterator[Any]:
+    """Start ``python -m insider`` with the given settings; stopped (SIGKILL if need be) after the test."""
+    started: list[Service] = []
+
+    def start(*args: str, cwd: Path | None = None, **settings: str) -> Service:
+        port = settings.pop("port", None) or str(free_port())
+        log_path = tmp_path / f"service-{len(started)}.log"
+        env = service_env(port=port, **settings)
+        with log_path.open("wb") as out:  # the child keeps its own copy of the descriptor
+            process = subprocess.Popen(
+                [sys.executable, "-m", "insider", *args],
+                cwd=cwd or tmp_path,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        service = Service(process, f"http://127.0.0.1:{port}", log_path)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        if service.process.poll() is None:
+            service.process.kill()
+        service.process.wait(timeout=10)
