@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
 from insider.domain import Message, MessageStatus, Outcome, Resolution, SendResult, mask_phone, validation_error
 from insider.ports import Clock, MessageRepository, RepositoryUnavailable, SentCache, SentEntry, SmsClient
 
+if TYPE_CHECKING:
+    from insider.metrics import Observer
+
 log = structlog.get_logger("insider.sender")
+T = TypeVar("T")
 
 # A batch tops itself up after failing invalid rows, but only this many times, so
 # that a table full of invalid rows cannot keep one batch busy.
@@ -59,6 +64,7 @@ class BatchSender:
         options: SenderOptions,
         *,
         jitter: Callable[[], float] = random.random,
+        observer: Observer | None = None,
     ) -> None:
         self._repository = repository
         self._sms = sms_client
@@ -66,6 +72,7 @@ class BatchSender:
         self._clock = clock
         self.options = options
         self._jitter = jitter
+        self._observer = observer  # told of every attempt (metrics); None: nobody
 
     def backoff_s(self, attempts: int, retry_after_s: float | None) -> float:
         """Delay before the next attempt: exponential with equal jitter, capped; Retry-After wins."""
@@ -81,35 +88,22 @@ class BatchSender:
 
         When ``stopping`` is set, requests not yet started are not started and their
         messages go back to pending. If the batch is cancelled, requests in flight are
-        abandoned and their messages go back to pending (same idempotency key); the
-        write of outcomes is shielded from the cancellation.
+        abandoned and their messages go back to pending (same idempotency key). The
+        claim and the write of outcomes run to their end despite a cancellation, and the
+        batch ends only after them: whoever cancelled it may close the pool next.
         """
         started = self._clock.monotonic()
         resolutions: dict[int, Resolution] = {}
         claimed: list[Message] = []
         sendable: list[Message] = []
-        for _ in range(MAX_CLAIM_ROUNDS):
-            wanted = self.options.batch_size - len(sendable)
+        tasks: list[asyncio.Task[None]] = []
+
+        async def claim(wanted: int) -> list[Message]:
             got = await self._repository.claim(wanted, self.options.lease_s)
+            # Noted inside the uninterrupted claim: a stop that lands while the rows come
+            # back must still find them, to put them back.
             claimed.extend(got)
-            for message in got:
-                reason = validation_error(message.recipient_phone, message.content, self.options.content_max_length)
-                if reason is None:
-                    sendable.append(message)
-                else:
-                    resolutions[message.id] = Resolution(
-                        message.id, message.claim_token, MessageStatus.FAILED, last_error=f"invalid: {reason}"
-                    )
-                    log.warning(
-                        "send",
-                        message_id=message.id,
-                        to=mask_phone(message.recipient_phone),
-                        attempt=message.attempts,
-                        outcome="invalid",
-                        error=reason,
-                    )
-            if len(got) < wanted or len(sendable) == self.options.batch_size:
-                break
+            return got
 
         semaphore = asyncio.Semaphore(self.options.concurrency)
 
@@ -119,24 +113,53 @@ class BatchSender:
                     return  # left unresolved: released below
                 resolutions[message.id] = await self._send_one(message)
 
-        tasks = [asyncio.create_task(send(m)) for m in sendable]
         try:
+            for _ in range(MAX_CLAIM_ROUNDS):
+                wanted = self.options.batch_size - len(sendable)
+                # Committed before it returns: a cancelled claim would strand its rows until their lease ends.
+                got = await _uninterrupted(claim(wanted))
+                for message in got:
+                    reason = validation_error(message.recipient_phone, message.content, self.options.content_max_length)
+                    if reason is None:
+                        sendable.append(message)
+                    else:
+                        resolutions[message.id] = Resolution(
+                            message.id, message.claim_token, MessageStatus.FAILED, last_error=f"invalid: {reason}"
+                        )
+                        log.warning(
+                            "send",
+                            message_id=message.id,
+                            to=mask_phone(message.recipient_phone),
+                            attempt=message.attempts,
+                            outcome="invalid",
+                            error=reason,
+                        )
+                        if self._observer is not None:
+                            self._observer.send_attempt("invalid", None)
+                if len(got) < wanted or len(sendable) == self.options.batch_size:
+                    break
+            tasks = [asyncio.create_task(send(m)) for m in sendable]
             if tasks:
                 await asyncio.gather(*tasks)
-        except BaseException:  # cancelled (a stop) or broken: nothing claimed may stay stranded
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self._release_unresolved(sendable, resolutions, "stopped")
-            with contextlib.suppress(Exception):  # _finish logged it; the cancellation must go on
-                await asyncio.shield(self._finish(resolutions))
+        except BaseException as exc:  # cancelled (a stop) or broken: nothing claimed may stay stranded
+            why = "stopped" if isinstance(exc, asyncio.CancelledError) else "batch failed"
+
+            async def put_back() -> None:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                self._release_unresolved(claimed, resolutions, why)
+                await self._finish(resolutions)
+
+            with contextlib.suppress(Exception):  # _finish logged it; the original error must go on
+                await _uninterrupted(put_back())
             raise
-        self._release_unresolved(sendable, resolutions, "stopped")
-        await asyncio.shield(self._finish(resolutions))
+        self._release_unresolved(claimed, resolutions, "stopped")
+        await _uninterrupted(self._finish(resolutions))
         return self._report(claimed, resolutions, self._clock.monotonic() - started)
 
-    def _release_unresolved(self, sendable: list[Message], resolutions: dict[int, Resolution], why: str) -> None:
-        for message in sendable:
+    def _release_unresolved(self, claimed: list[Message], resolutions: dict[int, Resolution], why: str) -> None:
+        for message in claimed:
             if message.id not in resolutions:
                 resolutions[message.id] = Resolution(
                     message.id, message.claim_token, MessageStatus.PENDING, retry_in_s=0.0, uncount_attempt=True
@@ -179,6 +202,8 @@ class BatchSender:
             duration_ms=duration_ms,
             provider_message_id=result.provider_message_id,
         )
+        if self._observer is not None:
+            self._observer.send_attempt(str(fields["outcome"]), duration_ms / 1000)
         if result.outcome is Outcome.SENT and not result.provider_message_id:
             log.warning("send", **fields, warning="provider accepted it without a messageId")
         elif resolution.status is MessageStatus.SENT:
@@ -262,3 +287,24 @@ class BatchSender:
             released=released,
             duration_s=duration_s,
         )
+
+
+async def _uninterrupted(awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable`` to its end even if the caller is cancelled meanwhile, then re-raise that.
+
+    ``asyncio.shield`` alone returns at the cancellation and leaves the work running in
+    the background, where whoever cancelled (a stop, then the container closing the
+    pool) would pull the database from under it.
+    """
+    task = asyncio.ensure_future(awaitable)
+    interruption: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait({task})  # unlike await task, a cancellation here does not reach the task
+        except asyncio.CancelledError as exc:
+            interruption = exc
+    if interruption is not None:
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancellation is what the caller must see
+        raise interruption
+    return task.result()

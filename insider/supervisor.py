@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import structlog
 
 from insider.clock import SystemClock
 from insider.ports import Clock, MessageRepository, RepositoryUnavailable
 from insider.sender import BatchReport, BatchSender
+
+if TYPE_CHECKING:
+    from insider.metrics import Observer
 
 log = structlog.get_logger("insider.supervisor")
 
@@ -48,11 +53,18 @@ class Supervisor:
     """
 
     def __init__(
-        self, sender: BatchSender, repository: MessageRepository, *, interval_s: float, clock: Clock | None = None
+        self,
+        sender: BatchSender,
+        repository: MessageRepository,
+        *,
+        interval_s: float,
+        clock: Clock | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._sender = sender
         self._repository = repository
         self._clock = clock or SystemClock()
+        self._observer = observer  # told of every batch (metrics); None: nobody
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -60,6 +72,7 @@ class Supervisor:
         self._last_tick_at: datetime | None = None
         self._next_tick_mono: float | None = None
         self._last_batch: BatchReport | None = None
+        self._schema_ready = False
         self.ticks = 0
 
     @property
@@ -91,7 +104,9 @@ class Supervisor:
             await asyncio.wait({task})  # else it would report running for a task about to end
         if not self.running:
             self._stopping = asyncio.Event()
-            self._task = asyncio.create_task(self._run(), name="insider-sender")
+            # A context of its own: the task must not inherit the request id (or any other
+            # context) of the HTTP request that happened to start it.
+            self._task = asyncio.create_task(self._run(), name="insider-sender", context=contextvars.Context())
             log.info("sender started", batch_size=self._sender.options.batch_size, interval_s=self.interval_s)
         return True
 
@@ -127,8 +142,18 @@ class Supervisor:
         finally:
             timer.cancel()
 
+    async def prepare(self) -> None:
+        """Create or upgrade the repository's schema, once; sending does it before its first batch.
+
+        Raises RepositoryUnavailable when the database cannot be reached (try again later).
+        """
+        if not self._schema_ready:
+            await self._repository.migrate()
+            self._schema_ready = True
+
     async def run_once(self) -> BatchReport:
         """Send one batch now, outside the schedule; waits for a running batch to end first."""
+        await self.prepare()
         async with self._batch_lock:
             # A stop() ends the schedule, not manual batches: its (still set) event must not
             # make this batch release everything it claims.
@@ -147,6 +172,8 @@ class Supervisor:
         self.ticks += 1
         report = await self._sender.run_batch(stopping)
         self._last_batch = report
+        if self._observer is not None:
+            self._observer.batch_done(report)
         if report.claimed:
             log.info(
                 "batch",
@@ -170,6 +197,8 @@ class Supervisor:
             if self._stopping.is_set():
                 break
             try:
+                # A database that was down at start-up has no schema yet: apply it first.
+                await self.prepare()
                 if self.interval_s > 0:
                     wait_s = await self._repository.acquire_slot(SLOT_NAME, self.interval_s)
                     if wait_s > 0:  # another process (or our own last run) had this slot

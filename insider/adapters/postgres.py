@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -15,6 +14,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from insider.adapters import sqlfiles
 from insider.adapters.cursor import decode_cursor, encode_cursor
 from insider.adapters.memory import slot_tolerance_s
 from insider.domain import Message, MessageStatus, Resolution
@@ -30,40 +30,14 @@ MIGRATION_LOCK_ID: Final = 0x696E7369646572
 _SLOT_ATTEMPTS: Final = 5
 
 _SQL_DIR = resources.files("insider.adapters") / "sql"
-_MIGRATION_FILE = re.compile(r"^(\d{4})_\w+\.sql$")
-_QUERY_HEADER = re.compile(r"^-- ([a-z_]+) --$", re.MULTILINE)
-
-
-def _load_queries() -> dict[str, str]:
-    """The named queries of ``sql/queries.sql``, without their comment lines."""
-    text = (_SQL_DIR / "queries.sql").read_text(encoding="utf-8")
-    parts = _QUERY_HEADER.split(text)
-    queries = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        # Comments go: psycopg would read a placeholder written in one as a parameter.
-        lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
-        queries[name] = "\n".join(lines).strip()
-    return queries
 
 
 def load_migrations() -> list[tuple[int, str, str]]:
-    """The migrations shipped with the package, as (version, file name, SQL), in order."""
-    found = []
-    for entry in (_SQL_DIR / "migrations").iterdir():
-        match = _MIGRATION_FILE.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
-    found.sort()
-    versions = [version for version, _, _ in found]
-    if len(set(versions)) != len(versions):
-        raise RuntimeError(f"two migration files share a version: {[name for _, name, _ in found]}")
-    if not found:
-        # A package built without its SQL files must not look like an up-to-date schema.
-        raise RuntimeError("no migration files found in insider/adapters/sql/migrations")
-    return found
+    """The PostgreSQL migrations shipped with the package, as (version, file name, SQL), in order."""
+    return sqlfiles.load_migrations(_SQL_DIR)
 
 
-_QUERIES: Final = _load_queries()
+_QUERIES: Final = sqlfiles.load_queries(_SQL_DIR)
 
 
 def _q(name: str) -> LiteralString:
@@ -81,7 +55,12 @@ CREATE TABLE IF NOT EXISTS insider_schema_migrations (
 
 @asynccontextmanager
 async def open_postgres_pool(
-    url: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 5.0
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    timeout_s: float = 5.0,
+    reconnect_timeout_s: float = 5.0,
 ) -> AsyncIterator[Pool]:
     """A connection pool for PostgresMessageRepository, closed on exit.
 
@@ -89,6 +68,11 @@ async def open_postgres_pool(
     database is down; until it is back, calls fail after ``timeout_s`` with
     RepositoryUnavailable. Connections are autocommit and checked when taken, so a
     restarted server costs no failed call.
+
+    A lost connection is retried with a doubling backoff for ``reconnect_timeout_s``,
+    then given up; the next call then connects afresh at once. (With psycopg_pool's
+    own default, 5 minutes, the service stayed idle after an outage for up to half
+    as long as the outage had lasted, up to two minutes.)
     """
     pool: Pool = AsyncConnectionPool(
         url,
@@ -97,6 +81,7 @@ async def open_postgres_pool(
         kwargs={"autocommit": True},
         open=False,
         timeout=timeout_s,
+        reconnect_timeout=reconnect_timeout_s,
         check=AsyncConnectionPool.check_connection,
         name="insider",
     )
@@ -164,6 +149,8 @@ class PostgresMessageRepository:
             raise RepositoryUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
         except psycopg.InterfaceError as exc:  # a connection closed under us
             raise RepositoryUnavailable(f"PostgreSQL connection lost: {exc}") from exc
+        except psycopg.errors.UndefinedTable as exc:  # a database that was down at start-up is not migrated yet
+            raise RepositoryUnavailable(f"PostgreSQL has no schema yet (migrations not applied): {exc}") from exc
 
     async def _fetch(self, query: LiteralString, params: Mapping[str, Any] | None = None) -> list[DictRow]:
         async with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
