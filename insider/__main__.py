@@ -4,42 +4,235 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import math
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from insider import __version__
-from insider.config import ConfigError, Settings, load_settings, mask_url
+from insider.config import ConfigError, Settings, format_duration, load_settings, mask_url, parse_duration
 from insider.logs import configure_logging
 
+if TYPE_CHECKING:
+    from aiohttp import web
+
 log = structlog.get_logger("insider")
+
+# Exit codes: 0 done, 1 failed at run time (database down, port taken), 2 bad usage or settings.
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXAMPLE_PHONE = "+15555550100"  # a number reserved for fiction
+EXAMPLE_CONTENT = "Hello from insider"
+SIMULATOR_PORT = 9090
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text!r}")
+    return value
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _latency(text: str) -> tuple[float, float]:
+    """``50ms`` (always that long) or ``20ms-50ms`` (anywhere in between)."""
+    low_text, _, high_text = text.partition("-")
+    low = _duration(low_text)
+    high = _duration(high_text) if high_text else low
+    if high < low:
+        raise argparse.ArgumentTypeError(f"expected SHORTEST-LONGEST, got {text!r}")
+    return low, high
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65_535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m insider",
         description="Sends queued SMS messages from a database to an SMS provider at a controlled rate. "
-        "Settings come from INSIDER_* variables (see README.md).",
+        "Settings come from INSIDER_* variables (see README.md and .env.example).",
+        epilog="Without a command, it serves.",
     )
     parser.add_argument("--version", action="version", version=f"insider {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     commands.add_parser(
         "serve",
         help="run the API and the sender (the default)",
-        description="Run the HTTP API and, unless INSIDER_AUTOSTART=false, the sender.",
+        description="Run the HTTP API and, unless INSIDER_AUTOSTART=false, the sender. "
+        "Stops gracefully on SIGTERM or SIGINT.",
     )
     commands.add_parser(
-        "migrate", help="apply the database migrations and exit", description="Apply the database migrations and exit."
+        "migrate",
+        help="apply the database migrations and exit",
+        description="Apply the database migrations (INSIDER_DATABASE_URL) and exit.",
     )
+    enqueue = commands.add_parser(
+        "enqueue",
+        help="add a message to the queue without the API",
+        description="Validate one message as the API does, store it as pending in INSIDER_DATABASE_URL "
+        "(creating the schema if needed) and print its id.",
+    )
+    enqueue.add_argument("--to", required=True, help=f"recipient, E.164 ('+' and 8 to 15 digits), e.g. {EXAMPLE_PHONE}")
+    enqueue.add_argument("--content", required=True, help="the text, at most INSIDER_CONTENT_MAX_LENGTH characters")
+    simulate = commands.add_parser(
+        "simulate",
+        help="run a simulated SMS provider (an HTTP server like the webhook)",
+        description="Run an HTTP server that answers like the provider's webhook: POST / or /webhook with "
+        '{"to", "content"} gets 202 and a messageId (the same one again for a repeated Idempotency-Key). '
+        "GET /messages lists what it accepted, GET /healthz says it is up. Nothing leaves this machine.",
+    )
+    simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    simulate.add_argument(
+        "--port", type=_port, default=SIMULATOR_PORT, help=f"port to listen on (default {SIMULATOR_PORT})"
+    )
+    simulate.add_argument(
+        "--latency",
+        type=_latency,
+        default=(0.02, 0.05),
+        metavar="DURATION[-DURATION]",
+        help="how long an answer takes: 50ms, or 20ms-50ms for anywhere in between (default 20ms-50ms)",
+    )
+    simulate.add_argument(
+        "--fail-rate", type=_rate, default=0.0, metavar="FRACTION", help="share of requests answered 500 (default 0)"
+    )
+    simulate.add_argument(
+        "--rate-limit-rate",
+        type=_rate,
+        default=0.0,
+        metavar="FRACTION",
+        help="share of requests answered 429 with Retry-After (default 0)",
+    )
+    simulate.add_argument(
+        "--retry-after",
+        type=_duration,
+        default=1.0,
+        metavar="DURATION",
+        help="the Retry-After of a 429, rounded up to whole seconds (default 1s)",
+    )
+    simulate.add_argument("--auth-key", default="", help="when set, requests must carry it in x-ins-auth-key")
     return parser
+
+
+def _quiet_pool_retries() -> None:
+    """A one-shot command reports a database that does not answer in its one error line;
+    the pool's warnings about each reconnection attempt would only bury it."""
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int) -> int | None:
+    """Listen on host:port; the port really bound (for port 0), or None after one error line."""
+    from aiohttp import web
+
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        print(f"insider: error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        return None
+    return int(runner.addresses[0][1]) if runner.addresses else port
+
+
+def _install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def _display_host(host: str) -> str:
+    """The host of the URLs to show: a wildcard address is reached on the loopback."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _python_command() -> str:
+    """How to run this Python from the working directory: the venv's path when it is below it."""
+    try:
+        return str(Path(sys.executable).relative_to(Path.cwd()))
+    except ValueError:
+        return "python"
+
+
+def startup_summary(
+    settings: Settings, *, base_url: str, running: bool, pending: int | None, python: str = "python"
+) -> str:
+    """The block printed when the service starts: where it is, what it uses, how to give it work."""
+    from insider.adapters.sqlite import is_sqlite_url, sqlite_path
+
+    if is_sqlite_url(settings.database_url):
+        path = sqlite_path(settings.database_url)
+        where = path if path == ":memory:" else str(Path(path).resolve())
+        database = f"SQLite {settings.database_url} ({where})"
+    else:
+        database = f"PostgreSQL {mask_url(settings.database_url)}"
+    if pending is None:
+        database += " (not answering yet; sending starts once it does)"
+    cache = f"Redis {mask_url(settings.redis_url)}" if settings.redis_url else "in-process (INSIDER_REDIS_URL is empty)"
+    provider = (
+        mask_url(settings.webhook_url) if settings.webhook_url else "built-in simulator — nothing leaves this machine"
+    )
+    every = (
+        f"every {format_duration(settings.send_interval_s)}"
+        if settings.send_interval_s > 0
+        else "back to back (INSIDER_SEND_INTERVAL=0)"
+    )
+    noun = "message" if settings.batch_size == 1 else "messages"
+    sending = "running" if running else "stopped (start it: POST /api/v1/messages/start)"
+    lines = [
+        f"insider {__version__} is up",
+        f"  API       {base_url}/api/v1/messages",
+        f"  Swagger   {base_url}/swagger",
+        f"  Database  {database}",
+        f"  Cache     {cache}",
+        f"  Provider  {provider}",
+        f"  Batches   {settings.batch_size} {noun} {every}",
+        f"  Sending   {sending}",
+    ]
+    if pending == 0:
+        auth = ' -H "Authorization: Bearer $INSIDER_API_TOKEN"' if settings.api_token else ""
+        body = f'{{"to": "{EXAMPLE_PHONE}", "content": "{EXAMPLE_CONTENT}"}}'
+        lines += [
+            "Nothing is waiting to be sent. Add a message with either of:",
+            f"  curl -X POST {base_url}/api/v1/messages -H 'Content-Type: application/json'{auth} -d '{body}'",
+            f"  {python} -m insider enqueue --to {EXAMPLE_PHONE} --content '{EXAMPLE_CONTENT}'",
+        ]
+        if running and settings.send_interval_s > 0:
+            lines.append(
+                f"It goes out with the next batch, at most {format_duration(settings.send_interval_s)} from now."
+            )
+    lines.append("Stop with Ctrl+C.")
+    return "\n".join(lines)
 
 
 async def _serve(settings: Settings) -> int:
     from aiohttp import web
 
     from insider.container import Container, resolve
+    from insider.domain import MessageStatus
+    from insider.ports import RepositoryUnavailable
     from insider.web.app import create_app
 
     container = Container(settings=settings)
@@ -47,26 +240,34 @@ async def _serve(settings: Settings) -> int:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()  # runs the lifespan: pools, migrations, sender
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    _install_stop_signals(stop)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        port = await _listen(runner, settings.host, settings.port)
+        if port is None:
+            return EXIT_FAILED
+        base_url = f"http://{_display_host(settings.host)}:{port}"
+        running = (await resolve(container.supervisor)).running
+        pending: int | None
         try:
-            await site.start()
-        except OSError as exc:
-            print(f"insider: error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
-            return 1
+            counts = await (await resolve(container.repository)).counts()
+            pending = counts[MessageStatus.PENDING] + counts[MessageStatus.SENDING]
+        except RepositoryUnavailable:
+            pending = None
         log.info(
             "serving",
-            api=f"http://{settings.host}:{settings.port}/api/v1/messages",
-            swagger=f"http://{settings.host}:{settings.port}/swagger",
+            api=f"{base_url}/api/v1/messages",
+            swagger=f"{base_url}/swagger",
             database=mask_url(settings.database_url),
             cache=mask_url(settings.redis_url) or "in-process",
+            provider=mask_url(settings.webhook_url) or "simulator",
             batch_size=settings.batch_size,
             interval_s=settings.send_interval_s,
-            sending=(await resolve(container.supervisor)).running,
+            sending=running,
         )
+        summary = startup_summary(
+            settings, base_url=base_url, running=running, pending=pending, python=_python_command()
+        )
+        print(summary, file=sys.stderr, flush=True)
         await stop.wait()
         log.info("shutting down", grace_s=settings.shutdown_timeout_s)
     finally:
@@ -75,33 +276,112 @@ async def _serve(settings: Settings) -> int:
 
 
 async def _migrate(settings: Settings) -> int:
-    from insider.adapters.postgres import PostgresMessageRepository, open_postgres_pool
+    from insider.container import Container, open_repository
     from insider.ports import RepositoryUnavailable
 
-    async with open_postgres_pool(settings.database_url) as pool:
+    _quiet_pool_retries()
+    async with open_repository(Container(settings=settings)) as repository:
         try:
-            await PostgresMessageRepository(pool).migrate()
+            await repository.migrate()
         except RepositoryUnavailable as exc:
             print(f"insider: error: database unavailable: {exc}", file=sys.stderr)
-            return 1
+            return EXIT_FAILED
     log.info("migrations applied", database=mask_url(settings.database_url))
     return 0
 
 
+async def _enqueue(settings: Settings, to: str, content: str) -> int:
+    from insider.container import Container, open_repository
+    from insider.domain import validation_error
+    from insider.ports import RepositoryUnavailable
+
+    reason = validation_error(to, content, settings.content_max_length)
+    if reason is not None:  # worded as the API words it: the field is "to"
+        print(f"insider: error: invalid message: {reason.replace('recipient_phone', 'to')}", file=sys.stderr)
+        return EXIT_FAILED
+    _quiet_pool_retries()
+    async with open_repository(Container(settings=settings)) as repository:
+        try:
+            await repository.migrate()
+            message = await repository.enqueue(to, content)
+        except RepositoryUnavailable as exc:
+            print(f"insider: error: database unavailable: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    print(message.id)
+    return 0
+
+
+async def _simulate(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from insider.simulator import SimulatedProvider, SimulatorOptions, create_simulator_app
+
+    options = SimulatorOptions(
+        latency_s=args.latency,
+        fail_rate=args.fail_rate,
+        rate_limit_rate=args.rate_limit_rate,
+        retry_after_s=args.retry_after,
+        auth_key=args.auth_key,
+    )
+    runner = web.AppRunner(create_simulator_app(SimulatedProvider(options)), access_log=None, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    _install_stop_signals(stop)
+    try:
+        port = await _listen(runner, args.host, args.port)
+        if port is None:
+            return EXIT_FAILED
+        base_url = f"http://{_display_host(args.host)}:{port}"
+        low, high = options.latency_s
+        latency = format_duration(low) if low == high else f"{format_duration(low)} to {format_duration(high)}"
+        answers = [f"202 after {latency}"]
+        if options.rate_limit_rate:
+            retry_after = format_duration(float(math.ceil(options.retry_after_s)))
+            answers.append(f"{options.rate_limit_rate:.0%} 429 (Retry-After {retry_after})")
+        if options.fail_rate:
+            answers.append(f"{options.fail_rate:.0%} 500")
+        # The key itself is not printed: this block ends up in logs.
+        key_hint = " INSIDER_WEBHOOK_AUTH_KEY=<the --auth-key>" if options.auth_key else ""
+        log.info("simulator listening", url=f"{base_url}/webhook")
+        print(
+            "\n".join(
+                [
+                    f"insider {__version__} simulated SMS provider is up — nothing leaves this machine",
+                    f"  Webhook   POST {base_url}/webhook (or POST {base_url}/)",
+                    f"  Messages  GET {base_url}/messages",
+                    f"  Health    GET {base_url}/healthz",
+                    f"  Answers   {'; '.join(answers)}",
+                    f"  Auth key  {'required (x-ins-auth-key)' if options.auth_key else 'not checked'}",
+                    f"Send to it: INSIDER_WEBHOOK_URL={base_url}/webhook{key_hint} python -m insider",
+                    "Stop with Ctrl+C.",
+                ]
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (argparse exits with 2 itself on bad usage)."""
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(f"insider: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     configure_logging(settings.log_level, settings.log_format)
     command = args.command or "serve"
-    if command == "serve" and not settings.webhook_url:
-        print("insider: error: INSIDER_WEBHOOK_URL: not set; the provider's webhook URL is required", file=sys.stderr)
-        return 2
-    runner = _serve if command == "serve" else _migrate
-    return asyncio.run(runner(settings))
+    if command == "simulate":
+        return asyncio.run(_simulate(args))
+    if command == "enqueue":
+        return asyncio.run(_enqueue(settings, args.to, args.content))
+    if command == "migrate":
+        return asyncio.run(_migrate(settings))
+    return asyncio.run(_serve(settings))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,18 @@ def parse_duration(text: str) -> float:
     return value
 
 
+def format_duration(seconds: float) -> str:
+    """A duration the way the settings write it: ``2m``, ``30s``, ``1h``, ``500ms``, ``1.5s``."""
+    if seconds == 0:
+        return "0s"
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and round(seconds / size, 9).is_integer():
+            return f"{round(seconds / size)}{unit}"
+    if seconds < 1 and round(seconds * 1000, 6).is_integer():
+        return f"{round(seconds * 1000)}ms"
+    return f"{seconds:g}s"
+
+
 def parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -93,13 +105,24 @@ def _url(*schemes: str, optional: bool = False) -> Callable[[str], str]:
     return parse
 
 
+def _database_url(text: str) -> str:
+    value = text.strip()
+    parts = urlsplit(value)
+    if parts.scheme == "sqlite":
+        # sqlite:///relative.db (from the working directory) or sqlite:////absolute.db
+        if parts.netloc or parts.query or parts.fragment or not parts.path.startswith("/") or len(parts.path) < 2:
+            raise ValueError("expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        return value
+    return _url("postgresql", "postgres", "sqlite")(value)
+
+
 def _text(text: str) -> str:
     return text.strip()
 
 
 # name (without the prefix) -> (field, parser)
 _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "DATABASE_URL": ("database_url", _url("postgresql", "postgres")),
+    "DATABASE_URL": ("database_url", _database_url),
     "REDIS_URL": ("redis_url", _url("redis", "rediss", "unix", optional=True)),
     "REDIS_PREFIX": ("redis_prefix", _text),
     "REDIS_TTL": ("redis_ttl_s", _duration_at_least(1)),
@@ -115,6 +138,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "RETRY_BACKOFF": ("retry_backoff_s", _duration_at_least(0.001)),
     "RETRY_BACKOFF_MAX": ("retry_backoff_max_s", _duration_at_least(0.001)),
     "SHUTDOWN_TIMEOUT": ("shutdown_timeout_s", _duration_at_least(0, allow_zero=True)),
+    "API_TOKEN": ("api_token", _text),
     "HOST": ("host", _text),
     "PORT": ("port", _int_between(0, 65_535)),
     "LOG_LEVEL": ("log_level", _choice(*LOG_LEVELS)),
@@ -124,6 +148,11 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
 _TEST_PREFIX = PREFIX + "TEST_"
 # Variables the loader itself reads, not settings.
 _META = {"CONFIG_FILE"}
+
+
+def variable_names() -> list[str]:
+    """Every INSIDER_* variable the service reads: the settings, then the loader's own."""
+    return [PREFIX + name for name in (*_PARSERS, *sorted(_META))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +178,7 @@ class Settings:
     retry_backoff_s: float
     retry_backoff_max_s: float
     shutdown_timeout_s: float
+    api_token: str
     host: str
     port: int
     log_level: str
@@ -168,6 +198,7 @@ class Settings:
     def __repr__(self) -> str:  # the auth key must never reach a log or a traceback
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
         shown["webhook_auth_key"] = "***" if self.webhook_auth_key else ""
+        shown["api_token"] = "***" if self.api_token else ""
         shown["database_url"] = mask_url(self.database_url)
         shown["redis_url"] = mask_url(self.redis_url)
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
@@ -184,12 +215,13 @@ def mask_url(url: str) -> str:
         password = parts.password
     except ValueError:  # not a URL we can take apart: show nothing of it
         return "***" if url else ""
+    masked_query = _QUERY_PASSWORD.sub(r"\1\2***", parts.query)
+    if password is None and masked_query == parts.query:
+        return url  # nothing to hide; urlunsplit would also turn sqlite:///x.db into sqlite:/x.db
     if password is not None:
         host = parts.netloc.rsplit("@", 1)[-1]
         parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
-    if parts.query:
-        parts = parts._replace(query=_QUERY_PASSWORD.sub(r"\1\2***", parts.query))
-    return urlunsplit(parts)
+    return urlunsplit(parts._replace(query=masked_query))
 
 
 def default_config_file() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,20 +17,34 @@ from psycopg_pool import AsyncConnectionPool
 from insider.adapters.memory import InMemorySentCache
 from insider.adapters.postgres import PostgresMessageRepository, open_postgres_pool
 from insider.adapters.redis import RedisSentCache, open_redis
+from insider.adapters.sqlite import SqliteDatabase, SqliteMessageRepository, is_sqlite_url, open_sqlite
 from insider.adapters.webhook import WebhookSmsClient, open_http_session
 from insider.clock import SystemClock
-from insider.config import Settings
-from insider.ports import RepositoryUnavailable
+from insider.config import Settings, mask_url
+from insider.metrics import CountsCache, Metrics
+from insider.ports import MessageRepository, RepositoryUnavailable
 from insider.sender import BatchSender, SenderOptions
+from insider.simulator import SimulatedSmsClient
 from insider.supervisor import Supervisor
 
 T = TypeVar("T")
 log = structlog.get_logger("insider")
 
 
-async def _postgres_pool(url: str) -> AsyncIterator[AsyncConnectionPool]:
+async def _postgres_pool(url: str) -> AsyncIterator[AsyncConnectionPool | None]:
+    if is_sqlite_url(url):  # SQLite configured: no pool is opened
+        yield None
+        return
     async with open_postgres_pool(url) as pool:
         yield pool
+
+
+async def _sqlite_database(url: str) -> AsyncIterator[SqliteDatabase | None]:
+    if not is_sqlite_url(url):  # PostgreSQL configured
+        yield None
+        return
+    async with open_sqlite(url) as database:
+        yield database
 
 
 async def _http_session(concurrency_limit: int) -> AsyncIterator[aiohttp.ClientSession]:
@@ -39,8 +54,10 @@ async def _http_session(concurrency_limit: int) -> AsyncIterator[aiohttp.ClientS
 
 async def _redis(url: str) -> AsyncIterator[aioredis.Redis | None]:
     if not url:  # no Redis configured: the in-process cache is used instead
+        log.info("cache in use", cache="in-process", hint="set INSIDER_REDIS_URL to use Redis")
         yield None
         return
+    log.info("cache in use", cache="redis", url=mask_url(url))
     async with open_redis(url) as client:
         yield client
 
@@ -49,11 +66,32 @@ def _cache_kind(settings: Settings) -> str:
     return "redis" if settings.redis_url else "memory"
 
 
+def _database_kind(settings: Settings) -> str:
+    return "sqlite" if is_sqlite_url(settings.database_url) else "postgres"
+
+
+def _provider_kind(settings: Settings) -> str:
+    return "webhook" if settings.webhook_url else "simulator"
+
+
+def _simulated_sms_client(sleep: Callable[[float], Awaitable[None]]) -> SimulatedSmsClient:
+    log.warning(
+        "INSIDER_WEBHOOK_URL is not set: messages go to the built-in simulated provider; "
+        "NOTHING LEAVES THIS MACHINE and no SMS is delivered",
+        provider="simulator",
+    )
+    return SimulatedSmsClient(sleep=sleep)
+
+
 class Container(containers.DeclarativeContainer):
     """Wires settings to adapters, the sender and the supervisor.
 
-    Async resources (the database pool, the HTTP session, the Redis client) open in
-    ``await container.init_resources()`` and close in ``await container.shutdown_resources()``.
+    The settings choose the adapters: PostgreSQL or SQLite by the scheme of
+    INSIDER_DATABASE_URL, Redis or an in-process cache by whether INSIDER_REDIS_URL is
+    set, the webhook or the built-in simulated provider by whether INSIDER_WEBHOOK_URL
+    is set. Async resources (the database pool or file, the HTTP session, the Redis
+    client) open in ``await container.init_resources()`` and close in ``await
+    container.shutdown_resources()``; those of the adapters not chosen open nothing.
     Tests swap any adapter with ``container.<name>.override(...)``.
     """
 
@@ -61,15 +99,24 @@ class Container(containers.DeclarativeContainer):
     clock = providers.Singleton(SystemClock)
 
     database_pool = providers.Resource(_postgres_pool, url=settings.provided.database_url)
-    repository = providers.Singleton(PostgresMessageRepository, pool=database_pool)
+    sqlite_database = providers.Resource(_sqlite_database, url=settings.provided.database_url)
+    repository = providers.Selector(
+        providers.Callable(_database_kind, settings),
+        postgres=providers.Singleton(PostgresMessageRepository, pool=database_pool),
+        sqlite=providers.Singleton(SqliteMessageRepository, database=sqlite_database, clock=clock),
+    )
 
     http_session = providers.Resource(_http_session, concurrency_limit=settings.provided.send_concurrency)
-    sms_client = providers.Singleton(
-        WebhookSmsClient,
-        session=http_session,
-        url=settings.provided.webhook_url,
-        auth_key=settings.provided.webhook_auth_key,
-        timeout_s=settings.provided.webhook_timeout_s,
+    sms_client = providers.Selector(
+        providers.Callable(_provider_kind, settings),
+        webhook=providers.Singleton(
+            WebhookSmsClient,
+            session=http_session,
+            url=settings.provided.webhook_url,
+            auth_key=settings.provided.webhook_auth_key,
+            timeout_s=settings.provided.webhook_timeout_s,
+        ),
+        simulator=providers.Singleton(_simulated_sms_client, sleep=clock.provided.sleep),
     )
 
     redis_client = providers.Resource(_redis, url=settings.provided.redis_url)
@@ -83,6 +130,11 @@ class Container(containers.DeclarativeContainer):
         ),
         memory=providers.Singleton(InMemorySentCache),
     )
+
+    # Metrics on a registry of this container's own; the web app serves them at /metrics.
+    metrics = providers.Singleton(Metrics)
+    # Message counts for /metrics and the dashboard: one query per ttl_s, however many ask.
+    counts = providers.Singleton(CountsCache, repository=repository, ttl_s=2.0, clock=clock)
 
     sender_options = providers.Singleton(
         SenderOptions,
@@ -101,6 +153,7 @@ class Container(containers.DeclarativeContainer):
         cache=cache,
         clock=clock,
         options=sender_options,
+        observer=metrics,
     )
     supervisor = providers.Singleton(
         Supervisor,
@@ -108,6 +161,7 @@ class Container(containers.DeclarativeContainer):
         repository=repository,
         interval_s=settings.provided.send_interval_s,
         clock=clock,
+        observer=metrics,
     )
 
 
@@ -125,6 +179,18 @@ async def _maybe_await(value: Awaitable[None] | None) -> None:
 
 
 @asynccontextmanager
+async def open_repository(container: Container) -> AsyncIterator[MessageRepository]:
+    """The container's repository with only its own database resource opened, closed on exit.
+
+    For one-shot commands (migrate, enqueue) that need the database and nothing else.
+    """
+    try:
+        yield await resolve(container.repository)
+    finally:
+        await _maybe_await(container.shutdown_resources())
+
+
+@asynccontextmanager
 async def open_service(container: Container) -> AsyncIterator[Supervisor]:
     """Open the container's resources, migrate, start sending (unless autostart is off).
 
@@ -135,16 +201,36 @@ async def open_service(container: Container) -> AsyncIterator[Supervisor]:
     settings: Settings = container.settings()
     await _maybe_await(container.init_resources())
     try:
-        try:
-            await (await resolve(container.repository)).migrate()
-        except RepositoryUnavailable as exc:
-            log.error("database unavailable at start-up; sending will start once it answers", error=str(exc))
         supervisor = await resolve(container.supervisor)
+
+        async def prepare_once_reachable() -> None:
+            while True:
+                await asyncio.sleep(1.0)  # each try also waits up to the pool's timeout
+                try:
+                    await supervisor.prepare()
+                except RepositoryUnavailable:
+                    continue
+                except Exception:
+                    log.exception("applying the schema failed")
+                    return
+                log.info("schema applied; the database answers again")
+                return
+
+        schema: asyncio.Task[None] | None = None
+        try:
+            await supervisor.prepare()
+        except RepositoryUnavailable as exc:
+            log.error("database unavailable at start-up; the schema will be applied once it answers", error=str(exc))
+            # The sender applies it before its first batch too, but the API needs it, sender or not.
+            schema = asyncio.create_task(prepare_once_reachable(), name="insider-schema")
         if settings.autostart:
             await supervisor.start()
         try:
             yield supervisor
         finally:
+            if schema is not None:
+                schema.cancel()
+                await asyncio.wait({schema})
             await supervisor.stop(grace_s=settings.shutdown_timeout_s)
     finally:
         await _maybe_await(container.shutdown_resources())

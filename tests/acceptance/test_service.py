@@ -163,15 +163,27 @@ async def test_sigterm_during_a_slow_send_exits_zero_and_records(
     assert row is not None and row[0] == "sent" and row[1]
 
 
-def test_missing_webhook_url_stops_start_up_with_one_line() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "insider"],
-        env=service_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "insider: error: INSIDER_WEBHOOK_URL: not set; the provider's webhook URL is required"
-    ]
+async def test_without_a_webhook_url_the_built_in_simulator_takes_the_messages(
+    fresh_postgres_url: str, start_service: Any
+) -> None:
+    service: Service = start_service(database_url=fresh_postgres_url, send_interval="0.2s")
+    async with aiohttp.ClientSession() as session:
+        await eventually(lambda: _up(session, service), timeout_s=20, what="the service to answer")
+        async with session.post(
+            service.base_url + "/api/v1/messages", json={"to": "+905301234001", "content": "to the simulator"}
+        ) as response:
+            assert response.status == 201
+            message_id = (await response.json())["id"]
+
+        async def sent() -> bool:
+            async with session.get(f"{service.base_url}/api/v1/messages/{message_id}") as response:
+                body = await response.json()
+                return bool(body["status"] == "sent" and body["messageId"])
+
+        await eventually(sent, timeout_s=20, what="the message to be sent through the simulator")
+    service.process.send_signal(signal.SIGTERM)
+    assert service.process.wait(timeout=20) == 0
+    log = service.log()
+    assert "NOTHING LEAVES THIS MACHINE" in log  # the start-up warning
+    assert "Provider  built-in simulator — nothing leaves this machine" in log  # the summary
+    assert "Database  PostgreSQL " in log

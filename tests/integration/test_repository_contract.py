@@ -1,20 +1,25 @@
-"""The MessageRepository contract, run against every adapter: in-memory and PostgreSQL.
+"""The MessageRepository contract, run against every adapter: in-memory, SQLite and PostgreSQL.
 
-Time: the in-memory adapter runs on a FakeClock that ``advance`` moves; PostgreSQL runs on
-real time, so its time-dependent checks use tiny intervals and wait with ``eventually``.
+Time: the in-memory and SQLite adapters run on a FakeClock that ``advance`` moves;
+PostgreSQL runs on real time, so its time-dependent checks use tiny intervals and wait
+with ``eventually``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from insider.adapters.memory import InMemoryMessageRepository
 from insider.adapters.postgres import Pool, PostgresMessageRepository
+from insider.adapters.sqlite import SqliteMessageRepository, format_timestamp, open_sqlite
 from insider.clock import FakeClock
 from insider.domain import Message, MessageStatus, Resolution
 from insider.ports import InvalidCursor, InvalidState, MessageNotFound, MessageRepository
@@ -32,8 +37,9 @@ class Backend:
     """One adapter under test, with what the suite needs to drive it."""
 
     repository: MessageRepository
-    clock: FakeClock | None = None  # in-memory only
+    clock: FakeClock | None = None  # in-memory and SQLite
     pool: Pool | None = None  # PostgreSQL only
+    sqlite_file: Path | None = None  # SQLite only
 
     def now(self) -> datetime:
         """The adapter's notion of now."""
@@ -49,6 +55,16 @@ class Backend:
         repository = self.repository
         if isinstance(repository, InMemoryMessageRepository):
             return repository.add(PHONE, content, created_at=created_at)
+        if self.sqlite_file is not None:
+            with contextlib.closing(sqlite3.connect(self.sqlite_file)) as lite, lite:
+                cursor = lite.execute(
+                    "INSERT INTO messages (recipient_phone, content, created_at) VALUES (?, ?, ?)",
+                    (PHONE, content, format_timestamp(created_at)),
+                )
+            assert cursor.lastrowid is not None
+            added = await repository.get(cursor.lastrowid)
+            assert added is not None
+            return added
         assert self.pool is not None
         async with self.pool.connection() as conn:
             cur = await conn.execute(
@@ -62,11 +78,24 @@ class Backend:
         return message
 
 
-@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture
+async def sqlite_backend(tmp_path: Path) -> AsyncIterator[Backend]:
+    """A migrated SQLite repository in a file of this test's own, on a fake clock."""
+    clock = FakeClock()
+    async with open_sqlite(f"sqlite:///{tmp_path / 'insider.db'}") as database:
+        repository = SqliteMessageRepository(database, clock)
+        await repository.migrate()
+        yield Backend(repository, clock=clock, sqlite_file=tmp_path / "insider.db")
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest) -> Backend:
     if request.param == "memory":
         clock = FakeClock()
         return Backend(InMemoryMessageRepository(clock), clock=clock)
+    if request.param == "sqlite":
+        sqlite: Backend = request.getfixturevalue("sqlite_backend")
+        return sqlite
     repository: PostgresMessageRepository = request.getfixturevalue("pg_repository")
     pool: Pool = request.getfixturevalue("pg_pool")
     return Backend(repository, pool=pool)

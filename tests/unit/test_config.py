@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from dotenv import dotenv_values
 
-from insider.config import ConfigError, Settings, default_config_file, load_settings, mask_url, parse_duration
+from insider.config import (
+    ConfigError,
+    Settings,
+    default_config_file,
+    format_duration,
+    load_settings,
+    mask_url,
+    parse_duration,
+    variable_names,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write(path: Path, lines: dict[str, str]) -> Path:
@@ -23,8 +36,10 @@ def load(environ: dict[str, str], *, env_file: Path | None = None) -> Settings:
 def test_defaults() -> None:
     settings = load({})
 
-    assert settings.database_url == "postgresql://127.0.0.1:5432/insider"
-    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    # The embedded defaults: a SQLite file in the working directory, the in-process cache,
+    # and (no webhook) the built-in simulated provider.
+    assert settings.database_url == "sqlite:///insider.db"
+    assert settings.redis_url == ""
     assert settings.redis_prefix == "insider"
     assert settings.redis_ttl_s == 7 * 86400
     assert settings.webhook_url == ""
@@ -39,6 +54,7 @@ def test_defaults() -> None:
     assert settings.retry_backoff_s == 30
     assert settings.retry_backoff_max_s == 3600
     assert settings.shutdown_timeout_s == 10
+    assert settings.api_token == ""
     assert settings.host == "127.0.0.1"
     assert settings.port == 8080
     assert settings.log_level == "info"
@@ -125,6 +141,12 @@ def test_a_zero_interval_means_drain_mode() -> None:
         ("INSIDER_REDIS_TTL", "500ms"),
         ("INSIDER_WEBHOOK_URL", "ftp://provider.test/"),
         ("INSIDER_DATABASE_URL", "mysql://db/insider"),
+        ("INSIDER_DATABASE_URL", "sqlite://host/insider.db"),
+        ("INSIDER_DATABASE_URL", "sqlite:///"),
+        ("INSIDER_DATABASE_URL", "sqlite:insider.db"),
+        ("INSIDER_DATABASE_URL", "sqlite:///insider.db?mode=ro"),
+        ("INSIDER_DATABASE_URL", ""),
+        ("INSIDER_REDIS_URL", "http://cache:6379"),
         ("INSIDER_SEND_CONCURRENCY", "1.5"),
     ],
 )
@@ -132,6 +154,26 @@ def test_a_bad_value_is_named_in_the_error(name: str, value: str) -> None:
     with pytest.raises(ConfigError) as err:
         load({name: value})
     assert str(err.value).startswith(f"{name}: ")
+
+
+@pytest.mark.parametrize(
+    "database_url",
+    [
+        "sqlite:///insider.db",
+        "sqlite:///data/insider.db",
+        "sqlite:////var/lib/insider/insider.db",
+        "sqlite:///:memory:",
+        "postgresql://app:pw@db:5432/insider",
+        "postgres://db/insider",
+    ],
+)
+def test_database_urls_of_sqlite_and_postgresql_are_accepted(database_url: str) -> None:
+    assert load({"INSIDER_DATABASE_URL": database_url}).database_url == database_url
+
+
+def test_empty_redis_and_webhook_urls_mean_the_embedded_adapters() -> None:
+    settings = load({"INSIDER_REDIS_URL": "", "INSIDER_WEBHOOK_URL": " "})
+    assert (settings.redis_url, settings.webhook_url) == ("", "")
 
 
 def test_a_bad_value_in_dotenv_is_named_too(tmp_path: Path) -> None:
@@ -194,7 +236,7 @@ def test_repr_never_shows_the_auth_key_or_a_password(database_url: str) -> None:
 
 def test_repr_of_a_url_without_password_is_unchanged() -> None:
     settings = load({})
-    assert "database_url='postgresql://127.0.0.1:5432/insider'" in repr(settings)
+    assert "database_url='sqlite:///insider.db'" in repr(settings)
     assert "webhook_auth_key=''" in repr(settings)
 
 
@@ -205,6 +247,8 @@ def test_repr_of_a_url_without_password_is_unchanged() -> None:
         ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
         ("postgresql://h/db?password=pw&sslmode=require", "postgresql://h/db?password=***&sslmode=require"),
         ("postgresql://h/db", "postgresql://h/db"),
+        ("sqlite:///insider.db", "sqlite:///insider.db"),
+        ("sqlite:////var/lib/insider.db", "sqlite:////var/lib/insider.db"),
         ("", ""),
     ],
 )
@@ -236,3 +280,47 @@ def test_settings_can_be_built_directly_for_embedding() -> None:
     settings = replace(load({}), batch_size=4, send_interval_s=1.0)
     assert settings.batch_size == 4
     assert settings.send_interval_s == 1.0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (120, "2m"),
+        (30, "30s"),
+        (3600, "1h"),
+        (7 * 86400, "7d"),
+        (0.5, "500ms"),
+        (0.3, "300ms"),
+        (1.5, "1.5s"),
+    ],
+)
+def test_format_duration_writes_what_parse_duration_reads(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+def _assignments(path: Path) -> dict[str, str | None]:
+    return {k: v for k, v in dotenv_values(path).items() if k.startswith("INSIDER_")}
+
+
+def test_every_setting_is_in_the_defaults_file() -> None:
+    defaults = _assignments(default_config_file())
+    assert sorted(defaults) == sorted(v for v in variable_names() if v != "INSIDER_CONFIG_FILE")
+
+
+def test_env_example_lists_every_setting_with_its_default() -> None:
+    example = ROOT / ".env.example"
+    # Copied to .env as it is, it changes nothing.
+    assert _assignments(example) == _assignments(default_config_file())
+    assert load({}, env_file=example) == load({})
+    # Each variable, INSIDER_CONFIG_FILE included, is explained in a comment above it.
+    text = example.read_text(encoding="utf-8")
+    for name in variable_names():
+        assert re.search(rf"^# .*\n(# .*\n)*#? ?{name}=", text, re.MULTILINE), f"{name} has no comment in .env.example"
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in variable_names() if f"`{name}`" not in readme]
+    assert missing == [], f"README.md does not document {missing}"

@@ -1,0 +1,416 @@
+"""The message repository on SQLite (stdlib sqlite3 on one worker thread): the embedded default."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from insider.adapters import sqlfiles
+from insider.adapters.cursor import decode_cursor, encode_cursor
+from insider.adapters.memory import next_slot
+from insider.clock import SystemClock
+from insider.domain import Message, MessageStatus, Resolution
+from insider.ports import Clock, InvalidState, MessageNotFound, Page, RepositoryUnavailable
+
+T = TypeVar("T")
+
+# RETURNING came in 3.35; UPDATE ... FROM in 3.33.
+MIN_SQLITE_VERSION: Final = (3, 35, 0)
+DEFAULT_BUSY_TIMEOUT_S: Final = 5.0
+
+_SQL_DIR = resources.files("insider.adapters") / "sql" / "sqlite"
+# Primary result codes that mean "the database cannot be used now", not "the query is wrong".
+_UNAVAILABLE_CODES: Final = frozenset(
+    {
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
+# Errors after which the connection is dropped and made again on the next call (the file
+# may have been replaced or its disk remounted); waiting on a lock is not one of them.
+_RECONNECT_CODES: Final = _UNAVAILABLE_CODES - {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+
+_CREATE_MIGRATIONS_TABLE: Final = """
+CREATE TABLE IF NOT EXISTS insider_schema_migrations (
+    version INTEGER PRIMARY KEY,
+    applied_at TEXT NOT NULL
+)
+"""
+
+
+def sqlite_path(url: str) -> str:
+    """The file of a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL.
+
+    A relative path is relative to the working directory; ``sqlite:///:memory:`` is a
+    database that lives as long as its connection.
+    """
+    parts = urlsplit(url)
+    bad = parts.netloc or parts.query or parts.fragment or not parts.path.startswith("/") or len(parts.path) < 2
+    if parts.scheme != "sqlite" or bad:
+        raise ValueError("expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
+    return unquote(parts.path[1:])
+
+
+def is_sqlite_url(url: str) -> bool:
+    """Whether ``url`` names a SQLite database (else it is PostgreSQL)."""
+    return urlsplit(url).scheme == "sqlite"
+
+
+def format_timestamp(when: datetime) -> str:
+    """A time as stored: UTC, fixed width, microseconds, so text order is time order."""
+    if when.tzinfo is None:  # times in this codebase are aware UTC; a naive one is taken to be UTC
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(text: str | None) -> datetime | None:
+    """A stored time as an aware UTC datetime; a naive one (written by hand) is read as UTC."""
+    if text is None:
+        return None
+    when = datetime.fromisoformat(text)
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def load_migrations() -> list[tuple[int, str, str]]:
+    """The SQLite migrations shipped with the package, as (version, file name, SQL), in order."""
+    return sqlfiles.load_migrations(_SQL_DIR)
+
+
+def split_statements(script: str) -> Iterator[str]:
+    """The statements of a SQL script, one at a time (sqlite3 runs one per ``execute``).
+
+    ``executescript`` would do it, but it commits first: the migration must run inside
+    the transaction that holds the write lock.
+    """
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
+    rest = [line for line in pending.splitlines() if line.strip() and not line.lstrip().startswith("--")]
+    if rest:
+        raise ValueError(f"unterminated SQL statement: {' '.join(rest)[:80]!r}")
+
+
+_QUERIES: Final = sqlfiles.load_queries(_SQL_DIR)
+
+
+def _q(name: str) -> str:
+    return _QUERIES[name]
+
+
+class SqliteDatabase:
+    """One SQLite connection, used only from one worker thread of its own.
+
+    Every call runs on that thread in turn, so the event loop never blocks on the disk
+    and the connection is never shared between threads. The connection is made on first
+    use (and again after a disk error), so a service starts even when the file cannot be
+    opened yet; until it can, calls raise RepositoryUnavailable. Open with
+    :func:`open_sqlite`, which also closes it.
+    """
+
+    def __init__(self, path: str, *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
+        self.path = path
+        self._busy_timeout_s = busy_timeout_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="insider-sqlite")
+        self._connection: sqlite3.Connection | None = None
+        self._closed = False
+
+    @property
+    def location(self) -> str:
+        """The file, as an absolute path (or ``:memory:``)."""
+        return self.path if self.path == ":memory:" else str(Path(self.path).resolve())
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work(connection)`` on the database's thread; errors that mean the database
+        cannot be used become RepositoryUnavailable."""
+        if self._closed:
+            raise RepositoryUnavailable("the SQLite database is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, work)
+
+    async def close(self) -> None:
+        """Close the connection, after any call still running; later calls raise RepositoryUnavailable."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._disconnect)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return work(self._connect())
+        except sqlite3.Error as exc:
+            code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+            if code not in _UNAVAILABLE_CODES:
+                raise
+            if code in _RECONNECT_CODES:
+                self._disconnect()
+            raise RepositoryUnavailable(f"SQLite database {self.path} is unavailable: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is not None:
+            return self._connection
+        if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+            raise RuntimeError(
+                f"SQLite {sqlite3.sqlite_version} is too old: insider needs "
+                f"{'.'.join(map(str, MIN_SQLITE_VERSION))} or newer (or use PostgreSQL)"
+            )
+        # isolation_level=None: no implicit transactions; one statement is one transaction
+        # unless a method opens one with BEGIN IMMEDIATE.
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.create_function("insider_uuid4", 0, _uuid4)
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+            # WAL: readers do not wait for the writer, and another process (the enqueue
+            # command, a second service) can use the same file meanwhile.
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")  # a recorded send survives a power cut
+        except BaseException:
+            conn.close()
+            raise
+        self._connection = conn
+        return conn
+
+    def _disconnect(self) -> None:
+        conn, self._connection = self._connection, None
+        if conn is not None:
+            conn.close()
+
+
+def _uuid4() -> str:
+    return str(uuid.uuid4())
+
+
+@asynccontextmanager
+async def open_sqlite(url: str, *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> AsyncIterator[SqliteDatabase]:
+    """The SQLite database of a ``sqlite:///`` URL, closed on exit.
+
+    Nothing is opened until the first call, so this never fails for a file that cannot
+    be opened; the calls do, with RepositoryUnavailable.
+    """
+    database = SqliteDatabase(sqlite_path(url), busy_timeout_s=busy_timeout_s)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+@contextmanager
+def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """A transaction holding the write lock from its first statement (BEGIN IMMEDIATE).
+
+    Reading first and writing later in a deferred transaction could fail with
+    SQLITE_BUSY when another process wrote in between; taking the lock up front makes
+    other writers wait their turn (up to the busy timeout) instead.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _message(row: sqlite3.Row) -> Message:
+    created_at = parse_timestamp(row["created_at"])
+    assert created_at is not None  # NOT NULL in the schema
+    return Message(
+        id=row["id"],
+        recipient_phone=row["recipient_phone"],
+        content=row["content"],
+        status=MessageStatus(row["status"]),
+        created_at=created_at,
+        sent_at=parse_timestamp(row["sent_at"]),
+        message_id=row["message_id"],
+        last_error=row["last_error"],
+        attempts=row["attempts"],
+        next_attempt_at=parse_timestamp(row["next_attempt_at"]),
+        lease_expires_at=parse_timestamp(row["lease_expires_at"]),
+        idempotency_key=row["idempotency_key"],
+        claim_token=row["claim_token"],
+    )
+
+
+def _token(claim_token: str | None) -> str | None:
+    """A claim token in the stored form; one that is not a UUID can hold no row, like None."""
+    if claim_token is None:
+        return None
+    try:
+        return str(uuid.UUID(claim_token))
+    except ValueError:
+        return None
+
+
+class SqliteMessageRepository:
+    """The repository port on SQLite: one file, no server; for first runs, demos and small deployments.
+
+    It behaves like the PostgreSQL repository: the same order, leases, retries and
+    pagination. Each method is one statement (or, for migrations and the rate slot, one
+    transaction holding the write lock), so several processes on one file stay
+    correct, only slower. Times come from ``clock`` (the system's by default).
+    The repository does not close the database.
+    """
+
+    def __init__(self, database: SqliteDatabase, clock: Clock | None = None) -> None:
+        self._db = database
+        self._clock = clock or SystemClock()
+
+    def _now(self) -> datetime:
+        return self._clock.now()
+
+    async def _fetch(self, query: str, params: Mapping[str, Any] | None = None) -> list[sqlite3.Row]:
+        def work(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            return conn.execute(query, params or {}).fetchall()
+
+        return await self._db.run(work)
+
+    async def migrate(self) -> None:
+        """Apply the pending migrations, in order, in one transaction holding the write lock.
+
+        Processes starting together wait for each other there, so every migration is
+        applied once.
+        """
+        migrations = load_migrations()
+        applied_at = format_timestamp(self._now())
+
+        def work(conn: sqlite3.Connection) -> None:
+            with _write_transaction(conn):
+                conn.execute(_CREATE_MIGRATIONS_TABLE)
+                applied = {row[0] for row in conn.execute("SELECT version FROM insider_schema_migrations")}
+                for version, _name, text in migrations:
+                    if version in applied:
+                        continue
+                    for statement in split_statements(text):
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO insider_schema_migrations (version, applied_at) VALUES (?, ?)",
+                        (version, applied_at),
+                    )
+
+        await self._db.run(work)
+
+    async def ping(self) -> None:
+        await self._fetch(_q("ping"))
+
+    async def enqueue(self, recipient_phone: str, content: str) -> Message:
+        params = {
+            "recipient_phone": recipient_phone,
+            "content": content,
+            "now": format_timestamp(self._now()),
+            "idempotency_key": str(uuid.uuid4()),
+        }
+        rows = await self._fetch(_q("enqueue"), params)
+        return _message(rows[0])
+
+    async def get(self, message_id: int) -> Message | None:
+        rows = await self._fetch(_q("get"), {"id": message_id})
+        return _message(rows[0]) if rows else None
+
+    async def list_messages(self, status: MessageStatus, limit: int, cursor: str | None = None) -> Page:
+        sent = status is MessageStatus.SENT
+        params: dict[str, Any] = {"status": status.value, "limit": limit + 1}
+        if cursor is None:
+            query = _q("list_sent" if sent else "list_by_created")
+        else:
+            key, params["id"] = decode_cursor(cursor, status)
+            params["key"] = format_timestamp(key)
+            query = _q("list_sent_after" if sent else "list_by_created_after")
+        rows = [_message(row) for row in await self._fetch(query, params)]
+        page = rows[:limit]
+        next_cursor = None
+        if len(rows) > limit and page:
+            last = page[-1]
+            last_key = last.sent_at if sent else last.created_at
+            assert last_key is not None  # the sent queries skip rows without sent_at
+            next_cursor = encode_cursor(status, last_key, last.id)
+        return Page(items=page, next_cursor=next_cursor)
+
+    async def claim(self, limit: int, lease_s: float) -> list[Message]:
+        if limit <= 0:
+            return []
+        now = self._now()
+        params = {
+            "now": format_timestamp(now),
+            "lease_expires_at": format_timestamp(now + timedelta(seconds=lease_s)),
+            "limit": limit,
+        }
+        rows = await self._fetch(_q("claim"), params)
+        # UPDATE ... RETURNING gives no order.
+        return sorted((_message(row) for row in rows), key=lambda m: (m.created_at, m.id))
+
+    async def resolve(self, resolutions: Sequence[Resolution]) -> None:
+        if not resolutions:
+            return
+        now = self._now()
+        values = [
+            {
+                "id": int(r.id),
+                "claim_token": _token(r.claim_token),
+                "status": r.status.value,
+                "sent_at": format_timestamp(r.sent_at) if r.sent_at is not None else None,
+                "message_id": r.message_id,
+                "last_error": r.last_error,
+                "next_attempt_at": (
+                    format_timestamp(now + timedelta(seconds=r.retry_in_s)) if r.retry_in_s is not None else None
+                ),
+                "uncount": bool(r.uncount_attempt),
+            }
+            for r in resolutions
+        ]
+        params = {"resolutions": json.dumps(values, ensure_ascii=False), "now": format_timestamp(now)}
+        await self._fetch(_q("resolve"), params)
+
+    async def retry(self, message_id: int) -> Message:
+        rows = await self._fetch(_q("retry"), {"id": message_id, "now": format_timestamp(self._now())})
+        if rows:
+            return _message(rows[0])
+        current = await self.get(message_id)
+        if current is None:
+            raise MessageNotFound(message_id)
+        raise InvalidState(current, "failed")
+
+    async def acquire_slot(self, name: str, interval_s: float) -> float:
+        """Take the slot in one transaction holding the write lock; see ``memory.next_slot``."""
+
+        def work(conn: sqlite3.Connection) -> float:
+            with _write_transaction(conn):
+                now = self._now()  # once the lock is held: waiting for it must not make "now" stale
+                row = conn.execute(_q("slot_get"), {"name": name}).fetchone()
+                next_at = parse_timestamp(row["next_at"]) if row is not None else None
+                if next_at is not None and next_at > now:
+                    return (next_at - now).total_seconds()
+                taken_until = next_slot(next_at, now, interval_s)
+                conn.execute(_q("slot_set"), {"name": name, "next_at": format_timestamp(taken_until)})
+                return 0.0
+
+        return await self._db.run(work)
+
+    async def counts(self) -> dict[MessageStatus, int]:
+        result = dict.fromkeys(MessageStatus, 0)
+        for row in await self._fetch(_q("counts")):
+            result[MessageStatus(row["status"])] = row["n"]
+        return result

@@ -1,0 +1,224 @@
+"""A simulated SMS provider, in process (the default SmsClient) or as an HTTP server; nothing leaves the machine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import structlog
+from aiohttp import web
+
+from insider.domain import Outcome, SendResult, mask_phone
+
+log = structlog.get_logger("insider.simulator")
+
+AUTH_HEADER: Final = "x-ins-auth-key"
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+# How many idempotency keys, and how many accepted messages for GET /messages, are kept:
+# enough for any demo or test, and memory stays bounded however long it runs.
+REMEMBERED_KEYS: Final = 100_000
+LISTED_MESSAGES: Final = 1_000
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorOptions:
+    """How the simulated provider behaves.
+
+    ``latency_s`` is the (shortest, longest) time an answer takes, drawn uniformly.
+    Of all requests, a share ``rate_limit_rate`` gets ``429`` with ``Retry-After:
+    retry_after_s``, then a share ``fail_rate`` gets ``500``; the others are accepted.
+    With ``auth_key`` set, requests must carry it in ``x-ins-auth-key``.
+    """
+
+    latency_s: tuple[float, float] = (0.02, 0.05)
+    fail_rate: float = 0.0
+    rate_limit_rate: float = 0.0
+    retry_after_s: float = 1.0
+    auth_key: str = ""
+
+    def __post_init__(self) -> None:
+        low, high = self.latency_s
+        if not 0 <= low <= high or not math.isfinite(high):
+            raise ValueError(f"latency_s must be 0 <= shortest <= longest, not {self.latency_s!r}")
+        for name in ("fail_rate", "rate_limit_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be from 0 to 1, not {getattr(self, name)!r}")
+        if not 0 <= self.retry_after_s < math.inf:
+            raise ValueError(f"retry_after_s must be a number of seconds, not {self.retry_after_s!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One message the simulated provider accepted."""
+
+    message_id: str
+    to: str
+    content: str
+    idempotency_key: str | None
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the provider answers one request: status, JSON body and extra headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+    @property
+    def message_id(self) -> str | None:
+        value = self.body.get("messageId")
+        return value if isinstance(value, str) else None
+
+
+class SimulatedProvider:
+    """The provider's behaviour, shared by the in-process client and the HTTP server.
+
+    It answers like the real provider: ``202`` with ``{"message": "Accepted",
+    "messageId": <uuid>}`` after a little latency, and the same ``messageId`` again for a
+    repeated ``Idempotency-Key``; on demand, a share of ``500`` answers and of ``429``
+    answers with ``Retry-After``, so that retries can be tried out. ``sleep`` and ``rng``
+    are injectable, so tests neither wait nor depend on chance.
+    """
+
+    def __init__(
+        self, options: SimulatorOptions | None = None, *, sleep: Sleep = asyncio.sleep, rng: random.Random | None = None
+    ) -> None:
+        self.options = options or SimulatorOptions()
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._keys: OrderedDict[str, str] = OrderedDict()
+        self.received: deque[Received] = deque(maxlen=LISTED_MESSAGES)
+        self.counts = {"accepted": 0, "replayed": 0, "failed": 0, "rateLimited": 0, "rejected": 0}
+
+    async def answer(self, to: Any, content: Any, idempotency_key: str | None) -> Answer:
+        """Decide the answer at once (so concurrent repeats of a key agree), then take the latency."""
+        answer = self._decide(to, content, idempotency_key)
+        low, high = self.options.latency_s
+        if high > 0:
+            await self._sleep(self._rng.uniform(low, high))
+        return answer
+
+    def _decide(self, to: Any, content: Any, idempotency_key: str | None) -> Answer:
+        if not isinstance(to, str) or not to.strip() or not isinstance(content, str):
+            self.counts["rejected"] += 1
+            return Answer(400, {"error": 'the body must be {"to": string, "content": string}'}, {})
+        if idempotency_key and idempotency_key in self._keys:
+            # The same request again (a retry after a lost answer): the same message, not a new one.
+            self._keys.move_to_end(idempotency_key)
+            self.counts["replayed"] += 1
+            return Answer(202, {"message": "Accepted", "messageId": self._keys[idempotency_key]}, {})
+        draw = self._rng.random()
+        if draw < self.options.rate_limit_rate:
+            self.counts["rateLimited"] += 1
+            retry_after = str(math.ceil(self.options.retry_after_s))
+            return Answer(429, {"error": "rate limited (simulated)"}, {"Retry-After": retry_after})
+        if draw < self.options.rate_limit_rate + self.options.fail_rate:
+            self.counts["failed"] += 1
+            return Answer(500, {"error": "internal error (simulated)"}, {})
+        message_id = str(uuid.uuid4())
+        if idempotency_key:
+            self._keys[idempotency_key] = message_id
+            if len(self._keys) > REMEMBERED_KEYS:
+                self._keys.popitem(last=False)
+        self.received.append(Received(message_id, to, content, idempotency_key, datetime.now(UTC)))
+        self.counts["accepted"] += 1
+        return Answer(202, {"message": "Accepted", "messageId": message_id}, {})
+
+
+class SimulatedSmsClient:
+    """The SmsClient port on the simulated provider, in process: nothing leaves the machine.
+
+    Answers as the webhook client would report the real provider's answers: ``SENT``
+    with a fresh provider message id (the same one for a repeated idempotency key),
+    ``RETRY`` for the injected 500s and 429s (with ``retry_after_s``).
+    """
+
+    def __init__(
+        self, options: SimulatorOptions | None = None, *, sleep: Sleep = asyncio.sleep, rng: random.Random | None = None
+    ) -> None:
+        self.provider = SimulatedProvider(options, sleep=sleep, rng=rng)
+
+    async def send(self, to: str, content: str, idempotency_key: str) -> SendResult:
+        answer = await self.provider.answer(to, content, idempotency_key)
+        if 200 <= answer.status < 300:
+            return SendResult(Outcome.SENT, status_code=answer.status, provider_message_id=answer.message_id)
+        error = f"HTTP {answer.status}: {json.dumps(answer.body)}"
+        if answer.status == 429:
+            retry_after_s = float(answer.headers["Retry-After"])
+            return SendResult(Outcome.RETRY, status_code=429, error=error, retry_after_s=retry_after_s)
+        if answer.status >= 500:
+            return SendResult(Outcome.RETRY, status_code=answer.status, error=error)
+        return SendResult(Outcome.FAILED, status_code=answer.status, error=error)
+
+
+SIMULATOR: Final = web.AppKey("simulator", SimulatedProvider)
+
+
+async def _webhook(request: web.Request) -> web.Response:
+    provider = request.app[SIMULATOR]
+    auth_key = provider.options.auth_key
+    if auth_key and request.headers.get(AUTH_HEADER, "") != auth_key:
+        log.warning("simulated send", outcome="unauthorized", status_code=401)
+        return web.json_response({"error": f"missing or wrong {AUTH_HEADER}"}, status=401)
+    try:
+        payload = await request.json(loads=json.loads)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        return web.json_response({"error": "the body must be a JSON object"}, status=400)
+    answer = await provider.answer(payload.get("to"), payload.get("content"), request.headers.get(IDEMPOTENCY_HEADER))
+    to = payload.get("to")
+    log.info(
+        "simulated send",
+        status_code=answer.status,
+        to=mask_phone(to) if isinstance(to, str) else None,
+        provider_message_id=answer.message_id,
+    )
+    return web.json_response(answer.body, status=answer.status, headers=answer.headers)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _messages(request: web.Request) -> web.Response:
+    provider = request.app[SIMULATOR]
+    data = [
+        {
+            "messageId": r.message_id,
+            "to": r.to,
+            "content": r.content,
+            "idempotencyKey": r.idempotency_key,
+            "receivedAt": r.received_at.isoformat(),
+        }
+        for r in reversed(provider.received)
+    ]
+    return web.json_response({"data": data, "counts": provider.counts})
+
+
+def create_simulator_app(provider: SimulatedProvider | None = None) -> web.Application:
+    """The simulated provider as an aiohttp app.
+
+    ``POST /`` and ``POST /webhook`` take ``{"to", "content"}`` like the real webhook;
+    ``GET /healthz`` answers while it runs; ``GET /messages`` lists what it accepted,
+    newest first, with counts of every kind of answer.
+    """
+    app = web.Application(client_max_size=64 * 1024)
+    app[SIMULATOR] = provider or SimulatedProvider()
+    app.router.add_post("/", _webhook)
+    app.router.add_post("/webhook", _webhook)
+    app.router.add_get("/healthz", _healthz, allow_head=False)
+    app.router.add_get("/messages", _messages, allow_head=False)
+    return app

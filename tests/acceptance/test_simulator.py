@@ -1,0 +1,181 @@
+"""`python -m insider simulate` as a subprocess: a real HTTP peer with injected failures, 429s and idempotency."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from insider.adapters.webhook import WebhookSmsClient, open_http_session
+from insider.domain import Outcome
+from tests.acceptance.conftest import Service, free_port, service_env
+from tests.conftest import eventually
+
+PHONE = "+905301234001"
+
+
+@dataclass
+class Simulator:
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_simulator(tmp_path: Path) -> Iterator[Callable[..., Simulator]]:
+    """Start ``python -m insider simulate`` on a free port with the given options; stopped after the test."""
+    started: list[Simulator] = []
+
+    def start(*options: str) -> Simulator:
+        port = free_port()
+        log_path = tmp_path / f"simulator-{len(started)}.log"
+        with log_path.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "insider", "simulate", "--port", str(port), "--latency", "0", *options],
+                cwd=tmp_path,
+                env=service_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        simulator = Simulator(process, f"http://127.0.0.1:{port}", log_path)
+        started.append(simulator)
+        return simulator
+
+    yield start
+    for simulator in started:
+        if simulator.process.poll() is None:
+            simulator.process.kill()
+        simulator.process.wait(timeout=10)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with open_http_session() as opened:
+        yield opened
+
+
+async def _healthy(session: aiohttp.ClientSession, simulator: Simulator) -> None:
+    async def up() -> bool:
+        if simulator.process.poll() is not None:
+            raise AssertionError(f"simulator exited with {simulator.process.returncode}:\n{simulator.log()}")
+        try:
+            async with session.get(simulator.url + "/healthz") as response:
+                return response.status == 200
+        except aiohttp.ClientConnectionError:
+            return False
+
+    await eventually(up, timeout_s=20, what="the simulator to answer /healthz")
+
+
+async def test_accepts_and_the_same_idempotency_key_gets_the_same_message_id(
+    start_simulator: Callable[..., Simulator], session: aiohttp.ClientSession
+) -> None:
+    simulator = start_simulator()
+    await _healthy(session, simulator)
+    client = WebhookSmsClient(session, simulator.url + "/webhook", auth_key="", timeout_s=5)
+
+    first = await client.send(PHONE, "Merhaba", "key-1")
+    retried = await client.send(PHONE, "Merhaba", "key-1")
+    other = await client.send(PHONE, "Merhaba", "key-2")
+
+    assert (first.outcome, first.status_code) == (Outcome.SENT, 202)
+    assert retried.provider_message_id == first.provider_message_id
+    assert other.provider_message_id not in (None, first.provider_message_id)
+    async with session.get(simulator.url + "/messages") as response:
+        listed = await response.json()
+    assert [m["idempotencyKey"] for m in listed["data"]] == ["key-2", "key-1"]
+    assert listed["counts"]["accepted"] == 2 and listed["counts"]["replayed"] == 1
+
+    simulator.process.send_signal(signal.SIGTERM)
+    assert simulator.process.wait(timeout=20) == 0
+    log = simulator.log()
+    assert "nothing leaves this machine" in log
+    assert PHONE not in log  # phone numbers are masked in its log too
+
+
+async def test_injected_failures_are_seen_as_retries(
+    start_simulator: Callable[..., Simulator], session: aiohttp.ClientSession
+) -> None:
+    simulator = start_simulator("--fail-rate", "1")
+    await _healthy(session, simulator)
+
+    result = await WebhookSmsClient(session, simulator.url + "/webhook", "", 5).send(PHONE, "content", "key")
+
+    assert (result.outcome, result.status_code) == (Outcome.RETRY, 500)
+    assert "simulated" in (result.error or "")
+
+
+async def test_injected_rate_limits_give_retry_after(
+    start_simulator: Callable[..., Simulator], session: aiohttp.ClientSession
+) -> None:
+    simulator = start_simulator("--rate-limit-rate", "1", "--retry-after", "3s")
+    await _healthy(session, simulator)
+
+    result = await WebhookSmsClient(session, simulator.url + "/webhook", "", 5).send(PHONE, "content", "key")
+
+    assert (result.outcome, result.status_code, result.retry_after_s) == (Outcome.RETRY, 429, 3.0)
+
+
+async def test_the_auth_key_is_checked(
+    start_simulator: Callable[..., Simulator], session: aiohttp.ClientSession
+) -> None:
+    simulator = start_simulator("--auth-key", "s3cret")
+    await _healthy(session, simulator)
+
+    wrong = await WebhookSmsClient(session, simulator.url + "/", "nope", 5).send(PHONE, "content", "key")
+    right = await WebhookSmsClient(session, simulator.url + "/", "s3cret", 5).send(PHONE, "content", "key")
+
+    assert (wrong.outcome, wrong.status_code) == (Outcome.FAILED, 401)
+    assert (right.outcome, right.status_code) == (Outcome.SENT, 202)
+    assert "INSIDER_WEBHOOK_AUTH_KEY=<the --auth-key>" in simulator.log()
+    assert "s3cret" not in simulator.log()
+
+
+async def test_a_service_sending_to_a_failing_simulator_retries_with_backoff(
+    start_simulator: Callable[..., Simulator], start_service: Any, session: aiohttp.ClientSession
+) -> None:
+    simulator = start_simulator("--fail-rate", "1")
+    await _healthy(session, simulator)
+    service: Service = start_service(
+        webhook_url=simulator.url + "/webhook", send_interval="0.2s", retry_backoff="100ms", max_attempts="2"
+    )
+
+    async def up() -> bool:
+        if service.process.poll() is not None:
+            raise AssertionError(f"service exited with {service.process.returncode}:\n{service.log()}")
+        try:
+            async with session.get(service.base_url + "/api/v1/sender") as response:
+                return response.status == 200
+        except aiohttp.ClientConnectionError:
+            return False
+
+    await eventually(up, timeout_s=30, what="the service to answer")
+    async with session.post(service.base_url + "/api/v1/messages", json={"to": PHONE, "content": "x"}) as response:
+        assert response.status == 201
+        message_id = (await response.json())["id"]
+
+    async def given_up() -> bool:
+        async with session.get(f"{service.base_url}/api/v1/messages/{message_id}") as response:
+            return bool((await response.json())["status"] == "failed")
+
+    # Two attempts, both answered 500: retried once after the backoff, then failed.
+    await eventually(given_up, timeout_s=20, what="the message to fail after its attempts")
+    async with session.get(f"{service.base_url}/api/v1/messages/{message_id}") as response:
+        message = await response.json()
+    assert message["attempts"] == 2
+    assert message["lastError"].startswith("gave up after 2 attempts: HTTP 500")
+    assert '"outcome": "retry"' in service.log()
+    async with session.get(simulator.url + "/messages") as response:
+        assert (await response.json())["counts"]["failed"] == 2
+    service.process.send_signal(signal.SIGTERM)
+    assert service.process.wait(timeout=20) == 0
