@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import structlog
@@ -22,13 +26,24 @@ from insider.web.handlers import error_response
 log = structlog.get_logger("insider.web")
 
 CONTAINER = web.AppKey("container", Container)
+API_TOKEN = web.AppKey("api_token", str)
 MAX_BODY_BYTES = 64 * 1024
+# Everything under this prefix needs the token (when one is set); health, metrics, Swagger and the
+# dashboard's page stay open, so that probes, scrapers and the login form itself work.
+API_PREFIX = "/api/v1"
+SECURITY_SCHEME = "bearer"
+# A request id a client may choose: printable and short, so it is safe in logs and response headers.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+# Headers of an HTTP error that still mean something on its JSON version (405's Allow, above all).
+_KEPT_ERROR_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _validation_error(error: ValidationError, req: Any, schema: Any, *args: Any, **kwargs: Any) -> NoReturn:
     """webargs' error hook: a JSON 422 naming each bad field (or 400 for a body that is no object)."""
     messages = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
+    if "match_info" in messages:  # a path id of the right digits but out of range names nothing
+        raise web.HTTPNotFound(text=json.dumps({"error": "not found"}), content_type="application/json")
     # webargs nests by location ({"json": {...}}); the client wants the field names.
     flat: dict[str, list[str]] = {}
     for location in messages.values():
@@ -48,7 +63,9 @@ def _validation_error(error: ValidationError, req: Any, schema: Any, *args: Any,
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id (taken from X-Request-Id or made) into every log line of the request."""
-    request_id = request.headers.get("X-Request-Id", "")[:128] or uuid.uuid4().hex
+    request_id = request.headers.get("X-Request-Id", "")
+    if not _REQUEST_ID.fullmatch(request_id):  # absent, too long or unsafe to echo: make one
+        request_id = uuid.uuid4().hex
     started = time.monotonic()
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         response = await handler(request)
@@ -65,19 +82,28 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error is JSON: HTTP errors keep their status, an outage is 503, a bug is 500."""
+    """Every error is JSON: HTTP errors keep their status, an outage is 503, a bug is 500.
+
+    Errors come back as responses, never raised past this point, so that the request's log
+    line and X-Request-Id cover them too.
+    """
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         if exc.content_type == "application/json" and '"error"' in (exc.text or ""):
-            raise  # already in our shape
-        if exc.status == 413:
-            return error_response(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
-        if exc.status == 400 and exc.content_type == "application/json":  # webargs: a body that is not JSON
-            return error_response(400, "the body is not valid JSON")
-        return error_response(exc.status, exc.reason.lower())
+            response = web.Response(status=exc.status, text=exc.text, content_type="application/json")
+        elif exc.status == 413:
+            response = error_response(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+        elif exc.status == 400 and exc.content_type == "application/json":  # webargs: a body that is not JSON
+            response = error_response(400, "the body is not valid JSON")
+        else:
+            response = error_response(exc.status, exc.reason.lower())
+        for name in _KEPT_ERROR_HEADERS:
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
     except RepositoryUnavailable:
         return error_response(503, "the database is unavailable; try again shortly")
     except InvalidCursor as exc:
@@ -87,15 +113,68 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "internal error")
 
 
+def _protected(request: web.Request) -> bool:
+    """Whether the token guards this request: its path, or the route it matched, is under /api/v1."""
+    resource = request.match_info.route.resource
+    paths = (request.path, resource.canonical if resource is not None else "")
+    return any(p == API_PREFIX or p.startswith(API_PREFIX + "/") for p in paths)
+
+
+def _bearer(header: str) -> str | None:
+    scheme, _, credentials = header.strip().partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else None
+
+
+def _same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison of digests: neither the content nor the length of the token leaks.
+
+    Bytes, not str: compare_digest refuses str outside ASCII, which a client may well send.
+    """
+    return hmac.compare_digest(
+        hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest(),
+        hashlib.sha256(expected.encode("utf-8")).digest(),
+    )
+
+
+@web.middleware
+async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With INSIDER_API_TOKEN set, /api/v1/... needs ``Authorization: Bearer <token>``: else a JSON 401."""
+    token = request.app[API_TOKEN]
+    if not token or not _protected(request):
+        return await handler(request)
+    given = _bearer(request.headers.get("Authorization", ""))
+    if given is None:
+        response = error_response(401, "this endpoint needs the header Authorization: Bearer <INSIDER_API_TOKEN>")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="insider"'
+        return response
+    if not _same_secret(given, token):
+        response = error_response(401, "the token is not valid")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="insider", error="invalid_token"'
+        return response
+    return await handler(request)
+
+
+def _takes_json(request: web.Request) -> bool:
+    """Whether the matched handler reads a JSON body (it has a request schema for it)."""
+    schemas = getattr(request.match_info.handler, "__schemas__", ())
+    return any(schema.get("location") == "json" for schema in schemas)
+
+
 @web.middleware
 async def require_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A body that is not JSON is refused before validation, with a clear 415."""
-    if (
-        request.method in ("POST", "PUT", "PATCH")
-        and request.can_read_body
-        and request.content_type != "application/json"
-    ):
-        return error_response(415, "the body must be application/json")
+    """A body that is not JSON is refused before validation: 415 for another type, 400 for one that won't parse.
+
+    The parse here also catches what webargs lets through as a 500: a body nested deeper than
+    the interpreter's recursion limit, or a charset that Python does not know. Endpoints that
+    read no body (start, stop, retry) ignore whatever is sent.
+    """
+    if request.can_read_body and _takes_json(request):
+        if request.content_type != "application/json":
+            return error_response(415, "the body must be application/json")
+        try:
+            json.loads(await request.text())  # the body is kept: webargs reads it again from memory
+        except (ValueError, LookupError, RecursionError):  # UnicodeDecodeError is a ValueError
+            return error_response(400, "the body is not valid JSON")
     return await handler(request)
 
 
@@ -104,31 +183,94 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+@contextmanager
+def _docs_left_intact(app: web.Application) -> Iterator[None]:
+    """Let aiohttp-apispec build the spec from copies of the handlers' docs.
+
+    It edits a handler's ``__apispec__`` as it reads it (pops the request schemas, appends
+    parameters), so a second app in the same process (tests, an embedded copy) got a spec
+    with its request bodies missing and dangling references. The handlers are module
+    functions shared by every app: each build now reads a copy and leaves them as they were.
+    """
+    originals: dict[int, tuple[Any, dict[str, Any]]] = {}
+    for route in app.router.routes():
+        handler: Any = route.handler
+        docs = getattr(handler, "__apispec__", None)
+        if isinstance(docs, dict) and id(handler) not in originals:
+            originals[id(handler)] = (handler, docs)
+            handler.__apispec__ = {
+                key: list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
+                for key, value in docs.items()
+            }
+    try:
+        yield
+    finally:
+        for handler, docs in originals.values():
+            handler.__apispec__ = docs
+
+
+def _document_security(spec: dict[str, Any], token_required: bool) -> None:
+    """Add the bearer scheme to the spec, and (with a token set) require it on every /api/v1 operation.
+
+    The spec tells the truth about this instance: without a token nothing needs one and no 401 is sent.
+    """
+    spec["securityDefinitions"] = {
+        SECURITY_SCHEME: {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "`Bearer <INSIDER_API_TOKEN>`; required on /api/v1 when the service has a token",
+        }
+    }
+    if not token_required:
+        return
+    unauthorized = {
+        "description": "No token, or not the right one (`Authorization: Bearer <INSIDER_API_TOKEN>`)",
+        "schema": {"$ref": "#/definitions/Error"},
+        "headers": {"WWW-Authenticate": {"type": "string", "description": "Bearer"}},
+    }
+    for path, operations in spec.get("paths", {}).items():
+        if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
+            for operation in operations.values():
+                operation["security"] = [{SECURITY_SCHEME: []}]
+                operation.setdefault("responses", {})["401"] = unauthorized
+
+
 def create_app(container: Container) -> web.Application:
     """The aiohttp app over a container; opening and closing its resources is the app's lifespan."""
     container.wire(modules=[handlers])
+    settings = container.settings()
     app = web.Application(
-        middlewares=[request_context, json_errors, require_json, validation_middleware],
+        middlewares=[request_context, json_errors, require_token, require_json, validation_middleware],
         client_max_size=MAX_BODY_BYTES,
     )
     app[CONTAINER] = container
+    app[API_TOKEN] = settings.api_token
+    app.router.add_get("/", handlers.dashboard)
+    app.router.add_static("/static/dashboard", handlers.STATIC_DIR, name="dashboard.static")
+    app.router.add_get("/healthz", handlers.healthz, allow_head=False)
+    app.router.add_get("/readyz", handlers.readyz, allow_head=False)
+    app.router.add_get("/metrics", handlers.metrics, allow_head=False)
     app.router.add_get("/api/v1/messages", handlers.list_messages, allow_head=False)
     app.router.add_post("/api/v1/messages", handlers.enqueue_message)
-    app.router.add_get(r"/api/v1/messages/{id:\d+}", handlers.get_message, allow_head=False)
-    app.router.add_post(r"/api/v1/messages/{id:\d+}/retry", handlers.retry_message)
+    app.router.add_get(r"/api/v1/messages/{id:[0-9]+}", handlers.get_message, allow_head=False)
+    app.router.add_post(r"/api/v1/messages/{id:[0-9]+}/retry", handlers.retry_message)
     for method in ("POST", "GET"):
         app.router.add_route(method, "/api/v1/messages/start", handlers.start_sending)
         app.router.add_route(method, "/api/v1/messages/stop", handlers.stop_sending)
     app.router.add_get("/api/v1/sender", handlers.sender_status, allow_head=False)
-    setup_aiohttp_apispec(
-        app,
-        title="insider",
-        version=__version__,
-        info={"description": "Sends queued SMS messages at a controlled rate."},
-        url="/api/docs/swagger.json",
-        swagger_path="/swagger",
-        error_callback=_validation_error,
-        in_place=True,
-    )
+    app.router.add_get("/api/v1/stats", handlers.stats, allow_head=False)
+    with _docs_left_intact(app):
+        setup_aiohttp_apispec(
+            app,
+            title="insider",
+            version=__version__,
+            info={"description": "Sends queued SMS messages at a controlled rate."},
+            url="/api/docs/swagger.json",
+            swagger_path="/swagger",
+            error_callback=_validation_error,
+            in_place=True,
+        )
+    _document_security(app["swagger_dict"], token_required=bool(settings.api_token))
     app.cleanup_ctx.append(_lifespan)
     return app

@@ -2,28 +2,49 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import structlog
 from aiohttp import web
 from aiohttp_apispec import docs, match_info_schema, querystring_schema, request_schema, response_schema
 from dependency_injector.wiring import Provide, inject
 
+from insider import __version__
 from insider.config import Settings
 from insider.container import Container
 from insider.domain import Message, MessageStatus, validation_error
-from insider.ports import InvalidState, MessageNotFound, MessageRepository
-from insider.supervisor import Supervisor
+from insider.metrics import CONTENT_TYPE, CountsCache, Metrics
+from insider.ports import InvalidState, MessageNotFound, MessageRepository, RepositoryUnavailable, SentCache
+from insider.supervisor import SenderStatus, Supervisor
 from insider.web.schemas import (
     EnqueueSchema,
     ErrorSchema,
+    HealthSchema,
     ListQuerySchema,
     MessageIdSchema,
     MessageSchema,
     PageSchema,
+    ReadySchema,
     RunningSchema,
     SenderSchema,
+    StatsSchema,
 )
+
+log = structlog.get_logger("insider.web")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The dashboard loads nothing from elsewhere: no CDN, no inline script, works offline.
+DASHBOARD_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 _UNAVAILABLE = {"schema": ErrorSchema, "description": "The database is unreachable"}
 _INVALID = {"schema": ErrorSchema, "description": "Invalid input; `fields` names each bad field"}
@@ -46,6 +67,17 @@ def message_json(m: Message) -> dict[str, Any]:
         "attempts": m.attempts,
         "lastError": m.last_error,
         "nextAttemptAt": _iso(m.next_attempt_at),
+    }
+
+
+def sender_json(status: SenderStatus) -> dict[str, Any]:
+    """The API shape of the sender's state."""
+    return {
+        "running": status.running,
+        "batchSize": status.batch_size,
+        "intervalSeconds": status.interval_s,
+        "lastTickAt": _iso(status.last_tick_at),
+        "nextTickAt": _iso(status.next_tick_at),
     }
 
 
@@ -169,13 +201,102 @@ async def stop_sending(request: web.Request, supervisor: Supervisor = Provide[Co
 @response_schema(SenderSchema, 200, description="The sender's state")
 @inject
 async def sender_status(request: web.Request, supervisor: Supervisor = Provide[Container.supervisor]) -> web.Response:
-    status = supervisor.status()
+    return web.json_response(sender_json(supervisor.status()))
+
+
+@docs(
+    tags=["sender"],
+    summary="Messages per status and the sender's state",
+    description="What the dashboard shows. The counts are at most a few seconds old: however many clients poll, "
+    "the database is asked once per couple of seconds.",
+)
+@response_schema(StatsSchema, 200, description="Counts and the sender's state")
+@response_schema(**_UNAVAILABLE, code=503)
+@inject
+async def stats(
+    request: web.Request,
+    counts: CountsCache = Provide[Container.counts],
+    supervisor: Supervisor = Provide[Container.supervisor],
+) -> web.Response:
+    by_status = await counts.get()
     return web.json_response(
         {
-            "running": status.running,
-            "batchSize": status.batch_size,
-            "intervalSeconds": status.interval_s,
-            "lastTickAt": _iso(status.last_tick_at),
-            "nextTickAt": _iso(status.next_tick_at),
+            "counts": {s.value: by_status.get(s, 0) for s in MessageStatus},
+            "total": sum(by_status.values()),
+            "sender": sender_json(supervisor.status()),
         }
     )
+
+
+@docs(
+    tags=["operations"],
+    summary="Liveness",
+    description="200 while the process can serve requests, whatever the database does. Never needs the token.",
+)
+@response_schema(HealthSchema, 200, description="The process serves")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+async def _probe(what: str, ping: Callable[[], Awaitable[None]]) -> bool:
+    try:
+        await ping()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # any failure means down; the reason goes to the log, not to the caller
+        log.warning("readiness check failed", check=what, error=f"{type(exc).__name__}: {exc}")
+        return False
+    return True
+
+
+@docs(
+    tags=["operations"],
+    summary="Readiness",
+    description="200 when the database answers. The cache is reported too, but a cache that is down does not "
+    "fail readiness (the database is the source of truth). 503 says what is down. Never needs the token.",
+)
+@response_schema(ReadySchema, 200, description="Ready: the database answers")
+@response_schema(ReadySchema, 503, description="Not ready: `error` says what is down")
+@inject
+async def readyz(
+    request: web.Request,
+    repository: MessageRepository = Provide[Container.repository],
+    cache: SentCache = Provide[Container.cache],
+) -> web.Response:
+    database_up, cache_up = await asyncio.gather(_probe("database", repository.ping), _probe("cache", cache.ping))
+    body: dict[str, Any] = {
+        "status": "ready" if database_up else "unavailable",
+        "database": "up" if database_up else "down",
+        "cache": "up" if cache_up else "down",
+    }
+    if not database_up:
+        body["error"] = "the database is down"
+    return web.json_response(body, status=200 if database_up else 503)
+
+
+@docs(
+    tags=["operations"],
+    summary="Prometheus metrics",
+    description="The Prometheus text format. `insider_pending_messages` is at most a few seconds old; when the "
+    "database is down it keeps its last value. Never needs the token.",
+    produces=["text/plain"],
+    responses={"200": {"description": "Every metric, in the Prometheus text format (version 0.0.4)"}},
+)
+@inject
+async def metrics(
+    request: web.Request,
+    service_metrics: Metrics = Provide[Container.metrics],
+    counts: CountsCache = Provide[Container.counts],
+    supervisor: Supervisor = Provide[Container.supervisor],
+) -> web.Response:
+    try:
+        pending: int | None = (await counts.get()).get(MessageStatus.PENDING, 0)
+    except RepositoryUnavailable:  # a scrape still answers; the gauge keeps its last value
+        pending = None
+    service_metrics.set_state(running=supervisor.running, pending=pending)
+    return web.Response(body=service_metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def dashboard(request: web.Request) -> web.FileResponse:
+    """The operator's page: one static file, with its script and styles beside it."""
+    return web.FileResponse(STATIC_DIR / "index.html", headers=DASHBOARD_HEADERS)

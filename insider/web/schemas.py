@@ -2,25 +2,45 @@
 
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from insider.domain import MessageStatus
 
 STATUSES = [s.value for s in MessageStatus]
 
 
+def storable(text: str) -> None:
+    """Text a database can store: PostgreSQL refuses NUL characters, and unpaired surrogates are no UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("must not contain unpaired surrogates (\\ud800 to \\udfff)") from None
+    if "\x00" in text:
+        raise ValidationError("must not contain NUL characters (\\u0000)")
+
+
 class EnqueueSchema(Schema):
     class Meta:
         unknown = RAISE
 
+    # The patterns document what the handler checks (with the same message as the sender's
+    # validation), so that clients and fuzzers know a valid body when they see one.
     to = fields.String(
-        required=True, metadata={"description": "Recipient, E.164 ('+' and 8 to 15 digits)", "example": "+905301234001"}
+        required=True,
+        metadata={
+            "description": "Recipient, E.164 ('+' and 8 to 15 digits)",
+            "example": "+905301234001",
+            "pattern": r"^\+[1-9][0-9]{7,14}$",
+        },
     )
     content = fields.String(
         required=True,
+        validate=storable,
         metadata={
-            "description": "Text, at most INSIDER_CONTENT_MAX_LENGTH characters (Unicode code points)",
+            "description": "Text, not blank, at most INSIDER_CONTENT_MAX_LENGTH characters (Unicode code points)",
             "example": "Hello",
+            "minLength": 1,
+            "pattern": r"\S",
         },
     )
 
@@ -80,6 +100,43 @@ class SenderSchema(Schema):
     intervalSeconds = fields.Float(required=True)
     lastTickAt = fields.DateTime(allow_none=True, required=True, metadata={"x-nullable": True})
     nextTickAt = fields.DateTime(allow_none=True, required=True, metadata={"x-nullable": True})
+
+
+class CountsSchema(Schema):
+    pending = fields.Integer(required=True)
+    sending = fields.Integer(required=True)
+    sent = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+
+
+class StatsSchema(Schema):
+    counts = fields.Nested(
+        CountsSchema, required=True, metadata={"description": "Messages per status, at most a few seconds old"}
+    )
+    total = fields.Integer(required=True)
+    sender = fields.Nested(SenderSchema, required=True)
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(["ok"]), metadata={"enum": ["ok"]})
+    version = fields.String(required=True)
+
+
+class ReadySchema(Schema):
+    status = fields.String(
+        required=True, validate=validate.OneOf(["ready", "unavailable"]), metadata={"enum": ["ready", "unavailable"]}
+    )
+    database = fields.String(
+        required=True,
+        validate=validate.OneOf(["up", "down"]),
+        metadata={"enum": ["up", "down"], "description": "Readiness follows it"},
+    )
+    cache = fields.String(
+        required=True,
+        validate=validate.OneOf(["up", "down"]),
+        metadata={"enum": ["up", "down"], "description": "Reported only: a cache that is down does not fail readiness"},
+    )
+    error = fields.String(metadata={"description": "What is down, when not ready"})
 
 
 class ErrorSchema(Schema):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+
 import pytest
 
 from insider.adapters.memory import InMemoryMessageRepository, InMemorySentCache, InMemorySmsClient
 from insider.clock import FakeClock
+from tests.unit.web_support import Api, open_api
 
 
 @pytest.fixture
@@ -27,3 +31,21 @@ def sms() -> InMemorySmsClient:
 @pytest.fixture
 def cache() -> InMemorySentCache:
     return InMemorySentCache()
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[Api]:
+    """The web app on the in-memory adapters and a fake clock, with a test client (no API token)."""
+    async with open_api() as opened:
+        yield opened
+
+
+@pytest.fixture
+async def make_api() -> AsyncIterator[Callable[..., Awaitable[Api]]]:
+    """Opens the app with INSIDER_* settings by short name (``await make_api(api_token="s3cret")``); one per test."""
+    async with AsyncExitStack() as stack:
+
+        async def make(**settings: str) -> Api:
+            return await stack.enter_async_context(open_api(**settings))
+
+        yield make

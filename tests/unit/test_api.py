@@ -2,54 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
-from dependency_injector import providers
 
-from insider.adapters.memory import InMemoryMessageRepository, InMemorySentCache, InMemorySmsClient
-from insider.clock import FakeClock
-from insider.config import load_settings
-from insider.container import Container
 from insider.domain import MessageStatus
-from insider.web.app import create_app
 from insider.web.schemas import MessageSchema, PageSchema, SenderSchema
-
-
-@dataclasses.dataclass
-class Api:
-    client: TestClient[Any, Any]
-    repository: InMemoryMessageRepository
-    sms: InMemorySmsClient
-    clock: FakeClock
-    container: Container
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[Api]:
-    settings = load_settings(
-        {"INSIDER_AUTOSTART": "false", "INSIDER_REDIS_URL": "", "INSIDER_WEBHOOK_URL": "http://127.0.0.1:9/unused"},
-        env_file=None,
-    )
-    clock = FakeClock()
-    repository = InMemoryMessageRepository(clock)
-    sms = InMemorySmsClient()
-    container = Container(settings=settings)
-    container.database_pool.override(providers.Object(None))
-    container.clock.override(clock)
-    container.repository.override(repository)
-    container.sms_client.override(sms)
-    container.cache.override(InMemorySentCache())
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(container)))
-    await client.start_server()
-    try:
-        yield Api(client, repository, sms, clock, container)
-    finally:
-        await client.close()
-        container.unwire()
+from tests.unit.web_support import Api
 
 
 async def test_enqueue_then_listed_once_sent(api: Api) -> None:

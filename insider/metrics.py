@@ -1,0 +1,129 @@
+"""Prometheus metrics of one service instance, and the cheap message counts they read."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from insider.clock import SystemClock
+from insider.domain import MessageStatus
+from insider.ports import Clock, MessageRepository
+
+if TYPE_CHECKING:
+    from insider.sender import BatchReport
+
+# The Prometheus text exposition format, version 0.0.4 (what generate_latest writes, and every Prometheus reads).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# A provider request takes milliseconds to the webhook timeout (10 s by default).
+SEND_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A batch is a claim, its sends (in waves of INSIDER_SEND_CONCURRENCY) and one write.
+BATCH_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class Observer(Protocol):
+    """What the sender and the supervisor report as they work; :class:`Metrics` is one."""
+
+    def send_attempt(self, outcome: str, duration_s: float | None) -> None:
+        """One message's attempt ended: ``sent``, ``retry``, ``failed``, or ``invalid`` (never sent).
+
+        ``duration_s`` is how long the provider took, None when no request was made.
+        """
+
+    def batch_done(self, report: BatchReport) -> None:
+        """One batch ended and its outcomes were recorded."""
+
+
+class Metrics:
+    """The service's metrics on a registry of their own, so that several copies never collide.
+
+    Counters and histograms move as the sender reports to it (it is an :class:`Observer`);
+    the gauges are set when scraped (see :meth:`set_state`). ``exposition()`` is the body
+    of ``GET /metrics``.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.messages_sent = Counter("insider_messages_sent", "Messages the provider accepted", registry=r)
+        self.messages_failed = Counter(
+            "insider_messages_failed", "Messages that became failed (refused, invalid or out of attempts)", registry=r
+        )
+        self.send_attempts = Counter(
+            "insider_send_attempts", "Send attempts by outcome: sent, retry, failed, invalid", ["outcome"], registry=r
+        )
+        self.send_duration = Histogram(
+            "insider_send_duration_seconds", "Time one provider request took", buckets=SEND_BUCKETS_S, registry=r
+        )
+        self.batch_duration = Histogram(
+            "insider_batch_duration_seconds",
+            "Time one batch took, claim to record",
+            buckets=BATCH_BUCKETS_S,
+            registry=r,
+        )
+        self.pending = Gauge("insider_pending_messages", "Messages waiting to be sent (a few seconds old)", registry=r)
+        self.sender_running = Gauge("insider_sender_running", "1 while automatic sending runs, else 0", registry=r)
+        for outcome in ("sent", "retry", "failed", "invalid"):  # every series exists from the start, at 0
+            self.send_attempts.labels(outcome=outcome)
+
+    def send_attempt(self, outcome: str, duration_s: float | None) -> None:
+        self.send_attempts.labels(outcome=outcome).inc()
+        if outcome == "sent":
+            self.messages_sent.inc()
+        elif outcome in ("failed", "invalid"):
+            self.messages_failed.inc()
+        if duration_s is not None:
+            self.send_duration.observe(duration_s)
+
+    def batch_done(self, report: BatchReport) -> None:
+        self.batch_duration.observe(report.duration_s)
+
+    def set_state(self, *, running: bool, pending: int | None) -> None:
+        """Set the gauges from the current state; ``pending`` None keeps the last known count."""
+        self.sender_running.set(1 if running else 0)
+        if pending is not None:
+            self.pending.set(pending)
+
+    def exposition(self) -> bytes:
+        """Every metric in the Prometheus text format (:data:`CONTENT_TYPE`)."""
+        return generate_latest(self.registry)
+
+
+class CountsCache:
+    """``repository.counts()`` at most once per ``ttl_s``, however many callers ask.
+
+    Scrapes and dashboards poll; the database answers one of them per ``ttl_s`` and the
+    others share that answer. Concurrent callers of a stale cache wait for one query.
+    A failure is not cached: it propagates to every caller that was waiting for it.
+    """
+
+    def __init__(self, repository: MessageRepository, *, ttl_s: float = 2.0, clock: Clock | None = None) -> None:
+        self._repository = repository
+        self._clock = clock or SystemClock()
+        self.ttl_s = ttl_s
+        self._counts: dict[MessageStatus, int] | None = None
+        self._taken_at = 0.0
+        self._lock = asyncio.Lock()
+
+    def _fresh(self) -> dict[MessageStatus, int] | None:
+        if self._counts is not None and self._clock.monotonic() - self._taken_at < self.ttl_s:
+            return self._counts
+        return None
+
+    async def get(self) -> dict[MessageStatus, int]:
+        """Messages per status, at most ``ttl_s`` old; raises RepositoryUnavailable."""
+        counts = self._fresh()
+        if counts is not None:
+            return counts
+        async with self._lock:
+            counts = self._fresh()  # another caller may have refreshed it while this one waited
+            if counts is None:
+                counts = dict(await self._repository.counts())
+                self._counts, self._taken_at = counts, self._clock.monotonic()
+            return counts
+
+    @property
+    def last(self) -> dict[MessageStatus, int] | None:
+        """The last counts read, however old (None before the first)."""
+        return self._counts

@@ -1,0 +1,248 @@
+// The operator's dashboard: polls the API, shows the sender and the latest messages, starts and stops sending.
+// Plain browser JavaScript, no build step and nothing from elsewhere, so it works offline.
+"use strict";
+
+(() => {
+  const REFRESH_MS = 3000;
+  const LIST_LIMIT = 10;
+  const TOKEN_KEY = "insider.apiToken";
+  const $ = (id) => document.getElementById(id);
+
+  class AuthRequired extends Error {}
+  class ApiError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  let timer = null;
+  let inFlight = false;
+  let lastSender = null;
+  let memoryToken = ""; // where the token lives when session storage is refused (private modes)
+
+  function token() {
+    try {
+      return sessionStorage.getItem(TOKEN_KEY) || memoryToken;
+    } catch {
+      return memoryToken;
+    }
+  }
+
+  function saveToken(value) {
+    memoryToken = value;
+    try {
+      sessionStorage.setItem(TOKEN_KEY, value);
+    } catch {
+      // kept in memory only: it lasts until the page reloads
+    }
+  }
+
+  function forgetToken() {
+    memoryToken = "";
+    try {
+      sessionStorage.removeItem(TOKEN_KEY);
+    } catch {
+      // nothing stored
+    }
+  }
+
+  // API paths are relative, so the page also works behind a reverse proxy under a prefix.
+  async function api(path, method = "GET") {
+    const headers = { Accept: "application/json" };
+    const bearer = token();
+    if (bearer) headers.Authorization = `Bearer ${bearer}`;
+    const response = await fetch(path, { method, headers, cache: "no-store" });
+    if (response.status === 401) throw new AuthRequired();
+    let body = null;
+    try {
+      body = await response.json();
+    } catch {
+      body = null;
+    }
+    if (!response.ok) throw new ApiError(response.status, (body && body.error) || response.statusText);
+    return body;
+  }
+
+  function showNotice(text, kind = "error") {
+    const notice = $("notice");
+    notice.textContent = text;
+    notice.dataset.kind = kind;
+    notice.hidden = !text;
+  }
+
+  function askForToken() {
+    const form = $("auth");
+    const wasHidden = form.hidden;
+    form.hidden = false;
+    showNotice(token() ? "That token was refused; enter the right one." : "", "error");
+    if (wasHidden) $("token").focus();
+    const state = $("sender-state");
+    state.dataset.running = "unknown";
+    state.textContent = "Needs token";
+    $("start").disabled = true;
+    $("stop").disabled = true;
+  }
+
+  function describeDuration(seconds) {
+    const s = Math.max(0, Math.round(seconds));
+    if (s < 60) return `${s} s`;
+    const m = Math.floor(s / 60);
+    if (m < 60) return s % 60 ? `${m} min ${s % 60} s` : `${m} min`;
+    const h = Math.floor(m / 60);
+    return m % 60 ? `${h} h ${m % 60} min` : `${h} h`;
+  }
+
+  const clockTime = (at) => at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+
+  function describeTime(iso) {
+    if (!iso) return "–";
+    const at = new Date(iso);
+    const ahead = (at.getTime() - Date.now()) / 1000;
+    const clock = clockTime(at);
+    if (Math.abs(ahead) < 1) return `${clock} (now)`;
+    return ahead > 0 ? `${clock} (in ${describeDuration(ahead)})` : `${clock} (${describeDuration(-ahead)} ago)`;
+  }
+
+  function shortDate(iso) {
+    if (!iso) return "";
+    const at = new Date(iso);
+    const today = new Date().toDateString() === at.toDateString();
+    return today ? clockTime(at) : at.toLocaleString([], { dateStyle: "short", timeStyle: "medium" });
+  }
+
+  function renderSender(sender) {
+    lastSender = sender;
+    const state = $("sender-state");
+    state.dataset.running = String(sender.running);
+    state.textContent = sender.running ? "Sending" : "Stopped";
+    $("start").disabled = sender.running;
+    $("stop").disabled = !sender.running;
+    renderSchedule();
+    $("batch-size").textContent = `${sender.batchSize} message${sender.batchSize === 1 ? "" : "s"}`;
+    $("interval").textContent = sender.intervalSeconds > 0 ? describeDuration(sender.intervalSeconds) : "back to back";
+  }
+
+  // Relative times move every second between polls, without asking the server.
+  function renderSchedule() {
+    if (!lastSender) return;
+    $("next-tick").textContent = lastSender.running ? describeTime(lastSender.nextTickAt) : "stopped";
+    $("last-tick").textContent = describeTime(lastSender.lastTickAt);
+  }
+
+  function renderCounts(counts) {
+    for (const status of ["pending", "sending", "sent", "failed"]) {
+      $(`count-${status}`).textContent = counts ? String(counts[status]) : "–";
+    }
+  }
+
+  function renderList(listId, emptyId, messages, meta) {
+    const list = $(listId);
+    const template = $("message-item");
+    const items = messages.map((m) => {
+      const item = template.content.firstElementChild.cloneNode(true);
+      item.dataset.id = String(m.id);
+      item.querySelector(".to").textContent = `#${m.id} → ${m.recipientPhone}`;
+      item.querySelector(".when").textContent = shortDate(m.sentAt || m.createdAt);
+      item.querySelector(".content").textContent = m.content;
+      item.querySelector(".meta").textContent = meta(m);
+      return item;
+    });
+    list.replaceChildren(...items);
+    $(emptyId).hidden = messages.length > 0;
+  }
+
+  const sentMeta = (m) => (m.messageId ? `provider id ${m.messageId}` : "no provider id");
+  const failedMeta = (m) =>
+    `${m.attempts} attempt${m.attempts === 1 ? "" : "s"}${m.lastError ? ` · ${m.lastError}` : ""}`;
+
+  async function refresh() {
+    if (inFlight) return;
+    inFlight = true;
+    let again = true;
+    try {
+      const [stats, sent, failed] = await Promise.allSettled([
+        api("api/v1/stats"),
+        api(`api/v1/messages?status=sent&limit=${LIST_LIMIT}`),
+        api(`api/v1/messages?status=failed&limit=${LIST_LIMIT}`),
+      ]);
+      const results = [stats, sent, failed];
+      if (results.some((r) => r.status === "rejected" && r.reason instanceof AuthRequired)) {
+        askForToken();
+        again = false; // polling waits for a token
+        return;
+      }
+      $("auth").hidden = true;
+      $("forget").hidden = !token();
+      if (stats.status === "fulfilled") {
+        renderCounts(stats.value.counts);
+        renderSender(stats.value.sender);
+      } else {
+        renderCounts(null);
+        try {
+          renderSender(await api("api/v1/sender")); // the sender's state needs no database
+        } catch {
+          // shown by the notice below
+        }
+      }
+      if (sent.status === "fulfilled") renderList("sent-list", "sent-empty", sent.value.data, sentMeta);
+      if (failed.status === "fulfilled") renderList("failed-list", "failed-empty", failed.value.data, failedMeta);
+      const problem = results.find((r) => r.status === "rejected");
+      if (problem) {
+        const reason = problem.reason;
+        showNotice(reason instanceof ApiError ? reason.message : "The service cannot be reached.");
+      } else {
+        showNotice("");
+      }
+      const now = new Date();
+      $("updated").textContent = clockTime(now);
+      $("updated").dateTime = now.toISOString();
+    } finally {
+      inFlight = false;
+      if (again) schedule();
+    }
+  }
+
+  function schedule(delay = REFRESH_MS) {
+    clearTimeout(timer);
+    timer = setTimeout(refresh, delay);
+  }
+
+  async function command(path) {
+    $("start").disabled = true;
+    $("stop").disabled = true;
+    try {
+      renderSender({ ...(lastSender || {}), ...(await api(path, "POST")) });
+    } catch (error) {
+      if (error instanceof AuthRequired) {
+        askForToken();
+        return;
+      }
+      showNotice(error instanceof ApiError ? error.message : "The service cannot be reached.");
+    }
+    schedule(0);
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("start").addEventListener("click", () => command("api/v1/messages/start"));
+    $("stop").addEventListener("click", () => command("api/v1/messages/stop"));
+    $("auth").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const value = $("token").value.trim();
+      if (!value) return;
+      saveToken(value);
+      $("token").value = "";
+      schedule(0);
+    });
+    $("forget").addEventListener("click", () => {
+      forgetToken();
+      $("forget").hidden = true;
+      schedule(0);
+    });
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden) schedule(0);
+    });
+    setInterval(renderSchedule, 1000);
+    refresh();
+  });
+})();

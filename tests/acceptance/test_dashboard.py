@@ -1,0 +1,198 @@
+"""The dashboard in headless Chromium: it shows the state, and its buttons stop and start sending.
+
+Playwright drives Debian's ``chromium`` (no browser download). Where chromium or Playwright is
+missing the tests are skipped with the reason, and fail instead with
+INSIDER_TEST_REQUIRE_SERVICES=1 (as CI sets). The app is served on a real local port over the
+in-memory adapters, on a fake clock set to now. Set INSIDER_TEST_DASHBOARD_SCREENSHOT to a path
+to keep a screenshot of the seeded dashboard there (docs/dashboard.png was made so).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from insider.adapters.memory import Request
+from insider.clock import FakeClock
+from insider.domain import Outcome, SendResult
+from tests.conftest import REQUIRE_SERVICES, eventually
+from tests.unit.web_support import Api, open_api
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page
+
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SCREENSHOT = os.environ.get("INSIDER_TEST_DASHBOARD_SCREENSHOT", "")
+TOKEN = "dashboard-token"
+SEEDED_S = 110.0
+
+
+def _unavailable(reason: str) -> None:
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason}, and INSIDER_TEST_REQUIRE_SERVICES is set", pytrace=False)
+    pytest.skip(reason)
+
+
+def chromium_path() -> str | None:
+    found = shutil.which("chromium")
+    if found:
+        return found
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError as exc:
+        _unavailable(f"Playwright is not installed ({exc}); pip install -e '.[test]'")
+    path = chromium_path()
+    if path is None:
+        _unavailable("Debian's chromium is not installed (apt-get install -y chromium)")
+    assert path is not None
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=path, args=LAUNCH_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+def provider(request: Request) -> SendResult:
+    """Refuses what says so, accepts the rest."""
+    if "refused" in request.content:
+        return SendResult(Outcome.FAILED, status_code=400, error='HTTP 400: {"error": "number is blocked"}')
+    message_id = hashlib.sha1(request.idempotency_key.encode()).hexdigest()[:12]
+    return SendResult(Outcome.SENT, status_code=202, provider_message_id=f"msg-{message_id}")
+
+
+async def seed(api: Api) -> None:
+    """Messages in every state: sent, failed (refused and invalid), and pending."""
+    api.sms.responder = provider
+    for to, content in [
+        ("+905301234001", "Kargonuz yola çıktı, takip no: TR4821"),
+        ("+905301234002", "Your verification code is 482113"),
+        ("+905301234003", "refused: the provider does not take this one"),
+        ("+905551112233", "Randevunuz yarın 14:30'da"),
+        ("+44", "A recipient that is not E.164"),
+        ("+905301234004", "Hoş geldiniz! İlk siparişinize %10 indirim"),
+    ]:
+        api.repository.add(to, content)
+        await api.clock.advance(7)
+    supervisor = api.container.supervisor()
+    while (await supervisor.run_once()).claimed:
+        await api.clock.advance(30)
+    for i in range(3):
+        api.repository.add(f"+90530123410{i}", f"Kampanya hatırlatması {i + 1}")
+
+
+async def open_page(browser: Browser, api: Api, **options: Any) -> tuple[Page, list[str]]:
+    """A page on the dashboard; the list collects problems: console errors, failed or foreign requests."""
+    base = str(api.client.make_url("/"))
+    page = await browser.new_page(**options)
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("request", lambda r: None if r.url.startswith(base) else problems.append(f"foreign request: {r.url}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+    await page.goto(base)
+    return page, problems
+
+
+async def test_the_dashboard_shows_the_state_and_stops_and_starts_sending(browser: Browser) -> None:
+    from playwright.async_api import expect
+
+    # Started a little in the past: seeding moves the fake clock on by SEEDED_S, about to now.
+    async with open_api(FakeClock(start=datetime.now(UTC) - timedelta(seconds=SEEDED_S)), batch_size="3") as api:
+        await seed(api)
+        supervisor = api.container.supervisor()
+        await supervisor.start()  # its first batch goes at once and sends the three pending
+        await eventually(lambda: supervisor.status().last_batch is not None, what="the first batch")
+        page, problems = await open_page(browser, api, viewport={"width": 1100, "height": 1000})
+
+        state = page.locator("#sender-state")
+        await expect(state).to_have_text("Sending")
+        await expect(page.locator("#count-sent")).to_have_text("7")
+        await expect(page.locator("#count-failed")).to_have_text("2")
+        await expect(page.locator("#count-pending")).to_have_text("0")
+        await expect(page.locator("#sent-list > li")).to_have_count(7)
+        await expect(page.locator("#failed-list > li")).to_have_count(2)
+        await expect(page.locator("#failed-list")).to_contain_text("number is blocked")
+        await expect(page.locator("#failed-list")).to_contain_text("not an E.164 number")
+        await expect(page.locator("#next-tick")).to_contain_text("in ")
+        await expect(page.locator("#stop")).to_be_enabled()
+        await expect(page.locator("#start")).to_be_disabled()
+
+        await page.click("#stop")
+        await expect(state).to_have_text("Stopped")
+        await expect(page.locator("#next-tick")).to_have_text("stopped")
+        assert not supervisor.status().running
+        assert (await (await api.client.get("/api/v1/sender")).json())["running"] is False
+
+        api.repository.add("+905301234200", "Sipariş onaylandı")  # waits: sending is stopped
+        await api.clock.advance(api.container.counts().ttl_s)  # the counts are cached that long
+        await expect(page.locator("#count-pending")).to_have_text("1", timeout=10_000)
+
+        await page.click("#start")
+        await expect(state).to_have_text("Sending")
+        assert supervisor.status().running
+        assert (await (await api.client.get("/api/v1/sender")).json())["running"] is True
+
+        if SCREENSHOT:  # the README's picture: a few messages in every state, sending
+            for i in range(3):
+                api.repository.add(f"+90530123430{i}", f"Hatırlatma: ödemeniz {i + 2} gün içinde")
+            await api.clock.advance(api.container.counts().ttl_s)
+            await expect(page.locator("#count-pending")).to_have_text("4", timeout=10_000)
+            await page.screenshot(path=SCREENSHOT, full_page=True)
+        assert problems == []
+
+
+async def test_the_dashboard_asks_for_the_token(browser: Browser) -> None:
+    from playwright.async_api import expect
+
+    async with open_api(api_token=TOKEN) as api:
+        page, problems = await open_page(browser, api)
+        await expect(page.locator("#auth")).to_be_visible()
+        await expect(page.locator("#start")).to_be_disabled()
+
+        await page.fill("#token", "not-the-token")
+        await page.click("#auth button[type=submit]")
+        await expect(page.locator("#notice")).to_contain_text("refused")
+        await expect(page.locator("#auth")).to_be_visible()
+
+        await page.fill("#token", TOKEN)
+        await page.click("#auth button[type=submit]")
+        await expect(page.locator("#sender-state")).to_have_text("Stopped")
+        await expect(page.locator("#auth")).to_be_hidden()
+        await expect(page.locator("#notice")).to_be_hidden()
+        assert await page.evaluate("sessionStorage.getItem('insider.apiToken')") == TOKEN
+
+        await page.click("#start")
+        await expect(page.locator("#sender-state")).to_have_text("Sending")
+        assert api.container.supervisor().running
+        # 401s are how the page learns it needs a token; anything else is a problem.
+        assert [p for p in problems if "401" not in p] == []
+
+
+async def test_the_dashboard_fits_a_phone(browser: Browser) -> None:
+    from playwright.async_api import expect
+
+    async with open_api() as api:
+        await seed(api)
+        page, problems = await open_page(
+            browser, api, viewport={"width": 360, "height": 740}, device_scale_factor=2, is_mobile=True
+        )
+        await expect(page.locator("#count-sent")).to_have_text("4")
+        overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the page is {overflow}px wider than a phone's screen"
+        for button in ("#start", "#stop"):
+            box = await page.locator(button).bounding_box()
+            assert box is not None and box["height"] >= 40  # big enough for a thumb
+        assert problems == []

@@ -1,0 +1,67 @@
+"""The web app on the in-memory adapters and a fake clock, served on a local port for a test client."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+from dependency_injector import providers
+
+from insider.adapters.memory import InMemoryMessageRepository, InMemorySentCache, InMemorySmsClient
+from insider.clock import FakeClock
+from insider.config import load_settings
+from insider.container import Container
+from insider.metrics import Metrics
+from insider.web.app import create_app
+
+BASE_SETTINGS = {
+    "INSIDER_AUTOSTART": "false",
+    "INSIDER_DATABASE_URL": "postgresql://127.0.0.1:9/unused",
+    "INSIDER_REDIS_URL": "",
+    "INSIDER_WEBHOOK_URL": "http://127.0.0.1:9/unused",
+}
+
+
+@dataclasses.dataclass
+class Api:
+    client: TestClient[Any, Any]
+    repository: InMemoryMessageRepository
+    sms: InMemorySmsClient
+    cache: InMemorySentCache
+    clock: FakeClock
+    container: Container
+
+    @property
+    def metrics(self) -> Metrics:
+        metrics: Metrics = self.container.metrics()
+        return metrics
+
+
+def in_memory_container(clock: FakeClock | None = None, **settings: str) -> Container:
+    """A container on the in-memory adapters; ``settings`` are INSIDER_* values by short name (``api_token``)."""
+    env = BASE_SETTINGS | {f"INSIDER_{k.upper()}": v for k, v in settings.items()}
+    container = Container(settings=load_settings(env, env_file=None))
+    clock = clock or FakeClock()
+    container.database_pool.override(providers.Object(None))
+    container.clock.override(clock)
+    container.repository.override(InMemoryMessageRepository(clock))
+    container.sms_client.override(InMemorySmsClient())
+    container.cache.override(InMemorySentCache())
+    return container
+
+
+@asynccontextmanager
+async def open_api(clock: FakeClock | None = None, /, **settings: str) -> AsyncIterator[Api]:
+    """The app (its lifespan included) behind a test client on a local port; unwired afterwards."""
+    clock = clock or FakeClock()
+    container = in_memory_container(clock, **settings)
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(container)))
+    await client.start_server()
+    try:
+        yield Api(client, container.repository(), container.sms_client(), container.cache(), clock, container)
+    finally:
+        await client.close()
+        container.unwire()
