@@ -1,0 +1,291 @@
+"""The benchmark of issue 6: drain throughput and its ceiling, list latency at 1k and 1M rows, peak memory.
+
+Run it with the project's own tools, against the local PostgreSQL and Redis:
+
+    .venv/bin/python -m bench.run                  # defaults: 20,000 messages, 1,000,000 rows
+    .venv/bin/python -m bench.run --messages 2000 --big-rows 100000   # a quick look
+
+It starts a fast local provider (bench/provider.py) and the service (python -m insider)
+as subprocesses, in databases of its own that it drops at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def with_db(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+@contextmanager
+def database(admin_url: str, label: str) -> Iterator[str]:
+    name = f"insider_bench_{label}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield with_db(admin_url, name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+async def wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer within {timeout_s}s")
+            await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def provider() -> AsyncIterator[str]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "bench.provider", "--port", str(port)], cwd=ROOT)
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/healthz", process)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@asynccontextmanager
+async def service(env: dict[str, str], log_path: Path) -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    full = {k: v for k, v in os.environ.items() if not k.startswith("INSIDER_")}
+    full.update(env, INSIDER_PORT=str(port), INSIDER_LOG_FORMAT="json")
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "insider"], cwd=ROOT, env=full, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_http(base + "/api/v1/sender", process)
+        yield base, process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def ceiling(url: str, requests: int, concurrency: int) -> float:
+    """Requests per second of a bare aiohttp client: the most the provider and the machine allow."""
+    remaining = iter(range(requests))
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            for i in remaining:
+                body = {"to": "+905301234001", "content": f"message {i}"}
+                async with session.post(url, json=body, headers={"x-ins-auth-key": "k"}) as response:
+                    await response.read()
+                    assert response.status == 202
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return requests / (time.perf_counter() - started)
+
+
+async def drain(
+    admin_url: str, redis_url: str, url: str, args: argparse.Namespace, log_dir: Path
+) -> tuple[float, float]:
+    """Messages per second while draining a backlog, and the service's peak resident memory in MB."""
+    with database(admin_url, "drain") as db_url:
+        subprocess.run(
+            [sys.executable, "-m", "insider", "migrate"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("INSIDER_")},
+                "INSIDER_DATABASE_URL": db_url,
+                "INSIDER_REDIS_URL": "",
+            },
+        )
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO messages (recipient_phone, content, created_at) "
+                "SELECT '+90530' || lpad(g::text, 7, '0'), 'Benchmark message ' || g, "
+                "now() - make_interval(secs => %s - g) FROM generate_series(1, %s::bigint) g",
+                (args.messages, args.messages),
+            )
+        env = {
+            "INSIDER_DATABASE_URL": db_url,
+            "INSIDER_REDIS_URL": redis_url,
+            "INSIDER_REDIS_PREFIX": f"insider-bench-{uuid.uuid4().hex[:6]}",
+            "INSIDER_REDIS_TTL": "5m",
+            "INSIDER_WEBHOOK_URL": url,
+            "INSIDER_WEBHOOK_AUTH_KEY": "bench",
+            "INSIDER_BATCH_SIZE": str(args.batch_size),
+            "INSIDER_SEND_INTERVAL": "0",
+            "INSIDER_SEND_CONCURRENCY": str(args.concurrency),
+            "INSIDER_AUTOSTART": "false",
+            "INSIDER_LOG_LEVEL": args.log_level,
+        }
+        async with service(env, log_dir / "drain.log") as (base, process), aiohttp.ClientSession() as session:
+            profiler = None
+            if args.profile:  # py-spy samples the service while it drains (collapsed stacks)
+                profiler = subprocess.Popen(
+                    [
+                        "py-spy",
+                        "record",
+                        "--pid",
+                        str(process.pid),
+                        "--format",
+                        "raw",
+                        "--rate",
+                        "250",
+                        "--nonblocking",
+                        "--output",
+                        args.profile,
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                await asyncio.sleep(1.0)  # let py-spy attach before the clock starts
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                started = time.perf_counter()
+                async with session.post(base + "/api/v1/messages/start") as response:
+                    assert response.status == 200
+                while True:
+                    row = conn.execute("SELECT count(*) FROM messages WHERE status = 'sent'").fetchone()
+                    assert row is not None
+                    if row[0] >= args.messages:
+                        break
+                    await asyncio.sleep(0.05)
+                elapsed = time.perf_counter() - started
+                if profiler is not None:
+                    profiler.send_signal(signal.SIGINT)
+                    profiler.wait(timeout=30)
+                failed = conn.execute("SELECT count(*) FROM messages WHERE status <> 'sent'").fetchone()
+                assert failed == (0,), f"{failed} messages not sent"
+            return args.messages / elapsed, peak_rss_mb(process.pid)
+
+
+async def page_latency_ms(session: aiohttp.ClientSession, base: str, samples: int) -> float:
+    url = base + "/api/v1/messages?limit=100"
+    for _ in range(20):  # warm up the pool, the plan cache and the page cache
+        async with session.get(url) as response:
+            await response.read()
+    timings = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        async with session.get(url) as response:
+            body = await response.read()
+            assert response.status == 200 and body
+        timings.append((time.perf_counter() - started) * 1000)
+    return statistics.median(timings)
+
+
+def insert_sent(db_url: str, first: int, last: int) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO messages (recipient_phone, content, status, created_at, sent_at, message_id) "
+            "SELECT '+90530' || lpad((g %% 10000000)::text, 7, '0'), 'Sent message ' || g, 'sent', "
+            "now() - make_interval(secs => 2e6 - g), now() - make_interval(secs => 2e6 - g) + interval '1 second', "
+            "'pm-' || g FROM generate_series(%s::bigint, %s::bigint) g",
+            (first, last),
+        )
+        conn.execute("VACUUM ANALYZE messages")
+
+
+async def pages(admin_url: str, args: argparse.Namespace, log_dir: Path) -> tuple[float, float]:
+    """Median first-page latency (ms) with 1 thousand rows, then with ``big_rows`` rows."""
+    with database(admin_url, "pages") as db_url:
+        env = {
+            "INSIDER_DATABASE_URL": db_url,
+            "INSIDER_REDIS_URL": "",
+            "INSIDER_AUTOSTART": "false",
+            "INSIDER_WEBHOOK_URL": "http://127.0.0.1:9/unused",
+            "INSIDER_LOG_LEVEL": "warning",
+        }
+        async with service(env, log_dir / "pages.log") as (base, _), aiohttp.ClientSession() as session:
+            insert_sent(db_url, 1, 1000)
+            small = await page_latency_ms(session, base, args.samples)
+            insert_sent(db_url, 1001, args.big_rows)
+            big = await page_latency_ms(session, base, args.samples)
+            return small, big
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--big-rows", type=int, default=1_000_000)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--log-level", default="info", help="the service's INSIDER_LOG_LEVEL during the drain")
+    parser.add_argument(
+        "--admin-url", default=os.environ.get("INSIDER_TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/postgres")
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("INSIDER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
+        help="Redis for the sent cache during the drain; empty for the in-process cache",
+    )
+    parser.add_argument("--skip-pages", action="store_true")
+    parser.add_argument("--profile", metavar="FILE", help="record the drain with py-spy into FILE (collapsed stacks)")
+    args = parser.parse_args()
+    log_dir = Path(os.environ.get("TMPDIR", "/tmp"))
+
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
+    print(f"drain: {args.messages} messages, batch {args.batch_size}, interval 0, concurrency {args.concurrency}")
+    async with provider() as url:
+        ceiling_rps = await ceiling(url, args.messages, args.concurrency)
+        drain_mps, peak_mb = await drain(args.admin_url, args.redis_url, url, args, log_dir)
+    print(f"1. drain throughput:      {drain_mps:8.0f} messages/s")
+    print(
+        f"2. bare-client ceiling:   {ceiling_rps:8.0f} requests/s   ratio {drain_mps / ceiling_rps:.2f} (target >= 0.5)"
+    )
+    if not args.skip_pages:
+        small, big = await pages(args.admin_url, args, log_dir)
+        print(f"3. first page, 1k rows:   {small:8.2f} ms (median of {args.samples})")
+        print(f"   first page, {args.big_rows // 1000}k rows: {big:8.2f} ms   ratio {big / small:.2f} (target <= 3)")
+    print(f"4. peak RSS of the service during the drain: {peak_mb:.0f} MB (target < 200)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
