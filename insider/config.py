@@ -15,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 from dotenv import dotenv_values
 
 PREFIX = "INSIDER_"
+# How many batches overlap in drain mode (INSIDER_SEND_INTERVAL=0); see Supervisor.
+DRAIN_PIPELINE_DEPTH = 2
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -188,11 +190,15 @@ class Settings:
     def lease_s(self) -> float:
         """How long a claim holds: every wave of a batch may take the webhook timeout.
 
-        A batch sends in ceil(batch / concurrency) waves, each bounded by the timeout;
+        A batch sends in ceil(batch / concurrency) waves, each bounded by the timeout
+        (in drain mode, ceil(depth x batch / concurrency): the batches of the pipeline
+        share the bound);
         the margin covers recording the outcome. A process that dies leaves its claims
         to be taken again after this long.
         """
-        waves = math.ceil(self.batch_size / self.send_concurrency)
+        # In drain mode a batch may also wait for the batches running beside it.
+        depth = DRAIN_PIPELINE_DEPTH if self.send_interval_s == 0 else 1
+        waves = math.ceil(depth * self.batch_size / self.send_concurrency)
         return waves * self.webhook_timeout_s + 30.0
 
     def __repr__(self) -> str:  # the auth key must never reach a log or a traceback

@@ -73,6 +73,8 @@ class BatchSender:
         self.options = options
         self._jitter = jitter
         self._observer = observer  # told of every attempt (metrics); None: nobody
+        # One bound for every batch of this sender: batches that overlap (drain mode) share it.
+        self._in_flight = asyncio.Semaphore(options.concurrency)
 
     def backoff_s(self, attempts: int, retry_after_s: float | None) -> float:
         """Delay before the next attempt: exponential with equal jitter, capped; Retry-After wins."""
@@ -105,13 +107,16 @@ class BatchSender:
             claimed.extend(got)
             return got
 
-        semaphore = asyncio.Semaphore(self.options.concurrency)
+        queue = iter(sendable)  # shared by the workers: each message is taken by exactly one
 
-        async def send(message: Message) -> None:
-            async with semaphore:
-                if stopping is not None and stopping.is_set():
-                    return  # left unresolved: released below
-                resolutions[message.id] = await self._send_one(message)
+        async def worker() -> None:
+            # A few workers rather than a task per message: the same concurrency for far
+            # fewer task switches, which showed in the profile of a drain.
+            for message in queue:
+                async with self._in_flight:
+                    if stopping is not None and stopping.is_set():
+                        return  # this and the rest are left unresolved: released below
+                    resolutions[message.id] = await self._send_one(message)
 
         try:
             for _ in range(MAX_CLAIM_ROUNDS):
@@ -138,7 +143,7 @@ class BatchSender:
                             self._observer.send_attempt("invalid", None)
                 if len(got) < wanted or len(sendable) == self.options.batch_size:
                     break
-            tasks = [asyncio.create_task(send(m)) for m in sendable]
+            tasks = [asyncio.create_task(worker()) for _ in range(min(self.options.concurrency, len(sendable)))]
             if tasks:
                 await asyncio.gather(*tasks)
         except BaseException as exc:  # cancelled (a stop) or broken: nothing claimed may stay stranded

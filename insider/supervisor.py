@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from insider.clock import SystemClock
+from insider.config import DRAIN_PIPELINE_DEPTH
 from insider.ports import Clock, MessageRepository, RepositoryUnavailable
 from insider.sender import BatchReport, BatchSender
 
@@ -23,6 +24,10 @@ log = structlog.get_logger("insider.supervisor")
 SLOT_NAME = "sender"
 # With no interval (drain mode), how long an empty queue is left before it is asked again.
 IDLE_POLL_S = 1.0
+# In drain mode this many batches run at once, sharing the sender's concurrency bound:
+# while one records its outcomes and claims again, the other's requests keep the
+# provider busy. Leases allow for it (Settings.lease_s).
+DRAIN_PIPELINE = DRAIN_PIPELINE_DEPTH
 # After a failed tick, the next try comes no later than this (the rate gate still holds).
 FAILED_TICK_RETRY_S = 5.0
 
@@ -69,6 +74,7 @@ class Supervisor:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._batch_lock = asyncio.Lock()
+        self._batches_in_flight = 0
         self._last_tick_at: datetime | None = None
         self._next_tick_mono: float | None = None
         self._last_batch: BatchReport | None = None
@@ -122,7 +128,7 @@ class Supervisor:
             return False
         self._stopping.set()
         try:
-            if grace_s > 0 and self._batch_lock.locked():  # only a batch in flight is worth waiting for
+            if grace_s > 0 and self._batches_in_flight:  # only a batch in flight is worth waiting for
                 await self._wait_at_most(task, grace_s)
         finally:
             task.cancel()  # also when this stop() is itself cancelled: the sender must not outlive it
@@ -170,7 +176,11 @@ class Supervisor:
     async def _batch(self, stopping: asyncio.Event | None) -> BatchReport:
         self._last_tick_at = self._clock.now()
         self.ticks += 1
-        report = await self._sender.run_batch(stopping)
+        self._batches_in_flight += 1
+        try:
+            report = await self._sender.run_batch(stopping)
+        finally:
+            self._batches_in_flight -= 1
         self._last_batch = report
         if self._observer is not None:
             self._observer.batch_done(report)
@@ -187,6 +197,14 @@ class Supervisor:
         return report
 
     async def _run(self) -> None:
+        if self.interval_s > 0:
+            await self._loop()
+            return
+        async with asyncio.TaskGroup() as group:  # drain mode: overlapping batches, one bound
+            for _ in range(DRAIN_PIPELINE):
+                group.create_task(self._loop())
+
+    async def _loop(self) -> None:
         clock = self._clock
         next_tick = clock.monotonic()
         while not self._stopping.is_set():
@@ -204,7 +222,10 @@ class Supervisor:
                     if wait_s > 0:  # another process (or our own last run) had this slot
                         next_tick = clock.monotonic() + wait_s
                         continue
-                async with self._batch_lock:
+                if self.interval_s > 0:
+                    async with self._batch_lock:
+                        report = await self._batch(self._stopping)
+                else:  # drain mode: the batches of the pipeline overlap on purpose
                     report = await self._batch(self._stopping)
             except RepositoryUnavailable as exc:
                 log.error("tick failed: database unavailable", error=str(exc))

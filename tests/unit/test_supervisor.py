@@ -13,7 +13,7 @@ from insider.adapters.memory import InMemoryMessageRepository, InMemorySentCache
 from insider.clock import FakeClock
 from insider.domain import Message, MessageStatus, Outcome, SendResult
 from insider.sender import BatchSender, SenderOptions
-from insider.supervisor import IDLE_POLL_S, Supervisor
+from insider.supervisor import DRAIN_PIPELINE, IDLE_POLL_S, Supervisor
 from tests.conftest import eventually
 from tests.unit.support import HeldProvider
 
@@ -503,7 +503,9 @@ async def test_interval_zero_drains_back_to_back_then_polls(
     await eventually(lambda: len(sms.requests) == 7, what="the queue to drain")
     await clock.settle()
     assert clock.monotonic() == 0  # no waiting between batches
-    assert [len(ids) for ids in repo.claims] == [2, 2, 2, 1, 0]
+    assert sum(len(ids) for ids in repo.claims) == 7
+    # Each batch of the pipeline found the queue empty once, and waits to ask again.
+    assert repo.claims[-DRAIN_PIPELINE:] == [[]] * DRAIN_PIPELINE
     assert clock.next_wake() == IDLE_POLL_S
 
     add(repo, clock, 1)
@@ -512,6 +514,26 @@ async def test_interval_zero_drains_back_to_back_then_polls(
     await clock.advance(0.5)
     assert len(sms.requests) == 8
     assert supervisor.running
+
+
+async def test_drain_mode_overlaps_batches_within_one_concurrency_bound(
+    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    held = HeldProvider()
+    sms.responder = held
+    add(repo, clock, 10)
+    supervisor = make_supervisor(interval_s=0, batch_size=3, concurrency=2)
+    await supervisor.start()
+    # While the first batch's requests are held, the next batch has already been claimed:
+    # the provider never waits for a batch's outcomes to be recorded before the next.
+    await eventually(lambda: len(repo.claims) == DRAIN_PIPELINE, what="overlapping claims")
+    await clock.settle()
+    assert [len(ids) for ids in repo.claims] == [3] * DRAIN_PIPELINE
+    assert held.in_flight == 2  # one bound for every batch of the pipeline
+    held.release.set()
+    await eventually(lambda: len(sms.requests) == 10, what="the queue to drain")
+    assert held.max_in_flight == 2
+    assert len({r.idempotency_key for r in sms.requests}) == 10  # none sent twice
 
 
 async def test_run_once_sends_a_batch_outside_the_schedule(
