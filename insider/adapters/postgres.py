@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Final, LiteralString
 
+import orjson
 import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
@@ -215,16 +216,23 @@ class PostgresMessageRepository:
     async def resolve(self, resolutions: Sequence[Resolution]) -> None:
         if not resolutions:
             return
-        params = {
-            "ids": [int(r.id) for r in resolutions],
-            "claim_tokens": [_token(r.claim_token) for r in resolutions],
-            "statuses": [r.status.value for r in resolutions],
-            "sent_ats": [r.sent_at for r in resolutions],
-            "message_ids": [r.message_id for r in resolutions],
-            "last_errors": [r.last_error for r in resolutions],
-            "retry_in_s": [float(r.retry_in_s) if r.retry_in_s is not None else None for r in resolutions],
-            "uncounts": [bool(r.uncount_attempt) for r in resolutions],
-        }
+        outcomes = orjson.dumps(
+            [
+                {
+                    "id": int(r.id),
+                    "claim_token": _token(r.claim_token),
+                    "status": r.status.value,
+                    "sent_at": r.sent_at,
+                    "message_id": r.message_id,
+                    # An error text may quote anything; JSON (and PostgreSQL) take no lone surrogate.
+                    "last_error": r.last_error.encode("utf-8", "replace").decode() if r.last_error else r.last_error,
+                    "retry_in_s": float(r.retry_in_s) if r.retry_in_s is not None else None,
+                    "uncount": bool(r.uncount_attempt),
+                }
+                for r in resolutions
+            ]
+        ).decode()
+        params = {"outcomes": outcomes}
         async with self._connection() as conn:
             await conn.execute(_q("resolve"), params)
 

@@ -58,10 +58,12 @@ SET status = v.status,
     claim_token = NULL,
     attempts = CASE WHEN v.uncount THEN m.attempts - 1 ELSE m.attempts END,
     updated_at = now()
-FROM unnest(
-    %(ids)s::bigint[], %(claim_tokens)s::uuid[], %(statuses)s::text[], %(sent_ats)s::timestamptz[],
-    %(message_ids)s::text[], %(last_errors)s::text[], %(retry_in_s)s::float8[], %(uncounts)s::bool[]
-) AS v(id, claim_token, status, sent_at, message_id, last_error, retry_in_s, uncount)
+-- The outcomes come as one JSON array: encoding it costs the client a fortieth of
+-- encoding eight arrays, which showed in the profile of a drain.
+FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS v(
+    id bigint, claim_token uuid, status text, sent_at timestamptz, message_id text, last_error text,
+    retry_in_s float8, uncount bool
+)
 WHERE m.id = v.id
   AND ((m.status = 'sending' AND m.claim_token = v.claim_token)
        OR (v.status = 'sent' AND m.status <> 'sent'))
@@ -135,7 +137,7 @@ ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s
 
 -- counts --
--- How many messages are in each status.
-SELECT status, count(*) AS n
-FROM messages
-GROUP BY status
+-- How many messages are in each status: kept by triggers (migration 0002), so this
+-- reads a few rows whatever the size of the table.
+SELECT status, n
+FROM insider_message_counts
