@@ -128,7 +128,7 @@ class Container(containers.DeclarativeContainer):
             prefix=settings.provided.redis_prefix,
             ttl_s=settings.provided.redis_ttl_s,
         ),
-        memory=providers.Singleton(InMemorySentCache),
+        memory=providers.Singleton(InMemorySentCache, ttl_s=settings.provided.redis_ttl_s, clock=clock),
     )
 
     # Metrics on a registry of this container's own; the web app serves them at /metrics.

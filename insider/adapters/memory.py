@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -222,10 +223,19 @@ class InMemorySmsClient:
 
 
 class InMemorySentCache:
-    """The sent-message cache in a dict; ``available = False`` makes it fail like a lost Redis."""
+    """The sent-message cache in the process: the embedded default when no Redis is set.
 
-    def __init__(self) -> None:
-        self.entries: dict[str, SentEntry] = {}
+    Bounded like Redis with a TTL would be, so a long drain cannot grow it without end:
+    entries expire after ``ttl_s`` and, past ``max_entries``, the oldest go first.
+    ``available = False`` makes it fail like a lost Redis (for tests).
+    """
+
+    def __init__(self, *, ttl_s: float = 7 * 86400, max_entries: int = 100_000, clock: Clock | None = None) -> None:
+        self.entries: OrderedDict[str, SentEntry] = OrderedDict()
+        self._expires: dict[str, float] = {}
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._clock = clock or SystemClock()
         self.available = True
         self.calls = 0
 
@@ -233,12 +243,22 @@ class InMemorySentCache:
         self.calls += 1
         if not self.available:
             raise ConnectionError("in-memory cache made unavailable")
+        expires = self._clock.monotonic() + self._ttl_s
         for e in entries:
             self.entries[e.provider_message_id] = e
+            self.entries.move_to_end(e.provider_message_id)
+            self._expires[e.provider_message_id] = expires
+        while len(self.entries) > self._max_entries:
+            oldest, _ = self.entries.popitem(last=False)
+            del self._expires[oldest]
 
     async def lookup(self, provider_message_id: str) -> SentEntry | None:
         if not self.available:
             raise ConnectionError("in-memory cache made unavailable")
+        expires = self._expires.get(provider_message_id)
+        if expires is not None and expires <= self._clock.monotonic():
+            del self.entries[provider_message_id], self._expires[provider_message_id]
+            return None
         return self.entries.get(provider_message_id)
 
     async def ping(self) -> None:
