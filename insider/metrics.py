@@ -64,11 +64,14 @@ class Metrics:
         )
         self.pending = Gauge("insider_pending_messages", "Messages waiting to be sent (a few seconds old)", registry=r)
         self.sender_running = Gauge("insider_sender_running", "1 while automatic sending runs, else 0", registry=r)
-        for outcome in ("sent", "retry", "failed", "invalid"):  # every series exists from the start, at 0
-            self.send_attempts.labels(outcome=outcome)
+        # Every series exists from the start, at 0; kept at hand, as the lookup is per send.
+        self._attempts = {
+            outcome: self.send_attempts.labels(outcome=outcome) for outcome in ("sent", "retry", "failed", "invalid")
+        }
 
     def send_attempt(self, outcome: str, duration_s: float | None) -> None:
-        self.send_attempts.labels(outcome=outcome).inc()
+        series = self._attempts.get(outcome)
+        (series or self.send_attempts.labels(outcome=outcome)).inc()
         if outcome == "sent":
             self.messages_sent.inc()
         elif outcome in ("failed", "invalid"):

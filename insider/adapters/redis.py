@@ -19,6 +19,17 @@ FIELD_MESSAGE_ID = "messageId"
 FIELD_SENT_AT = "sentAt"
 FIELD_ID = "id"
 
+# KEYS: one per entry; ARGV: the TTL, then messageId, sentAt and id for each entry.
+_REMEMBER = f"""
+local ttl = ARGV[1]
+for i, key in ipairs(KEYS) do
+    local j = 3 * i - 1
+    redis.call('HSET', key, '{FIELD_MESSAGE_ID}', ARGV[j], '{FIELD_SENT_AT}', ARGV[j + 1], '{FIELD_ID}', ARGV[j + 2])
+    redis.call('EXPIRE', key, ttl)
+end
+return #KEYS
+"""
+
 
 @asynccontextmanager
 async def open_redis(url: str) -> AsyncIterator[aioredis.Redis]:
@@ -61,22 +72,19 @@ class RedisSentCache:
         return f"{self._prefix}:sent:{provider_message_id}"
 
     async def remember(self, entries: Sequence[SentEntry]) -> None:
-        """Write every entry in one pipelined round trip (not a transaction)."""
+        """Write every entry in one round trip: one script call for the whole batch.
+
+        A script rather than a pipeline of HSET and EXPIRE pairs: the same writes, but one
+        command to encode instead of two per entry, which was a tenth of the sender's
+        CPU time while draining (docs/performance.md).
+        """
         if not entries:
             return
-        async with self._client.pipeline(transaction=False) as pipe:
-            for entry in entries:
-                key = self.key(entry.provider_message_id)
-                pipe.hset(
-                    key,
-                    mapping={
-                        FIELD_MESSAGE_ID: entry.provider_message_id,
-                        FIELD_SENT_AT: _utc(entry.sent_at).isoformat(),
-                        FIELD_ID: str(entry.id),
-                    },
-                )
-                pipe.expire(key, self._ttl_s)
-            await pipe.execute()
+        keys = [self.key(entry.provider_message_id) for entry in entries]
+        args: list[str | int] = [self._ttl_s]
+        for entry in entries:
+            args += (entry.provider_message_id, _utc(entry.sent_at).isoformat(), str(entry.id))
+        await self._client.eval(_REMEMBER, len(keys), *keys, *args)
 
     async def lookup(self, provider_message_id: str) -> SentEntry | None:
         """The cached entry, or None when absent, expired or not readable."""

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import aiohttp
+import orjson
+from yarl import URL
 
 from insider.domain import Outcome, SendResult
 
@@ -33,7 +35,8 @@ async def open_http_session(*, concurrency_limit: int = 100) -> AsyncIterator[ai
     Open one per process, in the composition root, and share it.
     """
     connector = aiohttp.TCPConnector(limit=concurrency_limit)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    # No cookie jar: a webhook's answer needs none, and the jar costs time on every response.
+    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
         yield session
 
 
@@ -49,7 +52,7 @@ class WebhookSmsClient:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, not {timeout_s!r}")
         self._session = session
-        self._url = url
+        self._url = URL(url)  # parsed once, not on every request
         self._auth_key = auth_key
         self._timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -126,15 +129,15 @@ async def _read_body(response: aiohttp.ClientResponse) -> bytes:
 
 def _json_body(payload: dict[str, str]) -> bytes:
     try:
-        return json.dumps(payload, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form; \u escapes keep the JSON valid
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError:  # a lone surrogate has no UTF-8 form; \u escapes keep the JSON valid
         return json.dumps(payload).encode("ascii")
 
 
 def _message_id(raw: bytes) -> str | None:
     try:
-        payload = json.loads(raw)
-    except ValueError:  # includes JSONDecodeError and UnicodeDecodeError
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:  # also invalid UTF-8
         return None
     if not isinstance(payload, dict):
         return None

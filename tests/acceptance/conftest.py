@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -66,3 +67,15 @@ def start_service(tmp_path: Path) -> Iterator[Any]:
         if service.process.poll() is None:
             service.process.kill()
         service.process.wait(timeout=10)
+
+
+def log_events(text: str) -> list[dict[str, Any]]:
+    """The JSON log events in a service's output (other lines, like the start-up summary, skipped)."""
+    events = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+    return events

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.connection import AbstractConnection
 
 from insider.adapters.redis import RedisSentCache, open_redis
 from insider.ports import SentEntry
@@ -38,25 +39,18 @@ def cache(client: aioredis.Redis, redis_prefix: str) -> RedisSentCache:
     return RedisSentCache(client, prefix=redis_prefix, ttl_s=TTL_S)
 
 
-class PipelineSpy:
-    """Counts the pipelines a client opens and how often each is executed."""
+class RoundTripSpy:
+    """Counts what a client sends to Redis: one send is one round trip, whatever it carries."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
-        self.opened: list[dict[str, Any]] = []
-        self.executes = 0
-        self._pipeline = client.pipeline
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sends = 0
+        original = AbstractConnection.send_packed_command
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.opened.append(kwargs)
-        pipe = self._pipeline(*args, **kwargs)
-        execute = pipe.execute
+        async def counted(conn: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+            self.sends += 1
+            await original(conn, *args, **kwargs)
 
-        async def counted_execute(*a: Any, **kw: Any) -> Any:
-            self.executes += 1
-            return await execute(*a, **kw)
-
-        pipe.execute = counted_execute  # type: ignore[method-assign]
-        return pipe
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
 
 
 async def test_remember_writes_exactly_the_three_fields_with_ttl(
@@ -118,18 +112,17 @@ async def test_default_prefix_is_the_shared_key_format(client: aioredis.Redis) -
         await client.delete(key)
 
 
-async def test_many_entries_in_one_pipeline(
+async def test_many_entries_in_one_round_trip(
     cache: RedisSentCache, client: aioredis.Redis, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spy = PipelineSpy(client)
-    monkeypatch.setattr(client, "pipeline", spy)
+    await client.ping()  # connected before counting
+    spy = RoundTripSpy(monkeypatch)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     entries = [SentEntry(f"prov-{i}", start + timedelta(seconds=i), i) for i in range(50)]
 
     await cache.remember(entries)
 
-    assert spy.opened == [{"transaction": False}]
-    assert spy.executes == 1
+    assert spy.sends == 1
     for e in entries:
         assert await cache.lookup(e.provider_message_id) == e
         assert await client.ttl(f"{redis_prefix}:sent:{e.provider_message_id}") > 0
@@ -138,12 +131,12 @@ async def test_many_entries_in_one_pipeline(
 async def test_empty_list_makes_no_round_trip(
     cache: RedisSentCache, client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spy = PipelineSpy(client)
-    monkeypatch.setattr(client, "pipeline", spy)
+    await client.ping()
+    spy = RoundTripSpy(monkeypatch)
 
     await cache.remember([])
 
-    assert spy.opened == []
+    assert spy.sends == 0
 
 
 async def test_ttl_is_whole_seconds_and_at_least_one(client: aioredis.Redis, redis_prefix: str) -> None:

@@ -1,0 +1,67 @@
+"""Log lines: JSON with secrets and phones kept out, written in order, batched within the event loop."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from insider.logs import configure_logging, flush_logs
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, s: str) -> int:
+        self.writes += 1
+        return super().write(s)
+
+    def isatty(self) -> bool:
+        return False
+
+
+@pytest.fixture
+def stream() -> Iterator[CountingStream]:
+    out = CountingStream()
+    configure_logging("info", "json", out)
+    yield out
+    flush_logs()
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
+
+
+def lines(stream: CountingStream) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+async def test_info_lines_are_written_together_and_warnings_at_once(stream: CountingStream) -> None:
+    log = structlog.get_logger("t")
+    for i in range(50):
+        log.info("send", n=i)
+    assert stream.writes == 0  # buffered within the loop's turn
+    log.warning("slow", n=50)  # flushes everything, in order
+    assert stream.writes == 1
+    assert [line["n"] for line in lines(stream)] == list(range(51))
+    log.info("later")
+    logging.getLogger("lib").warning("from the standard library")  # after what came before it
+    events = [line["event"] for line in lines(stream)]
+    assert events[-2:] == ["later", "from the standard library"]
+
+
+def test_outside_an_event_loop_every_line_is_written_at_once(stream: CountingStream) -> None:
+    structlog.get_logger("t").info("hello")
+    assert [line["event"] for line in lines(stream)] == ["hello"]
+
+
+async def test_secrets_and_phone_numbers_never_reach_the_stream(stream: CountingStream) -> None:
+    structlog.get_logger("t").info("send", to="+905301234567", auth_key="s3cret", token="t0ken")
+    flush_logs()
+    text = stream.getvalue()
+    assert "s3cret" not in text and "t0ken" not in text and "+905301234567" not in text
+    assert lines(stream)[0]["to"] == "+905*******67"
