@@ -131,14 +131,7 @@ class BatchSender:
                         resolutions[message.id] = Resolution(
                             message.id, message.claim_token, MessageStatus.FAILED, last_error=f"invalid: {reason}"
                         )
-                        log.warning(
-                            "send",
-                            message_id=message.id,
-                            to=mask_phone(message.recipient_phone),
-                            attempt=message.attempts,
-                            outcome="invalid",
-                            error=reason,
-                        )
+                        log.warning("send", **_send_fields(message, "invalid"), error=reason)
                         if self._observer is not None:
                             self._observer.send_attempt("invalid", None)
                 if len(got) < wanted or len(sendable) == self.options.batch_size:
@@ -169,46 +162,30 @@ class BatchSender:
                 resolutions[message.id] = Resolution(
                     message.id, message.claim_token, MessageStatus.PENDING, retry_in_s=0.0, uncount_attempt=True
                 )
-                log.info(
-                    "send",
-                    message_id=message.id,
-                    to=mask_phone(message.recipient_phone),
-                    attempt=message.attempts,
-                    outcome="released",
-                    reason=why,
-                )
+                log.info("send", **_send_fields(message, "released"), reason=why)
 
     async def _send_one(self, message: Message) -> Resolution:
         t0 = self._clock.monotonic()
         try:
             result = await self._sms.send(message.recipient_phone, message.content, message.idempotency_key)
         except asyncio.CancelledError:
-            log.info(
-                "send",
-                message_id=message.id,
-                to=mask_phone(message.recipient_phone),
-                attempt=message.attempts,
-                outcome="interrupted",
-                duration_ms=round((self._clock.monotonic() - t0) * 1000, 1),
-            )
+            duration_ms = round((self._clock.monotonic() - t0) * 1000, 1)
+            log.info("send", **_send_fields(message, "interrupted"), duration_ms=duration_ms)
             raise
         except Exception as exc:  # an adapter that broke its promise not to raise
             result = SendResult(Outcome.RETRY, error=f"{type(exc).__name__}: {exc}")
         duration_ms = round((self._clock.monotonic() - t0) * 1000, 1)
         resolution = self._resolve(message, result)
-        fields = dict(
-            message_id=message.id,
-            to=mask_phone(message.recipient_phone),
-            attempt=message.attempts,
-            outcome=resolution.status.value
-            if result.outcome is not Outcome.RETRY
-            else ("retry" if resolution.status is MessageStatus.PENDING else "failed"),
-            status_code=result.status_code,
-            duration_ms=duration_ms,
-            provider_message_id=result.provider_message_id,
+        if result.outcome is Outcome.RETRY:
+            outcome = "retry" if resolution.status is MessageStatus.PENDING else "failed"
+        else:
+            outcome = resolution.status.value
+        fields = _send_fields(message, outcome)
+        fields.update(
+            status_code=result.status_code, duration_ms=duration_ms, provider_message_id=result.provider_message_id
         )
         if self._observer is not None:
-            self._observer.send_attempt(str(fields["outcome"]), duration_ms / 1000)
+            self._observer.send_attempt(outcome, duration_ms / 1000)
         if result.outcome is Outcome.SENT and not result.provider_message_id:
             log.warning("send", **fields, warning="provider accepted it without a messageId")
         elif resolution.status is MessageStatus.SENT:
@@ -292,6 +269,16 @@ class BatchSender:
             released=released,
             duration_s=duration_s,
         )
+
+
+def _send_fields(message: Message, outcome: str) -> dict[str, object]:
+    """The stable keys of every ``send`` log event; the recipient masked."""
+    return {
+        "message_id": message.id,
+        "to": mask_phone(message.recipient_phone),
+        "attempt": message.attempts,
+        "outcome": outcome,
+    }
 
 
 async def _uninterrupted(awaitable: Awaitable[T]) -> T:

@@ -7,12 +7,15 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+
+from tests.conftest import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,6 +42,32 @@ class Service:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    async def wait_answering(self, session: aiohttp.ClientSession, path: str = "/api/v1/sender") -> None:
+        """Wait until the service answers ``path`` with 200; fail at once if it exited."""
+        await wait_answering(session, self.process, self.log, self.base_url + path)
+
+
+async def wait_answering(
+    session: aiohttp.ClientSession,
+    process: subprocess.Popen[bytes],
+    log: Callable[[], str],
+    url: str,
+    *,
+    timeout_s: float = 30,
+) -> None:
+    """Wait until ``url`` answers 200, failing with the process's output if it exits first."""
+
+    async def up() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"{process.args!r} exited with {process.returncode}:\n{log()}")
+        try:
+            async with session.get(url) as response:
+                return response.status == 200
+        except aiohttp.ClientConnectionError:
+            return False
+
+    await eventually(up, timeout_s=timeout_s, what=f"{url} to answer")
 
 
 @pytest.fixture

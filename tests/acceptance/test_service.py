@@ -19,16 +19,6 @@ from tests.conftest import Provider, eventually
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 
-async def _up(session: aiohttp.ClientSession, service: Service) -> bool:
-    if service.process.poll() is not None:
-        raise AssertionError(f"service exited with {service.process.returncode}:\n{service.log()}")
-    try:
-        async with session.get(service.base_url + "/api/v1/sender") as response:
-            return response.status == 200
-    except aiohttp.ClientConnectionError:
-        return False
-
-
 async def test_sends_pending_messages_end_to_end(
     fresh_postgres_url: str, redis_url: str, redis_prefix: str, provider: Provider, start_service: Any
 ) -> None:
@@ -43,7 +33,7 @@ async def test_sends_pending_messages_end_to_end(
     )
     redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
     async with aiohttp.ClientSession() as session:
-        await eventually(lambda: _up(session, service), timeout_s=20, what="the service to answer")
+        await service.wait_answering(session)
         # The original Go service's users insert rows like this; it must keep working.
         async with await psycopg.AsyncConnection.connect(fresh_postgres_url, autocommit=True) as conn:
             for i in range(1, 4):
@@ -168,7 +158,7 @@ async def test_without_a_webhook_url_the_built_in_simulator_takes_the_messages(
 ) -> None:
     service: Service = start_service(database_url=fresh_postgres_url, send_interval="0.2s")
     async with aiohttp.ClientSession() as session:
-        await eventually(lambda: _up(session, service), timeout_s=20, what="the service to answer")
+        await service.wait_answering(session)
         async with session.post(
             service.base_url + "/api/v1/messages", json={"to": "+905301234001", "content": "to the simulator"}
         ) as response:

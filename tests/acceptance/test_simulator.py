@@ -15,7 +15,7 @@ import pytest
 
 from insider.adapters.webhook import WebhookSmsClient, open_http_session
 from insider.domain import Outcome
-from tests.acceptance.conftest import Service, free_port, log_events, service_env
+from tests.acceptance.conftest import Service, free_port, log_events, service_env, wait_answering
 from tests.conftest import eventually
 
 PHONE = "+905301234001"
@@ -65,16 +65,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def _healthy(session: aiohttp.ClientSession, simulator: Simulator) -> None:
-    async def up() -> bool:
-        if simulator.process.poll() is not None:
-            raise AssertionError(f"simulator exited with {simulator.process.returncode}:\n{simulator.log()}")
-        try:
-            async with session.get(simulator.url + "/healthz") as response:
-                return response.status == 200
-        except aiohttp.ClientConnectionError:
-            return False
-
-    await eventually(up, timeout_s=20, what="the simulator to answer /healthz")
+    await wait_answering(session, simulator.process, simulator.log, simulator.url + "/healthz")
 
 
 async def test_accepts_and_the_same_idempotency_key_gets_the_same_message_id(
@@ -150,16 +141,7 @@ async def test_a_service_sending_to_a_failing_simulator_retries_with_backoff(
         webhook_url=simulator.url + "/webhook", send_interval="0.2s", retry_backoff="100ms", max_attempts="2"
     )
 
-    async def up() -> bool:
-        if service.process.poll() is not None:
-            raise AssertionError(f"service exited with {service.process.returncode}:\n{service.log()}")
-        try:
-            async with session.get(service.base_url + "/api/v1/sender") as response:
-                return response.status == 200
-        except aiohttp.ClientConnectionError:
-            return False
-
-    await eventually(up, timeout_s=30, what="the service to answer")
+    await service.wait_answering(session)
     async with session.post(service.base_url + "/api/v1/messages", json={"to": PHONE, "content": "x"}) as response:
         assert response.status == 201
         message_id = (await response.json())["id"]
