@@ -30,6 +30,9 @@ async def test_sends_pending_messages_end_to_end(
         webhook_auth_key="s3cret-key",
         batch_size="2",
         send_interval="0.3s",
+        # One request at a time, so that the provider sees the messages in the order sent
+        # (with more, the requests of one batch race each other).
+        send_concurrency="1",
     )
     redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
     async with aiohttp.ClientSession() as session:
