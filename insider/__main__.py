@@ -204,6 +204,7 @@ def startup_summary(
     lines = [
         f"insider {__version__} is up",
         f"  API       {base_url}/api/v1/messages",
+        f"  Dashboard {base_url}/",
         f"  Swagger   {base_url}/swagger",
         f"  Database  {database}",
         f"  Cache     {cache}",

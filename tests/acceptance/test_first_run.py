@@ -102,6 +102,7 @@ async def test_first_run_sends_through_the_built_in_provider_and_remembers_after
         for line in (
             "insider 0.1.0 is up",
             f"  API       {base}/api/v1/messages",
+            f"  Dashboard {base}/",
             f"  Swagger   {base}/swagger",
             f"  Database  SQLite sqlite:///insider.db ({first_run.workdir.resolve() / 'insider.db'})",
             "  Cache     in-process (INSIDER_REDIS_URL is empty)",

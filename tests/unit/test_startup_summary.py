@@ -24,6 +24,7 @@ def test_the_embedded_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert text.splitlines() == [
         "insider 0.1.0 is up",
         f"  API       {BASE}/api/v1/messages",
+        f"  Dashboard {BASE}/",
         f"  Swagger   {BASE}/swagger",
         f"  Database  SQLite sqlite:///insider.db ({tmp_path.resolve() / 'insider.db'})",
         "  Cache     in-process (INSIDER_REDIS_URL is empty)",
