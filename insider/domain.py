@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 # fullmatch, not match with $: "$" also matches before a trailing newline. No leading 0 in E.164.
 E164 = re.compile(r"\+[1-9][0-9]{7,14}")
@@ -94,3 +94,23 @@ def mask_phone(phone: str | None) -> str:
     if len(phone) <= 6:
         return "*" * len(phone)
     return phone[:4] + "*" * (len(phone) - 6) + phone[-2:]
+
+
+def next_slot(previous: datetime | None, now: datetime, interval_s: float) -> datetime:
+    """The slot after one taken at ``now``: on the grid when on time, else from now.
+
+    A slot taken up to a small tolerance late keeps the grid (batch k at start + k x
+    interval, no drift); one taken later restarts the grid from now (no catch-up burst).
+    The PostgreSQL adapter computes the same in SQL; the others call this.
+    """
+    tolerance = timedelta(seconds=slot_tolerance_s(interval_s))
+    # Never earlier than one interval after this batch: basing a late or first slot on
+    # ``now - tolerance`` let two batches go less than one interval apart.
+    if previous is not None and now - previous <= tolerance:
+        return previous + timedelta(seconds=interval_s)
+    return now + timedelta(seconds=interval_s)
+
+
+def slot_tolerance_s(interval_s: float) -> float:
+    """How late a slot may be taken and still keep the grid: 5% of it, at most 1 s."""
+    return min(0.05 * interval_s, 1.0)

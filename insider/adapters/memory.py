@@ -12,28 +12,8 @@ from datetime import datetime, timedelta
 
 from insider.adapters.cursor import decode_cursor, encode_cursor
 from insider.clock import SystemClock
-from insider.domain import Message, MessageStatus, Outcome, Resolution, SendResult
+from insider.domain import Message, MessageStatus, Outcome, Resolution, SendResult, next_slot
 from insider.ports import Clock, InvalidState, MessageNotFound, Page, RepositoryUnavailable, SentEntry
-
-
-def next_slot(previous: datetime | None, now: datetime, interval_s: float) -> datetime:
-    """The slot after one taken at ``now``: on the grid when on time, else from now.
-
-    A slot taken up to a small tolerance late keeps the grid (batch k at start + k x
-    interval, no drift); one taken later restarts the grid from now (no catch-up burst).
-    The PostgreSQL adapter computes the same in SQL.
-    """
-    tolerance = timedelta(seconds=slot_tolerance_s(interval_s))
-    # Never earlier than one interval after this batch: basing a late or first slot on
-    # ``now - tolerance`` let two batches go less than one interval apart.
-    if previous is not None and now - previous <= tolerance:
-        return previous + timedelta(seconds=interval_s)
-    return now + timedelta(seconds=interval_s)
-
-
-def slot_tolerance_s(interval_s: float) -> float:
-    """How late a slot may be taken and still keep the grid: 5% of it, at most 1 s."""
-    return min(0.05 * interval_s, 1.0)
 
 
 class InMemoryMessageRepository:

@@ -17,8 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from insider.adapters import sqlfiles
 from insider.adapters.cursor import decode_cursor, encode_cursor
-from insider.adapters.memory import slot_tolerance_s
-from insider.domain import Message, MessageStatus, Resolution
+from insider.domain import Message, MessageStatus, Resolution, slot_tolerance_s
 from insider.ports import InvalidState, MessageNotFound, Page, RepositoryUnavailable
 
 Pool = AsyncConnectionPool[AsyncConnection[Any]]

@@ -17,9 +17,8 @@ from urllib.parse import unquote, urlsplit
 
 from insider.adapters import sqlfiles
 from insider.adapters.cursor import decode_cursor, encode_cursor
-from insider.adapters.memory import next_slot
 from insider.clock import SystemClock
-from insider.domain import Message, MessageStatus, Resolution
+from insider.domain import Message, MessageStatus, Resolution, next_slot
 from insider.ports import Clock, InvalidState, MessageNotFound, Page, RepositoryUnavailable
 
 T = TypeVar("T")
@@ -394,7 +393,7 @@ class SqliteMessageRepository:
         raise InvalidState(current, "failed")
 
     async def acquire_slot(self, name: str, interval_s: float) -> float:
-        """Take the slot in one transaction holding the write lock; see ``memory.next_slot``."""
+        """Take the slot in one transaction holding the write lock; see ``domain.next_slot``."""
 
         def work(conn: sqlite3.Connection) -> float:
             with _write_transaction(conn):

@@ -27,13 +27,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from dependency_injector import providers
 from structlog.testing import capture_logs
 
-from insider.adapters.memory import slot_tolerance_s
 from insider.adapters.postgres import Pool, PostgresMessageRepository, open_postgres_pool
 from insider.adapters.webhook import IDEMPOTENCY_HEADER, WebhookSmsClient, open_http_session
 from insider.clock import SystemClock
 from insider.config import Settings, load_settings
 from insider.container import Container, open_service
-from insider.domain import Message, MessageStatus, Resolution
+from insider.domain import Message, MessageStatus, Resolution, slot_tolerance_s
 from insider.ports import RepositoryUnavailable
 from insider.sender import BatchSender, SenderOptions
 from insider.supervisor import Supervisor

@@ -91,7 +91,7 @@ WITH inserted AS (
 ), updated AS (
     UPDATE insider_slots
     -- On time (within the tolerance): keep the grid, no drift. Late: one interval from
-    -- now, so two batches are never less than one interval apart (memory.next_slot).
+    -- now, so two batches are never less than one interval apart (domain.next_slot).
     SET next_at = CASE WHEN now() - next_at <= make_interval(secs => %(tolerance_s)s) THEN next_at ELSE now() END
                   + make_interval(secs => %(interval_s)s)
     WHERE name = %(name)s AND next_at <= now()
