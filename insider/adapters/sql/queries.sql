@@ -97,8 +97,10 @@ WITH inserted AS (
     WHERE name = %(name)s AND next_at <= now()
     RETURNING name
 )
+-- The wait is counted from the clock, not now(): now() is when this statement's
+-- transaction began, possibly before it waited on the winner's row lock.
 SELECT EXISTS (SELECT 1 FROM inserted) OR EXISTS (SELECT 1 FROM updated) AS taken,
-       (SELECT EXTRACT(EPOCH FROM next_at - now())::float8 FROM insider_slots WHERE name = %(name)s) AS wait_s
+       (SELECT EXTRACT(EPOCH FROM next_at - clock_timestamp())::float8 FROM insider_slots WHERE name = %(name)s) AS wait_s
 
 -- list_sent --
 -- The first page of sent messages, newest first.
