@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from insider.adapters import sqlfiles
 from insider.adapters.cursor import decode_cursor, encode_cursor
+from insider.adapters.rows import message_from_row
 from insider.domain import Message, MessageStatus, Resolution, slot_tolerance_s
 from insider.ports import InvalidState, MessageNotFound, Page, RepositoryUnavailable
 
@@ -97,23 +98,7 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 def _message(row: DictRow) -> Message:
-    created_at = _utc(row["created_at"])
-    assert created_at is not None  # NOT NULL in the schema
-    return Message(
-        id=row["id"],
-        recipient_phone=row["recipient_phone"],
-        content=row["content"],
-        status=MessageStatus(row["status"]),
-        created_at=created_at,
-        sent_at=_utc(row["sent_at"]),
-        message_id=row["message_id"],
-        last_error=row["last_error"],
-        attempts=row["attempts"],
-        next_attempt_at=_utc(row["next_attempt_at"]),
-        lease_expires_at=_utc(row["lease_expires_at"]),
-        idempotency_key=str(row["idempotency_key"]),
-        claim_token=str(row["claim_token"]) if row["claim_token"] is not None else None,
-    )
+    return message_from_row(row, _utc)
 
 
 def _token(claim_token: str | None) -> uuid.UUID | None:

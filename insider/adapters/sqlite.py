@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from insider.adapters import sqlfiles
 from insider.adapters.cursor import decode_cursor, encode_cursor
+from insider.adapters.rows import message_from_row
 from insider.clock import SystemClock
 from insider.domain import Message, MessageStatus, Resolution, next_slot
 from insider.ports import Clock, InvalidState, MessageNotFound, Page, RepositoryUnavailable
@@ -235,23 +236,7 @@ def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def _message(row: sqlite3.Row) -> Message:
-    created_at = parse_timestamp(row["created_at"])
-    assert created_at is not None  # NOT NULL in the schema
-    return Message(
-        id=row["id"],
-        recipient_phone=row["recipient_phone"],
-        content=row["content"],
-        status=MessageStatus(row["status"]),
-        created_at=created_at,
-        sent_at=parse_timestamp(row["sent_at"]),
-        message_id=row["message_id"],
-        last_error=row["last_error"],
-        attempts=row["attempts"],
-        next_attempt_at=parse_timestamp(row["next_attempt_at"]),
-        lease_expires_at=parse_timestamp(row["lease_expires_at"]),
-        idempotency_key=row["idempotency_key"],
-        claim_token=row["claim_token"],
-    )
+    return message_from_row(row, parse_timestamp)
 
 
 def _token(claim_token: str | None) -> str | None:

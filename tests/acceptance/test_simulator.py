@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -15,47 +11,24 @@ import pytest
 
 from insider.adapters.webhook import WebhookSmsClient, open_http_session
 from insider.domain import Outcome
-from tests.acceptance.conftest import Service, free_port, log_events, service_env, wait_answering
+from tests.acceptance.conftest import Service, free_port, log_events, wait_answering
 from tests.conftest import eventually
 
 PHONE = "+905301234001"
 
 
-@dataclass
-class Simulator:
-    process: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+Simulator = Service  # a simulator runs as the same kind of subprocess; its base_url is the provider's
 
 
 @pytest.fixture
-def start_simulator(tmp_path: Path) -> Iterator[Callable[..., Simulator]]:
+def start_simulator(start_service: Callable[..., Service]) -> Callable[..., Simulator]:
     """Start ``python -m insider simulate`` on a free port with the given options; stopped after the test."""
-    started: list[Simulator] = []
 
     def start(*options: str) -> Simulator:
-        port = free_port()
-        log_path = tmp_path / f"simulator-{len(started)}.log"
-        with log_path.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "insider", "simulate", "--port", str(port), "--latency", "0", *options],
-                cwd=tmp_path,
-                env=service_env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        simulator = Simulator(process, f"http://127.0.0.1:{port}", log_path)
-        started.append(simulator)
-        return simulator
+        port = str(free_port())
+        return start_service("simulate", "--port", port, "--latency", "0", *options, port=port)
 
-    yield start
-    for simulator in started:
-        if simulator.process.poll() is None:
-            simulator.process.kill()
-        simulator.process.wait(timeout=10)
+    return start
 
 
 @pytest.fixture
@@ -65,7 +38,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def _healthy(session: aiohttp.ClientSession, simulator: Simulator) -> None:
-    await wait_answering(session, simulator.process, simulator.log, simulator.url + "/healthz")
+    await wait_answering(session, simulator.process, simulator.log, simulator.base_url + "/healthz")
 
 
 async def test_accepts_and_the_same_idempotency_key_gets_the_same_message_id(
@@ -73,7 +46,7 @@ async def test_accepts_and_the_same_idempotency_key_gets_the_same_message_id(
 ) -> None:
     simulator = start_simulator()
     await _healthy(session, simulator)
-    client = WebhookSmsClient(session, simulator.url + "/webhook", auth_key="", timeout_s=5)
+    client = WebhookSmsClient(session, simulator.base_url + "/webhook", auth_key="", timeout_s=5)
 
     first = await client.send(PHONE, "Merhaba", "key-1")
     retried = await client.send(PHONE, "Merhaba", "key-1")
@@ -82,7 +55,7 @@ async def test_accepts_and_the_same_idempotency_key_gets_the_same_message_id(
     assert (first.outcome, first.status_code) == (Outcome.SENT, 202)
     assert retried.provider_message_id == first.provider_message_id
     assert other.provider_message_id not in (None, first.provider_message_id)
-    async with session.get(simulator.url + "/messages") as response:
+    async with session.get(simulator.base_url + "/messages") as response:
         listed = await response.json()
     assert [m["idempotencyKey"] for m in listed["data"]] == ["key-2", "key-1"]
     assert listed["counts"]["accepted"] == 2 and listed["counts"]["replayed"] == 1
@@ -100,7 +73,7 @@ async def test_injected_failures_are_seen_as_retries(
     simulator = start_simulator("--fail-rate", "1")
     await _healthy(session, simulator)
 
-    result = await WebhookSmsClient(session, simulator.url + "/webhook", "", 5).send(PHONE, "content", "key")
+    result = await WebhookSmsClient(session, simulator.base_url + "/webhook", "", 5).send(PHONE, "content", "key")
 
     assert (result.outcome, result.status_code) == (Outcome.RETRY, 500)
     assert "simulated" in (result.error or "")
@@ -112,7 +85,7 @@ async def test_injected_rate_limits_give_retry_after(
     simulator = start_simulator("--rate-limit-rate", "1", "--retry-after", "3s")
     await _healthy(session, simulator)
 
-    result = await WebhookSmsClient(session, simulator.url + "/webhook", "", 5).send(PHONE, "content", "key")
+    result = await WebhookSmsClient(session, simulator.base_url + "/webhook", "", 5).send(PHONE, "content", "key")
 
     assert (result.outcome, result.status_code, result.retry_after_s) == (Outcome.RETRY, 429, 3.0)
 
@@ -123,8 +96,8 @@ async def test_the_auth_key_is_checked(
     simulator = start_simulator("--auth-key", "s3cret")
     await _healthy(session, simulator)
 
-    wrong = await WebhookSmsClient(session, simulator.url + "/", "nope", 5).send(PHONE, "content", "key")
-    right = await WebhookSmsClient(session, simulator.url + "/", "s3cret", 5).send(PHONE, "content", "key")
+    wrong = await WebhookSmsClient(session, simulator.base_url + "/", "nope", 5).send(PHONE, "content", "key")
+    right = await WebhookSmsClient(session, simulator.base_url + "/", "s3cret", 5).send(PHONE, "content", "key")
 
     assert (wrong.outcome, wrong.status_code) == (Outcome.FAILED, 401)
     assert (right.outcome, right.status_code) == (Outcome.SENT, 202)
@@ -138,7 +111,7 @@ async def test_a_service_sending_to_a_failing_simulator_retries_with_backoff(
     simulator = start_simulator("--fail-rate", "1")
     await _healthy(session, simulator)
     service: Service = start_service(
-        webhook_url=simulator.url + "/webhook", send_interval="0.2s", retry_backoff="100ms", max_attempts="2"
+        webhook_url=simulator.base_url + "/webhook", send_interval="0.2s", retry_backoff="100ms", max_attempts="2"
     )
 
     await service.wait_answering(session)
@@ -157,7 +130,7 @@ async def test_a_service_sending_to_a_failing_simulator_retries_with_backoff(
     assert message["attempts"] == 2
     assert message["lastError"].startswith("gave up after 2 attempts: HTTP 500")
     assert any(e.get("outcome") == "retry" for e in log_events(service.log()))
-    async with session.get(simulator.url + "/messages") as response:
+    async with session.get(simulator.base_url + "/messages") as response:
         assert (await response.json())["counts"]["failed"] == 2
     service.process.send_signal(signal.SIGTERM)
     assert service.process.wait(timeout=20) == 0
