@@ -7,8 +7,8 @@ import binascii
 import json
 from datetime import datetime
 
-from insider.domain import MessageStatus
-from insider.ports import InvalidCursor
+from insider.domain import Message, MessageStatus
+from insider.ports import InvalidCursor, Page
 
 
 def encode_cursor(status: MessageStatus, key: datetime, message_id: int) -> str:
@@ -27,3 +27,14 @@ def decode_cursor(cursor: str, status: MessageStatus) -> tuple[datetime, int]:
     if value != status.value or not isinstance(message_id, int) or parsed.tzinfo is None:
         raise InvalidCursor("cursor belongs to another listing")
     return parsed, message_id
+
+
+def page_of(rows: list[Message], limit: int, status: MessageStatus) -> Page:
+    """A page from up to ``limit + 1`` rows in listing order: the extra row only says a next page exists."""
+    page = rows[:limit]
+    if len(rows) <= limit or not page:
+        return Page(items=page, next_cursor=None)
+    last = page[-1]
+    key = last.sent_at if status is MessageStatus.SENT else last.created_at
+    assert key is not None  # sent rows are listed by sent_at, which a sent row has
+    return Page(items=page, next_cursor=encode_cursor(status, key, last.id))

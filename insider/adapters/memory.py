@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from insider.adapters.cursor import decode_cursor, encode_cursor
+from insider.adapters.cursor import decode_cursor, page_of
 from insider.clock import SystemClock
 from insider.domain import Message, MessageStatus, Outcome, Resolution, SendResult, next_slot
 from insider.ports import Clock, InvalidState, MessageNotFound, Page, RepositoryUnavailable, SentEntry
@@ -87,10 +87,7 @@ class InMemoryMessageRepository:
         if cursor is not None:
             after = decode_cursor(cursor, status)
             rows = [m for m in rows if key(m) < after]
-        page = rows[:limit]
-        more = len(rows) > limit
-        next_cursor = encode_cursor(status, *key(page[-1])) if more and page else None
-        return Page(items=page, next_cursor=next_cursor)
+        return page_of(rows[: limit + 1], limit, status)
 
     def _due(self, m: Message, now: datetime) -> bool:
         if m.status is MessageStatus.PENDING:

@@ -16,7 +16,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from insider.adapters import sqlfiles
-from insider.adapters.cursor import decode_cursor, encode_cursor
+from insider.adapters.cursor import decode_cursor, page_of
 from insider.adapters.rows import message_from_row
 from insider.domain import Message, MessageStatus, Resolution, slot_tolerance_s
 from insider.ports import InvalidState, MessageNotFound, Page, RepositoryUnavailable
@@ -180,15 +180,8 @@ class PostgresMessageRepository:
         else:
             params["key"], params["id"] = decode_cursor(cursor, status)
             query = _q("list_sent_after" if sent else "list_by_created_after")
-        rows = [_message(row) for row in await self._fetch(query, params)]
-        page = rows[:limit]
-        next_cursor = None
-        if len(rows) > limit and page:
-            last = page[-1]
-            key = last.sent_at if sent else last.created_at
-            assert key is not None  # the sent queries skip rows without sent_at
-            next_cursor = encode_cursor(status, key, last.id)
-        return Page(items=page, next_cursor=next_cursor)
+        # The sent queries skip rows without sent_at, so every listed row has its key.
+        return page_of([_message(row) for row in await self._fetch(query, params)], limit, status)
 
     async def claim(self, limit: int, lease_s: float) -> list[Message]:
         if limit <= 0:

@@ -16,7 +16,7 @@ from typing import Any, Final, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from insider.adapters import sqlfiles
-from insider.adapters.cursor import decode_cursor, encode_cursor
+from insider.adapters.cursor import decode_cursor, page_of
 from insider.adapters.rows import message_from_row
 from insider.clock import SystemClock
 from insider.domain import Message, MessageStatus, Resolution, next_slot
@@ -323,15 +323,8 @@ class SqliteMessageRepository:
             key, params["id"] = decode_cursor(cursor, status)
             params["key"] = format_timestamp(key)
             query = _q("list_sent_after" if sent else "list_by_created_after")
-        rows = [_message(row) for row in await self._fetch(query, params)]
-        page = rows[:limit]
-        next_cursor = None
-        if len(rows) > limit and page:
-            last = page[-1]
-            last_key = last.sent_at if sent else last.created_at
-            assert last_key is not None  # the sent queries skip rows without sent_at
-            next_cursor = encode_cursor(status, last_key, last.id)
-        return Page(items=page, next_cursor=next_cursor)
+        # The sent queries skip rows without sent_at, so every listed row has its key.
+        return page_of([_message(row) for row in await self._fetch(query, params)], limit, status)
 
     async def claim(self, limit: int, lease_s: float) -> list[Message]:
         if limit <= 0:
