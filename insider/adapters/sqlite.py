@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -185,13 +186,33 @@ class SqliteDatabase:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
             # WAL: readers do not wait for the writer, and another process (the enqueue
             # command, a second service) can use the same file meanwhile.
-            conn.execute("PRAGMA journal_mode = WAL")
+            self._switch_to_wal(conn)
             conn.execute("PRAGMA synchronous = FULL")  # a recorded send survives a power cut
         except BaseException:
             conn.close()
             raise
         self._connection = conn
         return conn
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> None:
+        """``PRAGMA journal_mode = WAL``, retried while another connection holds the file.
+
+        SQLite does not call the busy handler for a journal-mode change, so on a fresh
+        file opened by several connections at once the switch can fail at once with
+        "database is locked"; it is retried here for up to the busy timeout (this runs
+        on the database's own thread, so the short sleeps block nothing else).
+        """
+        deadline = time.monotonic() + self._busy_timeout_s
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     def _disconnect(self) -> None:
         conn, self._connection = self._connection, None
