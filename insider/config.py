@@ -21,6 +21,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json")
+WEBHOOK_CLIENTS = ("lean", "aiohttp")
 
 
 class ConfigError(ValueError):
@@ -131,6 +132,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WEBHOOK_URL": ("webhook_url", _url("http", "https", optional=True)),
     "WEBHOOK_AUTH_KEY": ("webhook_auth_key", _text),
     "WEBHOOK_TIMEOUT": ("webhook_timeout_s", _duration_at_least(0.001)),
+    "WEBHOOK_CLIENT": ("webhook_client", _choice(*WEBHOOK_CLIENTS)),
     "BATCH_SIZE": ("batch_size", _int_between(1, 10_000)),
     "SEND_INTERVAL": ("send_interval_s", _duration_at_least(0, allow_zero=True)),
     "SEND_CONCURRENCY": ("send_concurrency", _int_between(1, 1_000)),
@@ -185,6 +187,8 @@ class Settings:
     port: int
     log_level: str
     log_format: str
+    # Last, with a default, so that code building Settings by hand keeps working.
+    webhook_client: str = "lean"
 
     @property
     def lease_s(self) -> float:

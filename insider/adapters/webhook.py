@@ -1,11 +1,15 @@
-"""The SMS provider as an HTTP webhook: one JSON POST per message, answers mapped to send outcomes."""
+"""The SMS provider as an HTTP webhook: one JSON POST per message, answers mapped to send outcomes.
+
+Two HTTP clients can carry the POST: the lean one of ``insider.adapters.http1`` (the default)
+and aiohttp's ``ClientSession``. The mapping from answers to outcomes is the same for both.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -14,6 +18,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from insider.adapters.http1 import Http1Client, HttpAnswer, HttpTransportError
 from insider.domain import Outcome, SendResult
 
 AUTH_HEADER = "x-ins-auth-key"
@@ -40,49 +45,71 @@ async def open_http_session(*, concurrency_limit: int = 100) -> AsyncIterator[ai
         yield session
 
 
+class _AiohttpPoster:
+    """aiohttp's client behind the same ``post`` as ``Http1Client``."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self._session = session
+        self._url = URL(url)  # parsed once, not on every request
+
+    async def post(self, body: bytes, headers: Mapping[str, str], timeout_s: float) -> HttpAnswer:
+        try:
+            async with self._session.post(
+                self._url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                allow_redirects=False,
+                raise_for_status=False,
+            ) as response:
+                try:
+                    raw, complete = await response.read(), True
+                except (TimeoutError, aiohttp.ClientError, OSError):
+                    raw, complete = b"", False
+                return HttpAnswer(response.status, {k.lower(): v for k, v in response.headers.items()}, raw, complete)
+        except TimeoutError:  # aiohttp's timeouts are ClientErrors too
+            raise
+        except aiohttp.ClientError as exc:
+            raise HttpTransportError(str(exc) or type(exc).__name__) from exc
+
+
 class WebhookSmsClient:
     """The SMS provider behind a webhook URL.
 
     ``send`` never raises for a provider answer or a transport failure: 2xx is sent,
     408, 429 and 5xx and network errors are worth a retry, anything else is permanent.
-    The session belongs to the caller, which opens and closes it.
+    ``http`` is an ``Http1Client`` made for ``url`` or an aiohttp ``ClientSession``; it
+    belongs to the caller, which opens and closes it.
     """
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, auth_key: str, timeout_s: float) -> None:
+    def __init__(self, http: Http1Client | aiohttp.ClientSession, url: str, auth_key: str, timeout_s: float) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, not {timeout_s!r}")
-        self._session = session
-        self._url = URL(url)  # parsed once, not on every request
+        if isinstance(http, Http1Client) and http.url != url:
+            raise ValueError(f"the HTTP client was made for {http.url!r}, not {url!r}")
+        self._http = _AiohttpPoster(http, url) if isinstance(http, aiohttp.ClientSession) else http
         self._auth_key = auth_key
         self._timeout_s = timeout_s
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     async def send(self, to: str, content: str, idempotency_key: str) -> SendResult:
         """POST one message; the provider deduplicates on ``idempotency_key``."""
-        body = _json_body({"to": to, "content": content})
         headers = {
             "Content-Type": "application/json",
             AUTH_HEADER: self._auth_key,
             IDEMPOTENCY_HEADER: idempotency_key,
         }
         try:
-            async with self._session.post(
-                self._url,
-                data=body,
-                headers=headers,
-                timeout=self._timeout,
-                # A redirect is an answer in itself (3xx is permanent), and following one
-                # could turn the POST into a GET or resend it elsewhere.
-                allow_redirects=False,
-                raise_for_status=False,
-            ) as response:
-                raw = await _read_body(response)
-                return self._result(response.status, response.headers.get("Retry-After"), raw)
+            # A redirect is an answer in itself (3xx is permanent): following one could turn
+            # the POST into a GET or resend it elsewhere, so neither client follows one.
+            answer = await self._http.post(_json_body({"to": to, "content": content}), headers, self._timeout_s)
         except TimeoutError:  # also asyncio.TimeoutError and aiohttp's timeout errors
             return SendResult(Outcome.RETRY, error=f"timeout after {self._timeout_s:g}s")
-        except (aiohttp.ClientError, OSError) as exc:
+        except (HttpTransportError, OSError) as exc:
             detail = str(exc) or type(exc).__name__
             return SendResult(Outcome.RETRY, error=self._redact(f"connection error: {detail}"))
+        # The status line decides the outcome; a body cut short (timeout, dropped connection)
+        # must not turn an accepted message into a retry, which could send it twice.
+        return self._result(answer.status, answer.headers.get("retry-after"), answer.body if answer.complete else b"")
 
     def _result(self, status: int, retry_after: str | None, raw: bytes) -> SendResult:
         if 200 <= status < 300:
@@ -116,15 +143,6 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if when.tzinfo is None:  # "-0000" in an HTTP-date still means UTC
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
-async def _read_body(response: aiohttp.ClientResponse) -> bytes:
-    # The status line decides the outcome; a body cut short (timeout, dropped connection)
-    # must not turn an accepted message into a retry, which could send it twice.
-    try:
-        return await response.read()
-    except (TimeoutError, aiohttp.ClientError, OSError):
-        return b""
 
 
 def _json_body(payload: dict[str, str]) -> bytes:

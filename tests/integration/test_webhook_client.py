@@ -6,13 +6,14 @@ import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from insider.adapters.http1 import Http1Client
 from insider.adapters.webhook import WebhookSmsClient, open_http_session
 from insider.domain import Outcome, SendResult
 from tests.conftest import eventually
@@ -71,18 +72,27 @@ async def provider(aiohttp_server: AiohttpServer) -> AsyncIterator[Provider]:
         p.release.set()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with open_http_session(concurrency_limit=10) as s:
-        yield s
+ClientFactory = Callable[..., WebhookSmsClient]
 
 
-def client_for(session: aiohttp.ClientSession, url: str, timeout_s: float = 5.0) -> WebhookSmsClient:
-    return WebhookSmsClient(session, url, AUTH_KEY, timeout_s=timeout_s)
+@pytest.fixture(params=["lean", "aiohttp"])
+async def make_client(request: pytest.FixtureRequest) -> AsyncIterator[ClientFactory]:
+    """Webhook clients over either HTTP client: the answers must map the same way."""
+    async with AsyncExitStack() as stack:
+        session = await stack.enter_async_context(open_http_session(concurrency_limit=10))
+
+        def make(url: str, timeout_s: float = 5.0) -> WebhookSmsClient:
+            if request.param == "aiohttp":
+                return WebhookSmsClient(session, url, AUTH_KEY, timeout_s=timeout_s)
+            lean = Http1Client(url, limit=10)
+            stack.push_async_callback(lean.aclose)
+            return WebhookSmsClient(lean, url, AUTH_KEY, timeout_s=timeout_s)
+
+        yield make
 
 
-async def test_sends_exact_json_body_and_headers(provider: Provider, session: aiohttp.ClientSession) -> None:
-    client = client_for(session, provider.url)
+async def test_sends_exact_json_body_and_headers(provider: Provider, make_client: ClientFactory) -> None:
+    client = make_client(provider.url)
 
     result = await client.send(TO, "Hello", "idem-abc")
 
@@ -95,8 +105,8 @@ async def test_sends_exact_json_body_and_headers(provider: Provider, session: ai
     assert received.headers["Idempotency-Key"] == "idem-abc"
 
 
-async def test_unicode_content_arrives_intact(provider: Provider, session: aiohttp.ClientSession) -> None:
-    client = client_for(session, provider.url)
+async def test_unicode_content_arrives_intact(provider: Provider, make_client: ClientFactory) -> None:
+    client = make_client(provider.url)
 
     result = await client.send(TO, TURKISH, "idem-tr")
 
@@ -105,13 +115,13 @@ async def test_unicode_content_arrives_intact(provider: Provider, session: aioht
     assert json.loads(received.body.decode("utf-8")) == {"to": TO, "content": TURKISH}
 
 
-async def test_hanging_provider_times_out(provider: Provider, session: aiohttp.ClientSession) -> None:
+async def test_hanging_provider_times_out(provider: Provider, make_client: ClientFactory) -> None:
     async def hang(request: web.Request) -> web.StreamResponse:
         await provider.release.wait()
         return web.json_response({"messageId": "too-late"})
 
     provider.reply = hang
-    client = client_for(session, provider.url, timeout_s=0.2)
+    client = make_client(provider.url, timeout_s=0.2)
 
     result = await client.send(TO, "Hello", "idem-slow")
 
@@ -119,13 +129,13 @@ async def test_hanging_provider_times_out(provider: Provider, session: aiohttp.C
     assert len(provider.requests) == 1
 
 
-async def test_cancellation_propagates_mid_request(provider: Provider, session: aiohttp.ClientSession) -> None:
+async def test_cancellation_propagates_mid_request(provider: Provider, make_client: ClientFactory) -> None:
     async def hang(request: web.Request) -> web.StreamResponse:
         await provider.release.wait()
         return web.json_response({"messageId": "never-read"})
 
     provider.reply = hang
-    client = client_for(session, provider.url, timeout_s=30)
+    client = make_client(provider.url, timeout_s=30)
     task = asyncio.create_task(client.send(TO, "Hello", "idem-cancel"))
     await eventually(lambda: len(provider.requests) == 1, what="the request to reach the provider")
 
@@ -135,12 +145,12 @@ async def test_cancellation_propagates_mid_request(provider: Provider, session: 
         await task
 
 
-async def test_429_with_retry_after(provider: Provider, session: aiohttp.ClientSession) -> None:
+async def test_429_with_retry_after(provider: Provider, make_client: ClientFactory) -> None:
     async def busy(request: web.Request) -> web.StreamResponse:
         return web.Response(status=429, text="rate limited", headers={"Retry-After": "3"})
 
     provider.reply = busy
-    client = client_for(session, provider.url)
+    client = make_client(provider.url)
 
     result = await client.send(TO, "Hello", "idem-429")
 
@@ -148,15 +158,13 @@ async def test_429_with_retry_after(provider: Provider, session: aiohttp.ClientS
 
 
 @pytest.mark.parametrize(("status", "outcome"), [(500, Outcome.RETRY), (400, Outcome.FAILED), (302, Outcome.FAILED)])
-async def test_status_mapping(
-    provider: Provider, session: aiohttp.ClientSession, status: int, outcome: Outcome
-) -> None:
+async def test_status_mapping(provider: Provider, make_client: ClientFactory, status: int, outcome: Outcome) -> None:
     async def answer(request: web.Request) -> web.StreamResponse:
         headers = {"Location": "/elsewhere"} if status == 302 else None
         return web.Response(status=status, text=f"status {status}", headers=headers)
 
     provider.reply = answer
-    client = client_for(session, provider.url)
+    client = make_client(provider.url)
 
     result = await client.send(TO, "Hello", "idem-status")
 
@@ -164,12 +172,12 @@ async def test_status_mapping(
     assert len(provider.requests) == 1  # a redirect is not followed
 
 
-async def test_connection_refused_retries(session: aiohttp.ClientSession) -> None:
+async def test_connection_refused_retries(make_client: ClientFactory) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # Nothing listens on the port once the socket is closed.
-    client = client_for(session, f"http://127.0.0.1:{port}/webhook")
+    client = make_client(f"http://127.0.0.1:{port}/webhook")
 
     result = await client.send(TO, "Hello", "idem-refused")
 
@@ -180,7 +188,7 @@ async def test_connection_refused_retries(session: aiohttp.ClientSession) -> Non
     assert AUTH_KEY not in result.error
 
 
-async def test_accepted_with_a_body_cut_short_is_still_sent(provider: Provider, session: aiohttp.ClientSession) -> None:
+async def test_accepted_with_a_body_cut_short_is_still_sent(provider: Provider, make_client: ClientFactory) -> None:
     async def stall_after_headers(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(status=202, headers={"Content-Type": "application/json"})
         response.content_length = 100
@@ -190,7 +198,7 @@ async def test_accepted_with_a_body_cut_short_is_still_sent(provider: Provider, 
         return response
 
     provider.reply = stall_after_headers
-    client = client_for(session, provider.url, timeout_s=0.2)
+    client = make_client(provider.url, timeout_s=0.2)
 
     result = await client.send(TO, "Hello", "idem-partial")
 

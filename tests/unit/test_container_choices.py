@@ -6,9 +6,11 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import structlog
 
+from insider.adapters.http1 import Http1Client
 from insider.adapters.memory import InMemorySentCache
 from insider.adapters.postgres import PostgresMessageRepository
 from insider.adapters.redis import RedisSentCache
@@ -65,7 +67,29 @@ async def test_postgres_redis_and_a_webhook_when_configured() -> None:
         assert await resolve(c.sqlite_database) is None
         assert isinstance(await resolve(c.repository), PostgresMessageRepository)
         assert isinstance(await resolve(c.sms_client), WebhookSmsClient)
+        assert isinstance(await resolve(c.webhook_http), Http1Client)  # the lean client by default
         assert isinstance(await resolve(c.cache), RedisSentCache)
+    finally:
+        await _maybe_await(c.shutdown_resources())
+
+
+async def test_aiohttp_carries_the_webhook_when_chosen() -> None:
+    c = container(webhook_url="http://127.0.0.1:9/hook", webhook_client="aiohttp")
+    await _maybe_await(c.init_resources())
+    try:
+        assert isinstance(await resolve(c.sms_client), WebhookSmsClient)
+        session = await resolve(c.webhook_http)
+        assert isinstance(session, aiohttp.ClientSession)
+    finally:
+        await _maybe_await(c.shutdown_resources())
+    assert session.closed
+
+
+async def test_no_http_client_without_a_webhook(tmp_path: Path) -> None:
+    c = container(database_url=f"sqlite:///{tmp_path / 'insider.db'}")
+    await _maybe_await(c.init_resources())
+    try:
+        assert await resolve(c.webhook_http) is None
     finally:
         await _maybe_await(c.shutdown_resources())
 
@@ -77,7 +101,7 @@ async def test_open_repository_opens_the_database_and_nothing_else(tmp_path: Pat
         await repository.migrate()
         message = await repository.enqueue("+905301234001", "content")
         assert c.sqlite_database.initialized
-        assert not c.http_session.initialized
+        assert not c.webhook_http.initialized
         assert not c.redis_client.initialized
         assert not c.database_pool.initialized
 
