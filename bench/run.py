@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -25,12 +26,15 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
 import psycopg
 from psycopg import sql
+
+from insider.adapters.http1 import Http1Client
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,6 +106,21 @@ async def service(env: dict[str, str], log_path: Path) -> AsyncIterator[tuple[st
         process.wait(timeout=30)
 
 
+def py_spy() -> str:
+    """py-spy on the PATH or beside this Python (pip install py-spy into the venv)."""
+    beside = Path(sys.executable).parent / "py-spy"
+    found = shutil.which("py-spy") or (str(beside) if beside.is_file() else None)
+    if found is None:
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+    return found
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds a process has used so far (user and system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -110,10 +129,10 @@ def peak_rss_mb(pid: int) -> float:
 
 
 async def ceiling(url: str, requests: int, concurrency: int) -> float:
-    """Requests per second of a bare aiohttp client: the most the provider and the machine allow.
+    """Requests per second of a bare aiohttp client: the issue's ceiling.
 
-    As lean as the service's own session (no cookie jar, the body encoded with orjson), so
-    that the ceiling is the provider's and aiohttp's, not a slow client's.
+    As lean as aiohttp allows (no cookie jar, the body encoded with orjson, as the service's
+    INSIDER_WEBHOOK_CLIENT=aiohttp session), so that it is aiohttp's ceiling, not a slow client's.
     """
     remaining = iter(range(requests))
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -132,10 +151,34 @@ async def ceiling(url: str, requests: int, concurrency: int) -> float:
         return requests / (time.perf_counter() - started)
 
 
-async def drain(
-    admin_url: str, redis_url: str, url: str, args: argparse.Namespace, log_dir: Path
-) -> tuple[float, float]:
-    """Messages per second while draining a backlog, and the service's peak resident memory in MB."""
+async def lean_ceiling(url: str, requests: int, concurrency: int) -> float:
+    """Requests per second of the service's own HTTP client alone: the most the provider gives it."""
+    remaining = iter(range(requests))
+    client = Http1Client(url, limit=concurrency)
+    try:
+
+        async def worker() -> None:
+            for i in remaining:
+                body = orjson.dumps({"to": "+905301234001", "content": f"message {i}"})
+                headers = {"Content-Type": "application/json", "x-ins-auth-key": "k", "Idempotency-Key": str(i)}
+                answer = await client.post(body, headers, 10.0)
+                assert answer.status == 202
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return requests / (time.perf_counter() - started)
+    finally:
+        await client.aclose()
+
+
+class Drain(NamedTuple):
+    messages_per_s: float
+    peak_rss_mb: float
+    cpu_us_per_message: float  # of the service processes: the figure least shaken by the machine's noise
+
+
+async def drain(admin_url: str, redis_url: str, url: str, args: argparse.Namespace, log_dir: Path) -> Drain:
+    """Messages per second while draining a backlog, the service's peak memory and CPU per message."""
     with database(admin_url, "drain") as db_url:
         subprocess.run(
             [sys.executable, "-m", "insider", "migrate"],
@@ -178,7 +221,7 @@ async def drain(
             if args.profile:  # py-spy samples the service while it drains (collapsed stacks)
                 profiler = subprocess.Popen(
                     [
-                        "py-spy",
+                        py_spy(),
                         "record",
                         "--pid",
                         str(process.pid),
@@ -195,6 +238,7 @@ async def drain(
                 )
                 await asyncio.sleep(1.0)  # let py-spy attach before the clock starts
             with psycopg.connect(db_url, autocommit=True) as conn:
+                cpu_before = sum(cpu_s(p.pid) for _, p in services)
                 started = time.perf_counter()
                 for base, _ in services:  # several processes on one database share the backlog
                     async with session.post(base + "/api/v1/messages/start") as response:
@@ -213,7 +257,8 @@ async def drain(
                     profiler.wait(timeout=30)
                 failed = conn.execute("SELECT count(*) FROM messages WHERE status <> 'sent'").fetchone()
                 assert failed == (0,), f"{failed} messages not sent"
-            return args.messages / elapsed, max(peak_rss_mb(p.pid) for _, p in services)
+            cpu_us = (sum(cpu_s(p.pid) for _, p in services) - cpu_before) / args.messages * 1e6
+            return Drain(args.messages / elapsed, max(peak_rss_mb(p.pid) for _, p in services), cpu_us)
 
 
 async def page_latency_ms(session: aiohttp.ClientSession, base: str, samples: int) -> float:
@@ -292,21 +337,29 @@ async def main() -> None:
         f"drain: {args.messages} messages, batch {args.batch_size}, interval 0, concurrency {args.concurrency}, "
         f"{args.processes} process(es)"
     )
-    ceilings, drains, peaks = [], [], []
+    ceilings, leans, drains, peaks, cpus = [], [], [], [], []
     async with provider() as url:
-        for _ in range(args.repeat):  # alternated, so that both see the same machine
+        for _ in range(args.repeat):  # alternated, so that all see the same machine
             ceilings.append(await ceiling(url, args.messages, args.concurrency))
-            drain_mps, peak_mb = await drain(args.admin_url, args.redis_url, url, args, log_dir)
-            drains.append(drain_mps)
-            peaks.append(peak_mb)
+            leans.append(await lean_ceiling(url, args.messages, args.concurrency))
+            result = await drain(args.admin_url, args.redis_url, url, args, log_dir)
+            drains.append(result.messages_per_s)
+            peaks.append(result.peak_rss_mb)
+            cpus.append(result.cpu_us_per_message)
     ceiling_rps, drain_mps, peak_mb = statistics.median(ceilings), statistics.median(drains), max(peaks)
+    lean_rps = statistics.median(leans)
     if args.repeat > 1:
-        print(
-            f"   runs: drain {', '.join(f'{d:.0f}' for d in drains)}; ceiling {', '.join(f'{c:.0f}' for c in ceilings)}"
-        )
+        print(f"   runs: drain {', '.join(f'{d:.0f}' for d in drains)}")
+        print(f"         aiohttp ceiling {', '.join(f'{c:.0f}' for c in ceilings)}")
+        print(f"         lean ceiling {', '.join(f'{c:.0f}' for c in leans)}")
     print(f"1. drain throughput:      {drain_mps:8.0f} messages/s (median of {args.repeat})")
+    print(f"   service CPU per message: {statistics.median(cpus):.0f} us")
     print(
         f"2. bare-client ceiling:   {ceiling_rps:8.0f} requests/s   ratio {drain_mps / ceiling_rps:.2f} (target >= 0.5)"
+    )
+    print(
+        f"   the service's own client alone: {lean_rps:.0f} requests/s   ratio {drain_mps / lean_rps:.2f} "
+        "(the provider's pace with no database)"
     )
     if not args.skip_pages:
         small, big = await pages(args.admin_url, args, log_dir)
