@@ -6,7 +6,9 @@ import asyncio
 import atexit
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
@@ -19,14 +21,45 @@ _PHONE_KEYS = frozenset({"to", "recipient_phone", "phone"})
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+# Keys seen to hold neither a secret nor a phone number; they come from code, so this stays
+# small (and is capped). Most events then cost one set difference.
+_PLAIN_KEYS: set[str] = set()
+
+
 def scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Last line of defence: drop secrets and mask phone numbers under well-known keys."""
-    for key in list(event):
+    for key in event.keys() - _PLAIN_KEYS:
         if key.lower() in _SECRET_KEYS:
             event[key] = "***"
-        elif key in _PHONE_KEYS and isinstance(event[key], str) and "*" not in event[key]:
-            event[key] = mask_phone(event[key])
+        elif key in _PHONE_KEYS:
+            if isinstance(event[key], str) and "*" not in event[key]:
+                event[key] = mask_phone(event[key])
+        elif len(_PLAIN_KEYS) < 10_000:
+            _PLAIN_KEYS.add(key)
     return event
+
+
+class UtcStamper:
+    """Adds ``timestamp``: ISO 8601 UTC with microseconds, as ``2026-01-01T12:00:00.123456Z``.
+
+    What structlog's ``TimeStamper(fmt="iso", utc=True)`` writes, in a third of its time
+    (there is a line per send): the part up to the seconds is formatted once a second.
+    """
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        event["timestamp"] = "%s.%06dZ" % (self._prefix, (now - second) * 1_000_000)  # noqa: UP031 (the fastest here)
+        return event
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
@@ -40,7 +73,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        UtcStamper(),
         scrub,
     ]
     renderer: Any = (

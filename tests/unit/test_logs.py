@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import structlog
@@ -65,3 +67,23 @@ async def test_secrets_and_phone_numbers_never_reach_the_stream(stream: Counting
     text = stream.getvalue()
     assert "s3cret" not in text and "t0ken" not in text and "+905301234567" not in text
     assert lines(stream)[0]["to"] == "+905*******67"
+
+
+async def test_scrubbing_holds_for_every_event_not_only_the_first(stream: CountingStream) -> None:
+    log = structlog.get_logger("t")
+    for _ in range(3):  # the scrubber remembers plain keys; secret ones must never join them
+        log.info("send", to="+905301234567", Authorization="Bearer abc", API_TOKEN="t0ken", n=1)
+    flush_logs()
+    assert [(line["to"], line["Authorization"], line["API_TOKEN"]) for line in lines(stream)] == [
+        ("+905*******67", "***", "***")
+    ] * 3
+
+
+def test_timestamps_are_iso_utc_with_microseconds(stream: CountingStream) -> None:
+    before = datetime.now(UTC)
+    structlog.get_logger("t").info("hello")
+    after = datetime.now(UTC)
+
+    stamp = str(lines(stream)[0]["timestamp"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+    assert before - timedelta(microseconds=1) <= datetime.fromisoformat(stamp) <= after
