@@ -70,6 +70,21 @@ async def test_remember_writes_exactly_the_three_fields_with_ttl(
     assert TTL_S - 60 <= ttl <= TTL_S
 
 
+@pytest.mark.parametrize(
+    "provider_message_id",
+    ['quote " back \\ slash', "Çağrı 👋", "12345678901234567890", "1e3", "[]", "null"],
+)
+async def test_any_message_id_is_stored_as_it_came(
+    cache: RedisSentCache, client: aioredis.Redis, redis_prefix: str, provider_message_id: str
+) -> None:
+    # The values cross into the script as JSON: text that looks like JSON numbers or
+    # structures must arrive as the same text.
+    await cache.remember([SentEntry(provider_message_id, datetime(2026, 1, 1, tzinfo=UTC), 7)])
+
+    stored = await client.hgetall(f"{redis_prefix}:sent:{provider_message_id}")
+    assert stored == {"messageId": provider_message_id, "sentAt": "2026-01-01T00:00:00+00:00", "id": "7"}
+
+
 async def test_lookup_round_trip(cache: RedisSentCache) -> None:
     entry = SentEntry(provider_message_id="67f2f8a8-ea58-4ed0", sent_at=datetime.now(UTC), id=7)
 
