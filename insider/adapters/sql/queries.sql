@@ -41,9 +41,11 @@ SET status = 'sending',
     updated_at = now()
 FROM due
 WHERE m.id = due.id
+-- The UUIDs come back as text: the Message holds text, and a uuid.UUID made per column and
+-- row only to be turned into text cost a third of reading a claimed row.
 RETURNING m.id, m.recipient_phone, m.content, m.status, m.created_at, m.sent_at, m.message_id,
-          m.last_error, m.attempts, m.next_attempt_at, m.lease_expires_at, m.idempotency_key,
-          m.claim_token
+          m.last_error, m.attempts, m.next_attempt_at, m.lease_expires_at,
+          m.idempotency_key::text AS idempotency_key, m.claim_token::text AS claim_token
 
 -- resolve --
 -- Write back a batch of outcomes. A row is written while the claim token still holds
