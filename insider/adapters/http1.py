@@ -150,6 +150,10 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
         return waiter
 
+    def usable(self) -> bool:
+        """Open, and not on its way to closing (a server's close seen, not yet reported)."""
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
+
     def release(self) -> bool:
         """After an answer: whether the connection may carry another request."""
         self._waiter = None
@@ -281,11 +285,11 @@ class Http1Client:
             raise HttpTransportError("the HTTP client is closed")
         stale_before = loop.time() - KEEPALIVE_S
         idle = self._idle
-        while idle and (idle[0].closed or idle[0].idle_since < stale_before):  # the oldest first
+        while idle and (not idle[0].usable() or idle[0].idle_since < stale_before):  # the oldest first
             self._discard(idle.popleft())
         while idle:
             connection = idle.pop()  # the most recently used is the likeliest alive
-            if not connection.closed:
+            if connection.usable():
                 return connection
             self._discard(connection)
         try:
