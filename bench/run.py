@@ -79,9 +79,10 @@ async def wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float
 
 
 @asynccontextmanager
-async def provider() -> AsyncIterator[str]:
+async def provider(latency_s: float) -> AsyncIterator[str]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "bench.provider", "--port", str(port)], cwd=ROOT)
+    command = [sys.executable, "-m", "bench.provider", "--port", str(port), "--latency", str(latency_s)]
+    process = subprocess.Popen(command, cwd=ROOT)
     try:
         await wait_http(f"http://127.0.0.1:{port}/healthz", process)
         yield f"http://127.0.0.1:{port}/"
@@ -210,6 +211,7 @@ async def drain(admin_url: str, redis_url: str, url: str, args: argparse.Namespa
             "INSIDER_SEND_CONCURRENCY": str(args.concurrency),
             "INSIDER_AUTOSTART": "false",
             "INSIDER_LOG_LEVEL": args.log_level,
+            "INSIDER_WEBHOOK_CLIENT": args.webhook_client,
         }
         async with AsyncExitStack() as stack:
             services = [
@@ -322,6 +324,16 @@ async def main() -> None:
         default=os.environ.get("INSIDER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
         help="Redis for the sent cache during the drain; empty for the in-process cache",
     )
+    parser.add_argument(
+        "--webhook-client", default="lean", choices=("lean", "aiohttp"), help="the service's INSIDER_WEBHOOK_CLIENT"
+    )
+    parser.add_argument(
+        "--provider-latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="every provider answer waits this long, like a provider across a network",
+    )
     parser.add_argument("--processes", type=int, default=1, help="service processes draining one database")
     parser.add_argument("--repeat", type=int, default=3, help="drain and ceiling runs; the medians are reported")
     parser.add_argument("--skip-pages", action="store_true")
@@ -335,10 +347,11 @@ async def main() -> None:
     )
     print(
         f"drain: {args.messages} messages, batch {args.batch_size}, interval 0, concurrency {args.concurrency}, "
-        f"{args.processes} process(es)"
+        f"{args.processes} process(es), {args.webhook_client} webhook client, "
+        f"provider latency {args.provider_latency * 1000:g} ms"
     )
     ceilings, leans, drains, peaks, cpus = [], [], [], [], []
-    async with provider() as url:
+    async with provider(args.provider_latency) as url:
         for _ in range(args.repeat):  # alternated, so that all see the same machine
             ceilings.append(await ceiling(url, args.messages, args.concurrency))
             leans.append(await lean_ceiling(url, args.messages, args.concurrency))
