@@ -175,7 +175,11 @@ class _Connection(asyncio.Protocol):
 
     def _fail(self, exc: Exception) -> None:
         self.close()
-        if self._waiter is not None and not self._waiter.done():
+        if self._waiter is None or self._waiter.done():
+            return
+        if self.headers_done:  # the status line stands; only the body is broken
+            self._finish(complete=False)
+        else:
             self._waiter.set_exception(exc)
 
     def _finish(self, *, complete: bool) -> None:

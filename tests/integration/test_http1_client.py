@@ -333,38 +333,49 @@ async def test_a_server_that_closed_an_idle_connection_costs_nothing(
 async def test_odd_but_valid_answers(
     raw_server: Callable[[RawHandler], Awaitable[str]], clients: Callable[..., Http1Client], answer: bytes, body: bytes
 ) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(answer)
-        await writer.drain()
-        writer.close()
-
-    result = await clients(await raw_server(handler)).post(b"{}", HEADERS, 5)
+    result = await clients(await raw_server(answering(answer))).post(b"{}", HEADERS, 5)
 
     assert (result.status, result.body, result.complete) == (202, body, True)
 
 
-@pytest.mark.parametrize(
-    "answer",
-    [b"NOT HTTP AT ALL\r\n\r\n", b"HTTP/1.1 202 Accepted\r\nContent-Length: 10\r\n\r\n{}", b""],
-    ids=["garbage", "closed-mid-body", "closed-silently"],
-)
-async def test_broken_answers_are_transport_errors(
-    raw_server: Callable[[RawHandler], Awaitable[str]], clients: Callable[..., Http1Client], answer: bytes
-) -> None:
+def answering(answer: bytes) -> RawHandler:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(answer)
         await writer.drain()
         writer.close()
 
-    client = clients(await raw_server(handler))
-    if answer.startswith(b"HTTP/1.1 202"):  # the status line came: the answer stands, marked incomplete
-        result = await client.post(b"{}", HEADERS, 5)
-        assert (result.status, result.body, result.complete) == (202, b"{}", False)
-        return
+    return handler
+
+
+@pytest.mark.parametrize("answer", [b"NOT HTTP AT ALL\r\n\r\n", b""], ids=["garbage", "closed-silently"])
+async def test_no_status_line_is_a_transport_error(
+    raw_server: Callable[[RawHandler], Awaitable[str]], clients: Callable[..., Http1Client], answer: bytes
+) -> None:
+    client = clients(await raw_server(answering(answer)))
+
     with pytest.raises(HttpTransportError):
         await client.post(b"{}", HEADERS, 5)
+    assert client.open_connections == 0
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 202 Accepted\r\nContent-Length: 10\r\n\r\n{}",
+        b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nnot-a-size\r\n",
+    ],
+    ids=["closed-mid-body", "broken-chunks"],
+)
+async def test_a_body_broken_after_the_status_line_keeps_the_status(
+    raw_server: Callable[[RawHandler], Awaitable[str]], clients: Callable[..., Http1Client], answer: bytes
+) -> None:
+    # The provider said 202: a retry could send the SMS twice, so the answer stands, marked incomplete.
+    client = clients(await raw_server(answering(answer)))
+
+    result = await client.post(b"{}", HEADERS, 5)
+
+    assert (result.status, result.body, result.complete) == (202, b"{}", False)
     assert client.open_connections == 0
 
 
