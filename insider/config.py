@@ -123,6 +123,16 @@ def _text(text: str) -> str:
     return text.strip()
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _header_value(text: str) -> str:
+    value = text.strip()
+    if _CONTROL.search(value):  # a line break would let the value write headers of its own
+        raise ValueError("must not contain line breaks or other control characters (it is sent as an HTTP header)")
+    return value
+
+
 # name (without the prefix) -> (field, parser)
 _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DATABASE_URL": ("database_url", _database_url),
@@ -130,7 +140,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "REDIS_PREFIX": ("redis_prefix", _text),
     "REDIS_TTL": ("redis_ttl_s", _duration_at_least(1)),
     "WEBHOOK_URL": ("webhook_url", _url("http", "https", optional=True)),
-    "WEBHOOK_AUTH_KEY": ("webhook_auth_key", _text),
+    "WEBHOOK_AUTH_KEY": ("webhook_auth_key", _header_value),
     "WEBHOOK_TIMEOUT": ("webhook_timeout_s", _duration_at_least(0.001)),
     "WEBHOOK_CLIENT": ("webhook_client", _choice(*WEBHOOK_CLIENTS)),
     "BATCH_SIZE": ("batch_size", _int_between(1, 10_000)),

@@ -148,6 +148,10 @@ def test_a_zero_interval_means_drain_mode() -> None:
         ("INSIDER_DATABASE_URL", ""),
         ("INSIDER_REDIS_URL", "http://cache:6379"),
         ("INSIDER_SEND_CONCURRENCY", "1.5"),
+        ("INSIDER_WEBHOOK_CLIENT", "curl"),
+        # Sent as a header: a line break would let it write headers of its own.
+        ("INSIDER_WEBHOOK_AUTH_KEY", "key\r\nX-Injected: yes"),
+        ("INSIDER_WEBHOOK_AUTH_KEY", "key\x00"),
     ],
 )
 def test_a_bad_value_is_named_in_the_error(name: str, value: str) -> None:
@@ -324,3 +328,10 @@ def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     missing = [name for name in variable_names() if f"`{name}`" not in readme]
     assert missing == [], f"README.md does not document {missing}"
+
+
+def test_a_refused_auth_key_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as err:
+        load({"INSIDER_WEBHOOK_AUTH_KEY": "s3cret\nline"})
+    assert "s3cret" not in str(err.value)
+    assert "line breaks" in str(err.value)
