@@ -102,7 +102,7 @@ class Container(containers.DeclarativeContainer):
     The settings choose the adapters: PostgreSQL or SQLite by the scheme of
     INSIDER_DATABASE_URL, Redis or an in-process cache by whether INSIDER_REDIS_URL is
     set, the webhook or the built-in simulated provider by whether INSIDER_WEBHOOK_URL
-    is set. Async resources (the database pool or file, the HTTP session, the Redis
+    is set. Async resources (the database pool or file, the webhook HTTP client, the Redis
     client) open in ``await container.init_resources()`` and close in ``await
     container.shutdown_resources()``; those of the adapters not chosen open nothing.
     Tests swap any adapter with ``container.<name>.override(...)``.
