@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
-import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from insider.adapters.encoding import json_bytes
 from insider.ports import SentEntry
 
 DEFAULT_TTL_S = 7 * 86400
@@ -87,7 +86,7 @@ class RedisSentCache:
             return
         keys = [self.key(entry.provider_message_id) for entry in entries]
         rows = [(entry.provider_message_id, _utc(entry.sent_at).isoformat(), str(entry.id)) for entry in entries]
-        await self._client.eval(_REMEMBER, len(keys), *keys, self._ttl_s, _json(rows))
+        await self._client.eval(_REMEMBER, len(keys), *keys, self._ttl_s, json_bytes(rows))
 
     async def lookup(self, provider_message_id: str) -> SentEntry | None:
         """The cached entry, or None when absent, expired or not readable."""
@@ -102,13 +101,6 @@ class RedisSentCache:
 def _utc(when: datetime) -> datetime:
     # Times in this codebase are aware UTC; a naive one is taken to be UTC already.
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-
-
-def _json(rows: list[tuple[str, str, str]]) -> bytes:
-    try:
-        return orjson.dumps(rows)
-    except orjson.JSONEncodeError:  # a lone surrogate has no UTF-8 form; \u escapes keep the JSON valid
-        return json.dumps(rows).encode("ascii")
 
 
 def _text(value: bytes | str) -> str:

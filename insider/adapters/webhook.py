@@ -6,7 +6,6 @@ and aiohttp's ``ClientSession``. The mapping from answers to outcomes is the sam
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -18,6 +17,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from insider.adapters.encoding import json_bytes
 from insider.adapters.http1 import Http1Client, HttpAnswer, HttpTransportError
 from insider.domain import Outcome, SendResult
 
@@ -51,14 +51,17 @@ class _AiohttpPoster:
     def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
         self._session = session
         self._url = URL(url)  # parsed once, not on every request
+        self._timeout = aiohttp.ClientTimeout()
 
     async def post(self, body: bytes, headers: Mapping[str, str], timeout_s: float) -> HttpAnswer:
+        if self._timeout.total != timeout_s:  # made once for the client's timeout, not per request
+            self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         try:
             async with self._session.post(
                 self._url,
                 data=body,
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                timeout=self._timeout,
                 allow_redirects=False,
                 raise_for_status=False,
             ) as response:
@@ -101,7 +104,7 @@ class WebhookSmsClient:
         try:
             # A redirect is an answer in itself (3xx is permanent): following one could turn
             # the POST into a GET or resend it elsewhere, so neither client follows one.
-            answer = await self._http.post(_json_body({"to": to, "content": content}), headers, self._timeout_s)
+            answer = await self._http.post(json_bytes({"to": to, "content": content}), headers, self._timeout_s)
         except TimeoutError:  # also asyncio.TimeoutError and aiohttp's timeout errors
             return SendResult(Outcome.RETRY, error=f"timeout after {self._timeout_s:g}s")
         except (HttpTransportError, OSError) as exc:
@@ -143,13 +146,6 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if when.tzinfo is None:  # "-0000" in an HTTP-date still means UTC
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
-def _json_body(payload: dict[str, str]) -> bytes:
-    try:
-        return orjson.dumps(payload)
-    except orjson.JSONEncodeError:  # a lone surrogate has no UTF-8 form; \u escapes keep the JSON valid
-        return json.dumps(payload).encode("ascii")
 
 
 def _message_id(raw: bytes) -> str | None:
