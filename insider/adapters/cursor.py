@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 from datetime import datetime
+from typing import Any
 
 from insider.domain import Message, MessageStatus
 from insider.ports import InvalidCursor, Page
@@ -27,6 +28,20 @@ def decode_cursor(cursor: str, status: MessageStatus) -> tuple[datetime, int]:
     if value != status.value or not isinstance(message_id, int) or parsed.tzinfo is None:
         raise InvalidCursor("cursor belongs to another listing")
     return parsed, message_id
+
+
+def page_query(status: MessageStatus, limit: int, cursor: str | None) -> tuple[str, dict[str, Any]]:
+    """The named query (of ``queries.sql``) and its parameters for one page of ``limit + 1`` rows.
+
+    After a cursor, ``params["key"]`` is its sort key as a datetime; an adapter that stores
+    times otherwise converts it.
+    """
+    sent = status is MessageStatus.SENT
+    params: dict[str, Any] = {"status": status.value, "limit": limit + 1}
+    if cursor is None:
+        return ("list_sent" if sent else "list_by_created"), params
+    params["key"], params["id"] = decode_cursor(cursor, status)
+    return ("list_sent_after" if sent else "list_by_created_after"), params
 
 
 def page_of(rows: list[Message], limit: int, status: MessageStatus) -> Page:

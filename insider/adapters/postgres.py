@@ -16,7 +16,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from insider.adapters import sqlfiles
-from insider.adapters.cursor import decode_cursor, page_of
+from insider.adapters.cursor import page_of, page_query
 from insider.adapters.rows import message_from_row
 from insider.domain import Message, MessageStatus, Resolution, slot_tolerance_s
 from insider.ports import InvalidState, MessageNotFound, Page, RepositoryUnavailable
@@ -173,15 +173,9 @@ class PostgresMessageRepository:
         return _message(rows[0]) if rows else None
 
     async def list_messages(self, status: MessageStatus, limit: int, cursor: str | None = None) -> Page:
-        sent = status is MessageStatus.SENT
-        params: dict[str, Any] = {"status": status.value, "limit": limit + 1}
-        if cursor is None:
-            query = _q("list_sent" if sent else "list_by_created")
-        else:
-            params["key"], params["id"] = decode_cursor(cursor, status)
-            query = _q("list_sent_after" if sent else "list_by_created_after")
+        name, params = page_query(status, limit, cursor)
         # The sent queries skip rows without sent_at, so every listed row has its key.
-        return page_of([_message(row) for row in await self._fetch(query, params)], limit, status)
+        return page_of([_message(row) for row in await self._fetch(_q(name), params)], limit, status)
 
     async def claim(self, limit: int, lease_s: float) -> list[Message]:
         if limit <= 0:

@@ -17,7 +17,7 @@ from typing import Any, Final, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from insider.adapters import sqlfiles
-from insider.adapters.cursor import decode_cursor, page_of
+from insider.adapters.cursor import page_of, page_query
 from insider.adapters.rows import message_from_row
 from insider.clock import SystemClock
 from insider.domain import Message, MessageStatus, Resolution, next_slot
@@ -336,16 +336,11 @@ class SqliteMessageRepository:
         return _message(rows[0]) if rows else None
 
     async def list_messages(self, status: MessageStatus, limit: int, cursor: str | None = None) -> Page:
-        sent = status is MessageStatus.SENT
-        params: dict[str, Any] = {"status": status.value, "limit": limit + 1}
-        if cursor is None:
-            query = _q("list_sent" if sent else "list_by_created")
-        else:
-            key, params["id"] = decode_cursor(cursor, status)
-            params["key"] = format_timestamp(key)
-            query = _q("list_sent_after" if sent else "list_by_created_after")
+        name, params = page_query(status, limit, cursor)
+        if "key" in params:  # times are stored as fixed-width UTC text
+            params["key"] = format_timestamp(params["key"])
         # The sent queries skip rows without sent_at, so every listed row has its key.
-        return page_of([_message(row) for row in await self._fetch(query, params)], limit, status)
+        return page_of([_message(row) for row in await self._fetch(_q(name), params)], limit, status)
 
     async def claim(self, limit: int, lease_s: float) -> list[Message]:
         if limit <= 0:
