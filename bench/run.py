@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import NamedTuple
@@ -129,45 +129,50 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+Post = Callable[[bytes, dict[str, str]], Awaitable[int]]
+
+
+async def requests_per_s(post: Post, requests: int, concurrency: int) -> float:
+    """Requests per second of ``concurrency`` workers sharing ``requests`` webhook-shaped POSTs."""
+    remaining = iter(range(requests))
+
+    async def worker() -> None:
+        for i in remaining:
+            body = orjson.dumps({"to": "+905301234001", "content": f"message {i}"})
+            headers = {"Content-Type": "application/json", "x-ins-auth-key": "k", "Idempotency-Key": str(i)}
+            assert await post(body, headers) == 202
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return requests / (time.perf_counter() - started)
+
+
 async def ceiling(url: str, requests: int, concurrency: int) -> float:
     """Requests per second of a bare aiohttp client: the issue's ceiling.
 
     As lean as aiohttp allows (no cookie jar, the body encoded with orjson, as the service's
     INSIDER_WEBHOOK_CLIENT=aiohttp session), so that it is aiohttp's ceiling, not a slow client's.
     """
-    remaining = iter(range(requests))
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
 
-        async def worker() -> None:
-            for i in remaining:
-                body = orjson.dumps({"to": "+905301234001", "content": f"message {i}"})
-                headers = {"Content-Type": "application/json", "x-ins-auth-key": "k", "Idempotency-Key": str(i)}
-                async with session.post(url, data=body, headers=headers) as response:
-                    await response.read()
-                    assert response.status == 202
+        async def post(body: bytes, headers: dict[str, str]) -> int:
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                return response.status
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return requests / (time.perf_counter() - started)
+        return await requests_per_s(post, requests, concurrency)
 
 
 async def lean_ceiling(url: str, requests: int, concurrency: int) -> float:
     """Requests per second of the service's own HTTP client alone: the most the provider gives it."""
-    remaining = iter(range(requests))
     client = Http1Client(url, limit=concurrency)
     try:
 
-        async def worker() -> None:
-            for i in remaining:
-                body = orjson.dumps({"to": "+905301234001", "content": f"message {i}"})
-                headers = {"Content-Type": "application/json", "x-ins-auth-key": "k", "Idempotency-Key": str(i)}
-                answer = await client.post(body, headers, 10.0)
-                assert answer.status == 202
+        async def post(body: bytes, headers: dict[str, str]) -> int:
+            return (await client.post(body, headers, 10.0)).status
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return requests / (time.perf_counter() - started)
+        return await requests_per_s(post, requests, concurrency)
     finally:
         await client.aclose()
 
