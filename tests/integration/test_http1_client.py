@@ -301,13 +301,13 @@ async def test_a_server_that_closed_an_idle_connection_costs_nothing(
 ) -> None:
     connections = 0
 
+    # No Connection: close header: the client only learns from the socket.
+    answer = answering(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}")
+
     async def answer_once_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}")
-        await writer.drain()
-        writer.close()  # no Connection: close header: the client only learns from the socket
+        await answer(reader, writer)
 
     client = clients(await raw_server(answer_once_then_close))
     assert (await client.post(b"{}", HEADERS, 5)).status == 202
