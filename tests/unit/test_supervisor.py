@@ -64,6 +64,19 @@ def record_times(sms: InMemorySmsClient, clock: FakeClock) -> list[float]:
     return times
 
 
+async def one_request_in_flight(
+    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> tuple[Message, HeldProvider, Supervisor]:
+    """A running supervisor whose only message is out at the provider, held there."""
+    [message] = add(repo, clock, 1)
+    held = HeldProvider()
+    sms.responder = held
+    supervisor = make_supervisor()
+    await supervisor.start()
+    await eventually(lambda: held.in_flight == 1, what="the request in flight")
+    return message, held, supervisor
+
+
 async def step_to(clock: FakeClock, until: float, step: float = 0.5) -> None:
     while clock.monotonic() < until:
         await clock.advance(min(step, until - clock.monotonic()))
@@ -162,12 +175,7 @@ async def test_start_and_stop_are_idempotent(
 async def test_stop_cancels_a_request_in_flight_and_puts_its_message_back(
     repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
-    [message] = add(repo, clock, 1)
-    held = HeldProvider()
-    sms.responder = held
-    supervisor = make_supervisor()
-    await supervisor.start()
-    await eventually(lambda: held.in_flight == 1, what="the request in flight")
+    message, held, supervisor = await one_request_in_flight(repo, sms, clock, make_supervisor)
 
     assert await supervisor.stop() is False
 
@@ -182,12 +190,7 @@ async def test_stop_cancels_a_request_in_flight_and_puts_its_message_back(
 async def test_stop_with_grace_lets_a_request_in_flight_finish_and_be_recorded(
     repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
-    [message] = add(repo, clock, 1)
-    held = HeldProvider()
-    sms.responder = held
-    supervisor = make_supervisor()
-    await supervisor.start()
-    await eventually(lambda: held.in_flight == 1, what="the request in flight")
+    message, held, supervisor = await one_request_in_flight(repo, sms, clock, make_supervisor)
 
     stopping = asyncio.create_task(supervisor.stop(grace_s=30))
     await clock.settle()
@@ -205,12 +208,7 @@ async def test_stop_with_grace_lets_a_request_in_flight_finish_and_be_recorded(
 async def test_stop_with_grace_cancels_what_is_still_in_flight_when_the_grace_is_over(
     repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
-    [message] = add(repo, clock, 1)
-    held = HeldProvider()
-    sms.responder = held
-    supervisor = make_supervisor()
-    await supervisor.start()
-    await eventually(lambda: held.in_flight == 1, what="the request in flight")
+    message, held, supervisor = await one_request_in_flight(repo, sms, clock, make_supervisor)
 
     stopping = asyncio.create_task(supervisor.stop(grace_s=30))
     await clock.advance(29)
@@ -241,12 +239,7 @@ async def test_stop_with_grace_does_not_wait_when_no_batch_is_running(
 async def test_cancelling_stop_itself_is_not_swallowed_and_still_stops_the_sender(
     repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
-    [message] = add(repo, clock, 1)
-    held = HeldProvider()
-    sms.responder = held
-    supervisor = make_supervisor()
-    await supervisor.start()
-    await eventually(lambda: held.in_flight == 1, what="the request in flight")
+    message, held, supervisor = await one_request_in_flight(repo, sms, clock, make_supervisor)
 
     stopping = asyncio.create_task(supervisor.stop(grace_s=30))
     await clock.settle()
@@ -264,12 +257,7 @@ async def test_cancelling_stop_itself_is_not_swallowed_and_still_stops_the_sende
 async def test_start_during_a_stop_waits_for_it_and_then_runs(
     repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
-    add(repo, clock, 1)
-    held = HeldProvider()
-    sms.responder = held
-    supervisor = make_supervisor()
-    await supervisor.start()
-    await eventually(lambda: held.in_flight == 1, what="the request in flight")
+    _, held, supervisor = await one_request_in_flight(repo, sms, clock, make_supervisor)
 
     stopping = asyncio.create_task(supervisor.stop(grace_s=30))
     await clock.settle()
