@@ -73,6 +73,48 @@ class Resolution:
     uncount_attempt: bool = False
 
 
+# What neither database can store as text: NUL (PostgreSQL refuses it) and unpaired
+# surrogates (no UTF-8 form, so neither PostgreSQL nor SQLite takes them).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+def unstorable_text(text: str) -> str | None:
+    """Why ``text`` cannot be stored as given (a NUL or an unpaired surrogate), or None when it can.
+
+    Both SQL adapters refuse such a message on enqueue with this reason (a ValueError), the
+    API answers 422 with it, and the sender fails such a row (written by another program)
+    instead of sending it.
+    """
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "must not contain NUL characters (\\u0000)"
+    return "must not contain unpaired surrogates (\\ud800 to \\udfff)"
+
+
+class UnstorableText(ValueError):
+    """A message whose text no database can store (NUL, unpaired surrogates); nothing was written."""
+
+
+def ensure_storable(**texts: str) -> None:
+    """Raise UnstorableText naming the first of ``texts`` (field name = text) that cannot be stored."""
+    for name, text in texts.items():
+        problem = unstorable_text(text)
+        if problem is not None:
+            raise UnstorableText(f"{name} {problem}")
+
+
+def storable_text(text: str) -> str:
+    """``text`` with what no database can store (NUL, unpaired surrogates) replaced by U+FFFD.
+
+    For text we record but did not choose: a provider's error or message id. Both SQL
+    adapters write such text through this, so they store the same thing.
+    """
+    return _UNSTORABLE.sub(REPLACEMENT, text)
+
+
 def validation_error(recipient_phone: str, content: str, max_length: int) -> str | None:
     """Why a message can never be sent, or None when it can.
 
@@ -82,6 +124,9 @@ def validation_error(recipient_phone: str, content: str, max_length: int) -> str
         return "recipient_phone is not an E.164 number ('+' and 8 to 15 digits)"
     if not isinstance(content, str) or not content.strip():
         return "content is empty"
+    problem = unstorable_text(content)
+    if problem is not None:
+        return f"content {problem}"
     if len(content) > max_length:
         return f"content is {len(content)} characters, over the limit of {max_length}"
     return None

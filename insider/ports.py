@@ -60,7 +60,10 @@ class MessageRepository(Protocol):
         """Return when the database answers."""
 
     async def enqueue(self, recipient_phone: str, content: str) -> Message:
-        """Store one pending message and return it."""
+        """Store one pending message and return it.
+
+        Raises UnstorableText (a ValueError) for text no database can store: see ``domain.unstorable_text``.
+        """
 
     async def get(self, message_id: int) -> Message | None:
         """One message in any state."""

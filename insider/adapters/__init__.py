@@ -1,1 +1,1 @@
-"""Adapters of the ports: PostgreSQL, webhook, Redis and in-memory ones for tests and embedding."""
+"""Adapters of the ports: PostgreSQL, SQLite, webhook, Redis, and in-process ones (cache, fake SMS client)."""

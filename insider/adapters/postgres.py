@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from insider.adapters import sqlfiles
 from insider.adapters.cursor import page_of, page_query
 from insider.adapters.rows import message_from_row
-from insider.domain import Message, MessageStatus, Resolution, slot_tolerance_s
+from insider.domain import Message, MessageStatus, Resolution, ensure_storable, slot_tolerance_s, storable_text
 from insider.ports import InvalidState, MessageNotFound, Page, RepositoryUnavailable
 
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
@@ -165,6 +165,7 @@ class PostgresMessageRepository:
         await self._fetch(_q("ping"))
 
     async def enqueue(self, recipient_phone: str, content: str) -> Message:
+        ensure_storable(recipient_phone=recipient_phone, content=content)
         rows = await self._fetch(_q("enqueue"), {"recipient_phone": recipient_phone, "content": content})
         return _message(rows[0])
 
@@ -194,9 +195,9 @@ class PostgresMessageRepository:
                     "claim_token": _token(r.claim_token),
                     "status": r.status.value,
                     "sent_at": r.sent_at,
-                    "message_id": r.message_id,
-                    # An error text may quote anything; JSON (and PostgreSQL) take no lone surrogate.
-                    "last_error": r.last_error.encode("utf-8", "replace").decode() if r.last_error else r.last_error,
+                    # A provider's id or error text may hold anything: stored as the domain says.
+                    "message_id": storable_text(r.message_id) if r.message_id is not None else None,
+                    "last_error": storable_text(r.last_error) if r.last_error is not None else None,
                     "retry_in_s": float(r.retry_in_s) if r.retry_in_s is not None else None,
                     "uncount": bool(r.uncount_attempt),
                 }

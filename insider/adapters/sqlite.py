@@ -20,7 +20,7 @@ from insider.adapters import sqlfiles
 from insider.adapters.cursor import page_of, page_query
 from insider.adapters.rows import message_from_row
 from insider.clock import SystemClock
-from insider.domain import Message, MessageStatus, Resolution, next_slot
+from insider.domain import Message, MessageStatus, Resolution, ensure_storable, next_slot, storable_text
 from insider.ports import Clock, InvalidState, MessageNotFound, Page, RepositoryUnavailable
 
 T = TypeVar("T")
@@ -127,12 +127,17 @@ class SqliteDatabase:
     use (and again after a disk error), so a service starts even when the file cannot be
     opened yet; until it can, calls raise RepositoryUnavailable. Open with
     :func:`open_sqlite`, which also closes it.
+
+    ``threaded=False`` runs every call at once on the calling thread instead, for an
+    in-memory database (see :func:`memory_repository`): it never waits on a disk, and each
+    call then completes without yielding to the event loop, so a FakeClock drives a
+    supervisor on it deterministically. Use such a database from one thread at a time.
     """
 
-    def __init__(self, path: str, *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
+    def __init__(self, path: str, *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S, threaded: bool = True) -> None:
         self.path = path
         self._busy_timeout_s = busy_timeout_s
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="insider-sqlite")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="insider-sqlite") if threaded else None
         self._connection: sqlite3.Connection | None = None
         self._closed = False
 
@@ -144,15 +149,31 @@ class SqliteDatabase:
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work(connection)`` on the database's thread; errors that mean the database
         cannot be used become RepositoryUnavailable."""
+        if self._executor is None:
+            return self.run_now(work)
         if self._closed:
             raise RepositoryUnavailable("the SQLite database is closed")
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, work)
+
+    def run_now(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work(connection)`` at once on the calling thread (a ``threaded=False`` database only).
+
+        For setting up rows synchronously in tests, as another program writing to the table would.
+        """
+        if self._executor is not None:
+            raise RuntimeError("run_now is for a database opened with threaded=False; use run")
+        if self._closed:
+            raise RepositoryUnavailable("the SQLite database is closed")
+        return self._call(work)
 
     async def close(self) -> None:
         """Close the connection, after any call still running; later calls raise RepositoryUnavailable."""
         if self._closed:
             return
         self._closed = True
+        if self._executor is None:
+            self._disconnect()
+            return
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._disconnect)
         finally:
@@ -165,7 +186,8 @@ class SqliteDatabase:
             code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
             if code not in _UNAVAILABLE_CODES:
                 raise
-            if code in _RECONNECT_CODES:
+            # An in-memory database is its connection: dropping it would lose every row.
+            if code in _RECONNECT_CODES and self.path != ":memory:":
                 self._disconnect()
             raise RepositoryUnavailable(f"SQLite database {self.path} is unavailable: {exc}") from exc
 
@@ -179,7 +201,13 @@ class SqliteDatabase:
             )
         # isolation_level=None: no implicit transactions; one statement is one transaction
         # unless a method opens one with BEGIN IMMEDIATE.
-        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout_s,
+            isolation_level=None,
+            # The worker thread is the only user; a threaded=False database is the caller's to keep to one thread.
+            check_same_thread=self._executor is not None,
+        )
         try:
             conn.row_factory = sqlite3.Row
             conn.create_function("insider_uuid4", 0, _uuid4)
@@ -238,6 +266,27 @@ async def open_sqlite(url: str, *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_
         await database.close()
 
 
+@asynccontextmanager
+async def memory_repository(clock: Clock | None = None) -> AsyncIterator[SqliteMessageRepository]:
+    """A migrated repository on a private SQLite ``:memory:`` database, closed (and gone) on exit.
+
+    For tests and for embedding without a database file: the same SQL, hence the same queue
+    rules, as a file or PostgreSQL. Times come from ``clock`` (a FakeClock in tests, so
+    schedules, leases and backoff run on fake time). Statements run on the calling thread
+    (``threaded=False``): an in-memory database never waits on a disk.
+
+    >>> async with memory_repository(FakeClock()) as repository:
+    ...     await repository.enqueue("+15555550100", "Hello")
+    """
+    database = SqliteDatabase(":memory:", threaded=False)
+    try:
+        repository = SqliteMessageRepository(database, clock)
+        await repository.migrate()
+        yield repository
+    finally:
+        await database.close()
+
+
 @contextmanager
 def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """A transaction holding the write lock from its first statement (BEGIN IMMEDIATE).
@@ -284,6 +333,11 @@ class SqliteMessageRepository:
         self._db = database
         self._clock = clock or SystemClock()
 
+    @property
+    def database(self) -> SqliteDatabase:
+        """The database it runs on (to run SQL of one's own, as another program would)."""
+        return self._db
+
     def _now(self) -> datetime:
         return self._clock.now()
 
@@ -322,6 +376,7 @@ class SqliteMessageRepository:
         await self._fetch(_q("ping"))
 
     async def enqueue(self, recipient_phone: str, content: str) -> Message:
+        ensure_storable(recipient_phone=recipient_phone, content=content)
         params = {
             "recipient_phone": recipient_phone,
             "content": content,
@@ -365,8 +420,9 @@ class SqliteMessageRepository:
                 "claim_token": _token(r.claim_token),
                 "status": r.status.value,
                 "sent_at": format_timestamp(r.sent_at) if r.sent_at is not None else None,
-                "message_id": r.message_id,
-                "last_error": r.last_error,
+                # A provider's id or error text may hold anything: stored as the domain says.
+                "message_id": storable_text(r.message_id) if r.message_id is not None else None,
+                "last_error": storable_text(r.last_error) if r.last_error is not None else None,
                 "next_attempt_at": (
                     format_timestamp(now + timedelta(seconds=r.retry_in_s)) if r.retry_in_s is not None else None
                 ),

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from insider.domain import MessageStatus
+from insider.domain import MessageStatus, unstorable_text
 
 STATUSES = [s.value for s in MessageStatus]
 
 
 def storable(text: str) -> None:
-    """Text a database can store: PostgreSQL refuses NUL characters, and unpaired surrogates are no UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError("must not contain unpaired surrogates (\\ud800 to \\udfff)") from None
-    if "\x00" in text:
-        raise ValidationError("must not contain NUL characters (\\u0000)")
+    """Text a database can store (the domain's rule): no NUL characters, no unpaired surrogates."""
+    problem = unstorable_text(text)
+    if problem is not None:
+        raise ValidationError(problem)
 
 
 class EnqueueSchema(Schema):

@@ -35,9 +35,9 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from insider.adapters.memory import InMemoryMessageRepository
 from insider.domain import MessageStatus
 from insider.web.app import create_app
+from tests.unit.support import ProbedRepository
 from tests.unit.web_support import in_memory_container
 
 TOKEN = "fuzz-token"
@@ -93,7 +93,7 @@ class ThreadedApp:
 @pytest.fixture(scope="module")
 def live_api() -> Iterator[str]:
     container = in_memory_container(api_token=TOKEN)
-    repository: InMemoryMessageRepository = container.repository()
+    repository: ProbedRepository = container.repository()
     server = ThreadedApp(lambda: create_app(container))
     try:
         url = server.start()

@@ -1,6 +1,7 @@
-"""The MessageRepository contract, run against every adapter: in-memory, SQLite and PostgreSQL.
+"""The MessageRepository contract, run against every adapter: SQLite (a file, ``:memory:`` on its
+worker thread, and ``memory_repository``) and PostgreSQL.
 
-Time: the in-memory and SQLite adapters run on a FakeClock that ``advance`` moves;
+Time: the SQLite adapters run on a FakeClock that ``advance`` moves;
 PostgreSQL runs on real time, so its time-dependent checks use tiny intervals and wait
 with ``eventually``.
 """
@@ -17,11 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from insider.adapters.memory import InMemoryMessageRepository
 from insider.adapters.postgres import Pool, PostgresMessageRepository
-from insider.adapters.sqlite import SqliteMessageRepository, format_timestamp, open_sqlite
+from insider.adapters.sqlite import SqliteMessageRepository, format_timestamp, memory_repository, open_sqlite
 from insider.clock import FakeClock
-from insider.domain import Message, MessageStatus, Resolution
+from insider.domain import Message, MessageStatus, Resolution, UnstorableText
 from insider.ports import InvalidCursor, InvalidState, MessageNotFound, MessageRepository
 from tests.conftest import eventually
 
@@ -37,9 +37,9 @@ class Backend:
     """One adapter under test, with what the suite needs to drive it."""
 
     repository: MessageRepository
-    clock: FakeClock | None = None  # in-memory and SQLite
+    clock: FakeClock | None = None  # SQLite
     pool: Pool | None = None  # PostgreSQL only
-    sqlite_file: Path | None = None  # SQLite only
+    sqlite_file: Path | None = None  # SQLite in a file only
 
     def now(self) -> datetime:
         """The adapter's notion of now."""
@@ -53,8 +53,19 @@ class Backend:
     async def add(self, content: str, created_at: datetime) -> Message:
         """A pending message inserted directly, as another program writing to the table would."""
         repository = self.repository
-        if isinstance(repository, InMemoryMessageRepository):
-            return repository.add(PHONE, content, created_at=created_at)
+        if isinstance(repository, SqliteMessageRepository) and self.sqlite_file is None:  # :memory:
+
+            def insert(lite: sqlite3.Connection) -> int | None:
+                return lite.execute(
+                    "INSERT INTO messages (recipient_phone, content, created_at) VALUES (?, ?, ?)",
+                    (PHONE, content, format_timestamp(created_at)),
+                ).lastrowid
+
+            rowid = await repository.database.run(insert)
+            assert rowid is not None
+            added = await repository.get(rowid)
+            assert added is not None
+            return added
         if self.sqlite_file is not None:
             with contextlib.closing(sqlite3.connect(self.sqlite_file)) as lite, lite:
                 cursor = lite.execute(
@@ -88,13 +99,33 @@ async def sqlite_backend(tmp_path: Path) -> AsyncIterator[Backend]:
         yield Backend(repository, clock=clock, sqlite_file=tmp_path / "insider.db")
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture
+async def sqlite_memory_url_backend() -> AsyncIterator[Backend]:
+    """``sqlite:///:memory:`` as the service opens it (statements on the database's worker thread)."""
+    clock = FakeClock()
+    async with open_sqlite("sqlite:///:memory:") as database:
+        repository = SqliteMessageRepository(database, clock)
+        await repository.migrate()
+        yield Backend(repository, clock=clock)
+
+
+@pytest.fixture
+async def memory_backend() -> AsyncIterator[Backend]:
+    """``memory_repository``: what unit tests and embedders use (statements on the event loop's thread)."""
+    clock = FakeClock()
+    async with memory_repository(clock) as repository:
+        yield Backend(repository, clock=clock)
+
+
+@pytest.fixture(
+    params=["sqlite-memory", "sqlite-memory-url", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 def backend(request: pytest.FixtureRequest) -> Backend:
-    if request.param == "memory":
-        clock = FakeClock()
-        return Backend(InMemoryMessageRepository(clock), clock=clock)
-    if request.param == "sqlite":
-        sqlite: Backend = request.getfixturevalue("sqlite_backend")
+    if request.param.startswith("sqlite"):
+        fixture = {"sqlite": "sqlite_backend", "sqlite-memory": "memory_backend"}.get(
+            request.param, "sqlite_memory_url_backend"
+        )
+        sqlite: Backend = request.getfixturevalue(fixture)
         return sqlite
     repository: PostgresMessageRepository = request.getfixturevalue("pg_repository")
     pool: Pool = request.getfixturevalue("pg_pool")
@@ -448,3 +479,33 @@ async def test_acquire_slot_paces_the_takers(
     await advance(SLOT_INTERVAL_S)
     await eventually(taken, timeout_s=5.0, what="the next slot")
     assert await repository.acquire_slot("batch", SLOT_INTERVAL_S) > 0.0
+
+
+async def test_text_the_database_cannot_store_is_refused_the_same_way_everywhere(repository: MessageRepository) -> None:
+    for content, why in (("lone \ud800 surrogate", "unpaired surrogates"), ("a NUL \x00 here", "NUL")):
+        with pytest.raises(UnstorableText, match=why):
+            await repository.enqueue(PHONE, content)
+    with pytest.raises(UnstorableText, match="recipient_phone"):
+        await repository.enqueue("+90530\x001234001", "content")
+
+    assert await repository.counts() == dict.fromkeys(MessageStatus, 0)
+
+
+async def test_provider_text_with_lone_surrogates_or_nul_is_stored_cleaned_the_same_way_everywhere(
+    repository: MessageRepository,
+) -> None:
+    await enqueue_many(repository, 3)
+    failed, sent, emoji = await repository.claim(3, LONG_LEASE_S)
+
+    await repository.resolve(
+        [
+            Resolution(failed.id, failed.claim_token, MessageStatus.FAILED, last_error="HTTP 400: b\udcffad \x00 text"),
+            Resolution(sent.id, sent.claim_token, MessageStatus.SENT, sent_at=BASE, message_id="id-\ud83d-\x00"),
+            # A whole surrogate pair is no lone surrogate: the emoji is kept.
+            Resolution(emoji.id, emoji.claim_token, MessageStatus.FAILED, last_error="HTTP 400: no 😀"),
+        ]
+    )
+
+    assert (await fetch(repository, failed.id)).last_error == "HTTP 400: b\ufffdad \ufffd text"
+    assert (await fetch(repository, sent.id)).message_id == "id-\ufffd-\ufffd"
+    assert (await fetch(repository, emoji.id)).last_error == "HTTP 400: no 😀"

@@ -1,4 +1,4 @@
-"""Shared unit fixtures: the in-memory adapters, all on one fake clock."""
+"""Shared unit fixtures: SQLite :memory:, the fake SMS client and the in-process cache, all on one fake clock."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from insider.adapters.memory import InMemoryMessageRepository, InMemorySentCache, InMemorySmsClient
+from insider.adapters.memory import InMemorySentCache, InMemorySmsClient
 from insider.clock import FakeClock
+from tests.unit.support import ProbedRepository
 from tests.unit.web_support import Api, open_api
 
 
@@ -18,8 +19,13 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def repo(clock: FakeClock) -> InMemoryMessageRepository:
-    return InMemoryMessageRepository(clock)
+async def repo(clock: FakeClock) -> AsyncIterator[ProbedRepository]:
+    """The SQLite repository on a :memory: database of this test's own, on the fake clock."""
+    repository = ProbedRepository(clock)
+    try:
+        yield repository
+    finally:
+        await repository.close()
 
 
 @pytest.fixture
@@ -35,7 +41,7 @@ def cache() -> InMemorySentCache:
 
 @pytest.fixture
 async def api() -> AsyncIterator[Api]:
-    """The web app on the in-memory adapters and a fake clock, with a test client (no API token)."""
+    """The web app on SQLite :memory: and the fakes, on a fake clock, with a test client (no API token)."""
     async with open_api() as opened:
         yield opened
 

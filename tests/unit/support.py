@@ -3,10 +3,112 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import sqlite3
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TypeVar
 
 from insider.adapters.memory import Request
-from insider.domain import Outcome, SendResult
+from insider.adapters.rows import message_from_row
+from insider.adapters.sqlite import SqliteDatabase, SqliteMessageRepository, format_timestamp, parse_timestamp
+from insider.clock import FakeClock
+from insider.domain import Message, MessageStatus, Outcome, Resolution, SendResult
+from insider.ports import Clock, RepositoryUnavailable
+
+T = TypeVar("T")
+
+
+class ProbedDatabase(SqliteDatabase):
+    """A private SQLite ``:memory:`` database that a test can make unreachable (``available = False``)."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:", threaded=False)
+        self.available = True
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if not self.available:
+            raise RepositoryUnavailable("the test made the database unavailable")
+        return await super().run(work)
+
+
+class ProbedRepository(SqliteMessageRepository):
+    """The SQLite repository on its own ``:memory:`` database, with what unit tests look at and break.
+
+    Every rule of the queue is the SQLite adapter's own SQL (no copy here): this only records
+    the claims and resolves it was asked for, makes the database unreachable on demand, and
+    inserts or lists rows directly, as another program writing to the table would. Migrated
+    when made; ``close()`` drops the database.
+    """
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._probed = ProbedDatabase()
+        super().__init__(self._probed, clock or FakeClock())
+        self.claims: list[list[int]] = []  # ids of each claim
+        self.resolve_calls = 0
+        _run_at_once(self.migrate())
+
+    @property
+    def available(self) -> bool:
+        return self._probed.available
+
+    @available.setter
+    def available(self, value: bool) -> None:
+        self._probed.available = value
+
+    async def close(self) -> None:
+        await self._probed.close()
+
+    async def claim(self, limit: int, lease_s: float) -> list[Message]:
+        claimed = await super().claim(limit, lease_s)
+        self.claims.append([m.id for m in claimed])
+        return claimed
+
+    async def resolve(self, resolutions: Sequence[Resolution]) -> None:
+        if self.available:
+            self.resolve_calls += 1
+        await super().resolve(resolutions)
+
+    def add(
+        self,
+        recipient_phone: str,
+        content: str,
+        *,
+        created_at: datetime | None = None,
+        status: MessageStatus = MessageStatus.PENDING,
+    ) -> Message:
+        """Insert a row directly, as another program writing to the table would (times from the clock)."""
+        when = format_timestamp(created_at or self._clock.now())
+
+        def work(conn: sqlite3.Connection) -> Message:
+            row = conn.execute(
+                "INSERT INTO messages (recipient_phone, content, status, created_at, updated_at, idempotency_key)"
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
+                (recipient_phone, content, status.value, when, when, str(uuid.uuid4())),
+            ).fetchone()
+            return message_from_row(row, parse_timestamp)
+
+        return self._probed.run_now(work)
+
+    @property
+    def rows(self) -> list[Message]:
+        """Every message, in id order."""
+
+        def work(conn: sqlite3.Connection) -> list[Message]:
+            return [message_from_row(r, parse_timestamp) for r in conn.execute("SELECT * FROM messages ORDER BY id")]
+
+        return self._probed.run_now(work)
+
+
+def _run_at_once(coroutine: object) -> None:
+    """Run a coroutine of a ``threaded=False`` database, which never suspends, to its end."""
+    assert asyncio.iscoroutine(coroutine)
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    raise AssertionError("the in-memory database suspended")
 
 
 def accepted(request: Request) -> SendResult:

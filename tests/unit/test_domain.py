@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from insider.domain import mask_phone, validation_error
+from insider.domain import (
+    UnstorableText,
+    ensure_storable,
+    mask_phone,
+    storable_text,
+    unstorable_text,
+    validation_error,
+)
 
 PHONE = "+905551234567"
 # Precomposed Turkish letters: one code point each, though two bytes each in UTF-8.
@@ -77,3 +84,31 @@ def test_masking_a_short_or_missing_phone_shows_nothing() -> None:
     assert mask_phone(None) == ""
     assert mask_phone("") == ""
     assert mask_phone("+12345") == "******"
+
+
+# --- text the databases cannot store: one rule, applied by both SQL adapters and the API ----------
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [("a \x00 NUL", "NUL"), ("lone \ud800 high", "unpaired surrogates"), ("lone \udfff low", "unpaired surrogates")],
+)
+def test_unstorable_text_says_why(text: str, why: str) -> None:
+    problem = unstorable_text(text)
+    assert problem is not None and why in problem
+    with pytest.raises(UnstorableText, match=f"content .*{why}"):
+        ensure_storable(recipient_phone=PHONE, content=text)
+    reason = validation_error(PHONE, text, 160)
+    assert reason is not None and reason.startswith("content ") and why in reason
+
+
+@pytest.mark.parametrize("text", ["Merhaba", "emoji 😀 pair", turkish(40), "tab\tand\nnewline"])
+def test_storable_text_is_left_alone(text: str) -> None:
+    assert unstorable_text(text) is None
+    assert storable_text(text) == text
+    ensure_storable(content=text)
+
+
+def test_storable_text_replaces_nul_and_lone_surrogates_with_the_replacement_character() -> None:
+    assert storable_text("a\x00b\ud800c\udc00d😀") == "a\ufffdb\ufffdc\ufffdd😀"
+    assert storable_text("\ud83d") == "\ufffd"  # half of an emoji

@@ -8,13 +8,13 @@ from datetime import timedelta
 
 import pytest
 
-from insider.adapters.memory import InMemoryMessageRepository, InMemorySentCache, InMemorySmsClient, Request
+from insider.adapters.memory import InMemorySentCache, InMemorySmsClient, Request
 from insider.clock import FakeClock
 from insider.domain import Message, MessageStatus, Outcome, SendResult
 from insider.ports import RepositoryUnavailable, SentEntry
 from insider.sender import MAX_CLAIM_ROUNDS, BatchSender, SenderOptions
 from tests.conftest import eventually
-from tests.unit.support import HeldProvider, accepted
+from tests.unit.support import HeldProvider, ProbedRepository, accepted
 
 PHONE = "+905551234567"
 TURKISH = "ğüşıöçĞÜŞİÖÇ"
@@ -30,7 +30,7 @@ def transient(request: Request) -> SendResult:
 
 @pytest.fixture
 def make_sender(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, cache: InMemorySentCache, clock: FakeClock
+    repo: ProbedRepository, sms: InMemorySmsClient, cache: InMemorySentCache, clock: FakeClock
 ) -> Callable[..., BatchSender]:
     """A sender on the shared fixtures; keywords are SenderOptions fields (and ``jitter``)."""
 
@@ -40,13 +40,13 @@ def make_sender(
     return make
 
 
-def add(repo: InMemoryMessageRepository, clock: FakeClock, *contents: str, phone: str = PHONE) -> list[Message]:
+def add(repo: ProbedRepository, clock: FakeClock, *contents: str, phone: str = PHONE) -> list[Message]:
     """Pending messages created one second apart, each newer than every row added before."""
     start = clock.now() - timedelta(days=1) + timedelta(seconds=len(repo.rows))
     return [repo.add(phone, c, created_at=start + timedelta(seconds=i)) for i, c in enumerate(contents)]
 
 
-async def row(repo: InMemoryMessageRepository, message: Message) -> Message:
+async def row(repo: ProbedRepository, message: Message) -> Message:
     current = await repo.get(message.id)
     assert current is not None
     return current
@@ -56,7 +56,7 @@ async def row(repo: InMemoryMessageRepository, message: Message) -> Message:
 
 
 async def test_claims_the_oldest_first_by_created_at_then_id_and_at_most_a_batch(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
 ) -> None:
     now = clock.now()
     repo.add(PHONE, "newest", created_at=now - timedelta(seconds=1))
@@ -77,7 +77,7 @@ async def test_claims_the_oldest_first_by_created_at_then_id_and_at_most_a_batch
 
 
 async def test_sends_phone_and_content_with_the_message_idempotency_key(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, make_sender: Callable[..., BatchSender]
+    repo: ProbedRepository, sms: InMemorySmsClient, make_sender: Callable[..., BatchSender]
 ) -> None:
     first = repo.add("+905551234567", "İyi günler, çağrı ŞÖÜ")
     second = repo.add("+14155550100", "Hello")
@@ -92,7 +92,7 @@ async def test_sends_phone_and_content_with_the_message_idempotency_key(
 
 
 async def test_sent_messages_are_recorded_and_cached_in_one_call(
-    repo: InMemoryMessageRepository,
+    repo: ProbedRepository,
     sms: InMemorySmsClient,
     cache: InMemorySentCache,
     clock: FakeClock,
@@ -121,7 +121,7 @@ async def test_sent_messages_are_recorded_and_cached_in_one_call(
 @pytest.mark.parametrize("provider_message_id", [None, ""])
 async def test_an_acceptance_without_message_id_is_sent_but_not_cached(
     provider_message_id: str | None,
-    repo: InMemoryMessageRepository,
+    repo: ProbedRepository,
     sms: InMemorySmsClient,
     cache: InMemorySentCache,
     make_sender: Callable[..., BatchSender],
@@ -144,7 +144,7 @@ async def test_an_acceptance_without_message_id_is_sent_but_not_cached(
 
 
 async def test_a_transient_failure_goes_back_to_pending_until_its_backoff_has_passed(
-    repo: InMemoryMessageRepository,
+    repo: ProbedRepository,
     sms: InMemorySmsClient,
     cache: InMemorySentCache,
     clock: FakeClock,
@@ -178,7 +178,7 @@ async def test_a_transient_failure_goes_back_to_pending_until_its_backoff_has_pa
 
 
 async def test_gives_up_after_max_attempts(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
 ) -> None:
     [message] = add(repo, clock, "a")
     sms.responder = transient
@@ -200,7 +200,7 @@ async def test_gives_up_after_max_attempts(
 
 
 async def test_a_permanent_failure_fails_at_once(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
 ) -> None:
     [message] = add(repo, clock, "a")
     sms.responder = lambda r: SendResult(Outcome.FAILED, status_code=400, error="HTTP 400: invalid number")
@@ -221,7 +221,7 @@ async def test_a_permanent_failure_fails_at_once(
 @pytest.mark.parametrize("retry_after_s", [7.0, 5000.0])
 async def test_retry_after_wins_over_the_backoff(
     retry_after_s: float,
-    repo: InMemoryMessageRepository,
+    repo: ProbedRepository,
     sms: InMemorySmsClient,
     clock: FakeClock,
     make_sender: Callable[..., BatchSender],
@@ -253,7 +253,7 @@ def test_backoff_doubles_per_attempt_with_equal_jitter_and_a_cap(
 
 
 def test_backoff_with_real_jitter_stays_within_half_and_full_ceiling(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock
 ) -> None:
     sender = BatchSender(repo, sms, None, clock, SenderOptions(retry_backoff_s=30, retry_backoff_max_s=3600))
     delays = [sender.backoff_s(3, None) for _ in range(500)]
@@ -268,7 +268,7 @@ def test_backoff_of_a_huge_attempt_count_is_the_cap(make_sender: Callable[..., B
 
 
 async def test_backoff_doubles_through_the_queue(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
 ) -> None:
     [message] = add(repo, clock, "a")
     sms.responder = transient
@@ -287,7 +287,7 @@ async def test_backoff_doubles_through_the_queue(
 
 
 async def test_a_client_that_raises_counts_as_a_transient_failure(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
 ) -> None:
     [message] = add(repo, clock, "a")
 
@@ -307,7 +307,7 @@ async def test_a_client_that_raises_counts_as_a_transient_failure(
 
 
 async def test_invalid_rows_fail_without_being_sent_and_the_batch_tops_itself_up(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
 ) -> None:
     too_long, at_limit = turkish(161), turkish(160)
     [long_row] = add(repo, clock, too_long)
@@ -330,8 +330,21 @@ async def test_invalid_rows_fail_without_being_sent_and_the_batch_tops_itself_up
     assert (await row(repo, ok_turkish)).status is MessageStatus.SENT
 
 
+async def test_a_row_with_a_nul_written_by_another_program_is_failed_not_sent(
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
+) -> None:
+    [nul] = add(repo, clock, "half\x00message")  # SQLite stores it; PostgreSQL could not
+
+    report = await make_sender().run_batch()
+
+    assert (report.failed, sms.requests) == (1, [])
+    failed = await row(repo, nul)
+    assert failed.status is MessageStatus.FAILED
+    assert failed.last_error is not None and "NUL" in failed.last_error
+
+
 async def test_a_table_full_of_invalid_rows_cannot_keep_one_batch_claiming(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
 ) -> None:
     add(repo, clock, *["x"] * 30, phone="not-a-phone")
     add(repo, clock, "ok")
@@ -344,7 +357,7 @@ async def test_a_table_full_of_invalid_rows_cannot_keep_one_batch_claiming(
 
 
 async def test_a_message_waiting_for_its_backoff_does_not_hold_back_later_ones(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
 ) -> None:
     add(repo, clock, "a", "b", "c")
     failed_once: set[str] = set()
@@ -373,7 +386,7 @@ async def test_a_message_waiting_for_its_backoff_does_not_hold_back_later_ones(
 
 
 async def test_no_more_requests_in_flight_than_the_concurrency(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
 ) -> None:
     add(repo, clock, *[f"m{i}" for i in range(10)])
     held = HeldProvider()
@@ -392,7 +405,7 @@ async def test_no_more_requests_in_flight_than_the_concurrency(
 
 
 async def test_one_write_of_outcomes_per_batch_with_mixed_outcomes(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
 ) -> None:
     answers = {
         "sent": SendResult(Outcome.SENT, status_code=202, provider_message_id="pm-1"),
@@ -419,7 +432,7 @@ async def test_one_write_of_outcomes_per_batch_with_mixed_outcomes(
 
 
 async def test_a_cache_failure_neither_undoes_nor_blocks_the_send(
-    repo: InMemoryMessageRepository,
+    repo: ProbedRepository,
     sms: InMemorySmsClient,
     cache: InMemorySentCache,
     clock: FakeClock,
@@ -439,9 +452,7 @@ async def test_a_cache_failure_neither_undoes_nor_blocks_the_send(
         assert current.message_id == f"pm-{message.content}"
 
 
-async def test_no_cache_at_all_is_fine(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock
-) -> None:
+async def test_no_cache_at_all_is_fine(repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock) -> None:
     [message] = add(repo, clock, "a")
     report = await BatchSender(repo, sms, None, clock, SenderOptions()).run_batch()
     assert report.sent == 1
@@ -452,7 +463,7 @@ async def test_no_cache_at_all_is_fine(
 
 
 async def test_an_unavailable_repository_at_claim_is_raised(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
 ) -> None:
     add(repo, clock, "a")
     repo.available = False
@@ -463,7 +474,7 @@ async def test_an_unavailable_repository_at_claim_is_raised(
 
 
 async def test_outcomes_survive_a_database_blink_after_the_sends(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
 ) -> None:
     [message] = add(repo, clock, "a")
 
@@ -486,7 +497,7 @@ async def test_outcomes_survive_a_database_blink_after_the_sends(
 
 
 async def test_outcomes_that_cannot_be_written_raise_after_the_retries(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
 ) -> None:
     [message] = add(repo, clock, "a")
 
@@ -511,7 +522,7 @@ async def test_outcomes_that_cannot_be_written_raise_after_the_retries(
 
 
 async def test_cancelling_a_batch_releases_the_message_in_flight_and_records_the_rest(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
 ) -> None:
     quick, slow = add(repo, clock, "quick", "slow")
     held = HeldProvider()
@@ -544,7 +555,7 @@ async def test_cancelling_a_batch_releases_the_message_in_flight_and_records_the
 
 
 async def test_stopping_set_before_requests_start_sends_nothing_and_releases_everything(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
 ) -> None:
     messages = add(repo, clock, "a", "b", "c")
     stopping = asyncio.Event()
@@ -563,7 +574,7 @@ async def test_stopping_set_before_requests_start_sends_nothing_and_releases_eve
 
 
 async def test_stopping_lets_requests_in_flight_finish_and_starts_no_more(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
 ) -> None:
     first, *rest = add(repo, clock, "a", "b", "c")
     held = HeldProvider()

@@ -9,13 +9,13 @@ from datetime import timedelta
 
 import pytest
 
-from insider.adapters.memory import InMemoryMessageRepository, InMemorySentCache, InMemorySmsClient, Request
+from insider.adapters.memory import InMemorySentCache, InMemorySmsClient, Request
 from insider.clock import FakeClock
 from insider.domain import Message, MessageStatus, Outcome, SendResult
 from insider.sender import BatchSender, SenderOptions
 from insider.supervisor import DRAIN_PIPELINE, IDLE_POLL_S, Supervisor
 from tests.conftest import eventually
-from tests.unit.support import HeldProvider
+from tests.unit.support import HeldProvider, ProbedRepository
 
 PHONE = "+905551234567"
 INTERVAL_S = 10.0
@@ -26,7 +26,7 @@ MakeSupervisor = Callable[..., Supervisor]
 
 @pytest.fixture
 async def make_supervisor(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, cache: InMemorySentCache, clock: FakeClock
+    repo: ProbedRepository, sms: InMemorySmsClient, cache: InMemorySentCache, clock: FakeClock
 ) -> AsyncIterator[MakeSupervisor]:
     """Supervisors on the shared fixtures (batch of 2 every 10 s unless told); all stopped at the end."""
     made: list[Supervisor] = []
@@ -45,7 +45,7 @@ async def make_supervisor(
         await supervisor.stop()
 
 
-def add(repo: InMemoryMessageRepository, clock: FakeClock, count: int) -> list[Message]:
+def add(repo: ProbedRepository, clock: FakeClock, count: int) -> list[Message]:
     """``count`` valid pending messages, each newer than every row added before."""
     start = clock.now() - timedelta(days=1) + timedelta(seconds=len(repo.rows))
     first = len(repo.rows)
@@ -65,7 +65,7 @@ def record_times(sms: InMemorySmsClient, clock: FakeClock) -> list[float]:
 
 
 async def one_request_in_flight(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> tuple[Message, HeldProvider, Supervisor]:
     """A running supervisor whose only message is out at the provider, held there."""
     [message] = add(repo, clock, 1)
@@ -86,7 +86,7 @@ async def step_to(clock: FakeClock, until: float, step: float = 0.5) -> None:
 
 
 async def test_first_batch_at_once_then_one_per_interval_on_the_grid(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     add(repo, clock, 20)
     times = record_times(sms, clock)
@@ -104,7 +104,7 @@ async def test_first_batch_at_once_then_one_per_interval_on_the_grid(
 
 
 async def test_messages_added_while_running_go_out_in_later_batches(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     times = record_times(sms, clock)
     supervisor = make_supervisor()
@@ -123,7 +123,7 @@ async def test_messages_added_while_running_go_out_in_later_batches(
 
 
 async def test_an_overrunning_batch_delays_the_next_without_overlap_or_catch_up(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     add(repo, clock, 20)
     held = HeldProvider()
@@ -152,7 +152,7 @@ async def test_an_overrunning_batch_delays_the_next_without_overlap_or_catch_up(
 
 
 async def test_start_and_stop_are_idempotent(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     add(repo, clock, 10)
     supervisor = make_supervisor()
@@ -173,7 +173,7 @@ async def test_start_and_stop_are_idempotent(
 
 
 async def test_stop_cancels_a_request_in_flight_and_puts_its_message_back(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     message, held, supervisor = await one_request_in_flight(repo, sms, clock, make_supervisor)
 
@@ -188,7 +188,7 @@ async def test_stop_cancels_a_request_in_flight_and_puts_its_message_back(
 
 
 async def test_stop_with_grace_lets_a_request_in_flight_finish_and_be_recorded(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     message, held, supervisor = await one_request_in_flight(repo, sms, clock, make_supervisor)
 
@@ -206,7 +206,7 @@ async def test_stop_with_grace_lets_a_request_in_flight_finish_and_be_recorded(
 
 
 async def test_stop_with_grace_cancels_what_is_still_in_flight_when_the_grace_is_over(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     message, held, supervisor = await one_request_in_flight(repo, sms, clock, make_supervisor)
 
@@ -223,7 +223,7 @@ async def test_stop_with_grace_cancels_what_is_still_in_flight_when_the_grace_is
 
 
 async def test_stop_with_grace_does_not_wait_when_no_batch_is_running(
-    repo: InMemoryMessageRepository, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     add(repo, clock, 1)
     supervisor = make_supervisor()
@@ -237,7 +237,7 @@ async def test_stop_with_grace_does_not_wait_when_no_batch_is_running(
 
 
 async def test_cancelling_stop_itself_is_not_swallowed_and_still_stops_the_sender(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     message, held, supervisor = await one_request_in_flight(repo, sms, clock, make_supervisor)
 
@@ -255,7 +255,7 @@ async def test_cancelling_stop_itself_is_not_swallowed_and_still_stops_the_sende
 
 
 async def test_start_during_a_stop_waits_for_it_and_then_runs(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     _, held, supervisor = await one_request_in_flight(repo, sms, clock, make_supervisor)
 
@@ -272,7 +272,7 @@ async def test_start_during_a_stop_waits_for_it_and_then_runs(
 
 
 async def test_stop_then_start_does_not_send_again_before_one_interval_after_the_last_batch(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     add(repo, clock, 10)
     times = record_times(sms, clock)
@@ -291,7 +291,7 @@ async def test_stop_then_start_does_not_send_again_before_one_interval_after_the
 
 
 async def test_toggling_start_and_stop_within_one_interval_sends_at_most_one_batch(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     add(repo, clock, 50)
     supervisor = make_supervisor()
@@ -307,7 +307,7 @@ async def test_toggling_start_and_stop_within_one_interval_sends_at_most_one_bat
 
 
 async def test_the_async_context_manager_stops_the_sender_on_the_way_out(
-    repo: InMemoryMessageRepository, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     supervisor = make_supervisor()
     async with supervisor as entered:
@@ -329,7 +329,7 @@ async def test_the_async_context_manager_stops_the_sender_on_the_way_out(
 
 
 async def test_status_reports_the_schedule(
-    repo: InMemoryMessageRepository, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     add(repo, clock, 5)
     supervisor = make_supervisor()
@@ -364,7 +364,7 @@ async def test_status_reports_the_schedule(
 
 
 async def test_two_supervisors_on_one_database_share_one_rate(
-    repo: InMemoryMessageRepository, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     add(repo, clock, 100)
     first_sms, second_sms = InMemorySmsClient(), InMemorySmsClient()
@@ -390,7 +390,7 @@ async def test_two_supervisors_on_one_database_share_one_rate(
 
 
 async def test_two_supervisors_started_together_send_one_batch_per_interval(
-    repo: InMemoryMessageRepository, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     add(repo, clock, 100)
     clients = [InMemorySmsClient(), InMemorySmsClient()]
@@ -409,7 +409,7 @@ async def test_two_supervisors_started_together_send_one_batch_per_interval(
 
 
 async def test_an_unavailable_repository_during_a_tick_does_not_end_the_loop(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     add(repo, clock, 10)
     times = record_times(sms, clock)
@@ -434,7 +434,7 @@ async def test_an_unavailable_repository_during_a_tick_does_not_end_the_loop(
 
 
 async def test_an_unavailable_repository_at_the_first_tick_does_not_end_the_loop(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     add(repo, clock, 4)
     repo.available = False
@@ -449,7 +449,7 @@ async def test_an_unavailable_repository_at_the_first_tick_does_not_end_the_loop
 
 
 async def test_an_unexpected_error_in_a_batch_does_not_end_the_loop(
-    repo: InMemoryMessageRepository,
+    repo: ProbedRepository,
     sms: InMemorySmsClient,
     clock: FakeClock,
     make_supervisor: MakeSupervisor,
@@ -482,7 +482,7 @@ async def test_an_unexpected_error_in_a_batch_does_not_end_the_loop(
 
 
 async def test_interval_zero_drains_back_to_back_then_polls(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     add(repo, clock, 7)
     supervisor = make_supervisor(interval_s=0)
@@ -505,7 +505,7 @@ async def test_interval_zero_drains_back_to_back_then_polls(
 
 
 async def test_drain_mode_overlaps_batches_within_one_concurrency_bound(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     held = HeldProvider()
     sms.responder = held
@@ -525,7 +525,7 @@ async def test_drain_mode_overlaps_batches_within_one_concurrency_bound(
 
 
 async def test_run_once_sends_a_batch_outside_the_schedule(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     add(repo, clock, 6)
     supervisor = make_supervisor()
@@ -542,7 +542,7 @@ async def test_run_once_sends_a_batch_outside_the_schedule(
 
 
 async def test_run_once_waits_for_a_running_batch(
-    repo: InMemoryMessageRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
 ) -> None:
     add(repo, clock, 6)
     held = HeldProvider()

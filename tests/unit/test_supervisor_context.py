@@ -5,14 +5,15 @@ from __future__ import annotations
 import structlog
 from structlog.testing import capture_logs
 
-from insider.adapters.memory import InMemoryMessageRepository, InMemorySmsClient
+from insider.adapters.memory import InMemorySmsClient
 from insider.clock import FakeClock
 from insider.sender import BatchSender, SenderOptions
 from insider.supervisor import Supervisor
+from tests.unit.support import ProbedRepository
 
 
 async def test_sender_logs_do_not_inherit_the_starting_requests_context(
-    clock: FakeClock, repo: InMemoryMessageRepository, sms: InMemorySmsClient
+    clock: FakeClock, repo: ProbedRepository, sms: InMemorySmsClient
 ) -> None:
     repo.add("+905301234001", "hello")
     supervisor = Supervisor(BatchSender(repo, sms, None, clock, SenderOptions()), repo, interval_s=60, clock=clock)

@@ -1,4 +1,4 @@
-"""The web app on the in-memory adapters and a fake clock, served on a local port for a test client."""
+"""The web app on SQLite :memory: and the fakes, on a fake clock, served on a local port for a test client."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 from dependency_injector import providers
 
-from insider.adapters.memory import InMemoryMessageRepository, InMemorySentCache, InMemorySmsClient
+from insider.adapters.memory import InMemorySentCache, InMemorySmsClient
 from insider.clock import FakeClock
 from insider.config import load_settings
 from insider.container import Container
 from insider.metrics import Metrics
 from insider.web.app import create_app
+from tests.unit.support import ProbedRepository
 
 BASE_SETTINGS = {
     "INSIDER_AUTOSTART": "false",
@@ -28,7 +29,7 @@ BASE_SETTINGS = {
 @dataclasses.dataclass
 class Api:
     client: TestClient[Any, Any]
-    repository: InMemoryMessageRepository
+    repository: ProbedRepository
     sms: InMemorySmsClient
     cache: InMemorySentCache
     clock: FakeClock
@@ -41,13 +42,14 @@ class Api:
 
 
 def in_memory_container(clock: FakeClock | None = None, **settings: str) -> Container:
-    """A container on the in-memory adapters; ``settings`` are INSIDER_* values by short name (``api_token``)."""
+    """A container on SQLite :memory: (a ProbedRepository) and the fakes; ``settings`` are INSIDER_* values by
+    short name (``api_token``)."""
     env = BASE_SETTINGS | {f"INSIDER_{k.upper()}": v for k, v in settings.items()}
     container = Container(settings=load_settings(env, env_file=None))
     clock = clock or FakeClock()
     container.database_pool.override(providers.Object(None))
     container.clock.override(clock)
-    container.repository.override(InMemoryMessageRepository(clock))
+    container.repository.override(ProbedRepository(clock))
     container.sms_client.override(InMemorySmsClient())
     container.cache.override(InMemorySentCache())
     return container
@@ -55,13 +57,17 @@ def in_memory_container(clock: FakeClock | None = None, **settings: str) -> Cont
 
 @asynccontextmanager
 async def open_api(clock: FakeClock | None = None, /, **settings: str) -> AsyncIterator[Api]:
-    """The app (its lifespan included) behind a test client on a local port; unwired afterwards."""
+    """The app (its lifespan included) behind a test client on a local port; its database dropped afterwards."""
     clock = clock or FakeClock()
     container = in_memory_container(clock, **settings)
+    repository: ProbedRepository = container.repository()
     client: TestClient[Any, Any] = TestClient(TestServer(create_app(container)))
-    await client.start_server()
     try:
-        yield Api(client, container.repository(), container.sms_client(), container.cache(), clock, container)
+        await client.start_server()
+        try:
+            yield Api(client, repository, container.sms_client(), container.cache(), clock, container)
+        finally:
+            await client.close()
+            container.unwire()
     finally:
-        await client.close()
-        container.unwire()
+        await repository.close()

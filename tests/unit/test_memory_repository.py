@@ -1,0 +1,52 @@
+"""``memory_repository``: the SQLite repository on a private :memory: database, for tests and embedding."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from insider import BatchSender, SenderOptions, Supervisor
+from insider.adapters.memory import InMemorySmsClient
+from insider.adapters.sqlite import memory_repository
+from insider.clock import FakeClock
+from insider.domain import MessageStatus
+from insider.ports import RepositoryUnavailable
+
+
+async def test_the_readme_embedding_example_sends_on_a_memory_repository() -> None:
+    clock = FakeClock()  # the README passes a SystemClock; this one lets the test drive time
+    sms = InMemorySmsClient()
+    async with memory_repository(clock) as repository:
+        message = await repository.enqueue("+15555550100", "Hello from my program")
+        sender = BatchSender(repository, sms, None, clock, SenderOptions(batch_size=10))
+        async with Supervisor(sender, repository, interval_s=1.0, clock=clock) as supervisor:
+            await supervisor.start()
+            await clock.settle()
+            assert [r.content for r in sms.requests] == ["Hello from my program"]
+            sent = await repository.get(message.id)
+            assert sent is not None and sent.status is MessageStatus.SENT
+            assert sent.sent_at == clock.now()  # the repository's "now" is the clock's
+
+
+async def test_each_memory_repository_is_a_database_of_its_own_and_gone_on_exit() -> None:
+    async with memory_repository() as first, memory_repository() as second:
+        await first.enqueue("+15555550100", "only in the first")
+        assert (await first.counts())[MessageStatus.PENDING] == 1
+        assert (await second.counts())[MessageStatus.PENDING] == 0
+    with pytest.raises(RepositoryUnavailable):
+        await first.counts()
+
+
+async def test_leases_and_retries_run_on_the_injected_clock() -> None:
+    clock = FakeClock()
+    async with memory_repository(clock) as repository:
+        message = await repository.enqueue("+15555550100", "x")
+        [claimed] = await repository.claim(1, lease_s=30)
+        assert claimed.lease_expires_at == clock.now() + timedelta(seconds=30)
+        assert await repository.claim(1, lease_s=30) == []
+
+        await clock.advance(30)
+
+        [again] = await repository.claim(1, lease_s=30)
+        assert (again.id, again.attempts, again.idempotency_key) == (message.id, 2, message.idempotency_key)
