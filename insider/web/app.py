@@ -18,10 +18,10 @@ from aiohttp_apispec import setup_aiohttp_apispec, validation_middleware
 from marshmallow import ValidationError
 
 from insider import __version__
-from insider.container import Container, open_service
+from insider.container import Container, open_service, resolve
 from insider.ports import InvalidCursor, RepositoryUnavailable
 from insider.web import handlers
-from insider.web.handlers import error_response
+from insider.web.handlers import SERVICES, AppServices, Services, error_response
 
 log = structlog.get_logger("insider.web")
 
@@ -179,8 +179,22 @@ async def require_json(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 async def _lifespan(app: web.Application) -> AsyncIterator[None]:
-    async with open_service(app[CONTAINER]):
-        yield
+    container = app[CONTAINER]
+    async with open_service(container) as supervisor:
+        app[SERVICES].open(
+            Services(
+                settings=container.settings(),
+                repository=await resolve(container.repository),
+                cache=await resolve(container.cache),
+                counts=await resolve(container.counts),
+                metrics=await resolve(container.metrics),
+                supervisor=supervisor,
+            )
+        )
+        try:
+            yield
+        finally:
+            app[SERVICES].close()
 
 
 @contextmanager
@@ -237,14 +251,19 @@ def _document_security(spec: dict[str, Any], token_required: bool) -> None:
 
 
 def create_app(container: Container) -> web.Application:
-    """The aiohttp app over a container; opening and closing its resources is the app's lifespan."""
-    container.wire(modules=[handlers])
+    """The aiohttp app over a container; opening and closing its resources is the app's lifespan.
+
+    The handlers reach this container's objects through the app (``request.app[SERVICES]``),
+    never through process-wide wiring: several apps over several containers can run in one
+    process, each with its own supervisor and repository.
+    """
     settings = container.settings()
     app = web.Application(
         middlewares=[request_context, json_errors, require_token, require_json, validation_middleware],
         client_max_size=MAX_BODY_BYTES,
     )
     app[CONTAINER] = container
+    app[SERVICES] = AppServices()
     app[API_TOKEN] = settings.api_token
     app.router.add_get("/", handlers.dashboard)
     app.router.add_static("/static/dashboard", handlers.STATIC_DIR, name="dashboard.static")

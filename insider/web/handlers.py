@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,9 @@ from typing import Any
 import structlog
 from aiohttp import web
 from aiohttp_apispec import docs, match_info_schema, querystring_schema, request_schema, response_schema
-from dependency_injector.wiring import Provide, inject
 
 from insider import __version__
 from insider.config import Settings
-from insider.container import Container
 from insider.domain import Message, MessageStatus, validation_error
 from insider.metrics import CONTENT_TYPE, CountsCache, Metrics
 from insider.ports import InvalidState, MessageNotFound, MessageRepository, RepositoryUnavailable, SentCache
@@ -48,6 +47,53 @@ DASHBOARD_HEADERS = {
 
 _UNAVAILABLE = {"schema": ErrorSchema, "description": "The database is unreachable"}
 _INVALID = {"schema": ErrorSchema, "description": "Invalid input; `fields` names each bad field"}
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the handlers use: the objects of this app's own container, once its resources are open."""
+
+    settings: Settings
+    repository: MessageRepository
+    cache: SentCache
+    counts: CountsCache
+    metrics: Metrics
+    supervisor: Supervisor
+
+
+class AppServices:
+    """Holds an app's Services while its lifespan runs.
+
+    Each app reaches its own objects through ``request.app[SERVICES]``: nothing is patched
+    process-wide, so two apps over two containers in one process never see each other's.
+    The app is frozen before its lifespan opens the resources, so they are set here, in a
+    holder put under the key when the app is made.
+    """
+
+    def __init__(self) -> None:
+        self._services: Services | None = None
+
+    def open(self, services: Services) -> None:
+        self._services = services
+
+    def close(self) -> None:
+        self._services = None
+
+    def get(self) -> Services:
+        """The app's services; a JSON 503 while the app is not (or no longer) running."""
+        if self._services is None:
+            raise web.HTTPServiceUnavailable(
+                text='{"error": "the service is not running"}', content_type="application/json"
+            )
+        return self._services
+
+
+SERVICES = web.AppKey("services", AppServices)
+
+
+def services(request: web.Request) -> Services:
+    """The objects of the app that received ``request``."""
+    return request.app[SERVICES].get()
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -99,12 +145,11 @@ def error_response(status: int, error: str, fields: dict[str, list[str]] | None 
 @response_schema(ErrorSchema, 400, description="A cursor this service did not hand out")
 @response_schema(**_INVALID, code=422)
 @response_schema(**_UNAVAILABLE, code=503)
-@inject
-async def list_messages(
-    request: web.Request, repository: MessageRepository = Provide[Container.repository]
-) -> web.Response:
+async def list_messages(request: web.Request) -> web.Response:
     query = request["querystring"]
-    page = await repository.list_messages(MessageStatus(query["status"]), query["limit"], query["cursor"])
+    page = await services(request).repository.list_messages(
+        MessageStatus(query["status"]), query["limit"], query["cursor"]
+    )
     return web.json_response({"data": [message_json(m) for m in page.items], "nextCursor": page.next_cursor})
 
 
@@ -120,18 +165,14 @@ async def list_messages(
 @response_schema(ErrorSchema, 415, description="The body is not application/json")
 @response_schema(**_INVALID, code=422)
 @response_schema(**_UNAVAILABLE, code=503)
-@inject
-async def enqueue_message(
-    request: web.Request,
-    repository: MessageRepository = Provide[Container.repository],
-    settings: Settings = Provide[Container.settings],
-) -> web.Response:
+async def enqueue_message(request: web.Request) -> web.Response:
+    app = services(request)
     data = request["data"]
-    reason = validation_error(data["to"], data["content"], settings.content_max_length)
+    reason = validation_error(data["to"], data["content"], app.settings.content_max_length)
     if reason is not None:
         field = "to" if reason.startswith("recipient_phone") else "content"
         return error_response(422, "invalid message", {field: [reason.replace("recipient_phone", "to")]})
-    message = await repository.enqueue(data["to"], data["content"])
+    message = await app.repository.enqueue(data["to"], data["content"])
     return web.json_response(message_json(message), status=201)
 
 
@@ -140,11 +181,8 @@ async def enqueue_message(
 @response_schema(MessageSchema, 200, description="The message")
 @response_schema(ErrorSchema, 404, description="No message has that id")
 @response_schema(**_UNAVAILABLE, code=503)
-@inject
-async def get_message(
-    request: web.Request, repository: MessageRepository = Provide[Container.repository]
-) -> web.Response:
-    message = await repository.get(request["match_info"]["id"])
+async def get_message(request: web.Request) -> web.Response:
+    message = await services(request).repository.get(request["match_info"]["id"])
     if message is None:
         return error_response(404, "no message has that id")
     return web.json_response(message_json(message))
@@ -160,12 +198,9 @@ async def get_message(
 @response_schema(ErrorSchema, 404, description="No message has that id")
 @response_schema(ErrorSchema, 409, description="The message is not failed")
 @response_schema(**_UNAVAILABLE, code=503)
-@inject
-async def retry_message(
-    request: web.Request, repository: MessageRepository = Provide[Container.repository]
-) -> web.Response:
+async def retry_message(request: web.Request) -> web.Response:
     try:
-        message = await repository.retry(request["match_info"]["id"])
+        message = await services(request).repository.retry(request["match_info"]["id"])
     except MessageNotFound:
         return error_response(404, "no message has that id")
     except InvalidState as exc:
@@ -180,9 +215,8 @@ async def retry_message(
     "than one interval ago. GET is kept for the original service's clients.",
 )
 @response_schema(RunningSchema, 200, description="Sending runs")
-@inject
-async def start_sending(request: web.Request, supervisor: Supervisor = Provide[Container.supervisor]) -> web.Response:
-    return web.json_response({"running": await supervisor.start()})
+async def start_sending(request: web.Request) -> web.Response:
+    return web.json_response({"running": await services(request).supervisor.start()})
 
 
 @docs(
@@ -192,16 +226,14 @@ async def start_sending(request: web.Request, supervisor: Supervisor = Provide[C
     "back to pending with the same idempotency key. GET is kept for the original service's clients.",
 )
 @response_schema(RunningSchema, 200, description="Sending stopped")
-@inject
-async def stop_sending(request: web.Request, supervisor: Supervisor = Provide[Container.supervisor]) -> web.Response:
-    return web.json_response({"running": await supervisor.stop()})
+async def stop_sending(request: web.Request) -> web.Response:
+    return web.json_response({"running": await services(request).supervisor.stop()})
 
 
 @docs(tags=["sender"], summary="What the sender is doing")
 @response_schema(SenderSchema, 200, description="The sender's state")
-@inject
-async def sender_status(request: web.Request, supervisor: Supervisor = Provide[Container.supervisor]) -> web.Response:
-    return web.json_response(sender_json(supervisor.status()))
+async def sender_status(request: web.Request) -> web.Response:
+    return web.json_response(sender_json(services(request).supervisor.status()))
 
 
 @docs(
@@ -212,18 +244,14 @@ async def sender_status(request: web.Request, supervisor: Supervisor = Provide[C
 )
 @response_schema(StatsSchema, 200, description="Counts and the sender's state")
 @response_schema(**_UNAVAILABLE, code=503)
-@inject
-async def stats(
-    request: web.Request,
-    counts: CountsCache = Provide[Container.counts],
-    supervisor: Supervisor = Provide[Container.supervisor],
-) -> web.Response:
-    by_status = await counts.get()
+async def stats(request: web.Request) -> web.Response:
+    app = services(request)
+    by_status = await app.counts.get()
     return web.json_response(
         {
             "counts": {s.value: by_status.get(s, 0) for s in MessageStatus},
             "total": sum(by_status.values()),
-            "sender": sender_json(supervisor.status()),
+            "sender": sender_json(app.supervisor.status()),
         }
     )
 
@@ -257,13 +285,11 @@ async def _probe(what: str, ping: Callable[[], Awaitable[None]]) -> bool:
 )
 @response_schema(ReadySchema, 200, description="Ready: the database answers")
 @response_schema(ReadySchema, 503, description="Not ready: `error` says what is down")
-@inject
-async def readyz(
-    request: web.Request,
-    repository: MessageRepository = Provide[Container.repository],
-    cache: SentCache = Provide[Container.cache],
-) -> web.Response:
-    database_up, cache_up = await asyncio.gather(_probe("database", repository.ping), _probe("cache", cache.ping))
+async def readyz(request: web.Request) -> web.Response:
+    app = services(request)
+    database_up, cache_up = await asyncio.gather(
+        _probe("database", app.repository.ping), _probe("cache", app.cache.ping)
+    )
     body: dict[str, Any] = {
         "status": "ready" if database_up else "unavailable",
         "database": "up" if database_up else "down",
@@ -282,19 +308,14 @@ async def readyz(
     produces=["text/plain"],
     responses={"200": {"description": "Every metric, in the Prometheus text format (version 0.0.4)"}},
 )
-@inject
-async def metrics(
-    request: web.Request,
-    service_metrics: Metrics = Provide[Container.metrics],
-    counts: CountsCache = Provide[Container.counts],
-    supervisor: Supervisor = Provide[Container.supervisor],
-) -> web.Response:
+async def metrics(request: web.Request) -> web.Response:
+    app = services(request)
     try:
-        pending: int | None = (await counts.get()).get(MessageStatus.PENDING, 0)
+        pending: int | None = (await app.counts.get()).get(MessageStatus.PENDING, 0)
     except RepositoryUnavailable:  # a scrape still answers; the gauge keeps its last value
         pending = None
-    service_metrics.set_state(running=supervisor.running, pending=pending)
-    return web.Response(body=service_metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+    app.metrics.set_state(running=app.supervisor.running, pending=pending)
+    return web.Response(body=app.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
 
 async def dashboard(request: web.Request) -> web.FileResponse:

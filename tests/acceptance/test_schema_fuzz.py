@@ -1,7 +1,7 @@
 """The spec tells the truth: schemathesis fuzzes every operation of /api/docs/swagger.json on a live app.
 
 The app runs on a real local port (in a thread with its own event loop, since schemathesis calls
-it synchronously) over the in-memory adapters, with an API token, so that the token's 401s are
+it synchronously) over SQLite :memory: and the fakes, with an API token, so that the token's 401s are
 checked too. Any server error, undocumented status code, content type, header or response shape
 fails the test.
 
@@ -106,7 +106,7 @@ def live_api() -> Iterator[str]:
         yield url
     finally:
         server.stop()
-        container.unwire()
+        asyncio.run(repository.close())
 
 
 def _spec() -> dict[str, Any]:
@@ -115,7 +115,7 @@ def _spec() -> dict[str, Any]:
     try:
         spec: dict[str, Any] = json.loads(json.dumps(create_app(container)["swagger_dict"]))
     finally:
-        container.unwire()
+        asyncio.run(container.repository().close())
     return spec
 
 

@@ -604,7 +604,6 @@ async def api_client(container: Container) -> AsyncIterator[TestClient[Any, Any]
         yield client
     finally:
         await client.close()
-        container.unwire()
 
 
 def events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:

@@ -1,4 +1,4 @@
-"""The HTTP API over in-memory adapters: shapes, status codes and errors."""
+"""The HTTP API over SQLite :memory: and the fakes: shapes, status codes and errors."""
 
 from __future__ import annotations
 

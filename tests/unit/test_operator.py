@@ -1,4 +1,4 @@
-"""The operator's surface on the in-memory adapters: health, readiness, metrics, stats, the token, the dashboard."""
+"""The operator's surface on SQLite :memory: and fakes: health, readiness, metrics, stats, token, dashboard."""
 
 from __future__ import annotations
 

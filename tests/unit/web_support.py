@@ -68,6 +68,5 @@ async def open_api(clock: FakeClock | None = None, /, **settings: str) -> AsyncI
             yield Api(client, repository, container.sms_client(), container.cache(), clock, container)
         finally:
             await client.close()
-            container.unwire()
     finally:
         await repository.close()
