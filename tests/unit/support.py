@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
@@ -76,17 +77,30 @@ class ProbedRepository(SqliteMessageRepository):
         *,
         created_at: datetime | None = None,
         status: MessageStatus = MessageStatus.PENDING,
+        **columns: object,
     ) -> Message:
-        """Insert a row directly, as another program writing to the table would (times from the clock)."""
-        when = format_timestamp(created_at or self._clock.now())
+        """Insert a row directly, as another program writing to the table would (times from the clock).
+
+        ``columns`` sets any other column by name (``attempts=3``, ``next_attempt_at=...``);
+        datetimes are stored in the schema's text form, enums by value.
+        """
+        when = created_at or self._clock.now()
+        values: dict[str, object] = {
+            "recipient_phone": recipient_phone,
+            "content": content,
+            "status": status,
+            "created_at": when,
+            "updated_at": when,
+            "idempotency_key": str(uuid.uuid4()),
+        } | columns
+        names = list(values)
+        if not all(name.isidentifier() for name in names):
+            raise ValueError(f"not a column name: {names}")
+        params = [_stored(v) for v in values.values()]
+        statement = f"INSERT INTO messages ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) RETURNING *"
 
         def work(conn: sqlite3.Connection) -> Message:
-            row = conn.execute(
-                "INSERT INTO messages (recipient_phone, content, status, created_at, updated_at, idempotency_key)"
-                " VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
-                (recipient_phone, content, status.value, when, when, str(uuid.uuid4())),
-            ).fetchone()
-            return message_from_row(row, parse_timestamp)
+            return message_from_row(conn.execute(statement, params).fetchone(), parse_timestamp)
 
         return self._probed.run_now(work)
 
@@ -98,6 +112,14 @@ class ProbedRepository(SqliteMessageRepository):
             return [message_from_row(r, parse_timestamp) for r in conn.execute("SELECT * FROM messages ORDER BY id")]
 
         return self._probed.run_now(work)
+
+
+def _stored(value: object) -> object:
+    if isinstance(value, datetime):
+        return format_timestamp(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
 
 
 def _run_at_once(coroutine: object) -> None:

@@ -12,6 +12,7 @@ from insider.adapters.sqlite import memory_repository
 from insider.clock import FakeClock
 from insider.domain import MessageStatus
 from insider.ports import RepositoryUnavailable
+from tests.unit.support import ProbedRepository
 
 
 async def test_the_readme_embedding_example_sends_on_a_memory_repository() -> None:
@@ -50,3 +51,24 @@ async def test_leases_and_retries_run_on_the_injected_clock() -> None:
 
         [again] = await repository.claim(1, lease_s=30)
         assert (again.id, again.attempts, again.idempotency_key) == (message.id, 2, message.idempotency_key)
+
+
+async def test_the_probed_repository_inserts_any_column_as_another_program_would(clock: FakeClock) -> None:
+    repository = ProbedRepository(clock)
+    try:
+        later = clock.now() + timedelta(minutes=5)
+        waiting = repository.add(
+            "+15555550100", "retry later", attempts=2, next_attempt_at=later, last_error="HTTP 503"
+        )
+        failed = repository.add("+15555550101", "given up", status=MessageStatus.FAILED)
+
+        assert (waiting.attempts, waiting.next_attempt_at, waiting.last_error) == (2, later, "HTTP 503")
+        assert failed.status is MessageStatus.FAILED
+        assert repository.rows == [waiting, failed]
+        assert await repository.claim(5, lease_s=30) == []  # neither is due
+        repository.available = False
+        with pytest.raises(RepositoryUnavailable):
+            await repository.claim(5, lease_s=30)
+        assert repository.claims == [[]]
+    finally:
+        await repository.close()
