@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -17,8 +16,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from insider.adapters import sqlfiles
 from insider.adapters.cursor import page_of, page_query
-from insider.adapters.rows import message_from_row
-from insider.domain import Message, MessageStatus, Resolution, ensure_storable, slot_tolerance_s, storable_text
+from insider.adapters.rows import message_from_row, outcome_row
+from insider.domain import Message, MessageStatus, Resolution, ensure_storable, slot_tolerance_s
 from insider.ports import InvalidState, MessageNotFound, Page, RepositoryUnavailable
 
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
@@ -101,16 +100,6 @@ def _message(row: DictRow) -> Message:
     return message_from_row(row, _utc)
 
 
-def _token(claim_token: str | None) -> uuid.UUID | None:
-    """A claim token as a UUID; one that is not a UUID can hold no row, like None."""
-    if claim_token is None:
-        return None
-    try:
-        return uuid.UUID(claim_token)
-    except ValueError:
-        return None
-
-
 class PostgresMessageRepository:
     """The repository port on PostgreSQL, the source of truth in production.
 
@@ -188,22 +177,8 @@ class PostgresMessageRepository:
     async def resolve(self, resolutions: Sequence[Resolution]) -> None:
         if not resolutions:
             return
-        outcomes = orjson.dumps(
-            [
-                {
-                    "id": int(r.id),
-                    "claim_token": _token(r.claim_token),
-                    "status": r.status.value,
-                    "sent_at": r.sent_at,
-                    # A provider's id or error text may hold anything: stored as the domain says.
-                    "message_id": storable_text(r.message_id) if r.message_id is not None else None,
-                    "last_error": storable_text(r.last_error) if r.last_error is not None else None,
-                    "retry_in_s": float(r.retry_in_s) if r.retry_in_s is not None else None,
-                    "uncount": bool(r.uncount_attempt),
-                }
-                for r in resolutions
-            ]
-        ).decode()
+        # orjson writes the dataclasses, their UUIDs and aware datetimes as the SQL reads them.
+        outcomes = orjson.dumps([outcome_row(r) for r in resolutions]).decode()
         params = {"outcomes": outcomes}
         async with self._connection() as conn:
             await conn.execute(_q("resolve"), params)

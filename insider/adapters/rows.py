@@ -1,12 +1,14 @@
-"""A ``messages`` row as a Message, whichever database it came from."""
+"""A ``messages`` row as a Message, and outcomes as the rows to write, whichever the database."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from insider.domain import Message, MessageStatus
+from insider.domain import Message, MessageStatus, Resolution, storable_text
 
 
 class Row(Protocol):
@@ -34,4 +36,43 @@ def message_from_row(row: Row, timestamp: Callable[[Any], datetime | None]) -> M
         lease_expires_at=timestamp(row["lease_expires_at"]),
         idempotency_key=str(row["idempotency_key"]),  # a UUID from PostgreSQL, text from SQLite
         claim_token=str(claim_token) if claim_token is not None else None,
+    )
+
+
+def claim_token(text: str | None) -> uuid.UUID | None:
+    """A claim token as a UUID; one that is not a UUID can hold no row, like None."""
+    if text is None:
+        return None
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRow:
+    """One resolution as both SQL adapters write it: the same values, cleaned the same way."""
+
+    id: int
+    claim_token: uuid.UUID | None
+    status: str
+    sent_at: datetime | None
+    message_id: str | None
+    last_error: str | None
+    retry_in_s: float | None
+    uncount: bool
+
+
+def outcome_row(r: Resolution) -> OutcomeRow:
+    """What is written back for ``r``. A provider's message id or error text may hold anything:
+    what no database can store is replaced as ``domain.storable_text`` says."""
+    return OutcomeRow(
+        id=int(r.id),
+        claim_token=claim_token(r.claim_token),
+        status=r.status.value,
+        sent_at=r.sent_at,
+        message_id=storable_text(r.message_id) if r.message_id is not None else None,
+        last_error=storable_text(r.last_error) if r.last_error is not None else None,
+        retry_in_s=float(r.retry_in_s) if r.retry_in_s is not None else None,
+        uncount=bool(r.uncount_attempt),
     )

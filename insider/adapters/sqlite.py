@@ -18,9 +18,9 @@ from urllib.parse import unquote, urlsplit
 
 from insider.adapters import sqlfiles
 from insider.adapters.cursor import page_of, page_query
-from insider.adapters.rows import message_from_row
+from insider.adapters.rows import message_from_row, outcome_row
 from insider.clock import SystemClock
-from insider.domain import Message, MessageStatus, Resolution, ensure_storable, next_slot, storable_text
+from insider.domain import Message, MessageStatus, Resolution, ensure_storable, next_slot
 from insider.ports import Clock, InvalidState, MessageNotFound, Page, RepositoryUnavailable
 
 T = TypeVar("T")
@@ -309,16 +309,6 @@ def _message(row: sqlite3.Row) -> Message:
     return message_from_row(row, parse_timestamp)
 
 
-def _token(claim_token: str | None) -> str | None:
-    """A claim token in the stored form; one that is not a UUID can hold no row, like None."""
-    if claim_token is None:
-        return None
-    try:
-        return str(uuid.UUID(claim_token))
-    except ValueError:
-        return None
-
-
 class SqliteMessageRepository:
     """The repository port on SQLite: one file, no server; for first runs, demos and small deployments.
 
@@ -416,19 +406,18 @@ class SqliteMessageRepository:
         now = self._now()
         values = [
             {
-                "id": int(r.id),
-                "claim_token": _token(r.claim_token),
-                "status": r.status.value,
-                "sent_at": format_timestamp(r.sent_at) if r.sent_at is not None else None,
-                # A provider's id or error text may hold anything: stored as the domain says.
-                "message_id": storable_text(r.message_id) if r.message_id is not None else None,
-                "last_error": storable_text(r.last_error) if r.last_error is not None else None,
+                "id": o.id,
+                "claim_token": str(o.claim_token) if o.claim_token is not None else None,
+                "status": o.status,
+                "sent_at": format_timestamp(o.sent_at) if o.sent_at is not None else None,
+                "message_id": o.message_id,
+                "last_error": o.last_error,
                 "next_attempt_at": (
-                    format_timestamp(now + timedelta(seconds=r.retry_in_s)) if r.retry_in_s is not None else None
+                    format_timestamp(now + timedelta(seconds=o.retry_in_s)) if o.retry_in_s is not None else None
                 ),
-                "uncount": bool(r.uncount_attempt),
+                "uncount": o.uncount,
             }
-            for r in resolutions
+            for o in map(outcome_row, resolutions)
         ]
         params = {"resolutions": json.dumps(values, ensure_ascii=False), "now": format_timestamp(now)}
         await self._fetch(_q("resolve"), params)
