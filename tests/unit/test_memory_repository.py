@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import sqlite3
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -10,7 +11,7 @@ from insider import BatchSender, SenderOptions, Supervisor
 from insider.adapters.memory import InMemorySmsClient
 from insider.adapters.sqlite import memory_repository
 from insider.clock import FakeClock
-from insider.domain import MessageStatus
+from insider.domain import MessageStatus, Resolution
 from insider.ports import RepositoryUnavailable
 from tests.unit.support import ProbedRepository
 
@@ -72,3 +73,36 @@ async def test_the_probed_repository_inserts_any_column_as_another_program_would
         assert repository.claims == [[]]
     finally:
         await repository.close()
+
+
+async def test_every_time_the_sqlite_repository_writes_comes_from_its_clock() -> None:
+    clock = FakeClock(datetime(2031, 5, 4, 3, 2, 1, tzinfo=UTC))  # far from the real now
+    async with memory_repository(clock) as repository:
+        message = await repository.enqueue("+15555550100", "x")
+        assert message.created_at == clock.now()
+
+        await clock.advance(10)
+        [claimed] = await repository.claim(1, lease_s=30)
+        assert claimed.lease_expires_at == clock.now() + timedelta(seconds=30)
+
+        await clock.advance(5)
+        await repository.resolve([Resolution(message.id, claimed.claim_token, MessageStatus.PENDING, retry_in_s=60)])
+        waiting = await repository.get(message.id)
+        assert waiting is not None and waiting.next_attempt_at == clock.now() + timedelta(seconds=60)
+        await clock.advance(59)
+        assert await repository.claim(1, lease_s=30) == []  # due in one second of fake time
+        await clock.advance(1)
+        assert [m.id for m in await repository.claim(1, lease_s=30)] == [message.id]
+
+        assert await repository.acquire_slot("batch", 120) == 0.0
+        assert 0 < await repository.acquire_slot("batch", 120) <= 120
+        await clock.advance(120)
+        assert await repository.acquire_slot("batch", 120) == 0.0
+
+        def stamps(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT updated_at FROM messages UNION ALL SELECT applied_at FROM insider_schema_migrations"
+            )
+            return [row[0] for row in rows]
+
+        assert all(stamp.startswith("2031-05-04") for stamp in await repository.database.run(stamps))
