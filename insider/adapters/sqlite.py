@@ -275,8 +275,7 @@ async def memory_repository(clock: Clock | None = None) -> AsyncIterator[SqliteM
     schedules, leases and backoff run on fake time). Statements run on the calling thread
     (``threaded=False``): an in-memory database never waits on a disk.
 
-    >>> async with memory_repository(FakeClock()) as repository:
-    ...     await repository.enqueue("+15555550100", "Hello")
+    For example ``async with memory_repository(FakeClock()) as repository: ...``.
     """
     database = SqliteDatabase(":memory:", threaded=False)
     try:
