@@ -26,6 +26,9 @@ log = structlog.get_logger("insider")
 # Exit codes: 0 done, 1 failed at run time (database down, port taken), 2 bad usage or settings.
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# The database holds what the migrations cannot upgrade: someone must fix it first, so a
+# supervisor should not restart the service (systemd: RestartPreventExitStatus=3).
+EXIT_SCHEMA = 3
 EXAMPLE_PHONE = "+15555550100"  # a number reserved for fiction
 EXAMPLE_CONTENT = "Hello from insider"
 SIMULATOR_PORT = 9090
@@ -153,6 +156,11 @@ async def _listen(runner: web.AppRunner, host: str, port: int) -> int | None:
     return int(runner.addresses[0][1]) if runner.addresses else port
 
 
+def _schema_refused(exc: Exception) -> int:
+    print(f"insider: error: cannot upgrade the database: {exc}", file=sys.stderr, flush=True)
+    return EXIT_SCHEMA
+
+
 def _install_stop_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -233,13 +241,16 @@ async def _serve(settings: Settings) -> int:
 
     from insider.container import Container, resolve
     from insider.domain import MessageStatus
-    from insider.ports import RepositoryUnavailable
+    from insider.ports import RepositoryUnavailable, SchemaUpgradeRefused
     from insider.web.app import create_app
 
     container = Container(settings=settings)
     app = create_app(container)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()  # runs the lifespan: pools, migrations, sender
+    try:
+        await runner.setup()  # runs the lifespan: pools, migrations, sender
+    except SchemaUpgradeRefused as exc:  # the lifespan closed what it had opened
+        return _schema_refused(exc)
     stop = asyncio.Event()
     _install_stop_signals(stop)
     try:
@@ -278,7 +289,7 @@ async def _serve(settings: Settings) -> int:
 
 async def _migrate(settings: Settings) -> int:
     from insider.container import Container, open_repository
-    from insider.ports import RepositoryUnavailable
+    from insider.ports import RepositoryUnavailable, SchemaUpgradeRefused
 
     _quiet_pool_retries()
     async with open_repository(Container(settings=settings)) as repository:
@@ -287,6 +298,8 @@ async def _migrate(settings: Settings) -> int:
         except RepositoryUnavailable as exc:
             print(f"insider: error: database unavailable: {exc}", file=sys.stderr)
             return EXIT_FAILED
+        except SchemaUpgradeRefused as exc:
+            return _schema_refused(exc)
     log.info("migrations applied", database=mask_url(settings.database_url))
     return 0
 
@@ -294,7 +307,7 @@ async def _migrate(settings: Settings) -> int:
 async def _enqueue(settings: Settings, to: str, content: str) -> int:
     from insider.container import Container, open_repository
     from insider.domain import validation_error
-    from insider.ports import RepositoryUnavailable
+    from insider.ports import RepositoryUnavailable, SchemaUpgradeRefused
 
     reason = validation_error(to, content, settings.content_max_length)
     if reason is not None:  # worded as the API words it: the field is "to"
@@ -308,6 +321,8 @@ async def _enqueue(settings: Settings, to: str, content: str) -> int:
         except RepositoryUnavailable as exc:
             print(f"insider: error: database unavailable: {exc}", file=sys.stderr)
             return EXIT_FAILED
+        except SchemaUpgradeRefused as exc:
+            return _schema_refused(exc)
     print(message.id)
     return 0
 

@@ -37,6 +37,8 @@ class Message:
     lease_expires_at: datetime | None = None
     idempotency_key: str = ""
     claim_token: str | None = None
+    # The UUID a row of the original Go service was known by (PostgreSQL only).
+    uuid: str | None = None
 
 
 class Outcome(enum.StrEnum):

@@ -14,6 +14,13 @@ class RepositoryUnavailable(Exception):
     """The database cannot be reached; the caller may try again later."""
 
 
+class SchemaUpgradeRefused(Exception):
+    """The database holds something the migrations cannot upgrade; nothing was changed.
+
+    The message says what and how to fix it. Trying again does not help until someone does.
+    """
+
+
 class MessageNotFound(LookupError):
     """No message has that id."""
 
@@ -54,7 +61,11 @@ class MessageRepository(Protocol):
     """
 
     async def migrate(self) -> None:
-        """Create or upgrade the schema; safe when several processes run it at once."""
+        """Create or upgrade the schema; safe when several processes run it at once.
+
+        Raises SchemaUpgradeRefused, having changed nothing, when the database holds what
+        cannot be upgraded.
+        """
 
     async def ping(self) -> None:
         """Return when the database answers."""
@@ -67,6 +78,9 @@ class MessageRepository(Protocol):
 
     async def get(self, message_id: int) -> Message | None:
         """One message in any state."""
+
+    async def get_by_uuid(self, message_uuid: str) -> Message | None:
+        """The message with this UUID (rows of the original Go service keep theirs), or None."""
 
     async def list_messages(self, status: MessageStatus, limit: int, cursor: str | None = None) -> Page:
         """Messages in one status, newest first (sent: by ``sent_at``; others: by ``created_at``).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -18,13 +19,16 @@ from insider.adapters import sqlfiles
 from insider.adapters.cursor import page_of, page_query
 from insider.adapters.rows import message_from_row, outcome_row
 from insider.domain import Message, MessageStatus, Resolution, ensure_storable, slot_tolerance_s
-from insider.ports import InvalidState, MessageNotFound, Page, RepositoryUnavailable
+from insider.ports import InvalidState, MessageNotFound, Page, RepositoryUnavailable, SchemaUpgradeRefused
 
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
 # Taken for the whole migration transaction, so processes starting together migrate one
 # at a time; the value is "insider" in ASCII, to be recognisable in pg_locks.
 MIGRATION_LOCK_ID: Final = 0x696E7369646572
+
+# The SQLSTATE a migration raises for what it cannot upgrade (see 0001_init.sql).
+_UPGRADE_REFUSED: Final = "IN001"
 
 # How many times acquire_slot re-runs when a concurrent taker changed the row under it.
 _SLOT_ATTEMPTS: Final = 5
@@ -100,6 +104,16 @@ def _message(row: DictRow) -> Message:
     return message_from_row(row, _utc)
 
 
+def _refusal(migration: str, exc: psycopg.Error) -> str:
+    """One line for a migration that failed on what the database holds: what, and how to fix it."""
+    diag = exc.diag
+    what = (diag.message_primary or str(exc)).strip()
+    if exc.sqlstate == _UPGRADE_REFUSED:
+        fix = (diag.message_hint or "").strip()
+        return f"{what}; to fix: {fix}" if fix else what
+    return f"migration {migration} failed: {what} (SQLSTATE {exc.sqlstate}); nothing was changed"
+
+
 class PostgresMessageRepository:
     """The repository port on PostgreSQL, the source of truth in production.
 
@@ -143,11 +157,17 @@ class PostgresMessageRepository:
             await conn.execute(_CREATE_MIGRATIONS_TABLE)
             cur = await conn.execute("SELECT version FROM insider_schema_migrations")
             applied = {version for (version,) in await cur.fetchall()}
-            for version, _name, text in migrations:
+            for version, name, text in migrations:
                 if version in applied:
                     continue
-                # No parameters: the simple protocol runs the file's statements in turn.
-                await conn.execute(text)
+                try:
+                    # No parameters: the simple protocol runs the file's statements in turn.
+                    await conn.execute(text)
+                except (psycopg.OperationalError, psycopg.InterfaceError):
+                    raise  # the database went away (or timed out): try again later
+                except psycopg.Error as exc:
+                    # The transaction rolls back: the database is left as it was.
+                    raise SchemaUpgradeRefused(_refusal(name, exc)) from exc
                 await conn.execute("INSERT INTO insider_schema_migrations (version) VALUES (%s)", (version,))
 
     async def ping(self) -> None:
@@ -160,6 +180,14 @@ class PostgresMessageRepository:
 
     async def get(self, message_id: int) -> Message | None:
         rows = await self._fetch(_q("get"), {"id": message_id})
+        return _message(rows[0]) if rows else None
+
+    async def get_by_uuid(self, message_uuid: str) -> Message | None:
+        try:
+            key = uuid.UUID(message_uuid)
+        except ValueError:
+            return None
+        rows = await self._fetch(_q("get_by_uuid"), {"uuid": key})
         return _message(rows[0]) if rows else None
 
     async def list_messages(self, status: MessageStatus, limit: int, cursor: str | None = None) -> Page:

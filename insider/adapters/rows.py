@@ -36,6 +36,7 @@ def message_from_row(row: Row, timestamp: Callable[[Any], datetime | None]) -> M
         lease_expires_at=timestamp(row["lease_expires_at"]),
         idempotency_key=str(row["idempotency_key"]),  # a UUID from PostgreSQL, text from SQLite
         claim_token=str(claim_token) if claim_token is not None else None,
+        uuid=_optional_text(row, "uuid"),
     )
 
 
@@ -76,3 +77,12 @@ def outcome_row(r: Resolution) -> OutcomeRow:
         retry_in_s=float(r.retry_in_s) if r.retry_in_s is not None else None,
         uncount=bool(r.uncount_attempt),
     )
+
+
+def _optional_text(row: Row, column: str) -> str | None:
+    """A column that not every query (nor every database) returns, as text or None."""
+    try:
+        value = row[column]
+    except (KeyError, IndexError):  # psycopg's dict rows, sqlite3.Row
+        return None
+    return str(value) if value is not None else None

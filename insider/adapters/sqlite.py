@@ -379,6 +379,11 @@ class SqliteMessageRepository:
         rows = await self._fetch(_q("get"), {"id": message_id})
         return _message(rows[0]) if rows else None
 
+    async def get_by_uuid(self, message_uuid: str) -> Message | None:
+        """None: only the original Go service's rows have a UUID, and it ran on PostgreSQL."""
+        await self.ping()
+        return None
+
     async def list_messages(self, status: MessageStatus, limit: int, cursor: str | None = None) -> Page:
         name, params = page_query(status, limit, cursor)
         if "key" in params:  # times are stored as fixed-width UTC text

@@ -32,6 +32,8 @@ MAX_BODY_BYTES = 64 * 1024
 # dashboard's page stay open, so that probes, scrapers and the login form itself work.
 API_PREFIX = "/api/v1"
 SECURITY_SCHEME = "bearer"
+# A UUID as the original Go service showed it (either case), for GET /api/v1/messages/{uuid}.
+UUID_PATTERN = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 # A request id a client may choose: printable and short, so it is safe in logs and response headers.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 # Headers of an HTTP error that still mean something on its JSON version (405's Allow, above all).
@@ -273,6 +275,7 @@ def create_app(container: Container) -> web.Application:
     app.router.add_get("/api/v1/messages", handlers.list_messages, allow_head=False)
     app.router.add_post("/api/v1/messages", handlers.enqueue_message)
     app.router.add_get(r"/api/v1/messages/{id:[0-9]+}", handlers.get_message, allow_head=False)
+    app.router.add_get(f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}", handlers.get_message_by_uuid, allow_head=False)
     app.router.add_post(r"/api/v1/messages/{id:[0-9]+}/retry", handlers.retry_message)
     for method in ("POST", "GET"):
         app.router.add_route(method, "/api/v1/messages/start", handlers.start_sending)

@@ -26,6 +26,7 @@ from insider.web.schemas import (
     ListQuerySchema,
     MessageIdSchema,
     MessageSchema,
+    MessageUuidSchema,
     PageSchema,
     ReadySchema,
     RunningSchema,
@@ -104,6 +105,7 @@ def message_json(m: Message) -> dict[str, Any]:
     """The API shape of a message."""
     return {
         "id": m.id,
+        "uuid": m.uuid,
         "recipientPhone": m.recipient_phone,
         "content": m.content,
         "status": m.status.value,
@@ -183,6 +185,22 @@ async def enqueue_message(request: web.Request) -> web.Response:
 @response_schema(**_UNAVAILABLE, code=503)
 async def get_message(request: web.Request) -> web.Response:
     message = await services(request).repository.get(request["match_info"]["id"])
+    if message is None:
+        return error_response(404, "no message has that id")
+    return web.json_response(message_json(message))
+
+
+@docs(
+    tags=["messages"],
+    summary="One message, by the UUID the original Go service gave it",
+    description="Rows of the original service's table keep their UUID through the upgrade (field `uuid`).",
+)
+@match_info_schema(MessageUuidSchema)
+@response_schema(MessageSchema, 200, description="The message")
+@response_schema(ErrorSchema, 404, description="No message has that UUID")
+@response_schema(**_UNAVAILABLE, code=503)
+async def get_message_by_uuid(request: web.Request) -> web.Response:
+    message = await services(request).repository.get_by_uuid(str(request["match_info"]["uuid"]))
     if message is None:
         return error_response(404, "no message has that id")
     return web.json_response(message_json(message))

@@ -63,8 +63,21 @@ class MessageIdSchema(Schema):
     )
 
 
+class MessageUuidSchema(Schema):
+    uuid = fields.UUID(required=True, metadata={"description": "The UUID of a row of the original Go service"})
+
+
 class MessageSchema(Schema):
     id = fields.Integer(required=True)
+    uuid = fields.String(
+        allow_none=True,
+        required=True,
+        metadata={
+            "description": "The UUID the original Go service gave the row (also on rows added since); "
+            "null on rows queued by insider before it kept one, and on SQLite",
+            "x-nullable": True,
+        },
+    )
     recipientPhone = fields.String(required=True)
     content = fields.String(required=True)
     status = fields.String(required=True, validate=validate.OneOf(STATUSES), metadata={"enum": STATUSES})

@@ -24,7 +24,8 @@ GO_INSERT = (
     "INSERT INTO messages (recipient_phone, content, status) VALUES ('+905301234001', 'Message content 1', 'pending')"
 )
 
-# The table as the original Go service created it.
+# A hand-made table with a serial id and a varchar status (not the original Go service's,
+# whose table tests/integration/test_original_database.py builds): upgraded in place too.
 GO_SCHEMA = """
 CREATE TABLE messages (
     id SERIAL PRIMARY KEY,
@@ -84,6 +85,7 @@ async def test_migrate_creates_the_schema_other_programs_rely_on(
         "claim_token": "uuid",
         "idempotency_key": "uuid",
         "updated_at": "timestamp with time zone",
+        "uuid": "uuid",
     }
     indexes = {
         name for (name,) in await query(pg_pool, "SELECT indexname FROM pg_indexes WHERE tablename = 'messages'")
@@ -127,7 +129,7 @@ async def test_concurrent_migrations_on_a_fresh_database(fresh_postgres_url: str
         assert await repositories[2].get(message.id) == message
 
 
-async def test_migrate_upgrades_the_go_services_table_in_place(fresh_postgres_url: str) -> None:
+async def test_migrate_upgrades_a_table_with_a_serial_id_in_place(fresh_postgres_url: str) -> None:
     with psycopg.connect(fresh_postgres_url, autocommit=True) as conn:
         conn.execute(GO_SCHEMA)
         conn.execute(GO_INSERT)
@@ -150,8 +152,8 @@ async def test_migrate_upgrades_the_go_services_table_in_place(fresh_postgres_ur
         assert old_sent.created_at == datetime(2025, 6, 1, 10, 0, tzinfo=UTC)
         assert old_sent.sent_at == datetime(2025, 6, 1, 10, 0, 5, tzinfo=UTC)
         assert old_sent.message_id == "go-provider-id"
-        assert old_sent.attempts == 0
-        # The Go service's rows are sent like any other, each with its own key.
+        assert old_sent.attempts == 1  # sent before the upgrade: one attempt
+        # The old rows are sent like any other, each with its own key.
         [old_pending] = await repository.claim(10, 30.0)
         assert (old_pending.id, old_pending.status) == (1, MessageStatus.SENDING)
         assert old_pending.idempotency_key != old_sent.idempotency_key

@@ -10,14 +10,21 @@ SELECT 1
 INSERT INTO messages (recipient_phone, content)
 VALUES (%(recipient_phone)s, %(content)s)
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-          attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token
+          attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid
 
 -- get --
 -- One message in any state.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid
 FROM messages
 WHERE id = %(id)s
+
+-- get_by_uuid --
+-- One message in any state, by the UUID the original Go service gave it.
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid
+FROM messages
+WHERE uuid = %(uuid)s
 
 -- claim --
 -- Lease up to %(limit)s due messages, oldest first. The locking select is materialized
@@ -45,7 +52,8 @@ WHERE m.id = due.id
 -- row only to be turned into text cost a third of reading a claimed row.
 RETURNING m.id, m.recipient_phone, m.content, m.status, m.created_at, m.sent_at, m.message_id,
           m.last_error, m.attempts, m.next_attempt_at, m.lease_expires_at,
-          m.idempotency_key::text AS idempotency_key, m.claim_token::text AS claim_token
+          m.idempotency_key::text AS idempotency_key, m.claim_token::text AS claim_token,
+          m.uuid::text AS uuid
 
 -- resolve --
 -- Write back a batch of outcomes. A row is written while the claim token still holds
@@ -76,7 +84,7 @@ UPDATE messages
 SET status = 'pending', attempts = 0, next_attempt_at = NULL, updated_at = now()
 WHERE id = %(id)s AND status = 'failed'
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-          attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token
+          attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid
 
 -- acquire_slot --
 -- Take the slot %(name)s when due, in one statement. A brand-new row is taken by its
@@ -107,7 +115,7 @@ SELECT EXISTS (SELECT 1 FROM inserted) OR EXISTS (SELECT 1 FROM updated) AS take
 -- list_sent --
 -- The first page of sent messages, newest first.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid
 FROM messages
 WHERE status = 'sent' AND sent_at IS NOT NULL
 ORDER BY sent_at DESC, id DESC
@@ -116,7 +124,7 @@ LIMIT %(limit)s
 -- list_sent_after --
 -- A later page of sent messages: those after the cursor's (sent_at, id).
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid
 FROM messages
 WHERE status = 'sent' AND sent_at IS NOT NULL AND (sent_at, id) < (%(key)s, %(id)s)
 ORDER BY sent_at DESC, id DESC
@@ -125,7 +133,7 @@ LIMIT %(limit)s
 -- list_by_created --
 -- The first page of messages in one (not sent) status, newest first.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid
 FROM messages
 WHERE status = %(status)s
 ORDER BY created_at DESC, id DESC
@@ -134,7 +142,7 @@ LIMIT %(limit)s
 -- list_by_created_after --
 -- A later page: those after the cursor's (created_at, id).
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid
 FROM messages
 WHERE status = %(status)s AND (created_at, id) < (%(key)s, %(id)s)
 ORDER BY created_at DESC, id DESC
