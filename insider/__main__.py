@@ -199,6 +199,12 @@ def startup_summary(
     if pending is None:
         database += " (not answering yet; sending starts once it does)"
     cache = f"Redis {mask_url(settings.redis_url)}" if settings.redis_url else "in-process (INSIDER_REDIS_URL is empty)"
+    if settings.redis_list:
+        cache += (
+            f", each send also pushed to the list {settings.redis_list}"
+            if settings.redis_url
+            else (f"; the list {settings.redis_list} needs Redis and is not written")
+        )
     provider = (
         mask_url(settings.webhook_url) if settings.webhook_url else "built-in simulator — nothing leaves this machine"
     )
@@ -220,6 +226,9 @@ def startup_summary(
         f"  Batches   {settings.batch_size} {noun} {every}",
         f"  Sending   {sending}",
     ]
+    if settings.from_original:
+        taken = ", ".join(f"{name} from {names}" for name, names in settings.from_original)
+        lines.append(f"  Original  settings read from the Go service's names: {taken}")
     if pending == 0:
         auth = ' -H "Authorization: Bearer $INSIDER_API_TOKEN"' if settings.api_token else ""
         body = f'{{"to": "{EXAMPLE_PHONE}", "content": "{EXAMPLE_CONTENT}"}}'
@@ -275,6 +284,7 @@ async def _serve(settings: Settings) -> int:
             batch_size=settings.batch_size,
             interval_s=settings.send_interval_s,
             sending=running,
+            from_original=dict(settings.from_original),
         )
         summary = startup_summary(
             settings, base_url=base_url, running=running, pending=pending, python=_python_command()

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
@@ -139,6 +139,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "REDIS_URL": ("redis_url", _url("redis", "rediss", "unix", optional=True)),
     "REDIS_PREFIX": ("redis_prefix", _text),
     "REDIS_TTL": ("redis_ttl_s", _duration_at_least(1)),
+    "REDIS_LIST": ("redis_list", _text),
     "WEBHOOK_URL": ("webhook_url", _url("http", "https", optional=True)),
     "WEBHOOK_AUTH_KEY": ("webhook_auth_key", _header_value),
     "WEBHOOK_TIMEOUT": ("webhook_timeout_s", _duration_at_least(0.001)),
@@ -199,6 +200,10 @@ class Settings:
     log_format: str
     # Last, with a default, so that code building Settings by hand keeps working.
     webhook_client: str = "lean"
+    # The Redis list the original Go service pushed each send to (its REDIS_KEY); empty: none.
+    redis_list: str = ""
+    # Settings taken from the original Go service's names: (INSIDER_* name, the names it came from).
+    from_original: tuple[tuple[str, str], ...] = ()
 
     @property
     def lease_s(self) -> float:
@@ -260,6 +265,8 @@ def load_settings(
 ) -> Settings:
     """Read the settings: defaults file, then ``.env``, then the environment wins.
 
+    A setting not set by an INSIDER_* variable (in ``.env`` or the environment) is taken
+    from the original Go service's names when those are set (see ORIGINAL_NAMES).
     Raises ConfigError naming the first variable with a bad value.
     """
     environ = os.environ if environ is None else environ
@@ -269,18 +276,31 @@ def load_settings(
     if not defaults_file.is_file():
         raise ConfigError(f"INSIDER_CONFIG_FILE: no defaults file at {defaults_file}")
     merged: dict[str, str] = {}
-    sources = [dotenv_values(defaults_file)]
-    if env_file is not None and env_file.is_file():
-        sources.append(dotenv_values(env_file))
-    sources.append(dict(environ))
-    for source in sources:
+    user_set: set[str] = set()  # INSIDER_* names given a value in .env or the environment
+    original: dict[str, str] = {}  # the original service's names with a value
+    user_sources = [dotenv_values(env_file)] if env_file is not None and env_file.is_file() else []
+    user_sources.append(dict(environ))
+    for source in (dotenv_values(defaults_file), *user_sources):
         for key, value in source.items():
             if key.startswith(PREFIX) and value is not None:
                 merged[key] = value
+    for source in user_sources:
+        for key, value in source.items():
+            if value is None or not value.strip():  # empty counts as unset, as the original read it
+                continue
+            if key.startswith(PREFIX):
+                user_set.add(key)
+            elif key in _ORIGINAL_VARIABLES:
+                original[key] = value
 
     unknown = sorted(k for k in merged if k[len(PREFIX) :] not in _PARSERS and k[len(PREFIX) :] not in _META)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown setting (see README.md, Configuration)")
+    taken: dict[str, str] = {}  # INSIDER_* name -> the original's names it came from
+    for name, (value, names) in _from_original(original).items():
+        if PREFIX + name not in user_set:
+            merged[PREFIX + name] = value
+            taken[PREFIX + name] = names
     values: dict[str, Any] = {}
     for name, (field_name, parse) in _PARSERS.items():
         key = PREFIX + name
@@ -289,8 +309,118 @@ def load_settings(
         try:
             values[field_name] = parse(merged[key])
         except ValueError as exc:
-            raise ConfigError(f"{key}: {exc}") from None
-    settings = Settings(**values)
+            raise ConfigError(f"{taken.get(key, key)}: {exc}") from None
+    settings = Settings(**values, from_original=tuple(taken.items()))
     if settings.retry_backoff_max_s < settings.retry_backoff_s:
         raise ConfigError("INSIDER_RETRY_BACKOFF_MAX: must not be below INSIDER_RETRY_BACKOFF")
     return settings
+
+
+# --- The original Go service's settings ------------------------------------------------------------
+
+# Its .env names, by the INSIDER_* setting they stand for (read only when that one is unset).
+# Those of a URL that are not set take the original's own defaults.
+ORIGINAL_NAMES: dict[str, tuple[str, ...]] = {
+    "DATABASE_URL": ("DB_HOST", "DB_PORT", "DB_USER", "DB_PASSWORD", "DB_NAME", "DB_SSLMODE"),
+    "REDIS_URL": ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD"),
+    "REDIS_LIST": ("REDIS_KEY",),
+    "WEBHOOK_URL": ("SMS_HOST",),
+    "SEND_INTERVAL": ("TICKER_PERIOD",),
+    "HOST": ("SERVER_HOST",),
+    "PORT": ("SERVER_PORT",),
+}
+# Also in its .env; accepted and not used (the name and version of its Swagger page).
+ORIGINAL_IGNORED = ("APP_NAME", "APP_VERSION")
+_ORIGINAL_VARIABLES = frozenset(name for names in ORIGINAL_NAMES.values() for name in names)
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# A Go duration (time.ParseDuration): an optional sign, then numbers with units, e.g. 1h2m3.5s.
+_GO_DURATION_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_GO_UNIT_S = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_HOST = re.compile(r"[A-Za-z0-9._~%-]+|\[?[0-9A-Fa-f:.]+\]?|/[^\s?#]*")
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds from a Go duration, as ``time.ParseDuration`` reads it: ``2m``, ``1m30s``, ``1h2m3.5s``, ``0``."""
+    value = text.strip()
+    sign, rest = (value[0], value[1:]) if value[:1] in ("+", "-") else ("", value)
+    if rest == "0":
+        return 0.0
+    total, position = 0.0, 0
+    while position < len(rest):
+        match = _GO_DURATION_PART.match(rest, position)
+        if not match or match.group(1) in ("", "."):
+            raise ValueError(f"expected a Go duration such as 2m, 30s, 1m30s or 300ms, got {text!r}")
+        total += float(match.group(1)) * _GO_UNIT_S[match.group(2)]
+        position = match.end()
+    if not rest or not math.isfinite(total):
+        raise ValueError(f"expected a Go duration such as 2m, 30s, 1m30s or 300ms, got {text!r}")
+    if sign == "-" and total > 0:
+        raise ValueError(f"expected a duration of 0 or more, got {text!r}")
+    return total
+
+
+def _original_int(name: str, text: str, low: int, high: int) -> int:
+    try:
+        return _int_between(low, high)(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _original_host(name: str, text: str) -> str:
+    host = text.strip()
+    if not _HOST.fullmatch(host):
+        raise ConfigError(f"{name}: expected a host name or address, got {text!r}")
+    if host.startswith("/"):  # a directory of Unix sockets (libpq's host=/var/run/postgresql)
+        return quote(host, safe="")
+    return f"[{host.strip('[]')}]" if ":" in host else host
+
+
+def _from_original(found: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """The INSIDER_* values the original's variables stand for: name -> (value, the names used).
+
+    Raises ConfigError naming the variable with a bad value.
+    """
+    out: dict[str, tuple[str, str]] = {}
+
+    def get(name: str, default: str) -> str:
+        return found.get(name, default).strip()
+
+    def used(setting: str) -> str:
+        return ", ".join(n for n in ORIGINAL_NAMES[setting] if n in found)
+
+    if any(n in found for n in ORIGINAL_NAMES["DATABASE_URL"]):
+        host = _original_host("DB_HOST", get("DB_HOST", "localhost"))
+        port = _original_int("DB_PORT", get("DB_PORT", "5432"), 1, 65_535)
+        sslmode = get("DB_SSLMODE", "disable")
+        if sslmode not in _SSL_MODES:
+            raise ConfigError(f"DB_SSLMODE: expected one of {', '.join(_SSL_MODES)}, got {sslmode!r}")
+        user = quote(get("DB_USER", "insider"), safe="")
+        # The password as given (spaces too), only URL-encoded.
+        password = quote(found.get("DB_PASSWORD", "insider"), safe="")
+        dbname = quote(get("DB_NAME", "insiderdb"), safe="")
+        url = f"postgresql://{user}:{password}@{host}:{port}/{dbname}?sslmode={sslmode}"
+        out["DATABASE_URL"] = (url, used("DATABASE_URL"))
+    if any(n in found for n in ORIGINAL_NAMES["REDIS_URL"]):
+        host = _original_host("REDIS_HOST", get("REDIS_HOST", "localhost"))
+        if host.startswith("%2F"):
+            raise ConfigError(f"REDIS_HOST: expected a host name or address, got {found['REDIS_HOST']!r}")
+        port = _original_int("REDIS_PORT", get("REDIS_PORT", "6379"), 1, 65_535)
+        db = _original_int("REDIS_DB", get("REDIS_DB", "0"), 0, 1_000_000)
+        password = found.get("REDIS_PASSWORD", "")
+        auth = f":{quote(password, safe='')}@" if password else ""
+        out["REDIS_URL"] = (f"redis://{auth}{host}:{port}/{db}", used("REDIS_URL"))
+    if "REDIS_KEY" in found:
+        out["REDIS_LIST"] = (found["REDIS_KEY"], "REDIS_KEY")
+    if "SMS_HOST" in found:
+        out["WEBHOOK_URL"] = (found["SMS_HOST"], "SMS_HOST")
+    if "TICKER_PERIOD" in found:
+        try:
+            seconds = parse_go_duration(found["TICKER_PERIOD"])
+        except ValueError as exc:
+            raise ConfigError(f"TICKER_PERIOD: {exc}") from None
+        out["SEND_INTERVAL"] = (f"{seconds:.9f}", "TICKER_PERIOD")
+    if "SERVER_HOST" in found:
+        out["HOST"] = (found["SERVER_HOST"], "SERVER_HOST")
+    if "SERVER_PORT" in found:
+        out["PORT"] = (found["SERVER_PORT"], "SERVER_PORT")
+    return out

@@ -145,6 +145,7 @@ class Container(containers.DeclarativeContainer):
             client=redis_client,
             prefix=settings.provided.redis_prefix,
             ttl_s=settings.provided.redis_ttl_s,
+            sent_list=settings.provided.redis_list,
         ),
         memory=providers.Singleton(InMemorySentCache, ttl_s=settings.provided.redis_ttl_s, clock=clock),
     )

@@ -12,6 +12,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from insider.adapters.encoding import json_bytes
+from insider.original import SENT_LIST_MAX, sent_item
 from insider.ports import SentEntry
 
 DEFAULT_TTL_S = 7 * 86400
@@ -20,17 +21,24 @@ FIELD_MESSAGE_ID = "messageId"
 FIELD_SENT_AT = "sentAt"
 FIELD_ID = "id"
 
-# KEYS: one per entry (declared, as scripts should); ARGV: the TTL, then one JSON array
-# holding [messageId, sentAt, id] for each key, in order.
+# KEYS: one per entry (declared, as scripts should), then the list's key when there is one;
+# ARGV: the TTL, one JSON array holding [messageId, sentAt, id] for each entry key, in
+# order, and with a list, one JSON array of its items and how many items it keeps.
 _REMEMBER = f"""
 local ttl = ARGV[1]
 local rows = cjson.decode(ARGV[2])
-for i, key in ipairs(KEYS) do
-    local row = rows[i]
-    redis.call('HSET', key, '{FIELD_MESSAGE_ID}', row[1], '{FIELD_SENT_AT}', row[2], '{FIELD_ID}', row[3])
-    redis.call('EXPIRE', key, ttl)
+for i, row in ipairs(rows) do
+    redis.call('HSET', KEYS[i], '{FIELD_MESSAGE_ID}', row[1], '{FIELD_SENT_AT}', row[2], '{FIELD_ID}', row[3])
+    redis.call('EXPIRE', KEYS[i], ttl)
 end
-return #KEYS
+if ARGV[3] then
+    local list = KEYS[#rows + 1]
+    for _, item in ipairs(cjson.decode(ARGV[3])) do
+        redis.call('RPUSH', list, item)
+    end
+    redis.call('LTRIM', list, -tonumber(ARGV[4]), -1)
+end
+return #rows
 """
 
 
@@ -59,14 +67,28 @@ class RedisSentCache:
     """Sent messages as hashes ``<prefix>:sent:<provider message id>``.
 
     Each hash holds ``messageId``, ``sentAt`` (ISO 8601 UTC) and ``id`` (ours), and
-    expires after ``ttl_s`` seconds. Errors propagate; the caller logs them.
+    expires after ``ttl_s`` seconds. With ``sent_list``, each entry is also pushed (RPUSH)
+    to that list as the original Go service did, ``{"messageId", "sentAt"}`` in JSON, and
+    the list is trimmed to its newest ``sent_list_max`` items. Errors propagate; the
+    caller logs them.
     """
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "insider", ttl_s: float = DEFAULT_TTL_S) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = "insider",
+        ttl_s: float = DEFAULT_TTL_S,
+        sent_list: str = "",
+        sent_list_max: int = SENT_LIST_MAX,
+    ) -> None:
         if not ttl_s > 0 or not math.isfinite(ttl_s):
             raise ValueError(f"ttl_s must be a positive number of seconds, not {ttl_s!r}")
+        if sent_list_max < 1:
+            raise ValueError(f"sent_list_max must be at least 1, not {sent_list_max!r}")
         self._client = client
         self._prefix = prefix
+        self._sent_list = sent_list
+        self._sent_list_max = sent_list_max
         # EXPIRE takes whole seconds; round up so an entry never lives shorter than asked.
         self._ttl_s = max(1, math.ceil(ttl_s))
 
@@ -86,7 +108,21 @@ class RedisSentCache:
             return
         keys = [self.key(entry.provider_message_id) for entry in entries]
         rows = [(entry.provider_message_id, _utc(entry.sent_at).isoformat(), str(entry.id)) for entry in entries]
-        await self._client.eval(_REMEMBER, len(keys), *keys, self._ttl_s, json_bytes(rows))
+        if not self._sent_list:
+            await self._client.eval(_REMEMBER, len(keys), *keys, self._ttl_s, json_bytes(rows))
+            return
+        # Each item is the JSON text the original pushed; the array of them travels as JSON too.
+        items = [json_bytes(sent_item(e.provider_message_id, e.sent_at)).decode() for e in entries]
+        await self._client.eval(
+            _REMEMBER,
+            len(keys) + 1,
+            *keys,
+            self._sent_list,
+            self._ttl_s,
+            json_bytes(rows),
+            json_bytes(items),
+            self._sent_list_max,
+        )
 
     async def lookup(self, provider_message_id: str) -> SentEntry | None:
         """The cached entry, or None when absent, expired or not readable."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -21,7 +22,7 @@ from insider import __version__
 from insider.container import Container, open_service, resolve
 from insider.ports import InvalidCursor, RepositoryUnavailable
 from insider.web import handlers
-from insider.web.handlers import SERVICES, AppServices, Services, error_response
+from insider.web.handlers import SERVICES, AppServices, Services, error_response, original_error
 
 log = structlog.get_logger("insider.web")
 
@@ -31,6 +32,8 @@ MAX_BODY_BYTES = 64 * 1024
 # Everything under this prefix needs the token (when one is set); health, metrics, Swagger and the
 # dashboard's page stay open, so that probes, scrapers and the login form itself work.
 API_PREFIX = "/api/v1"
+# The original Go service's routes: GET /messages, /messages/start, /messages/stop.
+ORIGINAL_PREFIX = "/messages"
 SECURITY_SCHEME = "bearer"
 # A UUID as the original Go service showed it (either case), for GET /api/v1/messages/{uuid}.
 UUID_PATTERN = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -115,11 +118,20 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "internal error")
 
 
+def _guarded(path: str) -> bool:
+    """Whether the token guards ``path``: under /api/v1, or one of the original's /messages routes."""
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in (API_PREFIX, ORIGINAL_PREFIX))
+
+
+def _original(path: str) -> bool:
+    return path == ORIGINAL_PREFIX or path.startswith(ORIGINAL_PREFIX + "/")
+
+
 def _protected(request: web.Request) -> bool:
-    """Whether the token guards this request: its path, or the route it matched, is under /api/v1."""
+    """Whether the token guards this request: its path, or the route it matched, is guarded."""
     resource = request.match_info.route.resource
     paths = (request.path, resource.canonical if resource is not None else "")
-    return any(p == API_PREFIX or p.startswith(API_PREFIX + "/") for p in paths)
+    return any(_guarded(p) for p in paths)
 
 
 def _bearer(header: str) -> str | None:
@@ -144,13 +156,15 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
     token = request.app[API_TOKEN]
     if not token or not _protected(request):
         return await handler(request)
+    # The original's routes answer in its envelope, {"success": false, "error": ...}.
+    refuse = original_error if _original(request.path) else error_response
     given = _bearer(request.headers.get("Authorization", ""))
     if given is None:
-        response = error_response(401, "this endpoint needs the header Authorization: Bearer <INSIDER_API_TOKEN>")
+        response = refuse(401, "this endpoint needs the header Authorization: Bearer <INSIDER_API_TOKEN>")
         response.headers["WWW-Authenticate"] = 'Bearer realm="insider"'
         return response
     if not _same_secret(given, token):
-        response = error_response(401, "the token is not valid")
+        response = refuse(401, "the token is not valid")
         response.headers["WWW-Authenticate"] = 'Bearer realm="insider", error="invalid_token"'
         return response
     return await handler(request)
@@ -245,11 +259,13 @@ def _document_security(spec: dict[str, Any], token_required: bool) -> None:
         "schema": {"$ref": "#/definitions/Error"},
         "headers": {"WWW-Authenticate": {"type": "string", "description": "Bearer"}},
     }
+    original_unauthorized = unauthorized | {"schema": {"$ref": "#/definitions/OriginalError"}}
     for path, operations in spec.get("paths", {}).items():
-        if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
+        if _guarded(path):
             for operation in operations.values():
                 operation["security"] = [{SECURITY_SCHEME: []}]
-                operation.setdefault("responses", {})["401"] = unauthorized
+                refused = original_unauthorized if _original(path) else unauthorized
+                operation.setdefault("responses", {})["401"] = refused
 
 
 def create_app(container: Container) -> web.Application:
@@ -282,6 +298,14 @@ def create_app(container: Container) -> web.Application:
         app.router.add_route(method, "/api/v1/messages/stop", handlers.stop_sending)
     app.router.add_get("/api/v1/sender", handlers.sender_status, allow_head=False)
     app.router.add_get("/api/v1/stats", handlers.stats, allow_head=False)
+    # The original Go service's routes (fiber answered them with or without a final slash).
+    for path, handler in (
+        ("/messages", handlers.original_list),
+        ("/messages/start", handlers.original_start),
+        ("/messages/stop", handlers.original_stop),
+    ):
+        app.router.add_get(path, handler, allow_head=False)
+        app.router.add_get(path + "/", handler, allow_head=False)
     with _docs_left_intact(app):
         setup_aiohttp_apispec(
             app,
@@ -294,5 +318,10 @@ def create_app(container: Container) -> web.Application:
             in_place=True,
         )
     _document_security(app["swagger_dict"], token_required=bool(settings.api_token))
+    # Swagger UI also at the original's /swagger/, its spec at /swagger/doc.json.
+    [swagger_page] = list(app.router["swagger.docs"])  # aiohttp-apispec's page, GET only
+    app.router.add_get("/swagger/", swagger_page.handler, allow_head=False)
+    app.router.add_get("/swagger/doc.json", handlers.swagger_spec, allow_head=False)
+    app[handlers.ORIGINAL_COMMANDS] = asyncio.Lock()
     app.cleanup_ctx.append(_lifespan)
     return app
