@@ -15,7 +15,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from insider.config import ORIGINAL_IGNORED, ORIGINAL_NAMES
 from tests.conftest import eventually
+
+ORIGINAL_VARIABLES = {name for names in ORIGINAL_NAMES.values() for name in names} | set(ORIGINAL_IGNORED)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +31,8 @@ def free_port() -> int:
 
 def service_env(**settings: str) -> dict[str, str]:
     """The environment for a service subprocess: no INSIDER_* from outside, these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INSIDER_")}
+    # Nor the original Go service's names (DB_HOST, SMS_HOST, ...), which insider reads too.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSIDER_") and k not in ORIGINAL_VARIABLES}
     env.update({f"INSIDER_{k.upper()}": v for k, v in settings.items()})
     env.setdefault("INSIDER_LOG_FORMAT", "json")
     return env

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -184,3 +185,44 @@ async def test_unreachable_redis_raises_within_the_socket_timeouts() -> None:
                 await cache.remember([SentEntry("p", datetime.now(UTC), 1)])
             with pytest.raises(redis.exceptions.ConnectionError):
                 await cache.ping()
+
+
+# --- issue 12, point 5: the original Go service's list (REDIS_KEY) ------------------------------
+
+
+async def test_with_a_list_each_entry_is_also_pushed_as_the_originals_json_in_the_same_round_trip(
+    client: aioredis.Redis, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    list_key = f"{redis_prefix}:sent:messages"
+    await client.rpush(list_key, '{"messageId":"from-the-go-service","sentAt":"2026-03-02T15:00:00.123+03:00"}')
+    cache = RedisSentCache(client, prefix=redis_prefix, ttl_s=TTL_S, sent_list=list_key)
+    entries = [
+        SentEntry("p-1", datetime(2026, 3, 3, 12, 0, 0, tzinfo=UTC), 1),
+        SentEntry("p-2", datetime(2026, 3, 3, 15, 0, 0, 250000, tzinfo=ISTANBUL), 2),
+    ]
+    spy = RoundTripSpy(monkeypatch)
+    await cache.remember(entries)
+    assert spy.sends == 1
+
+    assert await client.lrange(list_key, 0, -1) == [
+        '{"messageId":"from-the-go-service","sentAt":"2026-03-02T15:00:00.123+03:00"}',  # kept, before ours
+        '{"messageId":"p-1","sentAt":"2026-03-03T12:00:00Z"}',
+        '{"messageId":"p-2","sentAt":"2026-03-03T12:00:00.25Z"}',
+    ]
+    assert await client.ttl(list_key) == -1  # the list never expires, as the original's did not
+    assert await cache.lookup("p-2") == entries[1]
+
+
+async def test_the_list_keeps_only_its_newest_items(client: aioredis.Redis, redis_prefix: str) -> None:
+    list_key = f"{redis_prefix}:sent:messages"
+    cache = RedisSentCache(client, prefix=redis_prefix, ttl_s=TTL_S, sent_list=list_key, sent_list_max=3)
+    sent_at = datetime(2026, 3, 3, 12, 0, 0, tzinfo=UTC)
+    await cache.remember([SentEntry(f"p-{n}", sent_at, n) for n in range(1, 3)])
+    await cache.remember([SentEntry(f"p-{n}", sent_at, n) for n in range(3, 6)])
+    items = await client.lrange(list_key, 0, -1)
+    assert [json.loads(item)["messageId"] for item in items] == ["p-3", "p-4", "p-5"]
+
+
+async def test_without_a_list_nothing_but_the_hashes_is_written(cache: RedisSentCache, client: aioredis.Redis) -> None:
+    await cache.remember([SentEntry("p-1", datetime(2026, 3, 3, tzinfo=UTC), 1)])
+    assert [k async for k in client.scan_iter(match=f"{cache.key('')}*")] == [cache.key("p-1")]
