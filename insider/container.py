@@ -23,7 +23,7 @@ from insider.adapters.webhook import WebhookSmsClient, open_http_session
 from insider.clock import SystemClock
 from insider.config import Settings, mask_url
 from insider.metrics import CountsCache, Metrics
-from insider.ports import MessageRepository, RepositoryUnavailable
+from insider.ports import MessageRepository, RepositoryUnavailable, SchemaUpgradeRefused
 from insider.sender import BatchSender, SenderOptions
 from insider.simulator import SimulatedSmsClient
 from insider.supervisor import Supervisor
@@ -229,6 +229,9 @@ async def open_service(container: Container) -> AsyncIterator[Supervisor]:
                     await supervisor.prepare()
                 except RepositoryUnavailable:
                     continue
+                except SchemaUpgradeRefused as exc:  # someone must fix the database first
+                    log.error("cannot upgrade the database; nothing will be sent until it is fixed", error=str(exc))
+                    return
                 except Exception:
                     log.exception("applying the schema failed")
                     return

@@ -212,3 +212,31 @@ def _break_rows(url: str) -> list[OriginalRow]:
                 "SELECT id::text, recipient_phone, content, status::text, created_at, sent_at FROM messages ORDER BY id"
             ).fetchall()
         ]
+
+
+async def test_a_null_created_at_takes_sent_at_and_failed_rows_say_the_original_kept_no_reason(
+    fresh_postgres_url: str,
+) -> None:
+    build_original_database(fresh_postgres_url, pending=3, sent=1, failed=1)
+    with psycopg.connect(fresh_postgres_url, autocommit=True) as conn:
+        # Its column allowed NULL: a row inserted with one, and a sent one that lost it.
+        conn.execute(
+            "INSERT INTO messages (recipient_phone, content, status, created_at) "
+            "VALUES ('+905301234077', 'no time', 'pending', NULL)"
+        )
+        conn.execute("UPDATE messages SET created_at = NULL WHERE status = 'sent'")
+        started = conn.execute("SELECT now()").fetchone()
+    assert started is not None
+    async with open_postgres_pool(fresh_postgres_url) as pool:
+        repository = PostgresMessageRepository(pool)
+        await repository.migrate()
+        [sent] = (await repository.list_messages(MessageStatus.SENT, 10)).items
+        assert sent.created_at == sent.sent_at
+        [no_time] = [
+            m for m in (await repository.list_messages(MessageStatus.PENDING, 10)).items if m.content == "no time"
+        ]
+        assert no_time.created_at >= started[0]
+        [failed] = (await repository.list_messages(MessageStatus.FAILED, 10)).items
+        assert failed.last_error == "failed under the original service, which kept no reason"
+        assert (failed.attempts, sent.attempts) == (1, 1)
+        assert failed.sent_at is not None  # the original set sent_at on failed rows too: kept
