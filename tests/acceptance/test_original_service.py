@@ -257,3 +257,23 @@ async def test_a_table_that_cannot_be_upgraded_stops_start_up_with_one_line(
     ]
     assert "Traceback" not in output
     assert column_types(fresh_postgres_url) == types
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("TICKER_PERIOD", "5", "insider: error: TICKER_PERIOD: expected a Go duration such as 2m, 30s, 1m30s or 300ms"),
+        ("DB_PORT", "postgres", "insider: error: DB_PORT: expected a whole number, got 'postgres'"),
+    ],
+)
+def test_a_bad_value_of_the_originals_names_is_one_line_and_exit_2(
+    tmp_path: Path, name: str, value: str, said: str
+) -> None:
+    (tmp_path / ".env").write_text(f"DB_PASSWORD=hunter2-secret\n{name}={value}\n", encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "insider"], cwd=tmp_path, env=service_env(), capture_output=True, timeout=60
+    )
+    assert done.returncode == 2
+    lines = done.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(said), lines
+    assert b"hunter2" not in done.stderr + done.stdout
