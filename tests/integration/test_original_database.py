@@ -56,7 +56,6 @@ async def service(database_url: str, webhook_url: str) -> AsyncIterator[tuple[Te
         yield client, await resolve(container.supervisor)
     finally:
         await client.close()
-        container.unwire()
 
 
 def _aware(naive: datetime | None) -> datetime | None:
