@@ -11,6 +11,7 @@ from typing import Any, Final, LiteralString
 
 import orjson
 import psycopg
+import structlog
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -22,10 +23,14 @@ from insider.domain import Message, MessageStatus, Resolution, ensure_storable, 
 from insider.ports import InvalidState, MessageNotFound, Page, RepositoryUnavailable, SchemaUpgradeRefused
 
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
+log = structlog.get_logger("insider.postgres")
 
 # Taken for the whole migration transaction, so processes starting together migrate one
 # at a time; the value is "insider" in ASCII, to be recognisable in pg_locks.
 MIGRATION_LOCK_ID: Final = 0x696E7369646572
+
+# What a migration says to the operator starts so (RAISE NOTICE 'insider: ...').
+_NOTICE_PREFIX: Final = "insider: "
 
 # The SQLSTATE a migration raises for what it cannot upgrade (see 0001_init.sql).
 _UPGRADE_REFUSED: Final = "IN001"
@@ -152,7 +157,23 @@ class PostgresMessageRepository:
         wait for each other and every migration is applied once.
         """
         migrations = load_migrations()
-        async with self._connection() as conn, conn.transaction():
+        notices: list[str] = []
+
+        def heard(diag: psycopg.errors.Diagnostic) -> None:
+            if diag.message_primary and diag.message_primary.startswith(_NOTICE_PREFIX):
+                notices.append(diag.message_primary[len(_NOTICE_PREFIX) :])
+
+        async with self._connection() as conn:
+            conn.add_notice_handler(heard)
+            try:
+                await self._migrate(conn, migrations)
+            finally:
+                conn.remove_notice_handler(heard)
+        for notice in notices:
+            log.info(notice)
+
+    async def _migrate(self, conn: AsyncConnection[Any], migrations: list[tuple[int, str, str]]) -> None:
+        async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
             await conn.execute(_CREATE_MIGRATIONS_TABLE)
             cur = await conn.execute("SELECT version FROM insider_schema_migrations")

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
 
 from insider.adapters.postgres import PostgresMessageRepository, open_postgres_pool
 from insider.config import load_settings
@@ -228,7 +229,13 @@ async def test_a_null_created_at_takes_sent_at_and_failed_rows_say_the_original_
     assert started is not None
     async with open_postgres_pool(fresh_postgres_url) as pool:
         repository = PostgresMessageRepository(pool)
-        await repository.migrate()
+        with capture_logs() as logs:
+            await repository.migrate()
+            await repository.migrate()  # nothing more to do, nothing more said
+        assert [entry["event"] for entry in logs] == [
+            'upgraded the original Go service\'s table "messages" in place: 4 rows kept: 2 pending, 1 sent, '
+            "1 failed; their UUIDs are in the column uuid"
+        ]
         [sent] = (await repository.list_messages(MessageStatus.SENT, 10)).items
         assert sent.created_at == sent.sent_at
         [no_time] = [

@@ -151,6 +151,12 @@ BEGIN
             ADD PRIMARY KEY (id);
         PERFORM setval(pg_get_serial_sequence('messages', 'id'), coalesce(max(id), 1), max(id) IS NOT NULL)
         FROM messages;
+        -- Said to whoever runs the migration (the adapter logs it).
+        SELECT format('%s rows kept: %s pending, %s sent, %s failed; their UUIDs are in the column uuid',
+                      count(*), count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'sent'),
+                      count(*) FILTER (WHERE status = 'failed'))
+        INTO pkey FROM messages;
+        RAISE NOTICE 'insider: upgraded the original Go service''s table "messages" in place: %', pkey;
     ELSE
         UPDATE messages
         SET created_at = coalesce(created_at, sent_at, now()),
