@@ -227,7 +227,7 @@ def startup_summary(
         f"  Sending   {sending}",
     ]
     if settings.from_original:
-        taken = ", ".join(f"{name} from {names}" for name, names in settings.from_original)
+        taken = "; ".join(f"{name} from {names}" for name, names in settings.from_original)
         lines.append(f"  Original  settings read from the Go service's names: {taken}")
     if pending == 0:
         auth = ' -H "Authorization: Bearer $INSIDER_API_TOKEN"' if settings.api_token else ""
