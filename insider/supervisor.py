@@ -13,7 +13,7 @@ import structlog
 
 from insider.clock import SystemClock
 from insider.config import DRAIN_PIPELINE_DEPTH
-from insider.ports import Clock, MessageRepository, RepositoryUnavailable
+from insider.ports import Clock, MessageRepository, RepositoryUnavailable, SchemaUpgradeRefused
 from insider.sender import BatchReport, BatchSender
 
 if TYPE_CHECKING:
@@ -227,6 +227,10 @@ class Supervisor:
                         report = await self._batch(self._stopping)
                 else:  # drain mode: the batches of the pipeline overlap on purpose
                     report = await self._batch(self._stopping)
+            except SchemaUpgradeRefused as exc:
+                # Someone must fix the database first: each tick would only say so again.
+                log.error("sending stopped: cannot upgrade the database", error=str(exc))
+                return
             except RepositoryUnavailable as exc:
                 log.error("tick failed: database unavailable", error=str(exc))
                 retry = min(self.interval_s, FAILED_TICK_RETRY_S) if self.interval_s > 0 else IDLE_POLL_S

@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
 from insider.adapters.memory import InMemorySentCache, InMemorySmsClient, Request
 from insider.clock import FakeClock
 from insider.domain import Message, MessageStatus, Outcome, SendResult
+from insider.ports import SchemaUpgradeRefused
 from insider.sender import BatchSender, SenderOptions
 from insider.supervisor import DRAIN_PIPELINE, IDLE_POLL_S, Supervisor
 from tests.conftest import eventually
@@ -560,3 +562,26 @@ async def test_run_once_waits_for_a_running_batch(
     report = await once
     assert report.sent == BATCH
     assert held.max_in_flight == BATCH
+
+
+async def test_a_database_it_cannot_upgrade_stops_sending_with_one_error_not_one_per_tick(
+    make_supervisor: MakeSupervisor, repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock
+) -> None:
+    """A database that was down at start-up and turns out to hold what cannot be upgraded."""
+    refusals = 0
+
+    async def refuse() -> None:
+        nonlocal refusals
+        refusals += 1
+        raise SchemaUpgradeRefused('1 row(s) of "messages" have no content (NULL); to fix: ...')
+
+    repo.migrate = refuse  # type: ignore[method-assign]
+    add(repo, clock, 2)
+    supervisor = make_supervisor()
+    with capture_logs() as logs:
+        await supervisor.start()
+        await eventually(lambda: not supervisor.running, what="the sender to stop")
+        await clock.advance(10 * INTERVAL_S)
+    assert refusals == 1
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["sending stopped: cannot upgrade the database"]
+    assert sms.requests == []
