@@ -246,3 +246,18 @@ async def test_a_null_created_at_takes_sent_at_and_failed_rows_say_the_original_
         assert failed.last_error == "failed under the original service, which kept no reason"
         assert (failed.attempts, sent.attempts) == (1, 1)
         assert failed.sent_at is not None  # the original set sent_at on failed rows too: kept
+
+
+async def test_pgtz_reads_the_originals_times_in_its_zone_on_a_server_in_another(
+    fresh_postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The original wrote Istanbul wall time (its DSN's TimeZone); this server's zone is UTC."""
+    before = build_original_database(fresh_postgres_url, timezone=None, pending=2, sent=1, failed=0)
+    monkeypatch.setenv("PGTZ", "Europe/Istanbul")  # libpq's: the session's time zone
+    async with open_postgres_pool(fresh_postgres_url) as pool:
+        repository = PostgresMessageRepository(pool)
+        await repository.migrate()
+        [sent] = (await repository.list_messages(MessageStatus.SENT, 10)).items
+    [original] = [row for row in before if row.status == "sent"]
+    assert sent.sent_at == _aware(original.sent_at)
+    assert sent.created_at == _aware(original.created_at)
