@@ -293,6 +293,7 @@ def create_app(container: Container) -> web.Application:
     app.router.add_get(r"/api/v1/messages/{id:[0-9]+}", handlers.get_message, allow_head=False)
     app.router.add_get(f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}", handlers.get_message_by_uuid, allow_head=False)
     app.router.add_post(r"/api/v1/messages/{id:[0-9]+}/retry", handlers.retry_message)
+    app.router.add_post(f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}/retry", handlers.retry_message_by_uuid)
     for method in ("POST", "GET"):
         app.router.add_route(method, "/api/v1/messages/start", handlers.start_sending)
         app.router.add_route(method, "/api/v1/messages/stop", handlers.stop_sending)

@@ -221,8 +221,29 @@ async def get_message_by_uuid(request: web.Request) -> web.Response:
 @response_schema(ErrorSchema, 409, description="The message is not failed")
 @response_schema(**_UNAVAILABLE, code=503)
 async def retry_message(request: web.Request) -> web.Response:
+    return await _retry(request, request["match_info"]["id"])
+
+
+@docs(
+    tags=["messages"],
+    summary="Send a failed message again, by the UUID the original Go service gave it",
+    description="As `POST /api/v1/messages/{id}/retry`, for a row known by its UUID (field `uuid`).",
+)
+@match_info_schema(MessageUuidSchema)
+@response_schema(MessageSchema, 200, description="The message, pending again")
+@response_schema(ErrorSchema, 404, description="No message has that UUID")
+@response_schema(ErrorSchema, 409, description="The message is not failed")
+@response_schema(**_UNAVAILABLE, code=503)
+async def retry_message_by_uuid(request: web.Request) -> web.Response:
+    message = await services(request).repository.get_by_uuid(str(request["match_info"]["uuid"]))
+    if message is None:
+        return error_response(404, "no message has that id")
+    return await _retry(request, message.id)
+
+
+async def _retry(request: web.Request, message_id: int) -> web.Response:
     try:
-        message = await services(request).repository.retry(request["match_info"]["id"])
+        message = await services(request).repository.retry(message_id)
     except MessageNotFound:
         return error_response(404, "no message has that id")
     except InvalidState as exc:

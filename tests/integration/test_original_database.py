@@ -121,6 +121,10 @@ async def test_every_row_keeps_its_status_and_times_and_only_pending_ones_are_se
             assert (await response.json())["status"] == "failed"
         retried = await client.post(f"/api/v1/messages/{failed[0]['id']}/retry")
         assert retried.status == 200
+        again = await client.post(f"/api/v1/messages/{failed[0]['uuid']}/retry")  # pending now: not failed
+        assert again.status == 409
+        missing = await client.post("/api/v1/messages/00000000-0000-4000-8000-000000000000/retry")
+        assert missing.status == 404
         await _drain(supervisor)
         assert [hit["body"]["content"] for hit in provider.received][len(sent_contents) :] == [failed[0]["content"]]
 
@@ -138,6 +142,11 @@ async def test_every_row_keeps_its_status_and_times_and_only_pending_ones_are_se
 
         counts = (await (await client.get("/api/v1/stats")).json())["counts"]
         assert [counts[s] for s in ("pending", "sending", "sent", "failed")] == [0, 0, 3 + 45 + 1 + 2, 1]
+        # The other failed one, replayed by the UUID the original showed.
+        retried = await client.post(f"/api/v1/messages/{failed[1]['uuid']}/retry")
+        assert retried.status == 200
+        assert (await retried.json())["id"] == failed[1]["id"]
+        assert (await retried.json())["status"] == "pending"
     types = column_types(fresh_postgres_url)
     assert (types["id"], types["uuid"], types["status"], types["created_at"]) == (
         "bigint",
