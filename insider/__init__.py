@@ -4,9 +4,9 @@ __version__ = "0.1.0"
 
 from insider.config import ConfigError, Settings, load_settings
 from insider.domain import Message, MessageStatus, Outcome, SendResult
-from insider.ports import Clock, MessageRepository, SentCache, SentEntry, SmsClient
+from insider.ports import Clock, MessageRepository, Observer, SentCache, SentEntry, SmsClient
 from insider.sender import BatchReport, BatchSender, SenderOptions
-from insider.supervisor import SenderStatus, Supervisor
+from insider.supervisor import SenderStatus, Supervisor, SupervisorClosed, SupervisorState
 
 __all__ = [
     "BatchReport",
@@ -16,6 +16,7 @@ __all__ = [
     "Message",
     "MessageRepository",
     "MessageStatus",
+    "Observer",
     "Outcome",
     "SendResult",
     "SenderOptions",
@@ -25,5 +26,7 @@ __all__ = [
     "Settings",
     "SmsClient",
     "Supervisor",
+    "SupervisorClosed",
+    "SupervisorState",
     "load_settings",
 ]

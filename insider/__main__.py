@@ -9,6 +9,7 @@ import math
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,8 @@ from insider.logs import configure_logging
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from insider.supervisor import SenderStatus
+
 log = structlog.get_logger("insider")
 
 # Exit codes: 0 done, 1 failed at run time (database down, port taken), 2 bad usage or settings.
@@ -32,6 +35,9 @@ EXIT_SCHEMA = 3
 EXAMPLE_PHONE = "+15555550100"  # a number reserved for fiction
 EXAMPLE_CONTENT = "Hello from insider"
 SIMULATOR_PORT = 9090
+# How long the start-up summary waits for the schema and the sender's first decision; the
+# API is already listening meanwhile.
+SUMMARY_WAIT_S = 3.0
 
 
 def _rate(text: str) -> float:
@@ -144,14 +150,18 @@ def _quiet_pool_retries() -> None:
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
-async def _listen(runner: web.AppRunner, host: str, port: int) -> int | None:
-    """Listen on host:port; the port really bound (for port 0), or None after one error line."""
+async def _listen(runner: web.AppRunner, host: str, port: int, *, names: str = "") -> int | None:
+    """Listen on host:port; the port really bound (for port 0), or None after one error line.
+
+    ``names`` says which settings chose the address (INSIDER_HOST and INSIDER_PORT), for that line.
+    """
     from aiohttp import web
 
     try:
         await web.TCPSite(runner, host, port).start()
     except OSError as exc:
-        print(f"insider: error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        reason = exc.strerror or str(exc)
+        print(f"insider: error: cannot listen on {host}:{port}{names}: {reason}", file=sys.stderr)
         return None
     return int(runner.addresses[0][1]) if runner.addresses else port
 
@@ -184,10 +194,32 @@ def _python_command() -> str:
         return "python"
 
 
+def _next_batch(status: SenderStatus, now: datetime) -> tuple[str, str]:
+    """When the first batch goes, as the summary says it, and the rest of the "It goes out" line."""
+    at = status.next_tick_at
+    if at is None or (at - now).total_seconds() < 1:
+        return "now", "It goes out with the next batch"
+    wait = format_duration(float(math.ceil((at - now).total_seconds())))
+    when = at.astimezone(UTC).strftime("%H:%M:%SZ")
+    why = f" ({status.wait_reason})" if status.wait_reason else ""
+    return f"at {when}, in {wait}{why}", f"The next batch goes at {when}, in {wait}"
+
+
 def startup_summary(
-    settings: Settings, *, base_url: str, running: bool, pending: int | None, python: str = "python"
+    settings: Settings,
+    *,
+    base_url: str,
+    running: bool,
+    pending: int | None,
+    python: str = "python",
+    sender: SenderStatus | None = None,
+    now: datetime | None = None,
 ) -> str:
-    """The block printed when the service starts: where it is, what it uses, how to give it work."""
+    """The block printed when the service starts: where it is, what it uses, how to give it work.
+
+    With ``sender`` (the sender's status once its first tick decided), a ``Next`` line says
+    when the first batch goes and why.
+    """
     from insider.adapters.sqlite import is_sqlite_url, sqlite_path
 
     if is_sqlite_url(settings.database_url):
@@ -229,6 +261,10 @@ def startup_summary(
     if settings.from_original:
         taken = "; ".join(f"{name} from {names}" for name, names in settings.from_original)
         lines.append(f"  Original  settings read from the Go service's names: {taken}")
+    next_line = None
+    if running and sender is not None:
+        when, next_line = _next_batch(sender, now or datetime.now(UTC))
+        lines.append(f"  Next      {when}")
     if pending == 0:
         auth = ' -H "Authorization: Bearer $INSIDER_API_TOKEN"' if settings.api_token else ""
         body = f'{{"to": "{EXAMPLE_PHONE}", "content": "{EXAMPLE_CONTENT}"}}'
@@ -238,9 +274,12 @@ def startup_summary(
             f"  {python} -m insider enqueue --to {EXAMPLE_PHONE} --content '{EXAMPLE_CONTENT}'",
         ]
         if running and settings.send_interval_s > 0:
-            lines.append(
-                f"It goes out with the next batch, at most {format_duration(settings.send_interval_s)} from now."
-            )
+            if next_line is not None and not next_line.startswith("It goes"):
+                lines.append(f"{next_line}; a message added now goes out with it.")
+            else:
+                lines.append(
+                    f"It goes out with the next batch, at most {format_duration(settings.send_interval_s)} from now."
+                )
     lines.append("Stop with Ctrl+C.")
     return "\n".join(lines)
 
@@ -248,32 +287,52 @@ def startup_summary(
 async def _serve(settings: Settings) -> int:
     from aiohttp import web
 
+    from insider.adapters.sqlite import is_sqlite_url
     from insider.container import Container, resolve
     from insider.domain import MessageStatus
     from insider.ports import RepositoryUnavailable, SchemaUpgradeRefused
     from insider.web.app import create_app
 
+    if not is_sqlite_url(settings.database_url):
+        from insider.adapters.postgres import wrong_url_reason
+
+        # A URL that can never work fails the start now, with one line; a server that is
+        # merely down does not (the service starts and waits for it).
+        reason = await wrong_url_reason(settings.database_url)
+        if reason is not None:
+            print(f"insider: error: INSIDER_DATABASE_URL: {reason}", file=sys.stderr)
+            return EXIT_USAGE
     container = Container(settings=settings)
-    app = create_app(container)
+    # The sender starts only once the listener is bound: a start that fails (the port is
+    # taken) sends nothing and takes no rate slot.
+    app = create_app(container, autostart=False, wait_for_schema=False)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     try:
-        await runner.setup()  # runs the lifespan: pools, migrations, sender
+        await runner.setup()  # the lifespan opens the pools; the schema is applied in the background
     except SchemaUpgradeRefused as exc:  # the lifespan closed what it had opened
         return _schema_refused(exc)
     stop = asyncio.Event()
     _install_stop_signals(stop)
     try:
-        port = await _listen(runner, settings.host, settings.port)
+        port = await _listen(runner, settings.host, settings.port, names=" (INSIDER_HOST, INSIDER_PORT)")
         if port is None:
             return EXIT_FAILED
         base_url = f"http://{_display_host(settings.host)}:{port}"
-        running = (await resolve(container.supervisor)).running
-        pending: int | None
+        supervisor = await resolve(container.supervisor)
+        pending: int | None = None
         try:
+            # Waits for the schema (applied by the supervisor), but not for long: the API already serves.
+            await asyncio.wait_for(supervisor.prepare(), SUMMARY_WAIT_S)
             counts = await (await resolve(container.repository)).counts()
             pending = counts[MessageStatus.PENDING] + counts[MessageStatus.SENDING]
-        except RepositoryUnavailable:
+        except (RepositoryUnavailable, TimeoutError):
             pending = None
+        except SchemaUpgradeRefused as exc:  # nothing was sent: the sender has not started
+            return _schema_refused(exc)
+        if settings.autostart:
+            await supervisor.start()
+        running = supervisor.running
+        sender = await supervisor.first_schedule(SUMMARY_WAIT_S) if running else None
         log.info(
             "serving",
             api=f"{base_url}/api/v1/messages",
@@ -287,7 +346,7 @@ async def _serve(settings: Settings) -> int:
             from_original=dict(settings.from_original),
         )
         summary = startup_summary(
-            settings, base_url=base_url, running=running, pending=pending, python=_python_command()
+            settings, base_url=base_url, running=running, pending=pending, python=_python_command(), sender=sender
         )
         print(summary, file=sys.stderr, flush=True)
         await stop.wait()

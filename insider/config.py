@@ -15,8 +15,6 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from dotenv import dotenv_values
 
 PREFIX = "INSIDER_"
-# How many batches overlap in drain mode (INSIDER_SEND_INTERVAL=0); see Supervisor.
-DRAIN_PIPELINE_DEPTH = 2
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -153,6 +151,10 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "RETRY_BACKOFF": ("retry_backoff_s", _duration_at_least(0.001)),
     "RETRY_BACKOFF_MAX": ("retry_backoff_max_s", _duration_at_least(0.001)),
     "SHUTDOWN_TIMEOUT": ("shutdown_timeout_s", _duration_at_least(0, allow_zero=True)),
+    "DATABASE_STATEMENT_TIMEOUT": ("database_statement_timeout_s", _duration_at_least(0.001, allow_zero=True)),
+    "DATABASE_KEEPALIVES_IDLE": ("database_keepalives_idle_s", _duration_at_least(1)),
+    "DATABASE_KEEPALIVES_INTERVAL": ("database_keepalives_interval_s", _duration_at_least(1)),
+    "DATABASE_KEEPALIVES_COUNT": ("database_keepalives_count", _int_between(1, 100)),
     "API_TOKEN": ("api_token", _text),
     "HOST": ("host", _text),
     "PORT": ("port", _int_between(0, 65_535)),
@@ -205,20 +207,20 @@ class Settings:
     # Settings taken from the original Go service's names: (INSIDER_* name, the names it came from).
     from_original: tuple[tuple[str, str], ...] = ()
 
+    # PostgreSQL only: a statement running longer is cancelled by the server (0: no limit),
+    # and TCP keepalives find a connection whose peer has silently gone.
+    database_statement_timeout_s: float = 30.0
+    database_keepalives_idle_s: float = 30.0
+    database_keepalives_interval_s: float = 10.0
+    database_keepalives_count: int = 3
+
     @property
     def lease_s(self) -> float:
-        """How long a claim holds: every wave of a batch may take the webhook timeout.
+        """How long a claim holds: the sender's own rule (``SenderOptions.claim_lease_s``) on these settings."""
+        from insider.sender import DRAIN_PIPELINE_DEPTH, lease_for
 
-        A batch sends in ceil(batch / concurrency) waves, each bounded by the timeout
-        (in drain mode, ceil(depth x batch / concurrency): the batches of the pipeline
-        share the bound);
-        the margin covers recording the outcome. A process that dies leaves its claims
-        to be taken again after this long.
-        """
-        # In drain mode a batch may also wait for the batches running beside it.
         depth = DRAIN_PIPELINE_DEPTH if self.send_interval_s == 0 else 1
-        waves = math.ceil(depth * self.batch_size / self.send_concurrency)
-        return waves * self.webhook_timeout_s + 30.0
+        return lease_for(self.batch_size, self.send_concurrency, self.webhook_timeout_s, depth)
 
     def __repr__(self) -> str:  # the auth key must never reach a log or a traceback
         shown = {f.name: getattr(self, f.name) for f in fields(self)}

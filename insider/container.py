@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -23,7 +22,7 @@ from insider.adapters.webhook import WebhookSmsClient, open_http_session
 from insider.clock import SystemClock
 from insider.config import Settings, mask_url
 from insider.metrics import CountsCache, Metrics
-from insider.ports import MessageRepository, RepositoryUnavailable, SchemaUpgradeRefused
+from insider.ports import MessageRepository, RepositoryUnavailable
 from insider.sender import BatchSender, SenderOptions
 from insider.simulator import SimulatedSmsClient
 from insider.supervisor import Supervisor
@@ -32,11 +31,25 @@ T = TypeVar("T")
 log = structlog.get_logger("insider")
 
 
-async def _postgres_pool(url: str) -> AsyncIterator[AsyncConnectionPool | None]:
-    if is_sqlite_url(url):  # SQLite configured: no pool is opened
+# How long a call waits for a pooled PostgreSQL connection before it answers "unavailable":
+# short, so that the API and /readyz answer 503 within a second while the database is
+# down. One-shot commands (migrate, enqueue) wait longer for a slow first connection.
+SERVICE_DATABASE_WAIT_S = 0.5
+COMMAND_DATABASE_WAIT_S = 5.0
+
+
+async def _postgres_pool(settings: Settings, wait_s: float) -> AsyncIterator[AsyncConnectionPool | None]:
+    if is_sqlite_url(settings.database_url):  # SQLite configured: no pool is opened
         yield None
         return
-    async with open_postgres_pool(url) as pool:
+    async with open_postgres_pool(
+        settings.database_url,
+        timeout_s=wait_s,
+        statement_timeout_s=settings.database_statement_timeout_s,
+        keepalives_idle_s=settings.database_keepalives_idle_s,
+        keepalives_interval_s=settings.database_keepalives_interval_s,
+        keepalives_count=settings.database_keepalives_count,
+    ) as pool:
         yield pool
 
 
@@ -111,7 +124,8 @@ class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
     clock = providers.Singleton(SystemClock)
 
-    database_pool = providers.Resource(_postgres_pool, url=settings.provided.database_url)
+    database_wait_s = providers.Object(SERVICE_DATABASE_WAIT_S)
+    database_pool = providers.Resource(_postgres_pool, settings=settings, wait_s=database_wait_s)
     sqlite_database = providers.Resource(_sqlite_database, url=settings.provided.database_url)
     repository = providers.Selector(
         providers.Callable(_database_kind, settings),
@@ -159,11 +173,13 @@ class Container(containers.DeclarativeContainer):
         SenderOptions,
         batch_size=settings.provided.batch_size,
         content_max_length=settings.provided.content_max_length,
-        lease_s=settings.provided.lease_s,
         concurrency=settings.provided.send_concurrency,
         max_attempts=settings.provided.max_attempts,
         retry_backoff_s=settings.provided.retry_backoff_s,
         retry_backoff_max_s=settings.provided.retry_backoff_max_s,
+        # The lease follows from these (SenderOptions.claim_lease_s); drain mode's
+        # pipeline depth is set by the supervisor.
+        send_timeout_s=settings.provided.webhook_timeout_s,
     )
     sender = providers.Singleton(
         BatchSender,
@@ -203,56 +219,48 @@ async def open_repository(container: Container) -> AsyncIterator[MessageReposito
 
     For one-shot commands (migrate, enqueue) that need the database and nothing else.
     """
+    container.database_wait_s.override(COMMAND_DATABASE_WAIT_S)
     try:
         yield await resolve(container.repository)
     finally:
         await _maybe_await(container.shutdown_resources())
+        container.database_wait_s.reset_override()
 
 
 @asynccontextmanager
-async def open_service(container: Container) -> AsyncIterator[Supervisor]:
-    """Open the container's resources, migrate, start sending (unless autostart is off).
+async def open_service(
+    container: Container, *, autostart: bool | None = None, wait_for_schema: bool = True
+) -> AsyncIterator[Supervisor]:
+    """Open the container's resources, apply the schema, and start sending.
 
-    On the way out the sender stops (in-flight sends get INSIDER_SHUTDOWN_TIMEOUT to
-    finish and be recorded) and every resource closes. This is the web app's lifespan,
-    and what an embedding program uses to run the sender without the web app.
+    Sending starts unless ``autostart`` (by default INSIDER_AUTOSTART) is false. A
+    database that does not answer yet gets its schema from the supervisor as soon as it
+    does (the sender waits for that before its first batch). With ``wait_for_schema``
+    (the default) this first tries once, so that the repository is ready to use inside
+    the block when the database answers; without it, nothing here waits for the
+    database at all (the command line listens first, then waits).
+
+    On the way out the supervisor is closed (in-flight sends get INSIDER_SHUTDOWN_TIMEOUT
+    to finish and be recorded; the whole stop takes at most that plus
+    ``insider.supervisor.STOP_MARGIN_S``), then every resource closes. This is the web
+    app's lifespan, and what an embedding program uses to run the sender without it.
     """
     settings: Settings = container.settings()
     await _maybe_await(container.init_resources())
     try:
         supervisor = await resolve(container.supervisor)
-
-        async def prepare_once_reachable() -> None:
-            while True:
-                await asyncio.sleep(1.0)  # each try also waits up to the pool's timeout
-                try:
+        try:
+            try:
+                if wait_for_schema:
                     await supervisor.prepare()
-                except RepositoryUnavailable:
-                    continue
-                except SchemaUpgradeRefused as exc:  # someone must fix the database first
-                    log.error("cannot upgrade the database; nothing will be sent until it is fixed", error=str(exc))
-                    return
-                except Exception:
-                    log.exception("applying the schema failed")
-                    return
-                log.info("schema applied; the database answers again")
-                return
-
-        schema: asyncio.Task[None] | None = None
-        try:
-            await supervisor.prepare()
-        except RepositoryUnavailable as exc:
-            log.error("database unavailable at start-up; the schema will be applied once it answers", error=str(exc))
-            # The sender applies it before its first batch too, but the API needs it, sender or not.
-            schema = asyncio.create_task(prepare_once_reachable(), name="insider-schema")
-        if settings.autostart:
-            await supervisor.start()
-        try:
+            except RepositoryUnavailable:
+                pass  # the supervisor logs it and tries again below
+            # The supervisor's own task applies it once the database answers (a no-op when done).
+            await supervisor.prepare_when_reachable()
+            if settings.autostart if autostart is None else autostart:
+                await supervisor.start()
             yield supervisor
         finally:
-            if schema is not None:
-                schema.cancel()
-                await asyncio.wait({schema})
-            await supervisor.stop(grace_s=settings.shutdown_timeout_s)
+            await supervisor.close(grace_s=settings.shutdown_timeout_s)
     finally:
         await _maybe_await(container.shutdown_resources())

@@ -117,6 +117,18 @@ def storable_text(text: str) -> str:
     return _UNSTORABLE.sub(REPLACEMENT, text)
 
 
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """What one batch did."""
+
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    released: int = 0
+    duration_s: float = 0.0
+
+
 def validation_error(recipient_phone: str, content: str, max_length: int) -> str | None:
     """Why a message can never be sent, or None when it can.
 
@@ -143,19 +155,26 @@ def mask_phone(phone: str | None) -> str:
     return phone[:4] + "*" * (len(phone) - 6) + phone[-2:]
 
 
-def next_slot(previous: datetime | None, now: datetime, interval_s: float) -> datetime:
-    """The slot after one taken at ``now``: on the grid when on time, else from now.
+def slot_wait_s(last_at: datetime | None, now: datetime, interval_s: float) -> float:
+    """How long until the slot whose last batch went at ``last_at`` is due: one (current) interval later."""
+    if last_at is None:
+        return 0.0
+    return max(0.0, (last_at + timedelta(seconds=interval_s) - now).total_seconds())
+
+
+def slot_batch_at(last_at: datetime | None, now: datetime, interval_s: float) -> datetime:
+    """When a batch taking the slot at ``now`` counts as sent: when due if on time, else now.
 
     A slot taken up to a small tolerance late keeps the grid (batch k at start + k x
-    interval, no drift); one taken later restarts the grid from now (no catch-up burst).
-    The PostgreSQL adapter computes the same in SQL; the others call this.
+    interval, no drift); one taken later restarts the grid from now (no catch-up burst),
+    so two batches are never less than one interval apart. The PostgreSQL adapter
+    computes the same in SQL; SQLite calls this.
     """
-    tolerance = timedelta(seconds=slot_tolerance_s(interval_s))
-    # Never earlier than one interval after this batch: basing a late or first slot on
-    # ``now - tolerance`` let two batches go less than one interval apart.
-    if previous is not None and now - previous <= tolerance:
-        return previous + timedelta(seconds=interval_s)
-    return now + timedelta(seconds=interval_s)
+    if last_at is not None:
+        due = last_at + timedelta(seconds=interval_s)
+        if timedelta(0) <= now - due <= timedelta(seconds=slot_tolerance_s(interval_s)):
+            return due
+    return now
 
 
 def slot_tolerance_s(interval_s: float) -> float:

@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import logging
 import sys
+import threading
 import time
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
@@ -99,6 +100,9 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     root.handlers[:] = [handler]
     root.setLevel(max(_LEVELS[level], logging.INFO) if level != "debug" else logging.DEBUG)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # we log requests ourselves
+    # While PostgreSQL is down, psycopg_pool warns twice a second about each reconnection
+    # attempt; the supervisor already logs one line per failed tick and one when it is back.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 class BufferedLogger:
@@ -109,6 +113,10 @@ class BufferedLogger:
     event-loop turn go out together; warnings and errors flush everything at once, in
     order, and so does ``flush_logs()`` (called on the way out). Outside a running event
     loop every line is written directly.
+
+    Each event loop has a buffer and a flush timer of its own: a loop that ends with a
+    flush pending leaves no state behind that could hold back another loop's lines (its
+    own lines go out with the next flush of any loop, a warning, or the process exit).
     """
 
     def __init__(self, stream: TextIO) -> None:
@@ -135,36 +143,84 @@ class _InOrderStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 FLUSH_AFTER_S = 0.05
-_pending: dict[int, tuple[TextIO, list[str]]] = {}
-_flush_scheduled = False
+
+
+class _LoopBuffer:
+    """The lines one event loop logged and has not written yet, and its pending flush."""
+
+    __slots__ = ("flush", "lines")
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[TextIO, str]] = []
+        self.flush: asyncio.TimerHandle | None = None
+
+
+# Per event loop. A loop that ended with lines in its buffer (its flush timer never fired)
+# is swept as soon as another loop starts logging, or at the next flush: none are lost.
+_buffers: dict[asyncio.AbstractEventLoop, _LoopBuffer] = {}
+_lock = threading.Lock()  # loops in other threads (an embedding program's) log too
 
 
 def _buffer(stream: TextIO, line: str) -> None:
-    global _flush_scheduled
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         flush_logs()
-        stream.write(line + "\n")
-        stream.flush()
+        _write([(stream, line)])
         return
-    _pending.setdefault(id(stream), (stream, []))[1].append(line)
-    if not _flush_scheduled:
-        _flush_scheduled = True
-        loop.call_later(FLUSH_AFTER_S, flush_logs)
+    with _lock:
+        buffer = _buffers.get(loop)
+        if buffer is None:
+            left = _sweep_closed_loops()
+            buffer = _buffers[loop] = _LoopBuffer()
+        else:
+            left = []
+        buffer.lines.append((stream, line))
+        if buffer.flush is None:
+            buffer.flush = loop.call_later(FLUSH_AFTER_S, _flush_loop, buffer)
+    if left:
+        _write(left)
+
+
+def _sweep_closed_loops() -> list[tuple[TextIO, str]]:
+    """The lines of loops that have closed, which are forgotten (call with the lock held)."""
+    left: list[tuple[TextIO, str]] = []
+    for loop in [loop for loop in _buffers if loop.is_closed()]:
+        left.extend(_buffers.pop(loop).lines)
+    return left
+
+
+def _flush_loop(buffer: _LoopBuffer) -> None:
+    with _lock:
+        buffer.flush = None
+        lines, buffer.lines = buffer.lines, []
+    _write(lines)
 
 
 def flush_logs() -> None:
-    """Write out every buffered log line now."""
-    global _flush_scheduled
-    _flush_scheduled = False
-    while _pending:
-        _, (stream, lines) = _pending.popitem()
+    """Write out every buffered log line now, of every event loop."""
+    with _lock:
+        lines = [line for buffer in _buffers.values() for line in buffer.lines]
+        for buffer in _buffers.values():
+            buffer.lines = []
+        _sweep_closed_loops()
+    _write(lines)
+
+
+def _write(lines: list[tuple[TextIO, str]]) -> None:
+    """Write ``lines`` in order, one write and one flush per run of lines to the same stream."""
+    start = 0
+    while start < len(lines):
+        stream = lines[start][0]
+        end = start
+        while end < len(lines) and lines[end][0] is stream:
+            end += 1
         try:
-            stream.write("\n".join(lines) + "\n")
+            stream.write("\n".join(line for _, line in lines[start:end]) + "\n")
             stream.flush()
         except (OSError, ValueError):  # a closed stream: nothing left to tell
             pass
+        start = end
 
 
 atexit.register(flush_logs)

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from insider.clock import SystemClock
-from insider.domain import MessageStatus
+from insider.domain import BatchReport, MessageStatus
 from insider.ports import Clock, MessageRepository
-
-if TYPE_CHECKING:
-    from insider.sender import BatchReport
 
 # The Prometheus text exposition format, version 0.0.4 (what generate_latest writes, and every Prometheus reads).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -22,23 +18,10 @@ SEND_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 BATCH_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
-class Observer(Protocol):
-    """What the sender and the supervisor report as they work; :class:`Metrics` is one."""
-
-    def send_attempt(self, outcome: str, duration_s: float | None) -> None:
-        """One message's attempt ended: ``sent``, ``retry``, ``failed``, or ``invalid`` (never sent).
-
-        ``duration_s`` is how long the provider took, None when no request was made.
-        """
-
-    def batch_done(self, report: BatchReport) -> None:
-        """One batch ended and its outcomes were recorded."""
-
-
 class Metrics:
     """The service's metrics on a registry of their own, so that several copies never collide.
 
-    Counters and histograms move as the sender reports to it (it is an :class:`Observer`);
+    Counters and histograms move as the sender reports to it (it is an :class:`insider.ports.Observer`);
     the gauges are set when scraped (see :meth:`set_state`). ``exposition()`` is the body
     of ``GET /metrics``.
     """

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from insider.domain import Message, MessageStatus, Resolution, SendResult
+from insider.domain import BatchReport, Message, MessageStatus, Resolution, SendResult
 
 
 class RepositoryUnavailable(Exception):
@@ -148,3 +148,16 @@ class Clock(Protocol):
     def now(self) -> datetime: ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+
+class Observer(Protocol):
+    """What the sender and the supervisor report as they work; :class:`insider.metrics.Metrics` is one."""
+
+    def send_attempt(self, outcome: str, duration_s: float | None) -> None:
+        """One message's attempt ended: ``sent``, ``retry``, ``failed``, or ``invalid`` (never sent).
+
+        ``duration_s`` is how long the provider took, None when no request was made.
+        """
+
+    def batch_done(self, report: BatchReport) -> None:
+        """One batch ended and its outcomes were recorded."""

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import structlog
 
-from insider.domain import Message, MessageStatus, Outcome, Resolution, SendResult, mask_phone, validation_error
-from insider.ports import Clock, MessageRepository, RepositoryUnavailable, SentCache, SentEntry, SmsClient
-
-if TYPE_CHECKING:
-    from insider.metrics import Observer
+from insider.domain import (
+    BatchReport,
+    Message,
+    MessageStatus,
+    Outcome,
+    Resolution,
+    SendResult,
+    mask_phone,
+    validation_error,
+)
+from insider.ports import Clock, MessageRepository, Observer, RepositoryUnavailable, SentCache, SentEntry, SmsClient
 
 log = structlog.get_logger("insider.sender")
 T = TypeVar("T")
@@ -25,31 +32,57 @@ T = TypeVar("T")
 MAX_CLAIM_ROUNDS = 5
 # Retries of the final write when the database blinks right after the sends.
 RESOLVE_RETRIES_S = (0.2, 1.0, 3.0)
+# Once a batch is cancelled (a stop, a shutdown), what it must still do (finish its claim,
+# record what it abandoned) gets this long at most; what is not recorded by then is
+# released by its lease. Every wait has a deadline, whatever the database does.
+RECORD_BUDGET_S = 3.0
+# Added to the longest a batch can take, for claiming and recording it.
+LEASE_MARGIN_S = 30.0
+# How many batches overlap in drain mode (INSIDER_SEND_INTERVAL=0); see Supervisor.
+DRAIN_PIPELINE_DEPTH = 2
 
-
-@dataclass(frozen=True, slots=True)
-class BatchReport:
-    """What one batch did."""
-
-    claimed: int = 0
-    sent: int = 0
-    retried: int = 0
-    failed: int = 0
-    released: int = 0
-    duration_s: float = 0.0
+__all__ = ["BatchReport", "BatchSender", "SenderOptions", "lease_for"]
 
 
 @dataclass(frozen=True, slots=True)
 class SenderOptions:
-    """The knobs of a batch; every one is an INSIDER_* setting."""
+    """The knobs of a batch; each is an INSIDER_* setting in the service.
+
+    ``send_timeout_s`` is the longest one provider request may take (the SMS client's
+    own timeout, INSIDER_WEBHOOK_TIMEOUT in the service): the lease of a claim follows
+    from it (see :attr:`claim_lease_s`). ``pipeline_depth`` is how many batches run side
+    by side under the one concurrency bound (the supervisor sets it in drain mode).
+    ``lease_s`` overrides the derived lease (tests); leave it None.
+    """
 
     batch_size: int = 2
     content_max_length: int = 160
-    lease_s: float = 60.0
     concurrency: int = 8
     max_attempts: int = 5
     retry_backoff_s: float = 30.0
     retry_backoff_max_s: float = 3600.0
+    send_timeout_s: float = 10.0
+    pipeline_depth: int = 1
+    lease_s: float | None = None
+
+    @property
+    def claim_lease_s(self) -> float:
+        """How long a claim holds its messages: the longest the batch can take, plus a margin.
+
+        A batch sends in ceil(depth x batch / concurrency) waves, each bounded by the send
+        timeout (in drain mode the batches of the pipeline share the bound, so one may
+        wait for the other's waves); LEASE_MARGIN_S covers claiming and recording. A
+        process that dies leaves its claims to be taken again after this long.
+        """
+        if self.lease_s is not None:
+            return self.lease_s
+        return lease_for(self.batch_size, self.concurrency, self.send_timeout_s, self.pipeline_depth)
+
+
+def lease_for(batch_size: int, concurrency: int, send_timeout_s: float, pipeline_depth: int = 1) -> float:
+    """ceil(pipeline_depth x batch_size / concurrency) x send_timeout_s + LEASE_MARGIN_S."""
+    waves = math.ceil(max(1, pipeline_depth) * batch_size / max(1, concurrency))
+    return waves * send_timeout_s + LEASE_MARGIN_S
 
 
 class BatchSender:
@@ -95,13 +128,14 @@ class BatchSender:
         batch ends only after them: whoever cancelled it may close the pool next.
         """
         started = self._clock.monotonic()
+        shield = _BoundedShield(self._clock, RECORD_BUDGET_S)
         resolutions: dict[int, Resolution] = {}
         claimed: list[Message] = []
         sendable: list[Message] = []
         tasks: list[asyncio.Task[None]] = []
 
         async def claim(wanted: int) -> list[Message]:
-            got = await self._repository.claim(wanted, self.options.lease_s)
+            got = await self._repository.claim(wanted, self.options.claim_lease_s)
             # Noted inside the uninterrupted claim: a stop that lands while the rows come
             # back must still find them, to put them back.
             claimed.extend(got)
@@ -122,7 +156,7 @@ class BatchSender:
             for _ in range(MAX_CLAIM_ROUNDS):
                 wanted = self.options.batch_size - len(sendable)
                 # Committed before it returns: a cancelled claim would strand its rows until their lease ends.
-                got = await _uninterrupted(claim(wanted))
+                got = await shield.run(claim(wanted))
                 for message in got:
                     reason = validation_error(message.recipient_phone, message.content, self.options.content_max_length)
                     if reason is None:
@@ -141,6 +175,8 @@ class BatchSender:
                 await asyncio.gather(*tasks)
         except BaseException as exc:  # cancelled (a stop) or broken: nothing claimed may stay stranded
             why = "stopped" if isinstance(exc, asyncio.CancelledError) else "batch failed"
+            if isinstance(exc, asyncio.CancelledError):
+                shield.interrupted()
 
             async def put_back() -> None:
                 for task in tasks:
@@ -150,10 +186,10 @@ class BatchSender:
                 await self._finish(resolutions)
 
             with contextlib.suppress(Exception):  # _finish logged it; the original error must go on
-                await _uninterrupted(put_back())
+                await shield.run(put_back())
             raise
         self._release_unresolved(claimed, resolutions, "stopped")
-        await _uninterrupted(self._finish(resolutions))
+        await shield.run(self._finish(resolutions))
         return self._report(claimed, resolutions, self._clock.monotonic() - started)
 
     def _release_unresolved(self, claimed: list[Message], resolutions: dict[int, Resolution], why: str) -> None:
@@ -281,22 +317,60 @@ def _send_fields(message: Message, outcome: str) -> dict[str, object]:
     }
 
 
-async def _uninterrupted(awaitable: Awaitable[T]) -> T:
-    """Await ``awaitable`` to its end even if the caller is cancelled meanwhile, then re-raise that.
+class _BoundedShield:
+    """Awaits steps to their end despite a cancellation, but not forever.
 
     ``asyncio.shield`` alone returns at the cancellation and leaves the work running in
     the background, where whoever cancelled (a stop, then the container closing the
-    pool) would pull the database from under it.
+    pool) would pull the database from under it. So a claim and the final write run on
+    when the batch is cancelled, and the batch ends only after them; but from the first
+    cancellation on they share ``budget_s`` (on the injected clock). Past it, the step
+    is cancelled too and the cancellation goes on: its messages are released by their
+    lease.
     """
-    task = asyncio.ensure_future(awaitable)
-    interruption: asyncio.CancelledError | None = None
-    while not task.done():
-        try:
-            await asyncio.wait({task})  # unlike await task, a cancellation here does not reach the task
-        except asyncio.CancelledError as exc:
-            interruption = exc
-    if interruption is not None:
-        if not task.cancelled():
-            task.exception()  # retrieved: the cancellation is what the caller must see
-        raise interruption
-    return task.result()
+
+    def __init__(self, clock: Clock, budget_s: float) -> None:
+        self._clock = clock
+        self._budget_s = budget_s
+        self._deadline: float | None = None
+
+    def interrupted(self) -> None:
+        """The batch was cancelled: the budget starts now (once)."""
+        if self._deadline is None:
+            self._deadline = self._clock.monotonic() + self._budget_s
+
+    async def run(self, awaitable: Awaitable[T]) -> T:
+        task = asyncio.ensure_future(awaitable)
+        interruption: asyncio.CancelledError | None = None
+        while not task.done():
+            if self._deadline is not None:
+                remaining = self._deadline - self._clock.monotonic()
+                if remaining <= 0:
+                    break
+                timer = asyncio.ensure_future(self._clock.sleep(remaining))
+                try:
+                    await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+                except asyncio.CancelledError as exc:
+                    interruption = exc
+                finally:
+                    timer.cancel()
+                continue
+            try:
+                await asyncio.wait({task})  # unlike await task, a cancellation here does not reach the task
+            except asyncio.CancelledError as exc:
+                interruption = exc
+                self.interrupted()
+        if not task.done():
+            task.cancel()
+            log.error(
+                "gave up waiting for the database after a stop; the leases will release those messages",
+                budget_s=self._budget_s,
+            )
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({task}, timeout=0.1)
+            raise interruption or asyncio.CancelledError()
+        if interruption is not None:
+            if not task.cancelled():
+                task.exception()  # retrieved: the cancellation is what the caller must see
+            raise interruption
+        return task.result()

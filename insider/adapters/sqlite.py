@@ -20,7 +20,7 @@ from insider.adapters import sqlfiles
 from insider.adapters.cursor import page_of, page_query
 from insider.adapters.rows import message_from_row, outcome_row
 from insider.clock import SystemClock
-from insider.domain import Message, MessageStatus, Resolution, ensure_storable, next_slot
+from insider.domain import Message, MessageStatus, Resolution, ensure_storable, slot_batch_at, slot_wait_s
 from insider.ports import Clock, InvalidState, MessageNotFound, Page, RepositoryUnavailable
 
 T = TypeVar("T")
@@ -436,17 +436,18 @@ class SqliteMessageRepository:
         raise InvalidState(current, "failed")
 
     async def acquire_slot(self, name: str, interval_s: float) -> float:
-        """Take the slot in one transaction holding the write lock; see ``domain.next_slot``."""
+        """Take the slot in one transaction holding the write lock; see ``domain.slot_batch_at``."""
 
         def work(conn: sqlite3.Connection) -> float:
             with _write_transaction(conn):
                 now = self._now()  # once the lock is held: waiting for it must not make "now" stale
                 row = conn.execute(_q("slot_get"), {"name": name}).fetchone()
-                next_at = parse_timestamp(row["next_at"]) if row is not None else None
-                if next_at is not None and next_at > now:
-                    return (next_at - now).total_seconds()
-                taken_until = next_slot(next_at, now, interval_s)
-                conn.execute(_q("slot_set"), {"name": name, "next_at": format_timestamp(taken_until)})
+                last_at = parse_timestamp(row["last_at"]) if row is not None else None
+                wait_s = slot_wait_s(last_at, now, interval_s)
+                if wait_s > 0:
+                    return wait_s
+                batch_at = slot_batch_at(last_at, now, interval_s)
+                conn.execute(_q("slot_set"), {"name": name, "last_at": format_timestamp(batch_at)})
                 return 0.0
 
         return await self._db.run(work)

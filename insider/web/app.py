@@ -21,6 +21,7 @@ from marshmallow import ValidationError
 from insider import __version__
 from insider.container import Container, open_service, resolve
 from insider.ports import InvalidCursor, RepositoryUnavailable
+from insider.supervisor import SupervisorClosed
 from insider.web import handlers
 from insider.web.handlers import SERVICES, AppServices, Services, error_response, original_error
 
@@ -28,6 +29,10 @@ log = structlog.get_logger("insider.web")
 
 CONTAINER = web.AppKey("container", Container)
 API_TOKEN = web.AppKey("api_token", str)
+# Whether the lifespan starts the sender (None follows INSIDER_AUTOSTART) and waits for one
+# try at the schema; the command line passes False for both, binds the listener, then does them.
+AUTOSTART: web.AppKey[bool | None] = web.AppKey("autostart")
+WAIT_FOR_SCHEMA = web.AppKey("wait_for_schema", bool)
 MAX_BODY_BYTES = 64 * 1024
 # Everything under this prefix needs the token (when one is set); health, metrics, Swagger and the
 # dashboard's page stay open, so that probes, scrapers and the login form itself work.
@@ -111,6 +116,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return response
     except RepositoryUnavailable:
         return error_response(503, "the database is unavailable; try again shortly")
+    except SupervisorClosed:
+        return error_response(503, "the service is shutting down: sending cannot start")
     except InvalidCursor as exc:
         return error_response(400, str(exc), {"cursor": [str(exc)]})
     except Exception:
@@ -196,7 +203,7 @@ async def require_json(request: web.Request, handler: Handler) -> web.StreamResp
 
 async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     container = app[CONTAINER]
-    async with open_service(container) as supervisor:
+    async with open_service(container, autostart=app[AUTOSTART], wait_for_schema=app[WAIT_FOR_SCHEMA]) as supervisor:
         app[SERVICES].open(
             Services(
                 settings=container.settings(),
@@ -268,12 +275,14 @@ def _document_security(spec: dict[str, Any], token_required: bool) -> None:
                 operation.setdefault("responses", {})["401"] = refused
 
 
-def create_app(container: Container) -> web.Application:
+def create_app(container: Container, *, autostart: bool | None = None, wait_for_schema: bool = True) -> web.Application:
     """The aiohttp app over a container; opening and closing its resources is the app's lifespan.
 
     The handlers reach this container's objects through the app (``request.app[SERVICES]``),
     never through process-wide wiring: several apps over several containers can run in one
-    process, each with its own supervisor and repository.
+    process, each with its own supervisor and repository. The lifespan starts the sender
+    when ``autostart`` is true (None: INSIDER_AUTOSTART); see ``open_service`` for
+    ``wait_for_schema``.
     """
     settings = container.settings()
     app = web.Application(
@@ -283,6 +292,8 @@ def create_app(container: Container) -> web.Application:
     app[CONTAINER] = container
     app[SERVICES] = AppServices()
     app[API_TOKEN] = settings.api_token
+    app[AUTOSTART] = autostart
+    app[WAIT_FOR_SCHEMA] = wait_for_schema
     app.router.add_get("/", handlers.dashboard)
     app.router.add_static("/static/dashboard", handlers.STATIC_DIR, name="dashboard.static")
     app.router.add_get("/healthz", handlers.healthz, allow_head=False)

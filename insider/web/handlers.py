@@ -130,6 +130,8 @@ def sender_json(status: SenderStatus) -> dict[str, Any]:
         "intervalSeconds": status.interval_s,
         "lastTickAt": _iso(status.last_tick_at),
         "nextTickAt": _iso(status.next_tick_at),
+        "state": status.state.value,
+        "waitReason": status.wait_reason,
     }
 
 
@@ -258,6 +260,7 @@ async def _retry(request: web.Request, message_id: int) -> web.Response:
     "than one interval ago. GET is kept for the original service's clients.",
 )
 @response_schema(RunningSchema, 200, description="Sending runs")
+@response_schema(ErrorSchema, 503, description="The service is shutting down: sending cannot start")
 async def start_sending(request: web.Request) -> web.Response:
     return web.json_response({"running": await services(request).supervisor.start()})
 
@@ -333,14 +336,18 @@ async def readyz(request: web.Request) -> web.Response:
     database_up, cache_up = await asyncio.gather(
         _probe("database", app.repository.ping), _probe("cache", app.cache.ping)
     )
+    # Ready only once the schema is applied too: it is applied in the background at start-up.
+    ready = database_up and app.supervisor.schema_ready
     body: dict[str, Any] = {
-        "status": "ready" if database_up else "unavailable",
+        "status": "ready" if ready else "unavailable",
         "database": "up" if database_up else "down",
         "cache": "up" if cache_up else "down",
     }
     if not database_up:
         body["error"] = "the database is down"
-    return web.json_response(body, status=200 if database_up else 503)
+    elif not ready:
+        body["error"] = "the database schema is being applied"
+    return web.json_response(body, status=200 if ready else 503)
 
 
 @docs(

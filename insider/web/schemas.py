@@ -110,6 +110,20 @@ class SenderSchema(Schema):
     intervalSeconds = fields.Float(required=True)
     lastTickAt = fields.DateTime(allow_none=True, required=True, metadata={"x-nullable": True})
     nextTickAt = fields.DateTime(allow_none=True, required=True, metadata={"x-nullable": True})
+    state = fields.String(
+        required=True,
+        validate=validate.OneOf(["idle", "running", "stopping", "closed"]),
+        metadata={"enum": ["idle", "running", "stopping", "closed"]},
+    )
+    waitReason = fields.String(
+        allow_none=True,
+        required=True,
+        metadata={
+            "x-nullable": True,
+            "description": "Why the next batch goes at nextTickAt: the rate, the deployment's slot (another "
+            "process's or the previous run's batch), the database; null when stopped",
+        },
+    )
 
 
 class CountsSchema(Schema):

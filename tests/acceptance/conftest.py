@@ -47,8 +47,9 @@ class Service:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    async def wait_answering(self, session: aiohttp.ClientSession, path: str = "/api/v1/sender") -> None:
-        """Wait until the service answers ``path`` with 200; fail at once if it exited."""
+    async def wait_answering(self, session: aiohttp.ClientSession, path: str = "/readyz") -> None:
+        """Wait until the service answers ``path`` with 200 (by default: ready, its schema applied);
+        fail at once if it exited."""
         await wait_answering(session, self.process, self.log, self.base_url + path)
 
 

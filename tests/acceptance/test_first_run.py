@@ -13,7 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,9 @@ async def test_first_run_sends_through_the_built_in_provider_and_remembers_after
         # The first run's batch (at start, with nothing to send) holds the rate for 2 minutes.
         # Let those two minutes pass in the database instead of waiting for them.
         with contextlib.closing(sqlite3.connect(first_run.workdir / "insider.db")) as conn, conn:
-            conn.execute("UPDATE insider_slots SET next_at = ?", (format_timestamp(datetime.now(UTC)),))
+            conn.execute(
+                "UPDATE insider_slots SET last_at = ?", (format_timestamp(datetime.now(UTC) - timedelta(minutes=2)),)
+            )
 
         first_run.start()
         await first_run.wait_until_up(session)

@@ -36,7 +36,7 @@ from insider.container import Container, open_service
 from insider.domain import Message, MessageStatus, Resolution, slot_tolerance_s
 from insider.ports import RepositoryUnavailable
 from insider.sender import BatchSender, SenderOptions
-from insider.supervisor import Supervisor
+from insider.supervisor import STOP_MARGIN_S, Supervisor
 from insider.web.app import create_app
 from tests.conftest import eventually
 from tests.integration.tcp_proxy import TcpProxy
@@ -665,7 +665,13 @@ async def test_start_up_with_the_database_down_migrates_and_sends_once_it_answer
     container = container_for(settings_for(through(fresh_postgres_url, db_proxy), scripted.url))
     with capture_logs() as logs:
         async with api_client(container) as client:
-            assert events(logs, "database unavailable at start-up; the schema will be applied once it answers")
+            # The API listens at once; the schema is the supervisor's to apply, in the background.
+            await eventually(
+                lambda: bool(
+                    events(logs, "database unavailable at start-up; the schema will be applied once it answers")
+                ),
+                what="the start-up line about the schema",
+            )
             response = await client.get("/api/v1/messages")
             assert response.status == 503
             assert (await client.get("/api/v1/sender")).status == 200
@@ -714,3 +720,80 @@ async def test_a_database_without_the_schema_is_unavailable_not_an_error(fresh_p
             await repository.acquire_slot("sender", 1.0)
         with pytest.raises(RepositoryUnavailable, match="schema"):
             await repository.claim(2, 30.0)
+
+
+# --- deadlines: stops and probes during a database cut -------------------------------------------
+
+
+async def timed(client: TestClient[Any, Any], method: str, path: str) -> tuple[int, dict[str, Any], float]:
+    started = time.monotonic()
+    response = await client.request(method, path)
+    body = await response.json()
+    return response.status, body, time.monotonic() - started
+
+
+async def test_a_stop_during_a_database_cut_answers_within_its_bound(
+    pg_repository: PostgresMessageRepository, postgres_url: str, scripted: ScriptedProvider, db_proxy: TcpProxy
+) -> None:
+    message = await pg_repository.enqueue("+905301234567", "held")
+    scripted.replies["held"] = [Reply(hang=True)]
+    # The production container: its own pool settings, nothing shortened for the test.
+    container = Container(settings=settings_for(through(postgres_url, db_proxy), scripted.url, send_interval="1h"))
+    async with api_client(container) as client:
+        await eventually(lambda: len(scripted.hits) == 1, what="the request in flight")
+        db_proxy.cut()
+
+        status, body, took_s = await timed(client, "POST", "/api/v1/messages/stop")
+
+        assert (status, body) == (200, {"running": False})
+        assert took_s < STOP_MARGIN_S + 0.5, f"the stop took {took_s:.1f}s"
+        db_proxy.restore()
+    # What could not be recorded stays claimed: its lease puts it back (same idempotency key).
+    current = await pg_repository.get(message.id)
+    assert current is not None and current.status is MessageStatus.SENDING
+    assert current.lease_expires_at is not None
+
+
+async def test_probes_and_database_endpoints_answer_503_within_a_second_while_the_database_is_cut(
+    pg_repository: PostgresMessageRepository, postgres_url: str, scripted: ScriptedProvider, db_proxy: TcpProxy
+) -> None:
+    container = Container(settings=settings_for(through(postgres_url, db_proxy), scripted.url, send_interval="1h"))
+    async with api_client(container) as client:
+        status, _, _ = await timed(client, "GET", "/readyz")
+        assert status == 200
+        db_proxy.cut()
+        for _ in range(3):
+            for path in ("/readyz", "/api/v1/messages", "/api/v1/stats", "/api/v1/messages/1"):
+                status, body, took_s = await timed(client, "GET", path)
+                assert status == 503 and "error" in body, (path, status, body)
+                assert took_s < 1.0, f"{path} took {took_s:.2f}s"
+        status, _, took_s = await timed(client, "GET", "/api/v1/sender")
+        assert status == 200 and took_s < 1.0
+        db_proxy.restore()
+
+        async def ready() -> bool:
+            return (await client.get("/readyz")).status == 200
+
+        await eventually(ready, what="ready again once the database answers")
+
+
+async def test_connections_carry_the_statement_timeout_and_keepalives(
+    pg_repository: PostgresMessageRepository, postgres_url: str, scripted: ScriptedProvider
+) -> None:
+    container = Container(
+        settings=settings_for(
+            postgres_url, scripted.url, database_statement_timeout="1500ms", database_keepalives_idle="7s"
+        )
+    )
+    pool = await container.database_pool()  # type: ignore[misc]
+    try:
+        async with pool.connection() as conn:
+            row = await (await conn.execute("SHOW statement_timeout")).fetchone()
+            assert row == ("1500ms",)
+            params = conn.info.get_parameters()
+            assert (params["keepalives"], params["keepalives_idle"]) == ("1", "7")
+            assert params["keepalives_interval"] == "10" and params["keepalives_count"] == "3"
+            with pytest.raises(Exception, match="statement timeout"):
+                await conn.execute("SELECT pg_sleep(3)")
+    finally:
+        await container.shutdown_resources()  # type: ignore[misc]

@@ -215,7 +215,7 @@ async def test_only_one_of_concurrent_takers_gets_the_slot(
 
 
 async def set_due_and_race(pool: Pool, race: Callable[[], Awaitable[list[float]]]) -> list[float]:
-    await query(pool, "UPDATE insider_slots SET next_at = now() - interval '1 hour'")
+    await query(pool, "UPDATE insider_slots SET last_at = now() - interval '1 hour'")
     return await race()
 
 
@@ -223,26 +223,65 @@ async def test_the_slot_keeps_its_grid_when_taken_on_time(
     pg_repository: PostgresMessageRepository, pg_pool: Pool
 ) -> None:
     await query(
-        pg_pool, "INSERT INTO insider_slots (name, next_at) VALUES ('grid', now() - interval '100 milliseconds')"
+        pg_pool,
+        "INSERT INTO insider_slots (name, last_at) VALUES ('grid', now() - interval '10 seconds 100 milliseconds')",
     )
-    [(before,)] = await query(pg_pool, "SELECT next_at FROM insider_slots WHERE name = 'grid'")
+    [(before,)] = await query(pg_pool, "SELECT last_at FROM insider_slots WHERE name = 'grid'")
 
     assert await pg_repository.acquire_slot("grid", 10.0) == 0.0
 
-    # 0.1 s late is within the 0.5 s tolerance of a 10 s interval: one interval after the old slot.
-    [(after,)] = await query(pg_pool, "SELECT next_at FROM insider_slots WHERE name = 'grid'")
+    # 0.1 s late is within the 0.5 s tolerance of a 10 s interval: this batch counts as sent
+    # when it was due, one interval after the last.
+    [(after,)] = await query(pg_pool, "SELECT last_at FROM insider_slots WHERE name = 'grid'")
     assert (after - before).total_seconds() == pytest.approx(10.0)
 
 
 async def test_the_slot_restarts_from_now_when_taken_late(
     pg_repository: PostgresMessageRepository, pg_pool: Pool
 ) -> None:
-    await query(pg_pool, "INSERT INTO insider_slots (name, next_at) VALUES ('late', now() - interval '1 hour')")
+    await query(pg_pool, "INSERT INTO insider_slots (name, last_at) VALUES ('late', now() - interval '1 hour')")
 
     assert await pg_repository.acquire_slot("late", 10.0) == 0.0
 
-    [(wait_s,)] = await query(pg_pool, "SELECT EXTRACT(EPOCH FROM next_at - now())::float8 FROM insider_slots")
-    assert 9.5 < wait_s <= 10.0  # now + interval: never less than one interval after this batch
+    [(ago_s,)] = await query(pg_pool, "SELECT EXTRACT(EPOCH FROM now() - last_at)::float8 FROM insider_slots")
+    assert 0.0 <= ago_s < 0.5  # sent now: the next is never less than one interval after this batch
+    assert 9.5 < await pg_repository.acquire_slot("late", 10.0) <= 10.0
+
+
+async def test_the_slot_is_due_one_current_interval_after_the_last_batch(
+    pg_repository: PostgresMessageRepository, pg_pool: Pool
+) -> None:
+    assert await pg_repository.acquire_slot("sender", 120.0) == 0.0  # a run with a 2-minute interval
+    # Restarted with a 1 s interval: due 1 s after that batch, not 2 minutes.
+    wait_s = await pg_repository.acquire_slot("sender", 1.0)
+    assert 0.0 < wait_s <= 1.0
+    await query(pg_pool, "UPDATE insider_slots SET last_at = last_at - interval '1 second'")
+    assert await pg_repository.acquire_slot("sender", 1.0) == 0.0
+
+
+async def test_migration_0003_reads_an_old_slot_conservatively(fresh_postgres_url: str) -> None:
+    from insider.adapters.postgres import load_migrations
+
+    async with open_postgres_pool(fresh_postgres_url) as pool:
+        async with pool.connection() as conn:
+            for version, _name, text in load_migrations():
+                if version < 3:
+                    await conn.execute(text)
+            await conn.execute(
+                "CREATE TABLE insider_schema_migrations (version integer PRIMARY KEY, applied_at timestamptz"
+                " NOT NULL DEFAULT now()); INSERT INTO insider_schema_migrations (version)"
+                " SELECT v FROM unnest(ARRAY[1, 2]) AS v"
+            )
+            await conn.execute(
+                "INSERT INTO insider_slots (name, next_at) VALUES ('future', now() + interval '90 seconds'),"
+                " ('past', now() - interval '1 hour')"
+            )
+        repository = PostgresMessageRepository(pool)
+        await repository.migrate()
+        rows = dict(await query(pool, "SELECT name, EXTRACT(EPOCH FROM now() - last_at)::float8 FROM insider_slots"))
+        assert rows["future"] == pytest.approx(0.0, abs=1.0)  # taken as now: one current interval from now
+        assert rows["past"] == pytest.approx(3600.0, abs=1.0)
+        assert 9.0 < await repository.acquire_slot("future", 10.0) <= 10.0
 
 
 def unused_port() -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import re
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -87,3 +89,44 @@ def test_timestamps_are_iso_utc_with_microseconds(stream: CountingStream) -> Non
     stamp = str(lines(stream)[0]["timestamp"])
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
     assert before - timedelta(microseconds=1) <= datetime.fromisoformat(stamp) <= after
+
+
+def test_a_loop_that_ends_with_a_flush_pending_holds_back_no_later_loop(stream: CountingStream) -> None:
+    log = structlog.get_logger("t")
+
+    async def first() -> None:
+        log.info("from the first loop")  # its flush is still pending when the loop ends
+
+    async def second() -> None:
+        log.info("from the second loop")
+        # No warning, no explicit flush: the second loop's own timer must write it.
+        deadline = asyncio.get_running_loop().time() + 2.0
+        while "from the second loop" not in stream.getvalue():
+            assert asyncio.get_running_loop().time() < deadline, "the second loop's line never came"
+            await asyncio.sleep(0.01)
+
+    asyncio.run(first())
+    asyncio.run(second())
+    events = [line["event"] for line in lines(stream)]
+    assert events == ["from the first loop", "from the second loop"]
+
+
+def test_two_loops_in_two_threads_each_get_their_lines_out(stream: CountingStream) -> None:
+    log = structlog.get_logger("t")
+
+    async def run(name: str) -> None:
+        for i in range(20):
+            log.info(name, n=i)
+            await asyncio.sleep(0)
+        deadline = asyncio.get_running_loop().time() + 2.0
+        while sum(1 for line in lines(stream) if line["event"] == name) < 20:
+            assert asyncio.get_running_loop().time() < deadline, f"{name}'s lines never all came"
+            await asyncio.sleep(0.01)
+
+    threads = [threading.Thread(target=asyncio.run, args=(run(name),)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    for name in ("a", "b"):
+        assert [line["n"] for line in lines(stream) if line["event"] == name] == list(range(20))

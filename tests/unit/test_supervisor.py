@@ -14,8 +14,8 @@ from insider.adapters.memory import InMemorySentCache, InMemorySmsClient, Reques
 from insider.clock import FakeClock
 from insider.domain import Message, MessageStatus, Outcome, SendResult
 from insider.ports import SchemaUpgradeRefused
-from insider.sender import BatchSender, SenderOptions
-from insider.supervisor import DRAIN_PIPELINE, IDLE_POLL_S, Supervisor
+from insider.sender import RECORD_BUDGET_S, BatchSender, SenderOptions
+from insider.supervisor import DRAIN_PIPELINE, IDLE_POLL_S, STOP_MARGIN_S, Supervisor, SupervisorClosed, SupervisorState
 from tests.conftest import eventually
 from tests.unit.support import HeldProvider, ProbedRepository
 
@@ -44,7 +44,7 @@ async def make_supervisor(
 
     yield make
     for supervisor in made:
-        await supervisor.stop()
+        await supervisor.close()
 
 
 def add(repo: ProbedRepository, clock: FakeClock, count: int) -> list[Message]:
@@ -249,7 +249,10 @@ async def test_cancelling_stop_itself_is_not_swallowed_and_still_stops_the_sende
     with pytest.raises(asyncio.CancelledError):
         await stopping
 
-    await eventually(lambda: not supervisor.running, what="the sender task to end")
+    # The stop is a message to the supervisor: cancelling the wait for its answer does not undo it.
+    assert not supervisor.running
+    await clock.advance(30)
+    await eventually(lambda: supervisor.state is SupervisorState.IDLE, what="the sender task to end")
     assert held.cancelled == 1
     current = await repo.get(message.id)
     assert current is not None
@@ -320,11 +323,14 @@ async def test_the_async_context_manager_stops_the_sender_on_the_way_out(
     assert supervisor.status().running is False
     assert clock.sleepers == 0
 
+    assert supervisor.state is SupervisorState.CLOSED  # the way out closes it for good
+
+    other = make_supervisor()
     with pytest.raises(RuntimeError, match="boom"):
-        async with supervisor:
-            await supervisor.start()
+        async with other:
+            await other.start()
             raise RuntimeError("boom")
-    assert not supervisor.running
+    assert not other.running
 
 
 # --- status -------------------------------------------------------------------------------------
@@ -585,3 +591,331 @@ async def test_a_database_it_cannot_upgrade_stops_sending_with_one_error_not_one
     assert refusals == 1
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["sending stopped: cannot upgrade the database"]
     assert sms.requests == []
+
+
+# --- the actor: commands in order, states, closed ----------------------------------------------
+
+
+async def test_stop_start_stop_in_quick_succession_during_a_batch_ends_stopped_each_caller_answered_its_own(
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 5)
+    held = HeldProvider()
+    sms.responder = held
+    supervisor = make_supervisor()
+    await supervisor.start()
+    await eventually(lambda: held.in_flight == BATCH, what="a batch in flight")
+
+    # Sent in this order, before any is answered, while the batch is out at the provider.
+    calls = [
+        asyncio.create_task(supervisor.stop(grace_s=30)),
+        asyncio.create_task(supervisor.start()),
+        asyncio.create_task(supervisor.stop()),
+    ]
+    await clock.settle()
+    held.release.set()
+    assert await asyncio.gather(*calls) == [False, True, False]
+
+    assert supervisor.state is SupervisorState.IDLE and not supervisor.running
+    sent_so_far = len(sms.requests)
+    await step_to(clock, 100)
+    assert len(sms.requests) == sent_so_far  # nothing runs on: the last request was a stop
+
+
+async def test_the_state_goes_idle_running_stopping_idle_closed(
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    _, held, supervisor = await one_request_in_flight(repo, sms, clock, make_supervisor)
+    states = [supervisor.status().state]
+
+    stopping = asyncio.create_task(supervisor.stop(grace_s=30))
+    await clock.settle()
+    states.append(supervisor.status().state)
+    assert supervisor.status().running is False
+    held.release.set()
+    await stopping
+    states.append(supervisor.status().state)
+    await supervisor.close()
+    states.append(supervisor.status().state)
+    assert states == [SupervisorState.RUNNING, SupervisorState.STOPPING, SupervisorState.IDLE, SupervisorState.CLOSED]
+
+
+async def test_after_close_start_and_run_once_are_refused_and_nothing_is_left_running(
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 5)
+    supervisor = make_supervisor()
+    await supervisor.start()
+    await clock.settle()
+    await supervisor.close()
+
+    with pytest.raises(SupervisorClosed, match="closed"):
+        await supervisor.start()
+    with pytest.raises(SupervisorClosed):
+        await supervisor.run_once()
+    assert await supervisor.stop() is False  # stopping a closed supervisor is harmless
+    await supervisor.close()  # and so is closing it again
+    assert clock.sleepers == 0  # the sender loop is gone
+    sent = len(sms.requests)
+    await step_to(clock, 50)
+    assert len(sms.requests) == sent
+
+
+async def test_a_start_queued_behind_a_close_is_refused(
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    _, held, supervisor = await one_request_in_flight(repo, sms, clock, make_supervisor)
+    closing = asyncio.create_task(supervisor.close(grace_s=30))
+    starting = asyncio.create_task(supervisor.start())
+    await clock.settle()
+    held.release.set()
+    await closing
+    with pytest.raises(SupervisorClosed):
+        await starting
+    assert supervisor.state is SupervisorState.CLOSED
+
+
+async def test_the_sender_task_belongs_to_the_supervisor_not_to_the_caller(
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 1)
+    seen: list[asyncio.Task[object] | None] = []
+
+    def respond(request: Request) -> SendResult:
+        seen.append(asyncio.current_task())
+        return SendResult(Outcome.SENT, status_code=202, provider_message_id="pm")
+
+    sms.responder = respond
+    supervisor = make_supervisor()
+    caller = asyncio.create_task(supervisor.start())
+    await caller
+    await clock.settle()
+    assert len(seen) == 1 and seen[0] is not caller
+    caller_done = caller.done()
+    assert caller_done and supervisor.running  # the caller ended; the sender it asked for runs on
+
+
+async def test_prepare_never_runs_two_migrations_at_once(
+    repo: ProbedRepository, clock: FakeClock, make_supervisor: MakeSupervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = asyncio.Event()
+    running = 0
+    most = 0
+    calls = 0
+    migrate = repo.migrate
+
+    async def slow_migrate() -> None:
+        nonlocal running, most, calls
+        calls += 1
+        running += 1
+        most = max(most, running)
+        try:
+            await gate.wait()
+            await migrate()
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(repo, "migrate", slow_migrate)
+    supervisor = make_supervisor()
+    waiting = [asyncio.create_task(supervisor.prepare()) for _ in range(3)]
+    await supervisor.prepare_when_reachable()
+    await supervisor.start()  # the sender applies it before its first batch too
+    await clock.settle()
+    gate.set()
+    await asyncio.gather(*waiting)
+    await clock.settle()
+    assert (most, calls) == (1, 1)
+
+
+async def test_the_schema_is_applied_once_the_database_answers_by_the_supervisor_and_ends_with_it(
+    repo: ProbedRepository, clock: FakeClock, make_supervisor: MakeSupervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    migrations = 0
+    migrate = repo.migrate
+
+    async def counted() -> None:
+        nonlocal migrations
+        await migrate()
+        migrations += 1
+
+    monkeypatch.setattr(repo, "migrate", counted)
+    repo.available = False
+    supervisor = make_supervisor()
+    await supervisor.prepare_when_reachable()  # returns at once; the retries are the supervisor's
+    await clock.advance(5)
+    assert migrations == 0
+    repo.available = True
+    await clock.advance(1)
+    assert migrations == 1
+    await clock.advance(10)
+    assert migrations == 1  # applied once, then no more tries
+
+    other = make_supervisor()
+    repo.available = False
+    await other.prepare_when_reachable()
+    await clock.advance(2)
+    await other.close()  # its retries end with it
+    assert clock.sleepers == 0
+
+
+# --- deadlines ------------------------------------------------------------------------------------
+
+
+async def test_a_stop_returns_within_its_bound_when_the_database_hangs_on_the_final_write(
+    repo: ProbedRepository,
+    sms: InMemorySmsClient,
+    clock: FakeClock,
+    make_supervisor: MakeSupervisor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    message, held, supervisor = await one_request_in_flight(repo, sms, clock, make_supervisor)
+    never = asyncio.Event()
+
+    async def hanging_resolve(resolutions: object) -> None:
+        await never.wait()  # a database that never answers (half-dead connection)
+
+    monkeypatch.setattr(repo, "resolve", hanging_resolve)
+    stopping = asyncio.create_task(supervisor.stop())
+    await clock.advance(RECORD_BUDGET_S - 0.5)
+    assert not stopping.done()
+    await clock.advance(0.5)
+    await eventually(stopping.done, what="stop() to give up on the database")
+    assert await stopping is False
+    assert held.cancelled == 1
+    # Not recorded: the claim's lease releases it.
+    current = await repo.get(message.id)
+    assert current is not None and current.status is MessageStatus.SENDING
+    assert STOP_MARGIN_S >= RECORD_BUDGET_S
+
+
+async def test_a_graceful_stop_is_bounded_by_its_grace_plus_the_margin_when_the_database_hangs(
+    repo: ProbedRepository,
+    sms: InMemorySmsClient,
+    clock: FakeClock,
+    make_supervisor: MakeSupervisor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, held, supervisor = await one_request_in_flight(repo, sms, clock, make_supervisor)
+    never = asyncio.Event()
+
+    async def hanging_resolve(resolutions: object) -> None:
+        await never.wait()
+
+    monkeypatch.setattr(repo, "resolve", hanging_resolve)
+    stopping = asyncio.create_task(supervisor.stop(grace_s=10))
+    held.release.set()  # the send ends; its outcome write hangs
+    await clock.advance(10 + RECORD_BUDGET_S - 0.5)
+    assert not stopping.done()
+    await clock.advance(0.5)
+    await eventually(stopping.done, what="stop() to end within grace + margin")
+
+
+# --- the slot and the current settings ------------------------------------------------------------
+
+
+async def test_a_restart_with_a_shorter_interval_obeys_the_new_interval(
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 10)
+    times = record_times(sms, clock)
+    slow = make_supervisor(interval_s=120)
+    await slow.start()
+    await clock.settle()
+    assert times == [0.0, 0.0]
+    await clock.advance(1)
+    await slow.close()
+
+    fast = make_supervisor(interval_s=10)  # the restart, with INSIDER_SEND_INTERVAL=10s
+    await fast.start()
+    await clock.settle()
+    status = fast.status()
+    assert status.next_tick_at == clock.now() + timedelta(seconds=9)
+    assert status.wait_reason is not None and "rate slot" in status.wait_reason
+    assert "previous run's batch at 2026-01-01T00:00:00Z" in status.wait_reason
+    await step_to(clock, 9.5)
+    assert len(times) == 2
+    await step_to(clock, 10)
+    assert times == [0.0, 0.0, 10.0, 10.0]  # one new interval after the last batch, not 120 s
+
+
+async def test_status_says_why_the_next_batch_waits(
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 10)
+    supervisor = make_supervisor()
+    assert supervisor.status().wait_reason is None  # stopped
+    await supervisor.start()
+    await clock.settle()
+    status = supervisor.status()
+    assert status.wait_reason is not None and status.wait_reason.startswith("rate: one batch every 10s")
+
+    repo.available = False
+    await clock.advance(INTERVAL_S)
+    status = supervisor.status()
+    assert status.wait_reason is not None and status.wait_reason.startswith("database unavailable")
+    assert status.next_tick_at == clock.now() + timedelta(seconds=5)
+
+
+async def test_one_log_line_per_failed_tick_and_one_when_the_database_is_back(
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 10)
+    supervisor = make_supervisor()
+    with capture_logs() as logs:
+        await supervisor.start()
+        await clock.settle()
+        repo.available = False
+        await step_to(clock, 25)  # ticks at 10, 15, 20, 25 fail
+        repo.available = True
+        await step_to(clock, 30)
+    failed = [entry for entry in logs if entry["event"] == "tick failed: database unavailable"]
+    back = [entry for entry in logs if entry["event"] == "database answers again; sending resumes"]
+    assert len(failed) == 4
+    assert len(back) == 1
+
+
+# --- the lease follows from the sender's own options ----------------------------------------------
+
+
+def test_the_lease_follows_from_batch_concurrency_and_timeout() -> None:
+    assert SenderOptions(batch_size=500, concurrency=8, send_timeout_s=10).claim_lease_s == 63 * 10 + 30
+    assert SenderOptions(batch_size=2, concurrency=8, send_timeout_s=10).claim_lease_s == 10 + 30
+    assert SenderOptions(batch_size=2, pipeline_depth=2, concurrency=1, send_timeout_s=3).claim_lease_s == 4 * 3 + 30
+    assert SenderOptions(lease_s=5).claim_lease_s == 5  # an explicit lease wins
+
+
+async def test_claims_carry_the_derived_lease_and_drain_mode_doubles_the_batch(
+    repo: ProbedRepository, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    add(repo, clock, 1)
+    scheduled = make_supervisor(batch_size=20, concurrency=4, send_timeout_s=10.0)
+    await scheduled.run_once()
+    draining = make_supervisor(interval_s=0, batch_size=20, concurrency=4, send_timeout_s=10.0)
+    assert draining.status().batch_size == 20
+    add(repo, clock, 1)
+    leases: list[float] = []
+    claim = repo.claim
+
+    async def recording(limit: int, lease_s: float) -> list[Message]:
+        leases.append(lease_s)
+        return await claim(limit, lease_s)
+
+    repo.claim = recording  # type: ignore[method-assign]
+    await scheduled.run_once()
+    await draining.run_once()
+    assert leases == [5 * 10 + 30, 10 * 10 + 30]
+
+
+def test_core_modules_import_nothing_from_the_settings_module() -> None:
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[2] / "insider"
+    for name in ("supervisor", "sender", "domain", "ports", "clock"):
+        tree = ast.parse((package / f"{name}.py").read_text(encoding="utf-8"))
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        assert "insider.config" not in imported, f"insider/{name}.py imports insider.config"
+    from insider import ports
+
+    assert hasattr(ports, "Observer")

@@ -87,30 +87,34 @@ RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid
 
 -- acquire_slot --
--- Take the slot %(name)s when due, in one statement. A brand-new row is taken by its
--- inserter; an existing one by whoever updates it while due: the row lock and the
--- recheck of `next_at <= now()` after waiting on it make that one process only.
+-- Take the slot %(name)s when due, in one statement: due one interval (the caller's
+-- current one) after the last batch. A brand-new row is taken by its inserter; an
+-- existing one by whoever updates it while due: the row lock and the recheck of the
+-- due time after waiting on it make that one process only.
 -- `wait_s` comes from the statement's snapshot, so it is NULL (row inserted by another
 -- process meanwhile) or not positive (taken meanwhile) when a concurrent taker won;
 -- the caller runs the statement again then.
 WITH inserted AS (
-    INSERT INTO insider_slots (name, next_at)
-    VALUES (%(name)s, now() + make_interval(secs => %(interval_s)s))
+    INSERT INTO insider_slots (name, last_at)
+    VALUES (%(name)s, now())
     ON CONFLICT (name) DO NOTHING
     RETURNING name
 ), updated AS (
     UPDATE insider_slots
-    -- On time (within the tolerance): keep the grid, no drift. Late: one interval from
-    -- now, so two batches are never less than one interval apart (domain.next_slot).
-    SET next_at = CASE WHEN now() - next_at <= make_interval(secs => %(tolerance_s)s) THEN next_at ELSE now() END
-                  + make_interval(secs => %(interval_s)s)
-    WHERE name = %(name)s AND next_at <= now()
+    -- On time (within the tolerance): the batch counts as sent when due, keeping the grid
+    -- (no drift). Late: as sent now, so two batches are never less than one interval
+    -- apart (domain.slot_batch_at).
+    SET last_at = CASE WHEN now() - (last_at + make_interval(secs => %(interval_s)s)) <= make_interval(secs => %(tolerance_s)s)
+                       THEN last_at + make_interval(secs => %(interval_s)s)
+                       ELSE now() END
+    WHERE name = %(name)s AND last_at + make_interval(secs => %(interval_s)s) <= now()
     RETURNING name
 )
 -- The wait is counted from the clock, not now(): now() is when this statement's
 -- transaction began, possibly before it waited on the winner's row lock.
 SELECT EXISTS (SELECT 1 FROM inserted) OR EXISTS (SELECT 1 FROM updated) AS taken,
-       (SELECT EXTRACT(EPOCH FROM next_at - clock_timestamp())::float8 FROM insider_slots WHERE name = %(name)s) AS wait_s
+       (SELECT EXTRACT(EPOCH FROM last_at + make_interval(secs => %(interval_s)s) - clock_timestamp())::float8
+        FROM insider_slots WHERE name = %(name)s) AS wait_s
 
 -- list_sent --
 -- The first page of sent messages, newest first.

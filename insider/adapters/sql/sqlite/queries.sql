@@ -82,13 +82,13 @@ RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token
 
 -- slot_get --
--- When the slot :name can next be taken (inside the slot's write transaction).
-SELECT next_at FROM insider_slots WHERE name = :name
+-- When the last batch of the slot :name went (inside the slot's write transaction).
+SELECT last_at FROM insider_slots WHERE name = :name
 
 -- slot_set --
--- Take the slot :name: it can next be taken at :next_at.
-INSERT INTO insider_slots (name, next_at) VALUES (:name, :next_at)
-ON CONFLICT (name) DO UPDATE SET next_at = excluded.next_at
+-- Take the slot :name: its batch counts as sent at :last_at.
+INSERT INTO insider_slots (name, last_at) VALUES (:name, :last_at)
+ON CONFLICT (name) DO UPDATE SET last_at = excluded.last_at
 
 -- list_sent --
 -- The first page of sent messages, newest first.
