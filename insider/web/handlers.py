@@ -318,7 +318,8 @@ async def _probe(what: str, ping: Callable[[], Awaitable[None]]) -> bool:
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # any failure means down; the reason goes to the log, not to the caller
-        log.warning("readiness check failed", check=what, error=f"{type(exc).__name__}: {exc}")
+        # At debug: a probe every few seconds during an outage would repeat the failed tick's one line.
+        log.debug("readiness check failed", check=what, error=f"{type(exc).__name__}: {exc}")
         return False
     return True
 
