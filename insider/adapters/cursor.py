@@ -5,11 +5,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from insider.domain import Message, MessageStatus
 from insider.ports import InvalidCursor, Page
+
+# A cursor this service hands out is about 80 characters; anything much longer is forged.
+MAX_CURSOR_LENGTH = 512
+# Ids are BIGINT (PostgreSQL) or INTEGER (SQLite): both signed 64-bit.
+MAX_ID = 2**63 - 1
+# Sort keys are times the service wrote; SQLite keeps them as fixed-width text (a four-digit year).
+MIN_KEY = datetime(1000, 1, 1, tzinfo=UTC)
+MAX_KEY = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+_FORGED = "cursor is not one this service handed out"
 
 
 def encode_cursor(status: MessageStatus, key: datetime, message_id: int) -> str:
@@ -18,16 +27,35 @@ def encode_cursor(status: MessageStatus, key: datetime, message_id: int) -> str:
 
 
 def decode_cursor(cursor: str, status: MessageStatus) -> tuple[datetime, int]:
-    """The (sort key, id) after which the next page starts; InvalidCursor if forged or stale."""
+    """The (sort key, id) after which the next page starts; InvalidCursor if forged or stale.
+
+    The structure is checked strictly, so that no value reaches a database that would make it
+    fail (a boolean compared with a BIGINT, an id over 64 bits, a time outside the year range):
+    ``[status, aware ISO 8601 time within years 1000 to 9999 in UTC, id from 1 to 2^63 - 1]``.
+    """
+    if len(cursor) > MAX_CURSOR_LENGTH:
+        raise InvalidCursor(_FORGED)
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        value, key, message_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        decoded: Any = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, TypeError, binascii.Error, RecursionError):  # UnicodeError is a ValueError
+        raise InvalidCursor(_FORGED) from None
+    if not (isinstance(decoded, list) and len(decoded) == 3):
+        raise InvalidCursor(_FORGED)
+    value, key, message_id = decoded
+    # bool is an int in Python, but PostgreSQL would compare a boolean with a BIGINT and fail.
+    if not isinstance(key, str) or type(message_id) is not int or not 1 <= message_id <= MAX_ID:
+        raise InvalidCursor(_FORGED)
+    try:
         parsed = datetime.fromisoformat(key)
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise InvalidCursor("cursor is not one this service handed out") from None
-    if value != status.value or not isinstance(message_id, int) or parsed.tzinfo is None:
+        in_utc = parsed.astimezone(UTC) if parsed.tzinfo is not None else None
+    except (ValueError, OverflowError):  # 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+        raise InvalidCursor(_FORGED) from None
+    if in_utc is None or not MIN_KEY <= in_utc <= MAX_KEY:
+        raise InvalidCursor(_FORGED)
+    if value != status.value:
         raise InvalidCursor("cursor belongs to another listing")
-    return parsed, message_id
+    return in_utc, message_id
 
 
 def page_query(status: MessageStatus, limit: int, cursor: str | None) -> tuple[str, dict[str, Any]]:

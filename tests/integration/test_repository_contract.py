@@ -8,7 +8,9 @@ with ``eventually``.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -442,6 +444,43 @@ async def test_list_messages_rejects_a_cursor_it_did_not_hand_out(repository: Me
             await repository.list_messages(MessageStatus.PENDING, 1, bad)
     with pytest.raises(InvalidCursor):
         await repository.list_messages(MessageStatus.SENT, 1, page.next_cursor)
+
+
+def _forged(value: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+FORGED_CURSORS = {
+    "boolean id": _forged(["sent", "2020-01-01T00:00:00+00:00", True]),
+    "id over 64 bits": _forged(["sent", "2020-01-01T00:00:00+00:00", 2**63]),
+    "id zero": _forged(["sent", "2020-01-01T00:00:00+00:00", 0]),
+    "negative id": _forged(["sent", "2020-01-01T00:00:00+00:00", -1]),
+    "float id": _forged(["sent", "2020-01-01T00:00:00+00:00", 1.5]),
+    "text id": _forged(["sent", "2020-01-01T00:00:00+00:00", "1"]),
+    "before year 1 in UTC": _forged(["sent", "0001-01-01T00:00:00+14:00", 1]),
+    "after year 9999 in UTC": _forged(["sent", "9999-12-31T23:59:59-14:00", 1]),
+    "year 1": _forged(["sent", "0001-01-01T00:00:00+00:00", 1]),
+    "naive time": _forged(["sent", "2020-01-01T00:00:00", 1]),
+    "number as time": _forged(["sent", 1577836800, 1]),
+    "null time": _forged(["sent", None, 1]),
+    "four items": _forged(["sent", "2020-01-01T00:00:00+00:00", 1, 2]),
+    "object": _forged({"status": "sent"}),
+    "nested lists": base64.urlsafe_b64encode(b"[" * 180 + b"]" * 180).decode(),
+    "huge id": base64.urlsafe_b64encode(b'["sent","2020-01-01T00:00:00+00:00",' + b"9" * 300 + b"]").decode(),
+    "not ASCII": "çürük",
+    "too long": "A" * 5000,
+}
+
+
+@pytest.mark.parametrize("cursor", FORGED_CURSORS.values(), ids=FORGED_CURSORS.keys())
+async def test_list_messages_refuses_a_forged_cursor_before_the_database_sees_it(
+    repository: MessageRepository, cursor: str
+) -> None:
+    """Each of these once reached a database and failed there (a 500 from the API)."""
+    await enqueue_many(repository, 2)
+    for status in (MessageStatus.SENT, MessageStatus.PENDING):
+        with pytest.raises(InvalidCursor):
+            await repository.list_messages(status, 1, cursor)
 
 
 async def test_counts_every_status(repository: MessageRepository) -> None:

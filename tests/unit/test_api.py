@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -57,6 +58,42 @@ async def test_forged_cursor_is_400(api: Api) -> None:
     response = await api.client.get("/api/v1/messages?cursor=bm90LWEtY3Vyc29y")
     assert response.status == 400
     assert "cursor" in (await response.json())["fields"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '["sent","2020-01-01T00:00:00+00:00",true]',
+        '["sent","2020-01-01T00:00:00+00:00",9223372036854775808]',
+        '["sent","0001-01-01T00:00:00+14:00",1]',
+        '["sent","9999-12-31T23:59:59-14:00",1]',
+        '["sent","2020-01-01T00:00:00+00:00",1,1]',
+    ],
+)
+async def test_forged_cursor_structure_is_400_json(api: Api, raw: str) -> None:
+    cursor = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    response = await api.client.get("/api/v1/messages", params={"cursor": cursor})
+    assert response.status == 400
+    assert response.content_type == "application/json"
+    assert (await response.json())["fields"] == {"cursor": ["cursor is not one this service handed out"]}
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/api/v1/messages/9223372036854775808", 404),
+        ("/api/v1/messages/" + "9" * 5000, 404),
+        ("/api/v1/messages/0/retry", 404),
+        ("/api/v1/messages?limit=99999999999999999999999", 422),
+        ("/api/v1/messages?limit=" + "9" * 5000, 422),
+        ("/api/v1/messages?limit=-0", 422),
+    ],
+)
+async def test_out_of_range_ids_and_limits_are_json_4xx(api: Api, path: str, status: int) -> None:
+    method = "POST" if path.endswith("/retry") else "GET"
+    response = await api.client.request(method, path)
+    assert response.status == status
+    assert "error" in await response.json()
 
 
 @pytest.mark.parametrize(
