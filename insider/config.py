@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -117,10 +118,37 @@ def _database_url(text: str) -> str:
     return _url("postgresql", "postgres", "sqlite")(value)
 
 
+def parse_allowed_hosts(text: str) -> tuple[str, ...]:
+    """``INSIDER_ALLOWED_HOSTS``: a comma list of host names or addresses, ``.example.com`` for a
+    domain and its subdomains, or ``*`` for any. Ports are not part of it: any port matches.
+    Empty: the listen address, localhost, 127.0.0.1 and [::1] (see insider.web.guard).
+    """
+    hosts: list[str] = []
+    for raw in text.split(","):
+        entry = raw.strip().lower().rstrip(".")
+        if not entry:
+            continue
+        bare = entry[1:-1] if entry.startswith("[") and entry.endswith("]") else entry
+        try:
+            hosts.append(str(ipaddress.ip_address(bare)))
+            continue
+        except ValueError:
+            pass
+        labels = (bare[1:] if bare.startswith(".") else bare).split(".")
+        if entry != "*" and not all(_HOST_LABEL.fullmatch(label) for label in labels):
+            raise ValueError(
+                "expected host names or addresses without a port (example.com, .example.com, 10.0.0.5, [::1]) "
+                f"or *, got {raw.strip()!r}"
+            )
+        hosts.append(bare)
+    return tuple(dict.fromkeys(hosts))
+
+
 def _text(text: str) -> str:
     return text.strip()
 
 
+_HOST_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
@@ -157,7 +185,10 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DATABASE_KEEPALIVES_COUNT": ("database_keepalives_count", _int_between(1, 100)),
     "API_TOKEN": ("api_token", _text),
     "HOST": ("host", _text),
+    "ALLOWED_HOSTS": ("allowed_hosts", parse_allowed_hosts),
     "PORT": ("port", _int_between(0, 65_535)),
+    "HTTP_HEADER_TIMEOUT": ("http_header_timeout_s", _duration_at_least(0.001)),
+    "HTTP_BODY_TIMEOUT": ("http_body_timeout_s", _duration_at_least(0.001)),
     "LOG_LEVEL": ("log_level", _choice(*LOG_LEVELS)),
     "LOG_FORMAT": ("log_format", _choice(*LOG_FORMATS)),
 }
@@ -206,6 +237,10 @@ class Settings:
     redis_list: str = ""
     # Settings taken from the original Go service's names: (INSIDER_* name, the names it came from).
     from_original: tuple[tuple[str, str], ...] = ()
+    # Empty: the listen address, localhost, 127.0.0.1 and [::1]; ("*",): any host.
+    allowed_hosts: tuple[str, ...] = ()
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 10.0
 
     # PostgreSQL only: a statement running longer is cancelled by the server (0: no limit),
     # and TCP keepalives find a connection whose peer has silently gone.

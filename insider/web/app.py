@@ -23,6 +23,7 @@ from insider.container import Container, open_service, resolve
 from insider.ports import InvalidCursor, RepositoryUnavailable
 from insider.supervisor import SupervisorClosed
 from insider.web import handlers
+from insider.web.guard import GUARD, BrowserGuard, browser_checks, cross_site_allowed
 from insider.web.handlers import SERVICES, AppServices, Services, error_response, original_error
 
 log = structlog.get_logger("insider.web")
@@ -275,6 +276,25 @@ def _document_security(spec: dict[str, Any], token_required: bool) -> None:
                 operation.setdefault("responses", {})["401"] = refused
 
 
+def _document_browser_checks(spec: dict[str, Any]) -> None:
+    """Every operation may answer 421 (a Host the service does not answer to) and 403 (a cross-site request)."""
+    refusals = {
+        "403": {
+            "description": "A request from a page on another site (Sec-Fetch-Site, Origin or Referer)",
+            "schema": {"$ref": "#/definitions/Error"},
+        },
+        "421": {
+            "description": "A Host the service does not answer to (INSIDER_ALLOWED_HOSTS)",
+            "schema": {"$ref": "#/definitions/Error"},
+        },
+    }
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                for code, response in refusals.items():
+                    operation["responses"].setdefault(code, response)
+
+
 def create_app(container: Container, *, autostart: bool | None = None, wait_for_schema: bool = True) -> web.Application:
     """The aiohttp app over a container; opening and closing its resources is the app's lifespan.
 
@@ -286,7 +306,7 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     """
     settings = container.settings()
     app = web.Application(
-        middlewares=[request_context, json_errors, require_token, require_json, validation_middleware],
+        middlewares=[request_context, json_errors, browser_checks, require_token, require_json, validation_middleware],
         client_max_size=MAX_BODY_BYTES,
     )
     app[CONTAINER] = container
@@ -294,6 +314,7 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     app[API_TOKEN] = settings.api_token
     app[AUTOSTART] = autostart
     app[WAIT_FOR_SCHEMA] = wait_for_schema
+    app[GUARD] = BrowserGuard.for_service(settings.allowed_hosts, settings.host)
     app.router.add_get("/", handlers.dashboard)
     app.router.add_static("/static/dashboard", handlers.STATIC_DIR, name="dashboard.static")
     app.router.add_get("/healthz", handlers.healthz, allow_head=False)
@@ -329,11 +350,15 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
             error_callback=_validation_error,
             in_place=True,
         )
+    for route in app.router.routes():  # Swagger UI's page: a link from another site may open it
+        if route.resource is not None and route.resource.canonical == "/swagger":
+            cross_site_allowed(route.handler)
     _document_security(app["swagger_dict"], token_required=bool(settings.api_token))
     # Swagger UI also at the original's /swagger/, its spec at /swagger/doc.json.
     [swagger_page] = list(app.router["swagger.docs"])  # aiohttp-apispec's page, GET only
     app.router.add_get("/swagger/", swagger_page.handler, allow_head=False)
     app.router.add_get("/swagger/doc.json", handlers.swagger_spec, allow_head=False)
     app[handlers.ORIGINAL_COMMANDS] = asyncio.Lock()
+    _document_browser_checks(app["swagger_dict"])
     app.cleanup_ctx.append(_lifespan)
     return app

@@ -20,6 +20,7 @@ from insider.metrics import CONTENT_TYPE, CountsCache, Metrics
 from insider.original import SENT_LIST_MAX, sent_item
 from insider.ports import InvalidState, MessageNotFound, MessageRepository, RepositoryUnavailable, SentCache
 from insider.supervisor import SenderStatus, Supervisor
+from insider.web.guard import cross_site_allowed
 from insider.web.schemas import (
     EnqueueSchema,
     ErrorSchema,
@@ -369,6 +370,7 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=app.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
 
+@cross_site_allowed  # a link or bookmark from elsewhere opens it; its data comes through checked routes
 async def dashboard(request: web.Request) -> web.FileResponse:
     """The operator's page: one static file, with its script and styles beside it."""
     return web.FileResponse(STATIC_DIR / "index.html", headers=DASHBOARD_HEADERS)

@@ -335,8 +335,8 @@ async def test_swagger_requires_no_token_where_none_is_configured(api: Api) -> N
 async def test_swagger_documents_the_operator_endpoints(api: Api) -> None:
     spec = await (await api.client.get("/api/docs/swagger.json")).json()
     paths = spec["paths"]
-    assert set(paths["/healthz"]["get"]["responses"]) == {"200"}
-    assert set(paths["/readyz"]["get"]["responses"]) == {"200", "503"}
+    assert set(paths["/healthz"]["get"]["responses"]) == {"200", "403", "421"}
+    assert set(paths["/readyz"]["get"]["responses"]) == {"200", "403", "421", "503"}
     assert paths["/metrics"]["get"]["produces"] == ["text/plain"]
     assert {"200", "503"} <= set(paths["/api/v1/stats"]["get"]["responses"])
     assert "/" not in paths  # the dashboard is a page, not an API
