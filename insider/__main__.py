@@ -285,13 +285,12 @@ def startup_summary(
 
 
 async def _serve(settings: Settings) -> int:
-    from aiohttp import web
-
     from insider.adapters.sqlite import is_sqlite_url
     from insider.container import Container, resolve
     from insider.domain import MessageStatus
     from insider.ports import RepositoryUnavailable, SchemaUpgradeRefused
     from insider.web.app import create_app
+    from insider.web.server import ServiceRunner
 
     if not is_sqlite_url(settings.database_url):
         from insider.adapters.postgres import wrong_url_reason
@@ -306,7 +305,7 @@ async def _serve(settings: Settings) -> int:
     # The sender starts only once the listener is bound: a start that fails (the port is
     # taken) sends nothing and takes no rate slot.
     app = create_app(container, autostart=False, wait_for_schema=False)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = ServiceRunner(app)
     try:
         await runner.setup()  # the lifespan opens the pools; the schema is applied in the background
     except SchemaUpgradeRefused as exc:  # the lifespan closed what it had opened

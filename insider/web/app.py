@@ -25,6 +25,7 @@ from insider.supervisor import SupervisorClosed
 from insider.web import handlers
 from insider.web.guard import GUARD, BrowserGuard, browser_checks, cross_site_allowed
 from insider.web.handlers import SERVICES, AppServices, Services, error_response, original_error
+from insider.web.server import LIMITS, MAX_BODY_BYTES, Limits, request_limits
 
 log = structlog.get_logger("insider.web")
 
@@ -34,7 +35,6 @@ API_TOKEN = web.AppKey("api_token", str)
 # try at the schema; the command line passes False for both, binds the listener, then does them.
 AUTOSTART: web.AppKey[bool | None] = web.AppKey("autostart")
 WAIT_FOR_SCHEMA = web.AppKey("wait_for_schema", bool)
-MAX_BODY_BYTES = 64 * 1024
 # Everything under this prefix needs the token (when one is set); health, metrics, Swagger and the
 # dashboard's page stay open, so that probes, scrapers and the login form itself work.
 API_PREFIX = "/api/v1"
@@ -306,7 +306,15 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     """
     settings = container.settings()
     app = web.Application(
-        middlewares=[request_context, json_errors, browser_checks, require_token, require_json, validation_middleware],
+        middlewares=[
+            request_context,
+            json_errors,
+            browser_checks,
+            request_limits,
+            require_token,
+            require_json,
+            validation_middleware,
+        ],
         client_max_size=MAX_BODY_BYTES,
     )
     app[CONTAINER] = container
@@ -315,6 +323,7 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     app[AUTOSTART] = autostart
     app[WAIT_FOR_SCHEMA] = wait_for_schema
     app[GUARD] = BrowserGuard.for_service(settings.allowed_hosts, settings.host)
+    app[LIMITS] = Limits(settings.http_header_timeout_s, settings.http_body_timeout_s)
     app.router.add_get("/", handlers.dashboard)
     app.router.add_static("/static/dashboard", handlers.STATIC_DIR, name="dashboard.static")
     app.router.add_get("/healthz", handlers.healthz, allow_head=False)

@@ -1,0 +1,211 @@
+"""The HTTP server's edges on a real local port: parser errors as JSON, slow clients dropped, big bodies refused.
+
+The app runs on the unit tests' adapters behind the service's own runner (ServiceRunner, as
+``python -m insider`` serves it), with 1 s deadlines; clients are raw sockets on the loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from aiohttp import web
+
+from insider.web.app import create_app
+from insider.web.server import MAX_BODY_BYTES, ServiceRunner
+from tests.conftest import eventually
+from tests.unit.web_support import in_memory_container
+
+HEADER_TIMEOUT_S = 1.0
+BODY_TIMEOUT_S = 1.0
+
+
+@dataclass
+class Served:
+    port: int
+
+    async def exchange(self, data: bytes, *, timeout_s: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+        """Send raw bytes on a fresh connection; the status, headers and body of the (first) answer."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            writer.write(data)
+            await writer.drain()
+            async with asyncio.timeout(timeout_s):
+                return await read_answer(reader)
+        finally:
+            writer.close()
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One answer with a Content-Length (every answer of the service has one)."""
+    status, headers, _ = parse_answer(await reader.readuntil(b"\r\n\r\n"))
+    return status, headers, await reader.readexactly(int(headers.get("content-length", "0")))
+
+
+def parse_answer(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    container = in_memory_container(http_header_timeout="1s", http_body_timeout="1s")
+    runner = ServiceRunner(create_app(container))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield Served(int(runner.addresses[0][1]))
+    finally:
+        await runner.cleanup()
+        container.unwire()
+
+
+PARSER_ERRORS = {
+    "request line over 8 KB": b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "header over 8 KB": b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+    "over 100 headers": b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    + b"".join(b"X-%d: 1\r\n" % i for i in range(101))
+    + b"\r\n",
+    "method FOO": b"FOO / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "non-ASCII path": "GET /çö HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode(),
+    "TLS on the HTTP port": b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",
+    "HTTP/9.9": b"GET / HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n",
+    "Content-Length not a number": b"POST /api/v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
+    "Content-Length and chunked": b"POST /api/v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("request_bytes", PARSER_ERRORS.values(), ids=PARSER_ERRORS.keys())
+async def test_what_the_parser_refuses_is_a_short_json_400(served: Served, request_bytes: bytes) -> None:
+    status, headers, body = await served.exchange(request_bytes)
+    assert status == 400
+    assert headers["content-type"].startswith("application/json")
+    error = json.loads(body)["error"]
+    assert error.startswith("not a valid HTTP request: ")
+    assert len(body) < 200 and b"aaaa" not in body and b"FOO" not in body  # nothing of the request echoed
+
+
+@pytest.mark.parametrize(
+    "path", ["/static/nope", "/static/dashboard/nope.js", "/static/swagger/nope.css", "/nope", "/api/v1/nope"]
+)
+async def test_missing_files_and_routes_are_json_404(served: Served, path: str) -> None:
+    status, headers, body = await served.exchange(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+    )
+    assert (status, json.loads(body)) == (404, {"error": "not found"})
+    assert headers["content-type"].startswith("application/json")
+
+
+async def test_wrong_method_is_json_405_with_allow(served: Served) -> None:
+    status, headers, body = await served.exchange(
+        b"DELETE /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    assert (status, json.loads(body), headers["allow"]) == (405, {"error": "method not allowed"}, "GET")
+
+
+async def test_a_declared_body_over_the_limit_is_413_at_once(served: Served) -> None:
+    for path in ("/api/v1/messages", "/api/v1/messages/start"):
+        started = time.monotonic()
+        status, headers, body = await served.exchange(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {100 * 1024 * 1024}\r\n\r\n".encode(),
+            timeout_s=HEADER_TIMEOUT_S + BODY_TIMEOUT_S,  # well before any deadline: no body was ever sent
+        )
+        assert status == 413 and "larger than" in json.loads(body)["error"]
+        assert headers["connection"] == "close"
+        assert time.monotonic() - started < BODY_TIMEOUT_S
+
+
+async def test_a_chunked_body_over_the_limit_is_413(served: Served) -> None:
+    chunk = b"x" * 16384
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(MAX_BODY_BYTES // len(chunk) + 1))
+    status, _, body = await served.exchange(
+        b"POST /api/v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+    )
+    assert status == 413 and "error" in json.loads(body)
+
+
+async def test_a_slow_body_is_408_json_and_dropped(served: Served) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    try:
+        writer.write(
+            b"POST /api/v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        await writer.drain()
+        async with asyncio.timeout(BODY_TIMEOUT_S + 5):
+            status, _, body = await read_answer(reader)
+            assert await reader.read() == b""  # and the connection is closed
+    finally:
+        writer.close()
+    assert status == 408 and "INSIDER_HTTP_BODY_TIMEOUT" in json.loads(body)["error"]
+
+
+async def test_200_trickling_clients_are_dropped_within_seconds_and_others_still_served(served: Served) -> None:
+    """A slowloris: 200 connections that send their headers a few bytes at a time and never finish."""
+    connections = [await asyncio.open_connection("127.0.0.1", served.port) for _ in range(200)]
+    dropped: set[int] = set()
+
+    async def trickle() -> None:
+        for step in range(40):  # bounded: 40 steps of 0.1 s at most, well past the 1 s deadline
+            for i, (_, writer) in enumerate(connections):
+                if i not in dropped and not writer.is_closing():
+                    writer.write(b"GET / HTTP/1.1\r\n" if step == 0 else b"X-Slow: 1\r\n")
+            await asyncio.sleep(0.1)  # the client's pace (what is tested), not a synchronisation
+
+    async def watch(i: int, reader: asyncio.StreamReader) -> None:
+        try:
+            data = await reader.read()
+        except ConnectionError:
+            data = b""
+        dropped.add(i)
+        if data:  # a client that had begun a request is told why
+            assert parse_answer(data)[0] == 408
+
+    started = time.monotonic()
+    trickler = asyncio.create_task(trickle())
+    watchers = [asyncio.create_task(watch(i, reader)) for i, (reader, _) in enumerate(connections)]
+    try:
+        # Meanwhile a normal client is served at once.
+        status, _, _ = await served.exchange(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert status == 200
+        await eventually(
+            lambda: len(dropped) == 200, timeout_s=HEADER_TIMEOUT_S + 3, what="every trickling client dropped"
+        )
+        assert time.monotonic() - started < HEADER_TIMEOUT_S + 3
+        await asyncio.gather(*watchers)
+    finally:
+        trickler.cancel()
+        for task in watchers:
+            task.cancel()
+        for _, writer in connections:
+            writer.close()
+
+
+async def test_a_connection_that_sends_nothing_is_dropped(served: Served) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    try:
+        async with asyncio.timeout(HEADER_TIMEOUT_S + 3):
+            assert await reader.read() == b""  # closed, with nothing to say
+    finally:
+        writer.close()
+
+
+async def test_keep_alive_requests_on_one_connection_still_work(served: Served) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    try:
+        for _ in range(3):
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            status, _, body = await read_answer(reader)
+            assert status == 200 and json.loads(body)["status"] == "ok"
+    finally:
+        writer.close()
