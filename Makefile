@@ -3,7 +3,9 @@
 # built-in simulated provider are the defaults. Override with INSIDER_* variables or .env.
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Two steps: what the service needs (make run), then the test tools (make test, make lint).
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 # The first Python 3.11 or newer on the PATH; `make run PYTHON=/path/to/python3.12` to choose.
 PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11 python; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
@@ -16,18 +18,22 @@ $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("insider needs Python 3.11 or newer, $(PYTHON) is %d.%d" % sys.version_info[:2]) if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): on Debian or Ubuntu, install python3-venv" >&2; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(TEST_STAMP)
+
+install: $(TEST_STAMP)
 
 run: $(STAMP)
 	$(BIN)/python -m insider
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
