@@ -48,6 +48,20 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 # Headers of an HTTP error that still mean something on its JSON version (405's Allow, above all).
 _KEPT_ERROR_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Routine polling is logged at debug, so that it does not bury the sends: probes and scrapes by
+# path, the dashboard's periodic refresh by the header its script sets on every GET.
+POLLED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+POLL_HEADER = "X-Insider-Refresh"
+
+
+def is_routine_poll(request: web.Request) -> bool:
+    """A probe, a scrape or the dashboard's refresh: logged at debug, not info."""
+    if request.method != "GET":
+        return False
+    if request.path in POLLED_PATHS:
+        return True
+    # GET on start and stop changes state (the original's clients use it): never routine.
+    return POLL_HEADER in request.headers and request.path.rsplit("/", 1)[-1] not in ("start", "stop")
 
 
 def _validation_error(error: ValidationError, req: Any, schema: Any, *args: Any, **kwargs: Any) -> NoReturn:
@@ -81,7 +95,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         response = await handler(request)
         response.headers["X-Request-Id"] = request_id
-        log.info(
+        (log.debug if is_routine_poll(request) else log.info)(
             "request",
             method=request.method,
             path=request.path,
@@ -192,7 +206,7 @@ async def require_json(request: web.Request, handler: Handler) -> web.StreamResp
     the interpreter's recursion limit, or a charset that Python does not know. Endpoints that
     read no body (start, stop, retry) ignore whatever is sent.
     """
-    if request.can_read_body and _takes_json(request):
+    if request.body_exists and _takes_json(request):
         if request.content_type != "application/json":
             return error_response(415, "the body must be application/json")
         try:

@@ -436,3 +436,32 @@ def test_the_dashboard_loads_nothing_from_elsewhere() -> None:
         text = f.read_text()
         assert not re.search(r"(?i)\b(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text), f"{f.name} refers to another host"
         assert "innerHTML" not in text  # data is shown with textContent only
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "level"),
+    [
+        ("GET", "/healthz", {}, "debug"),
+        ("GET", "/readyz", {}, "debug"),
+        ("GET", "/metrics", {}, "debug"),
+        ("GET", "/api/v1/stats", {"X-Insider-Refresh": "1"}, "debug"),  # the dashboard's refresh
+        ("GET", "/api/v1/messages", {"X-Insider-Refresh": "1"}, "debug"),
+        ("GET", "/api/v1/messages", {}, "info"),  # anyone else's read
+        ("GET", "/api/v1/stats", {}, "info"),
+        ("POST", "/api/v1/messages/stop", {"X-Insider-Refresh": "1"}, "info"),  # a command is never routine
+        ("GET", "/api/v1/messages/stop", {"X-Insider-Refresh": "1"}, "info"),  # GET stop changes state
+        ("GET", "/", {}, "info"),
+    ],
+)
+async def test_routine_polling_logs_at_debug_and_everything_else_at_info(
+    api: Api, method: str, path: str, headers: dict[str, str], level: str
+) -> None:
+    with capture_logs() as logs:
+        await api.client.request(method, path, headers=headers)
+    [event] = [e for e in logs if e.get("event") == "request"]
+    assert event["log_level"] == level
+
+
+def test_the_dashboard_marks_its_refresh() -> None:
+    script = (STATIC_DIR / "dashboard.js").read_text()
+    assert 'headers["X-Insider-Refresh"] = "1"' in script

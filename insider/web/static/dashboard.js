@@ -50,6 +50,8 @@
   // API paths are relative, so the page also works behind a reverse proxy under a prefix.
   async function api(path, method = "GET") {
     const headers = { Accept: "application/json" };
+    // Every GET here is the periodic refresh: the service logs those at debug, not info.
+    if (method === "GET") headers["X-Insider-Refresh"] = "1";
     const bearer = token();
     if (bearer) headers.Authorization = `Bearer ${bearer}`;
     const response = await fetch(path, { method, headers, cache: "no-store" });
