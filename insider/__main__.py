@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import logging
 import math
+import os
+import shlex
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,7 +106,11 @@ def _parser() -> argparse.ArgumentParser:
         "(creating the schema if needed) and print its id.",
     )
     enqueue.add_argument("--to", required=True, help=f"recipient, E.164 ('+' and 8 to 15 digits), e.g. {EXAMPLE_PHONE}")
-    enqueue.add_argument("--content", required=True, help="the text, at most INSIDER_CONTENT_MAX_LENGTH characters")
+    enqueue.add_argument(
+        "--content",
+        required=True,
+        help="the text, at most INSIDER_CONTENT_MAX_LENGTH characters; - reads it from stdin (UTF-8)",
+    )
     simulate = commands.add_parser(
         "simulate",
         help="run a simulated SMS provider (an HTTP server like the webhook)",
@@ -187,11 +193,40 @@ def _display_host(host: str) -> str:
 
 
 def _python_command() -> str:
-    """How to run this Python from the working directory: the venv's path when it is below it."""
+    """How to run this Python from the working directory: the venv's path (relative when it is below it).
+
+    A bare ``python`` would be another interpreter, without insider, outside the venv.
+    """
+    executable = Path(sys.executable)
     try:
-        return str(Path(sys.executable).relative_to(Path.cwd()))
+        return shlex.quote(str(executable.relative_to(Path.cwd())))
     except ValueError:
-        return "python"
+        return shlex.quote(str(executable)) if executable.is_absolute() else "python"
+
+
+def _default_settings() -> Settings | None:
+    try:
+        return load_settings({}, env_file=None)
+    except ConfigError:
+        return None
+
+
+def command_settings(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+    """The INSIDER_* assignments a command pasted in another terminal needs to act on the same data.
+
+    ``enqueue`` must reach the same database and check the same length; whatever differs from the
+    defaults is spelt out (a password masked: it is not printed, put it back in place of ``***``).
+    """
+    environ = os.environ if environ is None else environ
+    defaults = _default_settings()
+    assignments: list[str] = []
+    if "INSIDER_CONFIG_FILE" in environ:
+        assignments.append(f"INSIDER_CONFIG_FILE={shlex.quote(environ['INSIDER_CONFIG_FILE'])}")
+    if defaults is None or settings.database_url != defaults.database_url:
+        assignments.append(f"INSIDER_DATABASE_URL={shlex.quote(mask_url(settings.database_url))}")
+    if defaults is None or settings.content_max_length != defaults.content_max_length:
+        assignments.append(f"INSIDER_CONTENT_MAX_LENGTH={settings.content_max_length}")
+    return "".join(a + " " for a in assignments)
 
 
 def _next_batch(status: SenderStatus, now: datetime) -> tuple[str, str]:
@@ -271,8 +306,11 @@ def startup_summary(
         lines += [
             "Nothing is waiting to be sent. Add a message with either of:",
             f"  curl -X POST {base_url}/api/v1/messages -H 'Content-Type: application/json'{auth} -d '{body}'",
-            f"  {python} -m insider enqueue --to {EXAMPLE_PHONE} --content '{EXAMPLE_CONTENT}'",
+            f"  {command_settings(settings)}{python} -m insider enqueue --to {EXAMPLE_PHONE} "
+            f"--content '{EXAMPLE_CONTENT}'",
         ]
+        if mask_url(settings.database_url) != settings.database_url:
+            lines.append("  (put the database password back in place of *** in INSIDER_DATABASE_URL)")
         if running and settings.send_interval_s > 0:
             if next_line is not None and not next_line.startswith("It goes"):
                 lines.append(f"{next_line}; a message added now goes out with it.")
@@ -364,7 +402,11 @@ async def _migrate(settings: Settings) -> int:
         try:
             await repository.migrate()
         except RepositoryUnavailable as exc:
-            print(f"insider: error: database unavailable: {exc}", file=sys.stderr)
+            print(
+                f"insider: error: the database does not answer (INSIDER_DATABASE_URL="
+                f"{mask_url(settings.database_url)}): {exc}",
+                file=sys.stderr,
+            )
             return EXIT_FAILED
         except SchemaUpgradeRefused as exc:
             return _schema_refused(exc)
@@ -372,14 +414,43 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
+def _read_stdin_text() -> str | None:
+    """All of stdin as UTF-8 text, without the final line break; None if it is not UTF-8."""
+    try:
+        text = sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+def _not_storable(name: str, text: str) -> str | None:
+    """Why a text argument cannot be stored: bytes that are not UTF-8 (kept by Python as surrogates), NUL."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{name} is not valid UTF-8 text"
+    if "\x00" in text:
+        return f"{name} must not contain NUL characters"
+    return None
+
+
 async def _enqueue(settings: Settings, to: str, content: str) -> int:
     from insider.container import Container, open_repository
     from insider.domain import validation_error
     from insider.ports import RepositoryUnavailable, SchemaUpgradeRefused
 
-    reason = validation_error(to, content, settings.content_max_length)
+    if content == "-":
+        stdin_text = _read_stdin_text()
+        if stdin_text is None:
+            print("insider: error: invalid message: the content on stdin is not valid UTF-8 text", file=sys.stderr)
+            return EXIT_FAILED
+        content = stdin_text
+    reason = _not_storable("to", to) or _not_storable("content", content)
+    if reason is None:
+        reason = validation_error(to, content, settings.content_max_length)
     if reason is not None:  # worded as the API words it: the field is "to"
-        print(f"insider: error: invalid message: {reason.replace('recipient_phone', 'to')}", file=sys.stderr)
+        hint = " (INSIDER_CONTENT_MAX_LENGTH)" if "over the limit" in reason else ""
+        print(f"insider: error: invalid message: {reason.replace('recipient_phone', 'to')}{hint}", file=sys.stderr)
         return EXIT_FAILED
     _quiet_pool_retries()
     async with open_repository(Container(settings=settings)) as repository:
@@ -387,7 +458,11 @@ async def _enqueue(settings: Settings, to: str, content: str) -> int:
             await repository.migrate()
             message = await repository.enqueue(to, content)
         except RepositoryUnavailable as exc:
-            print(f"insider: error: database unavailable: {exc}", file=sys.stderr)
+            print(
+                f"insider: error: the database does not answer (INSIDER_DATABASE_URL="
+                f"{mask_url(settings.database_url)}): {exc}",
+                file=sys.stderr,
+            )
             return EXIT_FAILED
         except SchemaUpgradeRefused as exc:
             return _schema_refused(exc)
@@ -436,7 +511,7 @@ async def _simulate(args: argparse.Namespace) -> int:
                     f"  Health    GET {base_url}/healthz",
                     f"  Answers   {'; '.join(answers)}",
                     f"  Auth key  {'required (x-ins-auth-key)' if options.auth_key else 'not checked'}",
-                    f"Send to it: INSIDER_WEBHOOK_URL={base_url}/webhook{key_hint} python -m insider",
+                    f"Send to it: INSIDER_WEBHOOK_URL={base_url}/webhook{key_hint} {_python_command()} -m insider",
                     "Stop with Ctrl+C.",
                 ]
             ),

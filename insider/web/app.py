@@ -262,10 +262,13 @@ def _docs_left_intact(app: web.Application) -> Iterator[None]:
 
 
 def _document_security(spec: dict[str, Any], token_required: bool) -> None:
-    """Add the bearer scheme to the spec, and (with a token set) require it on every /api/v1 operation.
+    """With a token set: describe the bearer scheme in the spec and require it on every /api/v1 operation.
 
-    The spec tells the truth about this instance: without a token nothing needs one and no 401 is sent.
+    The spec tells the truth about this instance: without a token nothing needs one and no 401 is sent,
+    and no scheme is described (Swagger UI then shows no "Authorize" button, which would lead nowhere).
     """
+    if not token_required:
+        return
     spec["securityDefinitions"] = {
         SECURITY_SCHEME: {
             "type": "apiKey",
@@ -274,8 +277,6 @@ def _document_security(spec: dict[str, Any], token_required: bool) -> None:
             "description": "`Bearer <INSIDER_API_TOKEN>`; required on /api/v1 when the service has a token",
         }
     }
-    if not token_required:
-        return
     unauthorized = {
         "description": "No token, or not the right one (`Authorization: Bearer <INSIDER_API_TOKEN>`)",
         "schema": {"$ref": "#/definitions/Error"},

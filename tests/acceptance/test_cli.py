@@ -109,7 +109,8 @@ def test_enqueue_goes_to_the_configured_database(tmp_path: Path) -> None:
         (
             "+905301234001",
             "é" * 161,
-            "insider: error: invalid message: content is 161 characters, over the limit of 160",
+            "insider: error: invalid message: content is 161 characters, over the limit of 160"
+            " (INSIDER_CONTENT_MAX_LENGTH)",
         ),
     ],
 )
@@ -135,7 +136,7 @@ def test_enqueue_to_a_database_that_cannot_be_opened_fails_with_one_line(tmp_pat
 
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith("insider: error: database unavailable: ")
+    assert line.startswith(f"insider: error: the database does not answer (INSIDER_DATABASE_URL={url}): ")
     assert "unable to open database file" in line
 
 
@@ -162,3 +163,53 @@ def test_migrate_creates_the_sqlite_schema(tmp_path: Path) -> None:
         )
     assert {"messages", "insider_slots", "insider_schema_migrations"} <= tables
     assert run("migrate", cwd=tmp_path).returncode == 0  # again: nothing to do
+
+
+def run_bytes(args: list[bytes], cwd: Path, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """The command with raw bytes for arguments and stdin, as a shell would pass them."""
+    return subprocess.run(
+        [sys.executable.encode(), b"-m", b"insider", *args],
+        cwd=cwd,
+        env=service_env(),
+        input=stdin,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "complaint"),
+    [
+        ([b"--to", b"+905301234001", b"--content", b"caf\xe9"], b"", b"content is not valid UTF-8 text"),
+        ([b"--to", b"+90530\xff1234001", b"--content", b"x"], b"", b"to is not valid UTF-8 text"),
+        ([b"--to", b"+905301234001", b"--content", b"-"], b"\xff\xfe broken\n", b"stdin is not valid UTF-8"),
+        ([b"--to", b"+905301234001", b"--content", b"-"], b"a\x00b", b"content must not contain NUL"),
+    ],
+)
+def test_enqueue_with_text_that_is_not_utf8_says_so_in_one_line(
+    tmp_path: Path, args: list[bytes], stdin: bytes, complaint: bytes
+) -> None:
+    result = run_bytes([b"enqueue", *args], tmp_path, stdin)
+
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(b"insider: error: invalid message: ") and complaint in line
+    assert result.stdout == b""
+
+
+def test_enqueue_reads_the_content_from_stdin(tmp_path: Path) -> None:
+    result = run_bytes(
+        [b"enqueue", b"--to", b"+905301234001", b"--content", b"-"], tmp_path, "Merhaba dünya\n".encode()
+    )
+
+    assert result.returncode == 0, result.stderr
+    with contextlib.closing(sqlite3.connect(tmp_path / "insider.db")) as conn:
+        [(content,)] = conn.execute("SELECT content FROM messages").fetchall()
+    assert content == "Merhaba dünya"
+
+
+def test_a_content_over_the_limit_names_the_setting(tmp_path: Path) -> None:
+    result = run("enqueue", "--to", "+905301234001", "--content", "x" * 200, cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith("(INSIDER_CONTENT_MAX_LENGTH)")

@@ -196,3 +196,32 @@ async def test_the_dashboard_fits_a_phone(browser: Browser) -> None:
             box = await page.locator(button).bounding_box()
             assert box is not None and box["height"] >= 40  # big enough for a thumb
         assert problems == []
+
+
+async def test_swagger_try_it_out_works_and_shows_no_authorize_without_a_token(browser: Browser) -> None:
+    """Swagger UI's requests are same-origin, so the browser checks let them through."""
+    from playwright.async_api import expect
+
+    async with open_api() as api:
+        supervisor = api.container.supervisor()
+        await supervisor.start()
+        page = await browser.new_page()
+        await page.goto(str(api.client.make_url("/swagger")))
+        stop = page.locator(".opblock-post", has_text="/api/v1/messages/stop").first
+        await expect(stop).to_be_visible()
+        assert await page.locator(".btn.authorize").count() == 0  # no token: nothing to authorize
+
+        await stop.locator(".opblock-summary").click()
+        await stop.locator(".try-out__btn").click()
+        await stop.locator(".execute").click()
+        await expect(stop.locator(".live-responses-table td.response-col_status:not(.col_header)")).to_have_text("200")
+        await eventually(lambda: not supervisor.running, what="Swagger's stop to stop sending")
+
+
+async def test_swagger_shows_authorize_with_a_token(browser: Browser) -> None:
+    from playwright.async_api import expect
+
+    async with open_api(api_token=TOKEN) as api:
+        page = await browser.new_page()
+        await page.goto(str(api.client.make_url("/swagger")))
+        await expect(page.locator(".btn.authorize")).to_be_visible()

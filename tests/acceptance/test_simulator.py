@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -65,6 +66,8 @@ async def test_accepts_and_the_same_idempotency_key_gets_the_same_message_id(
     log = simulator.log()
     assert "nothing leaves this machine" in log
     assert PHONE not in log  # phone numbers are masked in its log too
+    # The suggested command runs this very interpreter (the venv's), not whatever `python` is on the PATH.
+    assert f"/webhook {sys.executable} -m insider" in log
 
 
 async def test_injected_failures_are_seen_as_retries(

@@ -80,3 +80,30 @@ def test_a_database_that_does_not_answer_yet_is_said_so() -> None:
 
     assert "(not answering yet; sending starts once it does)" in text
     assert "Nothing is waiting" not in text
+
+
+def test_the_enqueue_command_carries_the_settings_it_needs() -> None:
+    """Pasted in another terminal, it must queue into the same database, checked against the same limit."""
+    text = startup_summary(
+        settings(database_url="postgresql://app:hunter2@db:5432/insider", content_max_length="70"),
+        base_url=BASE,
+        running=True,
+        pending=0,
+        python=".venv/bin/python",
+    )
+
+    assert (
+        "  INSIDER_DATABASE_URL='postgresql://app:***@db:5432/insider' INSIDER_CONTENT_MAX_LENGTH=70 "
+        ".venv/bin/python -m insider enqueue --to +15555550100 --content 'Hello from insider'"
+    ) in text.splitlines()
+    assert "  (put the database password back in place of *** in INSIDER_DATABASE_URL)" in text.splitlines()
+    assert "hunter2" not in text
+
+
+def test_a_database_without_a_password_is_given_whole() -> None:
+    text = startup_summary(
+        settings(database_url="sqlite:////var/lib/insider/queue.db"), base_url=BASE, running=True, pending=0
+    )
+
+    assert "  INSIDER_DATABASE_URL=sqlite:////var/lib/insider/queue.db python -m insider enqueue" in text
+    assert "put the database password back" not in text
