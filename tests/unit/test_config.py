@@ -59,6 +59,9 @@ def test_defaults() -> None:
     assert settings.port == 8080
     assert settings.log_level == "info"
     assert settings.log_format == "auto"
+    assert settings.allowed_hosts == ()  # the listen address and the local names (insider.web.guard)
+    assert settings.http_header_timeout_s == 10
+    assert settings.http_body_timeout_s == 10
 
 
 def test_the_defaults_file_is_the_one_in_the_source_tree() -> None:
@@ -152,6 +155,10 @@ def test_a_zero_interval_means_drain_mode() -> None:
         # Sent as a header: a line break would let it write headers of its own.
         ("INSIDER_WEBHOOK_AUTH_KEY", "key\r\nX-Injected: yes"),
         ("INSIDER_WEBHOOK_AUTH_KEY", "key\x00"),
+        ("INSIDER_HTTP_HEADER_TIMEOUT", "0"),
+        ("INSIDER_HTTP_HEADER_TIMEOUT", "slow"),
+        ("INSIDER_HTTP_BODY_TIMEOUT", "-1s"),
+        ("INSIDER_ALLOWED_HOSTS", "example.com:8080"),
     ],
 )
 def test_a_bad_value_is_named_in_the_error(name: str, value: str) -> None:
@@ -335,3 +342,21 @@ def test_a_refused_auth_key_is_not_echoed() -> None:
         load({"INSIDER_WEBHOOK_AUTH_KEY": "s3cret\nline"})
     assert "s3cret" not in str(err.value)
     assert "line breaks" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "hosts"),
+    [
+        ("", ()),
+        ("*", ("*",)),
+        ("SMS.Example.com., 10.0.0.5, [::1], .example.org", ("sms.example.com", "10.0.0.5", "::1", ".example.org")),
+        ("a.example, a.example", ("a.example",)),
+    ],
+)
+def test_allowed_hosts_are_read_as_a_comma_list(text: str, hosts: tuple[str, ...]) -> None:
+    assert load({"INSIDER_ALLOWED_HOSTS": text}).allowed_hosts == hosts
+
+
+def test_http_timeouts_take_units() -> None:
+    settings = load({"INSIDER_HTTP_HEADER_TIMEOUT": "500ms", "INSIDER_HTTP_BODY_TIMEOUT": "1m"})
+    assert (settings.http_header_timeout_s, settings.http_body_timeout_s) == (0.5, 60)
