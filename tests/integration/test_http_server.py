@@ -64,7 +64,7 @@ async def served() -> AsyncIterator[Served]:
         yield Served(int(runner.addresses[0][1]))
     finally:
         await runner.cleanup()
-        container.unwire()
+        await container.repository().close()
 
 
 PARSER_ERRORS = {

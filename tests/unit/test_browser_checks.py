@@ -179,7 +179,7 @@ async def test_a_listen_address_is_allowed_by_default() -> None:
         assert (ok.status, other.status) == (200, 421)
     finally:
         await client.close()
-        container.unwire()
+        await container.repository().close()
 
 
 async def test_a_route_opts_out_of_the_cross_site_check_but_not_the_host_check() -> None:
@@ -199,4 +199,4 @@ async def test_a_route_opts_out_of_the_cross_site_check_but_not_the_host_check()
         assert (await client.post("/api/v1/receipts", headers={"Host": "evil.example"})).status == 421
     finally:
         await client.close()
-        container.unwire()
+        await container.repository().close()
