@@ -114,6 +114,13 @@ class ServiceProtocol(RequestHandler):
     async def finish_response(
         self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
+        if isinstance(resp, web.HTTPException) and resp.status >= 400 and resp.content_type != "application/json":
+            # Raised before any middleware could turn it into JSON (an unknown Expect: 417).
+            json_resp = _json_error(resp.status, resp.reason.lower())
+            for name in ("Allow", "Retry-After"):
+                if name in resp.headers:
+                    json_resp.headers[name] = resp.headers[name]
+            resp = json_resp
         try:
             return await super().finish_response(request, resp, start_time)
         finally:

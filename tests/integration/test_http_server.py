@@ -209,3 +209,12 @@ async def test_keep_alive_requests_on_one_connection_still_work(served: Served) 
             assert status == 200 and json.loads(body)["status"] == "ok"
     finally:
         writer.close()
+
+
+async def test_an_unknown_expectation_is_json_417(served: Served) -> None:
+    """aiohttp refuses it before any middleware runs."""
+    status, headers, body = await served.exchange(
+        b"POST /api/v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    assert (status, json.loads(body)) == (417, {"error": "expectation failed"})
+    assert headers["content-type"].startswith("application/json")
