@@ -291,7 +291,12 @@ class BatchSender:
             try:
                 await self._cache.remember(sent)
             except Exception as exc:  # the database is the source of truth; the cache is a convenience
-                log.warning("cache write skipped", count=len(sent), error=f"{type(exc).__name__}: {exc}")
+                log.warning(
+                    "cache write skipped",
+                    count=len(sent),
+                    setting="INSIDER_REDIS_URL",
+                    error=f"{type(exc).__name__}: {exc}",
+                )
 
     @staticmethod
     def _report(claimed: list[Message], resolutions: dict[int, Resolution], duration_s: float) -> BatchReport:

@@ -320,7 +320,8 @@ async def _probe(what: str, ping: Callable[[], Awaitable[None]]) -> bool:
         raise
     except Exception as exc:  # any failure means down; the reason goes to the log, not to the caller
         # At debug: a probe every few seconds during an outage would repeat the failed tick's one line.
-        log.debug("readiness check failed", check=what, error=f"{type(exc).__name__}: {exc}")
+        setting = "INSIDER_DATABASE_URL" if what == "database" else "INSIDER_REDIS_URL"
+        log.debug("readiness check failed", check=what, setting=setting, error=f"{type(exc).__name__}: {exc}")
         return False
     return True
 
