@@ -23,7 +23,7 @@ from insider.container import Container, open_service, resolve
 from insider.ports import InvalidCursor, RepositoryUnavailable
 from insider.supervisor import SupervisorClosed
 from insider.web import handlers
-from insider.web.guard import GUARD, BrowserGuard, browser_checks, cross_site_allowed
+from insider.web.guard import GUARD, BrowserGuard, browser_checks
 from insider.web.handlers import SERVICES, AppServices, Services, error_response, original_error
 from insider.web.server import LIMITS, MAX_BODY_BYTES, Limits, request_limits
 
@@ -374,9 +374,6 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
             error_callback=_validation_error,
             in_place=True,
         )
-    for route in app.router.routes():  # Swagger UI's page: a link from another site may open it
-        if route.resource is not None and route.resource.canonical == "/swagger":
-            cross_site_allowed(route.handler)
     _document_security(app["swagger_dict"], token_required=bool(settings.api_token))
     # Swagger UI also at the original's /swagger/, its spec at /swagger/doc.json.
     [swagger_page] = list(app.router["swagger.docs"])  # aiohttp-apispec's page, GET only

@@ -4,9 +4,10 @@ Both run as one middleware, before the token. Programs (curl, the original servi
 clients, providers) send none of the browser's headers and pass; a browser's page on
 another site, or a page reached under a foreign name, gets a JSON 403 or 421 saying why.
 
-A route opts out of the cross-site check with :func:`cross_site_allowed` (server-to-server
-endpoints, pages a link from elsewhere may open); the Host check has no opt-out, only
-``INSIDER_ALLOWED_HOSTS=*``.
+A route opts out of the cross-site check by decorating its handler with
+:func:`cross_site_allowed` (server-to-server endpoints, pages a link from elsewhere may open);
+static files and Swagger UI's pages are open too. The Host check has no per-route opt-out,
+only ``INSIDER_ALLOWED_HOSTS=*``.
 """
 
 from __future__ import annotations
@@ -136,11 +137,19 @@ class BrowserGuard:
 GUARD = web.AppKey("browser_guard", BrowserGuard)
 
 
+# Swagger UI's pages (aiohttp-apispec's /swagger, and anything served under /swagger/): a link from
+# another site may open them; the spec and the API calls they make are same-origin.
+SWAGGER_UI_PREFIX = "/swagger"
+
+
 def _cross_site_allowed(request: web.Request) -> bool:
-    """Static files (the dashboard's script and styles, Swagger UI's) have no effect and hold no data."""
+    """Marked handlers; static files (no effect, no data); Swagger UI's pages."""
+    if getattr(request.match_info.handler, _CROSS_SITE_ALLOWED, False):
+        return True
     if isinstance(request.match_info.route.resource, web.StaticResource):
         return True
-    return bool(getattr(request.match_info.handler, _CROSS_SITE_ALLOWED, False))
+    path = request.path
+    return request.method == "GET" and (path == SWAGGER_UI_PREFIX or path.startswith(SWAGGER_UI_PREFIX + "/"))
 
 
 def _refusal(status: int, error: str, **extra: str) -> web.Response:
