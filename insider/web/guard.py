@@ -107,9 +107,12 @@ class BrowserGuard:
         sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
         if isinstance(sockname, tuple) and sockname:
             try:
-                return host == str(ipaddress.ip_address(str(sockname[0]).split("%")[0]))
+                local = ipaddress.ip_address(str(sockname[0]).split("%")[0])
             except ValueError:
                 return False
+            # On a dual-stack listener (INSIDER_HOST=::) an IPv4 client arrives as ::ffff:a.b.c.d.
+            mapped = local.ipv4_mapped if isinstance(local, ipaddress.IPv6Address) else None
+            return host in (str(local), str(mapped))
         return False
 
     @staticmethod

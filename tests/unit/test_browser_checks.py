@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
+from unittest import mock
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from insider.config import ConfigError, load_settings
 from insider.web.app import create_app
-from insider.web.guard import cross_site_allowed
+from insider.web.guard import BrowserGuard, cross_site_allowed
 from tests.unit.web_support import BASE_SETTINGS, Api, in_memory_container
 
 MakeApi = Callable[..., Awaitable[Api]]
@@ -200,3 +201,23 @@ async def test_a_route_opts_out_of_the_cross_site_check_but_not_the_host_check()
     finally:
         await client.close()
         await container.repository().close()
+
+
+@pytest.mark.parametrize(
+    ("sockname", "host", "allowed"),
+    [
+        (("10.0.0.5", 8080), "10.0.0.5:8080", True),  # a probe or scraper dialling the pod's address
+        (("::ffff:10.0.0.5", 8080, 0, 0), "10.0.0.5:8080", True),  # the same on a dual-stack listener (::)
+        (("fd00::5", 8080, 0, 0), "[fd00::5]:8080", True),
+        (("10.0.0.5", 8080), "10.0.0.6:8080", False),
+        (("10.0.0.5", 8080), "rebind.example:8080", False),
+    ],
+)
+def test_the_address_a_connection_came_in_on_is_always_answered(
+    sockname: tuple[object, ...], host: str, allowed: bool
+) -> None:
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: sockname if name == "sockname" else default
+    request = make_mocked_request("GET", "/healthz", headers={"Host": host}, transport=transport)
+    guard = BrowserGuard.for_service((), "0.0.0.0")
+    assert guard.host_allowed(request) is allowed
