@@ -112,7 +112,7 @@ class BrowserGuard:
                 return False
             # On a dual-stack listener (INSIDER_HOST=::) an IPv4 client arrives as ::ffff:a.b.c.d.
             mapped = local.ipv4_mapped if isinstance(local, ipaddress.IPv6Address) else None
-            return host in (str(local), str(mapped))
+            return host == str(local) or (mapped is not None and host == str(mapped))
         return False
 
     @staticmethod

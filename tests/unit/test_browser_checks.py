@@ -211,6 +211,8 @@ async def test_a_route_opts_out_of_the_cross_site_check_but_not_the_host_check()
         (("fd00::5", 8080, 0, 0), "[fd00::5]:8080", True),
         (("10.0.0.5", 8080), "10.0.0.6:8080", False),
         (("10.0.0.5", 8080), "rebind.example:8080", False),
+        (("10.0.0.5", 8080), "None", False),
+        (("fd00::5", 8080, 0, 0), "None", False),
     ],
 )
 def test_the_address_a_connection_came_in_on_is_always_answered(
