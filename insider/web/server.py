@@ -138,6 +138,10 @@ class ServiceProtocol(RequestHandler):
         self._header_deadline = None
         if self._in_request or self.transport is None:
             return
+        if self._waiter is None or self._waiter.done():
+            # Not waiting for a request yet: still reading away a refused body (lingering). Look again later.
+            self._arm_header_deadline()
+            return
         if self._partial:  # a request had begun: say why before closing
             body = json.dumps(
                 {

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from insider.web.app import create_app
 from insider.web.server import MAX_BODY_BYTES, ServiceRunner
@@ -218,3 +219,29 @@ async def test_an_unknown_expectation_is_json_417(served: Served) -> None:
     )
     assert (status, json.loads(body)) == (417, {"error": "expectation failed"})
     assert headers["content-type"].startswith("application/json")
+
+
+async def test_a_refused_body_still_arriving_gets_no_second_answer(served: Served) -> None:
+    """After a 413 the rest of the body is read away for a while; the header deadline must not answer 408 then."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    try:
+        with capture_logs() as logs:
+            writer.write(
+                b"POST /api/v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 104857600\r\n\r\n"
+            )
+            status, _, _ = await read_answer(reader)
+            assert status == 413
+            for _ in range(12):  # 1.8 s of a body nobody wants, past the 1 s header deadline
+                if writer.is_closing():
+                    break
+                writer.write(b"x" * 1024)
+                await asyncio.sleep(0.15)  # the client's pace (what is tested), not a synchronisation
+            try:
+                async with asyncio.timeout(5):
+                    await reader.read()
+            except ConnectionError:
+                pass
+        assert [e for e in logs if e.get("reason") == "headers too slow"] == []
+    finally:
+        writer.close()
