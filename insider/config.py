@@ -239,7 +239,7 @@ class Settings:
     from_original: tuple[tuple[str, str], ...] = ()
     # Empty: the listen address, localhost, 127.0.0.1 and [::1]; ("*",): any host.
     allowed_hosts: tuple[str, ...] = ()
-    http_header_timeout_s: float = 10.0
+    http_header_timeout_s: float = 5.0
     http_body_timeout_s: float = 10.0
 
     # PostgreSQL only: a statement running longer is cancelled by the server (0: no limit),

@@ -48,7 +48,7 @@ class Limits:
 
     __slots__ = ("body_timeout_s", "header_timeout_s")
 
-    def __init__(self, header_timeout_s: float = 10.0, body_timeout_s: float = 10.0) -> None:
+    def __init__(self, header_timeout_s: float = 5.0, body_timeout_s: float = 10.0) -> None:
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
 

@@ -60,7 +60,7 @@ def test_defaults() -> None:
     assert settings.log_level == "info"
     assert settings.log_format == "auto"
     assert settings.allowed_hosts == ()  # the listen address and the local names (insider.web.guard)
-    assert settings.http_header_timeout_s == 10
+    assert settings.http_header_timeout_s == 5
     assert settings.http_body_timeout_s == 10
 
 
