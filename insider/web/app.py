@@ -25,7 +25,7 @@ from insider.supervisor import SupervisorClosed
 from insider.web import handlers
 from insider.web.guard import GUARD, BrowserGuard, browser_checks
 from insider.web.handlers import SERVICES, AppServices, Services, error_response, original_error
-from insider.web.server import LIMITS, MAX_BODY_BYTES, Limits, request_limits
+from insider.web.server import LIMITS, MAX_BODY_BYTES, Limits, expect_within_limits, request_limits
 
 log = structlog.get_logger("insider.web")
 
@@ -345,14 +345,24 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     app.router.add_get("/readyz", handlers.readyz, allow_head=False)
     app.router.add_get("/metrics", handlers.metrics, allow_head=False)
     app.router.add_get("/api/v1/messages", handlers.list_messages, allow_head=False)
-    app.router.add_post("/api/v1/messages", handlers.enqueue_message)
+    app.router.add_post("/api/v1/messages", handlers.enqueue_message, expect_handler=expect_within_limits)
     app.router.add_get(r"/api/v1/messages/{id:[0-9]+}", handlers.get_message, allow_head=False)
     app.router.add_get(f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}", handlers.get_message_by_uuid, allow_head=False)
-    app.router.add_post(r"/api/v1/messages/{id:[0-9]+}/retry", handlers.retry_message)
-    app.router.add_post(f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}/retry", handlers.retry_message_by_uuid)
+    app.router.add_post(
+        r"/api/v1/messages/{id:[0-9]+}/retry", handlers.retry_message, expect_handler=expect_within_limits
+    )
+    app.router.add_post(
+        f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}/retry",
+        handlers.retry_message_by_uuid,
+        expect_handler=expect_within_limits,
+    )
     for method in ("POST", "GET"):
-        app.router.add_route(method, "/api/v1/messages/start", handlers.start_sending)
-        app.router.add_route(method, "/api/v1/messages/stop", handlers.stop_sending)
+        app.router.add_route(
+            method, "/api/v1/messages/start", handlers.start_sending, expect_handler=expect_within_limits
+        )
+        app.router.add_route(
+            method, "/api/v1/messages/stop", handlers.stop_sending, expect_handler=expect_within_limits
+        )
     app.router.add_get("/api/v1/sender", handlers.sender_status, allow_head=False)
     app.router.add_get("/api/v1/stats", handlers.stats, allow_head=False)
     # The original Go service's routes (fiber answered them with or without a final slash).

@@ -223,6 +223,24 @@ class ServiceRunner(web.AppRunner):
         )
 
 
+async def expect_within_limits(request: web.Request) -> None:
+    """A route's ``expect_handler``: ``Expect: 100-continue`` with a body over the limit is refused (413)
+    before the 100 that would invite the client to send it; otherwise aiohttp's own handling."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=MAX_BODY_BYTES,
+            actual_size=request.content_length,
+            text=json.dumps({"error": f"the body is larger than {MAX_BODY_BYTES} bytes"}),
+            content_type="application/json",
+        )
+    expect = request.headers.get("Expect", "")
+    if request.version == (1, 1) and expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's: the real answer is still to come
+        return
+    raise web.HTTPExpectationFailed(text=json.dumps({"error": "expectation failed"}), content_type="application/json")
+
+
 def _missing_static_file(request: web.Request) -> bool:
     """A static route whose file does not exist (aiohttp answers that with an empty 404 of its own)."""
     resource = request.match_info.route.resource

@@ -245,3 +245,34 @@ async def test_a_refused_body_still_arriving_gets_no_second_answer(served: Serve
         assert [e for e in logs if e.get("reason") == "headers too slow"] == []
     finally:
         writer.close()
+
+
+async def test_expect_100_continue_with_a_body_over_the_limit_is_refused_before_the_100(served: Served) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    try:
+        writer.write(
+            b"POST /api/v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: 104857600\r\n\r\n"
+        )
+        async with asyncio.timeout(2):
+            status, _, body = await read_answer(reader)  # the first thing said is the refusal
+        assert status == 413 and "larger than" in json.loads(body)["error"]
+    finally:
+        writer.close()
+
+
+async def test_expect_100_continue_within_the_limit_goes_on(served: Served) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    payload = b'{"to": "+905301234001", "content": "Merhaba"}'
+    try:
+        writer.write(
+            b"POST /api/v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(payload)
+        )
+        async with asyncio.timeout(5):
+            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(payload)
+            status, _, body = await read_answer(reader)
+        assert status == 201 and json.loads(body)["status"] == "pending"
+    finally:
+        writer.close()
