@@ -4,10 +4,10 @@ Both run as one middleware, before the token. Programs (curl, the original servi
 clients, providers) send none of the browser's headers and pass; a browser's page on
 another site, or a page reached under a foreign name, gets a JSON 403 or 421 saying why.
 
-A route opts out of the cross-site check by decorating its handler with
-:func:`cross_site_allowed` (server-to-server endpoints, pages a link from elsewhere may open);
-static files and Swagger UI's pages are open too. The Host check has no per-route opt-out,
-only ``INSIDER_ALLOWED_HOSTS=*``.
+Per route: a handler decorated with :func:`cross_site_allowed` (a page a link from elsewhere
+may open) skips the cross-site check, as static files and Swagger UI's pages do; one decorated
+with :func:`browser_checks_exempt` (an endpoint only servers call) skips both checks.
+Otherwise the Host check is turned off only by ``INSIDER_ALLOWED_HOSTS=*``.
 """
 
 from __future__ import annotations
@@ -27,14 +27,25 @@ F = TypeVar("F", bound=Callable[..., Any])
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 _WILDCARDS = ("", "0.0.0.0", "::")
 _CROSS_SITE_ALLOWED = "__insider_cross_site_allowed__"
+_EXEMPT = "__insider_browser_checks_exempt__"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def browser_checks_exempt(handler: F) -> F:
+    """Mark a handler that only servers call (a provider's delivery reports): neither check applies.
+
+    Such an endpoint is reached under whatever name the caller was given, and is open to
+    cross-site requests anyway; its own authentication protects it.
+    """
+    setattr(handler, _EXEMPT, True)
+    return handler
 
 
 def cross_site_allowed(handler: F) -> F:
     """Mark a handler as open to cross-site requests (the Host check still applies).
 
-    For endpoints that servers call (a provider's delivery reports) and pages a link on
-    another site may open (the dashboard). Everything else refuses cross-site requests.
+    For pages a link on another site may open (the dashboard). Everything else refuses
+    cross-site requests.
     """
     setattr(handler, _CROSS_SITE_ALLOWED, True)
     return handler
@@ -162,6 +173,8 @@ def _refusal(status: int, error: str, **extra: str) -> web.Response:
 @web.middleware
 async def browser_checks(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A JSON 421 for a Host the service does not answer to; a JSON 403 for a cross-site request."""
+    if getattr(request.match_info.handler, _EXEMPT, False):
+        return await handler(request)
     guard = request.app[GUARD]
     if not guard.host_allowed(request):
         host = request.headers.get("Host", "")[:100]

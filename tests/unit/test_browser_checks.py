@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from insider.config import ConfigError, load_settings
 from insider.web.app import create_app
-from insider.web.guard import BrowserGuard, cross_site_allowed
+from insider.web.guard import BrowserGuard, browser_checks_exempt, cross_site_allowed
 from tests.unit.web_support import BASE_SETTINGS, Api, in_memory_container
 
 MakeApi = Callable[..., Awaitable[Api]]
@@ -183,21 +183,28 @@ async def test_a_listen_address_is_allowed_by_default() -> None:
         await container.repository().close()
 
 
-async def test_a_route_opts_out_of_the_cross_site_check_but_not_the_host_check() -> None:
-    """How a server-to-server endpoint (a provider's delivery reports) plugs in."""
+async def test_routes_opt_out_per_handler() -> None:
+    """How a page (cross-site allowed) and a server-to-server endpoint (exempt from both checks) plug in."""
 
     @cross_site_allowed
+    async def page(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    @browser_checks_exempt
     async def receipts(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
     container = in_memory_container()
     app = create_app(container)
+    app.router.add_get("/page", page)
     app.router.add_post("/api/v1/receipts", receipts)
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     try:
-        assert (await client.post("/api/v1/receipts", headers={"Origin": "http://provider.example"})).status == 200
-        assert (await client.post("/api/v1/receipts", headers={"Host": "evil.example"})).status == 421
+        assert (await client.get("/page", headers={"Origin": "http://elsewhere.example"})).status == 200
+        assert (await client.get("/page", headers={"Host": "evil.example"})).status == 421
+        provider = {"Origin": "http://provider.example", "Host": "sms.example.com"}
+        assert (await client.post("/api/v1/receipts", headers=provider)).status == 200
     finally:
         await client.close()
         await container.repository().close()
