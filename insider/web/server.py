@@ -138,6 +138,8 @@ class ServiceProtocol(RequestHandler):
         self._header_deadline = None
         if self._in_request or self.transport is None:
             return
+        # aiohttp's own idle test (RequestHandler._process_keepalive): its waiter is pending while
+        # it waits for the next request.
         if self._waiter is None or self._waiter.done():
             # Not waiting for a request yet: still reading away a refused body (lingering). Look again later.
             self._arm_header_deadline()
@@ -211,6 +213,8 @@ class ServiceRunner(web.AppRunner):
         super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:
+        # aiohttp builds its Server in Application._make_handler; the same arguments make ours
+        # (the handler_args of the app and this runner's keyword arguments are in its _kwargs).
         made = await super()._make_server()  # runs the app's startup and freezes it
         limits = self.app.get(LIMITS) or Limits()
         return ServiceServer(
