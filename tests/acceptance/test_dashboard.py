@@ -225,3 +225,12 @@ async def test_swagger_shows_authorize_with_a_token(browser: Browser) -> None:
         page = await browser.new_page()
         await page.goto(str(api.client.make_url("/swagger")))
         await expect(page.locator(".btn.authorize")).to_be_visible()
+
+
+async def test_the_dashboard_marks_its_refresh_so_it_is_logged_at_debug(browser: Browser) -> None:
+    async with open_api() as api:
+        page = await browser.new_page()
+        async with page.expect_request(lambda r: "/api/v1/stats" in r.url) as stats:
+            await page.goto(str(api.client.make_url("/")))
+        request = await stats.value
+        assert await request.header_value("X-Insider-Refresh") == "1"
