@@ -303,10 +303,11 @@ def _document_browser_checks(spec: dict[str, Any]) -> None:
             "schema": {"$ref": "#/definitions/Error"},
         },
     }
-    for operations in spec.get("paths", {}).values():
+    original = {code: r | {"schema": {"$ref": "#/definitions/OriginalError"}} for code, r in refusals.items()}
+    for path, operations in spec.get("paths", {}).items():
         for operation in operations.values():
             if isinstance(operation, dict) and "responses" in operation:
-                for code, response in refusals.items():
+                for code, response in (original if _original(path) else refusals).items():
                     operation["responses"].setdefault(code, response)
 
 
@@ -337,7 +338,7 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     app[API_TOKEN] = settings.api_token
     app[AUTOSTART] = autostart
     app[WAIT_FOR_SCHEMA] = wait_for_schema
-    app[GUARD] = BrowserGuard.for_service(settings.allowed_hosts, settings.host)
+    app[GUARD] = BrowserGuard.for_service(settings.allowed_hosts, settings.host, original_envelope=_original)
     app[LIMITS] = Limits(settings.http_header_timeout_s, settings.http_body_timeout_s)
     app.router.add_get("/", handlers.dashboard)
     app.router.add_static("/static/dashboard", handlers.STATIC_DIR, name="dashboard.static")

@@ -87,20 +87,28 @@ def _origin_matches_host(origin: str, host_header: str) -> bool:
     return parts.hostname.rstrip(".") == host_parts.hostname.rstrip(".") and origin_port == host_port
 
 
+def _no_envelope(path: str) -> bool:
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class BrowserGuard:
-    """The settings of the checks: which hosts the service answers to."""
+    """The settings of the checks: which hosts the service answers to, and which paths answer in the
+    original Go service's envelope (``{"success": false, "error": ...}``)."""
 
     allowed_hosts: tuple[str, ...]
+    original_envelope: Callable[[str], bool] = _no_envelope
 
     @classmethod
-    def for_service(cls, allowed: Iterable[str], listen_host: str) -> BrowserGuard:
+    def for_service(
+        cls, allowed: Iterable[str], listen_host: str, original_envelope: Callable[[str], bool] = _no_envelope
+    ) -> BrowserGuard:
         """``allowed`` (from INSIDER_ALLOWED_HOSTS); empty means the listen address and the local names."""
         hosts = tuple(allowed)
         if not hosts:
             listen = _host_only(listen_host if not listen_host.count(":") > 1 else f"[{listen_host}]")
             hosts = tuple(dict.fromkeys([*LOCAL_NAMES, *([listen] if listen and listen not in _WILDCARDS else [])]))
-        return cls(hosts)
+        return cls(hosts, original_envelope)
 
     def host_allowed(self, request: web.Request) -> bool:
         header = request.headers.get("Host")
@@ -166,8 +174,9 @@ def _cross_site_allowed(request: web.Request) -> bool:
     return request.method == "GET" and (path == SWAGGER_UI_PREFIX or path.startswith(SWAGGER_UI_PREFIX + "/"))
 
 
-def _refusal(status: int, error: str, **extra: str) -> web.Response:
-    return web.json_response({"error": error, **extra}, status=status)
+def _refusal(request: web.Request, status: int, error: str, **extra: str) -> web.Response:
+    envelope: dict[str, object] = {"success": False} if request.app[GUARD].original_envelope(request.path) else {}
+    return web.json_response({**envelope, "error": error, **extra}, status=status)
 
 
 @web.middleware
@@ -179,6 +188,7 @@ async def browser_checks(request: web.Request, handler: Handler) -> web.StreamRe
     if not guard.host_allowed(request):
         host = request.headers.get("Host", "")[:100]
         return _refusal(
+            request,
             421,
             f"this service does not answer to the host {host!r}; add it to INSIDER_ALLOWED_HOSTS "
             "(a comma list, or * behind a proxy that checks it)",
@@ -188,6 +198,7 @@ async def browser_checks(request: web.Request, handler: Handler) -> web.StreamRe
         reason = guard.cross_site_reason(request)
         if reason is not None:
             return _refusal(
+                request,
                 403,
                 "cross-site request refused: a page on another site cannot use this endpoint "
                 f"(the browser said {reason})",

@@ -38,6 +38,10 @@ GUARDED = [
     ("GET", "/api/v1/stats"),
     ("GET", "/api/v1/sender"),
     ("GET", "/metrics"),
+    # The original Go service's routes.
+    ("GET", "/messages"),
+    ("GET", "/messages/start"),
+    ("GET", "/messages/stop/"),
 ]
 
 
@@ -230,3 +234,14 @@ def test_the_address_a_connection_came_in_on_is_always_answered(
     request = make_mocked_request("GET", "/healthz", headers={"Host": host}, transport=transport)
     guard = BrowserGuard.for_service((), "0.0.0.0")
     assert guard.host_allowed(request) is allowed
+
+
+@pytest.mark.parametrize("path", ["/messages/stop", "/messages", "/messages/start/"])
+async def test_the_original_routes_refuse_in_the_original_envelope(api: Api, path: str) -> None:
+    cross_site = await api.client.get(path, headers={"Origin": "http://evil.example"})
+    assert cross_site.status == 403
+    assert (await cross_site.json())["success"] is False
+    foreign = await api.client.get(path, headers={"Host": "evil.example"})
+    assert foreign.status == 421
+    assert (await foreign.json())["success"] is False
+    assert await _running(api) is False  # neither start nor stop ran
