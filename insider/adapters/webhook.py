@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -152,7 +152,9 @@ class _ProviderConnector(aiohttp.TCPConnector):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # aiohttp builds every connection (plain, TLS, through a proxy) from this factory.
-        self._factory = functools.partial(_ProviderConnection, loop=self._loop)
+        self._factory = cast(
+            "functools.partial[ResponseHandler]", functools.partial(_ProviderConnection, loop=self._loop)
+        )
 
 
 @asynccontextmanager
@@ -180,15 +182,17 @@ async def open_http_session(
         yield session
 
 
-def proxy_from_environment(url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
-    """The proxy for ``url`` from HTTP_PROXY / HTTPS_PROXY / NO_PROXY, as aiohttp's ``trust_env`` reads them.
+def proxy_from_environment(url: str) -> tuple[URL | None, dict[str, str] | None]:
+    """The proxy for ``url`` and its headers, from HTTP(S)_PROXY and NO_PROXY as aiohttp's ``trust_env`` reads them.
 
-    Credentials come from the proxy URL or from ~/.netrc (or $NETRC) for the proxy's host.
+    Credentials come from the proxy URL or from ~/.netrc (or $NETRC) for the proxy's host,
+    and go to the proxy only, as ``Proxy-Authorization``.
     """
     try:
-        return get_env_proxy_for_url(URL(url))
+        proxy, auth = get_env_proxy_for_url(URL(url))
     except LookupError:  # none set, or NO_PROXY names the host
         return None, None
+    return proxy, ({"Proxy-Authorization": auth.encode()} if auth is not None else None)
 
 
 class _Answer:
@@ -196,9 +200,7 @@ class _Answer:
 
     __slots__ = ("body", "headers", "problem", "status")
 
-    def __init__(
-        self, status: int, headers: Mapping[str, str] | None, body: bytes, problem: str | None = None
-    ) -> None:
+    def __init__(self, status: int, headers: Mapping[str, str] | None, body: bytes, problem: str | None = None) -> None:
         self.status = status
         self.headers = headers
         self.body = body
@@ -224,7 +226,7 @@ class WebhookSmsClient:
         self._auth_key = auth_key
         self._timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._proxy, self._proxy_auth = proxy_from_environment(url)
+        self._proxy, self._proxy_headers = proxy_from_environment(url)
 
     async def send(self, to: str, content: str, idempotency_key: str) -> SendResult:
         """POST one message; the provider deduplicates on ``idempotency_key``."""
@@ -256,7 +258,7 @@ class WebhookSmsClient:
         finally:
             _ATTEMPT.reset(token)
 
-    async def _post(self, body: bytes, headers: Mapping[str, str], timeout: aiohttp.ClientTimeout) -> _Answer:
+    async def _post(self, body: bytes, headers: Mapping[str, str], limit: aiohttp.ClientTimeout) -> _Answer:
         attempt = _ATTEMPT.get()
         assert attempt is not None
         try:
@@ -266,10 +268,10 @@ class WebhookSmsClient:
                 self._url,
                 data=body,
                 headers=headers,
-                timeout=timeout,
+                timeout=limit,
                 allow_redirects=False,
                 proxy=self._proxy,
-                proxy_auth=self._proxy_auth,
+                proxy_headers=self._proxy_headers,
             ) as response:
                 status = response.status
                 try:

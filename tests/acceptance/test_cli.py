@@ -162,3 +162,13 @@ def test_migrate_creates_the_sqlite_schema(tmp_path: Path) -> None:
         )
     assert {"messages", "insider_slots", "insider_schema_migrations"} <= tables
     assert run("migrate", cwd=tmp_path).returncode == 0  # again: nothing to do
+
+
+@pytest.mark.parametrize("value", ["lean", "aiohttp"])
+def test_the_removed_webhook_client_setting_gives_one_warning_and_does_not_stop(value: str, tmp_path: Path) -> None:
+    result = run("migrate", cwd=tmp_path, webhook_client=value)
+
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "INSIDER_WEBHOOK_CLIENT" in line]
+    assert len(warnings) == 1
+    assert "INSIDER_WEBHOOK_CLIENT is ignored: removed" in warnings[0]

@@ -572,8 +572,8 @@ async def test_a_server_that_closes_idle_connections_costs_no_retry(aiohttp_serv
         for i in range(3):
             result = await client.send(TO, "Hello", f"idem-{i}")
             assert result.outcome is Outcome.SENT, result
-            n = len(seen.transports)
-            await eventually(lambda n=n: seen.transports[n - 1].is_closing(), what="the server to close it")
+            last = seen.transports[-1]
+            await eventually(last.is_closing, what="the server to close the idle connection")
 
     assert len(seen.transports) == 3
 
