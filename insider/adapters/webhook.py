@@ -62,6 +62,8 @@ _STATUS_LINE = re.compile(rb"HTTP/[0-9]\.[0-9] ([1-9][0-9][0-9])[ \r\n]")
 _STATUS_LINE_MIN_BYTES = len(b"HTTP/1.1 202 ")
 # How much of interim (1xx) answers the tap looks through for the final status line.
 _MAX_INTERIM_BYTES = 64 * 1024
+# How a request lost to a keep-alive race surfaces: the server's close, or a reset.
+_LOST = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)
 
 
 class _Attempt:
@@ -195,18 +197,6 @@ def proxy_from_environment(url: str) -> tuple[URL | None, dict[str, str] | None]
     return proxy, ({"Proxy-Authorization": auth.encode()} if auth is not None else None)
 
 
-class _Answer:
-    """A status line, and what could be read after it."""
-
-    __slots__ = ("body", "headers", "problem", "status")
-
-    def __init__(self, status: int, headers: Mapping[str, str] | None, body: bytes, problem: str | None = None) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-        self.problem = problem  # why the rest could not be read, when it could not
-
-
 class WebhookSmsClient:
     """The SMS provider behind a webhook URL.
 
@@ -238,75 +228,62 @@ class WebhookSmsClient:
         }
         attempt = _Attempt()
         token = _ATTEMPT.set(attempt)
+        limit = self._timeout
+        started = time.monotonic()
         try:
-            started = time.monotonic()
-            try:
-                return self._result(await self._post(body, headers, self._timeout))
-            except _LostOnReusedConnection:
-                pass
-            # The server closed the idle connection as the request went out (a keep-alive
-            # race): it most likely never saw it. Once more on a fresh connection, same key.
-            remaining_s = self._timeout_s - (time.monotonic() - started)
-            if remaining_s <= 0:
-                return SendResult(Outcome.RETRY, error=f"timeout after {self._timeout_s:g}s")
-            try:
-                return self._result(await self._post(body, headers, aiohttp.ClientTimeout(total=remaining_s)))
-            except _LostOnReusedConnection as lost:
-                return SendResult(Outcome.RETRY, error=self._redact(f"connection error: {lost}"))
-        except _Unanswered as unanswered:
-            return SendResult(Outcome.RETRY, error=self._redact(str(unanswered)))
+            for again in (False, True):
+                try:
+                    # A redirect is an answer in itself (3xx is permanent): following one could
+                    # turn the POST into a GET or resend it elsewhere.
+                    async with self._session.post(
+                        self._url,
+                        data=body,
+                        headers=headers,
+                        timeout=limit,
+                        allow_redirects=False,
+                        proxy=self._proxy,
+                        proxy_headers=self._proxy_headers,
+                    ) as response:
+                        status = response.status
+                        try:
+                            raw, problem = await _read_body(response)
+                        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                            # The status line stands; only the body is broken (cut, mis-framed, slow).
+                            raw, problem = b"", _describe(exc, self._timeout_s)
+                        return self._result(status, response.headers, raw, problem)
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    if attempt.status is not None:  # the status line arrived; what followed did not parse
+                        return self._result(attempt.status, None, b"", _describe(exc, self._timeout_s))
+                    if isinstance(exc, TimeoutError):  # also aiohttp's timeout errors
+                        return SendResult(Outcome.RETRY, error=f"timeout after {self._timeout_s:g}s")
+                    error = SendResult(
+                        Outcome.RETRY, error=self._redact(f"connection error: {_describe(exc, self._timeout_s)}")
+                    )
+                    if again or not (attempt.reused and not attempt.received and isinstance(exc, _LOST)):
+                        return error
+                # The server closed the idle connection as the request went out (a keep-alive
+                # race): it most likely never saw it. Once more, at once, with the same key.
+                remaining_s = self._timeout_s - (time.monotonic() - started)
+                if remaining_s <= 0:
+                    return SendResult(Outcome.RETRY, error=f"timeout after {self._timeout_s:g}s")
+                limit = aiohttp.ClientTimeout(total=remaining_s)
+            raise AssertionError("the second try always returns")
         finally:
             _ATTEMPT.reset(token)
 
-    async def _post(self, body: bytes, headers: Mapping[str, str], limit: aiohttp.ClientTimeout) -> _Answer:
-        attempt = _ATTEMPT.get()
-        assert attempt is not None
-        try:
-            # A redirect is an answer in itself (3xx is permanent): following one could turn
-            # the POST into a GET or resend it elsewhere.
-            async with self._session.post(
-                self._url,
-                data=body,
-                headers=headers,
-                timeout=limit,
-                allow_redirects=False,
-                proxy=self._proxy,
-                proxy_headers=self._proxy_headers,
-            ) as response:
-                status = response.status
-                try:
-                    raw, problem = await _read_body(response)
-                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                    # The status line stands; only the body is broken (cut, mis-framed, slow).
-                    raw, problem = b"", _describe(exc, self._timeout_s)
-                return _Answer(status, response.headers, raw, problem)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            if attempt.status is not None:  # the status line arrived; what followed did not parse
-                return _Answer(attempt.status, None, b"", _describe(exc, self._timeout_s))
-            if (
-                attempt.reused
-                and not attempt.received
-                and isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError))
-            ):
-                raise _LostOnReusedConnection(_describe(exc, self._timeout_s)) from exc
-            if isinstance(exc, TimeoutError):  # also aiohttp's timeout errors
-                raise _Unanswered(f"timeout after {self._timeout_s:g}s") from exc
-            raise _Unanswered(f"connection error: {_describe(exc, self._timeout_s)}") from exc
-
-    def _result(self, answer: _Answer) -> SendResult:
-        status = answer.status
+    def _result(self, status: int, headers: Mapping[str, str] | None, raw: bytes, problem: str | None) -> SendResult:
+        """The outcome of an answer: its status, and what could be read after it (``problem`` if not all)."""
         if 200 <= status < 300:
-            message_id = _message_id(answer.body)
-            if message_id is None and answer.headers is not None:
-                message_id = _header_message_id(answer.headers)
+            message_id = _message_id(raw)
+            if message_id is None and headers is not None:
+                message_id = _header_message_id(headers)
             warning = None
-            if answer.problem is not None:
-                warning = self._redact(f"the answer after its {status} status line could not be read: {answer.problem}")
+            if problem is not None:
+                warning = self._redact(f"the answer after its {status} status line could not be read: {problem}")
             return SendResult(Outcome.SENT, status_code=status, provider_message_id=message_id, warning=warning)
-        excerpt = _excerpt(answer.body) if answer.problem is None else f"({answer.problem})"
-        error = self._redact(f"HTTP {status}: {excerpt}")
+        error = self._redact(f"HTTP {status}: " + (_excerpt(raw) if problem is None else f"({problem})"))
         if status >= 500 or status in _TRANSIENT_4XX:
-            retry_after = answer.headers.get("Retry-After") if answer.headers is not None else None
+            retry_after = headers.get("Retry-After") if headers is not None else None
             delay = parse_retry_after(retry_after) if status in _RETRY_AFTER_STATUSES else None
             return SendResult(Outcome.RETRY, status_code=status, error=error, retry_after_s=delay)
         return SendResult(Outcome.FAILED, status_code=status, error=error)
@@ -316,18 +293,13 @@ class WebhookSmsClient:
         return text.replace(self._auth_key, _REDACTED) if self._auth_key else text
 
 
-class _Unanswered(Exception):
-    """No status line arrived: refused, reset, closed, not HTTP, or too late."""
-
-
-class _LostOnReusedConnection(Exception):
-    """A reused keep-alive connection closed before any byte of an answer."""
-
-
 async def _read_body(response: aiohttp.ClientResponse) -> tuple[bytes, str | None]:
     """The body, or its first MAX_BODY_BYTES and why the rest was left unread."""
     length = response.content_length
     if length is not None and length <= MAX_BODY_BYTES:
+        content = response.content
+        if content.is_eof():  # a small answer arrives whole with its headers: no need to wait
+            return content.read_nowait(), None
         return await response.read(), None
     if length is not None:
         return b"", f"a body of {length} bytes, over {MAX_BODY_BYTES}, was not read"
