@@ -166,7 +166,7 @@ _META = {"CONFIG_FILE"}
 # Settings of earlier versions: accepted whatever their value, ignored, and named in one
 # warning at start-up, so that an old .env does not stop the service.
 REMOVED = {
-    "WEBHOOK_CLIENT": "removed: aiohttp's HTTP client always carries the webhook; delete the variable",
+    "WEBHOOK_CLIENT": "the setting was removed; aiohttp's HTTP client always carries the webhook (delete the variable)",
 }
 
 

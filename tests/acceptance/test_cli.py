@@ -171,4 +171,4 @@ def test_the_removed_webhook_client_setting_gives_one_warning_and_does_not_stop(
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "INSIDER_WEBHOOK_CLIENT" in line]
     assert len(warnings) == 1
-    assert "INSIDER_WEBHOOK_CLIENT is ignored: removed" in warnings[0]
+    assert "INSIDER_WEBHOOK_CLIENT is ignored: the setting was removed" in warnings[0]
