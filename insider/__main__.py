@@ -477,6 +477,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in settings.ignored:  # an old .env must not stop the service, but it should be cleaned
         log.warning(f"{name} is ignored: {REMOVED[name.removeprefix('INSIDER_')]}", setting=name)
     command = args.command or "serve"
+    if command == "serve" and settings.webhook_url:
+        from insider.adapters.webhook import proxy_from_environment
+
+        try:  # a proxy aiohttp cannot use would fail every send, or be skipped silently
+            proxy_from_environment(settings.webhook_url)
+        except ValueError as exc:
+            print(f"insider: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if command == "simulate":
         return _run_fast(_simulate(args))
     if command == "enqueue":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import math
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -19,6 +20,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, cast
+from urllib.request import getproxies, proxy_bypass
 
 import aiohttp
 import orjson
@@ -28,6 +30,7 @@ from yarl import URL
 
 import insider
 from insider.adapters.encoding import json_bytes
+from insider.config import mask_url
 from insider.domain import Outcome, SendResult
 
 AUTH_HEADER = "x-ins-auth-key"
@@ -188,13 +191,29 @@ def proxy_from_environment(url: str) -> tuple[URL | None, dict[str, str] | None]
     """The proxy for ``url`` and its headers, from HTTP(S)_PROXY and NO_PROXY as aiohttp's ``trust_env`` reads them.
 
     Credentials come from the proxy URL or from ~/.netrc (or $NETRC) for the proxy's host,
-    and go to the proxy only, as ``Proxy-Authorization``.
+    and go to the proxy only, as ``Proxy-Authorization``. A proxy aiohttp cannot use raises
+    ValueError naming the variable (aiohttp would ignore an https:// one and go direct).
     """
-    try:
-        proxy, auth = get_env_proxy_for_url(URL(url))
-    except LookupError:  # none set, or NO_PROXY names the host
+    target = URL(url)
+    if target.host is not None and proxy_bypass(target.host):  # NO_PROXY
         return None, None
-    return proxy, ({"Proxy-Authorization": auth.encode()} if auth is not None else None)
+    raw = getproxies().get(target.scheme)
+    if not raw:
+        return None, None
+    # urllib prefers the lower-case variable; name the one in force.
+    name = next((n for n in (f"{target.scheme}_proxy", f"{target.scheme.upper()}_PROXY") if os.environ.get(n)), "")
+    try:
+        proxy = URL(raw)
+        valid = proxy.scheme == "http" and bool(proxy.host) and proxy.port is not None
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError(f"{name}: expected a proxy URL like http://host:3128, got {mask_url(raw)!r}")
+    try:
+        found, auth = get_env_proxy_for_url(target)
+    except LookupError:
+        return None, None
+    return found, ({"Proxy-Authorization": auth.encode()} if auth is not None else None)
 
 
 class WebhookSmsClient:

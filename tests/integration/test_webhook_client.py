@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
+import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -683,3 +684,77 @@ async def test_an_international_host_name_goes_out_in_punycode(
     ascii_host = f"xn--sms-salayc-fpb3tb.xn--rnek-4qa.tr:{port}"
     assert proxy.first_lines == [f"POST http://{ascii_host}/webhook HTTP/1.1"]
     assert proxy.hosts == [ascii_host]
+
+
+async def test_a_2xx_whose_headers_never_end_is_sent_when_the_timeout_comes(
+    raw_server: RawServer, make_client: ClientFactory
+) -> None:
+    release = asyncio.Event()
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 202 Accepted\r\nX-Slow: ")
+        await writer.drain()
+        await release.wait()
+
+    client = make_client(await raw_server(trickle), timeout_s=0.3)
+    try:
+        result = await client.send(TO, "Hello", "idem-slow-head")
+    finally:
+        release.set()
+
+    assert result == SendResult(
+        Outcome.SENT,
+        status_code=202,
+        warning="the answer after its 202 status line could not be read: timeout after 0.3s",
+    )
+
+
+async def test_credentials_in_the_webhook_url_are_sent_as_basic_auth(
+    provider: Provider, make_client: ClientFactory
+) -> None:
+    url = provider.url.replace("http://", "http://user:p%40ss@")
+
+    result = await make_client(url).send(TO, "Hello", "idem-basic")
+
+    assert result.outcome is Outcome.SENT
+    [received] = provider.requests
+    assert received.headers["Authorization"] == "Basic dXNlcjpwQHNz"  # user:p@ss
+
+
+def test_the_status_line_decides_on_uvloop_too() -> None:
+    """The service runs on uvloop, whose transports deliver bytes their own way."""
+    answers = {
+        "body-longer-than-its-length": b'HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}, "more"}',
+        "cut-mid-body": b"HTTP/1.1 202 Accepted\r\nContent-Length: 100\r\n\r\n{}",
+        "fine": b'HTTP/1.1 202 Accepted\r\nContent-Length: 17\r\n\r\n{"messageId": 42}',
+        "garbage": b"NOT HTTP\r\n\r\n",
+    }
+
+    async def main() -> dict[str, tuple[Outcome, int | None, str | None]]:
+        results = {}
+        async with open_http_session(concurrency_limit=2) as session:
+            for name, answer in answers.items():
+
+                async def handle(
+                    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: bytes = answer
+                ) -> None:
+                    await read_request(reader)
+                    writer.write(answer)
+                    await writer.drain()
+                    writer.close()
+
+                server = await asyncio.start_server(handle, "127.0.0.1", 0)
+                url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+                result = await WebhookSmsClient(session, url, AUTH_KEY, timeout_s=5).send(TO, "Hello", "idem-uv")
+                results[name] = (result.outcome, result.status_code, result.provider_message_id)
+                server.close()
+                await server.wait_closed()
+        return results
+
+    assert uvloop.run(main()) == {
+        "body-longer-than-its-length": (Outcome.SENT, 202, None),
+        "cut-mid-body": (Outcome.SENT, 202, None),
+        "fine": (Outcome.SENT, 202, "42"),
+        "garbage": (Outcome.RETRY, None, None),
+    }

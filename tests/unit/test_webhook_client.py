@@ -356,3 +356,39 @@ async def test_credentials_in_the_proxy_url_go_to_the_proxy(
     call = only_request(mocked)
     assert call.kwargs["proxy_headers"] == {"Proxy-Authorization": "Basic dXNlcjpwQHNz"}  # user:p@ss
     assert "Authorization" not in call.kwargs["headers"]  # not sent to the provider
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        ("HTTPS_PROXY", "https://proxy.internal:3128", "'https://proxy.internal:3128'"),  # aiohttp would ignore it
+        ("HTTPS_PROXY", "socks5://proxy.internal:1080", "'socks5://proxy.internal:1080'"),
+        ("https_proxy", "not a url", "'not a url'"),
+        ("HTTPS_PROXY", "http://proxy.internal:99999", "'http://proxy.internal:99999'"),
+        ("HTTPS_PROXY", "http://user:hunter2@[::1", "'***'"),
+        ("HTTPS_PROXY", "https://user:hunter2@proxy.internal:3128", "'https://user:***@proxy.internal:3128'"),
+    ],
+)
+def test_a_proxy_aiohttp_cannot_use_is_refused_naming_the_variable(
+    session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch, name: str, value: str, shown: str
+) -> None:
+    for other in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(name, value)
+
+    with pytest.raises(ValueError) as err:
+        WebhookSmsClient(session, URL_, AUTH_KEY, timeout_s=10)
+
+    assert str(err.value) == f"{name}: expected a proxy URL like http://host:3128, got {shown}"
+    assert "hunter2" not in str(err.value)
+
+
+def test_a_bad_proxy_the_webhook_does_not_use_is_no_concern(
+    session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "not a url")  # the webhook is https
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+
+    WebhookSmsClient(session, URL_, AUTH_KEY, timeout_s=10)
