@@ -24,6 +24,7 @@ from urllib.request import getproxies, proxy_bypass
 
 import aiohttp
 import orjson
+import structlog
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
@@ -32,6 +33,8 @@ import insider
 from insider.adapters.encoding import json_bytes
 from insider.config import mask_url
 from insider.domain import Outcome, SendResult
+
+log = structlog.get_logger("insider.webhook")
 
 AUTH_HEADER = "x-ins-auth-key"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -286,6 +289,11 @@ class WebhookSmsClient:
                 if remaining_s <= 0:
                     return SendResult(Outcome.RETRY, error=f"timeout after {self._timeout_s:g}s")
                 limit = aiohttp.ClientTimeout(total=remaining_s)
+                log.info(
+                    "webhook request lost on a reused keep-alive connection; sending it again at once",
+                    idempotency_key=idempotency_key,
+                    error=error.error,
+                )
             raise AssertionError("the second try always returns")
         finally:
             _ATTEMPT.reset(token)

@@ -13,6 +13,7 @@ import pytest
 import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
 from insider.adapters.webhook import KEEPALIVE_S, WebhookSmsClient, open_http_session
 from insider.domain import Outcome, SendResult
@@ -471,11 +472,15 @@ async def test_a_request_lost_on_a_reused_connection_is_sent_again_at_once_with_
     client = make_client(await raw_server(server))
 
     first = await client.send(TO, "one", "idem-1")
-    second = await client.send(TO, "two", "idem-2")
+    with capture_logs() as logs:
+        second = await client.send(TO, "two", "idem-2")
 
     assert first.outcome is Outcome.SENT and first.provider_message_id == "ka-1"
     assert second == SendResult(Outcome.SENT, status_code=202, provider_message_id="ka-3")
     assert [(r.connection, r.idempotency_key) for r in server.requests] == [(1, "idem-1"), (1, "idem-2"), (2, "idem-2")]
+    [lost] = logs
+    assert lost["log_level"] == "info" and lost["idempotency_key"] == "idem-2"
+    assert lost["event"].startswith("webhook request lost on a reused keep-alive connection")
 
 
 async def test_a_lost_request_is_sent_again_only_once(raw_server: RawServer, make_client: ClientFactory) -> None:
