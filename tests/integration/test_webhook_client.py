@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import json
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
+import trustme
 import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -48,7 +50,7 @@ class Provider:
         return str(self.server.make_url("/webhook"))
 
 
-AiohttpServer = Callable[[web.Application], Awaitable[TestServer]]
+AiohttpServer = Callable[..., Awaitable[TestServer]]
 
 
 @pytest.fixture
@@ -763,3 +765,26 @@ def test_the_status_line_decides_on_uvloop_too() -> None:
         "fine": (Outcome.SENT, 202, "42"),
         "garbage": (Outcome.RETRY, None, None),
     }
+
+
+async def test_a_provider_certificate_the_system_does_not_trust_is_a_retry_not_a_send(
+    aiohttp_server: AiohttpServer, make_client: ClientFactory
+) -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_context)
+    seen: list[str] = []
+
+    async def accept(request: web.Request) -> web.StreamResponse:
+        seen.append(request.path)
+        return web.json_response({"messageId": "tls-1"}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/webhook", accept)
+    server = await aiohttp_server(app, ssl=server_context)
+
+    result = await make_client(f"https://localhost:{server.port}/webhook").send(TO, "Hello", "idem-tls")
+
+    assert result.outcome is Outcome.RETRY and result.status_code is None
+    assert result.error is not None and "CERTIFICATE_VERIFY_FAILED" in result.error
+    assert seen == []  # nothing reached the provider over a connection we could not trust
