@@ -2,9 +2,12 @@
 
 The status line decides: once it says 2xx the message is sent, whatever follows (a broken,
 oversized or cut body or header is a warning, not a retry that could send it twice). aiohttp
-reads the status line and the headers in one parse and raises on anything broken in the same
-packet, so a small tap on each connection (``_ProviderConnection``) notes the status line as
-the bytes arrive, for the request that is waiting on that connection.
+parses each packet whole and raises on anything broken in it before it hands over a response:
+bytes past Content-Length in the answer's own packet fail as "Bad status line" (the parser
+reads them as the next answer), a header over its limit as "Got more than N bytes"; in a
+later packet, they only close the connection after the answer was read. So a small tap on
+each connection (``_ProviderConnection``) notes the status line as the bytes arrive, for the
+request waiting on that connection, and any error after a 2xx status line is a warning.
 """
 
 from __future__ import annotations
