@@ -13,6 +13,7 @@ request waiting on that connection, and any error after a 2xx status line is a w
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 import math
 import os
@@ -60,6 +61,9 @@ KEEPALIVE_S = 4.0
 # with a 100 KB header is still read whole up to these.
 MAX_HEADER_LINE_BYTES = 256 * 1024
 MAX_HEADERS = 1024
+# aiohttp's own limits: beyond them an answer is read, but with a warning.
+USUAL_MAX_HEADER_LINE_BYTES = 8190
+USUAL_MAX_HEADERS = 128
 # Statuses worth another attempt: the provider is busy, down or slow, not refusing the message.
 _TRANSIENT_4XX = frozenset({408, 429})
 # Statuses whose Retry-After tells when to come back (RFC 9110 section 10.2.3, RFC 6585).
@@ -275,7 +279,13 @@ class WebhookSmsClient:
                         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                             # The status line stands; only the body is broken (cut, mis-framed, slow).
                             raw, problem = b"", _describe(exc, self._timeout_s)
-                        return self._result(status, response.headers, raw, problem)
+                        result = self._result(status, response.headers, raw, problem)
+                        oversized = _oversized_headers(response.raw_headers)
+                        if oversized is not None and result.outcome is Outcome.SENT and result.warning is None:
+                            return dataclasses.replace(
+                                result, warning=f"the answer's headers were oversized: {oversized}"
+                            )
+                        return result
                 except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                     if attempt.status is not None:  # the status line arrived; what followed did not parse
                         return self._result(attempt.status, None, b"", _describe(exc, self._timeout_s))
@@ -342,6 +352,16 @@ async def _read_body(response: aiohttp.ClientResponse) -> tuple[bytes, str | Non
         parts.append(part)
         size += len(part)
     return b"", f"a body over {MAX_BODY_BYTES} bytes was not read"
+
+
+def _oversized_headers(raw_headers: tuple[tuple[bytes, bytes], ...]) -> str | None:
+    """What is unusual about headers aiohttp read only because its limits were raised, if anything."""
+    if len(raw_headers) > USUAL_MAX_HEADERS:
+        return f"{len(raw_headers)} headers"
+    longest = max((len(name) + len(value) for name, value in raw_headers), default=0)
+    if longest > USUAL_MAX_HEADER_LINE_BYTES:
+        return f"a header line of {longest} bytes"
+    return None
 
 
 def _describe(exc: BaseException, timeout_s: float) -> str:

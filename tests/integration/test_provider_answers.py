@@ -161,3 +161,24 @@ async def test_an_answer_without_a_2xx_status_line_is_retried(
     assert (status, message_id, attempts) == (MessageStatus.PENDING, None, 1)
     assert last_error is not None and last_error.startswith("connection error: malformed answer")
     assert requests == [1]
+
+
+async def test_a_2xx_with_a_100_kb_header_is_read_whole_and_logged_as_oversized(
+    pg_repository: PostgresMessageRepository,
+    redis_client: aioredis.Redis,
+    redis_prefix: str,
+    raw_provider: Callable[[Answer], Awaitable[tuple[str, list[int]]]],
+) -> None:
+    body = b'{"messageId": "big-header-1"}'
+    answer = b"HTTP/1.1 202 Accepted\r\nX-Big: " + b"a" * 100_000 + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    url, requests = await raw_provider(lambda n: answer)
+    cache = RedisSentCache(redis_client, prefix=redis_prefix, ttl_s=60)
+
+    with capture_logs() as logs:
+        [(status, message_id, attempts, _)] = await drain_once(pg_repository, cache, url, 1)
+
+    assert (status, message_id, attempts, requests) == (MessageStatus.SENT, "big-header-1", 1, [1])
+    [send] = [e for e in logs if e["event"] == "send"]
+    assert send["log_level"] == "warning"
+    assert send["warning"] == "the answer's headers were oversized: a header line of 100005 bytes"
+    assert await redis_client.hgetall(cache.key("big-header-1"))
