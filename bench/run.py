@@ -34,8 +34,6 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from insider.adapters.http1 import Http1Client
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -151,7 +149,7 @@ async def ceiling(url: str, requests: int, concurrency: int) -> float:
     """Requests per second of a bare aiohttp client: the issue's ceiling.
 
     As lean as aiohttp allows (no cookie jar, the body encoded with orjson, as the service's
-    INSIDER_WEBHOOK_CLIENT=aiohttp session), so that it is aiohttp's ceiling, not a slow client's.
+    session), so that it is aiohttp's ceiling, not a slow client's.
     """
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
@@ -162,19 +160,6 @@ async def ceiling(url: str, requests: int, concurrency: int) -> float:
                 return response.status
 
         return await requests_per_s(post, requests, concurrency)
-
-
-async def lean_ceiling(url: str, requests: int, concurrency: int) -> float:
-    """Requests per second of the service's own HTTP client alone: the most the provider gives it."""
-    client = Http1Client(url, limit=concurrency)
-    try:
-
-        async def post(body: bytes, headers: dict[str, str]) -> int:
-            return (await client.post(body, headers, 10.0)).status
-
-        return await requests_per_s(post, requests, concurrency)
-    finally:
-        await client.aclose()
 
 
 class Drain(NamedTuple):
@@ -216,7 +201,6 @@ async def drain(admin_url: str, redis_url: str, url: str, args: argparse.Namespa
             "INSIDER_SEND_CONCURRENCY": str(args.concurrency),
             "INSIDER_AUTOSTART": "false",
             "INSIDER_LOG_LEVEL": args.log_level,
-            "INSIDER_WEBHOOK_CLIENT": args.webhook_client,
         }
         async with AsyncExitStack() as stack:
             services = [
@@ -330,9 +314,6 @@ async def main() -> None:
         help="Redis for the sent cache during the drain; empty for the in-process cache",
     )
     parser.add_argument(
-        "--webhook-client", default="lean", choices=("lean", "aiohttp"), help="the service's INSIDER_WEBHOOK_CLIENT"
-    )
-    parser.add_argument(
         "--provider-latency",
         type=float,
         default=0.0,
@@ -352,32 +333,25 @@ async def main() -> None:
     )
     print(
         f"drain: {args.messages} messages, batch {args.batch_size}, interval 0, concurrency {args.concurrency}, "
-        f"{args.processes} process(es), {args.webhook_client} webhook client, "
+        f"{args.processes} process(es), "
         f"provider latency {args.provider_latency * 1000:g} ms"
     )
-    ceilings, leans, drains, peaks, cpus = [], [], [], [], []
+    ceilings, drains, peaks, cpus = [], [], [], []
     async with provider(args.provider_latency) as url:
         for _ in range(args.repeat):  # alternated, so that all see the same machine
             ceilings.append(await ceiling(url, args.messages, args.concurrency))
-            leans.append(await lean_ceiling(url, args.messages, args.concurrency))
             result = await drain(args.admin_url, args.redis_url, url, args, log_dir)
             drains.append(result.messages_per_s)
             peaks.append(result.peak_rss_mb)
             cpus.append(result.cpu_us_per_message)
     ceiling_rps, drain_mps, peak_mb = statistics.median(ceilings), statistics.median(drains), max(peaks)
-    lean_rps = statistics.median(leans)
     if args.repeat > 1:
         print(f"   runs: drain {', '.join(f'{d:.0f}' for d in drains)}")
         print(f"         aiohttp ceiling {', '.join(f'{c:.0f}' for c in ceilings)}")
-        print(f"         lean ceiling {', '.join(f'{c:.0f}' for c in leans)}")
     print(f"1. drain throughput:      {drain_mps:8.0f} messages/s (median of {args.repeat})")
     print(f"   service CPU per message: {statistics.median(cpus):.0f} us")
     print(
         f"2. bare-client ceiling:   {ceiling_rps:8.0f} requests/s   ratio {drain_mps / ceiling_rps:.2f} (target >= 0.5)"
-    )
-    print(
-        f"   the service's own client alone: {lean_rps:.0f} requests/s   ratio {drain_mps / lean_rps:.2f} "
-        "(the provider's pace with no database)"
     )
     if not args.skip_pages:
         small, big = await pages(args.admin_url, args, log_dir)

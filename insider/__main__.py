@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from insider import __version__
-from insider.config import ConfigError, Settings, format_duration, load_settings, mask_url, parse_duration
+from insider.config import REMOVED, ConfigError, Settings, format_duration, load_settings, mask_url, parse_duration
 from insider.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -548,7 +548,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"insider: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings.log_level, settings.log_format)
+    for name in settings.ignored:  # an old .env must not stop the service, but it should be cleaned
+        log.warning(f"{name} is ignored: {REMOVED[name.removeprefix('INSIDER_')]}", setting=name)
     command = args.command or "serve"
+    if command == "serve" and settings.webhook_url:
+        from insider.adapters.webhook import proxy_from_environment
+
+        try:  # a proxy aiohttp cannot use would fail every send, or be skipped silently
+            proxy_from_environment(settings.webhook_url)
+        except ValueError as exc:
+            print(f"insider: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if command == "simulate":
         return _run_fast(_simulate(args))
     if command == "enqueue":

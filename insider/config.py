@@ -20,7 +20,6 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json")
-WEBHOOK_CLIENTS = ("lean", "aiohttp")
 
 
 class ConfigError(ValueError):
@@ -169,7 +168,6 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WEBHOOK_URL": ("webhook_url", _url("http", "https", optional=True)),
     "WEBHOOK_AUTH_KEY": ("webhook_auth_key", _header_value),
     "WEBHOOK_TIMEOUT": ("webhook_timeout_s", _duration_at_least(0.001)),
-    "WEBHOOK_CLIENT": ("webhook_client", _choice(*WEBHOOK_CLIENTS)),
     "BATCH_SIZE": ("batch_size", _int_between(1, 10_000)),
     "SEND_INTERVAL": ("send_interval_s", _duration_at_least(0, allow_zero=True)),
     "SEND_CONCURRENCY": ("send_concurrency", _int_between(1, 1_000)),
@@ -196,6 +194,11 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
 _TEST_PREFIX = PREFIX + "TEST_"
 # Variables the loader itself reads, not settings.
 _META = {"CONFIG_FILE"}
+# Settings of earlier versions: accepted whatever their value, ignored, and named in one
+# warning at start-up, so that an old .env does not stop the service.
+REMOVED = {
+    "WEBHOOK_CLIENT": "the setting was removed; aiohttp's HTTP client always carries the webhook (delete the variable)",
+}
 
 
 def variable_names() -> list[str]:
@@ -231,8 +234,7 @@ class Settings:
     port: int
     log_level: str
     log_format: str
-    # Last, with a default, so that code building Settings by hand keeps working.
-    webhook_client: str = "lean"
+    # Last, with defaults, so that code building Settings by hand keeps working.
     # The Redis list the original Go service pushed each send to (its REDIS_KEY); empty: none.
     redis_list: str = ""
     # Settings taken from the original Go service's names: (INSIDER_* name, the names it came from).
@@ -241,6 +243,8 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()
     http_header_timeout_s: float = 5.0
     http_body_timeout_s: float = 10.0
+    # Removed settings that were set (names, INSIDER_ included), to be named in a warning.
+    ignored: tuple[str, ...] = ()
 
     # PostgreSQL only: a statement running longer is cancelled by the server (0: no limit),
     # and TCP keepalives find a connection whose peer has silently gone.
@@ -330,7 +334,10 @@ def load_settings(
             elif key in _ORIGINAL_VARIABLES:
                 original[key] = value
 
-    unknown = sorted(k for k in merged if k[len(PREFIX) :] not in _PARSERS and k[len(PREFIX) :] not in _META)
+    ignored = tuple(sorted(k for k in merged if k[len(PREFIX) :] in REMOVED))
+    unknown = sorted(
+        k for k in merged if k[len(PREFIX) :] not in _PARSERS and k[len(PREFIX) :] not in _META and k not in ignored
+    )
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown setting (see README.md, Configuration)")
     taken: dict[str, str] = {}  # INSIDER_* name -> the original's names it came from
@@ -347,7 +354,7 @@ def load_settings(
             values[field_name] = parse(merged[key])
         except ValueError as exc:
             raise ConfigError(f"{taken.get(key, key)}: {exc}") from None
-    settings = Settings(**values, from_original=tuple(taken.items()))
+    settings = Settings(**values, from_original=tuple(taken.items()), ignored=ignored)
     if settings.retry_backoff_max_s < settings.retry_backoff_s:
         raise ConfigError("INSIDER_RETRY_BACKOFF_MAX: must not be below INSIDER_RETRY_BACKOFF")
     return settings

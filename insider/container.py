@@ -13,7 +13,6 @@ import structlog
 from dependency_injector import containers, providers
 from psycopg_pool import AsyncConnectionPool
 
-from insider.adapters.http1 import Http1Client
 from insider.adapters.memory import InMemorySentCache
 from insider.adapters.postgres import PostgresMessageRepository, open_postgres_pool
 from insider.adapters.redis import RedisSentCache, open_redis
@@ -61,21 +60,12 @@ async def _sqlite_database(url: str) -> AsyncIterator[SqliteDatabase | None]:
         yield database
 
 
-async def _webhook_http(
-    url: str, client: str, concurrency_limit: int
-) -> AsyncIterator[Http1Client | aiohttp.ClientSession | None]:
+async def _webhook_http(url: str, concurrency_limit: int) -> AsyncIterator[aiohttp.ClientSession | None]:
     if not url:  # no webhook configured: the simulated provider needs no HTTP client
         yield None
         return
-    if client == "aiohttp":
-        async with open_http_session(concurrency_limit=concurrency_limit) as session:
-            yield session
-        return
-    lean = Http1Client(url, limit=concurrency_limit)
-    try:
-        yield lean
-    finally:
-        await lean.aclose()
+    async with open_http_session(concurrency_limit=concurrency_limit) as session:
+        yield session
 
 
 async def _redis(url: str) -> AsyncIterator[aioredis.Redis | None]:
@@ -136,14 +126,13 @@ class Container(containers.DeclarativeContainer):
     webhook_http = providers.Resource(
         _webhook_http,
         url=settings.provided.webhook_url,
-        client=settings.provided.webhook_client,
         concurrency_limit=settings.provided.send_concurrency,
     )
     sms_client = providers.Selector(
         providers.Callable(_provider_kind, settings),
         webhook=providers.Singleton(
             WebhookSmsClient,
-            http=webhook_http,
+            session=webhook_http,
             url=settings.provided.webhook_url,
             auth_key=settings.provided.webhook_auth_key,
             timeout_s=settings.provided.webhook_timeout_s,

@@ -58,6 +58,8 @@ class SendResult:
     provider_message_id: str | None = None
     error: str | None = None
     retry_after_s: float | None = None
+    # A sent message whose answer was odd after its 2xx status line (logged, not an error).
+    warning: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -222,8 +222,8 @@ class BatchSender:
         )
         if self._observer is not None:
             self._observer.send_attempt(outcome, duration_ms / 1000)
-        if result.outcome is Outcome.SENT and not result.provider_message_id:
-            log.warning("send", **fields, warning="provider accepted it without a messageId")
+        if result.outcome is Outcome.SENT and (result.warning or not result.provider_message_id):
+            log.warning("send", **fields, warning=result.warning or "provider accepted it without a messageId")
         elif resolution.status is MessageStatus.SENT:
             log.info("send", **fields)
         else:

@@ -213,3 +213,29 @@ def test_a_content_over_the_limit_names_the_setting(tmp_path: Path) -> None:
 
     assert result.returncode == 1
     assert result.stderr.strip().endswith("(INSIDER_CONTENT_MAX_LENGTH)")
+
+
+@pytest.mark.parametrize("value", ["lean", "aiohttp"])
+def test_the_removed_webhook_client_setting_gives_one_warning_and_does_not_stop(value: str, tmp_path: Path) -> None:
+    result = run("migrate", cwd=tmp_path, webhook_client=value)
+
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "INSIDER_WEBHOOK_CLIENT" in line]
+    assert len(warnings) == 1
+    assert "INSIDER_WEBHOOK_CLIENT is ignored: the setting was removed" in warnings[0]
+
+
+def test_a_proxy_aiohttp_cannot_use_stops_serve_with_one_line(tmp_path: Path) -> None:
+    env = service_env(webhook_url="https://provider.test/hook")
+    env.update(HTTPS_PROXY="https://proxy.internal:3128")
+    for name in ("https_proxy", "NO_PROXY", "no_proxy"):
+        env.pop(name, None)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "insider"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30
+    )
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "insider: error: HTTPS_PROXY: expected a proxy URL like http://host:3128, got 'https://proxy.internal:3128'"
+    ]

@@ -14,7 +14,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -27,9 +27,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from dependency_injector import providers
 from structlog.testing import capture_logs
 
-from insider.adapters.http1 import Http1Client
 from insider.adapters.postgres import Pool, PostgresMessageRepository, open_postgres_pool
-from insider.adapters.webhook import IDEMPOTENCY_HEADER, WebhookSmsClient
+from insider.adapters.webhook import IDEMPOTENCY_HEADER, WebhookSmsClient, open_http_session
 from insider.clock import SystemClock
 from insider.config import Settings, load_settings
 from insider.container import Container, open_service
@@ -189,7 +188,7 @@ async def instance(
     """
     async with (
         open_postgres_pool(database_url) as pool,
-        aclosing(Http1Client(provider_url, limit=8)) as http,
+        open_http_session(concurrency_limit=8) as http,
     ):
         repository = RecordingRepository(pool)
         client = WebhookSmsClient(http, provider_url, "guarantees-key", timeout_s)

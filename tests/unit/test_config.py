@@ -151,7 +151,6 @@ def test_a_zero_interval_means_drain_mode() -> None:
         ("INSIDER_DATABASE_URL", ""),
         ("INSIDER_REDIS_URL", "http://cache:6379"),
         ("INSIDER_SEND_CONCURRENCY", "1.5"),
-        ("INSIDER_WEBHOOK_CLIENT", "curl"),
         # Sent as a header: a line break would let it write headers of its own.
         ("INSIDER_WEBHOOK_AUTH_KEY", "key\r\nX-Injected: yes"),
         ("INSIDER_WEBHOOK_AUTH_KEY", "key\x00"),
@@ -203,6 +202,19 @@ def test_an_unknown_setting_is_an_error(where: str, tmp_path: Path) -> None:
         else:
             load({}, env_file=write(tmp_path / ".env", foo))
     assert str(err.value).startswith("INSIDER_FOO: ")
+
+
+@pytest.mark.parametrize("value", ["lean", "aiohttp", "curl", ""])
+@pytest.mark.parametrize("where", ["environment", "dotenv"])
+def test_the_removed_webhook_client_setting_is_ignored_whatever_its_value(
+    where: str, value: str, tmp_path: Path
+) -> None:
+    old = {"INSIDER_WEBHOOK_CLIENT": value}
+    settings = load(old) if where == "environment" else load({}, env_file=write(tmp_path / ".env", old))
+
+    assert settings.ignored == ("INSIDER_WEBHOOK_CLIENT",)  # named in a warning at start-up
+    assert not hasattr(settings, "webhook_client")
+    assert load({}).ignored == ()
 
 
 def test_backoff_max_below_backoff_is_an_error() -> None:

@@ -10,7 +10,6 @@ import aiohttp
 import pytest
 import structlog
 
-from insider.adapters.http1 import Http1Client
 from insider.adapters.memory import InMemorySentCache
 from insider.adapters.postgres import PostgresMessageRepository
 from insider.adapters.redis import RedisSentCache
@@ -67,19 +66,23 @@ async def test_postgres_redis_and_a_webhook_when_configured() -> None:
         assert await resolve(c.sqlite_database) is None
         assert isinstance(await resolve(c.repository), PostgresMessageRepository)
         assert isinstance(await resolve(c.sms_client), WebhookSmsClient)
-        assert isinstance(await resolve(c.webhook_http), Http1Client)  # the lean client by default
+        assert isinstance(await resolve(c.webhook_http), aiohttp.ClientSession)
         assert isinstance(await resolve(c.cache), RedisSentCache)
     finally:
         await _maybe_await(c.shutdown_resources())
 
 
-async def test_aiohttp_carries_the_webhook_when_chosen() -> None:
-    c = container(webhook_url="http://127.0.0.1:9/hook", webhook_client="aiohttp")
+async def test_one_aiohttp_session_carries_the_webhook_for_the_containers_life() -> None:
+    c = container(webhook_url="http://127.0.0.1:9/hook", send_concurrency="13")
     await _maybe_await(c.init_resources())
     try:
-        assert isinstance(await resolve(c.sms_client), WebhookSmsClient)
+        client = await resolve(c.sms_client)
+        assert isinstance(client, WebhookSmsClient)
         session = await resolve(c.webhook_http)
         assert isinstance(session, aiohttp.ClientSession)
+        assert await resolve(c.webhook_http) is session  # one session, not one per call
+        assert session.connector is not None
+        assert session.connector.limit == 13  # connections bounded by INSIDER_SEND_CONCURRENCY
     finally:
         await _maybe_await(c.shutdown_resources())
     assert session.closed

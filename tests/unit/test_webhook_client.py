@@ -241,3 +241,154 @@ async def test_lone_surrogate_still_sends_valid_json(client: WebhookSmsClient, m
 async def test_rejects_non_positive_timeout(session: aiohttp.ClientSession) -> None:
     with pytest.raises(ValueError, match="timeout_s"):
         WebhookSmsClient(session, URL_, AUTH_KEY, timeout_s=0)
+
+
+async def test_x_request_id_is_the_message_id_when_the_body_names_none(
+    client: WebhookSmsClient, mocked: aioresponses
+) -> None:
+    # webhook.site's default answer: 200, a text body, the id in a header.
+    mocked.post(URL_, status=200, body="ok", content_type="text/plain", headers={"X-Request-Id": " req-77 "})
+
+    result = await send(client)
+
+    assert result == SendResult(Outcome.SENT, status_code=200, provider_message_id="req-77")
+
+
+async def test_the_bodys_message_id_wins_over_x_request_id(client: WebhookSmsClient, mocked: aioresponses) -> None:
+    mocked.post(URL_, status=202, payload={"messageId": "body-1"}, headers={"x-request-id": "header-1"})
+
+    assert (await send(client)).provider_message_id == "body-1"
+
+
+@pytest.mark.parametrize(
+    ("payload", "request_id", "expected"),
+    [
+        ({"messageId": "x" * 256}, "header-2", "header-2"),  # an id too long to be one
+        ({"messageId": "x" * 255}, "header-2", "x" * 255),
+        ({"message": "Accepted"}, "", None),
+        ({"message": "Accepted"}, "   ", None),
+        ({"message": "Accepted"}, "r" * 256, None),
+    ],
+    ids=["long-body-id", "longest-body-id", "empty-header", "blank-header", "long-header"],
+)
+async def test_message_ids_must_look_like_ids(
+    client: WebhookSmsClient, mocked: aioresponses, payload: Any, request_id: str, expected: str | None
+) -> None:
+    mocked.post(URL_, status=202, payload=payload, headers={"x-request-id": request_id})
+
+    assert (await send(client)).provider_message_id == expected
+
+
+async def test_x_request_id_of_an_error_is_not_a_message_id(client: WebhookSmsClient, mocked: aioresponses) -> None:
+    mocked.post(URL_, status=500, body="down", headers={"x-request-id": "err-1"})
+
+    result = await send(client)
+
+    assert result.outcome is Outcome.RETRY and result.provider_message_id is None
+
+
+async def test_a_disconnect_on_a_fresh_request_is_retried_later_not_at_once(
+    client: WebhookSmsClient, mocked: aioresponses
+) -> None:
+    mocked.post(URL_, exception=aiohttp.ServerDisconnectedError())
+
+    result = await send(client)
+
+    assert result == SendResult(Outcome.RETRY, error="connection error: the server closed the connection")
+    assert len(mocked.requests[("POST", URL(URL_))]) == 1
+
+
+async def test_a_malformed_answer_without_a_status_is_one_short_line(
+    client: WebhookSmsClient, mocked: aioresponses
+) -> None:
+    dump = "Bad status line:\n  b'\\x00\\x01garbage'\n  ^" + "x" * 500
+    mocked.post(URL_, exception=aiohttp.ClientResponseError(None, (), status=400, message=dump))  # type: ignore[arg-type]
+
+    result = await send(client)
+
+    assert result.outcome is Outcome.RETRY
+    assert result.error is not None
+    assert result.error.startswith("connection error: malformed answer: Bad status line: b'")
+    assert "\n" not in result.error and len(result.error) <= 220
+
+
+@pytest.mark.parametrize(
+    ("environ", "proxy"),
+    [
+        ({"HTTPS_PROXY": "http://proxy.internal:3128"}, "http://proxy.internal:3128"),
+        ({"https_proxy": "http://proxy.internal:3128"}, "http://proxy.internal:3128"),
+        ({"HTTPS_PROXY": "http://proxy.internal:3128", "NO_PROXY": "provider.test"}, None),
+        ({"HTTPS_PROXY": "http://proxy.internal:3128", "NO_PROXY": ".test"}, None),
+        ({"HTTP_PROXY": "http://proxy.internal:3128"}, None),  # the webhook is https
+        ({}, None),
+    ],
+)
+async def test_the_proxy_comes_from_the_environment(
+    session: aiohttp.ClientSession,
+    mocked: aioresponses,
+    monkeypatch: pytest.MonkeyPatch,
+    environ: dict[str, str],
+    proxy: str | None,
+) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    mocked.post(URL_, status=202, payload={"messageId": "p-1"})
+
+    await send(WebhookSmsClient(session, URL_, AUTH_KEY, timeout_s=10))
+
+    sent_through = only_request(mocked).kwargs["proxy"]
+    assert (None if sent_through is None else str(sent_through)) == proxy
+
+
+async def test_credentials_in_the_proxy_url_go_to_the_proxy(
+    session: aiohttp.ClientSession, mocked: aioresponses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:p%40ss@proxy.internal:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    mocked.post(URL_, status=202, payload={"messageId": "p-2"})
+
+    await send(WebhookSmsClient(session, URL_, AUTH_KEY, timeout_s=10))
+
+    call = only_request(mocked)
+    assert call.kwargs["proxy_headers"] == {"Proxy-Authorization": "Basic dXNlcjpwQHNz"}  # user:p@ss
+    assert "Authorization" not in call.kwargs["headers"]  # not sent to the provider
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        ("HTTPS_PROXY", "https://proxy.internal:3128", "'https://proxy.internal:3128'"),  # aiohttp would ignore it
+        ("HTTPS_PROXY", "socks5://proxy.internal:1080", "'socks5://proxy.internal:1080'"),
+        ("https_proxy", "not a url", "'not a url'"),
+        ("HTTPS_PROXY", "http://proxy.internal:99999", "'http://proxy.internal:99999'"),
+        ("HTTPS_PROXY", "http://user:hunter2@[::1", "'***'"),
+        ("HTTPS_PROXY", "https://user:hunter2@proxy.internal:3128", "'https://user:***@proxy.internal:3128'"),
+    ],
+)
+def test_a_proxy_aiohttp_cannot_use_is_refused_naming_the_variable(
+    session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch, name: str, value: str, shown: str
+) -> None:
+    for other in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(name, value)
+
+    with pytest.raises(ValueError) as err:
+        WebhookSmsClient(session, URL_, AUTH_KEY, timeout_s=10)
+
+    assert str(err.value) == f"{name}: expected a proxy URL like http://host:3128, got {shown}"
+    assert "hunter2" not in str(err.value)
+
+
+def test_a_bad_proxy_the_webhook_does_not_use_is_no_concern(
+    session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "not a url")  # the webhook is https
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+
+    WebhookSmsClient(session, URL_, AUTH_KEY, timeout_s=10)
