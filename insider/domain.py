@@ -18,6 +18,12 @@ class MessageStatus(enum.StrEnum):
     SENDING = "sending"
     SENT = "sent"
     FAILED = "failed"
+    DELIVERED = "delivered"  # the provider's receipt says it reached the handset
+    UNDELIVERED = "undelivered"  # the provider's receipt says it never will
+
+
+# Statuses of a message the provider accepted: listed by ``sent_at``.
+ACCEPTED_STATUSES = (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.UNDELIVERED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +45,9 @@ class Message:
     claim_token: str | None = None
     # The UUID a row of the original Go service was known by (PostgreSQL only).
     uuid: str | None = None
+    delivered_at: datetime | None = None  # when the final receipt says it happened
+    delivery_status: str | None = None  # delivered, undelivered, expired or rejected
+    delivery_error: str | None = None  # the provider's error code, if it gave one
 
 
 class Outcome(enum.StrEnum):
@@ -75,6 +84,22 @@ class Resolution:
     retry_in_s: float | None = None  # pending again: due this many seconds from now
     # An interrupted or never-started attempt does not count against the message.
     uncount_attempt: bool = False
+    # The attempt behind this outcome, written to the message's history with it; None: no event
+    # (a message released unsent by a stop).
+    attempt: Attempt | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One send attempt, as the message's history keeps it."""
+
+    at: datetime  # when the request started (or the message was refused, for an invalid one)
+    outcome: str  # sent, retry, failed, invalid
+    number: int  # the message's attempt count at the time
+    status_code: int | None = None
+    duration_ms: float | None = None
+    error: str | None = None
+    provider_message_id: str | None = None
 
 
 # What neither database can store as text: NUL (PostgreSQL refuses it) and unpaired

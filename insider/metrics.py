@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from insider.clock import SystemClock
 from insider.domain import BatchReport, MessageStatus
 from insider.ports import Clock, MessageRepository
+from insider.receipts import ReceiptOutcome, ReceiptResult
 
 # The Prometheus text exposition format, version 0.0.4 (what generate_latest writes, and every Prometheus reads).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # A provider request takes milliseconds to the webhook timeout (10 s by default).
 SEND_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # A batch is a claim, its sends (in waves of INSIDER_SEND_CONCURRENCY) and one write.
+# A receipt comes seconds to hours after the send (a phone that is off).
+DELIVERY_BUCKETS_S = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 6 * 3600.0, 86400.0)
 BATCH_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -45,6 +49,20 @@ class Metrics:
             buckets=BATCH_BUCKETS_S,
             registry=r,
         )
+        self.messages_delivered = Counter(
+            "insider_messages_delivered", "Sent messages a receipt said were delivered", registry=r
+        )
+        self.messages_undelivered = Counter(
+            "insider_messages_undelivered",
+            "Sent messages a receipt said were not delivered (undelivered, expired, rejected)",
+            registry=r,
+        )
+        self.delivery_time = Histogram(
+            "insider_delivery_seconds",
+            "Time from sent to delivered, as the receipts tell it",
+            buckets=DELIVERY_BUCKETS_S,
+            registry=r,
+        )
         self.pending = Gauge("insider_pending_messages", "Messages waiting to be sent (a few seconds old)", registry=r)
         self.sender_running = Gauge("insider_sender_running", "1 while automatic sending runs, else 0", registry=r)
         # Every series exists from the start, at 0; kept at hand, as the lookup is per send.
@@ -64,6 +82,18 @@ class Metrics:
 
     def batch_done(self, report: BatchReport) -> None:
         self.batch_duration.observe(report.duration_s)
+
+    def receipts_applied(self, outcomes: Sequence[ReceiptOutcome]) -> None:
+        for outcome in outcomes:
+            if outcome.result is not ReceiptResult.APPLIED:
+                continue
+            if outcome.status is MessageStatus.DELIVERED:
+                self.messages_delivered.inc()
+                if outcome.sent_at is not None and outcome.delivered_at is not None:
+                    # A provider's clock may run behind ours: never a negative time.
+                    self.delivery_time.observe(max(0.0, (outcome.delivered_at - outcome.sent_at).total_seconds()))
+            elif outcome.status is MessageStatus.UNDELIVERED:
+                self.messages_undelivered.inc()
 
     def set_state(self, *, running: bool, pending: int | None) -> None:
         """Set the gauges from the current state; ``pending`` None keeps the last known count."""

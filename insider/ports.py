@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Protocol
 
 from insider.domain import BatchReport, Message, MessageStatus, Resolution, SendResult
+from insider.receipts import Event, Receipt, ReceiptOutcome
 
 
 class RepositoryUnavailable(Exception):
@@ -82,8 +83,10 @@ class MessageRepository(Protocol):
     async def get_by_uuid(self, message_uuid: str) -> Message | None:
         """The message with this UUID (rows of the original Go service keep theirs), or None."""
 
-    async def list_messages(self, status: MessageStatus, limit: int, cursor: str | None = None) -> Page:
+    async def list_messages(self, status: MessageStatus | None, limit: int, cursor: str | None = None) -> Page:
         """Messages in one status, newest first (sent: by ``sent_at``; others: by ``created_at``).
+
+        ``status`` None: every message the provider accepted (sent, delivered, undelivered), by ``sent_at``.
 
         Keyset pagination: ``cursor`` is the ``next_cursor`` of the previous page.
         """
@@ -96,11 +99,14 @@ class MessageRepository(Protocol):
         of ``lease_s`` seconds, a fresh claim token and one more attempt.
         """
 
-    async def resolve(self, resolutions: Sequence[Resolution]) -> None:
+    async def resolve(self, resolutions: Sequence[Resolution]) -> Sequence[ReceiptOutcome]:
         """Write back the outcome of claimed messages, all in one statement.
 
         A resolution applies only while its claim token still holds the row, except a
-        ``sent`` one, which applies to any row not already sent (the send happened).
+        ``sent`` one, which applies to any row the provider has not accepted yet (the send
+        happened). Each resolution's ``attempt`` goes to the message's history with it.
+        Receipts that were waiting for the provider ids just recorded are applied right
+        after; their outcomes are returned (for the metrics).
         """
 
     async def retry(self, message_id: int) -> Message:
@@ -118,6 +124,38 @@ class MessageRepository(Protocol):
 
     async def counts(self) -> dict[MessageStatus, int]:
         """How many messages are in each status."""
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingReport:
+    """What a pass over the waiting receipts did: those applied, and those dropped as too old."""
+
+    applied: list[ReceiptOutcome]
+    dropped: list[Receipt]
+
+
+class DeliveryRepository(Protocol):
+    """Delivery receipts and the history of every message; the SQL repositories are ones.
+
+    Every method raises RepositoryUnavailable when the database cannot be reached.
+    """
+
+    async def apply_receipts(self, receipts: Sequence[Receipt], hints: Sequence[int | None]) -> list[ReceiptOutcome]:
+        """Apply receipts, all in one write; one outcome per receipt, in order.
+
+        ``hints`` (one per receipt) are our ids for the provider ids, from the cache, or None;
+        a hint is trusted only when that message has the provider's id. A receipt whose
+        provider id no message has yet waits (see :meth:`apply_waiting`).
+        """
+
+    async def apply_waiting(self, max_age_s: float, limit: int = 1000) -> WaitingReport:
+        """Apply waiting receipts whose provider id a message now has; drop those older than ``max_age_s``."""
+
+    async def events(self, message_id: int) -> list[Event]:
+        """A message's history, oldest first."""
+
+    async def prune_events(self, older_than_s: float, limit: int) -> int:
+        """Delete up to ``limit`` events older than ``older_than_s``; how many went."""
 
 
 class SmsClient(Protocol):
@@ -161,3 +199,6 @@ class Observer(Protocol):
 
     def batch_done(self, report: BatchReport) -> None:
         """One batch ended and its outcomes were recorded."""
+
+    def receipts_applied(self, outcomes: Sequence[ReceiptOutcome]) -> None:
+        """Receipts were applied; those that moved a message to delivered or undelivered count."""

@@ -7,12 +7,13 @@ import contextlib
 import math
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import structlog
 
 from insider.domain import (
+    Attempt,
     BatchReport,
     Message,
     MessageStatus,
@@ -163,7 +164,11 @@ class BatchSender:
                         sendable.append(message)
                     else:
                         resolutions[message.id] = Resolution(
-                            message.id, message.claim_token, MessageStatus.FAILED, last_error=f"invalid: {reason}"
+                            message.id,
+                            message.claim_token,
+                            MessageStatus.FAILED,
+                            last_error=f"invalid: {reason}",
+                            attempt=Attempt(self._clock.now(), "invalid", message.attempts, error=reason),
                         )
                         log.warning("send", **_send_fields(message, "invalid"), error=reason)
                         if self._observer is not None:
@@ -201,6 +206,7 @@ class BatchSender:
                 log.info("send", **_send_fields(message, "released"), reason=why)
 
     async def _send_one(self, message: Message) -> Resolution:
+        started_at = self._clock.now()
         t0 = self._clock.monotonic()
         try:
             result = await self._sms.send(message.recipient_phone, message.content, message.idempotency_key)
@@ -222,6 +228,18 @@ class BatchSender:
         )
         if self._observer is not None:
             self._observer.send_attempt(outcome, duration_ms / 1000)
+        resolution = replace(
+            resolution,
+            attempt=Attempt(
+                started_at,
+                outcome,
+                message.attempts,
+                status_code=result.status_code,
+                duration_ms=duration_ms,
+                error=None if result.outcome is Outcome.SENT else (result.error or "unknown error"),
+                provider_message_id=result.provider_message_id,
+            ),
+        )
         if result.outcome is Outcome.SENT and (result.warning or not result.provider_message_id):
             log.warning("send", **fields, warning=result.warning or "provider accepted it without a messageId")
         elif resolution.status is MessageStatus.SENT:
@@ -270,7 +288,7 @@ class BatchSender:
         batch = list(resolutions.values())
         for delay in (*RESOLVE_RETRIES_S, None):
             try:
-                await self._repository.resolve(batch)
+                delivered = await self._repository.resolve(batch)
                 break
             except RepositoryUnavailable as exc:
                 if delay is None:
@@ -282,6 +300,8 @@ class BatchSender:
                     )
                     raise
                 await self._clock.sleep(delay)
+        if delivered and self._observer is not None:  # receipts that were waiting for these sends
+            self._observer.receipts_applied(delivered)
         sent = [
             SentEntry(r.message_id, r.sent_at, r.id)
             for r in batch

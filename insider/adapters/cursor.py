@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from insider.domain import Message, MessageStatus
 from insider.ports import InvalidCursor, Page
@@ -20,13 +20,20 @@ MIN_KEY = datetime(1000, 1, 1, tzinfo=UTC)
 MAX_KEY = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 _FORGED = "cursor is not one this service handed out"
 
+# The listing of every message the provider accepted (no status filter) tags its cursors so.
+ACCEPTED: Final = "accepted"
 
-def encode_cursor(status: MessageStatus, key: datetime, message_id: int) -> str:
-    raw = json.dumps([status.value, key.isoformat(), message_id], separators=(",", ":"))
+
+def _listing(status: MessageStatus | None) -> str:
+    return status.value if status is not None else ACCEPTED
+
+
+def encode_cursor(status: MessageStatus | None, key: datetime, message_id: int) -> str:
+    raw = json.dumps([_listing(status), key.isoformat(), message_id], separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, status: MessageStatus) -> tuple[datetime, int]:
+def decode_cursor(cursor: str, status: MessageStatus | None) -> tuple[datetime, int]:
     """The (sort key, id) after which the next page starts; InvalidCursor if forged or stale.
 
     The structure is checked strictly, so that no value reaches a database that would make it
@@ -53,31 +60,32 @@ def decode_cursor(cursor: str, status: MessageStatus) -> tuple[datetime, int]:
         raise InvalidCursor(_FORGED) from None
     if in_utc is None or not MIN_KEY <= in_utc <= MAX_KEY:
         raise InvalidCursor(_FORGED)
-    if value != status.value:
+    if value != _listing(status):
         raise InvalidCursor("cursor belongs to another listing")
     return in_utc, message_id
 
 
-def page_query(status: MessageStatus, limit: int, cursor: str | None) -> tuple[str, dict[str, Any]]:
+def page_query(status: MessageStatus | None, limit: int, cursor: str | None) -> tuple[str, dict[str, Any]]:
     """The named query (of ``queries.sql``) and its parameters for one page of ``limit + 1`` rows.
 
-    After a cursor, ``params["key"]`` is its sort key as a datetime; an adapter that stores
-    times otherwise converts it.
+    ``status`` None lists every message the provider accepted, by ``sent_at``. After a
+    cursor, ``params["key"]`` is its sort key as a datetime; an adapter that stores times
+    otherwise converts it.
     """
-    sent = status is MessageStatus.SENT
-    params: dict[str, Any] = {"status": status.value, "limit": limit + 1}
+    listing = "list_accepted" if status is None else "list_sent" if status is MessageStatus.SENT else "list_by_created"
+    params: dict[str, Any] = {"status": _listing(status), "limit": limit + 1}
     if cursor is None:
-        return ("list_sent" if sent else "list_by_created"), params
+        return listing, params
     params["key"], params["id"] = decode_cursor(cursor, status)
-    return ("list_sent_after" if sent else "list_by_created_after"), params
+    return listing + "_after", params
 
 
-def page_of(rows: list[Message], limit: int, status: MessageStatus) -> Page:
+def page_of(rows: list[Message], limit: int, status: MessageStatus | None) -> Page:
     """A page from up to ``limit + 1`` rows in listing order: the extra row only says a next page exists."""
     page = rows[:limit]
     if len(rows) <= limit or not page:
         return Page(items=page, next_cursor=None)
     last = page[-1]
-    key = last.sent_at if status is MessageStatus.SENT else last.created_at
+    key = last.sent_at if status is None or status is MessageStatus.SENT else last.created_at
     assert key is not None  # sent rows are listed by sent_at, which a sent row has
     return Page(items=page, next_cursor=encode_cursor(status, key, last.id))

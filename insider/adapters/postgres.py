@@ -7,7 +7,7 @@ import math
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any, Final, LiteralString
 
@@ -22,8 +22,16 @@ from psycopg_pool import AsyncConnectionPool
 from insider.adapters import sqlfiles
 from insider.adapters.cursor import page_of, page_query
 from insider.adapters.rows import message_from_row, outcome_row
-from insider.domain import Message, MessageStatus, Resolution, ensure_storable, slot_tolerance_s
-from insider.ports import InvalidState, MessageNotFound, Page, RepositoryUnavailable, SchemaUpgradeRefused
+from insider.domain import Message, MessageStatus, Resolution, ensure_storable, slot_tolerance_s, storable_text
+from insider.ports import (
+    InvalidState,
+    MessageNotFound,
+    Page,
+    RepositoryUnavailable,
+    SchemaUpgradeRefused,
+    WaitingReport,
+)
+from insider.receipts import Event, Receipt, ReceiptOutcome, ReceiptResult
 
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
 log = structlog.get_logger("insider.postgres")
@@ -200,6 +208,11 @@ def _refusal(migration: str, exc: psycopg.Error) -> str:
     return f"migration {migration} failed: {what} (SQLSTATE {exc.sqlstate}); nothing was changed"
 
 
+def _storable(text: str | None) -> str | None:
+    """Text as PostgreSQL takes it (see ``domain.storable_text``)."""
+    return storable_text(text) if text is not None else None
+
+
 class PostgresMessageRepository:
     """The repository port on PostgreSQL, the source of truth in production.
 
@@ -294,7 +307,7 @@ class PostgresMessageRepository:
         rows = await self._fetch(_q("get_by_uuid"), {"uuid": key})
         return _message(rows[0]) if rows else None
 
-    async def list_messages(self, status: MessageStatus, limit: int, cursor: str | None = None) -> Page:
+    async def list_messages(self, status: MessageStatus | None, limit: int, cursor: str | None = None) -> Page:
         name, params = page_query(status, limit, cursor)
         # The sent queries skip rows without sent_at, so every listed row has its key.
         return page_of([_message(row) for row in await self._fetch(_q(name), params)], limit, status)
@@ -306,14 +319,116 @@ class PostgresMessageRepository:
         # UPDATE ... RETURNING gives no order.
         return sorted((_message(row) for row in rows), key=lambda m: (m.created_at, m.id))
 
-    async def resolve(self, resolutions: Sequence[Resolution]) -> None:
+    async def resolve(self, resolutions: Sequence[Resolution]) -> Sequence[ReceiptOutcome]:
         if not resolutions:
-            return
+            return []
         # orjson writes the dataclasses, their UUIDs and aware datetimes as the SQL reads them.
         outcomes = orjson.dumps([outcome_row(r) for r in resolutions]).decode()
-        params = {"outcomes": outcomes}
         async with self._connection() as conn:
-            await conn.execute(_q("resolve"), params)
+            cur = await conn.execute(_q("resolve"), {"outcomes": outcomes})
+            arrived = [provider_id for (provider_id,) in await cur.fetchall()]
+            if not arrived:
+                return []
+            # Receipts beat this write: apply them now, on the same connection.
+            async with conn.transaction():
+                taken = await self._take_waiting(conn, arrived, len(arrived) * 16)
+                return await self._apply(conn, taken, [None] * len(taken))
+
+    async def apply_receipts(self, receipts: Sequence[Receipt], hints: Sequence[int | None]) -> list[ReceiptOutcome]:
+        if not receipts:
+            return []
+        async with self._connection() as conn:
+            return await self._apply(conn, receipts, hints)
+
+    async def _apply(
+        self, conn: AsyncConnection[Any], receipts: Sequence[Receipt], hints: Sequence[int | None]
+    ) -> list[ReceiptOutcome]:
+        if not receipts:
+            return []
+        rows = [
+            {
+                "idx": i,
+                "hint": hint,
+                "provider_message_id": _storable(r.provider_message_id),
+                "receipt_status": _storable(r.status),
+                "delivery_status": r.delivery_status,
+                "final_status": r.final_status.value if r.final_status is not None else None,
+                "error_code": _storable(r.error_code),
+                "done_at": r.done_at,
+                "received_at": r.received_at,
+                "dedupe_key": r.dedupe_key,
+            }
+            for i, (r, hint) in enumerate(zip(receipts, hints, strict=True))
+        ]
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(_q("apply_receipts"), {"receipts": orjson.dumps(rows).decode()})
+            result = await cur.fetchall()
+        return [
+            ReceiptOutcome(
+                ReceiptResult(row["result"]),
+                row["message_id"],
+                MessageStatus(row["status"]) if row["status"] is not None else None,
+                _utc(row["sent_at"]),
+                _utc(row["delivered_at"]),
+            )
+            for row in result
+        ]
+
+    @staticmethod
+    async def _take_waiting(conn: AsyncConnection[Any], provider_ids: list[str] | None, limit: int) -> list[Receipt]:
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(_q("take_waiting"), {"ids": provider_ids, "limit": limit})
+            rows = await cur.fetchall()
+        return [
+            Receipt(
+                provider_message_id=row["provider_message_id"],
+                status=row["receipt_status"],
+                received_at=row["received_at"].astimezone(UTC),
+                error_code=row["error_code"],
+                done_at=_utc(row["done_at"]),
+            )
+            for row in rows
+        ]
+
+    async def apply_waiting(self, max_age_s: float, limit: int = 1000) -> WaitingReport:
+        async with self._connection() as conn, conn.transaction():
+            taken = await self._take_waiting(conn, None, limit)
+            applied = await self._apply(conn, taken, [None] * len(taken))
+            async with conn.cursor(row_factory=dict_row) as cur:
+                before = datetime.now(UTC) - timedelta(seconds=max_age_s)
+                await cur.execute(_q("drop_waiting"), {"before": before, "limit": limit})
+                dropped = [
+                    Receipt(row["provider_message_id"], row["receipt_status"], row["received_at"].astimezone(UTC))
+                    for row in await cur.fetchall()
+                ]
+        return WaitingReport(applied, dropped)
+
+    async def events(self, message_id: int) -> list[Event]:
+        rows = await self._fetch(_q("events"), {"id": message_id})
+        return [
+            Event(
+                id=row["id"],
+                message_id=row["message_id"],
+                at=row["at"].astimezone(UTC),
+                kind=row["kind"],
+                outcome=row["outcome"],
+                attempt=row["attempt"],
+                status_code=row["status_code"],
+                duration_ms=row["duration_ms"],
+                error=row["error"],
+                provider_message_id=row["provider_message_id"],
+                receipt_status=row["receipt_status"],
+                error_code=row["error_code"],
+                done_at=_utc(row["done_at"]),
+            )
+            for row in rows
+        ]
+
+    async def prune_events(self, older_than_s: float, limit: int) -> int:
+        before = datetime.now(UTC) - timedelta(seconds=older_than_s)
+        async with self._connection() as conn:
+            cur = await conn.execute(_q("prune_events"), {"before": before, "limit": limit})
+            return cur.rowcount
 
     async def retry(self, message_id: int) -> Message:
         rows = await self._fetch(_q("retry"), {"id": message_id})

@@ -37,6 +37,9 @@ def message_from_row(row: Row, timestamp: Callable[[Any], datetime | None]) -> M
         idempotency_key=str(row["idempotency_key"]),  # a UUID from PostgreSQL, text from SQLite
         claim_token=str(claim_token) if claim_token is not None else None,
         uuid=_optional_text(row, "uuid"),
+        delivered_at=timestamp(row["delivered_at"]),
+        delivery_status=row["delivery_status"],
+        delivery_error=row["delivery_error"],
     )
 
 
@@ -62,6 +65,13 @@ class OutcomeRow:
     last_error: str | None
     retry_in_s: float | None
     uncount: bool
+    # The attempt, written to the message's history with the outcome (all None: no event).
+    at: datetime | None = None
+    outcome: str | None = None
+    attempt: int | None = None
+    status_code: int | None = None
+    duration_ms: float | None = None
+    error: str | None = None
 
 
 def outcome_row(r: Resolution) -> OutcomeRow:
@@ -76,6 +86,12 @@ def outcome_row(r: Resolution) -> OutcomeRow:
         last_error=storable_text(r.last_error) if r.last_error is not None else None,
         retry_in_s=float(r.retry_in_s) if r.retry_in_s is not None else None,
         uncount=bool(r.uncount_attempt),
+        at=r.attempt.at if r.attempt is not None else None,
+        outcome=r.attempt.outcome if r.attempt is not None else None,
+        attempt=r.attempt.number if r.attempt is not None else None,
+        status_code=r.attempt.status_code if r.attempt is not None else None,
+        duration_ms=r.attempt.duration_ms if r.attempt is not None else None,
+        error=storable_text(r.attempt.error) if r.attempt is not None and r.attempt.error is not None else None,
     )
 
 

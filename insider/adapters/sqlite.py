@@ -21,7 +21,8 @@ from insider.adapters.cursor import page_of, page_query
 from insider.adapters.rows import message_from_row, outcome_row
 from insider.clock import SystemClock
 from insider.domain import Message, MessageStatus, Resolution, ensure_storable, slot_batch_at, slot_wait_s
-from insider.ports import Clock, InvalidState, MessageNotFound, Page, RepositoryUnavailable
+from insider.ports import Clock, InvalidState, MessageNotFound, Page, RepositoryUnavailable, WaitingReport
+from insider.receipts import Event, Receipt, ReceiptOutcome, ReceiptResult
 
 T = TypeVar("T")
 
@@ -384,7 +385,7 @@ class SqliteMessageRepository:
         await self.ping()
         return None
 
-    async def list_messages(self, status: MessageStatus, limit: int, cursor: str | None = None) -> Page:
+    async def list_messages(self, status: MessageStatus | None, limit: int, cursor: str | None = None) -> Page:
         name, params = page_query(status, limit, cursor)
         if "key" in params:  # times are stored as fixed-width UTC text
             params["key"] = format_timestamp(params["key"])
@@ -404,10 +405,11 @@ class SqliteMessageRepository:
         # UPDATE ... RETURNING gives no order.
         return sorted((_message(row) for row in rows), key=lambda m: (m.created_at, m.id))
 
-    async def resolve(self, resolutions: Sequence[Resolution]) -> None:
+    async def resolve(self, resolutions: Sequence[Resolution]) -> Sequence[ReceiptOutcome]:
         if not resolutions:
-            return
+            return []
         now = self._now()
+        rows = [outcome_row(r) for r in resolutions]
         values = [
             {
                 "id": o.id,
@@ -421,10 +423,148 @@ class SqliteMessageRepository:
                 ),
                 "uncount": o.uncount,
             }
-            for o in map(outcome_row, resolutions)
+            for o in rows
         ]
+        attempts = {
+            o.id: {
+                "id": o.id,
+                "at": format_timestamp(o.at),
+                "outcome": o.outcome,
+                "attempt": o.attempt,
+                "status_code": o.status_code,
+                "duration_ms": o.duration_ms,
+                "error": o.error,
+            }
+            for o in rows
+            if o.at is not None and o.outcome is not None
+        }
         params = {"resolutions": json.dumps(values, ensure_ascii=False), "now": format_timestamp(now)}
-        await self._fetch(_q("resolve"), params)
+
+        def work(conn: sqlite3.Connection) -> list[ReceiptOutcome]:
+            # One transaction: the outcomes, their attempts in the history, and the receipts
+            # that were waiting for the provider ids just recorded.
+            with _write_transaction(conn):
+                written = conn.execute(_q("resolve"), params).fetchall()
+                # The provider's id as the row now holds it (the sent attempt's), as on PostgreSQL.
+                conn.executemany(
+                    _q("attempt_event"),
+                    [
+                        attempts[row["id"]] | {"message_id": row["message_id"]}
+                        for row in written
+                        if row["id"] in attempts
+                    ],
+                )
+                arrived = [
+                    row["message_id"]
+                    for row in written
+                    if row["status"] == MessageStatus.SENT.value
+                    and row["message_id"] is not None
+                    and conn.execute(_q("has_waiting"), {"provider_message_id": row["message_id"]}).fetchone()
+                ]
+                if not arrived:
+                    return []
+                return self._apply_taken(conn, self._take_waiting(conn, arrived, len(arrived) * 16), now)
+
+        return await self._db.run(work)
+
+    async def apply_receipts(self, receipts: Sequence[Receipt], hints: Sequence[int | None]) -> list[ReceiptOutcome]:
+        if not receipts:
+            return []
+        now = self._now()
+
+        def work(conn: sqlite3.Connection) -> list[ReceiptOutcome]:
+            with _write_transaction(conn):
+                return self._apply(conn, receipts, hints, now)
+
+        return await self._db.run(work)
+
+    def _apply(
+        self, conn: sqlite3.Connection, receipts: Sequence[Receipt], hints: Sequence[int | None], now: datetime
+    ) -> list[ReceiptOutcome]:
+        """The receipt rules on SQLite, inside the caller's write transaction."""
+        outcomes = []
+        for receipt, hint in zip(receipts, hints, strict=True):
+            row = None
+            if hint is not None:
+                row = conn.execute(
+                    _q("receipt_by_hint"), {"hint": hint, "provider_message_id": receipt.provider_message_id}
+                ).fetchone()
+            if row is None:
+                row = conn.execute(
+                    _q("receipt_by_provider_id"), {"provider_message_id": receipt.provider_message_id}
+                ).fetchone()
+            final = receipt.final_status
+            values = {
+                "provider_message_id": receipt.provider_message_id,
+                "dedupe_key": receipt.dedupe_key,
+                "receipt_status": receipt.status,
+                "delivery_status": receipt.delivery_status,
+                "final_status": final.value if final is not None else None,
+                "error_code": receipt.error_code,
+                "done_at": format_timestamp(receipt.done_at) if receipt.done_at is not None else None,
+                "received_at": format_timestamp(receipt.received_at),
+            }
+            if row is None:
+                conn.execute(_q("receipt_wait"), values)
+                outcomes.append(ReceiptOutcome(ReceiptResult.WAITING))
+                continue
+            message_id = int(row["id"])
+            if conn.execute(_q("receipt_event"), values | {"id": message_id}).rowcount == 0:
+                outcomes.append(ReceiptOutcome(ReceiptResult.DUPLICATE, message_id))
+                continue
+            moved = None
+            if final is not None:
+                delivered_at = receipt.done_at or receipt.received_at
+                moved = conn.execute(
+                    _q("receipt_move"),
+                    values
+                    | {"id": message_id, "delivered_at": format_timestamp(delivered_at), "now": format_timestamp(now)},
+                ).fetchone()
+            if moved is None:
+                outcomes.append(ReceiptOutcome(ReceiptResult.RECORDED, message_id))
+            else:
+                outcomes.append(
+                    ReceiptOutcome(
+                        ReceiptResult.APPLIED,
+                        message_id,
+                        MessageStatus(moved["status"]),
+                        parse_timestamp(moved["sent_at"]),
+                        parse_timestamp(moved["delivered_at"]),
+                    )
+                )
+        return outcomes
+
+    @staticmethod
+    def _take_waiting(conn: sqlite3.Connection, provider_ids: list[str] | None, limit: int) -> list[Receipt]:
+        ids = json.dumps(provider_ids) if provider_ids is not None else None
+        rows = conn.execute(_q("take_waiting"), {"ids": ids, "limit": limit}).fetchall()
+        return [_receipt(row) for row in rows]
+
+    def _apply_taken(self, conn: sqlite3.Connection, receipts: list[Receipt], now: datetime) -> list[ReceiptOutcome]:
+        return self._apply(conn, receipts, [None] * len(receipts), now) if receipts else []
+
+    async def apply_waiting(self, max_age_s: float, limit: int = 1000) -> WaitingReport:
+        now = self._now()
+        before = format_timestamp(now - timedelta(seconds=max_age_s))
+
+        def work(conn: sqlite3.Connection) -> WaitingReport:
+            with _write_transaction(conn):
+                applied = self._apply_taken(conn, self._take_waiting(conn, None, limit), now)
+                dropped = conn.execute(_q("drop_waiting"), {"before": before, "limit": limit}).fetchall()
+            return WaitingReport(applied, [_dropped(row) for row in dropped])
+
+        return await self._db.run(work)
+
+    async def events(self, message_id: int) -> list[Event]:
+        return [_event(row) for row in await self._fetch(_q("events"), {"id": message_id})]
+
+    async def prune_events(self, older_than_s: float, limit: int) -> int:
+        before = format_timestamp(self._now() - timedelta(seconds=older_than_s))
+
+        def work(conn: sqlite3.Connection) -> int:
+            return conn.execute(_q("prune_events"), {"before": before, "limit": limit}).rowcount
+
+        return await self._db.run(work)
 
     async def retry(self, message_id: int) -> Message:
         rows = await self._fetch(_q("retry"), {"id": message_id, "now": format_timestamp(self._now())})
@@ -457,3 +597,41 @@ class SqliteMessageRepository:
         for row in await self._fetch(_q("counts")):
             result[MessageStatus(row["status"])] = row["n"]
         return result
+
+
+def _receipt(row: sqlite3.Row) -> Receipt:
+    received_at = parse_timestamp(row["received_at"])
+    assert received_at is not None  # NOT NULL in the schema
+    return Receipt(
+        provider_message_id=row["provider_message_id"],
+        status=row["receipt_status"],
+        received_at=received_at,
+        error_code=row["error_code"],
+        done_at=parse_timestamp(row["done_at"]),
+    )
+
+
+def _dropped(row: sqlite3.Row) -> Receipt:
+    received_at = parse_timestamp(row["received_at"])
+    assert received_at is not None
+    return Receipt(row["provider_message_id"], row["receipt_status"], received_at)
+
+
+def _event(row: sqlite3.Row) -> Event:
+    at = parse_timestamp(row["at"])
+    assert at is not None
+    return Event(
+        id=row["id"],
+        message_id=row["message_id"],
+        at=at,
+        kind=row["kind"],
+        outcome=row["outcome"],
+        attempt=row["attempt"],
+        status_code=row["status_code"],
+        duration_ms=row["duration_ms"],
+        error=row["error"],
+        provider_message_id=row["provider_message_id"],
+        receipt_status=row["receipt_status"],
+        error_code=row["error_code"],
+        done_at=parse_timestamp(row["done_at"]),
+    )

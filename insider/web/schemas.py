@@ -131,6 +131,8 @@ class CountsSchema(Schema):
     sending = fields.Integer(required=True)
     sent = fields.Integer(required=True)
     failed = fields.Integer(required=True)
+    delivered = fields.Integer(required=True)
+    undelivered = fields.Integer(required=True)
 
 
 class StatsSchema(Schema):

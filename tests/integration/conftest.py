@@ -28,5 +28,7 @@ async def pg_repository(pg_pool: Pool, postgres_url: str) -> PostgresMessageRepo
         await repository.migrate()
         _migrated.add(postgres_url)
     async with pg_pool.connection() as conn:
-        await conn.execute("TRUNCATE messages, insider_slots RESTART IDENTITY")
+        await conn.execute(
+            "TRUNCATE messages, insider_slots, insider_message_events, insider_pending_receipts RESTART IDENTITY"
+        )
     return repository

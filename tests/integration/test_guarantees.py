@@ -34,6 +34,7 @@ from insider.config import Settings, load_settings
 from insider.container import Container, open_service
 from insider.domain import Message, MessageStatus, Resolution, slot_tolerance_s
 from insider.ports import RepositoryUnavailable
+from insider.receipts import ReceiptOutcome
 from insider.sender import BatchSender, SenderOptions
 from insider.supervisor import STOP_MARGIN_S, Supervisor
 from insider.web.app import create_app
@@ -148,16 +149,17 @@ class RecordingRepository(PostgresMessageRepository):
             await self.hold_claims.wait()
         return claimed
 
-    async def resolve(self, resolutions: Sequence[Resolution]) -> None:
+    async def resolve(self, resolutions: Sequence[Resolution]) -> Sequence[ReceiptOutcome]:
         if self.hold_resolves is not None:
             self.resolving.set()
             await self.hold_resolves.wait()
-        await super().resolve(resolutions)
+        applied = await super().resolve(resolutions)
         self.resolved += 1
         for r in resolutions:
             row = await self.get(r.id)
             assert row is not None
             self.written.append(row)
+        return applied
 
     def states(self, message_id: int) -> list[Message]:
         return [m for m in self.written if m.id == message_id]

@@ -494,7 +494,7 @@ async def test_counts_every_status(repository: MessageRepository) -> None:
         ]
     )
 
-    assert await repository.counts() == {
+    assert await repository.counts() == dict.fromkeys(MessageStatus, 0) | {
         MessageStatus.PENDING: 2,
         MessageStatus.SENDING: 1,
         MessageStatus.SENT: 1,

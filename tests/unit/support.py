@@ -16,6 +16,7 @@ from insider.adapters.sqlite import SqliteDatabase, SqliteMessageRepository, for
 from insider.clock import FakeClock
 from insider.domain import Message, MessageStatus, Outcome, Resolution, SendResult
 from insider.ports import Clock, RepositoryUnavailable
+from insider.receipts import ReceiptOutcome
 
 T = TypeVar("T")
 
@@ -65,10 +66,10 @@ class ProbedRepository(SqliteMessageRepository):
         self.claims.append([m.id for m in claimed])
         return claimed
 
-    async def resolve(self, resolutions: Sequence[Resolution]) -> None:
+    async def resolve(self, resolutions: Sequence[Resolution]) -> Sequence[ReceiptOutcome]:
         if self.available:
             self.resolve_calls += 1
-        await super().resolve(resolutions)
+        return await super().resolve(resolutions)
 
     def add(
         self,

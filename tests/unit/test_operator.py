@@ -196,7 +196,7 @@ async def test_stats_counts_every_status_and_tells_the_sender_state(api: Api) ->
     assert response.status == 200
     body = await response.json()
     assert StatsSchema().validate(body) == {}
-    assert body["counts"] == {"pending": 1, "sending": 1, "sent": 0, "failed": 1}
+    assert body["counts"] == {"pending": 1, "sending": 1, "sent": 0, "failed": 1, "delivered": 0, "undelivered": 0}
     assert body["total"] == 3
     assert body["sender"]["running"] is False and body["sender"]["batchSize"] == 2
 

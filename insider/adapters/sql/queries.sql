@@ -10,19 +10,22 @@ SELECT 1
 INSERT INTO messages (recipient_phone, content)
 VALUES (%(recipient_phone)s, %(content)s)
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-          attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid
+          attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+       delivered_at, delivery_status, delivery_error
 
 -- get --
 -- One message in any state.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+       delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE id = %(id)s
 
 -- get_by_uuid --
 -- One message in any state, by the UUID the original Go service gave it.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+       delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE uuid = %(uuid)s
 
@@ -53,30 +56,51 @@ WHERE m.id = due.id
 RETURNING m.id, m.recipient_phone, m.content, m.status, m.created_at, m.sent_at, m.message_id,
           m.last_error, m.attempts, m.next_attempt_at, m.lease_expires_at,
           m.idempotency_key::text AS idempotency_key, m.claim_token::text AS claim_token,
-          m.uuid::text AS uuid
+          m.uuid::text AS uuid,
+          m.delivered_at, m.delivery_status, m.delivery_error
 
 -- resolve --
--- Write back a batch of outcomes. A row is written while the claim token still holds
--- it, or by a `sent` outcome when it is not sent yet (the send happened regardless).
-UPDATE messages m
-SET status = v.status,
-    sent_at = v.sent_at,
-    message_id = v.message_id,
-    last_error = COALESCE(v.last_error, m.last_error),
-    next_attempt_at = now() + make_interval(secs => v.retry_in_s),
-    lease_expires_at = NULL,
-    claim_token = NULL,
-    attempts = CASE WHEN v.uncount THEN m.attempts - 1 ELSE m.attempts END,
-    updated_at = now()
--- The outcomes come as one JSON array: encoding it costs the client a fortieth of
--- encoding eight arrays, which showed in the profile of a drain.
-FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS v(
-    id bigint, claim_token uuid, status text, sent_at timestamptz, message_id text, last_error text,
-    retry_in_s float8, uncount bool
+-- Write back a batch of outcomes, and each attempt to the message's history, in one
+-- statement. A row is written while the claim token still holds it, or by a `sent`
+-- outcome when the provider has not accepted it yet (the send happened regardless; a
+-- delivered or undelivered message stays so). Returns the provider ids just recorded for
+-- which a receipt is already waiting (the receipt beat this write); the caller applies them.
+WITH v AS (
+    -- The outcomes come as one JSON array: encoding it costs the client a fortieth of
+    -- encoding eight arrays, which showed in the profile of a drain.
+    SELECT *
+    FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS v(
+        id bigint, claim_token uuid, status text, sent_at timestamptz, message_id text, last_error text,
+        retry_in_s float8, uncount bool,
+        at timestamptz, outcome text, attempt integer, status_code integer, duration_ms float8, error text
+    )
+), written AS (
+    UPDATE messages m
+    SET status = v.status,
+        sent_at = v.sent_at,
+        message_id = v.message_id,
+        last_error = COALESCE(v.last_error, m.last_error),
+        next_attempt_at = now() + make_interval(secs => v.retry_in_s),
+        lease_expires_at = NULL,
+        claim_token = NULL,
+        attempts = CASE WHEN v.uncount THEN m.attempts - 1 ELSE m.attempts END,
+        updated_at = now()
+    FROM v
+    WHERE m.id = v.id
+      AND ((m.status = 'sending' AND m.claim_token = v.claim_token)
+           OR (v.status = 'sent' AND m.status NOT IN ('sent', 'delivered', 'undelivered')))
+    RETURNING m.id, m.message_id, m.status, v.at, v.outcome, v.attempt, v.status_code, v.duration_ms, v.error
+), logged AS (
+    INSERT INTO insider_message_events
+        (message_id, at, kind, outcome, attempt, status_code, duration_ms, error, provider_message_id)
+    SELECT id, at, 'attempt', outcome, attempt, status_code, duration_ms, error, message_id
+    FROM written
+    WHERE outcome IS NOT NULL
 )
-WHERE m.id = v.id
-  AND ((m.status = 'sending' AND m.claim_token = v.claim_token)
-       OR (v.status = 'sent' AND m.status <> 'sent'))
+SELECT DISTINCT w.message_id
+FROM written w
+JOIN insider_pending_receipts p ON p.provider_message_id = w.message_id
+WHERE w.status = 'sent'
 
 -- retry --
 -- A failed message back to pending, its attempts reset.
@@ -84,7 +108,8 @@ UPDATE messages
 SET status = 'pending', attempts = 0, next_attempt_at = NULL, updated_at = now()
 WHERE id = %(id)s AND status = 'failed'
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-          attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid
+          attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+       delivered_at, delivery_status, delivery_error
 
 -- acquire_slot --
 -- Take the slot %(name)s when due, in one statement: due one interval (the caller's
@@ -119,7 +144,8 @@ SELECT EXISTS (SELECT 1 FROM inserted) OR EXISTS (SELECT 1 FROM updated) AS take
 -- list_sent --
 -- The first page of sent messages, newest first.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+       delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE status = 'sent' AND sent_at IS NOT NULL
 ORDER BY sent_at DESC, id DESC
@@ -128,7 +154,8 @@ LIMIT %(limit)s
 -- list_sent_after --
 -- A later page of sent messages: those after the cursor's (sent_at, id).
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+       delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE status = 'sent' AND sent_at IS NOT NULL AND (sent_at, id) < (%(key)s, %(id)s)
 ORDER BY sent_at DESC, id DESC
@@ -137,7 +164,8 @@ LIMIT %(limit)s
 -- list_by_created --
 -- The first page of messages in one (not sent) status, newest first.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+       delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE status = %(status)s
 ORDER BY created_at DESC, id DESC
@@ -146,7 +174,8 @@ LIMIT %(limit)s
 -- list_by_created_after --
 -- A later page: those after the cursor's (created_at, id).
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+       delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE status = %(status)s AND (created_at, id) < (%(key)s, %(id)s)
 ORDER BY created_at DESC, id DESC
@@ -157,3 +186,126 @@ LIMIT %(limit)s
 -- reads a few rows whatever the size of the table.
 SELECT status, n
 FROM insider_message_counts
+
+-- list_accepted --
+-- The first page of what the provider accepted (sent, delivered, undelivered), newest sent first.
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+       delivered_at, delivery_status, delivery_error
+FROM messages
+WHERE status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL
+ORDER BY sent_at DESC, id DESC
+LIMIT %(limit)s
+
+-- list_accepted_after --
+-- A later page of what the provider accepted: those after the cursor's (sent_at, id).
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+       delivered_at, delivery_status, delivery_error
+FROM messages
+WHERE status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL AND (sent_at, id) < (%(key)s, %(id)s)
+ORDER BY sent_at DESC, id DESC
+LIMIT %(limit)s
+
+-- apply_receipts --
+-- Apply a batch of delivery receipts in one statement. Each finds its message by the
+-- provider's id (the cached id `hint` first, checked against the row, then the index on
+-- message_id); a found one becomes an event (the same receipt twice is one event), and
+-- the first new final one of a `sent` message moves it to delivered or undelivered (a
+-- final status never moves back). One with no message yet waits in insider_pending_receipts.
+-- A result row per receipt, in the order given.
+WITH r AS (
+    SELECT r.*,
+           row_number() OVER (PARTITION BY r.provider_message_id, r.dedupe_key ORDER BY r.idx) AS nth
+    FROM jsonb_to_recordset(%(receipts)s::jsonb) AS r(
+        idx integer, hint bigint, provider_message_id text, receipt_status text, delivery_status text,
+        final_status text, error_code text, done_at timestamptz, received_at timestamptz, dedupe_key text
+    )
+), found AS (
+    SELECT r.*,
+           COALESCE(
+               (SELECT m.id FROM messages m WHERE m.id = r.hint AND m.message_id = r.provider_message_id),
+               (SELECT m.id FROM messages m WHERE m.message_id = r.provider_message_id ORDER BY m.id LIMIT 1)
+           ) AS message_id
+    FROM r
+), logged AS (
+    INSERT INTO insider_message_events
+        (message_id, at, kind, outcome, error_code, provider_message_id, receipt_status, done_at, dedupe_key)
+    SELECT message_id, received_at, 'receipt', delivery_status, error_code, provider_message_id, receipt_status,
+           done_at, dedupe_key
+    FROM found
+    WHERE message_id IS NOT NULL AND nth = 1
+    ORDER BY idx
+    ON CONFLICT (message_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
+    RETURNING message_id, dedupe_key
+), first_final AS (
+    SELECT DISTINCT ON (f.message_id) f.*
+    FROM found f
+    JOIN logged l ON l.message_id = f.message_id AND l.dedupe_key = f.dedupe_key
+    WHERE f.final_status IS NOT NULL AND f.nth = 1
+    ORDER BY f.message_id, f.idx
+), moved AS (
+    UPDATE messages m
+    SET status = ff.final_status,
+        delivered_at = COALESCE(ff.done_at, ff.received_at),
+        delivery_status = ff.delivery_status,
+        delivery_error = ff.error_code,
+        updated_at = now()
+    FROM first_final ff
+    WHERE m.id = ff.message_id AND m.status = 'sent'
+    RETURNING m.id, m.status, m.sent_at, m.delivered_at, ff.idx
+), waiting AS (
+    INSERT INTO insider_pending_receipts
+        (provider_message_id, dedupe_key, receipt_status, delivery_status, final_status, error_code, done_at,
+         received_at)
+    SELECT provider_message_id, dedupe_key, receipt_status, delivery_status, final_status, error_code, done_at,
+           received_at
+    FROM found
+    WHERE message_id IS NULL AND nth = 1
+    ON CONFLICT DO NOTHING
+)
+SELECT f.idx, f.message_id,
+       CASE WHEN f.message_id IS NULL THEN 'waiting'
+            WHEN mv.id IS NOT NULL THEN 'applied'
+            WHEN l.message_id IS NULL OR f.nth > 1 THEN 'duplicate'
+            ELSE 'recorded' END AS result,
+       mv.status, mv.sent_at, mv.delivered_at
+FROM found f
+LEFT JOIN logged l ON f.nth = 1 AND l.message_id = f.message_id AND l.dedupe_key = f.dedupe_key
+LEFT JOIN moved mv ON mv.idx = f.idx
+ORDER BY f.idx
+
+-- take_waiting --
+-- Waiting receipts whose provider id a message now has (all, or those of %(ids)s when
+-- given), taken out of the waiting table to be applied in the same transaction.
+DELETE FROM insider_pending_receipts p
+WHERE p.ctid IN (
+    SELECT p2.ctid
+    FROM insider_pending_receipts p2
+    WHERE EXISTS (SELECT 1 FROM messages m WHERE m.message_id = p2.provider_message_id)
+      AND (%(ids)s::text[] IS NULL OR p2.provider_message_id = ANY (%(ids)s::text[]))
+    ORDER BY p2.received_at
+    LIMIT %(limit)s
+)
+RETURNING provider_message_id, receipt_status, error_code, done_at, received_at
+
+-- drop_waiting --
+-- Waiting receipts received before %(before)s: no message got their id in time.
+DELETE FROM insider_pending_receipts p
+WHERE p.ctid IN (
+    SELECT p2.ctid FROM insider_pending_receipts p2 WHERE p2.received_at < %(before)s LIMIT %(limit)s
+)
+RETURNING provider_message_id, receipt_status, received_at
+
+-- events --
+-- A message's history, oldest first.
+SELECT id, message_id, at, kind, outcome, attempt, status_code, duration_ms, error, provider_message_id,
+       receipt_status, error_code, done_at
+FROM insider_message_events
+WHERE message_id = %(id)s
+ORDER BY at, id
+
+-- prune_events --
+-- Up to %(limit)s events older than %(before)s.
+DELETE FROM insider_message_events
+WHERE id IN (SELECT id FROM insider_message_events WHERE at < %(before)s LIMIT %(limit)s)
