@@ -182,6 +182,8 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DATABASE_KEEPALIVES_INTERVAL": ("database_keepalives_interval_s", _duration_at_least(1)),
     "DATABASE_KEEPALIVES_COUNT": ("database_keepalives_count", _int_between(1, 100)),
     "API_TOKEN": ("api_token", _text),
+    "DLR_TOKEN": ("dlr_token", _text),
+    "EVENTS_RETENTION": ("events_retention_s", _duration_at_least(60)),
     "HOST": ("host", _text),
     "ALLOWED_HOSTS": ("allowed_hosts", parse_allowed_hosts),
     "PORT": ("port", _int_between(0, 65_535)),
@@ -245,6 +247,8 @@ class Settings:
     http_body_timeout_s: float = 10.0
     # Removed settings that were set (names, INSIDER_ included), to be named in a warning.
     ignored: tuple[str, ...] = ()
+    dlr_token: str = ""
+    events_retention_s: float = 30 * 86400.0
 
     # PostgreSQL only: a statement running longer is cancelled by the server (0: no limit),
     # and TCP keepalives find a connection whose peer has silently gone.
@@ -265,6 +269,7 @@ class Settings:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
         shown["webhook_auth_key"] = "***" if self.webhook_auth_key else ""
         shown["api_token"] = "***" if self.api_token else ""
+        shown["dlr_token"] = "***" if self.dlr_token else ""
         shown["database_url"] = mask_url(self.database_url)
         shown["redis_url"] = mask_url(self.redis_url)
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"

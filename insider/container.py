@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -20,10 +21,12 @@ from insider.adapters.sqlite import SqliteDatabase, SqliteMessageRepository, is_
 from insider.adapters.webhook import WebhookSmsClient, open_http_session
 from insider.clock import SystemClock
 from insider.config import Settings, mask_url
+from insider.delivery import DeliveryReceipts
 from insider.metrics import CountsCache, Metrics
-from insider.ports import MessageRepository, RepositoryUnavailable
+from insider.ports import Clock, DeliveryRepository, MessageRepository, RepositoryUnavailable
+from insider.receipts import parse_receipts
 from insider.sender import BatchSender, SenderOptions
-from insider.simulator import SimulatedSmsClient
+from insider.simulator import ReceiptReporter, SimulatedSmsClient
 from insider.supervisor import Supervisor
 
 T = TypeVar("T")
@@ -90,13 +93,34 @@ def _provider_kind(settings: Settings) -> str:
     return "webhook" if settings.webhook_url else "simulator"
 
 
-def _simulated_sms_client(sleep: Callable[[float], Awaitable[None]]) -> SimulatedSmsClient:
+def _simulated_sms_client(
+    sleep: Callable[[float], Awaitable[None]], reporter: ReceiptReporter | None
+) -> SimulatedSmsClient:
     log.warning(
         "INSIDER_WEBHOOK_URL is not set: messages go to the built-in simulated provider; "
         "NOTHING LEAVES THIS MACHINE and no SMS is delivered",
         provider="simulator",
     )
-    return SimulatedSmsClient(sleep=sleep)
+    return SimulatedSmsClient(sleep=sleep, reporter=reporter)
+
+
+async def _simulated_receipts(
+    kind: str, receipts: DeliveryReceipts, clock: Clock
+) -> AsyncIterator[ReceiptReporter | None]:
+    """The built-in provider's receipts, straight to the receipt writer (no HTTP, no token)."""
+    if kind != "simulator":
+        yield None
+        return
+
+    async def apply(batch: list[dict[str, Any]]) -> None:
+        received_at = clock.now()
+        await receipts.submit(parse_receipts(batch, received_at))
+
+    reporter = ReceiptReporter(apply, clock=clock)
+    try:
+        yield reporter
+    finally:
+        await reporter.aclose()
 
 
 class Container(containers.DeclarativeContainer):
@@ -123,23 +147,6 @@ class Container(containers.DeclarativeContainer):
         sqlite=providers.Singleton(SqliteMessageRepository, database=sqlite_database, clock=clock),
     )
 
-    webhook_http = providers.Resource(
-        _webhook_http,
-        url=settings.provided.webhook_url,
-        concurrency_limit=settings.provided.send_concurrency,
-    )
-    sms_client = providers.Selector(
-        providers.Callable(_provider_kind, settings),
-        webhook=providers.Singleton(
-            WebhookSmsClient,
-            session=webhook_http,
-            url=settings.provided.webhook_url,
-            auth_key=settings.provided.webhook_auth_key,
-            timeout_s=settings.provided.webhook_timeout_s,
-        ),
-        simulator=providers.Singleton(_simulated_sms_client, sleep=clock.provided.sleep),
-    )
-
     redis_client = providers.Resource(_redis, url=settings.provided.redis_url)
     cache = providers.Selector(
         providers.Callable(_cache_kind, settings),
@@ -155,6 +162,37 @@ class Container(containers.DeclarativeContainer):
 
     # Metrics on a registry of this container's own; the web app serves them at /metrics.
     metrics = providers.Singleton(Metrics)
+
+    # Delivery receipts: written in batches, looked up in the cache first.
+    receipts = providers.Singleton(
+        DeliveryReceipts,
+        repository=repository,
+        cache=cache,
+        clock=clock,
+        retention_s=settings.provided.events_retention_s,
+        observer=metrics,
+    )
+    simulated_receipts = providers.Resource(
+        _simulated_receipts, kind=providers.Callable(_provider_kind, settings), receipts=receipts, clock=clock
+    )
+
+    webhook_http = providers.Resource(
+        _webhook_http,
+        url=settings.provided.webhook_url,
+        concurrency_limit=settings.provided.send_concurrency,
+    )
+    sms_client = providers.Selector(
+        providers.Callable(_provider_kind, settings),
+        webhook=providers.Singleton(
+            WebhookSmsClient,
+            session=webhook_http,
+            url=settings.provided.webhook_url,
+            auth_key=settings.provided.webhook_auth_key,
+            timeout_s=settings.provided.webhook_timeout_s,
+        ),
+        simulator=providers.Singleton(_simulated_sms_client, sleep=clock.provided.sleep, reporter=simulated_receipts),
+    )
+
     # Message counts for /metrics and the dashboard: one query per ttl_s, however many ask.
     counts = providers.Singleton(CountsCache, repository=repository, ttl_s=2.0, clock=clock)
 
@@ -238,6 +276,9 @@ async def open_service(
     await _maybe_await(container.init_resources())
     try:
         supervisor = await resolve(container.supervisor)
+        receipts: DeliveryReceipts = await resolve(container.receipts)
+        repository = await resolve(container.repository)
+        upkeep: asyncio.Task[None] | None = None
         try:
             try:
                 if wait_for_schema:
@@ -248,8 +289,15 @@ async def open_service(
             await supervisor.prepare_when_reachable()
             if settings.autostart if autostart is None else autostart:
                 await supervisor.start()
+            # Receipts need a SQL repository (an embedding program may bring another).
+            if isinstance(repository, DeliveryRepository):
+                upkeep = asyncio.create_task(receipts.run_upkeep(), name="insider-receipt-upkeep")
             yield supervisor
         finally:
+            if upkeep is not None:
+                upkeep.cancel()
+                await asyncio.wait({upkeep})
             await supervisor.close(grace_s=settings.shutdown_timeout_s)
+            await receipts.aclose()
     finally:
         await _maybe_await(container.shutdown_resources())

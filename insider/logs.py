@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import re
 import sys
 import threading
 import time
@@ -38,6 +39,36 @@ def scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[st
         elif len(_PLAIN_KEYS) < 10_000:
             _PLAIN_KEYS.add(key)
     return event
+
+
+# A secret in a query string (the receipts endpoint takes its token as ?token=): masked in access logs.
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:token|auth_key|api_token)=)[^&\s\"']*")
+
+
+def mask_query_secrets(text: str) -> str:
+    """``text`` with the values of ``token=`` (and the like) query parameters replaced by ``***``."""
+    return _QUERY_SECRET.sub(r"\1***", text)
+
+
+class QuerySecretFilter(logging.Filter):
+    """Masks query-string secrets in the lines of aiohttp's access log (an embedding program may keep it on)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and "=" in record.msg:
+            record.msg = mask_query_secrets(record.msg)
+        if record.args:
+            record.args = tuple(mask_query_secrets(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+_QUERY_SECRET_FILTER = QuerySecretFilter()
+
+
+def mask_access_log_secrets() -> None:
+    """Install :class:`QuerySecretFilter` on aiohttp's access logger, once (it is the process's logger)."""
+    access = logging.getLogger("aiohttp.access")
+    if _QUERY_SECRET_FILTER not in access.filters:
+        access.addFilter(_QUERY_SECRET_FILTER)
 
 
 class UtcStamper:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from insider.domain import BatchReport, Message, MessageStatus, Resolution, SendResult
 from insider.receipts import Event, Receipt, ReceiptOutcome
@@ -134,6 +134,7 @@ class WaitingReport:
     dropped: list[Receipt]
 
 
+@runtime_checkable
 class DeliveryRepository(Protocol):
     """Delivery receipts and the history of every message; the SQL repositories are ones.
 
@@ -173,6 +174,9 @@ class SentCache(Protocol):
 
     async def lookup(self, provider_message_id: str) -> SentEntry | None:
         """The entry for a provider's message id, if cached."""
+
+    async def lookup_ids(self, provider_message_ids: Sequence[str]) -> dict[str, int]:
+        """Our message ids of those provider ids that are cached, in one round trip."""
 
     async def ping(self) -> None:
         """Return when the cache answers."""

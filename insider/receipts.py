@@ -5,8 +5,8 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Final
+from datetime import UTC, datetime
+from typing import Any, Final
 
 from insider.domain import MessageStatus
 
@@ -136,3 +136,100 @@ class Event:
     receipt_status: str | None = None
     error_code: str | None = None
     done_at: datetime | None = None
+
+
+# One request's receipts at most (the endpoint's body limit comes first for long ids).
+MAX_RECEIPTS_PER_REQUEST: Final = 10_000
+_MAX_ID_LENGTH: Final = 256
+_MAX_STATUS_LENGTH: Final = 64
+
+
+class InvalidReceipts(ValueError):
+    """A body that is not one receipt or an array of them; ``fields`` names each problem (``<index>.field``)."""
+
+    def __init__(self, fields: dict[str, list[str]]) -> None:
+        super().__init__("invalid receipts")
+        self.fields = fields
+
+
+def _storable_text(value: str) -> str | None:
+    """Why ``value`` cannot be stored, or None: databases take no NUL and no lone surrogate."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must not contain unpaired surrogates"
+    return None
+
+
+def _text_field(
+    item: dict[str, Any], name: str, max_length: int, *, required: bool, numbers: bool = True
+) -> tuple[str | None, str | None]:
+    """(value, problem) of a string field; whole numbers are taken as their digits (ids and codes often are)."""
+    value = item.get(name)
+    if value is None:
+        return None, (f"{name} is required" if required else None)
+    if numbers and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return None, "must be a string"
+    value = value.strip()
+    if required and not value:
+        return None, "must not be empty"
+    if len(value) > max_length:
+        return None, f"must be at most {max_length} characters"
+    problem = _storable_text(value)
+    return (None, problem) if problem else (value or None, None)
+
+
+def _timestamp(value: Any) -> tuple[datetime | None, str | None]:
+    if value is None:
+        return None, None
+    if not isinstance(value, str):
+        return None, "must be an ISO 8601 time, e.g. 2026-01-01T12:00:00Z"
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None, "must be an ISO 8601 time, e.g. 2026-01-01T12:00:00Z"
+    # A time with no offset is read as UTC, as providers mostly mean it.
+    return (parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)), None
+
+
+def parse_receipts(body: Any, received_at: datetime) -> list[Receipt]:
+    """The receipts of a request body: one object or an array of them.
+
+    Raises InvalidReceipts naming every problem: ``<index>.<field>`` in an array, the bare
+    field name for a single object. Fields other than messageId, status, errorCode and
+    doneAt are ignored (providers add their own).
+    """
+    single = isinstance(body, dict)
+    items = [body] if single else body
+    if not isinstance(items, list):
+        raise InvalidReceipts({"_schema": ["the body must be a receipt object or a JSON array of them"]})
+    if len(items) > MAX_RECEIPTS_PER_REQUEST:
+        raise InvalidReceipts({"_schema": [f"at most {MAX_RECEIPTS_PER_REQUEST} receipts per request"]})
+    problems: dict[str, list[str]] = {}
+    receipts = []
+    for index, item in enumerate(items):
+        prefix = "" if single else f"{index}."
+        if not isinstance(item, dict):
+            problems[str(index)] = ["must be an object with messageId and status"]
+            continue
+        message_id, id_problem = _text_field(item, "messageId", _MAX_ID_LENGTH, required=True)
+        status, status_problem = _text_field(item, "status", _MAX_STATUS_LENGTH, required=True, numbers=False)
+        error_code, code_problem = _text_field(item, "errorCode", _MAX_STATUS_LENGTH, required=False)
+        done_at, time_problem = _timestamp(item.get("doneAt"))
+        for name, problem in (
+            ("messageId", id_problem),
+            ("status", status_problem),
+            ("errorCode", code_problem),
+            ("doneAt", time_problem),
+        ):
+            if problem is not None:
+                problems[prefix + name] = [problem]
+        if message_id is not None and status is not None and not (code_problem or time_problem):
+            receipts.append(Receipt(message_id, status, received_at, error_code, done_at))
+    if problems:
+        raise InvalidReceipts(problems)
+    return receipts

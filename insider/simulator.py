@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import json
 import math
 import random
@@ -16,7 +18,9 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 
+from insider.clock import SystemClock
 from insider.domain import Outcome, SendResult, mask_phone
+from insider.ports import Clock
 
 log = structlog.get_logger("insider.simulator")
 
@@ -82,6 +86,132 @@ class Answer:
         return value if isinstance(value, str) else None
 
 
+@dataclass(frozen=True, slots=True)
+class ReceiptOptions:
+    """When and what the simulated provider reports on the messages it accepted.
+
+    Each accepted message gets one receipt after a delay drawn uniformly from
+    ``delay_s``: ``undelivered`` (error code ``1``) for a share ``undelivered_rate``,
+    ``delivered`` for the others.
+    """
+
+    delay_s: tuple[float, float] = (1.0, 5.0)
+    undelivered_rate: float = 0.05
+
+    def __post_init__(self) -> None:
+        low, high = self.delay_s
+        if not 0 <= low <= high or not math.isfinite(high):
+            raise ValueError(f"delay_s must be 0 <= shortest <= longest, not {self.delay_s!r}")
+        if not 0.0 <= self.undelivered_rate <= 1.0:
+            raise ValueError(f"undelivered_rate must be from 0 to 1, not {self.undelivered_rate!r}")
+
+
+# Receipts, in the JSON shape of POST /api/v1/delivery-reports, to wherever they go.
+ReceiptSink = Callable[[list[dict[str, Any]]], Awaitable[None]]
+# How often the reporter looks for due receipts at most: receipts due together go in one call.
+REPORT_TICK_S: Final = 0.25
+
+
+class ReceiptReporter:
+    """Reports a delivery receipt for each accepted message, after its delay.
+
+    Receipts that fall due together go to ``sink`` in one call (one POST of an array, or
+    one in-process write). A sink that fails is logged and its receipts are not sent again:
+    a real provider's retries are not simulated. ``clock`` is injectable, so tests do not
+    wait. The task that reports starts with the first receipt; :meth:`aclose` stops it.
+    """
+
+    def __init__(
+        self,
+        sink: ReceiptSink,
+        options: ReceiptOptions | None = None,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.options = options or ReceiptOptions()
+        self._sink = sink
+        self._clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self._due: list[tuple[float, int, dict[str, Any]]] = []
+        self._seq = itertools.count()
+        self._task: asyncio.Task[None] | None = None
+        self.counts = {"delivered": 0, "undelivered": 0, "failed": 0}
+
+    def schedule(self, message_id: str) -> None:
+        """Report on ``message_id`` after a delay."""
+        low, high = self.options.delay_s
+        undelivered = self._rng.random() < self.options.undelivered_rate
+        receipt: dict[str, Any] = {"messageId": message_id, "status": "undelivered" if undelivered else "delivered"}
+        if undelivered:
+            receipt["errorCode"] = "1"
+        heapq.heappush(self._due, (self._clock.monotonic() + self._rng.uniform(low, high), next(self._seq), receipt))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="insider-simulated-receipts")
+
+    @property
+    def scheduled(self) -> int:
+        """Receipts not reported yet."""
+        return len(self._due)
+
+    async def _run(self) -> None:
+        while self._due:
+            wait_s = self._due[0][0] - self._clock.monotonic()
+            if wait_s > 0:
+                await self._clock.sleep(min(wait_s, REPORT_TICK_S))
+                continue
+            batch = []
+            while self._due and self._due[0][0] <= self._clock.monotonic():
+                _, _, receipt = heapq.heappop(self._due)
+                receipt["doneAt"] = self._clock.now().isoformat()
+                batch.append(receipt)
+            try:
+                await self._sink(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.counts["failed"] += len(batch)
+                log.warning("simulated receipts not delivered", count=len(batch), error=f"{type(exc).__name__}: {exc}")
+                continue
+            for receipt in batch:
+                self.counts[receipt["status"]] += 1
+
+    async def aclose(self) -> None:
+        """Stop reporting; receipts not yet due are not sent."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task})
+
+
+def http_receipt_sink(session: Any, url: str, token: str, *, timeout_s: float = 10.0, attempts: int = 3) -> ReceiptSink:
+    """A sink that POSTs receipts as one JSON array to ``url`` with ``x-ins-auth-key: token``.
+
+    A transport error or a 5xx is tried again (up to ``attempts`` times, a second apart),
+    so receipts due while the service starts are not lost; other answers raise at once.
+    """
+    import aiohttp
+
+    async def post(receipts: list[dict[str, Any]]) -> None:
+        headers = {AUTH_HEADER: token} if token else {}
+        for attempt in range(1, attempts + 1):
+            try:
+                async with session.post(
+                    url, json=receipts, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+                ) as response:
+                    if response.status < 500:
+                        if response.status >= 300:
+                            raise RuntimeError(f"HTTP {response.status}: {(await response.text())[:200]}")
+                        return
+                    problem: str = f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if attempt == attempts:
+                raise RuntimeError(problem)
+            await asyncio.sleep(1.0)
+
+    return post
+
+
 class SimulatedProvider:
     """The provider's behaviour, shared by the in-process client and the HTTP server.
 
@@ -93,9 +223,15 @@ class SimulatedProvider:
     """
 
     def __init__(
-        self, options: SimulatorOptions | None = None, *, sleep: Sleep = asyncio.sleep, rng: random.Random | None = None
+        self,
+        options: SimulatorOptions | None = None,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+        reporter: ReceiptReporter | None = None,
     ) -> None:
         self.options = options or SimulatorOptions()
+        self.reporter = reporter  # None: no receipts
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._keys: OrderedDict[str, str] = OrderedDict()
@@ -134,6 +270,8 @@ class SimulatedProvider:
                 self._keys.popitem(last=False)
         self.received.append(Received(message_id, to, content, idempotency_key, datetime.now(UTC)))
         self.counts["accepted"] += 1
+        if self.reporter is not None:
+            self.reporter.schedule(message_id)
         return Answer(202, {"message": "Accepted", "messageId": message_id}, {})
 
 
@@ -146,9 +284,14 @@ class SimulatedSmsClient:
     """
 
     def __init__(
-        self, options: SimulatorOptions | None = None, *, sleep: Sleep = asyncio.sleep, rng: random.Random | None = None
+        self,
+        options: SimulatorOptions | None = None,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+        reporter: ReceiptReporter | None = None,
     ) -> None:
-        self.provider = SimulatedProvider(options, sleep=sleep, rng=rng)
+        self.provider = SimulatedProvider(options, sleep=sleep, rng=rng, reporter=reporter)
 
     async def send(self, to: str, content: str, idempotency_key: str) -> SendResult:
         answer = await self.provider.answer(to, content, idempotency_key)
@@ -205,7 +348,10 @@ async def _messages(request: web.Request) -> web.Response:
         }
         for r in reversed(provider.received)
     ]
-    return web.json_response({"data": data, "counts": provider.counts})
+    body: dict[str, Any] = {"data": data, "counts": provider.counts}
+    if provider.reporter is not None:
+        body["receipts"] = provider.reporter.counts | {"scheduled": provider.reporter.scheduled}
+    return web.json_response(body)
 
 
 def create_simulator_app(provider: SimulatedProvider | None = None) -> web.Application:

@@ -68,6 +68,7 @@ class InMemorySentCache:
         self._clock = clock or SystemClock()
         self.available = True
         self.calls = 0
+        self.lookups = 0
 
     async def remember(self, entries: Sequence[SentEntry]) -> None:
         self.calls += 1
@@ -90,6 +91,15 @@ class InMemorySentCache:
             del self.entries[provider_message_id], self._expires[provider_message_id]
             return None
         return self.entries.get(provider_message_id)
+
+    async def lookup_ids(self, provider_message_ids: Sequence[str]) -> dict[str, int]:
+        self.lookups += 1
+        found = {}
+        for provider_message_id in provider_message_ids:
+            entry = await self.lookup(provider_message_id)
+            if entry is not None:
+                found[provider_message_id] = entry.id
+        return found
 
     async def ping(self) -> None:
         if not self.available:

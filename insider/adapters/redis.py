@@ -129,6 +129,24 @@ class RedisSentCache:
         raw = await self._client.hgetall(self.key(provider_message_id))
         return _entry(provider_message_id, raw)
 
+    async def lookup_ids(self, provider_message_ids: Sequence[str]) -> dict[str, int]:
+        """Our ids of the cached provider ids (the ``id`` field), in one round trip; absent ones are left out."""
+        if not provider_message_ids:
+            return {}
+        async with self._client.pipeline(transaction=False) as pipe:
+            for provider_message_id in provider_message_ids:
+                pipe.hget(self.key(provider_message_id), FIELD_ID)
+            values = await pipe.execute()
+        found = {}
+        for provider_message_id, value in zip(provider_message_ids, values, strict=True):
+            if value is None:
+                continue
+            try:
+                found[provider_message_id] = int(_text(value))
+            except ValueError:  # not written by us: the database decides
+                continue
+        return found
+
     async def ping(self) -> None:
         """Return when Redis answers; raise when it does not."""
         await self._client.ping()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import re
 import time
@@ -20,11 +18,13 @@ from marshmallow import ValidationError
 
 from insider import __version__
 from insider.container import Container, open_service, resolve
+from insider.logs import mask_access_log_secrets
 from insider.ports import InvalidCursor, RepositoryUnavailable
 from insider.supervisor import SupervisorClosed
 from insider.web import handlers
 from insider.web.guard import GUARD, BrowserGuard, browser_checks
-from insider.web.handlers import SERVICES, AppServices, Services, error_response, original_error
+from insider.web.handlers import SERVICES, AppServices, Services, error_response, original_error, same_secret
+from insider.web.schemas import RECEIPT_DEFINITION
 from insider.web.server import LIMITS, MAX_BODY_BYTES, Limits, expect_within_limits, request_limits
 
 log = structlog.get_logger("insider.web")
@@ -43,6 +43,9 @@ ORIGINAL_PREFIX = "/messages"
 SECURITY_SCHEME = "bearer"
 # A UUID as the original Go service showed it (either case), for GET /api/v1/messages/{uuid}.
 UUID_PATTERN = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+DELIVERY_REPORTS_PATH = "/api/v1/delivery-reports"
+# Under /api/v1 but not guarded by INSIDER_API_TOKEN: they have a token of their own.
+OPEN_API_PATHS = frozenset({DELIVERY_REPORTS_PATH})
 # A request id a client may choose: printable and short, so it is safe in logs and response headers.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 # Headers of an HTTP error that still mean something on its JSON version (405's Allow, above all).
@@ -150,26 +153,20 @@ def _original(path: str) -> bool:
 
 
 def _protected(request: web.Request) -> bool:
-    """Whether the token guards this request: its path, or the route it matched, is guarded."""
+    """Whether the token guards this request: its path, or the route it matched, is guarded.
+
+    The receipts endpoint is the exception: a provider's server calls it, with a token of its own.
+    """
     resource = request.match_info.route.resource
     paths = (request.path, resource.canonical if resource is not None else "")
+    if any(p in OPEN_API_PATHS for p in paths):
+        return False
     return any(_guarded(p) for p in paths)
 
 
 def _bearer(header: str) -> str | None:
     scheme, _, credentials = header.strip().partition(" ")
     return credentials.strip() if scheme.lower() == "bearer" else None
-
-
-def _same_secret(given: str, expected: str) -> bool:
-    """Constant-time comparison of digests: neither the content nor the length of the token leaks.
-
-    Bytes, not str: compare_digest refuses str outside ASCII, which a client may well send.
-    """
-    return hmac.compare_digest(
-        hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest(),
-        hashlib.sha256(expected.encode("utf-8")).digest(),
-    )
 
 
 @web.middleware
@@ -185,7 +182,7 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
         response = refuse(401, "this endpoint needs the header Authorization: Bearer <INSIDER_API_TOKEN>")
         response.headers["WWW-Authenticate"] = 'Bearer realm="insider"'
         return response
-    if not _same_secret(given, token):
+    if not same_secret(given, token):
         response = refuse(401, "the token is not valid")
         response.headers["WWW-Authenticate"] = 'Bearer realm="insider", error="invalid_token"'
         return response
@@ -227,6 +224,8 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
                 counts=await resolve(container.counts),
                 metrics=await resolve(container.metrics),
                 supervisor=supervisor,
+                receipts=await resolve(container.receipts),
+                clock=await resolve(container.clock),
             )
         )
         try:
@@ -261,22 +260,41 @@ def _docs_left_intact(app: web.Application) -> Iterator[None]:
             handler.__apispec__ = docs
 
 
-def _document_security(spec: dict[str, Any], token_required: bool) -> None:
+def _document_security(spec: dict[str, Any], token_required: bool, dlr_token_set: bool = False) -> None:
     """With a token set: describe the bearer scheme in the spec and require it on every /api/v1 operation.
 
     The spec tells the truth about this instance: without a token nothing needs one and no 401 is sent,
     and no scheme is described (Swagger UI then shows no "Authorize" button, which would lead nowhere).
+    The receipts endpoint has its own token (INSIDER_DLR_TOKEN), described only when it is set.
     """
-    if not token_required:
-        return
-    spec["securityDefinitions"] = {
-        SECURITY_SCHEME: {
+    spec.setdefault("definitions", {})["Receipt"] = RECEIPT_DEFINITION
+    schemes: dict[str, Any] = {}
+    if dlr_token_set:
+        schemes[handlers.DLR_SECURITY_SCHEME] = {
+            "type": "apiKey",
+            "in": "header",
+            "name": handlers.DLR_AUTH_HEADER,
+            "description": "INSIDER_DLR_TOKEN, for the provider's delivery receipts",
+        }
+        schemes[handlers.DLR_QUERY_SECURITY_SCHEME] = {
+            "type": "apiKey",
+            "in": "query",
+            "name": "token",
+            "description": "INSIDER_DLR_TOKEN as a query parameter, for providers that only take a URL",
+        }
+        for operation in spec.get("paths", {}).get(DELIVERY_REPORTS_PATH, {}).values():
+            operation["security"] = [{handlers.DLR_SECURITY_SCHEME: []}, {handlers.DLR_QUERY_SECURITY_SCHEME: []}]
+    if token_required:
+        schemes[SECURITY_SCHEME] = {
             "type": "apiKey",
             "in": "header",
             "name": "Authorization",
             "description": "`Bearer <INSIDER_API_TOKEN>`; required on /api/v1 when the service has a token",
         }
-    }
+    if schemes:
+        spec["securityDefinitions"] = schemes
+    if not token_required:
+        return
     unauthorized = {
         "description": "No token, or not the right one (`Authorization: Bearer <INSIDER_API_TOKEN>`)",
         "schema": {"$ref": "#/definitions/Error"},
@@ -284,6 +302,8 @@ def _document_security(spec: dict[str, Any], token_required: bool) -> None:
     }
     original_unauthorized = unauthorized | {"schema": {"$ref": "#/definitions/OriginalError"}}
     for path, operations in spec.get("paths", {}).items():
+        if path in OPEN_API_PATHS:
+            continue
         if _guarded(path):
             for operation in operations.values():
                 operation["security"] = [{SECURITY_SCHEME: []}]
@@ -320,6 +340,7 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     when ``autostart`` is true (None: INSIDER_AUTOSTART); see ``open_service`` for
     ``wait_for_schema``.
     """
+    mask_access_log_secrets()  # the receipts endpoint's ?token= must not reach an access log
     settings = container.settings()
     app = web.Application(
         middlewares=[
@@ -357,6 +378,8 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
         handlers.retry_message_by_uuid,
         expect_handler=expect_within_limits,
     )
+    app.router.add_get(r"/api/v1/messages/{id:[0-9]+}/events", handlers.message_events, allow_head=False)
+    app.router.add_post(DELIVERY_REPORTS_PATH, handlers.delivery_reports, expect_handler=expect_within_limits)
     for method in ("POST", "GET"):
         app.router.add_route(
             method, "/api/v1/messages/start", handlers.start_sending, expect_handler=expect_within_limits
@@ -385,7 +408,9 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
             error_callback=_validation_error,
             in_place=True,
         )
-    _document_security(app["swagger_dict"], token_required=bool(settings.api_token))
+    _document_security(
+        app["swagger_dict"], token_required=bool(settings.api_token), dlr_token_set=bool(settings.dlr_token)
+    )
     # Swagger UI also at the original's /swagger/, its spec at /swagger/doc.json.
     [swagger_page] = list(app.router["swagger.docs"])  # aiohttp-apispec's page, GET only
     app.router.add_get("/swagger/", swagger_page.handler, allow_head=False)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,15 +18,26 @@ from aiohttp_apispec import docs, match_info_schema, querystring_schema, request
 
 from insider import __version__
 from insider.config import Settings
+from insider.delivery import DeliveryReceipts
 from insider.domain import Message, MessageStatus, validation_error
 from insider.metrics import CONTENT_TYPE, CountsCache, Metrics
 from insider.original import SENT_LIST_MAX, sent_item
-from insider.ports import InvalidState, MessageNotFound, MessageRepository, RepositoryUnavailable, SentCache
+from insider.ports import (
+    Clock,
+    DeliveryRepository,
+    InvalidState,
+    MessageNotFound,
+    MessageRepository,
+    RepositoryUnavailable,
+    SentCache,
+)
+from insider.receipts import Event, InvalidReceipts, parse_receipts
 from insider.supervisor import SenderStatus, Supervisor
 from insider.web.guard import cross_site_allowed
 from insider.web.schemas import (
     EnqueueSchema,
     ErrorSchema,
+    EventsSchema,
     HealthSchema,
     ListQuerySchema,
     MessageIdSchema,
@@ -34,6 +48,7 @@ from insider.web.schemas import (
     OriginalSentListSchema,
     PageSchema,
     ReadySchema,
+    ReceiptsResultSchema,
     RunningSchema,
     SenderSchema,
     StatsSchema,
@@ -51,6 +66,12 @@ DASHBOARD_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
+# The receipts endpoint's own token and body limit: a provider may send thousands of receipts at once.
+DLR_AUTH_HEADER = "x-ins-auth-key"
+DLR_SECURITY_SCHEME = "dlrToken"
+DLR_QUERY_SECURITY_SCHEME = "dlrTokenQuery"
+DLR_MAX_BODY_BYTES = 1024 * 1024
+
 _UNAVAILABLE = {"schema": ErrorSchema, "description": "The database is unreachable"}
 _INVALID = {"schema": ErrorSchema, "description": "Invalid input; `fields` names each bad field"}
 
@@ -65,6 +86,8 @@ class Services:
     counts: CountsCache
     metrics: Metrics
     supervisor: Supervisor
+    receipts: DeliveryReceipts
+    clock: Clock
 
 
 class AppServices:
@@ -120,7 +143,25 @@ def message_json(m: Message) -> dict[str, Any]:
         "attempts": m.attempts,
         "lastError": m.last_error,
         "nextAttemptAt": _iso(m.next_attempt_at),
+        "deliveredAt": _iso(m.delivered_at),
+        "deliveryStatus": m.delivery_status,
+        "deliveryError": m.delivery_error,
     }
+
+
+def event_json(e: Event) -> dict[str, Any]:
+    """The API shape of one history entry."""
+    body: dict[str, Any] = {
+        "at": _iso(e.at),
+        "kind": e.kind,
+        "outcome": e.outcome,
+        "providerMessageId": e.provider_message_id,
+    }
+    if e.kind == "attempt":
+        body |= {"attempt": e.attempt, "statusCode": e.status_code, "durationMs": e.duration_ms, "error": e.error}
+    else:
+        body |= {"status": e.receipt_status, "errorCode": e.error_code, "doneAt": _iso(e.done_at)}
+    return body
 
 
 def sender_json(status: SenderStatus) -> dict[str, Any]:
@@ -136,6 +177,17 @@ def sender_json(status: SenderStatus) -> dict[str, Any]:
     }
 
 
+def same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison of digests: neither the content nor the length of the token leaks.
+
+    Bytes, not str: compare_digest refuses str outside ASCII, which a client may well send.
+    """
+    return hmac.compare_digest(
+        hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest(),
+        hashlib.sha256(expected.encode("utf-8")).digest(),
+    )
+
+
 def error_response(status: int, error: str, fields: dict[str, list[str]] | None = None) -> web.Response:
     body: dict[str, Any] = {"error": error}
     if fields:
@@ -146,8 +198,9 @@ def error_response(status: int, error: str, fields: dict[str, list[str]] | None 
 @docs(
     tags=["messages"],
     summary="List messages, most recent first",
-    description="Sent messages by default, most recently sent first. Keyset pagination: pass `nextCursor` "
-    "back as `cursor`. Other statuses are ordered by creation time, newest first.",
+    description="Without `status`, every message the provider accepted (sent, delivered, undelivered), most "
+    "recently sent first. With `status`, only that status: `sent` (accepted, no final receipt yet) by send time, "
+    "the others by creation time, newest first. Keyset pagination: pass `nextCursor` back as `cursor`.",
 )
 @querystring_schema(ListQuerySchema)
 @response_schema(PageSchema, 200, description="One page")
@@ -156,9 +209,8 @@ def error_response(status: int, error: str, fields: dict[str, list[str]] | None 
 @response_schema(**_UNAVAILABLE, code=503)
 async def list_messages(request: web.Request) -> web.Response:
     query = request["querystring"]
-    page = await services(request).repository.list_messages(
-        MessageStatus(query["status"]), query["limit"], query["cursor"]
-    )
+    status = MessageStatus(query["status"]) if query["status"] is not None else None
+    page = await services(request).repository.list_messages(status, query["limit"], query["cursor"])
     return web.json_response({"data": [message_json(m) for m in page.items], "nextCursor": page.next_cursor})
 
 
@@ -255,6 +307,98 @@ async def _retry(request: web.Request, message_id: int) -> web.Response:
 
 
 @docs(
+    tags=["messages"],
+    summary="A message's history",
+    description="Every send attempt (time, outcome, HTTP status, duration, error, the provider's id) and every "
+    "delivery receipt (its status as the provider wrote it, error code, time), oldest first. Kept for "
+    "INSIDER_EVENTS_RETENTION.",
+)
+@match_info_schema(MessageIdSchema)
+@response_schema(EventsSchema, 200, description="The history, oldest first")
+@response_schema(ErrorSchema, 404, description="No message has that id")
+@response_schema(**_UNAVAILABLE, code=503)
+async def message_events(request: web.Request) -> web.Response:
+    repository = services(request).repository
+    message_id = request["match_info"]["id"]
+    if not isinstance(repository, DeliveryRepository):  # an embedding program's own adapter
+        return error_response(404, "this repository keeps no history")
+    events = await repository.events(message_id)
+    if not events and await repository.get(message_id) is None:
+        return error_response(404, "no message has that id")
+    return web.json_response({"data": [event_json(e) for e in events]})
+
+
+@docs(
+    tags=["delivery"],
+    summary="Delivery receipts from the provider",
+    description="One receipt `{messageId, status, errorCode?, doneAt?}` or a JSON array of them (up to 10,000, "
+    "1 MiB). `status` is `delivered`, `undelivered`, `expired` or `rejected` in any case, or a provider's form "
+    "(SMPP `DELIVRD`, `UNDELIV`, `REJECTD`, ...; see README, Delivery receipts); any other status is kept in the "
+    "message's history and changes nothing. Authenticated by INSIDER_DLR_TOKEN, as the `x-ins-auth-key` header or "
+    "the `token` query parameter (not by the API token); off (404) when INSIDER_DLR_TOKEN is empty. The same "
+    "receipt twice changes nothing; one for an id not recorded yet waits up to a day for it. A body with any "
+    "invalid receipt is refused whole (422, `fields` named `<index>.<field>`).",
+    parameters=[
+        {
+            "in": "body",
+            "name": "body",
+            "required": True,
+            "schema": {
+                "type": "array",
+                "items": {"$ref": "#/definitions/Receipt"},
+                "description": "Receipts (a single receipt object is taken too)",
+            },
+        },
+    ],
+)
+@response_schema(ReceiptsResultSchema, 200, description="Every receipt taken; `results` says what each did")
+@response_schema(ErrorSchema, 400, description="The body is not valid JSON")
+@response_schema(ErrorSchema, 401, description="No token, or not INSIDER_DLR_TOKEN")
+@response_schema(ErrorSchema, 404, description="Receipts are off: INSIDER_DLR_TOKEN is not set")
+@response_schema(ErrorSchema, 413, description="The body is larger than 1 MiB")
+@response_schema(ErrorSchema, 415, description="The body is not application/json")
+@response_schema(**_INVALID, code=422)
+@response_schema(**_UNAVAILABLE, code=503)
+async def delivery_reports(request: web.Request) -> web.Response:
+    app = services(request)
+    settings, receipts, clock = app.settings, app.receipts, app.clock
+    if not settings.dlr_token:
+        return error_response(
+            404, "delivery receipts are off: set INSIDER_DLR_TOKEN to turn on POST /api/v1/delivery-reports"
+        )
+    given = request.headers.get(DLR_AUTH_HEADER)
+    if given is None:
+        given = request.query.get("token")
+    if not given:
+        return error_response(401, f"this endpoint needs the INSIDER_DLR_TOKEN: header {DLR_AUTH_HEADER} or ?token=")
+    if not same_secret(given, settings.dlr_token):
+        return error_response(401, "the token is not valid")
+    request = request.clone(client_max_size=DLR_MAX_BODY_BYTES)
+    if request.content_type != "application/json":
+        return error_response(415, "the body must be application/json")
+    try:
+        body = json.loads(await request.read())
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, f"the body is larger than {DLR_MAX_BODY_BYTES} bytes")
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return error_response(400, "the body is not valid JSON")
+    try:
+        parsed = parse_receipts(body, clock.now())
+    except InvalidReceipts as exc:
+        return error_response(422, "invalid receipt", exc.fields)
+    outcomes = await receipts.submit(parsed)
+    return web.json_response(
+        {
+            "received": len(parsed),
+            "results": [
+                {"messageId": r.provider_message_id, "result": o.result.value}
+                for r, o in zip(parsed, outcomes, strict=True)
+            ],
+        }
+    )
+
+
+@docs(
     tags=["sender"],
     summary="Start automatic sending",
     description="Idempotent. The first batch goes at once, unless the last batch of the deployment was less "
@@ -294,10 +438,13 @@ async def sender_status(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     app = services(request)
     by_status = await app.counts.get()
+    delivered, undelivered = by_status.get(MessageStatus.DELIVERED, 0), by_status.get(MessageStatus.UNDELIVERED, 0)
     return web.json_response(
         {
             "counts": {s.value: by_status.get(s, 0) for s in MessageStatus},
             "total": sum(by_status.values()),
+            # Of the messages with a final receipt, the share delivered; null before the first.
+            "deliveryRate": round(delivered / (delivered + undelivered), 4) if delivered + undelivered else None,
             "sender": sender_json(app.supervisor.status()),
         }
     )

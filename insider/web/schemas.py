@@ -5,8 +5,11 @@ from __future__ import annotations
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from insider.domain import MessageStatus, unstorable_text
+from insider.receipts import ReceiptResult
 
 STATUSES = [s.value for s in MessageStatus]
+DELIVERY_STATUSES = ["delivered", "undelivered", "expired", "rejected"]
+RECEIPT_RESULTS = [r.value for r in ReceiptResult]
 
 
 def storable(text: str) -> None:
@@ -51,9 +54,13 @@ class ListQuerySchema(Schema):
     )
     cursor = fields.String(load_default=None, metadata={"description": "nextCursor of the previous page"})
     status = fields.String(
-        load_default=MessageStatus.SENT.value,
+        load_default=None,
         validate=validate.OneOf(STATUSES),
-        metadata={"description": "Which messages to list (default sent)", "enum": STATUSES},
+        metadata={
+            "description": "Only messages in this status; without it, every message the provider accepted "
+            "(sent, delivered, undelivered)",
+            "enum": STATUSES,
+        },
     )
 
 
@@ -89,6 +96,97 @@ class MessageSchema(Schema):
     attempts = fields.Integer(required=True)
     lastError = fields.String(allow_none=True, required=True, metadata={"x-nullable": True})
     nextAttemptAt = fields.DateTime(allow_none=True, required=True, metadata={"x-nullable": True})
+    deliveredAt = fields.DateTime(
+        allow_none=True,
+        required=True,
+        metadata={"description": "When the final receipt says it was delivered (or failed)", "x-nullable": True},
+    )
+    deliveryStatus = fields.String(
+        allow_none=True,
+        required=True,
+        validate=validate.OneOf(DELIVERY_STATUSES),
+        metadata={"description": "What the final receipt said", "enum": DELIVERY_STATUSES, "x-nullable": True},
+    )
+    deliveryError = fields.String(
+        allow_none=True, required=True, metadata={"description": "The provider's error code", "x-nullable": True}
+    )
+
+
+class EventSchema(Schema):
+    at = fields.DateTime(required=True, metadata={"description": "When the attempt started or the receipt came"})
+    kind = fields.String(
+        required=True, validate=validate.OneOf(["attempt", "receipt"]), metadata={"enum": ["attempt", "receipt"]}
+    )
+    outcome = fields.String(
+        allow_none=True,
+        required=True,
+        metadata={
+            "description": "attempt: sent, retry, failed or invalid; receipt: delivered, undelivered, expired, "
+            "rejected, or null for a status that is not final",
+            "x-nullable": True,
+        },
+    )
+    providerMessageId = fields.String(allow_none=True, required=True, metadata={"x-nullable": True})
+    attempt = fields.Integer(allow_none=True, metadata={"description": "attempt: its number", "x-nullable": True})
+    statusCode = fields.Integer(
+        allow_none=True, metadata={"description": "attempt: the HTTP status", "x-nullable": True}
+    )
+    durationMs = fields.Float(
+        allow_none=True, metadata={"description": "attempt: how long it took", "x-nullable": True}
+    )
+    error = fields.String(allow_none=True, metadata={"description": "attempt: what went wrong", "x-nullable": True})
+    status = fields.String(allow_none=True, metadata={"description": "receipt: the status as sent", "x-nullable": True})
+    errorCode = fields.String(allow_none=True, metadata={"description": "receipt: the error code", "x-nullable": True})
+    doneAt = fields.DateTime(allow_none=True, metadata={"description": "receipt: when it happened", "x-nullable": True})
+
+
+class EventsSchema(Schema):
+    data = fields.List(fields.Nested(EventSchema), required=True, metadata={"description": "Oldest first"})
+
+
+class ReceiptResultSchema(Schema):
+    messageId = fields.String(required=True)
+    result = fields.String(
+        required=True,
+        validate=validate.OneOf(RECEIPT_RESULTS),
+        metadata={
+            "enum": RECEIPT_RESULTS,
+            "description": "applied: the message is now delivered or undelivered; recorded: kept in its history, "
+            "status unchanged; duplicate: had before, nothing changed; waiting: no message has that id yet (kept "
+            "up to a day)",
+        },
+    )
+
+
+class ReceiptsResultSchema(Schema):
+    received = fields.Integer(required=True)
+    results = fields.List(fields.Nested(ReceiptResultSchema), required=True, metadata={"description": "In order"})
+
+
+# The receipt body, as Swagger shows it (the handler checks it itself, to name `<index>.<field>`).
+RECEIPT_DEFINITION = {
+    "type": "object",
+    "required": ["messageId", "status"],
+    "properties": {
+        "messageId": {
+            "type": "string",
+            "description": "The provider's id: the messageId of its 202",
+            "example": "3f1c0e4e-8d7e-4a8a-9a35-2f3c8f5b2a10",
+        },
+        "status": {
+            "type": "string",
+            "description": "delivered, undelivered, expired, rejected, or a provider's form (DELIVRD, UNDELIV, ...)",
+            "example": "delivered",
+        },
+        "errorCode": {"type": "string", "description": "The provider's error code, if any", "x-nullable": True},
+        "doneAt": {
+            "type": "string",
+            "format": "date-time",
+            "description": "When it was delivered (or failed); ISO 8601",
+            "x-nullable": True,
+        },
+    },
+}
 
 
 class PageSchema(Schema):
@@ -140,6 +238,14 @@ class StatsSchema(Schema):
         CountsSchema, required=True, metadata={"description": "Messages per status, at most a few seconds old"}
     )
     total = fields.Integer(required=True)
+    deliveryRate = fields.Float(
+        allow_none=True,
+        required=True,
+        metadata={
+            "description": "delivered / (delivered + undelivered); null before the first final receipt",
+            "x-nullable": True,
+        },
+    )
     sender = fields.Nested(SenderSchema, required=True)
 
 

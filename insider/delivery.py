@@ -1,0 +1,171 @@
+"""Delivery receipts in, batched: the provider-id lookup, one write per batch, and the periodic upkeep."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Final
+
+import structlog
+
+from insider.ports import Clock, DeliveryRepository, Observer, RepositoryUnavailable, SentCache
+from insider.receipts import WAITING_MAX_AGE_S, Receipt, ReceiptOutcome, ReceiptResult
+
+log = structlog.get_logger("insider.delivery")
+
+# Receipts written per statement: a few hundred kilobytes of JSON at most.
+MAX_BATCH: Final = 2000
+# After a cache failure the cache is skipped this long: receipts go straight to the database's index.
+CACHE_BACKOFF_S: Final = 5.0
+# The upkeep: waiting receipts are retried this often; old events deleted this often, this many at a time.
+WAITING_EVERY_S: Final = 5.0
+PRUNE_EVERY_S: Final = 60.0
+PRUNE_BATCH: Final = 1000
+
+
+class DeliveryReceipts:
+    """Applies delivery receipts as they come, many requests to one database write.
+
+    :meth:`submit` queues a request's receipts and waits for their outcomes. One writer
+    task at a time takes everything queued (up to :data:`MAX_BATCH`) and applies it in one
+    statement; receipts that arrive meanwhile form the next batch. Under a burst the
+    batches grow by themselves, and a lone receipt is written at once, with no timer.
+
+    The provider's id is looked up in the sent cache first (``insider:sent:<messageId>``,
+    one round trip per batch), then by the database's index when the cache has no entry or
+    is down. :meth:`run_upkeep` applies receipts that waited for their message, drops those
+    older than a day (one log line each) and deletes events past ``retention_s``.
+    """
+
+    def __init__(
+        self,
+        repository: DeliveryRepository,
+        cache: SentCache | None,
+        clock: Clock,
+        *,
+        retention_s: float = 30 * 86400.0,
+        observer: Observer | None = None,
+    ) -> None:
+        self._repository = repository
+        self._cache = cache
+        self._clock = clock
+        self.retention_s = retention_s
+        self._observer = observer
+        self._queue: list[tuple[Sequence[Receipt], asyncio.Future[list[ReceiptOutcome]]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._cache_skipped_until = -1.0
+
+    async def submit(self, receipts: Sequence[Receipt]) -> list[ReceiptOutcome]:
+        """Apply ``receipts``; one outcome each, in order. Raises RepositoryUnavailable."""
+        if not receipts:
+            return []
+        future: asyncio.Future[list[ReceiptOutcome]] = asyncio.get_running_loop().create_future()
+        # A caller that goes away (a client hanging up) must not leave an error nobody reads.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._queue.append((receipts, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_all(), name="insider-receipts")
+        # The write goes on if the caller is cancelled: another request may share it.
+        return await asyncio.shield(future)
+
+    async def aclose(self) -> None:
+        """Wait for the receipts already queued to be written."""
+        if self._writer is not None:
+            await asyncio.wait({self._writer})
+
+    async def _write_all(self) -> None:
+        while self._queue:
+            batch: list[tuple[Sequence[Receipt], asyncio.Future[list[ReceiptOutcome]]]] = []
+            size = 0
+            while self._queue and (not batch or size + len(self._queue[0][0]) <= MAX_BATCH):
+                item = self._queue.pop(0)
+                batch.append(item)
+                size += len(item[0])
+            receipts = [r for rs, _ in batch for r in rs]
+            try:
+                hints = await self._hints(receipts)
+                outcomes = await self._repository.apply_receipts(receipts, hints)
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self._observe(outcomes)
+            start = 0
+            for rs, future in batch:
+                if not future.done():
+                    future.set_result(outcomes[start : start + len(rs)])
+                start += len(rs)
+
+    async def _hints(self, receipts: Sequence[Receipt]) -> list[int | None]:
+        """Our ids for the receipts' provider ids, from the cache; None where it has none (or is down)."""
+        if self._cache is None or self._clock.monotonic() < self._cache_skipped_until:
+            return [None] * len(receipts)
+        try:
+            found = await self._cache.lookup_ids([r.provider_message_id for r in receipts])
+        except Exception as exc:  # the database's index answers instead
+            self._cache_skipped_until = self._clock.monotonic() + CACHE_BACKOFF_S
+            log.warning(
+                "sent cache lookup failed; receipts are matched by the database for a while",
+                error=f"{type(exc).__name__}: {exc}",
+                retry_in_s=CACHE_BACKOFF_S,
+            )
+            return [None] * len(receipts)
+        return [found.get(r.provider_message_id) for r in receipts]
+
+    def _observe(self, outcomes: Sequence[ReceiptOutcome]) -> None:
+        if not outcomes:
+            return
+        if self._observer is not None:
+            self._observer.receipts_applied(outcomes)
+        tally = {result.value: 0 for result in ReceiptResult}
+        for outcome in outcomes:
+            tally[outcome.result.value] += 1
+        log.info("receipts", count=len(outcomes), **tally)
+
+    async def upkeep_once(self) -> None:
+        """Apply the waiting receipts whose message now has the id; drop those over a day old."""
+        while True:
+            report = await self._repository.apply_waiting(WAITING_MAX_AGE_S, PRUNE_BATCH)
+            self._observe(report.applied)
+            for receipt in report.dropped:
+                log.warning(
+                    "receipt dropped: no message got its provider id within a day",
+                    provider_message_id=receipt.provider_message_id,
+                    status=receipt.status,
+                    received_at=receipt.received_at.isoformat(),
+                )
+            if len(report.applied) < PRUNE_BATCH and len(report.dropped) < PRUNE_BATCH:
+                return
+
+    async def prune_once(self) -> int:
+        """Delete events past the retention, :data:`PRUNE_BATCH` at a time, until none is left."""
+        total = 0
+        while True:
+            deleted = await self._repository.prune_events(self.retention_s, PRUNE_BATCH)
+            total += deleted
+            if deleted < PRUNE_BATCH:
+                break
+            await asyncio.sleep(0)  # small batches, with room for other work between them
+        if total:
+            log.info("events past retention deleted", count=total, retention_s=self.retention_s)
+        return total
+
+    async def run_upkeep(self) -> None:
+        """Run :meth:`upkeep_once` every few seconds and :meth:`prune_once` every minute, until cancelled."""
+        next_prune = self._clock.monotonic()
+        failing = False
+        while True:
+            try:
+                await self.upkeep_once()
+                if self._clock.monotonic() >= next_prune:
+                    await self.prune_once()
+                    next_prune = self._clock.monotonic() + PRUNE_EVERY_S
+                failing = False
+            except RepositoryUnavailable as exc:
+                if not failing:  # one line per outage, not one per pass
+                    log.warning("receipt upkeep skipped: database unavailable", error=str(exc))
+                failing = True
+            except Exception:
+                log.exception("receipt upkeep failed")
+            await self._clock.sleep(WAITING_EVERY_S)
