@@ -14,6 +14,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
@@ -67,6 +68,13 @@ def _latency(text: str) -> tuple[float, float]:
     if high < low:
         raise argparse.ArgumentTypeError(f"expected SHORTEST-LONGEST, got {text!r}")
     return low, high
+
+
+def _http_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {text!r}")
+    return text.strip()
 
 
 def _port(text: str) -> int:
@@ -147,6 +155,32 @@ def _parser() -> argparse.ArgumentParser:
         help="the Retry-After of a 429, rounded up to whole seconds (default 1s)",
     )
     simulate.add_argument("--auth-key", default="", help="when set, requests must carry it in x-ins-auth-key")
+    simulate.add_argument(
+        "--dlr-url",
+        type=_http_url,
+        default=None,
+        metavar="URL",
+        help="post a delivery receipt for each accepted message to this URL, e.g. "
+        "http://127.0.0.1:8080/api/v1/delivery-reports (default: no receipts)",
+    )
+    simulate.add_argument(
+        "--dlr-token", default="", metavar="TOKEN", help="sent with the receipts as x-ins-auth-key (INSIDER_DLR_TOKEN)"
+    )
+    simulate.add_argument(
+        "--dlr-delay",
+        type=_latency,
+        default=(1.0, 5.0),
+        metavar="DURATION[-DURATION]",
+        help="how long after accepting a message its receipt comes: 2s, or 1s-5s for anywhere in between "
+        "(default 1s-5s)",
+    )
+    simulate.add_argument(
+        "--undelivered-rate",
+        type=_rate,
+        default=0.05,
+        metavar="FRACTION",
+        help="share of receipts saying undelivered (default 0.05)",
+    )
     return parser
 
 
@@ -471,9 +505,17 @@ async def _enqueue(settings: Settings, to: str, content: str) -> int:
 
 
 async def _simulate(args: argparse.Namespace) -> int:
+    import aiohttp
     from aiohttp import web
 
-    from insider.simulator import SimulatedProvider, SimulatorOptions, create_simulator_app
+    from insider.simulator import (
+        ReceiptOptions,
+        ReceiptReporter,
+        SimulatedProvider,
+        SimulatorOptions,
+        create_simulator_app,
+        http_receipt_sink,
+    )
 
     options = SimulatorOptions(
         latency_s=args.latency,
@@ -482,7 +524,15 @@ async def _simulate(args: argparse.Namespace) -> int:
         retry_after_s=args.retry_after,
         auth_key=args.auth_key,
     )
-    runner = web.AppRunner(create_simulator_app(SimulatedProvider(options)), access_log=None, handle_signals=False)
+    receipts = ReceiptOptions(delay_s=args.dlr_delay, undelivered_rate=args.undelivered_rate)
+    session = aiohttp.ClientSession() if args.dlr_url else None
+    reporter = (
+        ReceiptReporter(http_receipt_sink(session, args.dlr_url, args.dlr_token), receipts)
+        if session is not None
+        else None
+    )
+    provider = SimulatedProvider(options, reporter=reporter)
+    runner = web.AppRunner(create_simulator_app(provider), access_log=None, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()
     _install_stop_signals(stop)
@@ -511,6 +561,7 @@ async def _simulate(args: argparse.Namespace) -> int:
                     f"  Health    GET {base_url}/healthz",
                     f"  Answers   {'; '.join(answers)}",
                     f"  Auth key  {'required (x-ins-auth-key)' if options.auth_key else 'not checked'}",
+                    f"  Receipts  {_receipts_line(args.dlr_url, receipts)}",
                     f"Send to it: INSIDER_WEBHOOK_URL={base_url}/webhook{key_hint} {_python_command()} -m insider",
                     "Stop with Ctrl+C.",
                 ]
@@ -521,7 +572,21 @@ async def _simulate(args: argparse.Namespace) -> int:
         await stop.wait()
     finally:
         await runner.cleanup()
+        if reporter is not None:
+            await reporter.aclose()
+        if session is not None:
+            await session.close()
     return 0
+
+
+def _receipts_line(url: str | None, options: Any) -> str:
+    if not url:
+        return "none (--dlr-url URL posts a delivery receipt for each message)"
+    low, high = options.delay_s
+    delay = format_duration(low) if low == high else f"{format_duration(low)} to {format_duration(high)}"
+    # The URL is shown without its query: a ?token= there is a secret.
+    shown = urlunsplit(urlsplit(url)._replace(query="", fragment=""))
+    return f"POST {shown} after {delay}, {options.undelivered_rate:.0%} undelivered"
 
 
 def _run_fast(main: Coroutine[Any, Any, int]) -> int:

@@ -136,12 +136,22 @@ async def test_first_run_sends_through_the_built_in_provider_and_remembers_after
 
         async def sent() -> bool:
             message = await _get(session, f"{base}/api/v1/messages/{message_id}")
-            return bool(message["status"] == "sent")
+            return bool(message["status"] in ("sent", "delivered", "undelivered"))
 
         await eventually(sent, timeout_s=20, what="the message to be sent through the built-in provider")
         message = await _get(session, f"{base}/api/v1/messages/{message_id}")
         assert uuid.UUID(message["messageId"])  # the simulator's fresh id
         assert message["attempts"] == 1 and message["lastError"] is None
+
+        # The built-in provider reports on it 1 to 5 s later, in process, with nothing set.
+        async def reported() -> bool:
+            message.update(await _get(session, f"{base}/api/v1/messages/{message_id}"))
+            return bool(message["status"] in ("delivered", "undelivered"))
+
+        await eventually(reported, timeout_s=20, what="the built-in provider's delivery receipt")
+        assert message["deliveryStatus"] == message["status"] and message["deliveredAt"] is not None
+        events = (await _get(session, f"{base}/api/v1/messages/{message_id}/events"))["data"]
+        assert [e["kind"] for e in events] == ["attempt", "receipt"]
         first_run.stop()
         assert any(e.get("outcome") == "sent" and e.get("status_code") == 202 for e in log_events(first_run.log()))
 
@@ -150,7 +160,7 @@ async def test_first_run_sends_through_the_built_in_provider_and_remembers_after
         await first_run.wait_until_up(session)
         listed = await _get(session, f"{base}/api/v1/messages")
         assert [(m["id"], m["status"], m["messageId"]) for m in listed["data"]] == [
-            (message_id, "sent", message["messageId"])
+            (message_id, message["status"], message["messageId"])
         ]
         assert "Nothing is waiting to be sent" in first_run.log()
         first_run.stop()

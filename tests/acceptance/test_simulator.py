@@ -137,3 +137,46 @@ async def test_a_service_sending_to_a_failing_simulator_retries_with_backoff(
         assert (await response.json())["counts"]["failed"] == 2
     service.process.send_signal(signal.SIGTERM)
     assert service.process.wait(timeout=20) == 0
+
+
+async def test_the_simulator_posts_delivery_receipts_to_the_service(
+    start_simulator: Callable[..., Simulator], start_service: Any, session: aiohttp.ClientSession
+) -> None:
+    service_port = str(free_port())
+    receipts_url = f"http://127.0.0.1:{service_port}/api/v1/delivery-reports"
+    simulator = start_simulator(
+        "--dlr-url", receipts_url, "--dlr-token", "dlr-s3cret", "--dlr-delay", "100ms-400ms",
+        "--undelivered-rate", "0.5",
+    )  # fmt: skip
+    await _healthy(session, simulator)
+    assert f"Receipts  POST {receipts_url} after 100ms to 400ms, 50% undelivered" in simulator.log()
+    service: Service = start_service(
+        port=service_port,
+        webhook_url=simulator.base_url + "/webhook",
+        send_interval="0",
+        batch_size="20",
+        dlr_token="dlr-s3cret",
+        database_url="sqlite:///insider.db",
+    )
+    await service.wait_answering(session)
+    ids = []
+    for i in range(12):
+        async with session.post(service.base_url + "/api/v1/messages", json={"to": PHONE, "content": f"m{i}"}) as r:
+            ids.append((await r.json())["id"])
+
+    statuses: dict[int, str] = {}
+
+    async def all_reported() -> bool:
+        for message_id in ids:
+            async with session.get(f"{service.base_url}/api/v1/messages/{message_id}") as response:
+                statuses[message_id] = (await response.json())["status"]
+        return set(statuses.values()) <= {"delivered", "undelivered"}
+
+    await eventually(all_reported, timeout_s=30, what="every message to get its receipt")
+    assert set(statuses.values()) == {"delivered", "undelivered"}  # 12 draws at 50%: both, but for 1 in 2048
+    async with session.get(simulator.base_url + "/messages") as response:
+        receipts = (await response.json())["receipts"]
+    assert receipts["delivered"] + receipts["undelivered"] == 12 and receipts["failed"] == 0
+    assert "dlr-s3cret" not in simulator.log() + service.log()
+    service.process.send_signal(signal.SIGTERM)
+    assert service.process.wait(timeout=20) == 0

@@ -113,3 +113,17 @@ def test_the_dockerfile_keeps_the_sqlite_file_in_a_volume() -> None:
     assert "INSIDER_DATABASE_URL=sqlite:////data/insider.db" in dockerfile
     assert "VOLUME /data" in dockerfile
     assert re.search(r"^USER insider$", dockerfile, re.MULTILINE)
+
+
+def test_the_simulator_posts_its_receipts_to_the_app_with_the_apps_token(services: dict[str, Any]) -> None:
+    command = _command(services["simulator"])
+    url = urlsplit(_default(command[command.index("--dlr-url") + 1]))
+    token = _default(command[command.index("--dlr-token") + 1])
+    app_env = services["app"]["environment"]
+
+    assert (url.scheme, url.hostname, url.port, url.path) == ("http", "app", 8080, "/api/v1/delivery-reports")
+    assert app_env["INSIDER_PORT"] == "8080"
+    assert token and token == _default(app_env["INSIDER_DLR_TOKEN"])  # the endpoint is on, and they agree
+    raw = [str(part) for part in services["simulator"]["command"]]
+    assert "${INSIDER_DLR_TOKEN" in raw[raw.index("--dlr-token") + 1]  # one variable sets both
+    assert "${INSIDER_DLR_TOKEN" in app_env["INSIDER_DLR_TOKEN"]
