@@ -45,7 +45,7 @@ async def test_each_accepted_message_gets_a_receipt_within_the_delay() -> None:
     client = SimulatedSmsClient(sleep=clock.sleep, reporter=reporter)
     sends = [asyncio.create_task(client.send(PHONE, f"m{i}", f"key-{i}")) for i in range(20)]
     await clock.advance(0.1)
-    ids = [(await s).provider_message_id for s in sends]
+    ids = [str((await s).provider_message_id) for s in sends]
     replay = asyncio.create_task(client.send(PHONE, "m0", "key-0"))  # not a new message: no second receipt
     await clock.advance(0.1)
     assert (await replay).provider_message_id == ids[0]
