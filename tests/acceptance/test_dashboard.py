@@ -234,3 +234,35 @@ async def test_the_dashboard_marks_its_refresh_so_it_is_logged_at_debug(browser:
             await page.goto(str(api.client.make_url("/")))
         request = await stats.value
         assert await request.header_value("X-Insider-Refresh") == "1"
+
+
+async def test_the_dashboard_shows_deliveries(browser: Browser) -> None:
+    from playwright.async_api import expect
+
+    from tests.unit.test_delivery_api import open_api as open_delivery_api
+
+    async with open_delivery_api() as api:
+        messages = await api.sent(3)
+        receipts = [{"messageId": m.message_id, "status": "delivered"} for m in messages[:2]]
+        receipts.append({"messageId": str(messages[2].message_id), "status": "UNDELIV", "errorCode": "34"})
+        status, _ = await api.post(receipts)
+        assert status == 200
+        base = str(api.client.make_url("/"))
+        page = await browser.new_page(viewport={"width": 1100, "height": 1000})
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        await page.goto(base)
+
+        await expect(page.locator("#count-delivered")).to_have_text("2")
+        await expect(page.locator("#count-undelivered")).to_have_text("1")
+        await expect(page.locator("#count-sent")).to_have_text("0")
+        await expect(page.locator("#delivery-rate")).to_have_text("66.7%")
+        await expect(page.locator("#sent-list > li")).to_have_count(3)
+        delivered = page.locator(f'#sent-list > li[data-id="{messages[0].id}"]')
+        await expect(delivered).to_have_attribute("data-status", "delivered")
+        await expect(delivered.locator(".status")).to_have_text("delivered")
+        undelivered = page.locator(f'#sent-list > li[data-id="{messages[2].id}"]')
+        await expect(undelivered).to_contain_text("undelivered")
+        await expect(undelivered).to_contain_text("error 34")
+        assert problems == []

@@ -132,10 +132,13 @@
     $("last-tick").textContent = describeTime(lastSender.lastTickAt);
   }
 
-  function renderCounts(counts) {
-    for (const status of ["pending", "sending", "sent", "failed"]) {
-      $(`count-${status}`).textContent = counts ? String(counts[status]) : "–";
+  function renderCounts(counts, deliveryRate) {
+    for (const status of ["pending", "sending", "sent", "failed", "delivered", "undelivered"]) {
+      $(`count-${status}`).textContent = counts ? String(counts[status] ?? 0) : "–";
     }
+    // Of the messages with a final receipt, the share delivered.
+    $("delivery-rate").textContent =
+      deliveryRate === null || deliveryRate === undefined ? "–" : `${(deliveryRate * 100).toFixed(1)}%`;
   }
 
   function renderList(listId, emptyId, messages, meta) {
@@ -146,6 +149,8 @@
       item.dataset.id = String(m.id);
       item.querySelector(".to").textContent = `#${m.id} → ${m.recipientPhone}`;
       item.querySelector(".when").textContent = shortDate(m.sentAt || m.createdAt);
+      item.dataset.status = m.status;
+      item.querySelector(".status").textContent = m.status;
       item.querySelector(".content").textContent = m.content;
       item.querySelector(".meta").textContent = meta(m);
       return item;
@@ -154,7 +159,13 @@
     $(emptyId).hidden = messages.length > 0;
   }
 
-  const sentMeta = (m) => (m.messageId ? `provider id ${m.messageId}` : "no provider id");
+  const sentMeta = (m) => {
+    const id = m.messageId ? `provider id ${m.messageId}` : "no provider id";
+    if (m.status === "sent") return `${id} · awaiting receipt`;
+    const when = m.deliveredAt ? ` ${shortDate(m.deliveredAt)}` : "";
+    const error = m.deliveryError ? ` (error ${m.deliveryError})` : "";
+    return `${id} · ${m.deliveryStatus || m.status}${when}${error}`;
+  };
   const failedMeta = (m) =>
     `${m.attempts} attempt${m.attempts === 1 ? "" : "s"}${m.lastError ? ` · ${m.lastError}` : ""}`;
 
@@ -165,7 +176,7 @@
     try {
       const [stats, sent, failed] = await Promise.allSettled([
         api("api/v1/stats"),
-        api(`api/v1/messages?status=sent&limit=${LIST_LIMIT}`),
+        api(`api/v1/messages?limit=${LIST_LIMIT}`), // sent, delivered and undelivered
         api(`api/v1/messages?status=failed&limit=${LIST_LIMIT}`),
       ]);
       const results = [stats, sent, failed];
@@ -177,10 +188,10 @@
       $("auth").hidden = true;
       $("forget").hidden = !token();
       if (stats.status === "fulfilled") {
-        renderCounts(stats.value.counts);
+        renderCounts(stats.value.counts, stats.value.deliveryRate);
         renderSender(stats.value.sender);
       } else {
-        renderCounts(null);
+        renderCounts(null, null);
         try {
           renderSender(await api("api/v1/sender")); // the sender's state needs no database
         } catch {
