@@ -1,0 +1,154 @@
+"""The benchmark of issue 14: how fast delivery receipts are applied, against the local PostgreSQL and Redis.
+
+    .venv/bin/python -m bench.receipts                      # 20,000 receipts, one per request, then 100 per request
+    .venv/bin/python -m bench.receipts --receipts 5000      # a quick look
+
+It starts the service (python -m insider) in a database of its own holding that many
+`sent` messages (with their `insider:sent:<messageId>` entries in Redis, as the sender
+leaves them), posts a `delivered` receipt for each to POST /api/v1/delivery-reports, and
+reports receipts applied per second: every receipt is answered 200 only once it is in
+the database. The drain's figure (bench/run.py) is the pace to keep up with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import orjson
+import psycopg
+import redis.asyncio as aioredis
+
+from bench.run import ROOT, cpu_s, database, service
+
+TOKEN = "bench-dlr-token"
+
+
+async def seed(db_url: str, redis_url: str, prefix: str, n: int) -> None:
+    """``n`` sent messages with provider ids pm-1..pm-n, and their cache entries."""
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-m", "insider", "migrate"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("INSIDER_")}, "INSIDER_DATABASE_URL": db_url},
+    )
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO messages (recipient_phone, content, status, sent_at, message_id) "
+            "SELECT '+90530' || lpad(g::text, 7, '0'), 'Benchmark message ' || g, 'sent', now(), 'pm-' || g "
+            "FROM generate_series(1, %s::bigint) g",
+            (n,),
+        )
+        conn.execute("VACUUM ANALYZE messages")
+    if redis_url:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            sent_at = datetime.now(UTC).isoformat()
+            async with client.pipeline(transaction=False) as pipe:
+                for i in range(1, n + 1):
+                    key = f"{prefix}:sent:pm-{i}"
+                    pipe.hset(key, mapping={"messageId": f"pm-{i}", "sentAt": sent_at, "id": str(i)})
+                    pipe.expire(key, 600)
+                await pipe.execute()
+        finally:
+            await client.aclose()
+
+
+async def post_all(base: str, n: int, per_request: int, concurrency: int) -> float:
+    """Receipts per second: ``n`` receipts, ``per_request`` to a request, ``concurrency`` requests at a time."""
+    url = f"{base}/api/v1/delivery-reports"
+    chunks = iter(range(1, n + 1, per_request))
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            for first in chunks:
+                body = [
+                    {"messageId": f"pm-{i}", "status": "DELIVRD"} for i in range(first, min(first + per_request, n + 1))
+                ]
+                payload: object = body[0] if per_request == 1 else body
+                async with session.post(
+                    url,
+                    data=orjson.dumps(payload),
+                    headers={"x-ins-auth-key": TOKEN, "Content-Type": "application/json"},
+                ) as response:
+                    assert response.status == 200, await response.text()
+                    answer = await response.json(loads=orjson.loads)
+                    assert all(r["result"] == "applied" for r in answer["results"]), answer
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return n / (time.perf_counter() - started)
+
+
+async def run_once(args: argparse.Namespace, per_request: int, concurrency: int, log_dir: Path) -> tuple[float, float]:
+    prefix = f"insider-bench-{uuid.uuid4().hex[:6]}"
+    with database(args.admin_url, "receipts") as db_url:
+        await seed(db_url, args.redis_url, prefix, args.receipts)
+        env = {
+            "INSIDER_DATABASE_URL": db_url,
+            "INSIDER_REDIS_URL": args.redis_url,
+            "INSIDER_REDIS_PREFIX": prefix,
+            "INSIDER_WEBHOOK_URL": "http://127.0.0.1:9/unused",
+            "INSIDER_AUTOSTART": "false",
+            "INSIDER_DLR_TOKEN": TOKEN,
+            "INSIDER_LOG_LEVEL": args.log_level,
+        }
+        async with service(env, log_dir / "receipts.log") as (base, process):
+            before = cpu_s(process.pid)
+            rate = await post_all(base, args.receipts, per_request, concurrency)
+            cpu_us = (cpu_s(process.pid) - before) / args.receipts * 1e6
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM messages WHERE status = 'delivered'").fetchone()
+            assert row == (args.receipts,), f"{row} delivered of {args.receipts}"
+        if args.redis_url:
+            client = aioredis.Redis.from_url(args.redis_url)
+            try:
+                keys = [key async for key in client.scan_iter(f"{prefix}:*", count=1000)]
+                for i in range(0, len(keys), 1000):
+                    await client.delete(*keys[i : i + 1000])
+            finally:
+                await client.aclose()
+        return rate, cpu_us
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--receipts", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--admin-url", default=os.environ.get("INSIDER_TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/postgres")
+    )
+    parser.add_argument("--redis-url", default=os.environ.get("INSIDER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
+    args = parser.parse_args()
+    log_dir = Path(os.environ.get("TMPDIR", "/tmp"))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    redis_state = "on" if args.redis_url else "off"
+    print(f"receipts: {args.receipts} sent messages, one delivered receipt each, Redis {redis_state}")
+    for per_request, concurrency in ((1, 64), (100, 8)):
+        rates, cpus = [], []
+        for _ in range(args.repeat):
+            rate, cpu_us = await run_once(args, per_request, concurrency, log_dir)
+            rates.append(rate)
+            cpus.append(cpu_us)
+        print(
+            f"{per_request:>4} per request, {concurrency:>2} at a time: {statistics.median(rates):7.0f} receipts/s "
+            f"(runs {', '.join(f'{r:.0f}' for r in rates)}), service CPU {statistics.median(cpus):.0f} us per receipt"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
