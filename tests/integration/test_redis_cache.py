@@ -226,3 +226,49 @@ async def test_the_list_keeps_only_its_newest_items(client: aioredis.Redis, redi
 async def test_without_a_list_nothing_but_the_hashes_is_written(cache: RedisSentCache, client: aioredis.Redis) -> None:
     await cache.remember([SentEntry("p-1", datetime(2026, 3, 3, tzinfo=UTC), 1)])
     assert [k async for k in client.scan_iter(match=f"{cache.key('')}*")] == [cache.key("p-1")]
+
+
+async def test_lookup_ids_reads_our_ids_of_many_provider_ids_in_one_round_trip(
+    cache: RedisSentCache, client: aioredis.Redis, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime.now(UTC)
+    await cache.remember([SentEntry(f"p-{i}", now, 100 + i) for i in range(50)])
+    await client.hset(f"{redis_prefix}:sent:p-odd", mapping={"messageId": "p-odd", "id": "not-a-number"})
+    spy = RoundTripSpy(monkeypatch)
+
+    found = await cache.lookup_ids([f"p-{i}" for i in range(50)] + ["p-missing", "p-odd"])
+
+    assert found == {f"p-{i}": 100 + i for i in range(50)}  # missing and unreadable ones left out
+    assert spy.sends == 1
+    assert await cache.lookup_ids([]) == {}
+
+
+async def test_receipts_are_matched_by_the_database_when_redis_is_down(tmp_path: Any) -> None:
+    from insider.adapters.sqlite import SqliteMessageRepository, open_sqlite
+    from insider.clock import FakeClock
+    from insider.delivery import DeliveryReceipts
+    from insider.domain import MessageStatus, Resolution
+    from insider.receipts import Receipt, ReceiptResult
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    clock = FakeClock()
+    async with (
+        open_sqlite(f"sqlite:///{tmp_path / 'x.db'}") as database,
+        open_redis(f"redis://127.0.0.1:{port}/0") as down,
+    ):
+        repository = SqliteMessageRepository(database, clock)
+        await repository.migrate()
+        message = await repository.enqueue("+905301234001", "x")
+        [claimed] = await repository.claim(1, 30.0)
+        await repository.resolve(
+            [Resolution(claimed.id, claimed.claim_token, MessageStatus.SENT, sent_at=clock.now(), message_id="p-1")]
+        )
+        receipts = DeliveryReceipts(repository, RedisSentCache(down, prefix="unused"), clock)
+        async with asyncio.timeout(15):
+            [outcome] = await receipts.submit([Receipt("p-1", "delivered", clock.now())])
+
+        assert (outcome.result, outcome.message_id) == (ReceiptResult.APPLIED, message.id)
+        got = await repository.get(message.id)
+        assert got is not None and got.status is MessageStatus.DELIVERED
