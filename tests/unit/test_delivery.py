@@ -1,0 +1,162 @@
+"""DeliveryReceipts on SQLite :memory: and a fake clock: one write for concurrent requests, the upkeep, outages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+
+import pytest
+from structlog.testing import capture_logs
+
+from insider.adapters.memory import InMemorySentCache
+from insider.clock import FakeClock
+from insider.delivery import PRUNE_BATCH, WAITING_EVERY_S, DeliveryReceipts
+from insider.domain import Attempt, Message, MessageStatus, Resolution
+from insider.metrics import Metrics
+from insider.ports import RepositoryUnavailable, SentEntry
+from insider.receipts import Receipt, ReceiptOutcome, ReceiptResult
+from tests.unit.support import ProbedRepository
+
+PHONE = "+905301234001"
+
+
+class CountingRepository(ProbedRepository):
+    """Counts the receipt writes."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.writes: list[int] = []
+
+    async def apply_receipts(self, receipts: Sequence[Receipt], hints: Sequence[int | None]) -> list[ReceiptOutcome]:
+        self.writes.append(len(receipts))
+        await asyncio.sleep(0)  # as a real database would: other requests arrive meanwhile
+        return await super().apply_receipts(receipts, hints)
+
+
+@pytest.fixture
+async def counting(clock: FakeClock) -> AsyncIterator[CountingRepository]:
+    repository = CountingRepository(clock)
+    yield repository
+    await repository.close()
+
+
+async def sent(repository: ProbedRepository, clock: FakeClock, n: int) -> list[Message]:
+    for i in range(n):
+        await repository.enqueue(PHONE, f"m{i}")
+    claimed = await repository.claim(n, 30.0)
+    await repository.resolve(
+        [
+            Resolution(m.id, m.claim_token, MessageStatus.SENT, sent_at=clock.now(), message_id=f"p-{m.id}")
+            for m in claimed
+        ]
+    )
+    return claimed
+
+
+async def test_concurrent_requests_share_one_write(counting: CountingRepository, clock: FakeClock) -> None:
+    messages = await sent(counting, clock, 30)
+    receipts = DeliveryReceipts(counting, None, clock)
+
+    results = await asyncio.gather(
+        *(receipts.submit([Receipt(f"p-{m.id}", "delivered", clock.now())]) for m in messages)
+    )
+
+    assert [r[0].result for r in results] == [ReceiptResult.APPLIED] * 30
+    assert [r[0].message_id for r in results] == [m.id for m in messages]  # each request gets its own outcome
+    assert len(counting.writes) < 30 and sum(counting.writes) == 30  # a lone first write, then the rest together
+
+
+async def test_the_cache_gives_the_hint_and_metrics_count_deliveries(
+    counting: CountingRepository, clock: FakeClock
+) -> None:
+    [message] = await sent(counting, clock, 1)
+    cache = InMemorySentCache(clock=clock)
+    await cache.remember([SentEntry(f"p-{message.id}", clock.now(), message.id)])
+    metrics = Metrics()
+    receipts = DeliveryReceipts(counting, cache, clock, observer=metrics)
+    await clock.advance(4)
+
+    [outcome] = await receipts.submit([Receipt(f"p-{message.id}", "DELIVRD", clock.now())])
+
+    assert outcome.result is ReceiptResult.APPLIED and cache.lookups == 1
+    text = metrics.exposition().decode()
+    assert "insider_messages_delivered_total 1.0" in text
+    assert 'insider_delivery_seconds_bucket{le="5.0"} 1.0' in text
+
+
+async def test_a_cache_that_fails_is_skipped_for_a_while(counting: CountingRepository, clock: FakeClock) -> None:
+    messages = await sent(counting, clock, 3)
+    cache = InMemorySentCache(clock=clock)
+    cache.available = False
+    receipts = DeliveryReceipts(counting, cache, clock)
+
+    with capture_logs() as logs:
+        first = await receipts.submit([Receipt(f"p-{messages[0].id}", "delivered", clock.now())])
+        second = await receipts.submit([Receipt(f"p-{messages[1].id}", "delivered", clock.now())])
+    cache.available = True
+    await clock.advance(6)
+    third = await receipts.submit([Receipt(f"p-{messages[2].id}", "delivered", clock.now())])
+
+    assert [r[0].result for r in (first, second, third)] == [ReceiptResult.APPLIED] * 3
+    assert sum(1 for e in logs if "cache lookup failed" in e["event"]) == 1
+    assert cache.lookups == 2  # the failed one, then the one after the pause
+
+
+async def test_a_database_outage_fails_the_request_and_the_next_one_works(
+    counting: CountingRepository, clock: FakeClock
+) -> None:
+    [message] = await sent(counting, clock, 1)
+    receipts = DeliveryReceipts(counting, None, clock)
+    counting.available = False
+
+    with pytest.raises(RepositoryUnavailable):
+        await receipts.submit([Receipt(f"p-{message.id}", "delivered", clock.now())])
+    counting.available = True
+
+    [outcome] = await receipts.submit([Receipt(f"p-{message.id}", "delivered", clock.now())])
+    assert outcome.result is ReceiptResult.APPLIED
+
+
+async def test_the_upkeep_drops_receipts_a_day_old_with_a_log_line_and_prunes_old_events(
+    repo: ProbedRepository, clock: FakeClock
+) -> None:
+    receipts = DeliveryReceipts(repo, None, clock, retention_s=30 * 86400.0)
+    await receipts.submit([Receipt("p-never", "delivered", clock.now() - timedelta(hours=23, minutes=59, seconds=58))])
+    old = clock.now() - timedelta(days=31)
+    for i in range(PRUNE_BATCH + 5):
+        repo.add(PHONE, f"m{i}")
+    claimed = await repo.claim(PRUNE_BATCH + 5, 30.0)
+    await repo.resolve(
+        [Resolution(m.id, m.claim_token, MessageStatus.FAILED, attempt=Attempt(old, "failed", 1)) for m in claimed]
+    )
+
+    with capture_logs() as logs:
+        upkeep = asyncio.create_task(receipts.run_upkeep())
+        await clock.advance(0)
+        assert await repo.events(claimed[0].id) == []  # pruned at once, in batches
+        assert not [e for e in logs if e["event"].startswith("receipt dropped")]  # not a day old yet
+        await clock.advance(WAITING_EVERY_S)  # now it is, and still no message has its id
+        upkeep.cancel()
+        await asyncio.gather(upkeep, return_exceptions=True)
+
+    dropped = [e for e in logs if e["event"].startswith("receipt dropped")]
+    assert [(e["provider_message_id"], e["log_level"]) for e in dropped] == [("p-never", "warning")]
+    assert any(e["event"] == "events past retention deleted" and e["count"] == PRUNE_BATCH + 5 for e in logs)
+
+
+async def test_the_upkeep_survives_a_database_outage_with_one_log_line(
+    repo: ProbedRepository, clock: FakeClock
+) -> None:
+    receipts = DeliveryReceipts(repo, None, clock)
+    repo.available = False
+    with capture_logs() as logs:
+        upkeep = asyncio.create_task(receipts.run_upkeep())
+        for _ in range(5):
+            await clock.advance(WAITING_EVERY_S)
+        repo.available = True
+        await clock.advance(WAITING_EVERY_S)
+        assert not upkeep.done()
+        upkeep.cancel()
+        await asyncio.gather(upkeep, return_exceptions=True)
+    assert sum(1 for e in logs if e["event"].startswith("receipt upkeep skipped")) == 1
