@@ -7,7 +7,7 @@ import contextlib
 import math
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
@@ -217,29 +217,27 @@ class BatchSender:
         except Exception as exc:  # an adapter that broke its promise not to raise
             result = SendResult(Outcome.RETRY, error=f"{type(exc).__name__}: {exc}")
         duration_ms = round((self._clock.monotonic() - t0) * 1000, 1)
-        resolution = self._resolve(message, result)
         if result.outcome is Outcome.RETRY:
-            outcome = "retry" if resolution.status is MessageStatus.PENDING else "failed"
+            outcome = "retry" if message.attempts < self.options.max_attempts else "failed"
         else:
-            outcome = resolution.status.value
+            outcome = result.outcome.value  # sent or failed, as the row becomes
+        # The attempt goes to the message's history in the same write as its outcome.
+        attempt = Attempt(
+            started_at,
+            outcome,
+            message.attempts,
+            result.status_code,
+            duration_ms,
+            None if result.outcome is Outcome.SENT else (result.error or "unknown error"),
+            result.provider_message_id,
+        )
+        resolution = self._resolve(message, result, attempt)
         fields = _send_fields(message, outcome)
         fields.update(
             status_code=result.status_code, duration_ms=duration_ms, provider_message_id=result.provider_message_id
         )
         if self._observer is not None:
             self._observer.send_attempt(outcome, duration_ms / 1000)
-        resolution = replace(
-            resolution,
-            attempt=Attempt(
-                started_at,
-                outcome,
-                message.attempts,
-                status_code=result.status_code,
-                duration_ms=duration_ms,
-                error=None if result.outcome is Outcome.SENT else (result.error or "unknown error"),
-                provider_message_id=result.provider_message_id,
-            ),
-        )
         if result.outcome is Outcome.SENT and (result.warning or not result.provider_message_id):
             log.warning("send", **fields, warning=result.warning or "provider accepted it without a messageId")
         elif resolution.status is MessageStatus.SENT:
@@ -253,7 +251,7 @@ class BatchSender:
             )
         return resolution
 
-    def _resolve(self, message: Message, result: SendResult) -> Resolution:
+    def _resolve(self, message: Message, result: SendResult, attempt: Attempt | None = None) -> Resolution:
         if result.outcome is Outcome.SENT:
             return Resolution(
                 message.id,
@@ -262,6 +260,7 @@ class BatchSender:
                 sent_at=self._clock.now(),
                 message_id=result.provider_message_id or None,
                 last_error=None,
+                attempt=attempt,
             )
         error = result.error or "unknown error"
         if result.outcome is Outcome.RETRY:
@@ -271,6 +270,7 @@ class BatchSender:
                     message.claim_token,
                     MessageStatus.FAILED,
                     last_error=f"gave up after {message.attempts} attempts: {error}",
+                    attempt=attempt,
                 )
             return Resolution(
                 message.id,
@@ -278,8 +278,9 @@ class BatchSender:
                 MessageStatus.PENDING,
                 last_error=error,
                 retry_in_s=self.backoff_s(message.attempts, result.retry_after_s),
+                attempt=attempt,
             )
-        return Resolution(message.id, message.claim_token, MessageStatus.FAILED, last_error=error)
+        return Resolution(message.id, message.claim_token, MessageStatus.FAILED, last_error=error, attempt=attempt)
 
     async def _finish(self, resolutions: dict[int, Resolution]) -> None:
         """Record every outcome in one write, then cache the sent ones in one round trip."""
