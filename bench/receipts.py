@@ -16,7 +16,9 @@ import argparse
 import asyncio
 import os
 import platform
+import signal
 import statistics
+import subprocess
 import time
 import uuid
 from datetime import UTC, datetime
@@ -27,14 +29,13 @@ import orjson
 import psycopg
 import redis.asyncio as aioredis
 
-from bench.run import ROOT, cpu_s, database, service
+from bench.run import ROOT, cpu_s, database, py_spy, service
 
 TOKEN = "bench-dlr-token"
 
 
 async def seed(db_url: str, redis_url: str, prefix: str, n: int) -> None:
     """``n`` sent messages with provider ids pm-1..pm-n, and their cache entries."""
-    import subprocess
     import sys
 
     subprocess.run(
@@ -107,9 +108,21 @@ async def run_once(args: argparse.Namespace, per_request: int, concurrency: int,
             "INSIDER_LOG_LEVEL": args.log_level,
         }
         async with service(env, log_dir / "receipts.log") as (base, process):
+            profiler = None
+            if args.profile and per_request == 1:  # py-spy samples the service (collapsed stacks)
+                profiler = subprocess.Popen(
+                    [py_spy(), "record", "--pid", str(process.pid), "--format", "raw", "--rate", "250",
+                     "--nonblocking", "--output", args.profile],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                await asyncio.sleep(1.0)
             before = cpu_s(process.pid)
             rate = await post_all(base, args.receipts, per_request, concurrency)
             cpu_us = (cpu_s(process.pid) - before) / args.receipts * 1e6
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(timeout=30)
         with psycopg.connect(db_url, autocommit=True) as conn:
             row = conn.execute("SELECT count(*) FROM messages WHERE status = 'delivered'").fetchone()
             assert row == (args.receipts,), f"{row} delivered of {args.receipts}"
@@ -133,6 +146,7 @@ async def main() -> None:
         "--admin-url", default=os.environ.get("INSIDER_TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/postgres")
     )
     parser.add_argument("--redis-url", default=os.environ.get("INSIDER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
+    parser.add_argument("--profile", metavar="FILE", help="record one receipt per request with py-spy into FILE")
     args = parser.parse_args()
     log_dir = Path(os.environ.get("TMPDIR", "/tmp"))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")

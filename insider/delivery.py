@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Sequence
 from typing import Final
 
@@ -64,7 +65,10 @@ class DeliveryReceipts:
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._queue.append((receipts, future))
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_all(), name="insider-receipts")
+            # A context of its own: the writer serves many requests, so its log lines carry none's request id.
+            self._writer = asyncio.create_task(
+                self._write_all(), name="insider-receipts", context=contextvars.Context()
+            )
         # The write goes on if the caller is cancelled: another request may share it.
         return await asyncio.shield(future)
 
