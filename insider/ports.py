@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from insider.domain import BatchReport, Message, MessageStatus, Resolution, SendResult
-from insider.receipts import Event, Receipt, ReceiptOutcome
+from insider.receipts import MAX_EVENTS, Event, Receipt, ReceiptOutcome
 
 
 class RepositoryUnavailable(Exception):
@@ -152,8 +152,8 @@ class DeliveryRepository(Protocol):
     async def apply_waiting(self, max_age_s: float, limit: int = 1000) -> WaitingReport:
         """Apply waiting receipts whose provider id a message now has; drop those older than ``max_age_s``."""
 
-    async def events(self, message_id: int) -> list[Event]:
-        """A message's history, oldest first."""
+    async def events(self, message_id: int, limit: int = MAX_EVENTS) -> list[Event]:
+        """A message's history, oldest first: its first ``limit`` events."""
 
     async def prune_events(self, older_than_s: float, limit: int) -> int:
         """Delete up to ``limit`` events older than ``older_than_s``; how many went."""

@@ -52,6 +52,9 @@ FINAL_STATUS: Final[dict[str, MessageStatus]] = {
     "expired": MessageStatus.UNDELIVERED,
     "rejected": MessageStatus.UNDELIVERED,
 }
+# The history endpoint returns at most this many events of a message (attempts are bounded by
+# INSIDER_MAX_ATTEMPTS; receipts only by what a provider sends).
+MAX_EVENTS: Final = 1000
 # A receipt for a provider id that no message has yet is kept this long, then dropped.
 WAITING_MAX_AGE_S: Final = 86400.0
 

@@ -31,7 +31,7 @@ from insider.ports import (
     SchemaUpgradeRefused,
     WaitingReport,
 )
-from insider.receipts import Event, Receipt, ReceiptOutcome, ReceiptResult
+from insider.receipts import MAX_EVENTS, Event, Receipt, ReceiptOutcome, ReceiptResult
 
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
 log = structlog.get_logger("insider.postgres")
@@ -403,8 +403,8 @@ class PostgresMessageRepository:
                 ]
         return WaitingReport(applied, dropped)
 
-    async def events(self, message_id: int) -> list[Event]:
-        rows = await self._fetch(_q("events"), {"id": message_id})
+    async def events(self, message_id: int, limit: int = MAX_EVENTS) -> list[Event]:
+        rows = await self._fetch(_q("events"), {"id": message_id, "limit": limit})
         return [
             Event(
                 id=row["id"],

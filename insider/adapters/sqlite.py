@@ -22,7 +22,7 @@ from insider.adapters.rows import message_from_row, outcome_row
 from insider.clock import SystemClock
 from insider.domain import Message, MessageStatus, Resolution, ensure_storable, slot_batch_at, slot_wait_s
 from insider.ports import Clock, InvalidState, MessageNotFound, Page, RepositoryUnavailable, WaitingReport
-from insider.receipts import Event, Receipt, ReceiptOutcome, ReceiptResult
+from insider.receipts import MAX_EVENTS, Event, Receipt, ReceiptOutcome, ReceiptResult
 
 T = TypeVar("T")
 
@@ -555,8 +555,8 @@ class SqliteMessageRepository:
 
         return await self._db.run(work)
 
-    async def events(self, message_id: int) -> list[Event]:
-        return [_event(row) for row in await self._fetch(_q("events"), {"id": message_id})]
+    async def events(self, message_id: int, limit: int = MAX_EVENTS) -> list[Event]:
+        return [_event(row) for row in await self._fetch(_q("events"), {"id": message_id, "limit": limit})]
 
     async def prune_events(self, older_than_s: float, limit: int) -> int:
         before = format_timestamp(self._now() - timedelta(seconds=older_than_s))

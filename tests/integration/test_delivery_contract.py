@@ -409,3 +409,19 @@ async def test_the_default_listing_shows_everything_accepted_and_filters_narrow_
     assert [m.id for m in (await repository.list_messages(MessageStatus.DELIVERED, 10)).items] == [a.id]
     assert [m.id for m in (await repository.list_messages(MessageStatus.UNDELIVERED, 10)).items] == [b.id]
     assert [m.id for m in (await repository.list_messages(MessageStatus.SENT, 10)).items] == [c.id]
+
+
+async def test_the_history_returns_the_first_events_up_to_a_limit(backend: Backend) -> None:
+    message = await sent_message(backend, "p-1")
+    statuses = [f"ENROUTE-{i}" for i in range(5)]  # a provider that keeps reporting
+    await apply(backend, *(receipt(backend, "p-1", s, received_at=backend.now() + timedelta(seconds=i + 1))
+                           for i, s in enumerate(statuses)))  # fmt: skip
+
+    first = await backend.repository.events(message.id, limit=3)
+
+    assert [(e.kind, e.receipt_status) for e in first] == [
+        ("attempt", None),
+        ("receipt", "ENROUTE-0"),
+        ("receipt", "ENROUTE-1"),
+    ]
+    assert len(await backend.repository.events(message.id)) == 6

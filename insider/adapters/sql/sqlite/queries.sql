@@ -228,12 +228,13 @@ WHERE rowid IN (SELECT rowid FROM insider_pending_receipts WHERE received_at < :
 RETURNING provider_message_id, receipt_status, received_at
 
 -- events --
--- A message's history, oldest first.
+-- A message's history, oldest first, up to a limit (a message's receipts are not bounded).
 SELECT id, message_id, at, kind, outcome, attempt, status_code, duration_ms, error, provider_message_id,
        receipt_status, error_code, done_at
 FROM insider_message_events
 WHERE message_id = :id
 ORDER BY at, id
+LIMIT :limit
 
 -- prune_events --
 -- Up to :limit events older than :before.
