@@ -24,6 +24,7 @@ from insider.adapters.sqlite import (
 )
 from insider.domain import MessageStatus, Resolution
 from insider.ports import RepositoryUnavailable
+from insider.receipts import Receipt, ReceiptResult
 
 PHONE = "+905301234001"
 
@@ -249,3 +250,38 @@ async def test_a_query_error_is_not_mistaken_for_an_outage(tmp_path: Path) -> No
         # Not migrated: a bug in the deployment, not a database that is down.
         with pytest.raises(sqlite3.OperationalError, match="no such table"):
             await SqliteMessageRepository(database).get(1)
+
+
+async def test_the_delivery_migration_keeps_every_row_of_an_older_file(tmp_path: Path) -> None:
+    """0006 rebuilds the messages table (SQLite cannot change a CHECK): rows, ids and keys survive."""
+    from insider.adapters.sqlite import load_migrations, split_statements
+
+    path = tmp_path / "older.db"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("CREATE TABLE insider_schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+        for version, _, text in load_migrations():
+            if version >= 6:
+                break
+            for statement in split_statements(text):
+                conn.execute(statement)
+            conn.execute("INSERT INTO insider_schema_migrations VALUES (?, '2026-01-01T00:00:00.000000Z')", (version,))
+        conn.execute("INSERT INTO messages (recipient_phone, content) VALUES ('+905301234001', 'pending one')")
+        conn.execute(
+            "INSERT INTO messages (recipient_phone, content, status, sent_at, message_id) "
+            "VALUES ('+905301234002', 'sent one', 'sent', '2026-01-01T00:00:01.000000Z', 'p-old')"
+        )
+        conn.execute("DELETE FROM messages WHERE id = 1")
+        conn.execute("INSERT INTO messages (recipient_phone, content) VALUES ('+905301234003', 'after a delete')")
+        before = conn.execute("SELECT id, status, idempotency_key, message_id FROM messages ORDER BY id").fetchall()
+
+    async with open_sqlite(f"sqlite:///{path}") as database:
+        repository = SqliteMessageRepository(database)
+        await repository.migrate()
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            after = conn.execute("SELECT id, status, idempotency_key, message_id FROM messages ORDER BY id").fetchall()
+        newest = await repository.enqueue("+905301234004", "new")
+        outcomes = await repository.apply_receipts([Receipt("p-old", "delivered", datetime.now(UTC))], [None])
+
+    assert after == before == [(2, "sent", before[0][2], "p-old"), (3, "pending", before[1][2], None)]
+    assert newest.id == 4  # ids are not reused
+    assert [o.result for o in outcomes] == [ReceiptResult.APPLIED]
