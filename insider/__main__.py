@@ -124,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
         help="run a simulated SMS provider (an HTTP server like the webhook)",
         description="Run an HTTP server that answers like the provider's webhook: POST / or /webhook with "
         '{"to", "content"} gets 202 and a messageId (the same one again for a repeated Idempotency-Key). '
-        "GET /messages lists what it accepted, GET /healthz says it is up. Nothing leaves this machine.",
+        "GET /messages lists what it accepted, GET /healthz says it is up. With --dlr-url, it posts a delivery "
+        "receipt for each accepted message to that URL, like a real provider. Nothing leaves this machine.",
     )
     simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     simulate.add_argument(

@@ -49,6 +49,8 @@ def test_simulate_help_names_its_options(tmp_path: Path) -> None:
     out = run("simulate", "--help", cwd=tmp_path).stdout
     for option in ("--port", "--host", "--fail-rate", "--latency", "--rate-limit-rate", "--retry-after", "--auth-key"):
         assert option in out
+    for option in ("--dlr-url", "--dlr-token", "--dlr-delay", "--undelivered-rate"):
+        assert option in out
 
 
 @pytest.mark.parametrize(
@@ -61,6 +63,11 @@ def test_simulate_help_names_its_options(tmp_path: Path) -> None:
         (("simulate", "--fail-rate", "2"), "expected a fraction from 0 to 1, got '2'"),
         (("simulate", "--latency", "soon"), "argument --latency"),
         (("simulate", "--port", "99999"), "expected a port from 0 to 65535"),
+        (("simulate", "--dlr-url", "ftp://x/y"), "expected an http:// or https:// URL, got 'ftp://x/y'"),
+        (("simulate", "--dlr-url", "app:8080"), "argument --dlr-url"),
+        (("simulate", "--undelivered-rate", "1.5"), "expected a fraction from 0 to 1, got '1.5'"),
+        (("simulate", "--dlr-delay", "5s-1s"), "expected SHORTEST-LONGEST, got '5s-1s'"),
+        (("simulate", "--dlr-delay", "later"), "argument --dlr-delay"),
         (("migrate", "extra"), "unrecognized arguments: extra"),
     ],
 )
