@@ -370,3 +370,13 @@ async def test_events_of_a_message_that_does_not_exist_is_404(api: Api) -> None:
 
     assert missing.status == 404 and "error" in await missing.json()
     assert (empty.status, await empty.json()) == (200, {"data": []})
+
+
+async def test_the_original_services_list_keeps_a_delivered_message(api: Api) -> None:
+    first, second = await api.sent(2)
+    await api.post({"messageId": first.message_id, "status": "delivered"})
+
+    body = await (await api.client.get("/messages")).json()
+
+    assert body["success"] is True
+    assert sorted(item["messageId"] for item in body["data"]) == sorted([first.message_id, second.message_id])
