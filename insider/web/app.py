@@ -378,6 +378,9 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
         handlers.retry_message_by_uuid,
         expect_handler=expect_within_limits,
     )
+    app.router.add_get(
+        f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}/events", handlers.message_events_by_uuid, allow_head=False
+    )
     app.router.add_get(r"/api/v1/messages/{id:[0-9]+}/events", handlers.message_events, allow_head=False)
     app.router.add_post(DELIVERY_REPORTS_PATH, handlers.delivery_reports, expect_handler=expect_within_limits)
     for method in ("POST", "GET"):

@@ -318,8 +318,27 @@ async def _retry(request: web.Request, message_id: int) -> web.Response:
 @response_schema(ErrorSchema, 404, description="No message has that id")
 @response_schema(**_UNAVAILABLE, code=503)
 async def message_events(request: web.Request) -> web.Response:
+    return await _events(request, request["match_info"]["id"])
+
+
+@docs(
+    tags=["messages"],
+    summary="A message's history, by the UUID the original Go service gave it",
+    description="As `GET /api/v1/messages/{id}/events`, for a row known by its UUID (field `uuid`).",
+)
+@match_info_schema(MessageUuidSchema)
+@response_schema(EventsSchema, 200, description="The history, oldest first")
+@response_schema(ErrorSchema, 404, description="No message has that UUID")
+@response_schema(**_UNAVAILABLE, code=503)
+async def message_events_by_uuid(request: web.Request) -> web.Response:
+    message = await services(request).repository.get_by_uuid(str(request["match_info"]["uuid"]))
+    if message is None:
+        return error_response(404, "no message has that id")
+    return await _events(request, message.id)
+
+
+async def _events(request: web.Request, message_id: int) -> web.Response:
     repository = services(request).repository
-    message_id = request["match_info"]["id"]
     if not isinstance(repository, DeliveryRepository):  # an embedding program's own adapter
         return error_response(404, "this repository keeps no history")
     events = await repository.events(message_id)

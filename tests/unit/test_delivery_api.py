@@ -380,3 +380,10 @@ async def test_the_original_services_list_keeps_a_delivered_message(api: Api) ->
 
     assert body["success"] is True
     assert sorted(item["messageId"] for item in body["data"]) == sorted([first.message_id, second.message_id])
+
+
+async def test_events_by_a_uuid_no_message_has_is_404(api: Api) -> None:
+    response = await api.client.get("/api/v1/messages/0667bb37-9172-449c-8abd-cdfad15bba08/events")
+
+    assert response.status == 404
+    assert (await response.json())["error"] == "no message has that id"
