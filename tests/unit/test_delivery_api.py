@@ -379,7 +379,7 @@ async def test_the_original_services_list_keeps_a_delivered_message(api: Api) ->
     body = await (await api.client.get("/messages")).json()
 
     assert body["success"] is True
-    assert sorted(item["messageId"] for item in body["data"]) == sorted([first.message_id, second.message_id])
+    assert sorted(item["messageId"] for item in body["data"]) == sorted([str(first.message_id), str(second.message_id)])
 
 
 async def test_events_by_a_uuid_no_message_has_is_404(api: Api) -> None:
