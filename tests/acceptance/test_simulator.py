@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
+import psycopg
 import pytest
 
 from insider.adapters.webhook import WebhookSmsClient, open_http_session
@@ -178,5 +179,58 @@ async def test_the_simulator_posts_delivery_receipts_to_the_service(
         receipts = (await response.json())["receipts"]
     assert receipts["delivered"] + receipts["undelivered"] == 12 and receipts["failed"] == 0
     assert "dlr-s3cret" not in simulator.log() + service.log()
+    service.process.send_signal(signal.SIGTERM)
+    assert service.process.wait(timeout=20) == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_receipts_racing_the_outcome_write_all_land_on_postgres_and_redis(
+    start_simulator: Callable[..., Simulator],
+    start_service: Any,
+    session: aiohttp.ClientSession,
+    fresh_postgres_url: str,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    """Receipts 0 to 30 ms after the provider's answer: some arrive before the service records
+    the send (they wait; 8 of 60 in a run here), the rest after (found through Redis); every
+    message ends final, with one attempt and one receipt in its history."""
+    service_port = str(free_port())
+    simulator = start_simulator(
+        "--dlr-url", f"http://127.0.0.1:{service_port}/api/v1/delivery-reports?token=t0k",
+        "--dlr-delay", "0s-30ms", "--undelivered-rate", "0.2",
+    )  # fmt: skip
+    await _healthy(session, simulator)
+    service: Service = start_service(
+        port=service_port,
+        webhook_url=simulator.base_url + "/webhook",
+        database_url=fresh_postgres_url,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        send_interval="0",
+        batch_size="50",
+        dlr_token="t0k",
+    )
+    await service.wait_answering(session)
+    for i in range(60):
+        async with session.post(service.base_url + "/api/v1/messages", json={"to": PHONE, "content": f"m{i}"}) as r:
+            assert r.status == 201
+
+    async def all_final() -> bool:
+        async with session.get(service.base_url + "/api/v1/stats") as response:
+            counts = (await response.json())["counts"]
+        return bool(counts["delivered"] + counts["undelivered"] == 60)
+
+    await eventually(all_final, timeout_s=40, what="every message to get its receipt")
+    async with await psycopg.AsyncConnection.connect(fresh_postgres_url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FILTER (WHERE kind = 'attempt'), count(*) FILTER (WHERE kind = 'receipt') "
+            "FROM insider_message_events"
+        )
+        assert await cur.fetchone() == (60, 60)
+        cur = await conn.execute("SELECT count(*) FROM insider_pending_receipts")
+        assert await cur.fetchone() == (0,)
+    assert "t0k" not in service.log() + simulator.log()
     service.process.send_signal(signal.SIGTERM)
     assert service.process.wait(timeout=20) == 0
