@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import structlog
 from aiohttp import web
@@ -71,6 +72,22 @@ DLR_AUTH_HEADER = "x-ins-auth-key"
 DLR_SECURITY_SCHEME = "dlrToken"
 DLR_QUERY_SECURITY_SCHEME = "dlrTokenQuery"
 DLR_MAX_BODY_BYTES = 1024 * 1024
+FORM = "application/x-www-form-urlencoded"
+# Twilio's status callback is a form: its fields, as ours.
+_FORM_FIELDS = {"MessageSid": "messageId", "MessageStatus": "status", "ErrorCode": "errorCode"}
+
+
+def form_receipt(raw: bytes) -> dict[str, str]:
+    """One receipt from a form body: our field names, or Twilio's (MessageSid, MessageStatus, ErrorCode)."""
+    fields = dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(raw)))
+    receipt = {name: value for name, value in fields.items() if name in ("messageId", "status", "errorCode", "doneAt")}
+    for theirs, ours in _FORM_FIELDS.items():
+        if theirs in fields and ours not in receipt:
+            receipt[ours] = fields[theirs]
+    if receipt.get("errorCode") == "":
+        del receipt["errorCode"]
+    return receipt
+
 
 _UNAVAILABLE = {"schema": ErrorSchema, "description": "The database is unreachable"}
 _INVALID = {"schema": ErrorSchema, "description": "Invalid input; `fields` names each bad field"}
@@ -356,7 +373,8 @@ async def _events(request: web.Request, message_id: int) -> web.Response:
     "message's history and changes nothing. Authenticated by INSIDER_DLR_TOKEN, as the `x-ins-auth-key` header or "
     "the `token` query parameter (not by the API token); off (404) when INSIDER_DLR_TOKEN is empty. The same "
     "receipt twice changes nothing; one for an id not recorded yet waits up to a day for it. A body with any "
-    "invalid receipt is refused whole (422, `fields` named `<index>.<field>`).",
+    "invalid receipt is refused whole (422, `fields` named `<index>.<field>`). One receipt may also come as an "
+    "application/x-www-form-urlencoded form, with these names or Twilio's (MessageSid, MessageStatus, ErrorCode).",
     parameters=[
         {
             "in": "body",
@@ -393,14 +411,17 @@ async def delivery_reports(request: web.Request) -> web.Response:
     if not same_secret(given, settings.dlr_token):
         return error_response(401, "the token is not valid")
     request = request.clone(client_max_size=DLR_MAX_BODY_BYTES)
-    if request.content_type != "application/json":
-        return error_response(415, "the body must be application/json")
+    if request.content_type not in ("application/json", FORM):
+        return error_response(415, f"the body must be application/json (or {FORM}, as Twilio posts it)")
     try:
-        body = json.loads(await request.read())
+        raw = await request.read()
+        body = json.loads(raw) if request.content_type == "application/json" else form_receipt(raw)
     except web.HTTPRequestEntityTooLarge:
         return error_response(413, f"the body is larger than {DLR_MAX_BODY_BYTES} bytes")
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        return error_response(400, "the body is not valid JSON")
+        return error_response(
+            400, "the body is not valid JSON" if request.content_type != FORM else "the form is not valid"
+        )
     try:
         parsed = parse_receipts(body, clock.now())
     except InvalidReceipts as exc:

@@ -297,7 +297,7 @@ async def test_bodies_that_are_not_json(api: Api) -> None:
     form = await api.client.post(
         URL,
         data=b"messageId=a&status=delivered",
-        headers=headers | {"Content-Type": "application/x-www-form-urlencoded"},
+        headers=headers | {"Content-Type": "text/plain"},
     )
     too_big = await api.client.post(
         URL,
@@ -387,3 +387,31 @@ async def test_events_by_a_uuid_no_message_has_is_404(api: Api) -> None:
 
     assert response.status == 404
     assert (await response.json())["error"] == "no message has that id"
+
+
+async def test_a_twilio_status_callback_form_is_a_receipt(api: Api) -> None:
+    first, second = await api.sent(2)
+    form = "application/x-www-form-urlencoded"
+
+    delivered = await api.client.post(
+        f"{URL}?token={TOKEN}",
+        data=f"SmsSid={first.message_id}&MessageSid={first.message_id}&MessageStatus=delivered&AccountSid=AC1",
+        headers={"Content-Type": form},
+    )
+    failed = await api.client.post(
+        f"{URL}?token={TOKEN}",
+        data=f"MessageSid={second.message_id}&MessageStatus=undelivered&ErrorCode=30003",
+        headers={"Content-Type": form},
+    )
+    missing = await api.client.post(f"{URL}?token={TOKEN}", data="MessageSid=x", headers={"Content-Type": form})
+    broken = await api.client.post(f"{URL}?token={TOKEN}", data="just text", headers={"Content-Type": form})
+
+    assert (delivered.status, failed.status) == (200, 200)
+    assert (await delivered.json())["results"] == [{"messageId": first.message_id, "result": "applied"}]
+    item = await (await api.client.get(f"/api/v1/messages/{second.id}")).json()
+    assert (item["status"], item["deliveryError"]) == ("undelivered", "30003")
+    assert (missing.status, await missing.json()) == (
+        422,
+        {"error": "invalid receipt", "fields": {"status": ["status is required"]}},
+    )
+    assert broken.status == 400 and "error" in await broken.json()
