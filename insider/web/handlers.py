@@ -34,7 +34,7 @@ from insider.ports import (
 )
 from insider.receipts import Event, InvalidReceipts, parse_receipts
 from insider.supervisor import SenderStatus, Supervisor
-from insider.web.guard import cross_site_allowed
+from insider.web.guard import browser_checks_exempt, cross_site_allowed
 from insider.web.schemas import (
     EnqueueSchema,
     ErrorSchema,
@@ -67,11 +67,10 @@ DASHBOARD_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
-# The receipts endpoint's own token and body limit: a provider may send thousands of receipts at once.
+# The receipts endpoint's own token (its body limit is the API's: 64 KiB, a few hundred receipts).
 DLR_AUTH_HEADER = "x-ins-auth-key"
 DLR_SECURITY_SCHEME = "dlrToken"
 DLR_QUERY_SECURITY_SCHEME = "dlrTokenQuery"
-DLR_MAX_BODY_BYTES = 1024 * 1024
 FORM = "application/x-www-form-urlencoded"
 # Twilio's status callback is a form: its fields, as ours.
 _FORM_FIELDS = {"MessageSid": "messageId", "MessageStatus": "status", "ErrorCode": "errorCode"}
@@ -367,8 +366,9 @@ async def _events(request: web.Request, message_id: int) -> web.Response:
 @docs(
     tags=["delivery"],
     summary="Delivery receipts from the provider",
-    description="One receipt `{messageId, status, errorCode?, doneAt?}` or a JSON array of them (up to 10,000, "
-    "1 MiB). `status` is `delivered`, `undelivered`, `expired` or `rejected` in any case, or a provider's form "
+    description="One receipt `{messageId, status, errorCode?, doneAt?}` or a JSON array of them (within the "
+    "API's 64 KiB body limit). `status` is `delivered`, `undelivered`, `expired` or `rejected` in any case, or a "
+    "provider's form "
     "(SMPP `DELIVRD`, `UNDELIV`, `REJECTD`, ...; see README, Delivery receipts); any other status is kept in the "
     "message's history and changes nothing. Authenticated by INSIDER_DLR_TOKEN, as the `x-ins-auth-key` header or "
     "the `token` query parameter (not by the API token); off (404) when INSIDER_DLR_TOKEN is empty. The same "
@@ -392,10 +392,11 @@ async def _events(request: web.Request, message_id: int) -> web.Response:
 @response_schema(ErrorSchema, 400, description="The body is not valid JSON")
 @response_schema(ErrorSchema, 401, description="No token, or not INSIDER_DLR_TOKEN")
 @response_schema(ErrorSchema, 404, description="Receipts are off: INSIDER_DLR_TOKEN is not set")
-@response_schema(ErrorSchema, 413, description="The body is larger than 1 MiB")
+@response_schema(ErrorSchema, 413, description="The body is larger than 64 KiB")
 @response_schema(ErrorSchema, 415, description="The body is not application/json")
 @response_schema(**_INVALID, code=422)
 @response_schema(**_UNAVAILABLE, code=503)
+@browser_checks_exempt  # a provider's server calls it, under whatever name it was given
 async def delivery_reports(request: web.Request) -> web.Response:
     app = services(request)
     settings, receipts, clock = app.settings, app.receipts, app.clock
@@ -410,14 +411,13 @@ async def delivery_reports(request: web.Request) -> web.Response:
         return error_response(401, f"this endpoint needs the INSIDER_DLR_TOKEN: header {DLR_AUTH_HEADER} or ?token=")
     if not same_secret(given, settings.dlr_token):
         return error_response(401, "the token is not valid")
-    request = request.clone(client_max_size=DLR_MAX_BODY_BYTES)
     if request.content_type not in ("application/json", FORM):
         return error_response(415, f"the body must be application/json (or {FORM}, as Twilio posts it)")
     try:
         raw = await request.read()
         body = json.loads(raw) if request.content_type == "application/json" else form_receipt(raw)
     except web.HTTPRequestEntityTooLarge:
-        return error_response(413, f"the body is larger than {DLR_MAX_BODY_BYTES} bytes")
+        return error_response(413, f"the body is larger than {request.client_max_size} bytes")
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return error_response(
             400, "the body is not valid JSON" if request.content_type != FORM else "the form is not valid"

@@ -313,12 +313,12 @@ async def test_bodies_that_are_not_json(api: Api) -> None:
 async def test_a_burst_in_one_request(api: Api) -> None:
     messages = await api.sent(20)
     body = [{"messageId": m.message_id, "status": "delivered"} for m in messages]
-    body += [{"messageId": f"unknown-{i}", "status": "delivered"} for i in range(2000)]
+    body += [{"messageId": f"unknown-{i}", "status": "delivered"} for i in range(1000)]  # about 50 KiB
 
     status, answer = await api.post(body)
 
-    assert status == 200 and answer["received"] == 2020
-    assert [r["result"] for r in answer["results"]] == ["applied"] * 20 + ["waiting"] * 2000
+    assert status == 200 and answer["received"] == 1020
+    assert [r["result"] for r in answer["results"]] == ["applied"] * 20 + ["waiting"] * 1000
 
 
 async def test_the_history_of_a_retried_sent_and_delivered_message(api: Api) -> None:
@@ -415,3 +415,29 @@ async def test_a_twilio_status_callback_form_is_a_receipt(api: Api) -> None:
         {"error": "invalid receipt", "fields": {"status": ["status is required"]}},
     )
     assert broken.status == 400 and "error" in await broken.json()
+
+
+async def test_swagger_describes_the_receipts_token_when_one_is_set(api: Api) -> None:
+    spec = await (await api.client.get("/api/docs/swagger.json")).json()
+
+    [operation] = spec["paths"]["/api/v1/delivery-reports"].values()
+    assert operation["security"] == [{"dlrToken": []}, {"dlrTokenQuery": []}]
+    assert spec["securityDefinitions"]["dlrToken"]["name"] == "x-ins-auth-key"
+    assert spec["securityDefinitions"]["dlrTokenQuery"] == {
+        "type": "apiKey",
+        "in": "query",
+        "name": "token",
+        "description": spec["securityDefinitions"]["dlrTokenQuery"]["description"],
+    }
+    assert "bearer" not in spec["securityDefinitions"]  # no API token here
+
+
+async def test_the_host_and_cross_site_checks_do_not_apply_to_receipts(api: Api) -> None:
+    [message] = await api.sent()
+    headers = {"Host": "insider.example.com", "Origin": "https://elsewhere.example", "Sec-Fetch-Site": "cross-site"}
+
+    status, body = await api.post({"messageId": message.message_id, "status": "delivered"}, headers=headers)
+    elsewhere = await api.client.get("/api/v1/stats", headers=headers)
+
+    assert (status, body["results"][0]["result"]) == (200, "applied")
+    assert elsewhere.status in (403, 421)  # the rest of the API keeps its checks
