@@ -58,18 +58,23 @@ def decode_cursor(cursor: str, status: MessageStatus) -> tuple[datetime, int]:
     return in_utc, message_id
 
 
-def page_query(status: MessageStatus, limit: int, cursor: str | None) -> tuple[str, dict[str, Any]]:
+def page_query(
+    status: MessageStatus, limit: int, cursor: str | None, to: str | None = None
+) -> tuple[str, dict[str, Any]]:
     """The named query (of ``queries.sql``) and its parameters for one page of ``limit + 1`` rows.
 
     After a cursor, ``params["key"]`` is its sort key as a datetime; an adapter that stores
-    times otherwise converts it.
+    times otherwise converts it. With ``to``, the ``..._to`` queries of one recipient.
     """
-    sent = status is MessageStatus.SENT
+    name = "list_sent" if status is MessageStatus.SENT else "list_by_created"
     params: dict[str, Any] = {"status": status.value, "limit": limit + 1}
+    if to is not None:
+        name += "_to"
+        params["to"] = to
     if cursor is None:
-        return ("list_sent" if sent else "list_by_created"), params
+        return name, params
     params["key"], params["id"] = decode_cursor(cursor, status)
-    return ("list_sent_after" if sent else "list_by_created_after"), params
+    return name + "_after", params
 
 
 def page_of(rows: list[Message], limit: int, status: MessageStatus) -> Page:

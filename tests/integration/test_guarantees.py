@@ -32,7 +32,7 @@ from insider.adapters.webhook import IDEMPOTENCY_HEADER, WebhookSmsClient, open_
 from insider.clock import SystemClock
 from insider.config import Settings, load_settings
 from insider.container import Container, open_service
-from insider.domain import Message, MessageStatus, Resolution, slot_tolerance_s
+from insider.domain import Message, MessageStatus, Resolution, SendOrder, slot_tolerance_s
 from insider.ports import RepositoryUnavailable
 from insider.sender import BatchSender, SenderOptions
 from insider.supervisor import STOP_MARGIN_S, Supervisor
@@ -141,8 +141,8 @@ class RecordingRepository(PostgresMessageRepository):
         self.resolving = asyncio.Event()
         self.resolved = 0
 
-    async def claim(self, limit: int, lease_s: float) -> list[Message]:
-        claimed = await super().claim(limit, lease_s)
+    async def claim(self, limit: int, lease_s: float, order: SendOrder = SendOrder.OLDEST) -> list[Message]:
+        claimed = await super().claim(limit, lease_s, order)
         if claimed and self.hold_claims is not None:
             self.claiming.set()
             await self.hold_claims.wait()
