@@ -383,7 +383,9 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     app.router.add_post("/api/v1/messages", handlers.enqueue_message, expect_handler=expect_within_limits)
     app.router.add_post("/api/v1/messages/batch", handlers.enqueue_batch, expect_handler=expect_within_limits)
     app.router.add_post("/api/v1/messages/preview", handlers.preview_message, expect_handler=expect_within_limits)
-    app.router.add_post(r"/api/v1/messages/{id:[0-9]+}/cancel", handlers.cancel_message)
+    app.router.add_post(
+        r"/api/v1/messages/{id:[0-9]+}/cancel", handlers.cancel_message, expect_handler=expect_within_limits
+    )
     app.router.add_get(r"/api/v1/messages/{id:[0-9]+}", handlers.get_message, allow_head=False)
     app.router.add_get(f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}", handlers.get_message_by_uuid, allow_head=False)
     app.router.add_post(
@@ -392,6 +394,11 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     app.router.add_post(
         f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}/retry",
         handlers.retry_message_by_uuid,
+        expect_handler=expect_within_limits,
+    )
+    app.router.add_post(
+        f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}/cancel",
+        handlers.cancel_message_by_uuid,
         expect_handler=expect_within_limits,
     )
     for method in ("POST", "GET"):

@@ -381,8 +381,29 @@ async def preview_message(request: web.Request) -> web.Response:
 @response_schema(ErrorSchema, 409, description="The message is not pending")
 @response_schema(**_UNAVAILABLE, code=503)
 async def cancel_message(request: web.Request) -> web.Response:
+    return await _cancel(request, request["match_info"]["id"])
+
+
+@docs(
+    tags=["messages"],
+    summary="Cancel a pending message, by the UUID the original Go service gave it",
+    description="As `POST /api/v1/messages/{id}/cancel`, for a row known by its UUID (field `uuid`).",
+)
+@match_info_schema(MessageUuidSchema)
+@response_schema(MessageSchema, 200, description="The message, cancelled")
+@response_schema(ErrorSchema, 404, description="No message has that UUID")
+@response_schema(ErrorSchema, 409, description="The message is not pending")
+@response_schema(**_UNAVAILABLE, code=503)
+async def cancel_message_by_uuid(request: web.Request) -> web.Response:
+    message = await services(request).repository.get_by_uuid(str(request["match_info"]["uuid"]))
+    if message is None:
+        return error_response(404, "no message has that id")
+    return await _cancel(request, message.id)
+
+
+async def _cancel(request: web.Request, message_id: int) -> web.Response:
     try:
-        message = await services(request).repository.cancel(request["match_info"]["id"])
+        message = await services(request).repository.cancel(message_id)
     except MessageNotFound:
         return error_response(404, "no message has that id")
     except InvalidState as exc:
