@@ -10,6 +10,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 from collections.abc import Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,11 +114,32 @@ def _parser() -> argparse.ArgumentParser:
         description="Validate one message as the API does, store it as pending in INSIDER_DATABASE_URL "
         "(creating the schema if needed) and print its id.",
     )
-    enqueue.add_argument("--to", required=True, help=f"recipient, E.164 ('+' and 8 to 15 digits), e.g. {EXAMPLE_PHONE}")
     enqueue.add_argument(
-        "--content",
-        required=True,
-        help="the text, at most INSIDER_CONTENT_MAX_LENGTH characters; - reads it from stdin (UTF-8)",
+        "--to",
+        help=f"recipient, international ({EXAMPLE_PHONE}) or, with INSIDER_DEFAULT_REGION, national",
+    )
+    enqueue.add_argument(
+        "--content", help="the text, at most INSIDER_CONTENT_MAX_LENGTH characters; - reads it from stdin (UTF-8)"
+    )
+    enqueue.add_argument("--send-at", help="not sent before this RFC 3339 time (2026-12-01T09:00:00+03:00)")
+    enqueue.add_argument("--priority", type=int, default=5, help="0 to 9, higher first (default 5)")
+    enqueue.add_argument("--valid-until", help="never sent after this RFC 3339 time: expired instead")
+    enqueue.add_argument(
+        "--file",
+        help="load many messages: CSV with the header to,content[,sendAt,priority,validUntil], or JSON Lines "
+        "with those fields; - reads standard input. Prints a progress line, what was stored and every "
+        "rejected line with its number",
+    )
+    enqueue.set_defaults(enqueue_parser=enqueue)
+    enqueue.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes that check the lines of --file beside this one (default 0: a thread of this one); "
+        "worth it only with idle cores: checking a line is pure Python",
+    )
+    enqueue.add_argument(
+        "--chunk-size", type=int, default=10_000, help="messages stored per transaction with --file (default 10000)"
     )
     simulate = commands.add_parser(
         "simulate",
@@ -469,11 +491,14 @@ def _not_storable(name: str, text: str) -> str | None:
     return None
 
 
-async def _enqueue(settings: Settings, to: str, content: str) -> int:
+async def _enqueue(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
     from insider.container import Container, open_repository
-    from insider.domain import validation_error
+    from insider.domain import InvalidMessage, build_message, parse_rfc3339
     from insider.ports import RepositoryUnavailable, SchemaUpgradeRefused
 
+    to, content = args.to, args.content
     if content == "-":
         stdin_text = _read_stdin_text()
         if stdin_text is None:
@@ -481,17 +506,38 @@ async def _enqueue(settings: Settings, to: str, content: str) -> int:
             return EXIT_FAILED
         content = stdin_text
     reason = _not_storable("to", to) or _not_storable("content", content)
-    if reason is None:
-        reason = validation_error(to, content, settings.content_max_length)
-    if reason is not None:  # worded as the API words it: the field is "to"
-        hint = " (INSIDER_CONTENT_MAX_LENGTH)" if "over the limit" in reason else ""
-        print(f"insider: error: invalid message: {reason.replace('recipient_phone', 'to')}{hint}", file=sys.stderr)
+    if reason is not None:
+        print(f"insider: error: invalid message: {reason}", file=sys.stderr)
+        return EXIT_FAILED
+    times: dict[str, datetime | None] = {}
+    for name, value in (("--send-at", args.send_at), ("--valid-until", args.valid_until)):
+        try:
+            times[name] = parse_rfc3339(value) if value is not None else None
+        except ValueError as exc:
+            print(f"insider: error: invalid message: {name} {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    try:
+        message = build_message(
+            to,
+            content,
+            send_at=times["--send-at"],
+            priority=args.priority,
+            valid_until=times["--valid-until"],
+            now=datetime.now(UTC),
+            max_length=settings.content_max_length,
+            region=settings.default_region,
+            max_segments=settings.max_segments,
+        )
+    except InvalidMessage as exc:  # worded as the API words it: the field is "to"
+        reason = str(exc).replace("recipient_phone", "to")
+        hint = " (INSIDER_CONTENT_MAX_LENGTH)" if "characters, over the limit" in reason else ""
+        print(f"insider: error: invalid message: {reason}{hint}", file=sys.stderr)
         return EXIT_FAILED
     _quiet_pool_retries()
     async with open_repository(Container(settings=settings)) as repository:
         try:
             await repository.migrate()
-            message = await repository.enqueue(to, content)
+            stored = (await repository.enqueue_many([message])).messages[0]
         except RepositoryUnavailable as exc:
             print(
                 f"insider: error: the database does not answer (INSIDER_DATABASE_URL="
@@ -501,8 +547,52 @@ async def _enqueue(settings: Settings, to: str, content: str) -> int:
             return EXIT_FAILED
         except SchemaUpgradeRefused as exc:
             return _schema_refused(exc)
-    print(message.id)
+    print(stored.id)
     return 0
+
+
+async def _enqueue_file(settings: Settings, path: str, chunk_size: int, workers: int) -> int:
+    from insider.bulk import BadFile, Limits, Progress, load_file, open_text
+    from insider.container import Container, open_repository
+    from insider.ports import RepositoryUnavailable, SchemaUpgradeRefused
+
+    try:
+        stream = open_text(path)
+    except OSError as exc:
+        print(f"insider: error: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    limits = Limits(settings.content_max_length, settings.default_region, settings.max_segments)
+    started = time.monotonic()
+    done = [0, 0]  # stored, rejected: for the error line
+
+    def progress(step: Progress) -> None:
+        for line in step.rejected:
+            print(f"rejected {line}", flush=True)
+        done[0], done[1] = step.stored, done[1] + len(step.rejected)
+        rate = step.stored / max(time.monotonic() - started, 1e-9)
+        print(f"insider: {step.stored:,} stored, {done[1]:,} rejected ({rate:,.0f}/s)", file=sys.stderr, flush=True)
+
+    _quiet_pool_retries()
+    with stream:
+        async with open_repository(Container(settings=settings)) as repository:
+            try:
+                await repository.migrate()
+                stored, rejected = await load_file(
+                    repository, stream, limits, chunk_size=chunk_size, workers=workers, on_progress=progress
+                )
+            except BadFile as exc:
+                print(f"insider: error: {path}: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+            except UnicodeDecodeError as exc:
+                print(f"insider: error: {path} is not UTF-8 text ({exc.reason}); {done[0]} stored", file=sys.stderr)
+                return EXIT_FAILED
+            except RepositoryUnavailable as exc:
+                print(f"insider: error: database unavailable after {done[0]} stored: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+            except SchemaUpgradeRefused as exc:
+                return _schema_refused(exc)
+    print(f"stored {stored} messages, rejected {rejected} lines")
+    return EXIT_FAILED if rejected else 0
 
 
 async def _simulate(args: argparse.Namespace) -> int:
@@ -628,7 +718,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "simulate":
         return _run_fast(_simulate(args))
     if command == "enqueue":
-        return asyncio.run(_enqueue(settings, args.to, args.content))
+        usage: argparse.ArgumentParser = args.enqueue_parser
+        if args.file is not None:
+            if args.to is not None or args.content is not None:
+                usage.error("--file goes without --to and --content")
+            if args.chunk_size < 1:
+                usage.error("--chunk-size must be at least 1")
+            if args.workers < 0:
+                usage.error("--workers must be 0 or more")
+            return asyncio.run(_enqueue_file(settings, args.file, args.chunk_size, args.workers))
+        if args.to is None or args.content is None:
+            usage.error("--to and --content are required (or --file)")
+        return asyncio.run(_enqueue(settings, args))
     if command == "migrate":
         return asyncio.run(_migrate(settings))
     return _run_fast(_serve(settings))

@@ -15,6 +15,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
+from insider.domain import SendOrder, is_region
+
 PREFIX = "INSIDER_"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -143,6 +145,13 @@ def parse_allowed_hosts(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(hosts))
 
 
+def _region(text: str) -> str:
+    value = text.strip().upper()
+    if value and not is_region(value):
+        raise ValueError(f"expected an ISO 3166 country code such as TR, US or DE (or empty), got {text!r}")
+    return value
+
+
 def _text(text: str) -> str:
     return text.strip()
 
@@ -172,6 +181,9 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SEND_INTERVAL": ("send_interval_s", _duration_at_least(0, allow_zero=True)),
     "SEND_CONCURRENCY": ("send_concurrency", _int_between(1, 1_000)),
     "CONTENT_MAX_LENGTH": ("content_max_length", _int_between(1, 100_000)),
+    "MAX_SEGMENTS": ("max_segments", _int_between(0, 255)),
+    "DEFAULT_REGION": ("default_region", _region),
+    "SEND_ORDER": ("send_order", _choice(*(o.value for o in SendOrder))),
     "AUTOSTART": ("autostart", parse_bool),
     "MAX_ATTEMPTS": ("max_attempts", _int_between(1, 1_000)),
     "RETRY_BACKOFF": ("retry_backoff_s", _duration_at_least(0.001)),
@@ -249,6 +261,9 @@ class Settings:
     ignored: tuple[str, ...] = ()
     dlr_token: str = ""
     events_retention_s: float = 30 * 86400.0
+    max_segments: int = 0
+    default_region: str = ""
+    send_order: str = SendOrder.OLDEST.value
 
     # PostgreSQL only: a statement running longer is cancelled by the server (0: no limit),
     # and TCP keepalives find a connection whose peer has silently gone.

@@ -207,6 +207,9 @@ class Container(containers.DeclarativeContainer):
         # The lease follows from these (SenderOptions.claim_lease_s); drain mode's
         # pipeline depth is set by the supervisor.
         send_timeout_s=settings.provided.webhook_timeout_s,
+        max_segments=settings.provided.max_segments,
+        default_region=settings.provided.default_region,
+        send_order=settings.provided.send_order,
     )
     sender = providers.Singleton(
         BatchSender,

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import enum
+import math
 import re
+import unicodedata
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Final
 
-# fullmatch, not match with $: "$" also matches before a trailing newline. No leading 0 in E.164.
-E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+import phonenumbers
+from gsm0338.charset import BASIC_CHARACTER_SET, BASIC_CHARACTER_SET_EXTENSION  # type: ignore[import-untyped]
+
+DEFAULT_PRIORITY: Final = 5
+MIN_PRIORITY: Final = 0
+MAX_PRIORITY: Final = 9
 
 
 class MessageStatus(enum.StrEnum):
@@ -18,12 +26,28 @@ class MessageStatus(enum.StrEnum):
     SENDING = "sending"
     SENT = "sent"
     FAILED = "failed"
+    EXPIRED = "expired"  # not sent before its validUntil; never sent
+    CANCELLED = "cancelled"  # taken back while pending; never sent
     DELIVERED = "delivered"  # the provider's receipt says it reached the handset
     UNDELIVERED = "undelivered"  # the provider's receipt says it never will
 
 
 # Statuses of a message the provider accepted: listed by ``sent_at``.
 ACCEPTED_STATUSES = (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.UNDELIVERED)
+
+
+class SendOrder(enum.StrEnum):
+    """Which due messages of one priority go first (INSIDER_SEND_ORDER)."""
+
+    OLDEST = "oldest"
+    NEWEST = "newest"
+
+
+class Encoding(enum.StrEnum):
+    """How a message travels: the GSM 03.38 7-bit alphabet, or UCS-2 (UTF-16) for anything else."""
+
+    GSM7 = "GSM-7"
+    UCS2 = "UCS-2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +72,38 @@ class Message:
     delivered_at: datetime | None = None  # when the final receipt says it happened
     delivery_status: str | None = None  # delivered, undelivered, expired or rejected
     delivery_error: str | None = None  # the provider's error code, if it gave one
+    send_at: datetime | None = None
+    priority: int = DEFAULT_PRIORITY
+    valid_until: datetime | None = None
+    encoding: Encoding = Encoding.GSM7
+    segments: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to queue, already checked: ``recipient_phone`` in E.164, ``segments`` counted."""
+
+    recipient_phone: str
+    content: str
+    send_at: datetime | None = None
+    priority: int = DEFAULT_PRIORITY
+    valid_until: datetime | None = None
+    encoding: Encoding = Encoding.GSM7
+    segments: int = 1
+
+    @classmethod
+    def of(
+        cls,
+        recipient_phone: str,
+        content: str,
+        *,
+        send_at: datetime | None = None,
+        priority: int = DEFAULT_PRIORITY,
+        valid_until: datetime | None = None,
+    ) -> NewMessage:
+        """A NewMessage with its encoding and segments computed from ``content``."""
+        encoding, segments = measure(content)
+        return cls(recipient_phone, content, send_at, priority, valid_until, encoding, segments)
 
 
 class Outcome(enum.StrEnum):
@@ -84,6 +140,8 @@ class Resolution:
     retry_in_s: float | None = None  # pending again: due this many seconds from now
     # An interrupted or never-started attempt does not count against the message.
     uncount_attempt: bool = False
+    segments: int | None = None  # a sent one: what it cost, stored for rows inserted without it
+    encoding: Encoding | None = None
     # The attempt behind this outcome, written to the message's history with it; None: no event
     # (a message released unsent by a stop).
     attempt: Attempt | None = None
@@ -154,15 +212,92 @@ class BatchReport:
     failed: int = 0
     released: int = 0
     duration_s: float = 0.0
+    expired: int = 0
 
 
-def validation_error(recipient_phone: str, content: str, max_length: int) -> str | None:
-    """Why a message can never be sent, or None when it can.
+# The GSM 03.38 default alphabet and its extension table, from the codec package's own
+# tables (the escape code itself is no character). Kept as translate tables: the
+# codec's pure-Python encoder costs far more per message than this.
+_GSM_BASIC: Final = frozenset(unicodedata.lookup(n) for n in BASIC_CHARACTER_SET.values() if n != "ESCAPE")
+_GSM_EXTENSION: Final = frozenset(unicodedata.lookup(n) for n in BASIC_CHARACTER_SET_EXTENSION.values())
+_DROP_GSM: Final = str.maketrans(dict.fromkeys(_GSM_BASIC | _GSM_EXTENSION))
+_DROP_EXTENSION: Final = str.maketrans(dict.fromkeys(_GSM_EXTENSION))
+GSM7_SINGLE: Final = 160
+GSM7_PART: Final = 153
+UCS2_SINGLE: Final = 70
+UCS2_PART: Final = 67
 
-    Length counts Unicode code points, so Turkish text has the same limit as ASCII.
+
+def measure(content: str) -> tuple[Encoding, int]:
+    """The encoding and the number of SMS segments ``content`` takes.
+
+    GSM-7 when every character is in the GSM 03.38 default alphabet or its extension
+    table (an extension character takes two septets): one segment up to 160 septets,
+    else ceil(septets / 153). Otherwise UCS-2, counted in UTF-16 code units (an emoji
+    takes two): one segment up to 70, else ceil(units / 67).
     """
-    if not isinstance(recipient_phone, str) or not E164.fullmatch(recipient_phone):
-        return "recipient_phone is not an E.164 number ('+' and 8 to 15 digits)"
+    if not content.translate(_DROP_GSM):
+        septets = 2 * len(content) - len(content.translate(_DROP_EXTENSION))
+        return Encoding.GSM7, 1 if septets <= GSM7_SINGLE else math.ceil(septets / GSM7_PART)
+    units = len(content.encode("utf-16-le", "surrogatepass")) // 2
+    return Encoding.UCS2, 1 if units <= UCS2_SINGLE else math.ceil(units / UCS2_PART)
+
+
+class InvalidPhone(ValueError):
+    """A recipient that is not a possible phone number; the message says why."""
+
+
+_PARSE_REASONS: Final = {
+    phonenumbers.NumberParseException.INVALID_COUNTRY_CODE: "no country code: write it as +<country code>...",
+    phonenumbers.NumberParseException.NOT_A_NUMBER: "not a phone number",
+    phonenumbers.NumberParseException.TOO_SHORT_AFTER_IDD: "too short after the international prefix",
+    phonenumbers.NumberParseException.TOO_SHORT_NSN: "too short",
+    phonenumbers.NumberParseException.TOO_LONG: "too long",
+}
+_POSSIBLE_REASONS: Final = {
+    phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: "unknown country code",
+    phonenumbers.ValidationResult.TOO_SHORT: "too short for its country",
+    phonenumbers.ValidationResult.TOO_LONG: "too long for its country",
+    phonenumbers.ValidationResult.INVALID_LENGTH: "not a possible length for its country",
+}
+
+
+@lru_cache(maxsize=65_536)
+def normalize_phone(text: str, region: str = "") -> str:
+    """``text`` as an E.164 number (``+905301234001``), or InvalidPhone saying why.
+
+    Parsed by libphonenumber: international forms always; national forms
+    (``0530 123 40 01``) when ``region`` (an ISO country code) is given. Accepted when
+    the number is *possible* (its length fits its country), not only when it is assigned.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidPhone("empty")
+    if len(text) > 64:  # libphonenumber refuses longer input too; say so before parsing
+        raise InvalidPhone("too long")
+    try:
+        number = phonenumbers.parse(text, region.upper() or None)
+    except phonenumbers.NumberParseException as exc:
+        reason = _PARSE_REASONS.get(exc.error_type, "not a phone number")
+        if exc.error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE and (
+            region or text.lstrip().startswith("+")
+        ):
+            reason = "unknown country code"
+        raise InvalidPhone(reason) from None
+    possible = phonenumbers.is_possible_number_with_reason(number)
+    if possible == phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY:
+        raise InvalidPhone("a local number without its area code")
+    if possible != phonenumbers.ValidationResult.IS_POSSIBLE:
+        raise InvalidPhone(_POSSIBLE_REASONS.get(possible, "not a possible number"))
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def is_region(code: str) -> bool:
+    """Whether ``code`` is an ISO 3166 country code libphonenumber knows (``TR``, ``US``, ...)."""
+    return code.upper() in phonenumbers.SUPPORTED_REGIONS
+
+
+def content_error(content: str, max_length: int, max_segments: int = 0) -> str | None:
+    """Why ``content`` can never be sent, or None. Length counts Unicode code points."""
     if not isinstance(content, str) or not content.strip():
         return "content is empty"
     problem = unstorable_text(content)
@@ -170,7 +305,94 @@ def validation_error(recipient_phone: str, content: str, max_length: int) -> str
         return f"content {problem}"
     if len(content) > max_length:
         return f"content is {len(content)} characters, over the limit of {max_length}"
+    if max_segments:
+        encoding, segments = measure(content)
+        if segments > max_segments:
+            return f"content takes {segments} {encoding.value} segments, over the limit of {max_segments}"
     return None
+
+
+def validation_error(
+    recipient_phone: str, content: str, max_length: int, *, region: str = "", max_segments: int = 0
+) -> str | None:
+    """Why a message can never be sent, or None when it can (see :func:`check_message`)."""
+    try:
+        check_message(recipient_phone, content, max_length, region=region, max_segments=max_segments)
+    except InvalidMessage as exc:
+        return str(exc)
+    return None
+
+
+class InvalidMessage(ValueError):
+    """A message that can never be sent; ``field`` is ``to`` or ``content``."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+
+
+def check_message(
+    recipient_phone: str, content: str, max_length: int, *, region: str = "", max_segments: int = 0
+) -> str:
+    """The recipient in E.164 when the message can be sent; else InvalidMessage saying why."""
+    try:
+        phone = normalize_phone(recipient_phone, region)
+    except InvalidPhone as exc:
+        raise InvalidMessage("to", f"recipient_phone is not a possible phone number ({exc})") from None
+    reason = content_error(content, max_length, max_segments)
+    if reason is not None:
+        raise InvalidMessage("content", reason)
+    return phone
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """An RFC 3339 date-time with an offset (``2026-12-01T09:00:00+03:00``, ``...Z``) as aware UTC.
+
+    ValueError for anything looser: no offset, no time, or not a date-time at all.
+    """
+    value = text.strip() if isinstance(text, str) else ""
+    if len(value) < 20 or value[10] not in "Tt " or value[4] != "-" or value[7] != "-":
+        raise ValueError("must be an RFC 3339 date-time with an offset (2026-12-01T09:00:00+03:00 or ...Z)")
+    try:
+        when = datetime.fromisoformat(value[:-1] + "+00:00" if value[-1] in "Zz" else value)
+    except ValueError:
+        raise ValueError("must be an RFC 3339 date-time with an offset (2026-12-01T09:00:00+03:00 or ...Z)") from None
+    if when.tzinfo is None:
+        raise ValueError("must have an offset (Z or +03:00): a time without one is ambiguous")
+    return when.astimezone(UTC)
+
+
+def build_message(
+    to: str,
+    content: str,
+    *,
+    send_at: datetime | None,
+    priority: int,
+    valid_until: datetime | None,
+    now: datetime,
+    max_length: int,
+    region: str = "",
+    max_segments: int = 0,
+) -> NewMessage:
+    """A message checked as the API and ``enqueue`` check it; InvalidMessage names the bad field.
+
+    ``to`` is normalised to E.164; ``valid_until`` must be in the future and after ``send_at``.
+    """
+    phone = check_message(to, content, max_length, region=region, max_segments=max_segments)
+    if isinstance(priority, bool) or not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise InvalidMessage("priority", f"priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}")
+    if valid_until is not None:
+        if valid_until <= now:
+            raise InvalidMessage("validUntil", "validUntil must be in the future")
+        if send_at is not None and valid_until <= send_at:
+            raise InvalidMessage("validUntil", "validUntil must be after sendAt")
+    return NewMessage.of(
+        phone,
+        content,
+        send_at=send_at.astimezone(UTC) if send_at is not None else None,
+        priority=priority,
+        valid_until=valid_until.astimezone(UTC) if valid_until is not None else None,
+    )
 
 
 def mask_phone(phone: str | None) -> str:

@@ -16,10 +16,13 @@ from insider.receipts import ReceiptOutcome, ReceiptResult
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # A provider request takes milliseconds to the webhook timeout (10 s by default).
 SEND_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# A batch is a claim, its sends (in waves of INSIDER_SEND_CONCURRENCY) and one write.
 # A receipt comes seconds to hours after the send (a phone that is off).
 DELIVERY_BUCKETS_S = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 6 * 3600.0, 86400.0)
+# A batch is a claim, its sends (in waves of INSIDER_SEND_CONCURRENCY) and one write.
 BATCH_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+OUTCOMES = ("sent", "retry", "failed", "invalid", "expired")
 
 
 class Metrics:
@@ -38,8 +41,18 @@ class Metrics:
             "insider_messages_failed", "Messages that became failed (refused, invalid or out of attempts)", registry=r
         )
         self.send_attempts = Counter(
-            "insider_send_attempts", "Send attempts by outcome: sent, retry, failed, invalid", ["outcome"], registry=r
+            "insider_send_attempts",
+            "Send attempts by outcome: sent, retry, failed, invalid, expired",
+            ["outcome"],
+            registry=r,
         )
+        self.segments_sent_total = Counter(
+            "insider_segments_sent", "SMS segments of the messages the provider accepted", registry=r
+        )
+        self.messages_expired = Counter(
+            "insider_messages_expired", "Messages the sender found past their validUntil (never sent)", registry=r
+        )
+        self.messages = Gauge("insider_messages", "Messages per status (a few seconds old)", ["status"], registry=r)
         self.send_duration = Histogram(
             "insider_send_duration_seconds", "Time one provider request took", buckets=SEND_BUCKETS_S, registry=r
         )
@@ -66,9 +79,7 @@ class Metrics:
         self.pending = Gauge("insider_pending_messages", "Messages waiting to be sent (a few seconds old)", registry=r)
         self.sender_running = Gauge("insider_sender_running", "1 while automatic sending runs, else 0", registry=r)
         # Every series exists from the start, at 0; kept at hand, as the lookup is per send.
-        self._attempts = {
-            outcome: self.send_attempts.labels(outcome=outcome) for outcome in ("sent", "retry", "failed", "invalid")
-        }
+        self._attempts = {outcome: self.send_attempts.labels(outcome=outcome) for outcome in OUTCOMES}
 
     def send_attempt(self, outcome: str, duration_s: float | None) -> None:
         series = self._attempts.get(outcome)
@@ -77,6 +88,8 @@ class Metrics:
             self.messages_sent.inc()
         elif outcome in ("failed", "invalid"):
             self.messages_failed.inc()
+        elif outcome == "expired":
+            self.messages_expired.inc()
         if duration_s is not None:
             self.send_duration.observe(duration_s)
 
@@ -95,11 +108,17 @@ class Metrics:
             elif outcome.status is MessageStatus.UNDELIVERED:
                 self.messages_undelivered.inc()
 
-    def set_state(self, *, running: bool, pending: int | None) -> None:
+    def segments_sent(self, segments: int) -> None:
+        self.segments_sent_total.inc(segments)
+
+    def set_state(self, *, running: bool, pending: int | None, counts: dict[MessageStatus, int] | None = None) -> None:
         """Set the gauges from the current state; ``pending`` None keeps the last known count."""
         self.sender_running.set(1 if running else 0)
         if pending is not None:
             self.pending.set(pending)
+        if counts is not None:
+            for status in MessageStatus:
+                self.messages.labels(status=status.value).set(counts.get(status, 0))
 
     def exposition(self) -> bytes:
         """Every metric in the Prometheus text format (:data:`CONTENT_TYPE`)."""
@@ -119,6 +138,7 @@ class CountsCache:
         self._clock = clock or SystemClock()
         self.ttl_s = ttl_s
         self._counts: dict[MessageStatus, int] | None = None
+        self.segments_sent = 0  # of every sent message, read with the counts
         self._taken_at = 0.0
         self._lock = asyncio.Lock()
 
@@ -136,6 +156,7 @@ class CountsCache:
             counts = self._fresh()  # another caller may have refreshed it while this one waited
             if counts is None:
                 counts = dict(await self._repository.counts())
+                self.segments_sent = await self._repository.segments_sent()
                 self._counts, self._taken_at = counts, self._clock.monotonic()
             return counts
 

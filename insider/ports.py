@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from insider.domain import BatchReport, Message, MessageStatus, Resolution, SendResult
+from insider.domain import BatchReport, Message, MessageStatus, NewMessage, Resolution, SendOrder, SendResult
 from insider.receipts import MAX_EVENTS, Event, Receipt, ReceiptOutcome
 
 
@@ -32,6 +32,26 @@ class InvalidState(Exception):
     def __init__(self, message: Message, wanted: str) -> None:
         super().__init__(f"message {message.id} is {message.status.value}, not {wanted}")
         self.message = message
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was first used with another request body."""
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """A client's Idempotency-Key and a digest of the request it came with."""
+
+    key: str
+    request_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """What an enqueue stored, or (``replayed``) what the first request with its key stored."""
+
+    messages: list[Message]
+    replayed: bool = False
 
 
 class InvalidCursor(ValueError):
@@ -71,11 +91,31 @@ class MessageRepository(Protocol):
     async def ping(self) -> None:
         """Return when the database answers."""
 
-    async def enqueue(self, recipient_phone: str, content: str) -> Message:
-        """Store one pending message and return it.
+    async def enqueue(
+        self,
+        recipient_phone: str,
+        content: str,
+        *,
+        send_at: datetime | None = None,
+        priority: int = 5,
+        valid_until: datetime | None = None,
+    ) -> Message:
+        """Store one pending message and return it (its encoding and segments counted).
 
         Raises UnstorableText (a ValueError) for text no database can store: see ``domain.unstorable_text``.
         """
+
+    async def enqueue_many(self, messages: Sequence[NewMessage], idempotency: IdempotencyKey | None = None) -> Enqueued:
+        """Store all the messages or none, in one transaction, and return them in order.
+
+        With ``idempotency``, a key first seen stores them and remembers their ids for
+        24 hours; the same key with the same request hash stores nothing and returns
+        those messages (``replayed``); with another hash, IdempotencyConflict. Concurrent
+        requests with one key wait for the first.
+        """
+
+    async def load(self, messages: Sequence[NewMessage]) -> int:
+        """Store many messages as fast as the database takes them (COPY); returns how many."""
 
     async def get(self, message_id: int) -> Message | None:
         """One message in any state."""
@@ -83,20 +123,28 @@ class MessageRepository(Protocol):
     async def get_by_uuid(self, message_uuid: str) -> Message | None:
         """The message with this UUID (rows of the original Go service keep theirs), or None."""
 
-    async def list_messages(self, status: MessageStatus | None, limit: int, cursor: str | None = None) -> Page:
+    async def list_messages(
+        self, status: MessageStatus | None, limit: int, cursor: str | None = None, to: str | None = None
+    ) -> Page:
         """Messages in one status, newest first (sent: by ``sent_at``; others: by ``created_at``).
 
         ``status`` None: every message the provider accepted (sent, delivered, undelivered), by ``sent_at``.
 
-        Keyset pagination: ``cursor`` is the ``next_cursor`` of the previous page.
+        Keyset pagination: ``cursor`` is the ``next_cursor`` of the previous page. ``to``
+        (E.164) keeps only the messages to that recipient.
         """
 
-    async def claim(self, limit: int, lease_s: float) -> list[Message]:
-        """Lease up to ``limit`` due messages, oldest first, in one statement.
+    async def claim(self, limit: int, lease_s: float, order: SendOrder = SendOrder.OLDEST) -> list[Message]:
+        """Lease up to ``limit`` due messages in one statement, and report the ones that expired.
 
-        Due: pending with no retry time or one that has come, or sending with a lease
-        that has expired (its holder died). Claimed rows become ``sending`` with a lease
-        of ``lease_s`` seconds, a fresh claim token and one more attempt.
+        Due: sending with a lease that has expired (its holder died), then pending whose
+        time has come (its ``send_at``, its retry time, or at once) and not past its
+        ``valid_until``: highest priority first, then the longest due first (``order``
+        oldest) or the most recently due (newest). Claimed rows become ``sending`` with a
+        lease of ``lease_s`` seconds, a fresh claim token and one more attempt.
+
+        Pending rows past their ``valid_until`` become ``expired`` on the way (a bounded
+        number per call) and are returned too, with that status, never claimed.
         """
 
     async def resolve(self, resolutions: Sequence[Resolution]) -> Sequence[ReceiptOutcome]:
@@ -115,6 +163,19 @@ class MessageRepository(Protocol):
         Raises MessageNotFound, or InvalidState when it is not failed.
         """
 
+    async def cancel(self, message_id: int) -> Message:
+        """Turn a pending message into cancelled; it is never sent after this returns.
+
+        Raises MessageNotFound, or InvalidState when it is not pending (a ``sending`` one
+        is already being sent).
+        """
+
+    async def expire(self) -> int:
+        """Turn pending messages past their ``valid_until`` into expired (bounded); how many."""
+
+    async def segments_sent(self) -> int:
+        """The SMS segments of every sent message."""
+
     async def acquire_slot(self, name: str, interval_s: float) -> float:
         """Take the deployment-wide batch slot ``name`` if its time has come.
 
@@ -123,7 +184,7 @@ class MessageRepository(Protocol):
         """
 
     async def counts(self) -> dict[MessageStatus, int]:
-        """How many messages are in each status."""
+        """How many messages are in each status (pending ones past their validUntil expire first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +257,8 @@ class Observer(Protocol):
     """What the sender and the supervisor report as they work; :class:`insider.metrics.Metrics` is one."""
 
     def send_attempt(self, outcome: str, duration_s: float | None) -> None:
-        """One message's attempt ended: ``sent``, ``retry``, ``failed``, or ``invalid`` (never sent).
+        """One message's attempt ended: ``sent``, ``retry``, ``failed``, ``invalid`` (never sent), or
+        ``expired`` (past its validUntil, never sent).
 
         ``duration_s`` is how long the provider took, None when no request was made.
         """
@@ -206,3 +268,6 @@ class Observer(Protocol):
 
     def receipts_applied(self, outcomes: Sequence[ReceiptOutcome]) -> None:
         """Receipts were applied; those that moved a message to delivered or undelivered count."""
+
+    def segments_sent(self, segments: int) -> None:
+        """The provider accepted a message of ``segments`` SMS segments."""

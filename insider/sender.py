@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import random
 from collections.abc import Awaitable, Callable
@@ -15,13 +16,16 @@ import structlog
 from insider.domain import (
     Attempt,
     BatchReport,
+    InvalidMessage,
     Message,
     MessageStatus,
     Outcome,
     Resolution,
+    SendOrder,
     SendResult,
+    check_message,
     mask_phone,
-    validation_error,
+    measure,
 )
 from insider.ports import Clock, MessageRepository, Observer, RepositoryUnavailable, SentCache, SentEntry, SmsClient
 
@@ -65,6 +69,9 @@ class SenderOptions:
     send_timeout_s: float = 10.0
     pipeline_depth: int = 1
     lease_s: float | None = None
+    max_segments: int = 0  # 0: no limit beyond content_max_length
+    default_region: str = ""  # ISO country code for national number forms; empty: international only
+    send_order: str = SendOrder.OLDEST.value  # among due messages of one priority: oldest or newest first
 
     @property
     def claim_lease_s(self) -> float:
@@ -134,13 +141,23 @@ class BatchSender:
         claimed: list[Message] = []
         sendable: list[Message] = []
         tasks: list[asyncio.Task[None]] = []
+        recipients: dict[int, str] = {}  # the recipient of each sendable message, in E.164
+
+        order = SendOrder(self.options.send_order)
 
         async def claim(wanted: int) -> list[Message]:
-            got = await self._repository.claim(wanted, self.options.claim_lease_s)
+            got = await self._repository.claim(wanted, self.options.claim_lease_s, order)
             # Noted inside the uninterrupted claim: a stop that lands while the rows come
-            # back must still find them, to put them back.
-            claimed.extend(got)
-            return got
+            # back must still find them, to put them back. Rows that expired on the way are
+            # not held; they are only reported.
+            held = [m for m in got if m.status is MessageStatus.SENDING]
+            claimed.extend(held)
+            for message in got:
+                if message.status is MessageStatus.EXPIRED:
+                    log.info("send", **_send_fields(message, "expired"), error=message.last_error)
+                    if self._observer is not None:
+                        self._observer.send_attempt("expired", None)
+            return held
 
         queue = iter(sendable)  # shared by the workers: each message is taken by exactly one
 
@@ -151,7 +168,10 @@ class BatchSender:
                 async with self._in_flight:
                     if stopping is not None and stopping.is_set():
                         return  # this and the rest are left unresolved: released below
-                    resolutions[message.id] = await self._send_one(message)
+                    if message.valid_until is not None and self._clock.now() >= message.valid_until:
+                        resolutions[message.id] = self._expire(message)
+                        continue
+                    resolutions[message.id] = await self._send_one(message, recipients[message.id])
 
         try:
             for _ in range(MAX_CLAIM_ROUNDS):
@@ -159,20 +179,29 @@ class BatchSender:
                 # Committed before it returns: a cancelled claim would strand its rows until their lease ends.
                 got = await shield.run(claim(wanted))
                 for message in got:
-                    reason = validation_error(message.recipient_phone, message.content, self.options.content_max_length)
-                    if reason is None:
-                        sendable.append(message)
-                    else:
+                    o = self.options
+                    try:
+                        phone = check_message(
+                            message.recipient_phone,
+                            message.content,
+                            o.content_max_length,
+                            region=o.default_region,
+                            max_segments=o.max_segments,
+                        )
+                    except InvalidMessage as exc:
                         resolutions[message.id] = Resolution(
                             message.id,
                             message.claim_token,
                             MessageStatus.FAILED,
-                            last_error=f"invalid: {reason}",
-                            attempt=Attempt(self._clock.now(), "invalid", message.attempts, error=reason),
+                            last_error=f"invalid: {exc}",
+                            attempt=Attempt(self._clock.now(), "invalid", message.attempts, error=str(exc)),
                         )
-                        log.warning("send", **_send_fields(message, "invalid"), error=reason)
+                        log.warning("send", **_send_fields(message, "invalid"), error=str(exc))
                         if self._observer is not None:
                             self._observer.send_attempt("invalid", None)
+                        continue
+                    sendable.append(message)
+                    recipients[message.id] = phone
                 if len(got) < wanted or len(sendable) == self.options.batch_size:
                     break
             tasks = [asyncio.create_task(worker()) for _ in range(min(self.options.concurrency, len(sendable)))]
@@ -197,6 +226,17 @@ class BatchSender:
         await shield.run(self._finish(resolutions))
         return self._report(claimed, resolutions, self._clock.monotonic() - started)
 
+    def _expire(self, message: Message, last_error: str | None = None, attempt: Attempt | None = None) -> Resolution:
+        """A claimed message past its validUntil: never sent, ``expired`` with the reason."""
+        assert message.valid_until is not None
+        reason = f"expired: not sent before validUntil {message.valid_until.isoformat()}"
+        if last_error:
+            reason += f" (last error: {last_error})"
+        log.info("send", **_send_fields(message, "expired"), error=reason)
+        if self._observer is not None:
+            self._observer.send_attempt("expired", None)
+        return Resolution(message.id, message.claim_token, MessageStatus.EXPIRED, last_error=reason, attempt=attempt)
+
     def _release_unresolved(self, claimed: list[Message], resolutions: dict[int, Resolution], why: str) -> None:
         for message in claimed:
             if message.id not in resolutions:
@@ -205,11 +245,11 @@ class BatchSender:
                 )
                 log.info("send", **_send_fields(message, "released"), reason=why)
 
-    async def _send_one(self, message: Message) -> Resolution:
+    async def _send_one(self, message: Message, recipient: str) -> Resolution:
         started_at = self._clock.now()
         t0 = self._clock.monotonic()
         try:
-            result = await self._sms.send(message.recipient_phone, message.content, message.idempotency_key)
+            result = await self._sms.send(recipient, message.content, message.idempotency_key)
         except asyncio.CancelledError:
             duration_ms = round((self._clock.monotonic() - t0) * 1000, 1)
             log.info("send", **_send_fields(message, "interrupted"), duration_ms=duration_ms)
@@ -232,6 +272,8 @@ class BatchSender:
             result.provider_message_id,
         )
         resolution = self._resolve(message, result, attempt)
+        if resolution.status is MessageStatus.EXPIRED:
+            return resolution  # retrying would go past its validUntil; _expire reported it
         fields = _send_fields(message, outcome)
         fields.update(
             status_code=result.status_code, duration_ms=duration_ms, provider_message_id=result.provider_message_id
@@ -253,6 +295,9 @@ class BatchSender:
 
     def _resolve(self, message: Message, result: SendResult, attempt: Attempt | None = None) -> Resolution:
         if result.outcome is Outcome.SENT:
+            encoding, segments = measure(message.content)
+            if self._observer is not None:
+                self._observer.segments_sent(segments)
             return Resolution(
                 message.id,
                 message.claim_token,
@@ -260,6 +305,8 @@ class BatchSender:
                 sent_at=self._clock.now(),
                 message_id=result.provider_message_id or None,
                 last_error=None,
+                segments=segments,
+                encoding=encoding,
                 attempt=attempt,
             )
         error = result.error or "unknown error"
@@ -272,12 +319,18 @@ class BatchSender:
                     last_error=f"gave up after {message.attempts} attempts: {error}",
                     attempt=attempt,
                 )
+            retry_in_s = self.backoff_s(message.attempts, result.retry_after_s)
+            if message.valid_until is not None:
+                retry_at = self._clock.now().timestamp() + retry_in_s
+                if retry_at >= message.valid_until.timestamp():  # retries stop at expiry
+                    expired = dataclasses.replace(attempt, outcome="expired") if attempt is not None else None
+                    return self._expire(message, error, expired)
             return Resolution(
                 message.id,
                 message.claim_token,
                 MessageStatus.PENDING,
                 last_error=error,
-                retry_in_s=self.backoff_s(message.attempts, result.retry_after_s),
+                retry_in_s=retry_in_s,
                 attempt=attempt,
             )
         return Resolution(message.id, message.claim_token, MessageStatus.FAILED, last_error=error, attempt=attempt)
@@ -328,6 +381,7 @@ class BatchSender:
             sent=statuses.count(MessageStatus.SENT),
             retried=statuses.count(MessageStatus.PENDING) - released,
             failed=statuses.count(MessageStatus.FAILED),
+            expired=statuses.count(MessageStatus.EXPIRED),
             released=released,
             duration_s=duration_s,
         )

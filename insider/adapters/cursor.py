@@ -65,19 +65,24 @@ def decode_cursor(cursor: str, status: MessageStatus | None) -> tuple[datetime, 
     return in_utc, message_id
 
 
-def page_query(status: MessageStatus | None, limit: int, cursor: str | None) -> tuple[str, dict[str, Any]]:
+def page_query(
+    status: MessageStatus | None, limit: int, cursor: str | None, to: str | None = None
+) -> tuple[str, dict[str, Any]]:
     """The named query (of ``queries.sql``) and its parameters for one page of ``limit + 1`` rows.
 
     ``status`` None lists every message the provider accepted, by ``sent_at``. After a
     cursor, ``params["key"]`` is its sort key as a datetime; an adapter that stores times
-    otherwise converts it.
+    otherwise converts it. With ``to``, the ``..._to`` queries of one recipient.
     """
-    listing = "list_accepted" if status is None else "list_sent" if status is MessageStatus.SENT else "list_by_created"
+    name = "list_accepted" if status is None else "list_sent" if status is MessageStatus.SENT else "list_by_created"
     params: dict[str, Any] = {"status": _listing(status), "limit": limit + 1}
+    if to is not None:
+        name += "_to"
+        params["to"] = to
     if cursor is None:
-        return listing, params
+        return name, params
     params["key"], params["id"] = decode_cursor(cursor, status)
-    return listing + "_after", params
+    return name + "_after", params
 
 
 def page_of(rows: list[Message], limit: int, status: MessageStatus | None) -> Page:

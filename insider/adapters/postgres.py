@@ -21,9 +21,21 @@ from psycopg_pool import AsyncConnectionPool
 
 from insider.adapters import sqlfiles
 from insider.adapters.cursor import page_of, page_query
-from insider.adapters.rows import message_from_row, outcome_row
-from insider.domain import Message, MessageStatus, Resolution, ensure_storable, slot_tolerance_s, storable_text
+from insider.adapters.rows import claim_order, claim_query, message_from_row, outcome_row
+from insider.domain import (
+    Message,
+    MessageStatus,
+    NewMessage,
+    Resolution,
+    SendOrder,
+    ensure_storable,
+    slot_tolerance_s,
+    storable_text,
+)
 from insider.ports import (
+    Enqueued,
+    IdempotencyConflict,
+    IdempotencyKey,
     InvalidState,
     MessageNotFound,
     Page,
@@ -63,6 +75,28 @@ _QUERIES: Final = sqlfiles.load_queries(_SQL_DIR)
 def _q(name: str) -> LiteralString:
     """A named query; its text comes from the package's own files, never from input."""
     return _QUERIES[name]
+
+
+# Built from the package's own SQL text and integers, never from input.
+_CLAIM: Final[dict[SendOrder, LiteralString]] = {order: claim_query(_QUERIES, order) for order in SendOrder}
+_COPY: Final = "COPY messages (recipient_phone, content, send_at, priority, valid_until, encoding, segments) FROM STDIN"
+
+
+def _messages_json(messages: Sequence[NewMessage]) -> str:
+    return orjson.dumps(
+        [
+            {
+                "recipient_phone": m.recipient_phone,
+                "content": m.content,
+                "send_at": m.send_at,
+                "priority": m.priority,
+                "valid_until": m.valid_until,
+                "encoding": m.encoding.value,
+                "segments": m.segments,
+            }
+            for m in messages
+        ]
+    ).decode()
 
 
 _CREATE_MIGRATIONS_TABLE: Final = """
@@ -290,12 +324,69 @@ class PostgresMessageRepository:
     async def ping(self) -> None:
         await self._fetch(_q("ping"))
 
-    async def enqueue(self, recipient_phone: str, content: str) -> Message:
-        ensure_storable(recipient_phone=recipient_phone, content=content)
-        rows = await self._fetch(_q("enqueue"), {"recipient_phone": recipient_phone, "content": content})
-        return _message(rows[0])
+    async def enqueue(
+        self,
+        recipient_phone: str,
+        content: str,
+        *,
+        send_at: datetime | None = None,
+        priority: int = 5,
+        valid_until: datetime | None = None,
+    ) -> Message:
+        new = NewMessage.of(recipient_phone, content, send_at=send_at, priority=priority, valid_until=valid_until)
+        return (await self.enqueue_many([new])).messages[0]
+
+    async def enqueue_many(self, messages: Sequence[NewMessage], idempotency: IdempotencyKey | None = None) -> Enqueued:
+        if not messages:
+            return Enqueued([])
+        for m in messages:
+            ensure_storable(recipient_phone=m.recipient_phone, content=m.content)
+        async with self._connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            if idempotency is not None:
+                key = {"key": idempotency.key}
+                await cur.execute(_q("idempotency_drop_stale"), key)
+                await cur.execute(
+                    _q("idempotency_take"), {**key, "request_hash": idempotency.request_hash, "status_code": 201}
+                )
+                if not await cur.fetchall():  # taken by an earlier request (waited for, if it was running)
+                    await cur.execute(_q("idempotency_get"), key)
+                    first = await cur.fetchone()
+                    assert first is not None  # taken, and kept: only stale keys are dropped, in this transaction
+                    if first["request_hash"] != idempotency.request_hash:
+                        raise IdempotencyConflict(idempotency.key)
+                    ids = [int(i) for i in first["message_ids"]]
+                    await cur.execute(_q("get_many"), {"ids": ids})
+                    by_id = {row["id"]: _message(row) for row in await cur.fetchall()}
+                    return Enqueued([by_id[i] for i in ids if i in by_id], replayed=True)
+            await cur.execute(_q("enqueue"), {"messages": _messages_json(messages)})
+            stored = [_message(row) for row in await cur.fetchall()]
+            stored.sort(key=lambda m: m.id)  # ids follow the input order (ORDER BY ordinality)
+            if idempotency is not None:
+                ids_json = orjson.dumps([m.id for m in stored]).decode()
+                await cur.execute(_q("idempotency_store"), {"key": idempotency.key, "message_ids": ids_json})
+                await cur.execute(_q("idempotency_clean"))
+        return Enqueued(stored)
+
+    async def load(self, messages: Sequence[NewMessage]) -> int:
+        if not messages:
+            return 0
+        async with self._connection() as conn, conn.transaction(), conn.cursor() as cur, cur.copy(_COPY) as copy:
+            for m in messages:
+                await copy.write_row(
+                    (
+                        m.recipient_phone,
+                        m.content,
+                        m.send_at,
+                        m.priority,
+                        m.valid_until,
+                        m.encoding.value,
+                        m.segments,
+                    )
+                )
+        return len(messages)
 
     async def get(self, message_id: int) -> Message | None:
+        await self.expire()  # a message past its validUntil reads as expired, not pending
         rows = await self._fetch(_q("get"), {"id": message_id})
         return _message(rows[0]) if rows else None
 
@@ -307,17 +398,21 @@ class PostgresMessageRepository:
         rows = await self._fetch(_q("get_by_uuid"), {"uuid": key})
         return _message(rows[0]) if rows else None
 
-    async def list_messages(self, status: MessageStatus | None, limit: int, cursor: str | None = None) -> Page:
-        name, params = page_query(status, limit, cursor)
+    async def list_messages(
+        self, status: MessageStatus | None, limit: int, cursor: str | None = None, to: str | None = None
+    ) -> Page:
+        if status in (MessageStatus.PENDING, MessageStatus.EXPIRED):
+            await self.expire()  # a message past its validUntil is listed as expired, not pending
+        name, params = page_query(status, limit, cursor, to)
         # The sent queries skip rows without sent_at, so every listed row has its key.
         return page_of([_message(row) for row in await self._fetch(_q(name), params)], limit, status)
 
-    async def claim(self, limit: int, lease_s: float) -> list[Message]:
+    async def claim(self, limit: int, lease_s: float, order: SendOrder = SendOrder.OLDEST) -> list[Message]:
         if limit <= 0:
             return []
-        rows = await self._fetch(_q("claim"), {"limit": limit, "lease_s": float(lease_s)})
+        rows = await self._fetch(_CLAIM[order], {"limit": limit, "lease_s": float(lease_s)})
         # UPDATE ... RETURNING gives no order.
-        return sorted((_message(row) for row in rows), key=lambda m: (m.created_at, m.id))
+        return sorted((_message(row) for row in rows), key=claim_order(order))
 
     async def resolve(self, resolutions: Sequence[Resolution]) -> Sequence[ReceiptOutcome]:
         if not resolutions:
@@ -439,6 +534,24 @@ class PostgresMessageRepository:
             raise MessageNotFound(message_id)
         raise InvalidState(current, "failed")
 
+    async def cancel(self, message_id: int) -> Message:
+        rows = await self._fetch(_q("cancel"), {"id": message_id})
+        if rows:
+            return _message(rows[0])
+        current = await self.get(message_id)
+        if current is None:
+            raise MessageNotFound(message_id)
+        raise InvalidState(current, "pending")
+
+    async def expire(self) -> int:
+        async with self._connection() as conn:
+            cur = await conn.execute(_q("expire"))
+            return cur.rowcount
+
+    async def segments_sent(self) -> int:
+        rows = await self._fetch(_q("segments_sent"))
+        return int(rows[0]["segments"])
+
     async def acquire_slot(self, name: str, interval_s: float) -> float:
         params = {"name": name, "interval_s": float(interval_s), "tolerance_s": slot_tolerance_s(interval_s)}
         for _ in range(_SLOT_ATTEMPTS):
@@ -454,6 +567,7 @@ class PostgresMessageRepository:
         return min(float(interval_s), 0.01)
 
     async def counts(self) -> dict[MessageStatus, int]:
+        await self.expire()  # pending messages past their validUntil count as expired
         result = dict.fromkeys(MessageStatus, 0)
         for row in await self._fetch(_q("counts")):
             result[MessageStatus(row["status"])] = row["n"]

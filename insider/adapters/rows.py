@@ -8,7 +8,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from insider.domain import Message, MessageStatus, Resolution, storable_text
+from insider.domain import (
+    DEFAULT_PRIORITY,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    Encoding,
+    Message,
+    MessageStatus,
+    Resolution,
+    SendOrder,
+    measure,
+    storable_text,
+)
 
 
 class Row(Protocol):
@@ -22,6 +33,11 @@ def message_from_row(row: Row, timestamp: Callable[[Any], datetime | None]) -> M
     created_at = timestamp(row["created_at"])
     assert created_at is not None  # NOT NULL in the schema
     claim_token = row["claim_token"]
+    encoding, segments = row["encoding"], row["segments"]
+    if encoding is None or segments is None:  # a row inserted by another program: counted on read
+        measured, counted = measure(row["content"])
+        encoding, segments = encoding or measured, segments or counted
+    priority = row["priority"]
     return Message(
         id=row["id"],
         recipient_phone=row["recipient_phone"],
@@ -40,6 +56,11 @@ def message_from_row(row: Row, timestamp: Callable[[Any], datetime | None]) -> M
         delivered_at=timestamp(row["delivered_at"]),
         delivery_status=row["delivery_status"],
         delivery_error=row["delivery_error"],
+        send_at=timestamp(row["send_at"]),
+        priority=DEFAULT_PRIORITY if priority is None else int(priority),
+        valid_until=timestamp(row["valid_until"]),
+        encoding=Encoding(encoding),
+        segments=int(segments),
     )
 
 
@@ -72,6 +93,8 @@ class OutcomeRow:
     status_code: int | None = None
     duration_ms: float | None = None
     error: str | None = None
+    segments: int | None = None
+    encoding: str | None = None
 
 
 def outcome_row(r: Resolution) -> OutcomeRow:
@@ -92,6 +115,8 @@ def outcome_row(r: Resolution) -> OutcomeRow:
         status_code=r.attempt.status_code if r.attempt is not None else None,
         duration_ms=r.attempt.duration_ms if r.attempt is not None else None,
         error=storable_text(r.attempt.error) if r.attempt is not None and r.attempt.error is not None else None,
+        segments=r.segments,
+        encoding=r.encoding.value if r.encoding is not None else None,
     )
 
 
@@ -102,3 +127,19 @@ def _optional_text(row: Row, column: str) -> str | None:
     except (KeyError, IndexError):  # psycopg's dict rows, sqlite3.Row
         return None
     return str(value) if value is not None else None
+
+
+def claim_query(queries: dict[str, str], order: SendOrder) -> str:
+    """The claim statement with one due branch per priority, highest first (both dialects)."""
+    branch = queries[f"due_{order.value}"]
+    arms = "\n        UNION ALL\n        ".join(
+        branch.replace("__PRIORITY__", str(p)) for p in range(MAX_PRIORITY, MIN_PRIORITY - 1, -1)
+    )
+    return queries["claim"].replace("__DUE__", arms)
+
+
+def claim_order(order: SendOrder) -> Any:
+    """The sort key of claimed rows: the order in which a batch starts their requests."""
+    if order is SendOrder.NEWEST:
+        return lambda m: (-m.priority, -m.created_at.timestamp(), -m.id)
+    return lambda m: (-m.priority, m.created_at, m.id)

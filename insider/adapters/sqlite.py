@@ -18,10 +18,29 @@ from urllib.parse import unquote, urlsplit
 
 from insider.adapters import sqlfiles
 from insider.adapters.cursor import page_of, page_query
-from insider.adapters.rows import message_from_row, outcome_row
+from insider.adapters.rows import claim_order, claim_query, message_from_row, outcome_row
 from insider.clock import SystemClock
-from insider.domain import Message, MessageStatus, Resolution, ensure_storable, slot_batch_at, slot_wait_s
-from insider.ports import Clock, InvalidState, MessageNotFound, Page, RepositoryUnavailable, WaitingReport
+from insider.domain import (
+    Message,
+    MessageStatus,
+    NewMessage,
+    Resolution,
+    SendOrder,
+    ensure_storable,
+    slot_batch_at,
+    slot_wait_s,
+)
+from insider.ports import (
+    Clock,
+    Enqueued,
+    IdempotencyConflict,
+    IdempotencyKey,
+    InvalidState,
+    MessageNotFound,
+    Page,
+    RepositoryUnavailable,
+    WaitingReport,
+)
 from insider.receipts import MAX_EVENTS, Event, Receipt, ReceiptOutcome, ReceiptResult
 
 T = TypeVar("T")
@@ -118,6 +137,27 @@ _QUERIES: Final = sqlfiles.load_queries(_SQL_DIR)
 
 def _q(name: str) -> str:
     return _QUERIES[name]
+
+
+_CLAIM: Final = {order: claim_query(_QUERIES, order) for order in SendOrder}
+IDEMPOTENCY_TTL: Final = timedelta(hours=24)
+
+
+def _time(when: datetime | None) -> str | None:
+    return format_timestamp(when) if when is not None else None
+
+
+def _new_row(m: NewMessage, now: str) -> dict[str, Any]:
+    return {
+        "recipient_phone": m.recipient_phone,
+        "content": m.content,
+        "now": now,
+        "send_at": _time(m.send_at),
+        "priority": m.priority,
+        "valid_until": _time(m.valid_until),
+        "encoding": m.encoding.value,
+        "segments": m.segments,
+    }
 
 
 class SqliteDatabase:
@@ -365,18 +405,74 @@ class SqliteMessageRepository:
     async def ping(self) -> None:
         await self._fetch(_q("ping"))
 
-    async def enqueue(self, recipient_phone: str, content: str) -> Message:
-        ensure_storable(recipient_phone=recipient_phone, content=content)
-        params = {
-            "recipient_phone": recipient_phone,
-            "content": content,
-            "now": format_timestamp(self._now()),
-            "idempotency_key": str(uuid.uuid4()),
-        }
-        rows = await self._fetch(_q("enqueue"), params)
-        return _message(rows[0])
+    async def enqueue(
+        self,
+        recipient_phone: str,
+        content: str,
+        *,
+        send_at: datetime | None = None,
+        priority: int = 5,
+        valid_until: datetime | None = None,
+    ) -> Message:
+        new = NewMessage.of(recipient_phone, content, send_at=send_at, priority=priority, valid_until=valid_until)
+        return (await self.enqueue_many([new])).messages[0]
+
+    async def enqueue_many(self, messages: Sequence[NewMessage], idempotency: IdempotencyKey | None = None) -> Enqueued:
+        if not messages:
+            return Enqueued([])
+        for m in messages:
+            ensure_storable(recipient_phone=m.recipient_phone, content=m.content)
+
+        def work(conn: sqlite3.Connection) -> Enqueued:
+            with _write_transaction(conn):
+                now = self._now()
+                stamp = format_timestamp(now)
+                if idempotency is not None:
+                    key = {"key": idempotency.key}
+                    stale_before = format_timestamp(now - IDEMPOTENCY_TTL)
+                    conn.execute(_q("idempotency_drop_stale"), {**key, "stale_before": stale_before})
+                    taken = conn.execute(
+                        _q("idempotency_take"),
+                        {**key, "request_hash": idempotency.request_hash, "status_code": 201, "now": stamp},
+                    ).fetchall()
+                    if not taken:
+                        first = conn.execute(_q("idempotency_get"), key).fetchone()
+                        if first["request_hash"] != idempotency.request_hash:
+                            raise IdempotencyConflict(idempotency.key)
+                        ids = [int(i) for i in json.loads(first["message_ids"])]
+                        rows = conn.execute(_q("get_many"), {"ids": json.dumps(ids)}).fetchall()
+                        by_id = {row["id"]: _message(row) for row in rows}
+                        return Enqueued([by_id[i] for i in ids if i in by_id], replayed=True)
+                stored = []
+                for m in messages:
+                    row = conn.execute(
+                        _q("enqueue"), {**_new_row(m, stamp), "idempotency_key": str(uuid.uuid4())}
+                    ).fetchone()
+                    stored.append(_message(row))
+                if idempotency is not None:
+                    conn.execute(
+                        _q("idempotency_store"),
+                        {"key": idempotency.key, "message_ids": json.dumps([m.id for m in stored])},
+                    )
+                    conn.execute(_q("idempotency_clean"), {"stale_before": stale_before})
+                return Enqueued(stored)
+
+        return await self._db.run(work)
+
+    async def load(self, messages: Sequence[NewMessage]) -> int:
+        if not messages:
+            return 0
+        stamp = format_timestamp(self._now())
+
+        def work(conn: sqlite3.Connection) -> int:
+            with _write_transaction(conn):
+                conn.executemany(_q("load"), [_new_row(m, stamp) for m in messages])
+            return len(messages)
+
+        return await self._db.run(work)
 
     async def get(self, message_id: int) -> Message | None:
+        await self.expire()  # a message past its validUntil reads as expired, not pending
         rows = await self._fetch(_q("get"), {"id": message_id})
         return _message(rows[0]) if rows else None
 
@@ -385,14 +481,18 @@ class SqliteMessageRepository:
         await self.ping()
         return None
 
-    async def list_messages(self, status: MessageStatus | None, limit: int, cursor: str | None = None) -> Page:
-        name, params = page_query(status, limit, cursor)
+    async def list_messages(
+        self, status: MessageStatus | None, limit: int, cursor: str | None = None, to: str | None = None
+    ) -> Page:
+        if status in (MessageStatus.PENDING, MessageStatus.EXPIRED):
+            await self.expire()  # a message past its validUntil is listed as expired, not pending
+        name, params = page_query(status, limit, cursor, to)
         if "key" in params:  # times are stored as fixed-width UTC text
             params["key"] = format_timestamp(params["key"])
         # The sent queries skip rows without sent_at, so every listed row has its key.
         return page_of([_message(row) for row in await self._fetch(_q(name), params)], limit, status)
 
-    async def claim(self, limit: int, lease_s: float) -> list[Message]:
+    async def claim(self, limit: int, lease_s: float, order: SendOrder = SendOrder.OLDEST) -> list[Message]:
         if limit <= 0:
             return []
         now = self._now()
@@ -401,9 +501,17 @@ class SqliteMessageRepository:
             "lease_expires_at": format_timestamp(now + timedelta(seconds=lease_s)),
             "limit": limit,
         }
-        rows = await self._fetch(_q("claim"), params)
+
+        def work(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            # The expiry sweep and the claim in one write transaction (SQLite has no
+            # data-modifying CTE to make them one statement).
+            with _write_transaction(conn):
+                expired = conn.execute(_q("expire"), {"now": params["now"]}).fetchall()
+                return expired + conn.execute(_CLAIM[order], params).fetchall()
+
+        rows = await self._db.run(work)
         # UPDATE ... RETURNING gives no order.
-        return sorted((_message(row) for row in rows), key=lambda m: (m.created_at, m.id))
+        return sorted((_message(row) for row in rows), key=claim_order(order))
 
     async def resolve(self, resolutions: Sequence[Resolution]) -> Sequence[ReceiptOutcome]:
         if not resolutions:
@@ -422,6 +530,9 @@ class SqliteMessageRepository:
                     format_timestamp(now + timedelta(seconds=o.retry_in_s)) if o.retry_in_s is not None else None
                 ),
                 "uncount": o.uncount,
+                "retry_in_s": o.retry_in_s,
+                "segments": o.segments,
+                "encoding": o.encoding,
             }
             for o in rows
         ]
@@ -575,6 +686,22 @@ class SqliteMessageRepository:
             raise MessageNotFound(message_id)
         raise InvalidState(current, "failed")
 
+    async def cancel(self, message_id: int) -> Message:
+        rows = await self._fetch(_q("cancel"), {"id": message_id, "now": format_timestamp(self._now())})
+        if rows:
+            return _message(rows[0])
+        current = await self.get(message_id)
+        if current is None:
+            raise MessageNotFound(message_id)
+        raise InvalidState(current, "pending")
+
+    async def expire(self) -> int:
+        return len(await self._fetch(_q("expire"), {"now": format_timestamp(self._now())}))
+
+    async def segments_sent(self) -> int:
+        rows = await self._fetch(_q("segments_sent"))
+        return int(rows[0]["segments"])
+
     async def acquire_slot(self, name: str, interval_s: float) -> float:
         """Take the slot in one transaction holding the write lock; see ``domain.slot_batch_at``."""
 
@@ -593,6 +720,7 @@ class SqliteMessageRepository:
         return await self._db.run(work)
 
     async def counts(self) -> dict[MessageStatus, int]:
+        await self.expire()  # pending messages past their validUntil count as expired
         result = dict.fromkeys(MessageStatus, 0)
         for row in await self._fetch(_q("counts")):
             result[MessageStatus(row["status"])] = row["n"]

@@ -25,7 +25,14 @@ from insider.web import handlers
 from insider.web.guard import GUARD, BrowserGuard, browser_checks
 from insider.web.handlers import SERVICES, AppServices, Services, error_response, original_error, same_secret
 from insider.web.schemas import RECEIPT_DEFINITION
-from insider.web.server import LIMITS, MAX_BODY_BYTES, Limits, expect_within_limits, request_limits
+from insider.web.server import (
+    LIMITS,
+    MAX_BATCH_BODY_BYTES,
+    Limits,
+    body_limit,
+    expect_within_limits,
+    request_limits,
+)
 
 log = structlog.get_logger("insider.web")
 
@@ -67,6 +74,15 @@ def is_routine_poll(request: web.Request) -> bool:
     return POLL_HEADER in request.headers and request.path.rsplit("/", 1)[-1] not in ("start", "stop")
 
 
+def _flatten(name: str, problems: Any, into: dict[str, list[str]]) -> None:
+    """Nested problems (a list's items: ``{"messages": {3: [...]}}``) as dotted names (``messages.3``)."""
+    if isinstance(problems, dict):
+        for key, inner in problems.items():
+            _flatten(f"{name}.{key}", inner, into)
+    else:
+        into[name] = [str(p) for p in problems] if isinstance(problems, list) else [str(problems)]
+
+
 def _validation_error(error: ValidationError, req: Any, schema: Any, *args: Any, **kwargs: Any) -> NoReturn:
     """webargs' error hook: a JSON 422 naming each bad field (or 400 for a body that is no object)."""
     messages = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
@@ -77,7 +93,7 @@ def _validation_error(error: ValidationError, req: Any, schema: Any, *args: Any,
     for location in messages.values():
         items = location.items() if isinstance(location, dict) else [("_schema", location)]
         for name, problems in items:
-            flat[str(name)] = [str(p) for p in problems] if isinstance(problems, list) else [str(problems)]
+            _flatten(str(name), problems, flat)
     if set(flat) == {"_schema"}:
         raise web.HTTPBadRequest(
             text=json.dumps({"error": "the body must be a JSON object", "fields": flat}),
@@ -123,7 +139,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.content_type == "application/json" and '"error"' in (exc.text or ""):
             response = web.Response(status=exc.status, text=exc.text, content_type="application/json")
         elif exc.status == 413:
-            response = error_response(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+            response = error_response(413, f"the body is larger than {MAX_BATCH_BODY_BYTES} bytes")
         elif exc.status == 400 and exc.content_type == "application/json":  # webargs: a body that is not JSON
             response = error_response(400, "the body is not valid JSON")
         else:
@@ -206,6 +222,12 @@ async def require_json(request: web.Request, handler: Handler) -> web.StreamResp
     if request.body_exists and _takes_json(request):
         if request.content_type != "application/json":
             return error_response(415, "the body must be application/json")
+        limit = body_limit(request)
+        if request.content_length is not None and request.content_length > limit:
+            return error_response(413, f"the body is larger than {limit} bytes")
+        raw = await request.read()
+        if len(raw) > limit:
+            return error_response(413, f"the body is larger than {limit} bytes")
         try:
             json.loads(await request.text())  # the body is kept: webargs reads it again from memory
         except (ValueError, LookupError, RecursionError):  # UnicodeDecodeError is a ValueError
@@ -331,6 +353,17 @@ def _document_browser_checks(spec: dict[str, Any]) -> None:
                     operation["responses"].setdefault(code, response)
 
 
+def _document_batch_items(spec: dict[str, Any]) -> None:
+    """Each item of POST /api/v1/messages/batch is the body of POST /api/v1/messages.
+
+    The handler checks the items one by one (to name each bad one), so its schema takes
+    objects; the spec says what those objects are.
+    """
+    batch = spec.get("definitions", {}).get("Batch")
+    if batch is not None:
+        batch["properties"]["messages"]["items"] = {"$ref": "#/definitions/Enqueue"}
+
+
 def create_app(container: Container, *, autostart: bool | None = None, wait_for_schema: bool = True) -> web.Application:
     """The aiohttp app over a container; opening and closing its resources is the app's lifespan.
 
@@ -352,7 +385,7 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
             require_json,
             validation_middleware,
         ],
-        client_max_size=MAX_BODY_BYTES,
+        client_max_size=MAX_BATCH_BODY_BYTES,
     )
     app[CONTAINER] = container
     app[SERVICES] = AppServices()
@@ -368,6 +401,11 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     app.router.add_get("/metrics", handlers.metrics, allow_head=False)
     app.router.add_get("/api/v1/messages", handlers.list_messages, allow_head=False)
     app.router.add_post("/api/v1/messages", handlers.enqueue_message, expect_handler=expect_within_limits)
+    app.router.add_post("/api/v1/messages/batch", handlers.enqueue_batch, expect_handler=expect_within_limits)
+    app.router.add_post("/api/v1/messages/preview", handlers.preview_message, expect_handler=expect_within_limits)
+    app.router.add_post(
+        r"/api/v1/messages/{id:[0-9]+}/cancel", handlers.cancel_message, expect_handler=expect_within_limits
+    )
     app.router.add_get(r"/api/v1/messages/{id:[0-9]+}", handlers.get_message, allow_head=False)
     app.router.add_get(f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}", handlers.get_message_by_uuid, allow_head=False)
     app.router.add_post(
@@ -383,6 +421,11 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     )
     app.router.add_get(r"/api/v1/messages/{id:[0-9]+}/events", handlers.message_events, allow_head=False)
     app.router.add_post(DELIVERY_REPORTS_PATH, handlers.delivery_reports, expect_handler=expect_within_limits)
+    app.router.add_post(
+        f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}/cancel",
+        handlers.cancel_message_by_uuid,
+        expect_handler=expect_within_limits,
+    )
     for method in ("POST", "GET"):
         app.router.add_route(
             method, "/api/v1/messages/start", handlers.start_sending, expect_handler=expect_within_limits
@@ -420,5 +463,6 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     app.router.add_get("/swagger/doc.json", handlers.swagger_spec, allow_head=False)
     app[handlers.ORIGINAL_COMMANDS] = asyncio.Lock()
     _document_browser_checks(app["swagger_dict"])
+    _document_batch_items(app["swagger_dict"])
     app.cleanup_ctx.append(_lifespan)
     return app

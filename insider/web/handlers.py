@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,16 +17,30 @@ from urllib.parse import parse_qsl
 import structlog
 from aiohttp import web
 from aiohttp_apispec import docs, match_info_schema, querystring_schema, request_schema, response_schema
+from marshmallow import ValidationError
 
 from insider import __version__
 from insider.config import Settings
 from insider.delivery import DeliveryReceipts
-from insider.domain import Message, MessageStatus, validation_error
+from insider.domain import (
+    DEFAULT_PRIORITY,
+    InvalidMessage,
+    InvalidPhone,
+    Message,
+    MessageStatus,
+    NewMessage,
+    build_message,
+    content_error,
+    measure,
+    normalize_phone,
+)
 from insider.metrics import CONTENT_TYPE, CountsCache, Metrics
 from insider.original import SENT_LIST_MAX, sent_item
 from insider.ports import (
     Clock,
     DeliveryRepository,
+    IdempotencyConflict,
+    IdempotencyKey,
     InvalidState,
     MessageNotFound,
     MessageRepository,
@@ -36,18 +51,22 @@ from insider.receipts import Event, InvalidReceipts, parse_receipts
 from insider.supervisor import SenderStatus, Supervisor
 from insider.web.guard import browser_checks_exempt, cross_site_allowed
 from insider.web.schemas import (
+    BatchSchema,
     EnqueueSchema,
     ErrorSchema,
     EventsSchema,
     HealthSchema,
     ListQuerySchema,
     MessageIdSchema,
+    MessageListSchema,
     MessageSchema,
     MessageUuidSchema,
     OriginalErrorSchema,
     OriginalOkSchema,
     OriginalSentListSchema,
     PageSchema,
+    PreviewResultSchema,
+    PreviewSchema,
     ReadySchema,
     ReceiptsResultSchema,
     RunningSchema,
@@ -159,6 +178,11 @@ def message_json(m: Message) -> dict[str, Any]:
         "attempts": m.attempts,
         "lastError": m.last_error,
         "nextAttemptAt": _iso(m.next_attempt_at),
+        "sendAt": _iso(m.send_at),
+        "priority": m.priority,
+        "validUntil": _iso(m.valid_until),
+        "encoding": m.encoding.value,
+        "segments": m.segments,
         "deliveredAt": _iso(m.delivered_at),
         "deliveryStatus": m.delivery_status,
         "deliveryError": m.delivery_error,
@@ -216,7 +240,8 @@ def error_response(status: int, error: str, fields: dict[str, list[str]] | None 
     summary="List messages, most recent first",
     description="Without `status`, every message the provider accepted (sent, delivered, undelivered), most "
     "recently sent first. With `status`, only that status: `sent` (accepted, no final receipt yet) by send time, "
-    "the others by creation time, newest first. Keyset pagination: pass `nextCursor` back as `cursor`.",
+    "the others by creation time, newest first. Keyset pagination: pass `nextCursor` back as `cursor`. `to` keeps "
+    "the messages to one recipient (any form POST accepts; normalised to E.164).",
 )
 @querystring_schema(ListQuerySchema)
 @response_schema(PageSchema, 200, description="One page")
@@ -224,33 +249,229 @@ def error_response(status: int, error: str, fields: dict[str, list[str]] | None 
 @response_schema(**_INVALID, code=422)
 @response_schema(**_UNAVAILABLE, code=503)
 async def list_messages(request: web.Request) -> web.Response:
+    app = services(request)
     query = request["querystring"]
+    to = query["to"]
+    if to is not None:
+        try:
+            to = normalize_phone(to, app.settings.default_region)
+        except InvalidPhone as exc:
+            return error_response(422, "invalid input", {"to": [f"not a possible phone number: {exc}"]})
     status = MessageStatus(query["status"]) if query["status"] is not None else None
-    page = await services(request).repository.list_messages(status, query["limit"], query["cursor"])
+    page = await app.repository.list_messages(status, query["limit"], query["cursor"], to)
     return web.json_response({"data": [message_json(m) for m in page.items], "nextCursor": page.next_cursor})
+
+
+def new_message(data: dict[str, Any], settings: Settings, now: datetime) -> NewMessage:
+    """A checked message from one loaded EnqueueSchema body; InvalidMessage names the bad field."""
+    return build_message(
+        data["to"],
+        data["content"],
+        send_at=data.get("sendAt"),
+        priority=data.get("priority", DEFAULT_PRIORITY),
+        valid_until=data.get("validUntil"),
+        now=now,
+        max_length=settings.content_max_length,
+        region=settings.default_region,
+        max_segments=settings.max_segments,
+    )
+
+
+# Printable ASCII without spaces at the ends, as clients make them (UUIDs, ULIDs, ...).
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
+
+
+async def _idempotency(request: web.Request) -> IdempotencyKey | web.Response | None:
+    """The request's Idempotency-Key with a digest of what it asks, None without one, or a 400."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        return error_response(
+            400,
+            "invalid Idempotency-Key",
+            {"Idempotency-Key": ["1 to 255 printable ASCII characters, no spaces at the ends"]},
+        )
+    body = json.loads(await request.text())
+    canonical = json.dumps([request.path, body], sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return IdempotencyKey(key, hashlib.sha256(canonical.encode()).hexdigest())
+
+
+async def _store(
+    request: web.Request, repository: MessageRepository, messages: list[NewMessage]
+) -> tuple[list[Message], bool] | web.Response:
+    idempotency = await _idempotency(request)
+    if isinstance(idempotency, web.Response):
+        return idempotency
+    try:
+        enqueued = await repository.enqueue_many(messages, idempotency)
+    except IdempotencyConflict:
+        return error_response(
+            409,
+            "this Idempotency-Key was used with another request body in the last 24 hours",
+            {"Idempotency-Key": ["already used with another body"]},
+        )
+    return enqueued.messages, enqueued.replayed
+
+
+_IDEMPOTENCY_DOC = {
+    "in": "header",
+    "name": "Idempotency-Key",
+    "type": "string",
+    "required": False,
+    "maxLength": 255,
+    "description": "Retry-safe enqueue: the same key with the same body within 24 hours answers the same "
+    "messages again (same status code, header Idempotent-Replayed: true) and queues nothing; another body: 409",
+}
 
 
 @docs(
     tags=["messages"],
     summary="Queue a message",
-    description="Stores one pending message; it goes out in a later batch, oldest first.",
+    description="Stores one pending message. It goes out in the first batch after `sendAt` (or at once), "
+    "higher `priority` first, and never after `validUntil` (then it is `expired`). Each item shows its "
+    "`encoding` (GSM-7 or UCS-2) and `segments`.",
+    parameters=[_IDEMPOTENCY_DOC],
 )
 @request_schema(EnqueueSchema)
 @response_schema(MessageSchema, 201, description="The stored message")
-@response_schema(ErrorSchema, 400, description="The body is not a JSON object")
+@response_schema(ErrorSchema, 400, description="The body is not a JSON object, or a bad Idempotency-Key")
+@response_schema(ErrorSchema, 409, description="The Idempotency-Key was used with another body")
 @response_schema(ErrorSchema, 413, description="The body is too large")
 @response_schema(ErrorSchema, 415, description="The body is not application/json")
 @response_schema(**_INVALID, code=422)
 @response_schema(**_UNAVAILABLE, code=503)
 async def enqueue_message(request: web.Request) -> web.Response:
     app = services(request)
-    data = request["data"]
-    reason = validation_error(data["to"], data["content"], app.settings.content_max_length)
-    if reason is not None:
-        field = "to" if reason.startswith("recipient_phone") else "content"
-        return error_response(422, "invalid message", {field: [reason.replace("recipient_phone", "to")]})
-    message = await app.repository.enqueue(data["to"], data["content"])
-    return web.json_response(message_json(message), status=201)
+    try:
+        message = new_message(request["data"], app.settings, app.clock.now())
+    except InvalidMessage as exc:
+        return error_response(422, "invalid message", {exc.field: [str(exc).replace("recipient_phone", "to")]})
+    stored = await _store(request, app.repository, [message])
+    if isinstance(stored, web.Response):
+        return stored
+    messages, replayed = stored
+    response = web.json_response(message_json(messages[0]), status=201)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@docs(
+    tags=["messages"],
+    summary="Queue up to 1,000 messages at once",
+    description="Each item is the body of POST /api/v1/messages. All are stored or none: a 422 names every bad "
+    "item's field as `messages.<index>.<field>`. The body may be up to 4 MiB.",
+    parameters=[_IDEMPOTENCY_DOC],
+)
+@request_schema(BatchSchema)
+@response_schema(MessageListSchema, 201, description="The stored messages, in the order given")
+@response_schema(ErrorSchema, 400, description="The body is not a JSON object, or a bad Idempotency-Key")
+@response_schema(ErrorSchema, 409, description="The Idempotency-Key was used with another body")
+@response_schema(ErrorSchema, 413, description="The body is too large")
+@response_schema(ErrorSchema, 415, description="The body is not application/json")
+@response_schema(**_INVALID, code=422)
+@response_schema(**_UNAVAILABLE, code=503)
+async def enqueue_batch(request: web.Request) -> web.Response:
+    app = services(request)
+    schema = EnqueueSchema()
+    now = app.clock.now()
+    problems: dict[str, list[str]] = {}
+    messages: list[NewMessage] = []
+    for index, item in enumerate(request["data"]["messages"]):
+        prefix = f"messages.{index}."
+        try:
+            messages.append(new_message(schema.load(item), app.settings, now))
+        except ValidationError as exc:
+            errors = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+            for name, found in errors.items():
+                problems[prefix + str(name)] = [str(p) for p in found] if isinstance(found, list) else [str(found)]
+        except InvalidMessage as exc:
+            problems[prefix + exc.field] = [str(exc).replace("recipient_phone", "to")]
+    if problems:
+        bad = len({name.split(".")[1] for name in problems})
+        total = len(request["data"]["messages"])
+        return error_response(422, f"{bad} of {total} messages are invalid; none was stored", problems)
+    stored = await _store(request, app.repository, messages)
+    if isinstance(stored, web.Response):
+        return stored
+    stored_messages, replayed = stored
+    response = web.json_response({"data": [message_json(m) for m in stored_messages]}, status=201)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@docs(
+    tags=["messages"],
+    summary="Characters, encoding and segments of a text",
+    description="What the dashboard shows as one types, computed by the same code as the API. Stores nothing.",
+)
+@request_schema(PreviewSchema)
+@response_schema(PreviewResultSchema, 200, description="The text measured")
+@response_schema(ErrorSchema, 400, description="The body is not a JSON object")
+@response_schema(ErrorSchema, 413, description="The body is too large")
+@response_schema(ErrorSchema, 415, description="The body is not application/json")
+@response_schema(**_INVALID, code=422)
+async def preview_message(request: web.Request) -> web.Response:
+    settings = services(request).settings
+    content = request["data"]["content"]
+    encoding, segments = measure(content)
+    return web.json_response(
+        {
+            "characters": len(content),
+            "encoding": encoding.value,
+            "segments": segments,
+            "maxLength": settings.content_max_length,
+            "maxSegments": settings.max_segments,
+            "error": content_error(content, settings.content_max_length, settings.max_segments),
+        }
+    )
+
+
+@docs(
+    tags=["messages"],
+    summary="Cancel a pending message",
+    description="A pending message (scheduled, waiting for its turn or for a retry) becomes `cancelled` and is "
+    "never sent. 409 in any other state; a `sending` one is already being sent.",
+)
+@match_info_schema(MessageIdSchema)
+@response_schema(MessageSchema, 200, description="The message, cancelled")
+@response_schema(ErrorSchema, 404, description="No message has that id")
+@response_schema(ErrorSchema, 409, description="The message is not pending")
+@response_schema(**_UNAVAILABLE, code=503)
+async def cancel_message(request: web.Request) -> web.Response:
+    return await _cancel(request, request["match_info"]["id"])
+
+
+@docs(
+    tags=["messages"],
+    summary="Cancel a pending message, by the UUID the original Go service gave it",
+    description="As `POST /api/v1/messages/{id}/cancel`, for a row known by its UUID (field `uuid`).",
+)
+@match_info_schema(MessageUuidSchema)
+@response_schema(MessageSchema, 200, description="The message, cancelled")
+@response_schema(ErrorSchema, 404, description="No message has that UUID")
+@response_schema(ErrorSchema, 409, description="The message is not pending")
+@response_schema(**_UNAVAILABLE, code=503)
+async def cancel_message_by_uuid(request: web.Request) -> web.Response:
+    message = await services(request).repository.get_by_uuid(str(request["match_info"]["uuid"]))
+    if message is None:
+        return error_response(404, "no message has that id")
+    return await _cancel(request, message.id)
+
+
+async def _cancel(request: web.Request, message_id: int) -> web.Response:
+    try:
+        message = await services(request).repository.cancel(message_id)
+    except MessageNotFound:
+        return error_response(404, "no message has that id")
+    except InvalidState as exc:
+        if exc.message.status is MessageStatus.SENDING:
+            return error_response(409, f"message {exc.message.id} is already being sent")
+        status = exc.message.status.value
+        return error_response(409, f"message {exc.message.id} is {status}: only a pending message can be cancelled")
+    return web.json_response(message_json(message))
 
 
 @docs(tags=["messages"], summary="One message, in any state")
@@ -485,6 +706,7 @@ async def stats(request: web.Request) -> web.Response:
             "total": sum(by_status.values()),
             # Of the messages with a final receipt, the share delivered; null before the first.
             "deliveryRate": round(delivered / (delivered + undelivered), 4) if delivered + undelivered else None,
+            "segmentsSent": app.counts.segments_sent,
             "sender": sender_json(app.supervisor.status()),
         }
     )
@@ -550,11 +772,13 @@ async def readyz(request: web.Request) -> web.Response:
 )
 async def metrics(request: web.Request) -> web.Response:
     app = services(request)
+    by_status: dict[MessageStatus, int] | None
     try:
-        pending: int | None = (await app.counts.get()).get(MessageStatus.PENDING, 0)
+        by_status = await app.counts.get()
+        pending: int | None = by_status.get(MessageStatus.PENDING, 0)
     except RepositoryUnavailable:  # a scrape still answers; the gauge keeps its last value
-        pending = None
-    app.metrics.set_state(running=app.supervisor.running, pending=pending)
+        pending, by_status = None, None
+    app.metrics.set_state(running=app.supervisor.running, pending=pending, counts=by_status)
     return web.Response(body=app.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from insider.domain import MessageStatus, unstorable_text
+from insider.domain import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, Encoding, MessageStatus, unstorable_text
 from insider.receipts import ReceiptResult
 
 STATUSES = [s.value for s in MessageStatus]
@@ -19,18 +21,43 @@ def storable(text: str) -> None:
         raise ValidationError(problem)
 
 
+class StrictInteger(fields.Integer):
+    """An integer in JSON: no strings, no booleans, no fractions."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError("must be a whole number")
+        result: int = super()._deserialize(value, attr, data, **kwargs)
+        return result
+
+
+RFC3339 = "RFC 3339 date-time with an offset (2026-12-01T09:00:00+03:00 or ...Z)"
+
+
+class RFC3339DateTime(fields.AwareDateTime):
+    """An RFC 3339 date-time: a date, a ``T`` (or a space), a time and an offset; nothing looser."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, str) or len(value) < 20 or value[10] not in "Tt ":
+            raise ValidationError(f"must be an {RFC3339}")
+        try:
+            return super()._deserialize(value, attr, data, **kwargs)
+        except ValidationError:
+            raise ValidationError(f"must be an {RFC3339}") from None
+
+
 class EnqueueSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    # The patterns document what the handler checks (with the same message as the sender's
-    # validation), so that clients and fuzzers know a valid body when they see one.
     to = fields.String(
         required=True,
         metadata={
-            "description": "Recipient, E.164 ('+' and 8 to 15 digits)",
+            "description": "Recipient: a possible phone number, international (+905301234001, +90 530 123 40 01) "
+            "or, with INSIDER_DEFAULT_REGION set, national (0530 123 40 01); stored in E.164",
             "example": "+905301234001",
-            "pattern": r"^\+[1-9][0-9]{7,14}$",
+            "minLength": 1,
+            "maxLength": 64,
         },
     )
     content = fields.String(
@@ -42,6 +69,67 @@ class EnqueueSchema(Schema):
             "minLength": 1,
             "pattern": r"\S",
         },
+    )
+    sendAt = RFC3339DateTime(
+        load_default=None,
+        allow_none=True,
+        format="iso",
+        metadata={
+            "description": f"Not sent before this time ({RFC3339}); goes in the first batch after it. "
+            "Absent, null or past: due at once",
+            "x-nullable": True,
+        },
+    )
+    priority = StrictInteger(
+        load_default=DEFAULT_PRIORITY,
+        validate=validate.Range(min=MIN_PRIORITY, max=MAX_PRIORITY),
+        metadata={"description": "0 to 9, higher first among due messages (default 5)", "example": 5},
+    )
+    validUntil = RFC3339DateTime(
+        load_default=None,
+        allow_none=True,
+        format="iso",
+        metadata={
+            "description": f"Not sent after this time ({RFC3339}): then `expired`. In the future, and after sendAt",
+            "x-nullable": True,
+        },
+    )
+
+
+class BatchSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    messages = fields.List(
+        fields.Dict(),
+        required=True,
+        validate=validate.Length(min=1, max=1000),
+        metadata={
+            "description": "1 to 1,000 messages, each as the body of POST /api/v1/messages; all stored or none",
+            "items": {"$ref": "#/definitions/Enqueue"},
+        },
+    )
+
+
+class PreviewSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    content = fields.String(required=True, validate=storable, metadata={"description": "The text to measure"})
+
+
+class PreviewResultSchema(Schema):
+    characters = fields.Integer(required=True, metadata={"description": "Unicode code points"})
+    encoding = fields.String(
+        required=True,
+        validate=validate.OneOf([e.value for e in Encoding]),
+        metadata={"enum": [e.value for e in Encoding]},
+    )
+    segments = fields.Integer(required=True, metadata={"description": "SMS segments the text takes"})
+    maxLength = fields.Integer(required=True, metadata={"description": "INSIDER_CONTENT_MAX_LENGTH"})
+    maxSegments = fields.Integer(required=True, metadata={"description": "INSIDER_MAX_SEGMENTS (0: no limit)"})
+    error = fields.String(
+        allow_none=True, required=True, metadata={"description": "Why it would be refused, or null", "x-nullable": True}
     )
 
 
@@ -61,6 +149,11 @@ class ListQuerySchema(Schema):
             "(sent, delivered, undelivered)",
             "enum": STATUSES,
         },
+    )
+    to = fields.String(
+        load_default=None,
+        validate=validate.Length(min=1, max=64),
+        metadata={"description": "Only the messages to this recipient, in any form `to` accepts on POST"},
     )
 
 
@@ -96,6 +189,19 @@ class MessageSchema(Schema):
     attempts = fields.Integer(required=True)
     lastError = fields.String(allow_none=True, required=True, metadata={"x-nullable": True})
     nextAttemptAt = fields.DateTime(allow_none=True, required=True, metadata={"x-nullable": True})
+    sendAt = fields.DateTime(
+        allow_none=True, required=True, metadata={"description": "Not sent before", "x-nullable": True}
+    )
+    priority = fields.Integer(required=True, metadata={"description": "0 to 9, higher first"})
+    validUntil = fields.DateTime(
+        allow_none=True, required=True, metadata={"description": "Expires, never sent, after", "x-nullable": True}
+    )
+    encoding = fields.String(
+        required=True,
+        validate=validate.OneOf([e.value for e in Encoding]),
+        metadata={"enum": [e.value for e in Encoding]},
+    )
+    segments = fields.Integer(required=True, metadata={"description": "SMS segments of the content"})
     deliveredAt = fields.DateTime(
         allow_none=True,
         required=True,
@@ -189,6 +295,10 @@ RECEIPT_DEFINITION = {
 }
 
 
+class MessageListSchema(Schema):
+    data = fields.List(fields.Nested(MessageSchema), required=True)
+
+
 class PageSchema(Schema):
     data = fields.List(fields.Nested(MessageSchema), required=True)
     nextCursor = fields.String(
@@ -229,6 +339,8 @@ class CountsSchema(Schema):
     sending = fields.Integer(required=True)
     sent = fields.Integer(required=True)
     failed = fields.Integer(required=True)
+    expired = fields.Integer(required=True)
+    cancelled = fields.Integer(required=True)
     delivered = fields.Integer(required=True)
     undelivered = fields.Integer(required=True)
 
@@ -246,6 +358,7 @@ class StatsSchema(Schema):
             "x-nullable": True,
         },
     )
+    segmentsSent = fields.Integer(required=True, metadata={"description": "SMS segments of every sent message"})
     sender = fields.Nested(SenderSchema, required=True)
 
 

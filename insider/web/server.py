@@ -41,6 +41,14 @@ LINGERING_S = 2.0
 # An idle keep-alive connection is closed after this long.
 KEEPALIVE_S = 15.0
 MAX_BODY_BYTES = 64 * 1024
+# POST /api/v1/messages/batch takes up to 1,000 messages.
+MAX_BATCH_BODY_BYTES = 4 * 1024 * 1024
+LARGE_BODY_PATHS = frozenset({"/api/v1/messages/batch"})
+
+
+def body_limit(request: web.Request) -> int:
+    """The largest body this request's route takes: 4 MiB for a batch of messages, else 64 KiB."""
+    return MAX_BATCH_BODY_BYTES if request.path in LARGE_BODY_PATHS else MAX_BODY_BYTES
 
 
 class Limits:
@@ -230,11 +238,12 @@ class ServiceRunner(web.AppRunner):
 async def expect_within_limits(request: web.Request) -> None:
     """A route's ``expect_handler``: ``Expect: 100-continue`` with a body over the limit is refused (413)
     before the 100 that would invite the client to send it; otherwise aiohttp's own handling."""
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+    limit = body_limit(request)
+    if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(
-            max_size=MAX_BODY_BYTES,
+            max_size=limit,
             actual_size=request.content_length,
-            text=json.dumps({"error": f"the body is larger than {MAX_BODY_BYTES} bytes"}),
+            text=json.dumps({"error": f"the body is larger than {limit} bytes"}),
             content_type="application/json",
         )
     expect = request.headers.get("Expect", "")
@@ -265,8 +274,9 @@ async def request_limits(request: web.Request, handler: Handler) -> web.StreamRe
     """413 at once for a declared body over the limit; the body read under a deadline (408); JSON for missing files."""
     if _missing_static_file(request):
         return _json_error(404, "not found")
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        response = _json_error(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    limit = body_limit(request)
+    if request.content_length is not None and request.content_length > limit:
+        response = _json_error(413, f"the body is larger than {limit} bytes")
         response.force_close()
         return response
     if request.body_exists:

@@ -58,8 +58,10 @@ def test_simulate_help_names_its_options(tmp_path: Path) -> None:
     [
         (("bogus",), "invalid choice: 'bogus'"),
         (("--bogus",), "unrecognized arguments: --bogus"),
-        (("enqueue", "--to", "+905301234001"), "the following arguments are required: --content"),
-        (("enqueue",), "the following arguments are required: --to, --content"),
+        (("enqueue", "--to", "+905301234001"), "--to and --content are required (or --file)"),
+        (("enqueue", "--file", "x.csv", "--to", "+905301234001"), "--file goes without --to and --content"),
+        (("enqueue", "--priority", "high"), "argument --priority: invalid int value"),
+        (("enqueue",), "--to and --content are required (or --file)"),
         (("simulate", "--fail-rate", "2"), "expected a fraction from 0 to 1, got '2'"),
         (("simulate", "--latency", "soon"), "argument --latency"),
         (("simulate", "--port", "99999"), "expected a port from 0 to 65535"),
@@ -108,10 +110,17 @@ def test_enqueue_goes_to_the_configured_database(tmp_path: Path) -> None:
     assert target.is_file() and not (tmp_path / "insider.db").exists()
 
 
+NO_COUNTRY_CODE = "(no country code: write it as +<country code>...)"
+
+
 @pytest.mark.parametrize(
     ("to", "content", "error"),
     [
-        ("12345", "x", "insider: error: invalid message: to is not an E.164 number ('+' and 8 to 15 digits)"),
+        (
+            "12345",
+            "x",
+            "insider: error: invalid message: to is not a possible phone number " + NO_COUNTRY_CODE,
+        ),
         ("+905301234001", "   ", "insider: error: invalid message: content is empty"),
         (
             "+905301234001",

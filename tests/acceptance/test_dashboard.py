@@ -81,7 +81,7 @@ async def seed(api: Api) -> None:
         ("+905301234002", "Your verification code is 482113"),
         ("+905301234003", "refused: the provider does not take this one"),
         ("+905551112233", "Randevunuz yarın 14:30'da"),
-        ("+44", "A recipient that is not E.164"),
+        ("+44", "A recipient that is not a phone number"),
         ("+905301234004", "Hoş geldiniz! İlk siparişinize %10 indirim"),
     ]:
         api.repository.add(to, content)
@@ -125,7 +125,7 @@ async def test_the_dashboard_shows_the_state_and_stops_and_starts_sending(browse
         await expect(page.locator("#sent-list > li")).to_have_count(7)
         await expect(page.locator("#failed-list > li")).to_have_count(2)
         await expect(page.locator("#failed-list")).to_contain_text("number is blocked")
-        await expect(page.locator("#failed-list")).to_contain_text("not an E.164 number")
+        await expect(page.locator("#failed-list")).to_contain_text("not a possible phone number")
         await expect(page.locator("#next-tick")).to_contain_text("in ")
         await expect(page.locator("#stop")).to_be_enabled()
         await expect(page.locator("#start")).to_be_disabled()
@@ -266,3 +266,35 @@ async def test_the_dashboard_shows_deliveries(browser: Browser) -> None:
         await expect(undelivered).to_contain_text("undelivered")
         await expect(undelivered).to_contain_text("error 34")
         assert problems == []
+
+
+async def test_the_dashboard_queues_a_message_and_counts_its_segments_as_one_types(browser: Browser) -> None:
+    from playwright.async_api import expect
+
+    from tests.unit.test_messages_api import open_api as open_sqlite_api
+
+    async with open_sqlite_api(default_region="TR") as api:
+        page, problems = await open_page(browser, api.base, viewport={"width": 1100, "height": 1000})
+        measure = page.locator("#compose-measure")
+        await page.fill("#compose-content", "a" * 161)
+        await expect(measure).to_have_text(
+            "161 characters · GSM-7 · 2 segments — content is 161 characters, over the limit of 160"
+        )
+        await page.fill("#compose-content", "Hoş geldiniz 😀")
+        await expect(measure).to_have_text("14 characters · UCS-2 · 1 segment")
+        await page.fill("#compose-content", "€" * 80)
+        await expect(measure).to_have_text("80 characters · GSM-7 · 1 segment")
+
+        await page.fill("#compose-to", "0530 123 40 01")
+        await page.fill("#compose-priority", "9")
+        await page.click("#compose-submit")
+        result = page.locator("#compose-result")
+        await expect(result).to_contain_text("Queued message 1 to +905301234001 (GSM-7, 1 segment)")
+        stored = await api.repository.get(1)
+        assert stored is not None and (stored.priority, stored.content) == (9, "€" * 80)
+
+        await page.fill("#compose-to", "12")
+        await page.fill("#compose-content", "x")
+        await page.click("#compose-submit")
+        await expect(result).to_contain_text("to: to is not a possible phone number")
+        assert problems == [p for p in problems if "422" in p]  # the refused POST is the only complaint

@@ -34,6 +34,13 @@ async def test_the_service_keeps_its_http_edges(start_service: Callable[..., Ser
     async with aiohttp.ClientSession() as session:
         await service.wait_answering(session)
 
+        async def running() -> bool:
+            async with session.get(service.base_url + "/api/v1/sender") as response:
+                return bool((await response.json())["running"])
+
+        # The service answers before its autostart has run: wait for it, so that the check
+        # below shows that the refused stop did nothing.
+        await eventually(running, timeout_s=10, what="autostart")
         async with session.get(
             service.base_url + "/api/v1/messages/stop", headers={"Origin": "http://evil.example"}
         ) as response:

@@ -147,6 +147,12 @@ async def test_every_row_keeps_its_status_and_times_and_only_pending_ones_are_se
         assert retried.status == 200
         assert (await retried.json())["id"] == failed[1]["id"]
         assert (await retried.json())["status"] == "pending"
+        # Pending again: it can be cancelled by its UUID too, and then it is not sent.
+        cancelled = await client.post(f"/api/v1/messages/{failed[1]['uuid'].upper()}/cancel")
+        assert cancelled.status == 200
+        assert (await cancelled.json())["status"] == "cancelled"
+        assert (await client.post(f"/api/v1/messages/{failed[1]['uuid']}/cancel")).status == 409
+        assert (await client.post("/api/v1/messages/00000000-0000-4000-8000-000000000000/cancel")).status == 404
     types = column_types(fresh_postgres_url)
     assert (types["id"], types["uuid"], types["status"], types["created_at"]) == (
         "bigint",

@@ -58,6 +58,8 @@ async def test_counts_follow_every_kind_of_write(pg_repository: PostgresMessageR
         MessageStatus.SENDING: 2,
         MessageStatus.SENT: 2,
         MessageStatus.FAILED: 1,
+        MessageStatus.EXPIRED: 0,
+        MessageStatus.CANCELLED: 0,
     }
 
     await query(pg_pool, "DELETE FROM messages WHERE status = 'failed'")

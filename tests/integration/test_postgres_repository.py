@@ -86,6 +86,11 @@ async def test_migrate_creates_the_schema_other_programs_rely_on(
         "idempotency_key": "uuid",
         "updated_at": "timestamp with time zone",
         "uuid": "uuid",
+        "send_at": "timestamp with time zone",
+        "priority": "smallint",
+        "valid_until": "timestamp with time zone",
+        "encoding": "text",
+        "segments": "integer",
         "delivered_at": "timestamp with time zone",
         "delivery_status": "text",
         "delivery_error": "text",
@@ -94,11 +99,16 @@ async def test_migrate_creates_the_schema_other_programs_rely_on(
         name for (name,) in await query(pg_pool, "SELECT indexname FROM pg_indexes WHERE tablename = 'messages'")
     }
     assert {
-        "messages_queue_idx",
+        "messages_due_idx",
+        "messages_lease_idx",
+        "messages_valid_until_idx",
         "messages_sent_idx",
         "messages_status_created_idx",
+        "messages_to_sent_idx",
+        "messages_to_status_created_idx",
         "messages_message_id_idx",
         "messages_accepted_idx",
+        "messages_to_accepted_idx",
     } <= indexes
     versions = [v for (v,) in await query(pg_pool, "SELECT version FROM insider_schema_migrations ORDER BY version")]
     assert versions == [version for version, _, _ in load_migrations()]

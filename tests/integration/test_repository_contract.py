@@ -499,6 +499,8 @@ async def test_counts_every_status(repository: MessageRepository) -> None:
         MessageStatus.SENDING: 1,
         MessageStatus.SENT: 1,
         MessageStatus.FAILED: 1,
+        MessageStatus.EXPIRED: 0,
+        MessageStatus.CANCELLED: 0,
     }
 
 

@@ -14,7 +14,7 @@ from insider.adapters.memory import Request
 from insider.adapters.rows import message_from_row
 from insider.adapters.sqlite import SqliteDatabase, SqliteMessageRepository, format_timestamp, parse_timestamp
 from insider.clock import FakeClock
-from insider.domain import Message, MessageStatus, Outcome, Resolution, SendResult
+from insider.domain import Message, MessageStatus, Outcome, Resolution, SendOrder, SendResult
 from insider.ports import Clock, RepositoryUnavailable
 from insider.receipts import ReceiptOutcome
 
@@ -61,8 +61,8 @@ class ProbedRepository(SqliteMessageRepository):
     async def close(self) -> None:
         await self._probed.close()
 
-    async def claim(self, limit: int, lease_s: float) -> list[Message]:
-        claimed = await super().claim(limit, lease_s)
+    async def claim(self, limit: int, lease_s: float, order: SendOrder = SendOrder.OLDEST) -> list[Message]:
+        claimed = await super().claim(limit, lease_s, order)
         self.claims.append([m.id for m in claimed])
         return claimed
 

@@ -158,6 +158,11 @@ def test_a_zero_interval_means_drain_mode() -> None:
         ("INSIDER_HTTP_HEADER_TIMEOUT", "slow"),
         ("INSIDER_HTTP_BODY_TIMEOUT", "-1s"),
         ("INSIDER_ALLOWED_HOSTS", "example.com:8080"),
+        ("INSIDER_DEFAULT_REGION", "XX"),
+        ("INSIDER_DEFAULT_REGION", "Turkey"),
+        ("INSIDER_MAX_SEGMENTS", "-1"),
+        ("INSIDER_MAX_SEGMENTS", "256"),
+        ("INSIDER_SEND_ORDER", "random"),
     ],
 )
 def test_a_bad_value_is_named_in_the_error(name: str, value: str) -> None:
@@ -179,6 +184,13 @@ def test_a_bad_value_is_named_in_the_error(name: str, value: str) -> None:
 )
 def test_database_urls_of_sqlite_and_postgresql_are_accepted(database_url: str) -> None:
     assert load({"INSIDER_DATABASE_URL": database_url}).database_url == database_url
+
+
+def test_message_settings() -> None:
+    settings = load({"INSIDER_DEFAULT_REGION": " tr ", "INSIDER_MAX_SEGMENTS": "3", "INSIDER_SEND_ORDER": "NEWEST"})
+    assert (settings.default_region, settings.max_segments, settings.send_order) == ("TR", 3, "newest")
+    defaults = load({})
+    assert (defaults.default_region, defaults.max_segments, defaults.send_order) == ("", 0, "oldest")
 
 
 def test_empty_redis_and_webhook_urls_mean_the_embedded_adapters() -> None:

@@ -1,13 +1,16 @@
-"""Validation of a message (E.164 phone, length in code points) and masking of phone numbers."""
+"""Validation of a message (possible phone numbers, length in code points, segments) and masking of phone numbers."""
 
 from __future__ import annotations
 
 import pytest
 
 from insider.domain import (
+    Encoding,
     UnstorableText,
     ensure_storable,
     mask_phone,
+    measure,
+    normalize_phone,
     storable_text,
     unstorable_text,
     validation_error,
@@ -37,30 +40,94 @@ def test_length_counts_code_points_not_bytes() -> None:
 
 
 @pytest.mark.parametrize(
-    "phone",
+    ("phone", "why"),
     [
-        "05551234567",  # no '+'
-        "905551234567",
-        "+90 555 123 45 67",  # spaces
-        "+90-555-1234567",
-        "+1234567",  # 7 digits: too short
-        "+1234567890123456",  # 16 digits: too long
-        "+0555123456",  # no country code starts with 0
-        "+905551234567\n",  # a trailing newline must not slip through
-        "+٩٠٥٥٥١٢٣٤٥٦٧",  # Arabic-Indic digits are digits to \d, not to a provider
-        "",
-        "+",
+        ("05551234567", "no country code"),  # a national form, and no INSIDER_DEFAULT_REGION
+        ("905551234567", "no country code"),
+        ("+1234567", "too short"),
+        ("+90555123456789012", "too long"),
+        ("+0555123456", "country code"),  # no country code starts with 0
+        ("+999123456789", "unknown country code"),
+        ("call me", "not a phone number"),
+        ("", "empty"),
+        ("+", "not a phone number"),
+        ("+90 530", "too short"),
     ],
 )
-def test_a_non_e164_phone_is_invalid(phone: str) -> None:
+def test_an_impossible_phone_is_invalid_saying_why(phone: str, why: str) -> None:
     reason = validation_error(phone, "Merhaba", 160)
     assert reason is not None
-    assert "E.164" in reason
+    assert reason.startswith("recipient_phone is not a possible phone number") and why in reason
 
 
-@pytest.mark.parametrize("phone", ["+12345678", "+905551234567", "+123456789012345"])
-def test_e164_numbers_of_8_to_15_digits_are_valid(phone: str) -> None:
+@pytest.mark.parametrize(
+    "phone",
+    [
+        "+905551234567",
+        "+90 555 123 45 67",
+        "+90-555-1234567",
+        "+90 (555) 123 4567",
+        "+15555550100",  # fictional, yet possible: accepted (is_valid_number would refuse it)
+        "+4915112345678",
+        "+٩٠٥٥٥١٢٣٤٥٦٧",  # Arabic-Indic digits: libphonenumber reads them as digits, stored as ASCII
+    ],
+)
+def test_international_forms_are_valid_and_normalised(phone: str) -> None:
     assert validation_error(phone, "Merhaba", 160) is None
+    assert normalize_phone(phone).startswith("+") and normalize_phone(phone)[1:].isascii()
+
+
+@pytest.mark.parametrize("phone", ["0530 123 40 01", "(0530) 123-4001", "905301234001", "5301234001"])
+def test_national_forms_need_the_default_region(phone: str) -> None:
+    assert normalize_phone(phone, "TR") == "+905301234001"
+    assert validation_error(phone, "x", 160, region="TR") is None
+
+
+@pytest.mark.parametrize(
+    ("content", "encoding", "segments"),
+    [
+        ("", Encoding.GSM7, 1),
+        ("a" * 160, Encoding.GSM7, 1),
+        ("a" * 161, Encoding.GSM7, 2),
+        ("a" * 306, Encoding.GSM7, 2),
+        ("a" * 307, Encoding.GSM7, 3),
+        ("{" * 80, Encoding.GSM7, 1),  # extension table: 2 septets each
+        ("{" * 80 + "a", Encoding.GSM7, 2),
+        ("^~|\\[]€" * 10, Encoding.GSM7, 1),
+        ("Ç" * 160, Encoding.GSM7, 1),  # Ç is in the default alphabet
+        ("ç" * 70, Encoding.UCS2, 1),  # ç is not
+        ("ı" * 71, Encoding.UCS2, 2),
+        ("ğ" * 134, Encoding.UCS2, 2),
+        ("ğ" * 135, Encoding.UCS2, 3),
+        ("😀" * 35, Encoding.UCS2, 1),
+        ("😀" * 34 + "ab", Encoding.UCS2, 1),  # 36 code points, 70 UTF-16 units
+        ("😀" * 35 + "a", Encoding.UCS2, 2),  # 71 UTF-16 units
+    ],
+)
+def test_encoding_and_segments_match_hand_counts(content: str, encoding: Encoding, segments: int) -> None:
+    assert measure(content) == (encoding, segments)
+
+
+def test_the_gsm_alphabet_agrees_with_the_codec() -> None:
+    import codecs
+
+    import gsm0338  # type: ignore[import-untyped]  # noqa: F401 - registers the codec
+
+    for code in range(0x20, 0x3000):
+        char = chr(code)
+        try:
+            septets = len(codecs.encode(char, "gsm03.38"))
+        except UnicodeEncodeError:
+            assert measure(char)[0] is Encoding.UCS2, repr(char)
+        else:
+            assert measure(char * 80) == (Encoding.GSM7, 1), repr(char)  # 80 or 160 septets
+            assert measure(char * 81)[1] == septets, repr(char)  # 81 fit one; 162 need two
+
+
+def test_max_segments() -> None:
+    assert validation_error(PHONE, "a" * 307, 1000, max_segments=3) is None
+    reason = validation_error(PHONE, "a" * 307, 1000, max_segments=2)
+    assert reason == "content takes 3 GSM-7 segments, over the limit of 2"
 
 
 @pytest.mark.parametrize("content", ["", "   ", "\n\t"])

@@ -180,6 +180,9 @@ async def test_concurrent_readers_of_a_stale_counts_cache_share_one_query(api: A
             await api.clock.sleep(0)
             return dict.fromkeys(MessageStatus, 3)
 
+        async def segments_sent(self) -> int:
+            return 3
+
     cache = CountsCache(Repository(), ttl_s=5.0, clock=api.clock)  # type: ignore[arg-type]
     results = await asyncio.gather(*(cache.get() for _ in range(10)))
     assert calls == 1 and all(r[MessageStatus.PENDING] == 3 for r in results)
@@ -196,7 +199,16 @@ async def test_stats_counts_every_status_and_tells_the_sender_state(api: Api) ->
     assert response.status == 200
     body = await response.json()
     assert StatsSchema().validate(body) == {}
-    assert body["counts"] == {"pending": 1, "sending": 1, "sent": 0, "failed": 1, "delivered": 0, "undelivered": 0}
+    assert body["counts"] == {
+        "pending": 1,
+        "sending": 1,
+        "sent": 0,
+        "failed": 1,
+        "expired": 0,
+        "cancelled": 0,
+        "delivered": 0,
+        "undelivered": 0,
+    }
     assert body["total"] == 3
     assert body["sender"]["running"] is False and body["sender"]["batchSize"] == 2
 

@@ -326,7 +326,7 @@ async def test_invalid_rows_fail_without_being_sent_and_the_batch_tops_itself_up
     assert long_now.last_error is not None and long_now.last_error.startswith("invalid: ")
     assert "161" in long_now.last_error
     assert phone_now.status is MessageStatus.FAILED
-    assert phone_now.last_error is not None and "E.164" in phone_now.last_error
+    assert phone_now.last_error is not None and "not a possible phone number" in phone_now.last_error
     assert (await row(repo, ok_turkish)).status is MessageStatus.SENT
 
 

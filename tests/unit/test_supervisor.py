@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from insider.adapters.memory import InMemorySentCache, InMemorySmsClient, Request
 from insider.clock import FakeClock
-from insider.domain import Message, MessageStatus, Outcome, SendResult
+from insider.domain import Message, MessageStatus, Outcome, SendOrder, SendResult
 from insider.ports import SchemaUpgradeRefused
 from insider.sender import RECORD_BUDGET_S, BatchSender, SenderOptions
 from insider.supervisor import DRAIN_PIPELINE, IDLE_POLL_S, STOP_MARGIN_S, Supervisor, SupervisorClosed, SupervisorState
@@ -467,12 +467,12 @@ async def test_an_unexpected_error_in_a_batch_does_not_end_the_loop(
     claim = repo.claim
     calls = 0
 
-    async def claim_with_a_bug_once(limit: int, lease_s: float) -> list[Message]:
+    async def claim_with_a_bug_once(limit: int, lease_s: float, order: SendOrder = SendOrder.OLDEST) -> list[Message]:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("a bug")
-        return await claim(limit, lease_s)
+        return await claim(limit, lease_s, order)
 
     monkeypatch.setattr(repo, "claim", claim_with_a_bug_once)
     supervisor = make_supervisor()
@@ -896,9 +896,9 @@ async def test_claims_carry_the_derived_lease_and_drain_mode_doubles_the_batch(
     leases: list[float] = []
     claim = repo.claim
 
-    async def recording(limit: int, lease_s: float) -> list[Message]:
+    async def recording(limit: int, lease_s: float, order: SendOrder = SendOrder.OLDEST) -> list[Message]:
         leases.append(lease_s)
-        return await claim(limit, lease_s)
+        return await claim(limit, lease_s, order)
 
     repo.claim = recording  # type: ignore[method-assign]
     await scheduled.run_once()

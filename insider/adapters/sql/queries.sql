@@ -6,17 +6,33 @@
 SELECT 1
 
 -- enqueue --
--- Store one pending message.
-INSERT INTO messages (recipient_phone, content)
-VALUES (%(recipient_phone)s, %(content)s)
+-- Store pending messages, given as one JSON array, in its order; due at sendAt, or at once.
+INSERT INTO messages (recipient_phone, content, send_at, priority, valid_until, encoding, segments)
+SELECT v.recipient_phone, v.content, v.send_at, v.priority, v.valid_until, v.encoding, v.segments
+FROM ROWS FROM (jsonb_to_recordset(%(messages)s::jsonb) AS (
+    recipient_phone text, content text, send_at timestamptz, priority smallint, valid_until timestamptz,
+    encoding text, segments integer
+)) WITH ORDINALITY AS v(recipient_phone, content, send_at, priority, valid_until, encoding, segments, ord)
+ORDER BY v.ord
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-          attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+          attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+          send_at, priority, valid_until, encoding, segments, uuid,
        delivered_at, delivery_status, delivery_error
+
+-- get_many --
+-- Messages by id, any state.
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments, uuid,
+       delivered_at, delivery_status, delivery_error
+FROM messages
+WHERE id = ANY(%(ids)s)
 
 -- get --
 -- One message in any state.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments, uuid,
        delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE id = %(id)s
@@ -24,54 +40,112 @@ WHERE id = %(id)s
 -- get_by_uuid --
 -- One message in any state, by the UUID the original Go service gave it.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments, uuid,
        delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE uuid = %(uuid)s
 
 -- claim --
--- Lease up to %(limit)s due messages, oldest first. The locking select is materialized
--- so that it runs exactly once (an `id IN (subquery ... LIMIT)` may be re-evaluated by
--- some plans); SKIP LOCKED lets concurrent claimers take disjoint rows.
-WITH due AS MATERIALIZED (
-    SELECT id
-    FROM messages
-    WHERE status IN ('pending', 'sending')
-      AND ((status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
-           OR (status = 'sending' AND lease_expires_at <= now()))
-    ORDER BY created_at, id
+-- Lease up to %(limit)s due messages in one statement: expired leases (their holder died)
+-- first, then the due pending rows of each priority, highest first (__DUE__ is one
+-- `due_oldest` or `due_newest` branch per priority, 9 down to 0; the Append stops at the
+-- limit, so lower priorities are not even read when higher ones fill the batch). Pending
+-- rows past their validUntil become `expired` in the same statement (a bounded sweep)
+-- and come back too, with status `expired`, so the sender can report them. The locking
+-- select is materialized so that it runs exactly once; SKIP LOCKED lets concurrent
+-- claimers take disjoint rows.
+WITH expired AS (
+    UPDATE messages m
+    SET status = 'expired',
+        last_error = 'expired: not sent before validUntil ' || to_char(m.valid_until AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+                     || COALESCE(' (last error: ' || m.last_error || ')', ''),
+        next_attempt_at = NULL,
+        updated_at = now()
+    WHERE m.id IN (
+        SELECT id FROM messages
+        WHERE status = 'pending' AND valid_until IS NOT NULL AND valid_until <= now()
+        ORDER BY valid_until
+        LIMIT 1000
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING m.id, m.recipient_phone, m.content, m.status, m.created_at, m.sent_at, m.message_id,
+              m.last_error, m.attempts, m.next_attempt_at, m.lease_expires_at,
+              m.idempotency_key::text AS idempotency_key, m.claim_token::text AS claim_token,
+              m.send_at, m.priority, m.valid_until, m.encoding, m.segments, m.uuid::text AS uuid,
+              m.delivered_at, m.delivery_status, m.delivery_error
+), due AS MATERIALIZED (
+    SELECT id FROM (
+        SELECT id FROM (
+            SELECT id FROM messages
+            WHERE status = 'sending' AND lease_expires_at <= now()
+            ORDER BY lease_expires_at
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) leases
+        UNION ALL
+        __DUE__
+    ) d
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE messages m
+    SET status = 'sending',
+        attempts = m.attempts + 1,
+        lease_expires_at = now() + make_interval(secs => %(lease_s)s),
+        claim_token = gen_random_uuid(),
+        updated_at = now()
+    FROM due
+    WHERE m.id = due.id
+    RETURNING m.id, m.recipient_phone, m.content, m.status, m.created_at, m.sent_at, m.message_id,
+              m.last_error, m.attempts, m.next_attempt_at, m.lease_expires_at,
+              m.idempotency_key::text AS idempotency_key, m.claim_token::text AS claim_token,
+              m.send_at, m.priority, m.valid_until, m.encoding, m.segments, m.uuid::text AS uuid,
+              m.delivered_at, m.delivery_status, m.delivery_error
 )
-UPDATE messages m
-SET status = 'sending',
-    attempts = m.attempts + 1,
-    lease_expires_at = now() + make_interval(secs => %(lease_s)s),
-    claim_token = gen_random_uuid(),
-    updated_at = now()
-FROM due
-WHERE m.id = due.id
 -- The UUIDs come back as text: the Message holds text, and a uuid.UUID made per column and
 -- row only to be turned into text cost a third of reading a claimed row.
-RETURNING m.id, m.recipient_phone, m.content, m.status, m.created_at, m.sent_at, m.message_id,
-          m.last_error, m.attempts, m.next_attempt_at, m.lease_expires_at,
-          m.idempotency_key::text AS idempotency_key, m.claim_token::text AS claim_token,
-          m.uuid::text AS uuid,
-          m.delivered_at, m.delivery_status, m.delivery_error
+SELECT * FROM expired
+UNION ALL
+SELECT * FROM claimed
+
+-- due_oldest --
+-- The due pending rows of priority __PRIORITY__, the longest due first, not past their
+-- validUntil. A row is due at its retry time, else its sendAt, else its creation: the
+-- expression of messages_due_idx, so this is one index range.
+SELECT id FROM (
+    SELECT id FROM messages
+    WHERE status = 'pending' AND priority = __PRIORITY__ AND COALESCE(next_attempt_at, send_at, created_at) <= now()
+      AND (valid_until IS NULL OR valid_until > now())
+    ORDER BY COALESCE(next_attempt_at, send_at, created_at), id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) p__PRIORITY__
+
+-- due_newest --
+-- As due_oldest, the most recently due first (INSIDER_SEND_ORDER=newest).
+SELECT id FROM (
+    SELECT id FROM messages
+    WHERE status = 'pending' AND priority = __PRIORITY__ AND COALESCE(next_attempt_at, send_at, created_at) <= now()
+      AND (valid_until IS NULL OR valid_until > now())
+    ORDER BY COALESCE(next_attempt_at, send_at, created_at) DESC, id DESC
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) p__PRIORITY__
 
 -- resolve --
 -- Write back a batch of outcomes, and each attempt to the message's history, in one
 -- statement. A row is written while the claim token still holds it, or by a `sent`
 -- outcome when the provider has not accepted it yet (the send happened regardless; a
--- delivered or undelivered message stays so). Returns the provider ids just recorded for
--- which a receipt is already waiting (the receipt beat this write); the caller applies them.
+-- delivered or undelivered message stays so) and it is not cancelled (a 200 to a cancel
+-- is final). Returns the provider ids just recorded for which a receipt is already
+-- waiting (the receipt beat this write); the caller applies them.
 WITH v AS (
     -- The outcomes come as one JSON array: encoding it costs the client a fortieth of
     -- encoding eight arrays, which showed in the profile of a drain.
     SELECT *
     FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS v(
         id bigint, claim_token uuid, status text, sent_at timestamptz, message_id text, last_error text,
-        retry_in_s float8, uncount bool,
+        retry_in_s float8, uncount bool, segments integer, encoding text,
         at timestamptz, outcome text, attempt integer, status_code integer, duration_ms float8, error text
     )
 ), written AS (
@@ -81,6 +155,8 @@ WITH v AS (
         message_id = v.message_id,
         last_error = COALESCE(v.last_error, m.last_error),
         next_attempt_at = now() + make_interval(secs => v.retry_in_s),
+        segments = COALESCE(m.segments, v.segments),
+        encoding = COALESCE(m.encoding, v.encoding),
         lease_expires_at = NULL,
         claim_token = NULL,
         attempts = CASE WHEN v.uncount THEN m.attempts - 1 ELSE m.attempts END,
@@ -88,7 +164,7 @@ WITH v AS (
     FROM v
     WHERE m.id = v.id
       AND ((m.status = 'sending' AND m.claim_token = v.claim_token)
-           OR (v.status = 'sent' AND m.status NOT IN ('sent', 'delivered', 'undelivered')))
+           OR (v.status = 'sent' AND m.status NOT IN ('sent', 'delivered', 'undelivered', 'cancelled')))
     RETURNING m.id, m.message_id, m.status, v.at, v.outcome, v.attempt, v.status_code, v.duration_ms, v.error
 ), logged AS (
     INSERT INTO insider_message_events
@@ -108,8 +184,69 @@ UPDATE messages
 SET status = 'pending', attempts = 0, next_attempt_at = NULL, updated_at = now()
 WHERE id = %(id)s AND status = 'failed'
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-          attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+          attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+          send_at, priority, valid_until, encoding, segments, uuid,
        delivered_at, delivery_status, delivery_error
+
+-- cancel --
+-- A pending message (scheduled or waiting for a retry) taken back. A claimed row is
+-- `sending` and is left alone: it cannot be cancelled any more.
+UPDATE messages
+SET status = 'cancelled', next_attempt_at = NULL, updated_at = now()
+WHERE id = %(id)s AND status = 'pending'
+RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+          attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+          send_at, priority, valid_until, encoding, segments, uuid,
+       delivered_at, delivery_status, delivery_error
+
+-- expire --
+-- Pending rows past their validUntil become expired (bounded; the claim does the same).
+UPDATE messages m
+SET status = 'expired',
+    last_error = 'expired: not sent before validUntil ' || to_char(m.valid_until AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+                 || COALESCE(' (last error: ' || m.last_error || ')', ''),
+    next_attempt_at = NULL,
+    updated_at = now()
+WHERE m.id IN (
+    SELECT id FROM messages
+    WHERE status = 'pending' AND valid_until IS NOT NULL AND valid_until <= now()
+    ORDER BY valid_until
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+)
+
+-- idempotency_drop_stale --
+-- A key older than 24 hours is forgotten: the same key may be used again.
+DELETE FROM insider_idempotency_keys
+WHERE key = %(key)s AND created_at <= now() - interval '24 hours'
+
+-- idempotency_clean --
+-- Forget a bounded number of keys older than 24 hours.
+DELETE FROM insider_idempotency_keys
+WHERE key IN (
+    SELECT key FROM insider_idempotency_keys
+    WHERE created_at <= now() - interval '24 hours'
+    ORDER BY created_at
+    LIMIT 1000
+)
+
+-- idempotency_take --
+-- Take the key for this request; another transaction inserting the same key waits here
+-- until this one ends, then finds the key taken.
+INSERT INTO insider_idempotency_keys (key, request_hash, status_code, message_ids)
+VALUES (%(key)s, %(request_hash)s, %(status_code)s, '[]')
+ON CONFLICT (key) DO NOTHING
+RETURNING key
+
+-- idempotency_get --
+-- What the first request with the key answered.
+SELECT request_hash, status_code, message_ids
+FROM insider_idempotency_keys
+WHERE key = %(key)s
+
+-- idempotency_store --
+-- The messages the first request with the key created.
+UPDATE insider_idempotency_keys SET message_ids = %(message_ids)s::jsonb WHERE key = %(key)s
 
 -- acquire_slot --
 -- Take the slot %(name)s when due, in one statement: due one interval (the caller's
@@ -144,7 +281,8 @@ SELECT EXISTS (SELECT 1 FROM inserted) OR EXISTS (SELECT 1 FROM updated) AS take
 -- list_sent --
 -- The first page of sent messages, newest first.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments, uuid,
        delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE status = 'sent' AND sent_at IS NOT NULL
@@ -154,7 +292,8 @@ LIMIT %(limit)s
 -- list_sent_after --
 -- A later page of sent messages: those after the cursor's (sent_at, id).
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments, uuid,
        delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE status = 'sent' AND sent_at IS NOT NULL AND (sent_at, id) < (%(key)s, %(id)s)
@@ -164,7 +303,8 @@ LIMIT %(limit)s
 -- list_by_created --
 -- The first page of messages in one (not sent) status, newest first.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments, uuid,
        delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE status = %(status)s
@@ -174,10 +314,55 @@ LIMIT %(limit)s
 -- list_by_created_after --
 -- A later page: those after the cursor's (created_at, id).
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments, uuid,
        delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE status = %(status)s AND (created_at, id) < (%(key)s, %(id)s)
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
+-- list_sent_to --
+-- The first page of sent messages to one recipient, newest first.
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments, uuid,
+       delivered_at, delivery_status, delivery_error
+FROM messages
+WHERE recipient_phone = %(to)s AND status = 'sent' AND sent_at IS NOT NULL
+ORDER BY sent_at DESC, id DESC
+LIMIT %(limit)s
+
+-- list_sent_to_after --
+-- A later page of sent messages to one recipient.
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments, uuid,
+       delivered_at, delivery_status, delivery_error
+FROM messages
+WHERE recipient_phone = %(to)s AND status = 'sent' AND sent_at IS NOT NULL AND (sent_at, id) < (%(key)s, %(id)s)
+ORDER BY sent_at DESC, id DESC
+LIMIT %(limit)s
+
+-- list_by_created_to --
+-- The first page of messages to one recipient in one (not sent) status, newest first.
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments, uuid,
+       delivered_at, delivery_status, delivery_error
+FROM messages
+WHERE recipient_phone = %(to)s AND status = %(status)s
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
+-- list_by_created_to_after --
+-- A later page of messages to one recipient in one (not sent) status.
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments, uuid,
+       delivered_at, delivery_status, delivery_error
+FROM messages
+WHERE recipient_phone = %(to)s AND status = %(status)s AND (created_at, id) < (%(key)s, %(id)s)
 ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s
 
@@ -190,7 +375,8 @@ FROM insider_message_counts
 -- list_accepted --
 -- The first page of what the provider accepted (sent, delivered, undelivered), newest sent first.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments, uuid,
        delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL
@@ -200,10 +386,34 @@ LIMIT %(limit)s
 -- list_accepted_after --
 -- A later page of what the provider accepted: those after the cursor's (sent_at, id).
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
-       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token, uuid,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments, uuid,
        delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL AND (sent_at, id) < (%(key)s, %(id)s)
+ORDER BY sent_at DESC, id DESC
+LIMIT %(limit)s
+
+-- list_accepted_to --
+-- The first page of what the provider accepted for one recipient, newest sent first.
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments, uuid,
+       delivered_at, delivery_status, delivery_error
+FROM messages
+WHERE recipient_phone = %(to)s AND status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL
+ORDER BY sent_at DESC, id DESC
+LIMIT %(limit)s
+
+-- list_accepted_to_after --
+-- A later page of what the provider accepted for one recipient.
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments, uuid,
+       delivered_at, delivery_status, delivery_error
+FROM messages
+WHERE recipient_phone = %(to)s AND status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL
+  AND (sent_at, id) < (%(key)s, %(id)s)
 ORDER BY sent_at DESC, id DESC
 LIMIT %(limit)s
 
@@ -310,3 +520,9 @@ LIMIT %(limit)s
 -- Up to %(limit)s events older than %(before)s.
 DELETE FROM insider_message_events
 WHERE id IN (SELECT id FROM insider_message_events WHERE at < %(before)s LIMIT %(limit)s)
+-- segments_sent --
+-- The segments of every message the provider accepted (sent, delivered, undelivered),
+-- kept by the same triggers (migration 0005).
+SELECT coalesce(sum(segments), 0)::bigint AS segments
+FROM insider_message_counts
+WHERE status IN ('sent', 'delivered', 'undelivered')

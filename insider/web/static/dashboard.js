@@ -48,13 +48,18 @@
   }
 
   // API paths are relative, so the page also works behind a reverse proxy under a prefix.
-  async function api(path, method = "GET") {
+  async function api(path, method = "GET", payload = undefined) {
     const headers = { Accept: "application/json" };
     // Every GET here is the periodic refresh: the service logs those at debug, not info.
     if (method === "GET") headers["X-Insider-Refresh"] = "1";
     const bearer = token();
     if (bearer) headers.Authorization = `Bearer ${bearer}`;
-    const response = await fetch(path, { method, headers, cache: "no-store" });
+    const init = { method, headers, cache: "no-store" };
+    if (payload !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(payload);
+    }
+    const response = await fetch(path, init);
     if (response.status === 401) throw new AuthRequired();
     let body = null;
     try {
@@ -62,7 +67,11 @@
     } catch {
       body = null;
     }
-    if (!response.ok) throw new ApiError(response.status, (body && body.error) || response.statusText);
+    if (!response.ok) {
+      const error = new ApiError(response.status, (body && body.error) || response.statusText);
+      error.fields = (body && body.fields) || {};
+      throw error;
+    }
     return body;
   }
 
@@ -133,7 +142,7 @@
   }
 
   function renderCounts(counts, deliveryRate) {
-    for (const status of ["pending", "sending", "sent", "failed", "delivered", "undelivered"]) {
+    for (const status of ["pending", "sending", "sent", "failed", "expired", "cancelled", "delivered", "undelivered"]) {
       $(`count-${status}`).textContent = counts ? String(counts[status] ?? 0) : "–";
     }
     // Of the messages with a final receipt, the share delivered.
@@ -189,6 +198,7 @@
       $("forget").hidden = !token();
       if (stats.status === "fulfilled") {
         renderCounts(stats.value.counts, stats.value.deliveryRate);
+        $("segments-sent").textContent = String(stats.value.segmentsSent ?? "–");
         renderSender(stats.value.sender);
       } else {
         renderCounts(null, null);
@@ -221,6 +231,84 @@
     timer = setTimeout(refresh, delay);
   }
 
+  // The form: characters, encoding and segments come from the service (POST .../preview),
+  // the same code that counts them for the API, asked at most every 250 ms while typing.
+  const PREVIEW_DELAY_MS = 250;
+  let previewTimer = null;
+  let previewSeq = 0;
+
+  function describeMeasure(m) {
+    const parts = [
+      `${m.characters} character${m.characters === 1 ? "" : "s"}`,
+      m.encoding,
+      `${m.segments} segment${m.segments === 1 ? "" : "s"}`,
+    ];
+    return m.error ? `${parts.join(" · ")} — ${m.error}` : parts.join(" · ");
+  }
+
+  async function preview() {
+    const seq = ++previewSeq;
+    const content = $("compose-content").value;
+    try {
+      const measured = await api("api/v1/messages/preview", "POST", { content });
+      if (seq !== previewSeq) return; // an answer to older text
+      const line = $("compose-measure");
+      line.textContent = describeMeasure(measured);
+      line.dataset.encoding = measured.encoding;
+      line.dataset.segments = String(measured.segments);
+      line.dataset.invalid = measured.error ? "true" : "false";
+    } catch (error) {
+      if (error instanceof AuthRequired) askForToken();
+    }
+  }
+
+  function previewSoon() {
+    clearTimeout(previewTimer);
+    previewTimer = setTimeout(preview, PREVIEW_DELAY_MS);
+  }
+
+  function localToIso(value) {
+    // datetime-local has no zone: it is the browser's local time, sent with its offset (as UTC).
+    return value ? new Date(value).toISOString() : undefined;
+  }
+
+  async function queue(event) {
+    event.preventDefault();
+    const result = $("compose-result");
+    const body = {
+      to: $("compose-to").value.trim(),
+      content: $("compose-content").value,
+      priority: Number.parseInt($("compose-priority").value || "5", 10),
+    };
+    const sendAt = localToIso($("compose-send-at").value);
+    const validUntil = localToIso($("compose-valid-until").value);
+    if (sendAt) body.sendAt = sendAt;
+    if (validUntil) body.validUntil = validUntil;
+    $("compose-submit").disabled = true;
+    try {
+      const message = await api("api/v1/messages", "POST", body);
+      result.dataset.kind = "ok";
+      result.textContent = `Queued message ${message.id} to ${message.recipientPhone} (${message.encoding}, ${message.segments} segment${message.segments === 1 ? "" : "s"}).`;
+      $("compose-content").value = "";
+      previewSoon();
+      schedule(0);
+    } catch (error) {
+      if (error instanceof AuthRequired) {
+        askForToken();
+        return;
+      }
+      result.dataset.kind = "error";
+      if (error instanceof ApiError) {
+        const details = Object.entries(error.fields || {}).map(([field, problems]) => `${field}: ${problems.join(", ")}`);
+        result.textContent = details.length ? details.join("; ") : error.message;
+      } else {
+        result.textContent = "The service cannot be reached.";
+      }
+    } finally {
+      $("compose-submit").disabled = false;
+    }
+  }
+
   async function command(path) {
     $("start").disabled = true;
     $("stop").disabled = true;
@@ -238,6 +326,8 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     $("start").addEventListener("click", () => command("api/v1/messages/start"));
+    $("compose-content").addEventListener("input", previewSoon);
+    $("compose").addEventListener("submit", queue);
     $("stop").addEventListener("click", () => command("api/v1/messages/stop"));
     $("auth").addEventListener("submit", (event) => {
       event.preventDefault();

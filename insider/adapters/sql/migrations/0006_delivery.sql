@@ -12,7 +12,7 @@ ALTER TABLE messages
 ALTER TABLE messages DROP CONSTRAINT IF EXISTS messages_status_check;
 ALTER TABLE messages
     ADD CONSTRAINT messages_status_check
-    CHECK (status IN ('pending', 'sending', 'sent', 'failed', 'delivered', 'undelivered'));
+    CHECK (status IN ('pending', 'sending', 'sent', 'failed', 'expired', 'cancelled', 'delivered', 'undelivered'));
 
 -- A receipt names the provider's id: find its message without reading the table.
 CREATE INDEX IF NOT EXISTS messages_message_id_idx ON messages (message_id) WHERE message_id IS NOT NULL;
@@ -20,6 +20,10 @@ CREATE INDEX IF NOT EXISTS messages_message_id_idx ON messages (message_id) WHER
 -- The default listing: everything the provider accepted (sent, delivered, undelivered), newest first.
 CREATE INDEX IF NOT EXISTS messages_accepted_idx
     ON messages (sent_at DESC, id DESC)
+    WHERE status IN ('sent', 'delivered', 'undelivered');
+-- The same for one recipient (the `to` filter).
+CREATE INDEX IF NOT EXISTS messages_to_accepted_idx
+    ON messages (recipient_phone, sent_at DESC, id DESC)
     WHERE status IN ('sent', 'delivered', 'undelivered');
 
 -- Every attempt and every receipt of a message, oldest first. No foreign key: an event

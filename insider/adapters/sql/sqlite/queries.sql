@@ -8,25 +8,47 @@
 SELECT 1
 
 -- enqueue --
--- Store one pending message.
-INSERT INTO messages (recipient_phone, content, created_at, updated_at, idempotency_key)
-VALUES (:recipient_phone, :content, :now, :now, :idempotency_key)
+-- Store one pending message; due at its sendAt or at once.
+INSERT INTO messages (recipient_phone, content, created_at, updated_at, idempotency_key,
+                      send_at, priority, valid_until, encoding, segments)
+VALUES (:recipient_phone, :content, :now, :now, :idempotency_key,
+        :send_at, :priority, :valid_until, :encoding, :segments)
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
-          delivered_at, delivery_status, delivery_error
+          send_at, priority, valid_until, encoding, segments,
+       delivered_at, delivery_status, delivery_error
+
+-- load --
+-- Store one pending message without reading it back (bulk loads, with executemany).
+INSERT INTO messages (recipient_phone, content, created_at, updated_at, idempotency_key,
+                      send_at, priority, valid_until, encoding, segments)
+VALUES (:recipient_phone, :content, :now, :now, insider_uuid4(),
+        :send_at, :priority, :valid_until, :encoding, :segments)
 
 -- get --
 -- One message in any state.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
-          delivered_at, delivery_status, delivery_error
+       send_at, priority, valid_until, encoding, segments,
+       delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE id = :id
 
+-- get_many --
+-- Messages by id (a JSON array), any state.
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments,
+       delivered_at, delivery_status, delivery_error
+FROM messages
+WHERE id IN (SELECT value FROM json_each(:ids))
+
 -- claim --
--- Lease up to :limit due messages, oldest first, in one statement. A write statement
--- holds SQLite's write lock from its start, so concurrent claimers take turns and
--- never take the same row. `status IN (...)` lets the partial queue index serve.
+-- Lease up to :limit due messages, in one statement: expired leases (their holder died)
+-- first, then the due pending rows of each priority, highest first (__DUE__ is one
+-- `due_oldest` or `due_newest` branch per priority, 9 down to 0, each an index range).
+-- A write statement holds SQLite's write lock from its start, so concurrent claimers
+-- take turns and never take the same row.
 UPDATE messages
 SET status = 'sending',
     attempts = attempts + 1,
@@ -34,23 +56,69 @@ SET status = 'sending',
     claim_token = insider_uuid4(),
     updated_at = :now
 WHERE id IN (
-    SELECT id
-    FROM messages
-    WHERE status IN ('pending', 'sending')
-      AND ((status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= :now))
-           OR (status = 'sending' AND lease_expires_at <= :now))
-    ORDER BY created_at, id
+    SELECT id FROM (
+        SELECT id FROM (
+            SELECT id FROM messages
+            WHERE status = 'sending' AND lease_expires_at <= :now
+            ORDER BY lease_expires_at
+            LIMIT :limit
+        )
+        UNION ALL
+        __DUE__
+    )
     LIMIT :limit
 )
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
-          delivered_at, delivery_status, delivery_error
+          send_at, priority, valid_until, encoding, segments,
+       delivered_at, delivery_status, delivery_error
+
+-- due_oldest --
+-- The due pending rows of priority __PRIORITY__, the longest due first, not past their
+-- validUntil (due: at the retry time, else sendAt, else creation; messages_due_idx).
+SELECT id FROM (
+    SELECT id FROM messages
+    WHERE status = 'pending' AND priority = __PRIORITY__ AND COALESCE(next_attempt_at, send_at, created_at) <= :now
+      AND (valid_until IS NULL OR valid_until > :now)
+    ORDER BY COALESCE(next_attempt_at, send_at, created_at), id
+    LIMIT :limit
+)
+
+-- due_newest --
+-- As due_oldest, the most recently due first (INSIDER_SEND_ORDER=newest).
+SELECT id FROM (
+    SELECT id FROM messages
+    WHERE status = 'pending' AND priority = __PRIORITY__ AND COALESCE(next_attempt_at, send_at, created_at) <= :now
+      AND (valid_until IS NULL OR valid_until > :now)
+    ORDER BY COALESCE(next_attempt_at, send_at, created_at) DESC, id DESC
+    LIMIT :limit
+)
+
+-- expire --
+-- Pending rows past their validUntil become expired (bounded), and come back to be reported.
+UPDATE messages
+SET status = 'expired',
+    last_error = 'expired: not sent before validUntil ' || substr(valid_until, 1, 19) || 'Z'
+                 || COALESCE(' (last error: ' || last_error || ')', ''),
+    next_attempt_at = NULL,
+    updated_at = :now
+WHERE id IN (
+    SELECT id FROM messages
+    WHERE status = 'pending' AND valid_until IS NOT NULL AND valid_until <= :now
+    ORDER BY valid_until
+    LIMIT 1000
+)
+RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+          attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+          send_at, priority, valid_until, encoding, segments,
+       delivered_at, delivery_status, delivery_error
 
 -- resolve --
 -- Write back a batch of outcomes, given as one JSON array. A row is written while the
 -- claim token still holds it, or by a `sent` outcome when the provider has not accepted
--- it yet (the send happened regardless; a delivered or undelivered message stays so).
--- The adapter writes the attempts to the history in the same transaction.
+-- it yet (the send happened regardless; a delivered or undelivered message stays so) and
+-- it is not cancelled (a 200 to a cancel is final). The adapter writes the attempts to
+-- the history in the same transaction.
 WITH v AS (
     SELECT json_extract(value, '$.id') AS id,
            json_extract(value, '$.claim_token') AS claim_token,
@@ -59,7 +127,10 @@ WITH v AS (
            json_extract(value, '$.message_id') AS message_id,
            json_extract(value, '$.last_error') AS last_error,
            json_extract(value, '$.next_attempt_at') AS next_attempt_at,
-           json_extract(value, '$.uncount') AS uncount
+           json_extract(value, '$.uncount') AS uncount,
+           json_extract(value, '$.retry_in_s') AS retry_in_s,
+           json_extract(value, '$.segments') AS segments,
+           json_extract(value, '$.encoding') AS encoding
     FROM json_each(:resolutions)
 )
 UPDATE messages AS m
@@ -68,6 +139,8 @@ SET status = v.status,
     message_id = v.message_id,
     last_error = COALESCE(v.last_error, m.last_error),
     next_attempt_at = v.next_attempt_at,
+    segments = COALESCE(m.segments, v.segments),
+    encoding = COALESCE(m.encoding, v.encoding),
     lease_expires_at = NULL,
     claim_token = NULL,
     attempts = CASE WHEN v.uncount THEN m.attempts - 1 ELSE m.attempts END,
@@ -75,7 +148,7 @@ SET status = v.status,
 FROM v
 WHERE m.id = v.id
   AND ((m.status = 'sending' AND m.claim_token = v.claim_token)
-       OR (v.status = 'sent' AND m.status NOT IN ('sent', 'delivered', 'undelivered')))
+       OR (v.status = 'sent' AND m.status NOT IN ('sent', 'delivered', 'undelivered', 'cancelled')))
 RETURNING id, message_id, status
 
 -- retry --
@@ -85,7 +158,44 @@ SET status = 'pending', attempts = 0, next_attempt_at = NULL, updated_at = :now
 WHERE id = :id AND status = 'failed'
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
-          delivered_at, delivery_status, delivery_error
+          send_at, priority, valid_until, encoding, segments,
+       delivered_at, delivery_status, delivery_error
+
+-- cancel --
+-- A pending message (scheduled or waiting for a retry) taken back; a claimed row is left alone.
+UPDATE messages
+SET status = 'cancelled', next_attempt_at = NULL, updated_at = :now
+WHERE id = :id AND status = 'pending'
+RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+          attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+          send_at, priority, valid_until, encoding, segments,
+       delivered_at, delivery_status, delivery_error
+
+-- idempotency_drop_stale --
+-- A key older than 24 hours is forgotten: the same key may be used again.
+DELETE FROM insider_idempotency_keys WHERE key = :key AND created_at <= :stale_before
+
+-- idempotency_clean --
+-- Forget a bounded number of keys older than 24 hours.
+DELETE FROM insider_idempotency_keys
+WHERE key IN (
+    SELECT key FROM insider_idempotency_keys WHERE created_at <= :stale_before ORDER BY created_at LIMIT 1000
+)
+
+-- idempotency_take --
+-- Take the key for this request (inside the write transaction, so nobody else can).
+INSERT INTO insider_idempotency_keys (key, request_hash, status_code, message_ids, created_at)
+VALUES (:key, :request_hash, :status_code, '[]', :now)
+ON CONFLICT (key) DO NOTHING
+RETURNING key
+
+-- idempotency_get --
+-- What the first request with the key answered.
+SELECT request_hash, status_code, message_ids FROM insider_idempotency_keys WHERE key = :key
+
+-- idempotency_store --
+-- The messages the first request with the key created.
+UPDATE insider_idempotency_keys SET message_ids = :message_ids WHERE key = :key
 
 -- slot_get --
 -- When the last batch of the slot :name went (inside the slot's write transaction).
@@ -100,7 +210,8 @@ ON CONFLICT (name) DO UPDATE SET last_at = excluded.last_at
 -- The first page of sent messages, newest first.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
-          delivered_at, delivery_status, delivery_error
+       send_at, priority, valid_until, encoding, segments,
+       delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE status = 'sent' AND sent_at IS NOT NULL
 ORDER BY sent_at DESC, id DESC
@@ -110,7 +221,8 @@ LIMIT :limit
 -- A later page of sent messages: those after the cursor's (sent_at, id).
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
-          delivered_at, delivery_status, delivery_error
+       send_at, priority, valid_until, encoding, segments,
+       delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE status = 'sent' AND sent_at IS NOT NULL AND (sent_at, id) < (:key, :id)
 ORDER BY sent_at DESC, id DESC
@@ -120,7 +232,8 @@ LIMIT :limit
 -- The first page of messages in one (not sent) status, newest first.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
-          delivered_at, delivery_status, delivery_error
+       send_at, priority, valid_until, encoding, segments,
+       delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE status = :status
 ORDER BY created_at DESC, id DESC
@@ -130,9 +243,54 @@ LIMIT :limit
 -- A later page: those after the cursor's (created_at, id).
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
-          delivered_at, delivery_status, delivery_error
+       send_at, priority, valid_until, encoding, segments,
+       delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE status = :status AND (created_at, id) < (:key, :id)
+ORDER BY created_at DESC, id DESC
+LIMIT :limit
+
+-- list_sent_to --
+-- The first page of sent messages to one recipient, newest first.
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments,
+       delivered_at, delivery_status, delivery_error
+FROM messages
+WHERE recipient_phone = :to AND status = 'sent' AND sent_at IS NOT NULL
+ORDER BY sent_at DESC, id DESC
+LIMIT :limit
+
+-- list_sent_to_after --
+-- A later page of sent messages to one recipient.
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments,
+       delivered_at, delivery_status, delivery_error
+FROM messages
+WHERE recipient_phone = :to AND status = 'sent' AND sent_at IS NOT NULL AND (sent_at, id) < (:key, :id)
+ORDER BY sent_at DESC, id DESC
+LIMIT :limit
+
+-- list_by_created_to --
+-- The first page of messages to one recipient in one (not sent) status, newest first.
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments,
+       delivered_at, delivery_status, delivery_error
+FROM messages
+WHERE recipient_phone = :to AND status = :status
+ORDER BY created_at DESC, id DESC
+LIMIT :limit
+
+-- list_by_created_to_after --
+-- A later page of messages to one recipient in one (not sent) status.
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments,
+       delivered_at, delivery_status, delivery_error
+FROM messages
+WHERE recipient_phone = :to AND status = :status AND (created_at, id) < (:key, :id)
 ORDER BY created_at DESC, id DESC
 LIMIT :limit
 
@@ -146,6 +304,7 @@ GROUP BY status
 -- The first page of what the provider accepted (sent, delivered, undelivered), newest sent first.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments,
        delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL
@@ -156,9 +315,33 @@ LIMIT :limit
 -- A later page of what the provider accepted: those after the cursor's (sent_at, id).
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments,
        delivered_at, delivery_status, delivery_error
 FROM messages
 WHERE status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL AND (sent_at, id) < (:key, :id)
+ORDER BY sent_at DESC, id DESC
+LIMIT :limit
+
+-- list_accepted_to --
+-- The first page of what the provider accepted for one recipient, newest sent first.
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments,
+       delivered_at, delivery_status, delivery_error
+FROM messages
+WHERE recipient_phone = :to AND status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL
+ORDER BY sent_at DESC, id DESC
+LIMIT :limit
+
+-- list_accepted_to_after --
+-- A later page of what the provider accepted for one recipient.
+SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
+       attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
+       send_at, priority, valid_until, encoding, segments,
+       delivered_at, delivery_status, delivery_error
+FROM messages
+WHERE recipient_phone = :to AND status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL
+  AND (sent_at, id) < (:key, :id)
 ORDER BY sent_at DESC, id DESC
 LIMIT :limit
 
@@ -240,3 +423,8 @@ LIMIT :limit
 -- Up to :limit events older than :before.
 DELETE FROM insider_message_events
 WHERE id IN (SELECT id FROM insider_message_events WHERE at < :before LIMIT :limit)
+
+-- segments_sent --
+-- The segments of every message the provider accepted (one if not stored).
+SELECT coalesce(sum(coalesce(segments, 1)), 0) AS segments FROM messages
+WHERE status IN ('sent', 'delivered', 'undelivered')

@@ -1,14 +1,15 @@
 -- Delivery receipts and every message's history (issue 14), on SQLite.
 --
 -- SQLite cannot change a CHECK constraint, so the messages table is rebuilt with the new
--- statuses and columns (inside the migration's transaction), keeping every row and id.
+-- statuses and columns (inside the migration's transaction), keeping every row, id and
+-- column: migration 0005's table and indexes, plus this one's.
 
 CREATE TABLE messages_0006 (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     recipient_phone TEXT NOT NULL,
     content TEXT NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending'
-        CHECK (status IN ('pending', 'sending', 'sent', 'failed', 'delivered', 'undelivered')),
+        CHECK (status IN ('pending', 'sending', 'sent', 'failed', 'expired', 'cancelled', 'delivered', 'undelivered')),
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%f000Z', 'now')),
     sent_at TEXT,
     message_id TEXT,
@@ -24,6 +25,11 @@ CREATE TABLE messages_0006 (
         )
     ),
     updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%f000Z', 'now')),
+    send_at TEXT,
+    priority INTEGER NOT NULL DEFAULT 5 CHECK (priority BETWEEN 0 AND 9),
+    valid_until TEXT,
+    encoding TEXT,
+    segments INTEGER CHECK (segments IS NULL OR segments >= 1),
     delivered_at TEXT,
     delivery_status TEXT,
     delivery_error TEXT
@@ -31,26 +37,31 @@ CREATE TABLE messages_0006 (
 
 INSERT INTO messages_0006 (
     id, recipient_phone, content, status, created_at, sent_at, message_id, last_error, attempts,
-    next_attempt_at, lease_expires_at, claim_token, idempotency_key, updated_at
+    next_attempt_at, lease_expires_at, claim_token, idempotency_key, updated_at,
+    send_at, priority, valid_until, encoding, segments
 )
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error, attempts,
-       next_attempt_at, lease_expires_at, claim_token, idempotency_key, updated_at
+       next_attempt_at, lease_expires_at, claim_token, idempotency_key, updated_at,
+       send_at, priority, valid_until, encoding, segments
 FROM messages;
 
 DROP TABLE messages;
 ALTER TABLE messages_0006 RENAME TO messages;
 
-CREATE INDEX IF NOT EXISTS messages_queue_idx
-    ON messages (created_at, id)
-    WHERE status IN ('pending', 'sending');
-CREATE INDEX IF NOT EXISTS messages_sent_idx
-    ON messages (sent_at DESC, id DESC)
-    WHERE status = 'sent';
-CREATE INDEX IF NOT EXISTS messages_status_created_idx
-    ON messages (status, created_at DESC, id DESC);
+-- Migration 0005's indexes (dropped with its table), then this one's.
+CREATE INDEX messages_due_idx ON messages (priority, (COALESCE(next_attempt_at, send_at, created_at)), id) WHERE status = 'pending';
+CREATE INDEX messages_lease_idx ON messages (lease_expires_at) WHERE status = 'sending';
+CREATE INDEX messages_valid_until_idx ON messages (valid_until) WHERE status = 'pending' AND valid_until IS NOT NULL;
+CREATE INDEX messages_sent_idx ON messages (sent_at DESC, id DESC) WHERE status = 'sent';
+CREATE INDEX messages_status_created_idx ON messages (status, created_at DESC, id DESC);
+CREATE INDEX messages_to_sent_idx ON messages (recipient_phone, sent_at DESC, id DESC) WHERE status = 'sent';
+CREATE INDEX messages_to_status_created_idx ON messages (recipient_phone, status, created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS messages_message_id_idx ON messages (message_id) WHERE message_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_accepted_idx
     ON messages (sent_at DESC, id DESC)
+    WHERE status IN ('sent', 'delivered', 'undelivered');
+CREATE INDEX IF NOT EXISTS messages_to_accepted_idx
+    ON messages (recipient_phone, sent_at DESC, id DESC)
     WHERE status IN ('sent', 'delivered', 'undelivered');
 
 CREATE TABLE IF NOT EXISTS insider_message_events (
