@@ -256,6 +256,7 @@ async def test_the_delivery_migration_keeps_every_row_of_an_older_file(tmp_path:
     """0006 rebuilds the messages table (SQLite cannot change a CHECK): rows, ids and keys survive."""
     from insider.adapters.sqlite import load_migrations, split_statements
 
+    columns = "id, status, idempotency_key, message_id, send_at, priority, valid_until, encoding, segments"
     path = tmp_path / "older.db"
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute("CREATE TABLE insider_schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
@@ -272,16 +273,48 @@ async def test_the_delivery_migration_keeps_every_row_of_an_older_file(tmp_path:
         )
         conn.execute("DELETE FROM messages WHERE id = 1")
         conn.execute("INSERT INTO messages (recipient_phone, content) VALUES ('+905301234003', 'after a delete')")
-        before = conn.execute("SELECT id, status, idempotency_key, message_id FROM messages ORDER BY id").fetchall()
+        # Migration 0005's columns and statuses (issue 13) survive the rebuild too.
+        conn.execute(
+            "INSERT INTO messages (recipient_phone, content, status, send_at, priority, valid_until, encoding, "
+            "segments) VALUES ('+905301234005', 'scheduled', 'pending', '2026-02-01T00:00:00.000000Z', 9, "
+            "'2026-02-02T00:00:00.000000Z', 'UCS-2', 2)"
+        )
+        conn.execute("INSERT INTO messages (recipient_phone, content, status) VALUES ('+905301234006', 'x', 'expired')")
+        conn.execute(
+            "INSERT INTO messages (recipient_phone, content, status, priority) "
+            "VALUES ('+905301234007', 'y', 'cancelled', 0)"
+        )
+        before = conn.execute(f"SELECT {columns} FROM messages ORDER BY id").fetchall()
 
     async with open_sqlite(f"sqlite:///{path}") as database:
         repository = SqliteMessageRepository(database)
         await repository.migrate()
         with contextlib.closing(sqlite3.connect(path)) as conn:
-            after = conn.execute("SELECT id, status, idempotency_key, message_id FROM messages ORDER BY id").fetchall()
+            after = conn.execute(f"SELECT {columns} FROM messages ORDER BY id").fetchall()
+            indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         newest = await repository.enqueue("+905301234004", "new")
         outcomes = await repository.apply_receipts([Receipt("p-old", "delivered", datetime.now(UTC))], [None])
 
-    assert after == before == [(2, "sent", before[0][2], "p-old"), (3, "pending", before[1][2], None)]
-    assert newest.id == 4  # ids are not reused
+    assert after == before
+    assert [row[:4] for row in after[:2]] == [(2, "sent", before[0][2], "p-old"), (3, "pending", before[1][2], None)]
+    assert after[2][1:2] + after[2][4:] == (
+        "pending",
+        "2026-02-01T00:00:00.000000Z",
+        9,
+        "2026-02-02T00:00:00.000000Z",
+        "UCS-2",
+        2,
+    )
+    assert [(row[1], row[5]) for row in after[3:]] == [("expired", 5), ("cancelled", 0)]
+    assert {
+        "messages_due_idx",
+        "messages_lease_idx",
+        "messages_valid_until_idx",
+        "messages_to_sent_idx",
+        "messages_to_status_created_idx",
+        "messages_message_id_idx",
+        "messages_accepted_idx",
+        "messages_to_accepted_idx",
+    } <= indexes
+    assert newest.id == 7  # ids are not reused
     assert [o.result for o in outcomes] == [ReceiptResult.APPLIED]
