@@ -425,3 +425,85 @@ async def test_the_history_returns_the_first_events_up_to_a_limit(backend: Backe
         ("receipt", "ENROUTE-1"),
     ]
     assert len(await backend.repository.events(message.id)) == 6
+
+
+# Issue 13's fields and rules together with issue 14's (the two were built apart).
+
+
+async def test_a_delivered_message_keeps_its_priority_and_segments_and_counts_its_segments(backend: Backend) -> None:
+    repository = backend.repository
+    message = await repository.enqueue(PHONE, "a" * 161, priority=9)  # GSM-7, 2 segments
+    [claimed] = await repository.claim(1, 30.0)
+    now = backend.now()
+    await repository.resolve(
+        [
+            Resolution(
+                claimed.id,
+                claimed.claim_token,
+                MessageStatus.SENT,
+                sent_at=now,
+                message_id="p-long",
+                attempt=Attempt(now, "sent", claimed.attempts, 202, 3.0, provider_message_id="p-long"),
+            )
+        ]
+    )
+    assert await apply(backend, receipt(backend, "p-long", "delivered")) == [ReceiptResult.APPLIED]
+    got = await fetch(backend, message.id)
+    assert (got.status, got.priority, got.segments, got.delivery_status) == (
+        MessageStatus.DELIVERED,
+        9,
+        2,
+        "delivered",
+    )
+    # segmentsSent counts what the provider accepted, whatever its receipt said after.
+    assert await repository.segments_sent() == 2
+
+
+async def test_the_default_listing_of_one_recipient_holds_sent_delivered_and_undelivered(backend: Backend) -> None:
+    repository = backend.repository
+    mine = [await sent_message(backend, f"p-mine-{i}") for i in range(3)]
+    assert await apply(backend, receipt(backend, "p-mine-0", "delivered"), receipt(backend, "p-mine-1", "UNDELIV")) == [
+        ReceiptResult.APPLIED,
+        ReceiptResult.APPLIED,
+    ]
+    other = await repository.enqueue("+905301234099", "theirs")
+    [claimed] = await repository.claim(1, 30.0)
+    assert claimed.id == other.id
+    await repository.resolve(
+        [Resolution(claimed.id, claimed.claim_token, MessageStatus.SENT, sent_at=backend.now(), message_id="p-x")]
+    )
+
+    first = await repository.list_messages(None, 2, to=PHONE)
+    second = await repository.list_messages(None, 2, first.next_cursor, to=PHONE)
+    listed = first.items + second.items
+    assert {m.id for m in listed} == {m.id for m in mine} and len(listed) == 3
+    assert {m.status for m in listed} == {MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.UNDELIVERED}
+    assert second.next_cursor is None
+    assert [m.id for m in (await repository.list_messages(None, 10, to="+905301234099")).items] == [other.id]
+    assert [m.id for m in (await repository.list_messages(MessageStatus.SENT, 10, to=PHONE)).items] == [mine[2].id]
+
+
+async def test_a_late_sent_never_overwrites_a_cancel_nor_writes_an_attempt(backend: Backend) -> None:
+    repository = backend.repository
+    message = await repository.enqueue(PHONE, "x")
+    [claimed] = await repository.claim(1, 30.0)
+    await repository.resolve(
+        [Resolution(claimed.id, claimed.claim_token, MessageStatus.PENDING, retry_in_s=0.0, uncount_attempt=True)]
+    )
+    await repository.cancel(message.id)
+    now = backend.now()
+    await repository.resolve(
+        [
+            Resolution(
+                claimed.id,
+                claimed.claim_token,
+                MessageStatus.SENT,
+                sent_at=now,
+                message_id="p-late",
+                attempt=Attempt(now, "sent", claimed.attempts, 202, 1.0, provider_message_id="p-late"),
+            )
+        ]
+    )
+    got = await fetch(backend, message.id)
+    assert (got.status, got.message_id) == (MessageStatus.CANCELLED, None)
+    assert await repository.events(message.id) == []
