@@ -227,8 +227,8 @@ class EventSchema(Schema):
         allow_none=True,
         required=True,
         metadata={
-            "description": "attempt: sent, retry, failed or invalid; receipt: delivered, undelivered, expired, "
-            "rejected, or null for a status that is not final",
+            "description": "attempt: sent, retry, failed, invalid, or expired (its retry would pass validUntil); "
+            "receipt: delivered, undelivered, expired, rejected, or null for a status that is not final",
             "x-nullable": True,
         },
     )

@@ -291,6 +291,23 @@ async def test_expiry_while_retrying(make_api: Callable[..., Awaitable[Api]]) ->
     assert len(api.sms.requests) == 1
 
 
+async def test_a_retry_past_valid_until_is_an_expired_attempt_in_the_history(
+    make_api: Callable[..., Awaitable[Api]],
+) -> None:
+    api = await make_api(retry_backoff="30s", retry_backoff_max="30s")
+    api.sms.responder = lambda request: SendResult(Outcome.RETRY, status_code=503, error="HTTP 503")
+    _, body = await api.post("/api/v1/messages", {"to": PHONE, "content": "x", "validUntil": api.iso(10)})
+    _, cancelled = await api.post("/api/v1/messages", {"to": PHONE, "content": "y", "sendAt": api.iso(60)})
+    await api.post(f"/api/v1/messages/{cancelled['id']}/cancel", None)
+    await api.run_once()
+    status, events = await api.get(f"/api/v1/messages/{body['id']}/events")
+    assert status == 200
+    assert [(e["kind"], e["outcome"], e["statusCode"], e["error"]) for e in events["data"]] == [
+        ("attempt", "expired", 503, "HTTP 503")
+    ]
+    assert (await api.get(f"/api/v1/messages/{cancelled['id']}/events"))[1]["data"] == []
+
+
 async def test_a_claimed_message_past_valid_until_is_not_sent(api: Api) -> None:
     _, body = await api.post("/api/v1/messages", {"to": PHONE, "content": "x", "validUntil": api.iso(5)})
     claimed = await api.repository.claim(10, 30)  # claimed, then the clock passes its validUntil
