@@ -229,6 +229,20 @@ def test_the_removed_webhook_client_setting_is_ignored_whatever_its_value(
     assert load({}).ignored == ()
 
 
+@pytest.mark.parametrize("where", ["environment", "dotenv"])
+def test_the_test_suites_own_variables_are_ignored(where: str, tmp_path: Path) -> None:
+    # README (Configuration): "Variables named INSIDER_TEST_* belong to the test suite and are ignored."
+    own = {"INSIDER_TEST_REQUIRE_SERVICES": "1", "INSIDER_TEST_DATABASE_URL": "postgresql://x/y", "INSIDER_TEST_": "?"}
+    settings = load(own) if where == "environment" else load({}, env_file=write(tmp_path / ".env", own))
+    assert settings == load({})
+
+
+def test_only_the_test_prefix_is_ignored() -> None:
+    with pytest.raises(ConfigError) as err:
+        load({"INSIDER_TESTING": "1"})
+    assert str(err.value).startswith("INSIDER_TESTING: unknown setting")
+
+
 def test_backoff_max_below_backoff_is_an_error() -> None:
     with pytest.raises(ConfigError) as err:
         load({"INSIDER_RETRY_BACKOFF": "1m", "INSIDER_RETRY_BACKOFF_MAX": "30s"})
