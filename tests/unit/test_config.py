@@ -325,6 +325,22 @@ def test_lease_covers_every_wave_of_a_batch(batch_size: str, concurrency: str, t
     assert settings.lease_s == pytest.approx(lease_s)
 
 
+@pytest.mark.parametrize(("batch_size", "concurrency", "lease_s"), [("2", "8", 10 + 30), ("10", "3", 7 * 10 + 30)])
+def test_lease_in_drain_mode_covers_two_batches_sharing_the_bound(
+    batch_size: str, concurrency: str, lease_s: float
+) -> None:
+    # README: ceil(2 x batch size / concurrency) x INSIDER_WEBHOOK_TIMEOUT + 30 s when INSIDER_SEND_INTERVAL=0.
+    settings = load(
+        {
+            "INSIDER_SEND_INTERVAL": "0",
+            "INSIDER_BATCH_SIZE": batch_size,
+            "INSIDER_SEND_CONCURRENCY": concurrency,
+            "INSIDER_WEBHOOK_TIMEOUT": "10s",
+        }
+    )
+    assert settings.lease_s == pytest.approx(lease_s)
+
+
 def test_settings_can_be_built_directly_for_embedding() -> None:
     settings = replace(load({}), batch_size=4, send_interval_s=1.0)
     assert settings.batch_size == 4
