@@ -1,0 +1,229 @@
+"""The README's API tables, read from the README: every route answers, every status code it names is
+reached the way a client would reach it, errors are JSON shaped as the README says, and Swagger
+declares each code. A code the README names without a way to reach it here fails loudly."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient, TestServer
+
+from insider.config import load_settings
+from insider.container import Container
+from insider.web.app import create_app
+from tests.readme_text import code_spans, section, status_codes, tables
+
+Client = TestClient[Any, Any]
+TOKEN = "readme-token"
+VALID = {"to": "+15555550100", "content": "Hello from insider"}
+JSON = {"Content-Type": "application/json"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a client reaches one status code of one route: on which service, with which request."""
+
+    send: Callable[[Client, Path], Awaitable[ClientResponse]]
+    service: str = "up"  # up | down (the database cannot be opened) | token (INSIDER_API_TOKEN set)
+    fields: bool = False  # whether the error carries "fields" (README, API)
+
+
+async def _enqueue(client: Client) -> int:
+    response = await client.post("/api/v1/messages", json=VALID)
+    assert response.status == 201, await response.text()
+    return int((await response.json())["id"])
+
+
+async def _failed_message(client: Client, database: Path) -> int:
+    message_id = await _enqueue(client)
+    with sqlite3.connect(database) as db:  # as a refused send would leave it
+        db.execute("UPDATE messages SET status = 'failed', last_error = 'HTTP 400' WHERE id = ?", (message_id,))
+    return message_id
+
+
+def get(path: str, **kwargs: Any) -> Callable[[Client, Path], Awaitable[ClientResponse]]:
+    async def send(client: Client, database: Path) -> ClientResponse:
+        return await client.get(path, **kwargs)
+
+    return send
+
+
+def post(path: str, **kwargs: Any) -> Callable[[Client, Path], Awaitable[ClientResponse]]:
+    async def send(client: Client, database: Path) -> ClientResponse:
+        return await client.post(path, **kwargs)
+
+    return send
+
+
+async def _get_one(client: Client, database: Path) -> ClientResponse:
+    return await client.get(f"/api/v1/messages/{await _enqueue(client)}")
+
+
+async def _retry_failed(client: Client, database: Path) -> ClientResponse:
+    return await client.post(f"/api/v1/messages/{await _failed_message(client, database)}/retry")
+
+
+async def _retry_pending(client: Client, database: Path) -> ClientResponse:
+    return await client.post(f"/api/v1/messages/{await _enqueue(client)}/retry")
+
+
+MESSAGES = "/api/v1/messages"
+# (method, path as the README writes it) -> status code -> the ways to reach it.
+RECIPES: dict[tuple[str, str], dict[int, list[Recipe]]] = {
+    ("GET", MESSAGES): {
+        200: [Recipe(get(MESSAGES)), Recipe(get(MESSAGES, params={"status": "pending", "limit": "1"}))],
+        400: [Recipe(get(MESSAGES, params={"cursor": "bm90LWEtY3Vyc29y"}), fields=True)],
+        422: [Recipe(get(MESSAGES, params={"limit": "0"}), fields=True)],
+        503: [Recipe(get(MESSAGES), service="down")],
+    },
+    ("POST", MESSAGES): {
+        201: [Recipe(post(MESSAGES, json=VALID))],
+        400: [
+            Recipe(post(MESSAGES, data=b'{"to": ', headers=JSON)),  # not JSON at all
+            Recipe(post(MESSAGES, data=b'["+15555550100"]', headers=JSON), fields=True),  # JSON, not an object
+        ],
+        413: [Recipe(post(MESSAGES, json={"to": VALID["to"], "content": "x" * 70_000}))],
+        415: [Recipe(post(MESSAGES, data=json.dumps(VALID).encode(), headers={"Content-Type": "text/plain"}))],
+        422: [Recipe(post(MESSAGES, json={"to": "0530 123", "content": "x"}), fields=True)],
+        503: [Recipe(post(MESSAGES, json=VALID), service="down")],
+    },
+    ("GET", "/api/v1/messages/{id}"): {
+        200: [Recipe(_get_one)],
+        404: [Recipe(get(f"{MESSAGES}/999999")), Recipe(get(f"{MESSAGES}/0"))],
+    },
+    ("POST", "/api/v1/messages/{id}/retry"): {
+        200: [Recipe(_retry_failed)],
+        404: [Recipe(post(f"{MESSAGES}/999999/retry"))],
+        409: [Recipe(_retry_pending)],
+    },
+    ("POST", "/api/v1/messages/start"): {200: [Recipe(post(f"{MESSAGES}/start"))]},
+    ("GET", "/api/v1/messages/start"): {200: [Recipe(get(f"{MESSAGES}/start"))]},
+    ("POST", "/api/v1/messages/stop"): {200: [Recipe(post(f"{MESSAGES}/stop"))]},
+    ("GET", "/api/v1/messages/stop"): {200: [Recipe(get(f"{MESSAGES}/stop"))]},
+    ("GET", "/api/v1/sender"): {200: [Recipe(get("/api/v1/sender")), Recipe(get("/api/v1/sender"), service="down")]},
+    ("GET", "/api/v1/stats"): {
+        200: [Recipe(get("/api/v1/stats"))],
+        401: [
+            Recipe(get("/api/v1/stats"), service="token"),
+            Recipe(get("/api/v1/stats", headers={"Authorization": "Bearer nope"}), service="token"),
+        ],
+        503: [Recipe(get("/api/v1/stats"), service="down")],
+    },
+    ("GET", "/"): {200: [Recipe(get("/")), Recipe(get("/"), service="token")]},
+    ("GET", "/healthz"): {200: [Recipe(get("/healthz")), Recipe(get("/healthz"), service="down")]},
+    ("GET", "/readyz"): {200: [Recipe(get("/readyz"))], 503: [Recipe(get("/readyz"), service="down")]},
+    ("GET", "/metrics"): {200: [Recipe(get("/metrics")), Recipe(get("/metrics"), service="token")]},
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str
+    path: str
+    codes: frozenset[int]
+    shapes: tuple[dict[str, Any], ...]  # the JSON objects the row shows for its success
+    line: int
+
+
+def documented_routes() -> list[Row]:
+    """Every route of the README's API tables, with the status codes and JSON its row names."""
+    rows: list[Row] = []
+    for table in tables("Method and path"):
+        for cells in table.rows:
+            route, what = cells[0], cells[1]
+            methods = re.findall(r"\b(GET|POST|PUT|PATCH|DELETE|HEAD)\b", route)
+            path = re.search(r"(/[^\s`?]*)", route)
+            assert methods and path, f"README.md:{table.line}: cannot read a method and path in {route!r}"
+            shapes = []
+            for span in code_spans(what):
+                try:
+                    shape = json.loads(re.sub(r"^\d{3}\s+", "", span))
+                except ValueError:
+                    continue
+                if isinstance(shape, dict):
+                    shapes.append(shape)
+            for method in methods:
+                rows.append(Row(method, path.group(1), frozenset(status_codes(what)), tuple(shapes), table.line))
+    return rows
+
+
+ROUTES = documented_routes()
+
+
+def _success(codes: frozenset[int]) -> int:
+    named = sorted(c for c in codes if 200 <= c < 300)
+    return named[0] if named else 200
+
+
+CASES = [(row, code) for row in ROUTES for code in sorted(row.codes | {_success(row.codes)})]
+
+
+@asynccontextmanager
+async def service(kind: str, directory: Path, name: str) -> AsyncIterator[tuple[Client, Path]]:
+    """The app as `python -m insider` builds it, on a SQLite file of this test's own."""
+    database = directory / ("missing-directory" if kind == "down" else "") / f"{name}.db"
+    env = {
+        "INSIDER_DATABASE_URL": f"sqlite:///{database}",
+        "INSIDER_AUTOSTART": "false",
+        "INSIDER_LOG_LEVEL": "error",
+        "INSIDER_API_TOKEN": TOKEN if kind == "token" else "",
+    }
+    container = Container(settings=load_settings(env, env_file=None))
+    client: Client = TestClient(TestServer(create_app(container)))
+    await client.start_server()
+    try:
+        yield client, database
+    finally:
+        await client.close()
+        container.unwire()
+
+
+def test_every_route_of_the_tables_has_its_recipes() -> None:
+    assert len(ROUTES) >= 10, "the README's API tables were not found"
+    for row in ROUTES:
+        known = RECIPES.get((row.method, row.path))
+        assert known is not None, f"README.md:{row.line}: {row.method} {row.path} is new: add it to RECIPES"
+        missing = (row.codes | {_success(row.codes)}) - set(known)
+        assert not missing, f"README.md:{row.line}: {row.method} {row.path} names {missing}: add how to reach them"
+
+
+def test_every_status_code_the_api_section_names_is_reached_somewhere() -> None:
+    named = status_codes(section("API"))
+    reached = {code for codes in RECIPES.values() for code in codes}
+    assert named - reached == set(), f"README's API section names {named - reached}, which no recipe reaches"
+
+
+@pytest.mark.parametrize(("row", "code"), CASES, ids=[f"{r.method} {r.path} {c}" for r, c in CASES])
+async def test_each_documented_status_code_is_reached_and_declared(row: Row, code: int, tmp_path: Path) -> None:
+    recipes = RECIPES.get((row.method, row.path), {}).get(code)
+    assert recipes, f"README.md:{row.line}: no recipe for {code} of {row.method} {row.path}"
+    for i, recipe in enumerate(recipes):
+        async with service(recipe.service, tmp_path, f"api-{i}") as (client, database):
+            response = await recipe.send(client, database)
+            body = await response.read()
+            assert response.status == code, f"{row.method} {row.path} (recipe {i}): {response.status} {body[:300]!r}"
+            if code >= 400:
+                error = json.loads(body)
+                assert response.content_type == "application/json" and isinstance(error["error"], str)
+                assert ("fields" in error) is recipe.fields, f"README, API: which errors carry fields: {error}"
+                if code == 401:
+                    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+            elif code == _success(row.codes) and response.content_type == "application/json":
+                answer = json.loads(body)
+                for shape in row.shapes:
+                    assert answer | shape == answer, f"README.md:{row.line}: shows {shape}, the service {answer}"
+            spec = await (await client.get("/api/docs/swagger.json")).json()
+        operation = spec["paths"].get(row.path, {}).get(row.method.lower())
+        if row.path.startswith("/api/"):
+            assert operation is not None, f"Swagger has no {row.method} {row.path}"
+        if operation is not None:
+            assert str(code) in operation["responses"], f"Swagger does not declare {code} for {row.method} {row.path}"
