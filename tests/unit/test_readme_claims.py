@@ -27,8 +27,8 @@ def suite_variables() -> set[str]:
     return names
 
 
-# Names the README shows on purpose as what is NOT a setting (Choices: a typo is an error).
-TYPO_EXAMPLES = {"INSIDER_BATCHSIZE"}
+# Names the README shows on purpose as what is NOT a setting (Choices: a typo or a near miss is an error).
+TYPO_EXAMPLES = {"INSIDER_BATCHSIZE", "INSIDER_TESTING"}
 
 
 def test_every_insider_variable_the_documents_name_exists() -> None:
