@@ -184,7 +184,6 @@ async def service(kind: str, directory: Path, name: str) -> AsyncIterator[tuple[
         yield client, database
     finally:
         await client.close()
-        container.unwire()
 
 
 def test_every_route_of_the_tables_has_its_recipes() -> None:
