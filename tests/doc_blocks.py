@@ -66,7 +66,7 @@ _LOCAL_PORT = re.compile(r"(?P<pre>\b(?:localhost|127\.0\.0\.1|0\.0\.0\.0):|\[::
 _OPTION_PORT = re.compile(r"(?P<pre>--port[ =])(?P<port>\d{2,5})\b")
 _SETTING_PORT = re.compile(r"(?P<pre>\bINSIDER_PORT=)(?P<port>\d{2,5})\b")
 _PORTS = (_LOCAL_PORT, _OPTION_PORT, _SETTING_PORT)
-_HEREDOC = re.compile(r"<<-?\s*(['\"]?)(\w+)\1")
+_HEREDOC = re.compile(r"(?<!<)<<-?(?!<)\s*(['\"]?)(\w+)\1")
 # The example's own asyncio.sleep calls are cut short; those of the library are left alone.
 _PYTHON_RUNNER = """
 import asyncio, runpy, sys
