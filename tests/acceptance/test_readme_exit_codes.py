@@ -9,13 +9,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from insider.__main__ import EXIT_FAILED, EXIT_USAGE
+from insider.__main__ import EXIT_FAILED, EXIT_SCHEMA, EXIT_USAGE
 from tests.acceptance.conftest import service_env
+from tests.original_service import build_original_database
 from tests.readme_text import code_spans, section
 
-Run = Callable[[Path], subprocess.CompletedProcess[str]]
+Run = Callable[[Path, pytest.FixtureRequest], subprocess.CompletedProcess[str]]
 
 
 def run(*args: str, cwd: Path, **settings: str) -> subprocess.CompletedProcess[str]:
@@ -32,25 +34,36 @@ def run(*args: str, cwd: Path, **settings: str) -> subprocess.CompletedProcess[s
 UNOPENABLE = "sqlite:///no/such/directory/insider.db"  # "a SQLite file that cannot be opened" = database down
 
 
-def _port_taken(cwd: Path) -> subprocess.CompletedProcess[str]:
+def _port_taken(cwd: Path, request: pytest.FixtureRequest) -> subprocess.CompletedProcess[str]:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         return run(cwd=cwd, port=str(taken.getsockname()[1]), host="127.0.0.1")
 
 
+def _unupgradable(cwd: Path, request: pytest.FixtureRequest) -> subprocess.CompletedProcess[str]:
+    """The original Go service's table with a row insider cannot take (no content), on PostgreSQL."""
+    database_url = request.getfixturevalue("fresh_postgres_url")
+    build_original_database(database_url, pending=1, sent=0, failed=0)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE messages ALTER COLUMN content DROP NOT NULL")
+        conn.execute("INSERT INTO messages (recipient_phone, content) VALUES ('+15555550100', NULL)")
+    return run("migrate", cwd=cwd, database_url=database_url)
+
+
 # The README's exit code -> each reason it gives for it -> how the CLI gets there.
 EXIT_RECIPES: dict[int, dict[str, Run]] = {
-    0: {"done": lambda cwd: run("migrate", cwd=cwd)},
+    0: {"done": lambda cwd, _: run("migrate", cwd=cwd)},
     1: {
-        "database unavailable": lambda cwd: run("migrate", cwd=cwd, database_url=UNOPENABLE),
+        "database unavailable": lambda cwd, _: run("migrate", cwd=cwd, database_url=UNOPENABLE),
         "port taken": _port_taken,
-        "invalid message": lambda cwd: run("enqueue", "--to", "12", "--content", "x", cwd=cwd),
+        "invalid message": lambda cwd, _: run("enqueue", "--to", "12", "--content", "x", cwd=cwd),
     },
     2: {
-        "bad usage": lambda cwd: run("enqueue", "--to", "+15555550100", cwd=cwd),
-        "a bad setting": lambda cwd: run("migrate", cwd=cwd, send_interval="soon"),
+        "bad usage": lambda cwd, _: run("enqueue", "--to", "+15555550100", cwd=cwd),
+        "a bad setting": lambda cwd, _: run("migrate", cwd=cwd, send_interval="soon"),
     },
+    3: {"a database that cannot be upgraded": _unupgradable},
 }
 
 
@@ -68,7 +81,7 @@ def documented_exit_codes() -> dict[int, str]:
 
 def test_the_readme_lists_the_exit_codes_the_cli_uses() -> None:
     documented = documented_exit_codes()
-    assert set(documented) == set(EXIT_RECIPES) == {0, EXIT_FAILED, EXIT_USAGE}
+    assert set(documented) == set(EXIT_RECIPES) == {0, EXIT_FAILED, EXIT_USAGE, EXIT_SCHEMA}
     for code, reasons in EXIT_RECIPES.items():
         for reason in reasons:
             assert reason in documented[code], f"README gives exit {code} for {documented[code]!r}, not {reason!r}"
@@ -78,8 +91,10 @@ CASES = [(code, reason) for code, reasons in EXIT_RECIPES.items() for reason in 
 
 
 @pytest.mark.parametrize(("code", "reason"), CASES, ids=[f"{c}-{r}" for c, r in CASES])
-def test_each_exit_code_for_each_documented_reason(code: int, reason: str, tmp_path: Path) -> None:
-    result = EXIT_RECIPES[code][reason](tmp_path)
+def test_each_exit_code_for_each_documented_reason(
+    code: int, reason: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    result = EXIT_RECIPES[code][reason](tmp_path, request)
 
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
