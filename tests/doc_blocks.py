@@ -47,6 +47,8 @@ from typing import Any
 from sybil import Document, Example, Region
 from sybil.parsers.markdown.lexers import RawFencedCodeBlockLexer
 
+from insider.config import ORIGINAL_IGNORED, ORIGINAL_NAMES
+
 ROOT = Path(__file__).resolve().parents[1]
 # Where the documents pretend the checkout is (the start-up summary shows its path).
 DOCUMENTED_CHECKOUT = "/home/you/insider"
@@ -187,8 +189,14 @@ def setup(namespace: dict[str, Any]) -> None:
             f'#!/bin/sh\nexec {curl} --fail-with-body --silent --show-error --max-time 30 "$@"\n'
         )
         (shims / "curl").chmod(0o755)
-    # The reader's environment: no INSIDER_* setting from outside (the suite's INSIDER_TEST_* stay).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INSIDER_") or k.startswith("INSIDER_TEST_")}
+    # The reader's environment: no INSIDER_* setting from outside (the suite's INSIDER_TEST_* stay), nor
+    # the original Go service's names (DB_HOST, SMS_HOST, ...), which insider reads too.
+    original = {name for names in ORIGINAL_NAMES.values() for name in names} | set(ORIGINAL_IGNORED)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if (not k.startswith("INSIDER_") or k.startswith("INSIDER_TEST_")) and k not in original
+    }
     env["PATH"] = os.pathsep.join([str(shims), str(checkout / ".venv" / "bin"), env.get("PATH", "")])
     env["VIRTUAL_ENV"] = str(checkout / ".venv")
     env.pop("PYTHONPATH", None)
