@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from insider.config import load_settings
 from insider.container import Container
 from insider.web.app import create_app
+from insider.web.handlers import SERVICES
 from tests.readme_text import code_spans, section, status_codes, tables
 
 Client = TestClient[Any, Any]
@@ -90,6 +91,18 @@ def _twice(
     return send
 
 
+def _while_shutting_down(
+    send: Callable[[Client, Path], Awaitable[ClientResponse]],
+) -> Callable[[Client, Path], Awaitable[ClientResponse]]:
+    """``send`` once the supervisor has closed, as it does when the service shuts down (SIGTERM)."""
+
+    async def shutting_down(client: Client, database: Path) -> ClientResponse:
+        await client.app[SERVICES].get().supervisor.close()
+        return await send(client, database)
+
+    return shutting_down
+
+
 MESSAGES = "/api/v1/messages"
 # (method, path as the README writes it) -> status code -> the ways to reach it.
 RECIPES: dict[tuple[str, str], dict[int, list[Recipe]]] = {
@@ -119,8 +132,14 @@ RECIPES: dict[tuple[str, str], dict[int, list[Recipe]]] = {
         404: [Recipe(post(f"{MESSAGES}/999999/retry"))],
         409: [Recipe(_retry_pending)],
     },
-    ("POST", "/api/v1/messages/start"): {200: [Recipe(post(f"{MESSAGES}/start"))]},
-    ("GET", "/api/v1/messages/start"): {200: [Recipe(get(f"{MESSAGES}/start"))]},
+    ("POST", "/api/v1/messages/start"): {
+        200: [Recipe(post(f"{MESSAGES}/start"))],
+        503: [Recipe(_while_shutting_down(post(f"{MESSAGES}/start")))],
+    },
+    ("GET", "/api/v1/messages/start"): {
+        200: [Recipe(get(f"{MESSAGES}/start"))],
+        503: [Recipe(_while_shutting_down(get(f"{MESSAGES}/start")))],
+    },
     ("POST", "/api/v1/messages/stop"): {200: [Recipe(post(f"{MESSAGES}/stop"))]},
     ("GET", "/api/v1/messages/stop"): {200: [Recipe(get(f"{MESSAGES}/stop"))]},
     ("GET", "/api/v1/sender"): {200: [Recipe(get("/api/v1/sender")), Recipe(get("/api/v1/sender"), service="down")]},
