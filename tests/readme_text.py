@@ -12,7 +12,7 @@ from markdown_it import MarkdownIt
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 # A status code as the README writes it: in a code span of its own (`404`) or opening one (`200 {...}`).
-STATUS_CODE = re.compile(r"`([1-5]\d\d)\b[^`]*`")
+STATUS_CODE = re.compile(r"`([1-5]\d\d)(?:\s[^`]*)?`")
 
 
 @dataclass(frozen=True)
