@@ -103,6 +103,14 @@ def _while_shutting_down(
     return shutting_down
 
 
+async def _cancel_pending(client: Client, database: Path) -> ClientResponse:
+    return await client.post(f"/api/v1/messages/{await _enqueue(client)}/cancel")
+
+
+async def _cancel_failed(client: Client, database: Path) -> ClientResponse:
+    return await client.post(f"/api/v1/messages/{await _failed_message(client, database)}/cancel")
+
+
 MESSAGES = "/api/v1/messages"
 # (method, path as the README writes it) -> status code -> the ways to reach it.
 RECIPES: dict[tuple[str, str], dict[int, list[Recipe]]] = {
@@ -131,6 +139,16 @@ RECIPES: dict[tuple[str, str], dict[int, list[Recipe]]] = {
         200: [Recipe(_retry_failed)],
         404: [Recipe(post(f"{MESSAGES}/999999/retry"))],
         409: [Recipe(_retry_pending)],
+    },
+    ("POST", f"{MESSAGES}/batch"): {
+        201: [Recipe(post(f"{MESSAGES}/batch", json={"messages": [VALID, VALID | {"priority": 9}]}))],
+        422: [Recipe(post(f"{MESSAGES}/batch", json={"messages": [VALID, {"to": "12", "content": "x"}]}), fields=True)],
+    },
+    ("POST", f"{MESSAGES}/preview"): {200: [Recipe(post(f"{MESSAGES}/preview", json={"content": "Merhaba"}))]},
+    ("POST", "/api/v1/messages/{id}/cancel"): {
+        200: [Recipe(_cancel_pending)],
+        404: [Recipe(post(f"{MESSAGES}/999999/cancel"))],
+        409: [Recipe(_cancel_failed)],
     },
     ("POST", "/api/v1/messages/start"): {
         200: [Recipe(post(f"{MESSAGES}/start"))],
