@@ -343,7 +343,8 @@ def load_settings(
     user_sources.append(dict(environ))
     for source in (dotenv_values(defaults_file), *user_sources):
         for key, value in source.items():
-            if key.startswith(PREFIX) and value is not None:
+            # INSIDER_TEST_* belong to the test suite (README, Tests): ignored wherever they are set.
+            if key.startswith(PREFIX) and not key.startswith(_TEST_PREFIX) and value is not None:
                 merged[key] = value
     for source in user_sources:
         for key, value in source.items():

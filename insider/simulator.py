@@ -33,6 +33,11 @@ LISTED_MESSAGES: Final = 1_000
 
 Sleep = Callable[[float], Awaitable[None]]
 
+# The kinds of answer GET /messages counts: 202 new, 202 again for a known Idempotency-Key, 500, 429,
+# 400 (not a message), 401 (missing or wrong auth key), 413 (a body over the size limit).
+ANSWER_KINDS: Final = ("accepted", "replayed", "failed", "rateLimited", "rejected", "unauthorized", "tooLarge")
+MAX_BODY_BYTES: Final = 64 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class SimulatorOptions:
@@ -238,7 +243,8 @@ class SimulatedProvider:
         self._rng = rng or random.Random()
         self._keys: OrderedDict[str, str] = OrderedDict()
         self.received: deque[Received] = deque(maxlen=LISTED_MESSAGES)
-        self.counts = {"accepted": 0, "replayed": 0, "failed": 0, "rateLimited": 0, "rejected": 0}
+        # One count per kind of answer, so that their sum is every request the webhook answered.
+        self.counts = dict.fromkeys(ANSWER_KINDS, 0)
 
     async def answer(self, to: Any, content: Any, idempotency_key: str | None) -> Answer:
         """Decide the answer at once (so concurrent repeats of a key agree), then take the latency."""
@@ -315,13 +321,18 @@ async def _webhook(request: web.Request) -> web.Response:
     provider = request.app[SIMULATOR]
     auth_key = provider.options.auth_key
     if auth_key and request.headers.get(AUTH_HEADER, "") != auth_key:
+        provider.counts["unauthorized"] += 1
         log.warning("simulated send", outcome="unauthorized", status_code=401)
         return web.json_response({"error": f"missing or wrong {AUTH_HEADER}"}, status=401)
     try:
         payload = await request.json(loads=json.loads)
+    except web.HTTPRequestEntityTooLarge:
+        provider.counts["tooLarge"] += 1
+        return web.json_response({"error": f"the body is larger than {MAX_BODY_BYTES} bytes"}, status=413)
     except ValueError:
         payload = None
     if not isinstance(payload, dict):
+        provider.counts["rejected"] += 1
         return web.json_response({"error": "the body must be a JSON object"}, status=400)
     answer = await provider.answer(payload.get("to"), payload.get("content"), request.headers.get(IDEMPOTENCY_HEADER))
     to = payload.get("to")
@@ -363,7 +374,7 @@ def create_simulator_app(provider: SimulatedProvider | None = None) -> web.Appli
     ``GET /healthz`` answers while it runs; ``GET /messages`` lists what it accepted,
     newest first, with counts of every kind of answer.
     """
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[SIMULATOR] = provider or SimulatedProvider()
     app.router.add_post("/", _webhook)
     app.router.add_post("/webhook", _webhook)

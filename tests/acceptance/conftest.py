@@ -30,9 +30,17 @@ def free_port() -> int:
 
 
 def service_env(**settings: str) -> dict[str, str]:
-    """The environment for a service subprocess: no INSIDER_* from outside, these settings."""
-    # Nor the original Go service's names (DB_HOST, SMS_HOST, ...), which insider reads too.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INSIDER_") and k not in ORIGINAL_VARIABLES}
+    """The environment for a service subprocess: no INSIDER_* setting from outside, these settings.
+
+    The suite's own INSIDER_TEST_* variables stay (CI sets INSIDER_TEST_REQUIRE_SERVICES=1): the
+    service must ignore them, and every subprocess of the suite shows that it does. The original
+    Go service's names (DB_HOST, SMS_HOST, ...), which insider reads too, are dropped.
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if (not k.startswith("INSIDER_") or k.startswith("INSIDER_TEST_")) and k not in ORIGINAL_VARIABLES
+    }
     env.update({f"INSIDER_{k.upper()}": v for k, v in settings.items()})
     env.setdefault("INSIDER_LOG_FORMAT", "json")
     return env

@@ -535,9 +535,13 @@ async def test_three_processes_send_each_message_once_at_the_rate_of_one(
             batches.append([at])
     assert all(len(batch) <= batch_size for batch in batches), batches
     gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(batches)]
-    # batch_size per interval for the whole deployment (less the slot's tolerance, and a
-    # little for requests to reach the provider) ...
-    assert min(gaps) >= interval_s - slot_tolerance_s(interval_s) - 0.05, gaps
+    # batch_size per interval for the whole deployment, less the slot's tolerance. Requests
+    # reach the provider some milliseconds after their batch took the slot, more when a claim
+    # is slow on a busy machine, so one late batch shortens the gap after it: each gap allows
+    # for that lag, and the span of all the batches holds the rate exactly ...
+    step_s = interval_s - slot_tolerance_s(interval_s)
+    assert min(gaps) >= step_s - 0.15, gaps
+    assert batches[-1][0] - batches[0][0] >= (len(batches) - 1) * step_s - 0.05, gaps
     # ... and the rate is used, not only respected: no slot went by without a batch.
     assert max(gaps) <= interval_s + 0.25, gaps
 

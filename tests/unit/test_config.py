@@ -229,6 +229,20 @@ def test_the_removed_webhook_client_setting_is_ignored_whatever_its_value(
     assert load({}).ignored == ()
 
 
+@pytest.mark.parametrize("where", ["environment", "dotenv"])
+def test_the_test_suites_own_variables_are_ignored(where: str, tmp_path: Path) -> None:
+    # README (Configuration): "Variables named INSIDER_TEST_* belong to the test suite and are ignored."
+    own = {"INSIDER_TEST_REQUIRE_SERVICES": "1", "INSIDER_TEST_DATABASE_URL": "postgresql://x/y", "INSIDER_TEST_": "?"}
+    settings = load(own) if where == "environment" else load({}, env_file=write(tmp_path / ".env", own))
+    assert settings == load({})
+
+
+def test_only_the_test_prefix_is_ignored() -> None:
+    with pytest.raises(ConfigError) as err:
+        load({"INSIDER_TESTING": "1"})
+    assert str(err.value).startswith("INSIDER_TESTING: unknown setting")
+
+
 def test_backoff_max_below_backoff_is_an_error() -> None:
     with pytest.raises(ConfigError) as err:
         load({"INSIDER_RETRY_BACKOFF": "1m", "INSIDER_RETRY_BACKOFF_MAX": "30s"})
@@ -306,6 +320,22 @@ def test_lease_covers_every_wave_of_a_batch(batch_size: str, concurrency: str, t
             "INSIDER_BATCH_SIZE": batch_size,
             "INSIDER_SEND_CONCURRENCY": concurrency,
             "INSIDER_WEBHOOK_TIMEOUT": timeout,
+        }
+    )
+    assert settings.lease_s == pytest.approx(lease_s)
+
+
+@pytest.mark.parametrize(("batch_size", "concurrency", "lease_s"), [("2", "8", 10 + 30), ("10", "3", 7 * 10 + 30)])
+def test_lease_in_drain_mode_covers_two_batches_sharing_the_bound(
+    batch_size: str, concurrency: str, lease_s: float
+) -> None:
+    # README: ceil(2 x batch size / concurrency) x INSIDER_WEBHOOK_TIMEOUT + 30 s when INSIDER_SEND_INTERVAL=0.
+    settings = load(
+        {
+            "INSIDER_SEND_INTERVAL": "0",
+            "INSIDER_BATCH_SIZE": batch_size,
+            "INSIDER_SEND_CONCURRENCY": concurrency,
+            "INSIDER_WEBHOOK_TIMEOUT": "10s",
         }
     )
     assert settings.lease_s == pytest.approx(lease_s)

@@ -212,3 +212,38 @@ async def test_http_health_and_the_list_of_received_messages(
     assert [m["idempotencyKey"] for m in listed["data"]] == ["key-1", "key-0"]
     assert all(m["to"] == PHONE and m["messageId"] and m["receivedAt"] for m in listed["data"])
     assert listed["counts"]["accepted"] == 2
+
+
+async def test_http_counts_every_kind_of_answer() -> None:
+    provider = SimulatedProvider(SimulatorOptions(auth_key="k3y"), sleep=Sleeps(), rng=random.Random(1))
+    key = {"x-ins-auth-key": "k3y"}
+    async with TestClient(TestServer(create_simulator_app(provider))) as client:
+        requests: list[tuple[dict[str, str], Any]] = [
+            (key | {"Idempotency-Key": "a"}, {"to": PHONE, "content": "x"}),  # accepted
+            (key | {"Idempotency-Key": "a"}, {"to": PHONE, "content": "x"}),  # replayed
+            ({}, {"to": PHONE, "content": "x"}),  # unauthorized
+            (key | {"x-ins-auth-key": "wrong"}, {"to": PHONE, "content": "x"}),  # unauthorized
+            (key, [1, 2]),  # rejected: not an object
+            (key, {"to": 5, "content": "x"}),  # rejected: not a message
+            (key, {"to": PHONE, "content": "x" * 70_000}),  # tooLarge
+        ]
+        statuses = []
+        for headers, body in requests:
+            response = await client.post("/webhook", json=body, headers=headers)
+            statuses.append(response.status)
+            assert "error" in await response.json() or response.status == 202
+        not_json = await client.post("/", data="{", headers=key | {"Content-Type": "application/json"})
+        statuses.append(not_json.status)
+        counts = (await (await client.get("/messages")).json())["counts"]
+
+    assert statuses == [202, 202, 401, 401, 400, 400, 413, 400]
+    assert counts == {
+        "accepted": 1,
+        "replayed": 1,
+        "failed": 0,
+        "rateLimited": 0,
+        "rejected": 3,
+        "unauthorized": 2,
+        "tooLarge": 1,
+    }
+    assert sum(counts.values()) == len(statuses)
