@@ -628,10 +628,16 @@ async def delivery_reports(request: web.Request) -> web.Response:
     given = request.headers.get(DLR_AUTH_HEADER)
     if given is None:
         given = request.query.get("token")
-    if not given:
-        return error_response(401, f"this endpoint needs the INSIDER_DLR_TOKEN: header {DLR_AUTH_HEADER} or ?token=")
-    if not same_secret(given, settings.dlr_token):
-        return error_response(401, "the token is not valid")
+    if not given or not same_secret(given, settings.dlr_token):
+        refused = error_response(
+            401,
+            f"this endpoint needs the INSIDER_DLR_TOKEN: header {DLR_AUTH_HEADER} or ?token="
+            if not given
+            else "the token is not valid",
+        )
+        # A 401 names how to authenticate (RFC 9110): an API key, in a header or the query.
+        refused.headers["WWW-Authenticate"] = f'ApiKey header="{DLR_AUTH_HEADER}", query="token"'
+        return refused
     if request.content_type not in ("application/json", FORM):
         return error_response(415, f"the body must be application/json (or {FORM}, as Twilio posts it)")
     try:

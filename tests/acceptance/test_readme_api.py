@@ -34,7 +34,9 @@ class Recipe:
     """How a client reaches one status code of one route: on which service, with which request."""
 
     send: Callable[[Client, Path], Awaitable[ClientResponse]]
-    service: str = "up"  # up | down (the database cannot be opened) | token (INSIDER_API_TOKEN set)
+    service: str = (
+        "up"  # up | down (the database cannot be opened) | token (INSIDER_API_TOKEN set) | dlr (INSIDER_DLR_TOKEN set)
+    )
     fields: bool = False  # whether the error carries "fields" (README, API)
 
 
@@ -110,6 +112,14 @@ async def _cancel_pending(client: Client, database: Path) -> ClientResponse:
 async def _cancel_failed(client: Client, database: Path) -> ClientResponse:
     return await client.post(f"/api/v1/messages/{await _failed_message(client, database)}/cancel")
 
+
+async def _events_of_new(client: Client, database: Path) -> ClientResponse:
+    return await client.get(f"/api/v1/messages/{await _enqueue(client)}/events")
+
+
+DLR_TOKEN = "readme-dlr-token"
+REPORTS = "/api/v1/delivery-reports"
+RECEIPT = {"messageId": "3f1c0e4e-8d7e-4a8a-9a35-2f3c8f5b2a10", "status": "DELIVRD"}
 
 MESSAGES = "/api/v1/messages"
 # (method, path as the README writes it) -> status code -> the ways to reach it.
@@ -191,6 +201,25 @@ RECIPES: dict[tuple[str, str], dict[int, list[Recipe]]] = {
         200: [Recipe(_twice(get("/messages/start"), get("/messages/stop")))],
         500: [Recipe(get("/messages/stop"))],
     },
+    ("GET", "/api/v1/messages/{id}/events"): {
+        200: [Recipe(_events_of_new)],
+        404: [Recipe(get(f"{MESSAGES}/999999/events"))],
+    },
+    ("POST", REPORTS): {
+        200: [
+            Recipe(post(REPORTS, json=RECEIPT, headers={"x-ins-auth-key": DLR_TOKEN}), service="dlr"),
+            Recipe(post(REPORTS, json=[RECEIPT], params={"token": DLR_TOKEN}), service="dlr"),
+        ],
+        401: [Recipe(post(REPORTS, json=RECEIPT, headers={"x-ins-auth-key": "nope"}), service="dlr")],
+        404: [Recipe(post(REPORTS, json=RECEIPT, headers={"x-ins-auth-key": DLR_TOKEN}))],  # no token set: off
+        422: [
+            Recipe(
+                post(REPORTS, json=[RECEIPT, {"messageId": "x"}], headers={"x-ins-auth-key": DLR_TOKEN}),
+                service="dlr",
+                fields=True,
+            )
+        ],
+    },
     # Not rows of the tables: what the API section's prose says of every route.
     ("GET", "/api/v1/nowhere"): {404: [Recipe(get("/api/v1/nowhere")), Recipe(get("/nowhere"))]},
     ("DELETE", MESSAGES): {405: [Recipe(lambda client, database: client.delete(MESSAGES))]},
@@ -250,6 +279,7 @@ async def service(kind: str, directory: Path, name: str) -> AsyncIterator[tuple[
         "INSIDER_AUTOSTART": "false",
         "INSIDER_LOG_LEVEL": "error",
         "INSIDER_API_TOKEN": TOKEN if kind == "token" else "",
+        "INSIDER_DLR_TOKEN": DLR_TOKEN if kind == "dlr" else "",
     }
     container = Container(settings=load_settings(env, env_file=None))
     client: Client = TestClient(TestServer(create_app(container)))
@@ -304,7 +334,8 @@ async def test_each_status_code_is_reached_json_and_declared(method: str, path: 
                 assert response.content_type == "application/json" and isinstance(error["error"], str)
                 assert ("fields" in error) is recipe.fields, f"README, API: which errors carry fields: {error}"
                 if code == 401:
-                    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+                    scheme = "ApiKey" if recipe.service == "dlr" else "Bearer"
+                    assert response.headers["WWW-Authenticate"].startswith(scheme)
                 if code == 405:
                     assert response.headers["Allow"]
             spec = await (await client.get("/api/docs/swagger.json")).json()
