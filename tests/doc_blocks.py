@@ -14,7 +14,7 @@ blocks in document order:
   SIGINT (Ctrl+C) and must stop cleanly. A ``curl`` line gets ``--fail-with-body``, so a 4xx
   or 5xx fails the block; a curl at the service's or the simulator's documented port with no
   server of the block there gets one started first. Scaffolding: documented ports (8080,
-  9090 and any other in the block) are swapped for free ones, ``$INSIDER_API_TOKEN`` is set
+  9090 and any other in the block) are swapped for free ones, ``$INSIDER_API_TOKEN`` (and ``$INSIDER_DLR_TOKEN``) is set
   when a block uses it, and ``make test`` only collects the suite (it is the suite running).
 - ``text``: the output of the runnable block just before it: the block's lines must appear,
   in order and together, in what that block printed (ports and the checkout's directory
@@ -366,8 +366,9 @@ def _run_shell(block: Block, session: Session, where: str) -> tuple[str, dict[in
         documented.add(SIMULATOR_PORT)
     ports = {port: free_port() for port in sorted(documented)}
     env = dict(session.env)
-    if re.search(r"\$\{?INSIDER_API_TOKEN\b", block.source):
-        env["INSIDER_API_TOKEN"] = "doc-" + secrets.token_hex(8)
+    for token in ("INSIDER_API_TOKEN", "INSIDER_DLR_TOKEN"):  # a block that uses one runs with one set
+        if re.search(rf"\$\{{?{token}\b", block.source):
+            env[token] = "doc-" + secrets.token_hex(8)
     servers: list[Server] = []
     outputs: list[str] = []
     try:
