@@ -8,6 +8,7 @@ upgraded stops start-up with one line.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -147,10 +148,14 @@ async def test_the_original_env_database_and_routes_work_as_before(
                 {"messageId": "", "sentAt": "2026-03-02T09:00:01Z"},
                 {"messageId": "", "sentAt": "2026-03-02T09:00:00Z"},
             ]
-            for item in body["data"][: len(pending) + 1]:
-                assert item["messageId"] in ("", *webhook_site.request_ids)
+            # Those insider sent carry webhook.site's x-request-id as their message id, each its own,
+            # cached under insider:sent:<id> and pushed to the original's list.
+            ids = [item["messageId"] for item in body["data"][: len(pending) + 1]]
+            assert sorted(ids) == sorted(webhook_site.request_ids)
+            for request_id in ids:
+                assert await redis.hget(f"insider:sent:{request_id}", "messageId") == request_id
             pushed = await redis.lrange(list_key, 0, -1)
-            assert len(pushed) == sum(1 for item in body["data"] if item["messageId"])
+            assert sorted(json.loads(entry)["messageId"] for entry in pushed) == sorted(ids)
 
             async with session.get(service.base_url + "/messages/start") as response:
                 assert response.status == 500
