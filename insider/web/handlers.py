@@ -455,10 +455,22 @@ async def cancel_message(request: web.Request) -> web.Response:
 @response_schema(ErrorSchema, 409, description="The message is not pending")
 @response_schema(**_UNAVAILABLE, code=503)
 async def cancel_message_by_uuid(request: web.Request) -> web.Response:
+    return await _by_uuid(request, _cancel)
+
+
+async def _by_uuid(request: web.Request, then: Callable[[web.Request, int], Awaitable[web.Response]]) -> web.Response:
+    """``then`` for the message with the UUID of the path (a row of the original Go service), or 404."""
     message = await services(request).repository.get_by_uuid(str(request["match_info"]["uuid"]))
     if message is None:
         return error_response(404, "no message has that id")
-    return await _cancel(request, message.id)
+    return await then(request, message.id)
+
+
+async def _one(request: web.Request, message_id: int) -> web.Response:
+    message = await services(request).repository.get(message_id)
+    if message is None:
+        return error_response(404, "no message has that id")
+    return web.json_response(message_json(message))
 
 
 async def _cancel(request: web.Request, message_id: int) -> web.Response:
@@ -480,10 +492,7 @@ async def _cancel(request: web.Request, message_id: int) -> web.Response:
 @response_schema(ErrorSchema, 404, description="No message has that id")
 @response_schema(**_UNAVAILABLE, code=503)
 async def get_message(request: web.Request) -> web.Response:
-    message = await services(request).repository.get(request["match_info"]["id"])
-    if message is None:
-        return error_response(404, "no message has that id")
-    return web.json_response(message_json(message))
+    return await _one(request, request["match_info"]["id"])
 
 
 @docs(
@@ -496,10 +505,7 @@ async def get_message(request: web.Request) -> web.Response:
 @response_schema(ErrorSchema, 404, description="No message has that UUID")
 @response_schema(**_UNAVAILABLE, code=503)
 async def get_message_by_uuid(request: web.Request) -> web.Response:
-    message = await services(request).repository.get_by_uuid(str(request["match_info"]["uuid"]))
-    if message is None:
-        return error_response(404, "no message has that id")
-    return web.json_response(message_json(message))
+    return await _by_uuid(request, _one)
 
 
 @docs(
@@ -527,10 +533,7 @@ async def retry_message(request: web.Request) -> web.Response:
 @response_schema(ErrorSchema, 409, description="The message is not failed")
 @response_schema(**_UNAVAILABLE, code=503)
 async def retry_message_by_uuid(request: web.Request) -> web.Response:
-    message = await services(request).repository.get_by_uuid(str(request["match_info"]["uuid"]))
-    if message is None:
-        return error_response(404, "no message has that id")
-    return await _retry(request, message.id)
+    return await _by_uuid(request, _retry)
 
 
 async def _retry(request: web.Request, message_id: int) -> web.Response:
@@ -568,10 +571,7 @@ async def message_events(request: web.Request) -> web.Response:
 @response_schema(ErrorSchema, 404, description="No message has that UUID")
 @response_schema(**_UNAVAILABLE, code=503)
 async def message_events_by_uuid(request: web.Request) -> web.Response:
-    message = await services(request).repository.get_by_uuid(str(request["match_info"]["uuid"]))
-    if message is None:
-        return error_response(404, "no message has that id")
-    return await _events(request, message.id)
+    return await _by_uuid(request, _events)
 
 
 async def _events(request: web.Request, message_id: int) -> web.Response:
