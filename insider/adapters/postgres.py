@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from insider.adapters import sqlfiles
 from insider.adapters.cursor import page_of, page_query
-from insider.adapters.rows import claim_order, claim_query, message_from_row, outcome_row
+from insider.adapters.rows import EnqueuesOne, claim_order, claim_query, message_from_row, outcome_row
 from insider.domain import (
     Message,
     MessageStatus,
@@ -247,7 +247,7 @@ def _storable(text: str | None) -> str | None:
     return storable_text(text) if text is not None else None
 
 
-class PostgresMessageRepository:
+class PostgresMessageRepository(EnqueuesOne):
     """The repository port on PostgreSQL, the source of truth in production.
 
     ``pool`` should hand out autocommit connections (``open_postgres_pool`` does): each
@@ -323,18 +323,6 @@ class PostgresMessageRepository:
 
     async def ping(self) -> None:
         await self._fetch(_q("ping"))
-
-    async def enqueue(
-        self,
-        recipient_phone: str,
-        content: str,
-        *,
-        send_at: datetime | None = None,
-        priority: int = 5,
-        valid_until: datetime | None = None,
-    ) -> Message:
-        new = NewMessage.of(recipient_phone, content, send_at=send_at, priority=priority, valid_until=valid_until)
-        return (await self.enqueue_many([new])).messages[0]
 
     async def enqueue_many(self, messages: Sequence[NewMessage], idempotency: IdempotencyKey | None = None) -> Enqueued:
         if not messages:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -15,11 +15,13 @@ from insider.domain import (
     Encoding,
     Message,
     MessageStatus,
+    NewMessage,
     Resolution,
     SendOrder,
     measure,
     storable_text,
 )
+from insider.ports import Enqueued, IdempotencyKey
 
 
 class Row(Protocol):
@@ -143,3 +145,22 @@ def claim_order(order: SendOrder) -> Any:
     if order is SendOrder.NEWEST:
         return lambda m: (-m.priority, -m.created_at.timestamp(), -m.id)
     return lambda m: (-m.priority, m.created_at, m.id)
+
+
+class EnqueuesOne:
+    """``enqueue`` of the MessageRepository port, as one message through the adapter's ``enqueue_many``."""
+
+    async def enqueue_many(self, messages: Sequence[NewMessage], idempotency: IdempotencyKey | None = None) -> Enqueued:
+        raise NotImplementedError
+
+    async def enqueue(
+        self,
+        recipient_phone: str,
+        content: str,
+        *,
+        send_at: datetime | None = None,
+        priority: int = DEFAULT_PRIORITY,
+        valid_until: datetime | None = None,
+    ) -> Message:
+        new = NewMessage.of(recipient_phone, content, send_at=send_at, priority=priority, valid_until=valid_until)
+        return (await self.enqueue_many([new])).messages[0]

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 from insider.adapters import sqlfiles
 from insider.adapters.cursor import page_of, page_query
-from insider.adapters.rows import claim_order, claim_query, message_from_row, outcome_row
+from insider.adapters.rows import EnqueuesOne, claim_order, claim_query, message_from_row, outcome_row
 from insider.clock import SystemClock
 from insider.domain import (
     Message,
@@ -349,7 +349,7 @@ def _message(row: sqlite3.Row) -> Message:
     return message_from_row(row, parse_timestamp)
 
 
-class SqliteMessageRepository:
+class SqliteMessageRepository(EnqueuesOne):
     """The repository port on SQLite: one file, no server; for first runs, demos and small deployments.
 
     It behaves like the PostgreSQL repository: the same order, leases, retries and
@@ -404,18 +404,6 @@ class SqliteMessageRepository:
 
     async def ping(self) -> None:
         await self._fetch(_q("ping"))
-
-    async def enqueue(
-        self,
-        recipient_phone: str,
-        content: str,
-        *,
-        send_at: datetime | None = None,
-        priority: int = 5,
-        valid_until: datetime | None = None,
-    ) -> Message:
-        new = NewMessage.of(recipient_phone, content, send_at=send_at, priority=priority, valid_until=valid_until)
-        return (await self.enqueue_many([new])).messages[0]
 
     async def enqueue_many(self, messages: Sequence[NewMessage], idempotency: IdempotencyKey | None = None) -> Enqueued:
         if not messages:
