@@ -2,12 +2,19 @@
 
     .venv/bin/python -m bench.receipts                      # 20,000 receipts, one per request, then 100 per request
     .venv/bin/python -m bench.receipts --receipts 5000      # a quick look
+    .venv/bin/python -m bench.receipts --client wrk --seconds 10   # the load from wrk (apt-get install wrk)
 
 It starts the service (python -m insider) in a database of its own holding that many
 `sent` messages (with their `insider:sent:<messageId>` entries in Redis, as the sender
 leaves them), posts a `delivered` receipt for each to POST /api/v1/delivery-reports, and
 reports receipts applied per second: every receipt is answered 200 only once it is in
 the database. The drain's figure (bench/run.py) is the pace to keep up with.
+
+The load comes from the benchmark's own aiohttp client (``--client aiohttp``, about as much
+CPU per request as the service itself, on the same two cores) or from wrk (``--client wrk``:
+C, a few microseconds per request, as a provider's own servers would be elsewhere). With
+wrk the run lasts ``--seconds`` and ``--receipts`` must exceed what it can post meanwhile;
+the receipts in the database are counted against what wrk saw answered.
 """
 
 from __future__ import annotations
@@ -16,9 +23,12 @@ import argparse
 import asyncio
 import os
 import platform
+import re
+import shutil
 import signal
 import statistics
 import subprocess
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -29,7 +39,7 @@ import orjson
 import psycopg
 import redis.asyncio as aioredis
 
-from bench.run import ROOT, cpu_s, database, py_spy, service
+from bench.run import ROOT, cpu_s, database, py_spy, server_cpu_s, service
 
 TOKEN = "bench-dlr-token"
 
@@ -94,7 +104,53 @@ async def post_all(base: str, n: int, per_request: int, concurrency: int) -> flo
         return n / (time.perf_counter() - started)
 
 
-async def run_once(args: argparse.Namespace, per_request: int, concurrency: int, log_dir: Path) -> tuple[float, float]:
+# wrk's script: receipts for pm-1, pm-2, ... in order (one wrk thread: one counter), PER to a request.
+WRK_SCRIPT = """
+local next_id, per, n = 1, tonumber(os.getenv("BENCH_PER")), tonumber(os.getenv("BENCH_N"))
+local headers = {["Content-Type"] = "application/json", ["x-ins-auth-key"] = os.getenv("BENCH_TOKEN")}
+request = function()
+  local items = {}
+  for i = next_id, next_id + per - 1 do
+    items[#items + 1] = '{"messageId":"pm-' .. math.min(i, n + 1) .. '","status":"DELIVRD"}'
+  end
+  next_id = next_id + per
+  local body = table.concat(items, ",")
+  if per > 1 then body = "[" .. body .. "]" end
+  return wrk.format("POST", nil, headers, body)
+end
+"""
+
+
+def post_with_wrk(base: str, args: argparse.Namespace, per_request: int, concurrency: int) -> tuple[float, int]:
+    """Receipts per second answered by the service under wrk for ``args.seconds``, and how many."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("--client wrk needs wrk on the PATH (apt-get install wrk)")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(WRK_SCRIPT)
+        script.flush()
+        done = subprocess.run(
+            [wrk, "-t1", f"-c{concurrency}", f"-d{args.seconds}s", "--timeout", "10s", "-s", script.name,
+             f"{base}/api/v1/delivery-reports"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "BENCH_PER": str(per_request), "BENCH_N": str(args.receipts), "BENCH_TOKEN": TOKEN},
+        )  # fmt: skip
+    if "Non-2xx" in done.stdout or "Socket errors" in done.stdout:
+        raise RuntimeError(f"wrk saw errors:\n{done.stdout}")
+    found = re.search(r"(\d+) requests in ([\d.]+)(m?s)", done.stdout)
+    if found is None:
+        raise RuntimeError(f"unexpected wrk output:\n{done.stdout}")
+    requests = int(found.group(1))
+    seconds = float(found.group(2)) / (1000 if found.group(3) == "ms" else 1)
+    return requests * per_request / seconds, requests * per_request
+
+
+async def run_once(
+    args: argparse.Namespace, per_request: int, concurrency: int, log_dir: Path
+) -> tuple[float, float, float]:
+    """Receipts per second, and the service's and PostgreSQL's CPU per receipt (µs)."""
     prefix = f"insider-bench-{uuid.uuid4().hex[:6]}"
     with database(args.admin_url, "receipts") as db_url:
         await seed(db_url, args.redis_url, prefix, args.receipts)
@@ -111,21 +167,31 @@ async def run_once(args: argparse.Namespace, per_request: int, concurrency: int,
             profiler = None
             if args.profile and per_request == 1:  # py-spy samples the service (collapsed stacks)
                 profiler = subprocess.Popen(
-                    [py_spy(), "record", "--pid", str(process.pid), "--format", "raw", "--rate", "250",
-                     "--nonblocking", "--output", args.profile],
+                    [py_spy(), "record", "--pid", str(process.pid), "--format", "raw", "--rate", "1000",
+                     # BENCH_NATIVE=1: C frames too (py-spy then pauses the process: slower, syscalls inflated)
+                     *(["--native"] if os.environ.get("BENCH_NATIVE") else ["--nonblocking"]),
+                     "--output", args.profile],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )  # fmt: skip
                 await asyncio.sleep(1.0)
-            before = cpu_s(process.pid)
-            rate = await post_all(base, args.receipts, per_request, concurrency)
-            cpu_us = (cpu_s(process.pid) - before) / args.receipts * 1e6
+            before, pg_before = cpu_s(process.pid), server_cpu_s()
+            if args.client == "wrk":
+                rate, answered = await asyncio.to_thread(post_with_wrk, base, args, per_request, concurrency)
+            else:
+                rate, answered = await post_all(base, args.receipts, per_request, concurrency), args.receipts
+            cpu_us = (cpu_s(process.pid) - before) / answered * 1e6
+            pg_us = (server_cpu_s() - pg_before) / answered * 1e6
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(timeout=30)
         with psycopg.connect(db_url, autocommit=True) as conn:
             row = conn.execute("SELECT count(*) FROM messages WHERE status = 'delivered'").fetchone()
-            assert row == (args.receipts,), f"{row} delivered of {args.receipts}"
+            assert row is not None
+            # wrk stops with up to one request per connection unanswered, which the service may still apply.
+            assert answered <= row[0] <= answered + concurrency * per_request, f"{row[0]} applied, {answered} answered"
+            if args.client == "wrk":  # past the last message, receipts would be for an unknown id
+                assert row[0] < args.receipts, f"all {args.receipts} receipts posted before the end: raise --receipts"
         if args.redis_url:
             client = aioredis.Redis.from_url(args.redis_url)
             try:
@@ -134,13 +200,17 @@ async def run_once(args: argparse.Namespace, per_request: int, concurrency: int,
                     await client.delete(*keys[i : i + 1000])
             finally:
                 await client.aclose()
-        return rate, cpu_us
+        return rate, cpu_us, pg_us
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--receipts", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--client", choices=("aiohttp", "wrk"), default="aiohttp", help="what posts the receipts")
+    parser.add_argument("--concurrency", type=int, default=64, help="requests at a time, one receipt each")
+    parser.add_argument("--single-only", action="store_true", help="only one receipt per request")
+    parser.add_argument("--seconds", type=int, default=10, help="with --client wrk: how long it posts")
     parser.add_argument("--log-level", default="info")
     parser.add_argument(
         "--admin-url", default=os.environ.get("INSIDER_TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/postgres")
@@ -151,16 +221,19 @@ async def main() -> None:
     log_dir = Path(os.environ.get("TMPDIR", "/tmp"))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     redis_state = "on" if args.redis_url else "off"
-    print(f"receipts: {args.receipts} sent messages, one delivered receipt each, Redis {redis_state}")
-    for per_request, concurrency in ((1, 64), (100, 8)):
-        rates, cpus = [], []
+    load = f"wrk for {args.seconds}s" if args.client == "wrk" else "the aiohttp client"
+    print(f"receipts: {args.receipts} sent messages, one delivered receipt each, Redis {redis_state}, posted by {load}")
+    for per_request, concurrency in ((1, args.concurrency), (100, 8))[: 1 if args.single_only else 2]:
+        rates, cpus, pgs = [], [], []
         for _ in range(args.repeat):
-            rate, cpu_us = await run_once(args, per_request, concurrency, log_dir)
+            rate, cpu_us, pg_us = await run_once(args, per_request, concurrency, log_dir)
             rates.append(rate)
             cpus.append(cpu_us)
+            pgs.append(pg_us)
         print(
             f"{per_request:>4} per request, {concurrency:>2} at a time: {statistics.median(rates):7.0f} receipts/s "
-            f"(runs {', '.join(f'{r:.0f}' for r in rates)}), service CPU {statistics.median(cpus):.0f} us per receipt"
+            f"(runs {', '.join(f'{r:.0f}' for r in rates)}), service CPU {statistics.median(cpus):.0f} us per receipt, "
+            f"PostgreSQL {statistics.median(pgs):.0f} us"
         )
 
 

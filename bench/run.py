@@ -120,6 +120,25 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_cpu_s(name: str = "postgres") -> float:
+    """CPU seconds used so far by every live process named ``name`` (PostgreSQL's backends, say).
+
+    A backend that exits between two readings takes its seconds with it: read around a run
+    whose connections stay open (the service's pool does).
+    """
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        comm, _, rest = text.partition(" (")[2].rpartition(")")
+        if comm == name:
+            fields = rest.split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -166,6 +185,7 @@ class Drain(NamedTuple):
     messages_per_s: float
     peak_rss_mb: float
     cpu_us_per_message: float  # of the service processes: the figure least shaken by the machine's noise
+    postgres_us_per_message: float  # of every PostgreSQL process, the benchmark's own polling included
 
 
 async def drain(admin_url: str, redis_url: str, url: str, args: argparse.Namespace, log_dir: Path) -> Drain:
@@ -229,7 +249,7 @@ async def drain(admin_url: str, redis_url: str, url: str, args: argparse.Namespa
                 )
                 await asyncio.sleep(1.0)  # let py-spy attach before the clock starts
             with psycopg.connect(db_url, autocommit=True) as conn:
-                cpu_before = sum(cpu_s(p.pid) for _, p in services)
+                cpu_before, pg_before = sum(cpu_s(p.pid) for _, p in services), server_cpu_s()
                 started = time.perf_counter()
                 for base, _ in services:  # several processes on one database share the backlog
                     async with session.post(base + "/api/v1/messages/start") as response:
@@ -249,7 +269,8 @@ async def drain(admin_url: str, redis_url: str, url: str, args: argparse.Namespa
                 failed = conn.execute("SELECT count(*) FROM messages WHERE status <> 'sent'").fetchone()
                 assert failed == (0,), f"{failed} messages not sent"
             cpu_us = (sum(cpu_s(p.pid) for _, p in services) - cpu_before) / args.messages * 1e6
-            return Drain(args.messages / elapsed, max(peak_rss_mb(p.pid) for _, p in services), cpu_us)
+            pg_us = (server_cpu_s() - pg_before) / args.messages * 1e6
+            return Drain(args.messages / elapsed, max(peak_rss_mb(p.pid) for _, p in services), cpu_us, pg_us)
 
 
 async def page_latency_ms(session: aiohttp.ClientSession, base: str, samples: int) -> float:
@@ -336,7 +357,7 @@ async def main() -> None:
         f"{args.processes} process(es), "
         f"provider latency {args.provider_latency * 1000:g} ms"
     )
-    ceilings, drains, peaks, cpus = [], [], [], []
+    ceilings, drains, peaks, cpus, pgs = [], [], [], [], []
     async with provider(args.provider_latency) as url:
         for _ in range(args.repeat):  # alternated, so that all see the same machine
             ceilings.append(await ceiling(url, args.messages, args.concurrency))
@@ -344,12 +365,16 @@ async def main() -> None:
             drains.append(result.messages_per_s)
             peaks.append(result.peak_rss_mb)
             cpus.append(result.cpu_us_per_message)
+            pgs.append(result.postgres_us_per_message)
     ceiling_rps, drain_mps, peak_mb = statistics.median(ceilings), statistics.median(drains), max(peaks)
     if args.repeat > 1:
         print(f"   runs: drain {', '.join(f'{d:.0f}' for d in drains)}")
         print(f"         aiohttp ceiling {', '.join(f'{c:.0f}' for c in ceilings)}")
     print(f"1. drain throughput:      {drain_mps:8.0f} messages/s (median of {args.repeat})")
-    print(f"   service CPU per message: {statistics.median(cpus):.0f} us")
+    print(
+        f"   service CPU per message: {statistics.median(cpus):.0f} us (runs {', '.join(f'{c:.0f}' for c in cpus)}), "
+        f"PostgreSQL {statistics.median(pgs):.0f} us"
+    )
     print(
         f"2. bare-client ceiling:   {ceiling_rps:8.0f} requests/s   ratio {drain_mps / ceiling_rps:.2f} (target >= 0.5)"
     )
