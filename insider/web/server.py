@@ -279,7 +279,7 @@ async def request_limits(request: web.Request, handler: Handler) -> web.StreamRe
         response = _json_error(413, f"the body is larger than {limit} bytes")
         response.force_close()
         return response
-    if request.body_exists:
+    if request.body_exists and not request.content.is_eof():  # else it is in memory already (small bodies)
         limits = request.app.get(LIMITS) or Limits()
         try:
             async with asyncio.timeout(limits.body_timeout_s):

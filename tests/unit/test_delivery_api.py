@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import structlog.testing
 from aiohttp.test_utils import TestClient, TestServer
 
 from insider.adapters.memory import InMemorySentCache, InMemorySmsClient
@@ -217,6 +218,20 @@ async def test_the_token_in_the_query_works_and_never_reaches_the_logs(
     captured = capsys.readouterr()
     assert TOKEN not in captured.out + captured.err + caplog.text
     assert "delivery-reports" in captured.out + captured.err + caplog.text  # the request was logged, without it
+
+
+async def test_receipts_taken_are_logged_at_debug_and_refusals_at_info(api: Api) -> None:
+    # A provider posting thousands of receipts a second: the writer's one line per batch says
+    # what they did; a line per request would bury the sends. A refused post still shows.
+    [message] = await api.sent()
+
+    with structlog.testing.capture_logs() as logs:
+        assert (await api.post({"messageId": message.message_id, "status": "delivered"}))[0] == 200
+        assert (await api.post({"messageId": message.message_id, "status": "delivered"}, token="wrong"))[0] == 401
+
+    requests = [(e["log_level"], e["status"]) for e in logs if e["event"] == "request"]
+    assert requests == [("debug", 200), ("info", 401)]
+    assert any(e["event"] == "receipts" and e["log_level"] == "info" and e["applied"] == 1 for e in logs)
 
 
 @pytest.mark.parametrize(
