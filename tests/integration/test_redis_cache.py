@@ -243,6 +243,16 @@ async def test_lookup_ids_reads_our_ids_of_many_provider_ids_in_one_round_trip(
     assert await cache.lookup_ids([]) == {}
 
 
+async def test_lookup_ids_leaves_a_key_that_is_not_a_hash_to_the_database(
+    cache: RedisSentCache, client: aioredis.Redis, redis_prefix: str
+) -> None:
+    # Another program's string under our name must not fail the other receipts' lookup.
+    await cache.remember([SentEntry("p-1", datetime.now(UTC), 7)])
+    await client.set(f"{redis_prefix}:sent:p-string", "not a hash")
+
+    assert await cache.lookup_ids(["p-string", "p-1"]) == {"p-1": 7}
+
+
 async def test_receipts_are_matched_by_the_database_when_redis_is_down(tmp_path: Any) -> None:
     from insider.adapters.sqlite import SqliteMessageRepository, open_sqlite
     from insider.clock import FakeClock
