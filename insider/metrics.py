@@ -97,16 +97,22 @@ class Metrics:
         self.batch_duration.observe(report.duration_s)
 
     def receipts_applied(self, outcomes: Sequence[ReceiptOutcome]) -> None:
+        delivered = undelivered = 0
         for outcome in outcomes:
             if outcome.result is not ReceiptResult.APPLIED:
                 continue
             if outcome.status is MessageStatus.DELIVERED:
-                self.messages_delivered.inc()
+                delivered += 1
                 if outcome.sent_at is not None and outcome.delivered_at is not None:
                     # A provider's clock may run behind ours: never a negative time.
                     self.delivery_time.observe(max(0.0, (outcome.delivered_at - outcome.sent_at).total_seconds()))
             elif outcome.status is MessageStatus.UNDELIVERED:
-                self.messages_undelivered.inc()
+                undelivered += 1
+        # Once per batch: each inc() takes the counter's lock.
+        if delivered:
+            self.messages_delivered.inc(delivered)
+        if undelivered:
+            self.messages_undelivered.inc(undelivered)
 
     def segments_sent(self, segments: int) -> None:
         self.segments_sent_total.inc(segments)
