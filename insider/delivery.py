@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections import Counter
 from collections.abc import Sequence
 from typing import Final
 
@@ -16,6 +17,10 @@ log = structlog.get_logger("insider.delivery")
 
 # Receipts written per statement: a few hundred kilobytes of JSON at most.
 MAX_BATCH: Final = 2000
+# Writes in flight at once. With one, a burst moved in lockstep: the database idled while the
+# service answered one batch's requests and read the next's, and the service idled while the
+# database wrote. With two, the next batch forms and goes while one is written.
+MAX_WRITERS: Final = 2
 # After a cache failure the cache is skipped this long: receipts go straight to the database's index.
 CACHE_BACKOFF_S: Final = 5.0
 # The upkeep: waiting receipts are retried this often; old events deleted this often, this many at a time.
@@ -27,10 +32,13 @@ PRUNE_BATCH: Final = 1000
 class DeliveryReceipts:
     """Applies delivery receipts as they come, many requests to one database write.
 
-    :meth:`submit` queues a request's receipts and waits for their outcomes. One writer
-    task at a time takes everything queued (up to :data:`MAX_BATCH`) and applies it in one
-    statement; receipts that arrive meanwhile form the next batch. Under a burst the
-    batches grow by themselves, and a lone receipt is written at once, with no timer.
+    :meth:`submit` queues a request's receipts and waits for their outcomes. A writer task
+    takes everything queued (up to :data:`MAX_BATCH`) and applies it in one statement;
+    receipts that arrive meanwhile form the next batch, which a second writer sends while
+    the first is in the database (:data:`MAX_WRITERS`). Under a burst the batches grow by
+    themselves, and a lone receipt is written at once, with no timer. A provider id is never
+    in two writes at once: a receipt for an id being written waits for that write, so the
+    receipts of one message are applied in the order they came.
 
     The provider's id is looked up in the sent cache first (``insider:sent:<messageId>``,
     one round trip per batch), then by the database's index when the cache has no entry or
@@ -53,7 +61,9 @@ class DeliveryReceipts:
         self.retention_s = retention_s
         self._observer = observer
         self._queue: list[tuple[Sequence[Receipt], asyncio.Future[list[ReceiptOutcome]]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.Task[None]] = set()
+        self._starting = 0  # writers created that have not taken a batch yet
+        self._in_flight: Counter[str] = Counter()  # provider ids being written
         self._cache_skipped_until = -1.0
 
     async def submit(self, receipts: Sequence[Receipt]) -> list[ReceiptOutcome]:
@@ -64,28 +74,51 @@ class DeliveryReceipts:
         # A caller that goes away (a client hanging up) must not leave an error nobody reads.
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._queue.append((receipts, future))
-        if self._writer is None or self._writer.done():
+        # A writer that has not taken its batch yet will take this too; else one more, up to the cap.
+        if not self._starting and len(self._writers) < MAX_WRITERS:
+            self._starting += 1
             # A context of its own: the writer serves many requests, so its log lines carry none's request id.
-            self._writer = asyncio.create_task(
-                self._write_all(), name="insider-receipts", context=contextvars.Context()
-            )
+            writer = asyncio.create_task(self._write_all(), name="insider-receipts", context=contextvars.Context())
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
         # The write goes on if the caller is cancelled: another request may share it.
         return await asyncio.shield(future)
 
     async def aclose(self) -> None:
         """Wait for the receipts already queued to be written."""
-        if self._writer is not None:
-            await asyncio.wait({self._writer})
+        while self._writers:
+            await asyncio.wait(set(self._writers))
+
+    def _take(self) -> list[tuple[Sequence[Receipt], asyncio.Future[list[ReceiptOutcome]]]]:
+        """The next batch, in order: up to MAX_BATCH receipts, none for a provider id being written.
+
+        A request with such an id stays queued, and so does every later one sharing an id with
+        it, so that each message's receipts keep their order; the writer of that id takes them next.
+        """
+        batch: list[tuple[Sequence[Receipt], asyncio.Future[list[ReceiptOutcome]]]] = []
+        kept: list[tuple[Sequence[Receipt], asyncio.Future[list[ReceiptOutcome]]]] = []
+        held: set[str] = set()
+        size = 0
+        for index, item in enumerate(self._queue):
+            if batch and size + len(item[0]) > MAX_BATCH:
+                kept.extend(self._queue[index:])
+                break
+            ids = {r.provider_message_id for r in item[0]}
+            if held.intersection(ids) or any(i in self._in_flight for i in ids):
+                held.update(ids)
+                kept.append(item)
+                continue
+            batch.append(item)
+            size += len(item[0])
+        self._queue = kept
+        return batch
 
     async def _write_all(self) -> None:
-        while self._queue:
-            batch: list[tuple[Sequence[Receipt], asyncio.Future[list[ReceiptOutcome]]]] = []
-            size = 0
-            while self._queue and (not batch or size + len(self._queue[0][0]) <= MAX_BATCH):
-                item = self._queue.pop(0)
-                batch.append(item)
-                size += len(item[0])
+        self._starting -= 1
+        while batch := self._take():
             receipts = [r for rs, _ in batch for r in rs]
+            ids = [r.provider_message_id for r in receipts]
+            self._in_flight.update(ids)
             try:
                 hints = await self._hints(receipts)
                 outcomes = await self._repository.apply_receipts(receipts, hints)
@@ -94,6 +127,11 @@ class DeliveryReceipts:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            finally:
+                self._in_flight.subtract(ids)
+                for i in set(ids):
+                    if self._in_flight[i] <= 0:
+                        del self._in_flight[i]
             self._observe(outcomes)
             start = 0
             for rs, future in batch:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -65,6 +66,127 @@ async def test_concurrent_requests_share_one_write(counting: CountingRepository,
     assert [r[0].result for r in results] == [ReceiptResult.APPLIED] * 30
     assert [r[0].message_id for r in results] == [m.id for m in messages]  # each request gets its own outcome
     assert len(counting.writes) < 30 and sum(counting.writes) == 30  # a lone first write, then the rest together
+
+
+class GatedRepository(ProbedRepository):
+    """Holds every receipt write until released, and records what each one held."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.writes: list[list[str]] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.gates: list[asyncio.Event] = []
+
+    async def apply_receipts(self, receipts: Sequence[Receipt], hints: Sequence[int | None]) -> list[ReceiptOutcome]:
+        self.writes.append([r.provider_message_id for r in receipts])
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await gate.wait()
+            return await super().apply_receipts(receipts, hints)
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.fixture
+async def gated(clock: FakeClock) -> AsyncIterator[GatedRepository]:
+    repository = GatedRepository(clock)
+    yield repository
+    await repository.close()
+
+
+async def until(condition: Any) -> None:
+    """Let the loop run until ``condition()`` holds (each step is one pass of the loop; no clock)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+async def test_the_next_batch_is_written_while_one_is_in_the_database(gated: GatedRepository, clock: FakeClock) -> None:
+    # One writer left the database idle while requests were answered, and the service idle
+    # while the database wrote: a burst moved in lockstep (docs/performance.md).
+    first_message, *others = await sent(gated, clock, 5)
+    receipts = DeliveryReceipts(gated, None, clock)
+    first = asyncio.ensure_future(receipts.submit([Receipt(f"p-{first_message.id}", "delivered", clock.now())]))
+    await until(lambda: gated.in_flight == 1)
+    rest = [asyncio.ensure_future(receipts.submit([Receipt(f"p-{m.id}", "delivered", clock.now())])) for m in others]
+    await until(lambda: gated.in_flight == 2)
+
+    assert gated.writes == [[f"p-{first_message.id}"], [f"p-{m.id}" for m in others]]  # the four together, at once
+    for gate in gated.gates:
+        gate.set()
+    results = await asyncio.gather(first, *rest)
+
+    assert [r[0].result for r in results] == [ReceiptResult.APPLIED] * 5
+    assert gated.most_in_flight == 2
+
+
+async def test_never_more_than_two_writes_at_once(gated: GatedRepository, clock: FakeClock) -> None:
+    messages = await sent(gated, clock, 12)
+    receipts = DeliveryReceipts(gated, None, clock)
+    submit = []
+    for m in messages:  # one at a time, each while the writes are held
+        submit.append(asyncio.ensure_future(receipts.submit([Receipt(f"p-{m.id}", "delivered", clock.now())])))
+        await until(lambda: gated.in_flight == min(2, len(submit)))
+    assert len(gated.writes) == 2
+
+    while not all(f.done() for f in submit):
+        for gate in gated.gates:
+            gate.set()
+        await asyncio.sleep(0)
+
+    assert gated.most_in_flight == 2
+    assert sorted(i for w in gated.writes for i in w) == sorted(f"p-{m.id}" for m in messages)
+    assert all(f.result()[0].result is ReceiptResult.APPLIED for f in submit)
+
+
+async def test_a_receipt_for_an_id_being_written_waits_for_that_write(gated: GatedRepository, clock: FakeClock) -> None:
+    # The same message's receipts are applied in the order they came: never in two writes at once.
+    first_message, other = await sent(gated, clock, 2)
+    receipts = DeliveryReceipts(gated, None, clock)
+    first = asyncio.ensure_future(receipts.submit([Receipt(f"p-{first_message.id}", "undelivered", clock.now())]))
+    await until(lambda: len(gated.writes) == 1)
+    later = asyncio.ensure_future(receipts.submit([Receipt(f"p-{first_message.id}", "delivered", clock.now())]))
+    unrelated = asyncio.ensure_future(receipts.submit([Receipt(f"p-{other.id}", "delivered", clock.now())]))
+    await until(lambda: len(gated.writes) == 2)
+
+    assert gated.writes == [[f"p-{first_message.id}"], [f"p-{other.id}"]]  # the later one for it waits
+    gated.gates[1].set()
+    assert (await unrelated)[0].result is ReceiptResult.APPLIED
+    assert not later.done()
+    gated.gates[0].set()
+    await until(lambda: len(gated.writes) == 3)
+    gated.gates[2].set()
+
+    assert (await first)[0].result is ReceiptResult.APPLIED
+    assert (await later)[0].result is ReceiptResult.RECORDED  # after the first: a final status never moves back
+    message = await gated.get(first_message.id)
+    assert message is not None and message.status is MessageStatus.UNDELIVERED
+
+
+async def test_closing_waits_for_every_write(gated: GatedRepository, clock: FakeClock) -> None:
+    one, two = await sent(gated, clock, 2)
+    receipts = DeliveryReceipts(gated, None, clock)
+    first = asyncio.ensure_future(receipts.submit([Receipt(f"p-{one.id}", "delivered", clock.now())]))
+    await until(lambda: gated.in_flight == 1)
+    second = asyncio.ensure_future(receipts.submit([Receipt(f"p-{two.id}", "delivered", clock.now())]))
+    await until(lambda: gated.in_flight == 2)
+
+    closing = asyncio.ensure_future(receipts.aclose())
+    gated.gates[0].set()
+    await until(first.done)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not closing.done()  # the second write is still in the database
+    gated.gates[1].set()
+    await closing
+
+    assert second.done() and second.result()[0].result is ReceiptResult.APPLIED
 
 
 async def test_the_cache_gives_the_hint_and_metrics_count_deliveries(
