@@ -152,7 +152,7 @@ class Attempt:
     """One send attempt, as the message's history keeps it."""
 
     at: datetime  # when the request started (or the message was refused, for an invalid one)
-    outcome: str  # sent, retry, failed, invalid, expired (a retry that would pass validUntil)
+    outcome: str  # sent, retry, failed, invalid, expired (a retry that would pass validUntil), interrupted (a stop)
     number: int  # the message's attempt count at the time
     status_code: int | None = None
     duration_ms: float | None = None

@@ -142,6 +142,7 @@ class BatchSender:
         sendable: list[Message] = []
         tasks: list[asyncio.Task[None]] = []
         recipients: dict[int, str] = {}  # the recipient of each sendable message, in E.164
+        abandoned: dict[int, Attempt] = {}  # requests a stop cut short: kept in the history when put back
 
         order = SendOrder(self.options.send_order)
 
@@ -171,7 +172,7 @@ class BatchSender:
                     if message.valid_until is not None and self._clock.now() >= message.valid_until:
                         resolutions[message.id] = self._expire(message)
                         continue
-                    resolutions[message.id] = await self._send_one(message, recipients[message.id])
+                    resolutions[message.id] = await self._send_one(message, recipients[message.id], abandoned)
 
         try:
             for _ in range(MAX_CLAIM_ROUNDS):
@@ -216,13 +217,13 @@ class BatchSender:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-                self._release_unresolved(claimed, resolutions, why)
+                self._release_unresolved(claimed, resolutions, why, abandoned)
                 await self._finish(resolutions)
 
             with contextlib.suppress(Exception):  # _finish logged it; the original error must go on
                 await shield.run(put_back())
             raise
-        self._release_unresolved(claimed, resolutions, "stopped")
+        self._release_unresolved(claimed, resolutions, "stopped", abandoned)
         await shield.run(self._finish(resolutions))
         return self._report(claimed, resolutions, self._clock.monotonic() - started)
 
@@ -237,15 +238,29 @@ class BatchSender:
             self._observer.send_attempt("expired", None)
         return Resolution(message.id, message.claim_token, MessageStatus.EXPIRED, last_error=reason, attempt=attempt)
 
-    def _release_unresolved(self, claimed: list[Message], resolutions: dict[int, Resolution], why: str) -> None:
+    def _release_unresolved(
+        self,
+        claimed: list[Message],
+        resolutions: dict[int, Resolution],
+        why: str,
+        abandoned: dict[int, Attempt] | None = None,
+    ) -> None:
+        """Put back what was claimed and not resolved; a request cut short stays in the history."""
         for message in claimed:
             if message.id not in resolutions:
                 resolutions[message.id] = Resolution(
-                    message.id, message.claim_token, MessageStatus.PENDING, retry_in_s=0.0, uncount_attempt=True
+                    message.id,
+                    message.claim_token,
+                    MessageStatus.PENDING,
+                    retry_in_s=0.0,
+                    uncount_attempt=True,
+                    attempt=(abandoned or {}).get(message.id),
                 )
                 log.info("send", **_send_fields(message, "released"), reason=why)
 
-    async def _send_one(self, message: Message, recipient: str) -> Resolution:
+    async def _send_one(
+        self, message: Message, recipient: str, abandoned: dict[int, Attempt] | None = None
+    ) -> Resolution:
         started_at = self._clock.now()
         t0 = self._clock.monotonic()
         try:
@@ -253,6 +268,15 @@ class BatchSender:
         except asyncio.CancelledError:
             duration_ms = round((self._clock.monotonic() - t0) * 1000, 1)
             log.info("send", **_send_fields(message, "interrupted"), duration_ms=duration_ms)
+            if abandoned is not None:
+                # The provider may have it already: the history says so, and that it goes again.
+                abandoned[message.id] = Attempt(
+                    started_at,
+                    "interrupted",
+                    message.attempts,
+                    duration_ms=duration_ms,
+                    error="stopped before the provider answered; sent again later with the same Idempotency-Key",
+                )
             raise
         except Exception as exc:  # an adapter that broke its promise not to raise
             result = SendResult(Outcome.RETRY, error=f"{type(exc).__name__}: {exc}")

@@ -414,6 +414,11 @@ async def test_stop_during_a_request_puts_the_message_back_and_a_later_start_sen
     claim_jitter_s = 0.1
     assert second.at - first.at >= interval_s - slot_tolerance_s(interval_s) - claim_jitter_s
     assert [m.status for m in service.repository.states(message.id)] == [MessageStatus.PENDING, MessageStatus.SENT]
+    # The history keeps the request the stop cut short, then the send.
+    assert [(e.kind, e.outcome) for e in await pg_repository.events(message.id)] == [
+        ("attempt", "interrupted"),
+        ("attempt", "sent"),
+    ]
 
 
 async def test_a_graceful_stop_lets_the_request_in_flight_finish_and_records_it(

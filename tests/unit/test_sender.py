@@ -552,6 +552,12 @@ async def test_cancelling_a_batch_releases_the_message_in_flight_and_records_the
     assert len(retried) == 2
     assert retried[0].idempotency_key == retried[1].idempotency_key == slow.idempotency_key
     assert (await row(repo, slow)).status is MessageStatus.SENT
+    # The history shows the request the stop cut short (the provider may have it), then the send.
+    history = await repo.events(slow.id)
+    assert [(e.kind, e.outcome, e.attempt) for e in history] == [("attempt", "interrupted", 1), ("attempt", "sent", 1)]
+    assert history[0].status_code is None and history[0].duration_ms is not None
+    assert history[0].error is not None and "Idempotency-Key" in history[0].error
+    assert [e.outcome for e in await repo.events(quick.id)] == ["sent"]
 
 
 async def test_stopping_set_before_requests_start_sends_nothing_and_releases_everything(
@@ -571,6 +577,8 @@ async def test_stopping_set_before_requests_start_sends_nothing_and_releases_eve
         assert current.attempts == 0
         assert current.claim_token is None
     assert len(await repo.claim(10, 60)) == 3  # due again at once
+    for message in messages:  # no request was made: nothing in their history
+        assert await repo.events(message.id) == []
 
 
 async def test_stopping_lets_requests_in_flight_finish_and_starts_no_more(
