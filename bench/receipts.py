@@ -1,8 +1,9 @@
 """The benchmark of issue 14: how fast delivery receipts are applied, against the local PostgreSQL and Redis.
 
-    .venv/bin/python -m bench.receipts                      # 20,000 receipts, one per request, then 100 per request
-    .venv/bin/python -m bench.receipts --receipts 5000      # a quick look
-    .venv/bin/python -m bench.receipts --client wrk --seconds 10   # the load from wrk (apt-get install wrk)
+    apt-get install wrk                                     # the load generator (else the aiohttp client)
+    .venv/bin/python -m bench.receipts                      # one receipt per request, then 100 per request
+    .venv/bin/python -m bench.receipts --repeat 1 --seconds 4   # a quick look
+    .venv/bin/python -m bench.receipts --client aiohttp --receipts 20000   # posted by Python instead
 
 It starts the service (python -m insider) in a database of its own holding that many
 `sent` messages (with their `insider:sent:<messageId>` entries in Redis, as the sender
@@ -10,11 +11,13 @@ leaves them), posts a `delivered` receipt for each to POST /api/v1/delivery-repo
 reports receipts applied per second: every receipt is answered 200 only once it is in
 the database. The drain's figure (bench/run.py) is the pace to keep up with.
 
-The load comes from the benchmark's own aiohttp client (``--client aiohttp``, about as much
-CPU per request as the service itself, on the same two cores) or from wrk (``--client wrk``:
-C, a few microseconds per request, as a provider's own servers would be elsewhere). With
-wrk the run lasts ``--seconds`` and ``--receipts`` must exceed what it can post meanwhile;
-the receipts in the database are counted against what wrk saw answered.
+The load comes from wrk when it is installed (``--client wrk``: C, a few microseconds per
+request, as a provider's own servers would be elsewhere), else from the benchmark's own
+aiohttp client (``--client aiohttp``: about as much CPU per request as the service itself,
+taken from the same two cores, so the service gets less). With
+wrk a run lasts ``--seconds`` (``--array-seconds`` for arrays of 100), and ``--receipts`` must
+exceed what it can post meanwhile; the receipts in the database are counted against what
+wrk saw answered.
 """
 
 from __future__ import annotations
@@ -126,11 +129,12 @@ def post_with_wrk(base: str, args: argparse.Namespace, per_request: int, concurr
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("--client wrk needs wrk on the PATH (apt-get install wrk)")
+    seconds = args.seconds if per_request == 1 else args.array_seconds
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         script.write(WRK_SCRIPT)
         script.flush()
         done = subprocess.run(
-            [wrk, "-t1", f"-c{concurrency}", f"-d{args.seconds}s", "--timeout", "10s", "-s", script.name,
+            [wrk, "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", script.name,
              f"{base}/api/v1/delivery-reports"],
             capture_output=True,
             text=True,
@@ -205,12 +209,20 @@ async def run_once(
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--receipts", type=int, default=20_000)
+    parser.add_argument(
+        "--receipts", type=int, default=200_000, help="sent messages to receipt (with wrk: more than it posts)"
+    )
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--client", choices=("aiohttp", "wrk"), default="aiohttp", help="what posts the receipts")
+    parser.add_argument(
+        "--client",
+        choices=("wrk", "aiohttp"),
+        default="wrk" if shutil.which("wrk") else "aiohttp",
+        help="what posts the receipts (default: wrk when it is installed)",
+    )
     parser.add_argument("--concurrency", type=int, default=64, help="requests at a time, one receipt each")
     parser.add_argument("--single-only", action="store_true", help="only one receipt per request")
-    parser.add_argument("--seconds", type=int, default=10, help="with --client wrk: how long it posts")
+    parser.add_argument("--seconds", type=int, default=10, help="with --client wrk: how long it posts single receipts")
+    parser.add_argument("--array-seconds", type=int, default=2, help="with --client wrk: how long it posts arrays")
     parser.add_argument("--log-level", default="info")
     parser.add_argument(
         "--admin-url", default=os.environ.get("INSIDER_TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/postgres")
