@@ -21,7 +21,7 @@ import pytest
 
 from insider.adapters.memory import Request
 from insider.clock import FakeClock
-from insider.domain import Outcome, SendResult
+from insider.domain import MessageStatus, Outcome, SendResult
 from tests.conftest import REQUIRE_SERVICES, eventually
 from tests.unit.web_support import Api, open_api
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SCREENSHOT = os.environ.get("INSIDER_TEST_DASHBOARD_SCREENSHOT", "")
+DLR_TOKEN = "dashboard-receipts-token"
 TOKEN = "dashboard-token"
 SEEDED_S = 110.0
 
@@ -110,7 +111,8 @@ async def test_the_dashboard_shows_the_state_and_stops_and_starts_sending(browse
     from playwright.async_api import expect
 
     # Started a little in the past: seeding moves the fake clock on by SEEDED_S, about to now.
-    async with open_api(FakeClock(start=datetime.now(UTC) - timedelta(seconds=SEEDED_S)), batch_size="3") as api:
+    start = FakeClock(start=datetime.now(UTC) - timedelta(seconds=SEEDED_S))
+    async with open_api(start, batch_size="3", dlr_token=DLR_TOKEN) as api:
         await seed(api)
         supervisor = api.container.supervisor()
         await supervisor.start()  # its first batch goes at once and sends the three pending
@@ -148,8 +150,16 @@ async def test_the_dashboard_shows_the_state_and_stops_and_starts_sending(browse
         if SCREENSHOT:  # the README's picture: a few messages in every state, sending
             for i in range(3):
                 api.repository.add(f"+90530123430{i}", f"Hatırlatma: ödemeniz {i + 2} gün içinde")
+            sent = (await api.repository.list_messages(MessageStatus.SENT, 10)).items
+            receipts = [{"messageId": m.message_id, "status": "DELIVRD"} for m in sent[1:5]]
+            receipts.append({"messageId": sent[5].message_id, "status": "UNDELIV", "errorCode": "34"})
+            posted = await api.client.post(
+                "/api/v1/delivery-reports", json=receipts, headers={"x-ins-auth-key": DLR_TOKEN}
+            )
+            assert posted.status == 200
             await api.clock.advance(api.container.counts().ttl_s)
             await expect(page.locator("#count-pending")).to_have_text("4", timeout=10_000)
+            await expect(page.locator("#count-delivered")).to_have_text("4", timeout=10_000)
             await page.screenshot(path=SCREENSHOT, full_page=True)
         assert problems == []
 
