@@ -6,6 +6,7 @@ arrival, an attempt's start) are given by the caller, so both run the same check
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from insider.adapters.postgres import Pool, PostgresMessageRepository
 from insider.adapters.sqlite import SqliteMessageRepository, open_sqlite
 from insider.clock import FakeClock
 from insider.domain import Attempt, Message, MessageStatus, Resolution
-from insider.receipts import WAITING_MAX_AGE_S, Receipt, ReceiptResult
+from insider.receipts import WAITING_MAX_AGE_S, Receipt, ReceiptOutcome, ReceiptResult
 
 PHONE = "+905301234001"
 
@@ -320,6 +321,47 @@ async def test_a_burst_of_receipts_in_one_batch(backend: Backend) -> None:
         MessageStatus.DELIVERED,
         MessageStatus.UNDELIVERED,
     }
+
+
+async def test_a_burst_of_single_receipts_through_the_writers_keeps_each_messages_order(backend: Backend) -> None:
+    # Requests of one receipt each, as a provider posts them, through the two writers: every
+    # message keeps the state of its first receipt, the contrary one is kept as an event, and
+    # two writes in the database at once never deadlock. (tests/unit/test_delivery.py holds
+    # the writes to show that a receipt for an id being written waits for that write.)
+    from insider.clock import SystemClock
+    from insider.delivery import DeliveryReceipts
+
+    messages = [await sent_message(backend, f"p-{i}") for i in range(60)]
+    writers = DeliveryReceipts(backend.repository, None, backend.clock or SystemClock())
+    first = ["undelivered" if i % 3 == 0 else "delivered" for i in range(60)]
+    contrary = {"delivered": "undelivered", "undelivered": "delivered"}
+    posts: list[list[Receipt]] = []
+    for i in range(60):  # each message's first receipt, its contrary one at once after, and some twice
+        posts += [[receipt(backend, f"p-{i}", first[i])], [receipt(backend, f"p-{i}", contrary[first[i]])]]
+        if i % 5 == 0:
+            posts.append([receipt(backend, f"p-{i}", first[i])])
+
+    pending: list[asyncio.Future[list[ReceiptOutcome]]] = []
+    for post in posts:  # one request at a time, the writes already under way
+        pending.append(asyncio.ensure_future(writers.submit(post)))
+        await asyncio.sleep(0)
+    outcomes = await asyncio.gather(*pending)
+    await writers.aclose()
+
+    expected: list[ReceiptResult] = []
+    for i in range(60):
+        expected += [ReceiptResult.APPLIED, ReceiptResult.RECORDED]  # a final status never moves back
+        if i % 5 == 0:
+            expected.append(ReceiptResult.DUPLICATE)
+    assert [o[0].result for o in outcomes] == expected
+    for i, message in enumerate(messages):
+        assert (await fetch(backend, message.id)).status.value == first[i]
+    history = await backend.repository.events(messages[0].id)
+    assert [(e.kind, e.outcome) for e in history] == [
+        ("attempt", "sent"),
+        ("receipt", "undelivered"),
+        ("receipt", "delivered"),
+    ]
 
 
 async def test_the_history_has_every_attempt_and_receipt_oldest_first(backend: Backend) -> None:
