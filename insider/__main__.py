@@ -717,6 +717,19 @@ def _run_fast(main: Coroutine[Any, Any, int]) -> int:
         return runner.run(main)
 
 
+def _until_stopped(main: Coroutine[Any, Any, int]) -> int:
+    """Run a command that serves until stopped: Ctrl+C during its start-up stops it quietly too.
+
+    Once serving, SIGINT and SIGTERM are the command's own (a graceful stop, exit 0). Before
+    its handlers are in place, asyncio turns Ctrl+C into KeyboardInterrupt, which printed a
+    traceback; it now ends the same way, with whatever was opened closed on the way out.
+    """
+    try:
+        return _run_fast(main)
+    except KeyboardInterrupt:
+        return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code (argparse exits with 2 itself on bad usage)."""
     args = _parser().parse_args(argv)
@@ -738,7 +751,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"insider: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
     if command == "simulate":
-        return _run_fast(_simulate(args))
+        return _until_stopped(_simulate(args))
     if command == "enqueue":
         usage: argparse.ArgumentParser = args.enqueue_parser
         if args.file is not None:
@@ -754,7 +767,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_enqueue(settings, args))
     if command == "migrate":
         return asyncio.run(_migrate(settings))
-    return _run_fast(_serve(settings))
+    return _until_stopped(_serve(settings))
 
 
 if __name__ == "__main__":

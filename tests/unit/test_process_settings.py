@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -40,3 +41,22 @@ def test_importing_the_library_changes_nothing_in_the_collector() -> None:
 
     probe = "import gc; t = gc.get_threshold(); import insider, insider.web.app; assert gc.get_threshold() == t"
     subprocess.run([sys.executable, "-c", probe + "; assert gc.get_freeze_count() == 0"], check=True)
+
+
+@pytest.mark.parametrize("command", [["simulate", "--port", "0"], []])
+def test_ctrl_c_during_start_up_stops_quietly_with_exit_0(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before serve and simulate install their own handlers, asyncio turns Ctrl+C into
+    # KeyboardInterrupt: it printed a traceback. It now ends as a Ctrl+C afterwards does.
+    import insider.__main__ as cli
+
+    def interrupted(main: Any) -> int:
+        main.close()  # the command's coroutine, never started
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run_fast", interrupted)
+    monkeypatch.setenv("INSIDER_DATABASE_URL", "sqlite:///:memory:")
+
+    assert cli.main(command) == 0
+    assert "Traceback" not in capsys.readouterr().err
