@@ -40,6 +40,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,6 +314,27 @@ def commands_of(source: str) -> list[str]:
     return commands
 
 
+def without_comment(command: str) -> str:
+    """``command`` without a trailing ``# comment``: a ``#`` that starts a word outside quotes, as bash reads it."""
+    quote = ""
+    escaped = False
+    literal = -1  # the index of the last character a backslash made literal
+    for i, char in enumerate(command):
+        if escaped:
+            escaped = False
+            literal = i
+        elif char == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or (command[i - 1].isspace() and literal != i - 1)):
+            return command[:i].rstrip()
+    return command
+
+
 def _words(command: str) -> tuple[list[str], list[str]]:
     """The leading VAR=value assignments and the words of the command after them."""
     try:
@@ -375,12 +397,15 @@ def _run_shell(block: Block, session: Session, where: str) -> tuple[str, dict[in
         for command, kind in zip(commands, kinds, strict=True):
             command = _with_ports(command, ports)
             if kind is not None:
-                servers.append(_start_server(command, kind, ports, env, session, where))
+                taken = {s.port for s in servers}
+                servers.append(_start_server(command, kind, ports, env, session, where, taken))
                 continue
             for documented_port, actual in ports.items():
                 if str(actual) in command and not any(s.port == actual for s in servers):
                     implied = _implied_server(documented_port, actual, where)
-                    servers.append(_start_server(implied, server_kind(implied) or "", ports, env, session, where))
+                    taken = {s.port for s in servers}
+                    implied_kind = server_kind(implied) or ""
+                    servers.append(_start_server(implied, implied_kind, ports, env, session, where, taken))
             outputs.append(_run_command(command, env, session, where))
     finally:
         stopped = _stop(servers)
@@ -399,22 +424,35 @@ def _implied_server(documented_port: int, actual: int, where: str) -> str:
 
 
 def _start_server(
-    command: str, kind: str, ports: dict[int, int], env: dict[str, str], session: Session, where: str
+    command: str,
+    kind: str,
+    ports: dict[int, int],
+    env: dict[str, str],
+    session: Session,
+    where: str,
+    taken: Collection[int] = (),
 ) -> Server:
+    """Start a server of the block and wait until it answers on its port.
+
+    One that names no port gets the default's stand-in, or a port of its own when another
+    server of the block has that one (a list of commands may start the same server twice).
+    """
     assignments, words = _words(command)
     run_env = dict(env)
     if kind == "service":
         port = next((int(a.split("=", 1)[1]) for a in assignments if a.startswith("INSIDER_PORT=")), None)
         if port is None:
-            port = ports[SERVICE_PORT]
+            port = ports[SERVICE_PORT] if ports[SERVICE_PORT] not in taken else free_port()
             run_env["INSIDER_PORT"] = str(port)
     else:
         given = _OPTION_PORT.search(command)
         if given is not None:
             port = int(given.group("port"))
         else:
-            port = ports[SIMULATOR_PORT]
-            command = command.rstrip().removesuffix("&").rstrip() + f" --port {port}"
+            port = ports[SIMULATOR_PORT] if ports[SIMULATOR_PORT] not in taken else free_port()
+            # Before a trailing comment, or bash would read the option as part of it (and the
+            # simulator would take its default port while another answered on this one).
+            command = without_comment(command).rstrip().removesuffix("&").rstrip() + f" --port {port}"
     command = command.rstrip().removesuffix("&").rstrip()
     if kind == "service" and words[:2] == ["make", "run"]:
         _assert_installed(where)

@@ -56,6 +56,21 @@ def test_servers_are_told_from_commands_that_finish(command: str, kind: str | No
     assert server_kind(command) == kind
 
 
+@pytest.mark.parametrize(
+    ("command", "kept"),
+    [
+        ("python -m insider simulate --dlr-token T  # ... that reports", "python -m insider simulate --dlr-token T"),
+        ("python -m insider simulate &  # in the background", "python -m insider simulate &"),
+        ("echo 'a # b' \"c # d\" e\\ #f # g", "echo 'a # b' \"c # d\" e\\ #f"),
+        ("curl localhost:8080/#anchor", "curl localhost:8080/#anchor"),
+        ("# a whole line", ""),
+    ],
+)
+def test_a_trailing_comment_is_cut_as_bash_reads_it(command: str, kept: str) -> None:
+    # The simulator's --port is appended to the command: after a comment, bash ignored it.
+    assert doc_blocks.without_comment(command) == kept
+
+
 def test_documented_ports_are_swapped_wherever_the_block_names_them() -> None:
     source = "python -m insider simulate --port 9090 &\nINSIDER_PORT=8081 python -m insider\ncurl 127.0.0.1:8081/x"
     assert doc_blocks._documented_ports(source) == {9090, 8081}
@@ -150,3 +165,15 @@ def test_a_curl_line_gets_a_service_and_fails_on_an_error_status(document: Any) 
     assert "exited with 22" in (failures[2] or "") and "404" in (failures[2] or "")
     assert failures[3] is None
     assert "401" in (failures[4] or "")  # the service of a block naming $INSIDER_API_TOKEN requires it
+
+
+def test_two_servers_of_a_block_that_name_no_port_each_get_one(document: Any) -> None:
+    # README's Commands list starts the simulator twice: the second must not be taken as up
+    # because the first answers on the port they would share (it then failed to bind, or
+    # was stopped in the middle of its start-up).
+    failures = document(
+        "```sh\npython -m insider simulate --port 9090 &\n"
+        "python -m insider simulate  # the same server again, no port named\n"
+        "curl 127.0.0.1:9090/messages\n```\n"
+    )
+    assert failures == [None]
