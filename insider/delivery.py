@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections import Counter
 from collections.abc import Sequence
 from typing import Final
 
@@ -63,7 +62,7 @@ class DeliveryReceipts:
         self._queue: list[tuple[Sequence[Receipt], asyncio.Future[list[ReceiptOutcome]]]] = []
         self._writers: set[asyncio.Task[None]] = set()
         self._starting = 0  # writers created that have not taken a batch yet
-        self._in_flight: Counter[str] = Counter()  # provider ids being written
+        self._in_flight: set[str] = set()  # provider ids being written (never in two writes at once)
         self._cache_skipped_until = -1.0
 
     async def submit(self, receipts: Sequence[Receipt]) -> list[ReceiptOutcome]:
@@ -104,7 +103,7 @@ class DeliveryReceipts:
                 kept.extend(self._queue[index:])
                 break
             ids = {r.provider_message_id for r in item[0]}
-            if held.intersection(ids) or any(i in self._in_flight for i in ids):
+            if not ids.isdisjoint(held) or not ids.isdisjoint(self._in_flight):
                 held.update(ids)
                 kept.append(item)
                 continue
@@ -117,8 +116,8 @@ class DeliveryReceipts:
         self._starting -= 1
         while batch := self._take():
             receipts = [r for rs, _ in batch for r in rs]
-            ids = [r.provider_message_id for r in receipts]
-            self._in_flight.update(ids)
+            ids = {r.provider_message_id for r in receipts}
+            self._in_flight |= ids
             try:
                 hints = await self._hints(receipts)
                 outcomes = await self._repository.apply_receipts(receipts, hints)
@@ -128,10 +127,7 @@ class DeliveryReceipts:
                         future.set_exception(exc)
                 continue
             finally:
-                self._in_flight.subtract(ids)
-                for i in set(ids):
-                    if self._in_flight[i] <= 0:
-                        del self._in_flight[i]
+                self._in_flight -= ids
             self._observe(outcomes)
             start = 0
             for rs, future in batch:

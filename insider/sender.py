@@ -243,7 +243,7 @@ class BatchSender:
         claimed: list[Message],
         resolutions: dict[int, Resolution],
         why: str,
-        abandoned: dict[int, Attempt] | None = None,
+        abandoned: dict[int, Attempt],
     ) -> None:
         """Put back what was claimed and not resolved; a request cut short stays in the history."""
         for message in claimed:
@@ -254,13 +254,11 @@ class BatchSender:
                     MessageStatus.PENDING,
                     retry_in_s=0.0,
                     uncount_attempt=True,
-                    attempt=(abandoned or {}).get(message.id),
+                    attempt=abandoned.get(message.id),
                 )
                 log.info("send", **_send_fields(message, "released"), reason=why)
 
-    async def _send_one(
-        self, message: Message, recipient: str, abandoned: dict[int, Attempt] | None = None
-    ) -> Resolution:
+    async def _send_one(self, message: Message, recipient: str, abandoned: dict[int, Attempt]) -> Resolution:
         started_at = self._clock.now()
         t0 = self._clock.monotonic()
         try:
@@ -268,15 +266,14 @@ class BatchSender:
         except asyncio.CancelledError:
             duration_ms = round((self._clock.monotonic() - t0) * 1000, 1)
             log.info("send", **_send_fields(message, "interrupted"), duration_ms=duration_ms)
-            if abandoned is not None:
-                # The provider may have it already: the history says so, and that it goes again.
-                abandoned[message.id] = Attempt(
-                    started_at,
-                    "interrupted",
-                    message.attempts,
-                    duration_ms=duration_ms,
-                    error="stopped before the provider answered; sent again later with the same Idempotency-Key",
-                )
+            # The provider may have it already: the history says so, and that it goes again.
+            abandoned[message.id] = Attempt(
+                started_at,
+                "interrupted",
+                message.attempts,
+                duration_ms=duration_ms,
+                error="stopped before the provider answered; sent again later with the same Idempotency-Key",
+            )
             raise
         except Exception as exc:  # an adapter that broke its promise not to raise
             result = SendResult(Outcome.RETRY, error=f"{type(exc).__name__}: {exc}")
