@@ -114,10 +114,16 @@ def py_spy() -> str:
     return found
 
 
+def _stat(text: str) -> tuple[str, float]:
+    """The command name and CPU seconds (user and system) of one /proc/<pid>/stat."""
+    comm, _, rest = text.partition(" (")[2].rpartition(")")
+    fields = rest.split()
+    return comm, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_s(pid: int) -> float:
     """CPU seconds a process has used so far (user and system)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _stat(Path(f"/proc/{pid}/stat").read_text())[1]
 
 
 def server_cpu_s(name: str = "postgres") -> float:
@@ -129,13 +135,11 @@ def server_cpu_s(name: str = "postgres") -> float:
     total = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            text = stat.read_text()
+            comm, seconds = _stat(stat.read_text())
         except OSError:  # gone meanwhile
             continue
-        comm, _, rest = text.partition(" (")[2].rpartition(")")
         if comm == name:
-            fields = rest.split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            total += seconds
     return total
 
 
