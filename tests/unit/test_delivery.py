@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -17,6 +16,7 @@ from insider.domain import Attempt, Message, MessageStatus, Resolution
 from insider.metrics import Metrics
 from insider.ports import RepositoryUnavailable, SentEntry
 from insider.receipts import Receipt, ReceiptOutcome, ReceiptResult
+from tests.conftest import eventually
 from tests.unit.support import ProbedRepository
 
 PHONE = "+905301234001"
@@ -98,24 +98,15 @@ async def gated(clock: FakeClock) -> AsyncIterator[GatedRepository]:
     await repository.close()
 
 
-async def until(condition: Any) -> None:
-    """Let the loop run until ``condition()`` holds (each step is one pass of the loop; no clock)."""
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("the condition never held")
-
-
 async def test_the_next_batch_is_written_while_one_is_in_the_database(gated: GatedRepository, clock: FakeClock) -> None:
     # One writer left the database idle while requests were answered, and the service idle
     # while the database wrote: a burst moved in lockstep (docs/performance.md).
     first_message, *others = await sent(gated, clock, 5)
     receipts = DeliveryReceipts(gated, None, clock)
     first = asyncio.ensure_future(receipts.submit([Receipt(f"p-{first_message.id}", "delivered", clock.now())]))
-    await until(lambda: gated.in_flight == 1)
+    await eventually(lambda: gated.in_flight == 1, what="the first write in the database")
     rest = [asyncio.ensure_future(receipts.submit([Receipt(f"p-{m.id}", "delivered", clock.now())])) for m in others]
-    await until(lambda: gated.in_flight == 2)
+    await eventually(lambda: gated.in_flight == 2, what="two writes in the database")
 
     assert gated.writes == [[f"p-{first_message.id}"], [f"p-{m.id}" for m in others]]  # the four together, at once
     for gate in gated.gates:
@@ -132,7 +123,7 @@ async def test_never_more_than_two_writes_at_once(gated: GatedRepository, clock:
     submit = []
     for m in messages:  # one at a time, each while the writes are held
         submit.append(asyncio.ensure_future(receipts.submit([Receipt(f"p-{m.id}", "delivered", clock.now())])))
-        await until(lambda: gated.in_flight == min(2, len(submit)))
+        await eventually(lambda: gated.in_flight == min(2, len(submit)), what="the writes held")
     assert len(gated.writes) == 2
 
     while not all(f.done() for f in submit):
@@ -150,17 +141,17 @@ async def test_a_receipt_for_an_id_being_written_waits_for_that_write(gated: Gat
     first_message, other = await sent(gated, clock, 2)
     receipts = DeliveryReceipts(gated, None, clock)
     first = asyncio.ensure_future(receipts.submit([Receipt(f"p-{first_message.id}", "undelivered", clock.now())]))
-    await until(lambda: len(gated.writes) == 1)
+    await eventually(lambda: len(gated.writes) == 1, what="the first write")
     later = asyncio.ensure_future(receipts.submit([Receipt(f"p-{first_message.id}", "delivered", clock.now())]))
     unrelated = asyncio.ensure_future(receipts.submit([Receipt(f"p-{other.id}", "delivered", clock.now())]))
-    await until(lambda: len(gated.writes) == 2)
+    await eventually(lambda: len(gated.writes) == 2, what="the second write")
 
     assert gated.writes == [[f"p-{first_message.id}"], [f"p-{other.id}"]]  # the later one for it waits
     gated.gates[1].set()
     assert (await unrelated)[0].result is ReceiptResult.APPLIED
     assert not later.done()
     gated.gates[0].set()
-    await until(lambda: len(gated.writes) == 3)
+    await eventually(lambda: len(gated.writes) == 3, what="the held receipt's write")
     gated.gates[2].set()
 
     assert (await first)[0].result is ReceiptResult.APPLIED
@@ -173,13 +164,13 @@ async def test_closing_waits_for_every_write(gated: GatedRepository, clock: Fake
     one, two = await sent(gated, clock, 2)
     receipts = DeliveryReceipts(gated, None, clock)
     first = asyncio.ensure_future(receipts.submit([Receipt(f"p-{one.id}", "delivered", clock.now())]))
-    await until(lambda: gated.in_flight == 1)
+    await eventually(lambda: gated.in_flight == 1, what="the first write in the database")
     second = asyncio.ensure_future(receipts.submit([Receipt(f"p-{two.id}", "delivered", clock.now())]))
-    await until(lambda: gated.in_flight == 2)
+    await eventually(lambda: gated.in_flight == 2, what="two writes in the database")
 
     closing = asyncio.ensure_future(receipts.aclose())
     gated.gates[0].set()
-    await until(first.done)
+    await eventually(first.done, what="the first request's answer")
     for _ in range(10):
         await asyncio.sleep(0)
     assert not closing.done()  # the second write is still in the database
