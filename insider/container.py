@@ -21,10 +21,10 @@ from insider.adapters.sqlite import SqliteDatabase, SqliteMessageRepository, is_
 from insider.adapters.webhook import WebhookSmsClient, open_http_session
 from insider.clock import SystemClock
 from insider.config import Settings, mask_url
-from insider.delivery import DeliveryReceipts
 from insider.metrics import CountsCache, Metrics
 from insider.ports import Clock, DeliveryRepository, MessageRepository, RepositoryUnavailable
-from insider.receipts import parse_receipts
+from insider.receipt_parsing import parse_receipts
+from insider.receipt_writer import DeliveryReceipts
 from insider.sender import BatchSender, SenderOptions
 from insider.simulator import ReceiptReporter, SimulatedSmsClient
 from insider.supervisor import Supervisor

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from insider.clock import SystemClock
 from insider.domain import BatchReport, MessageStatus
 from insider.ports import Clock, MessageRepository
-from insider.receipts import ReceiptOutcome, ReceiptResult
+from insider.receipt_parsing import ReceiptOutcome, ReceiptResult
 
 # The Prometheus text exposition format, version 0.0.4 (what generate_latest writes, and every Prometheus reads).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from insider.domain import BatchReport, Message, MessageStatus, NewMessage, Resolution, SendOrder, SendResult
-from insider.receipts import MAX_EVENTS, Event, Receipt, ReceiptOutcome
+from insider.receipt_parsing import MAX_EVENTS, Event, Receipt, ReceiptOutcome
 
 
 class RepositoryUnavailable(Exception):

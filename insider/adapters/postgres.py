@@ -43,7 +43,7 @@ from insider.ports import (
     SchemaUpgradeRefused,
     WaitingReport,
 )
-from insider.receipts import MAX_EVENTS, Event, Receipt, ReceiptOutcome, ReceiptResult
+from insider.receipt_parsing import MAX_EVENTS, Event, Receipt, ReceiptOutcome, ReceiptResult
 
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
 log = structlog.get_logger("insider.postgres")

@@ -41,7 +41,7 @@ from insider.ports import (
     RepositoryUnavailable,
     WaitingReport,
 )
-from insider.receipts import MAX_EVENTS, Event, Receipt, ReceiptOutcome, ReceiptResult
+from insider.receipt_parsing import MAX_EVENTS, Event, Receipt, ReceiptOutcome, ReceiptResult
 
 T = TypeVar("T")
 

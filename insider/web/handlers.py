@@ -21,7 +21,6 @@ from marshmallow import ValidationError
 
 from insider import __version__
 from insider.config import Settings
-from insider.delivery import DeliveryReceipts
 from insider.domain import (
     DEFAULT_PRIORITY,
     InvalidMessage,
@@ -47,7 +46,8 @@ from insider.ports import (
     RepositoryUnavailable,
     SentCache,
 )
-from insider.receipts import Event, InvalidReceipts, parse_receipts
+from insider.receipt_parsing import Event, InvalidReceipts, parse_receipts
+from insider.receipt_writer import DeliveryReceipts
 from insider.supervisor import SenderStatus, Supervisor
 from insider.web.guard import browser_checks_exempt, cross_site_allowed
 from insider.web.schemas import (

@@ -7,7 +7,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from insider.domain import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, Encoding, MessageStatus, unstorable_text
-from insider.receipts import ReceiptResult
+from insider.receipt_parsing import ReceiptResult
 
 STATUSES = [s.value for s in MessageStatus]
 DELIVERY_STATUSES = ["delivered", "undelivered", "expired", "rejected"]

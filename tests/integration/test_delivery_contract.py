@@ -21,7 +21,7 @@ from insider.adapters.postgres import Pool, PostgresMessageRepository
 from insider.adapters.sqlite import SqliteMessageRepository, open_sqlite
 from insider.clock import FakeClock
 from insider.domain import Attempt, Message, MessageStatus, Resolution
-from insider.receipts import WAITING_MAX_AGE_S, Receipt, ReceiptOutcome, ReceiptResult
+from insider.receipt_parsing import WAITING_MAX_AGE_S, Receipt, ReceiptOutcome, ReceiptResult
 
 PHONE = "+905301234001"
 
@@ -329,7 +329,7 @@ async def test_a_burst_of_single_receipts_through_the_writers_keeps_each_message
     # two writes in the database at once never deadlock. (tests/unit/test_delivery.py holds
     # the writes to show that a receipt for an id being written waits for that write.)
     from insider.clock import SystemClock
-    from insider.delivery import DeliveryReceipts
+    from insider.receipt_writer import DeliveryReceipts
 
     messages = [await sent_message(backend, f"p-{i}") for i in range(60)]
     writers = DeliveryReceipts(backend.repository, None, backend.clock or SystemClock())

@@ -34,7 +34,7 @@ from insider.config import Settings, load_settings
 from insider.container import Container, open_service
 from insider.domain import Message, MessageStatus, Resolution, SendOrder, slot_tolerance_s
 from insider.ports import RepositoryUnavailable
-from insider.receipts import ReceiptOutcome
+from insider.receipt_parsing import ReceiptOutcome
 from insider.sender import BatchSender, SenderOptions
 from insider.supervisor import STOP_MARGIN_S, Supervisor
 from insider.web.app import create_app

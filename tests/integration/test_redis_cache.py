@@ -256,9 +256,9 @@ async def test_lookup_ids_leaves_a_key_that_is_not_a_hash_to_the_database(
 async def test_receipts_are_matched_by_the_database_when_redis_is_down(tmp_path: Any) -> None:
     from insider.adapters.sqlite import SqliteMessageRepository, open_sqlite
     from insider.clock import FakeClock
-    from insider.delivery import DeliveryReceipts
     from insider.domain import MessageStatus, Resolution
-    from insider.receipts import Receipt, ReceiptResult
+    from insider.receipt_parsing import Receipt, ReceiptResult
+    from insider.receipt_writer import DeliveryReceipts
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -24,7 +24,7 @@ from insider.adapters.sqlite import (
 )
 from insider.domain import MessageStatus, Resolution
 from insider.ports import RepositoryUnavailable
-from insider.receipts import Receipt, ReceiptResult
+from insider.receipt_parsing import Receipt, ReceiptResult
 
 PHONE = "+905301234001"
 

@@ -16,7 +16,7 @@ from insider.adapters.sqlite import SqliteDatabase, SqliteMessageRepository, for
 from insider.clock import FakeClock
 from insider.domain import Message, MessageStatus, Outcome, Resolution, SendOrder, SendResult
 from insider.ports import Clock, RepositoryUnavailable
-from insider.receipts import ReceiptOutcome
+from insider.receipt_parsing import ReceiptOutcome
 
 T = TypeVar("T")
 

@@ -11,11 +11,11 @@ from structlog.testing import capture_logs
 
 from insider.adapters.memory import InMemorySentCache
 from insider.clock import FakeClock
-from insider.delivery import PRUNE_BATCH, WAITING_EVERY_S, DeliveryReceipts
 from insider.domain import Attempt, Message, MessageStatus, Resolution
 from insider.metrics import Metrics
 from insider.ports import RepositoryUnavailable, SentEntry
-from insider.receipts import Receipt, ReceiptOutcome, ReceiptResult
+from insider.receipt_parsing import Receipt, ReceiptOutcome, ReceiptResult
+from insider.receipt_writer import PRUNE_BATCH, WAITING_EVERY_S, DeliveryReceipts
 from tests.conftest import eventually
 from tests.unit.support import ProbedRepository
 

@@ -10,7 +10,7 @@ from typing import Final
 import structlog
 
 from insider.ports import Clock, DeliveryRepository, Observer, RepositoryUnavailable, SentCache
-from insider.receipts import WAITING_MAX_AGE_S, Receipt, ReceiptOutcome, ReceiptResult
+from insider.receipt_parsing import WAITING_MAX_AGE_S, Receipt, ReceiptOutcome, ReceiptResult
 
 log = structlog.get_logger("insider.delivery")
 
