@@ -24,7 +24,7 @@ from insider.config import Settings, mask_url
 from insider.metrics import CountsCache, Metrics
 from insider.ports import Clock, DeliveryRepository, MessageRepository, RepositoryUnavailable
 from insider.receipt_parsing import parse_receipts
-from insider.receipt_writer import DeliveryReceipts
+from insider.receipt_writer import ReceiptWriter
 from insider.sender import BatchSender, SenderOptions
 from insider.simulator import ReceiptReporter, SimulatedSmsClient
 from insider.supervisor import Supervisor
@@ -105,7 +105,7 @@ def _simulated_sms_client(
 
 
 async def _simulated_receipts(
-    kind: str, receipts: DeliveryReceipts, clock: Clock
+    kind: str, receipts: ReceiptWriter, clock: Clock
 ) -> AsyncIterator[ReceiptReporter | None]:
     """The built-in provider's receipts, straight to the receipt writer (no HTTP, no token)."""
     if kind != "simulator":
@@ -165,7 +165,7 @@ class Container(containers.DeclarativeContainer):
 
     # Delivery receipts: written in batches, looked up in the cache first.
     receipts = providers.Singleton(
-        DeliveryReceipts,
+        ReceiptWriter,
         repository=repository,
         cache=cache,
         clock=clock,
@@ -279,7 +279,7 @@ async def open_service(
     await _maybe_await(container.init_resources())
     try:
         supervisor = await resolve(container.supervisor)
-        receipts: DeliveryReceipts = await resolve(container.receipts)
+        receipts: ReceiptWriter = await resolve(container.receipts)
         repository = await resolve(container.repository)
         upkeep: asyncio.Task[None] | None = None
         try:

@@ -8,7 +8,8 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from insider.domain import BatchReport, Message, MessageStatus, NewMessage, Resolution, SendOrder, SendResult
-from insider.receipt_parsing import MAX_EVENTS, Event, Receipt, ReceiptOutcome
+from insider.history import MAX_EVENTS, Event
+from insider.receipt_parsing import Receipt, ReceiptOutcome
 
 
 class RepositoryUnavailable(Exception):

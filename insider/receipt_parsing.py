@@ -1,4 +1,4 @@
-"""Delivery receipts: the provider's word on a sent message, its status forms, and the history events."""
+"""Delivery receipts as a provider posts them: parsed from a request body, and what their status forms mean."""
 
 from __future__ import annotations
 
@@ -52,9 +52,6 @@ FINAL_STATUS: Final[dict[str, MessageStatus]] = {
     "expired": MessageStatus.UNDELIVERED,
     "rejected": MessageStatus.UNDELIVERED,
 }
-# The history endpoint returns at most this many events of a message (attempts are bounded by
-# INSIDER_MAX_ATTEMPTS; receipts only by what a provider sends).
-MAX_EVENTS: Final = 1000
 # A receipt for a provider id that no message has yet is kept this long, then dropped.
 WAITING_MAX_AGE_S: Final = 86400.0
 
@@ -120,25 +117,6 @@ class ReceiptOutcome:
     status: MessageStatus | None = None  # the new status, when applied
     sent_at: datetime | None = None
     delivered_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One entry of a message's history: a send attempt or a receipt."""
-
-    id: int
-    message_id: int
-    at: datetime
-    kind: str  # attempt or receipt
-    outcome: str | None
-    attempt: int | None = None
-    status_code: int | None = None
-    duration_ms: float | None = None
-    error: str | None = None
-    provider_message_id: str | None = None
-    receipt_status: str | None = None
-    error_code: str | None = None
-    done_at: datetime | None = None
 
 
 # One request's receipts at most (the endpoint's body limit comes first for long ids).

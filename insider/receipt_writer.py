@@ -28,7 +28,7 @@ PRUNE_EVERY_S: Final = 60.0
 PRUNE_BATCH: Final = 1000
 
 
-class DeliveryReceipts:
+class ReceiptWriter:
     """Applies delivery receipts as they come, many requests to one database write.
 
     :meth:`submit` queues a request's receipts and waits for their outcomes. A writer task

@@ -32,6 +32,7 @@ from insider.domain import (
     slot_tolerance_s,
     storable_text,
 )
+from insider.history import MAX_EVENTS, Event
 from insider.ports import (
     Enqueued,
     IdempotencyConflict,
@@ -43,7 +44,7 @@ from insider.ports import (
     SchemaUpgradeRefused,
     WaitingReport,
 )
-from insider.receipt_parsing import MAX_EVENTS, Event, Receipt, ReceiptOutcome, ReceiptResult
+from insider.receipt_parsing import Receipt, ReceiptOutcome, ReceiptResult
 
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
 log = structlog.get_logger("insider.postgres")

@@ -30,6 +30,7 @@ from insider.domain import (
     slot_batch_at,
     slot_wait_s,
 )
+from insider.history import MAX_EVENTS, Event
 from insider.ports import (
     Clock,
     Enqueued,
@@ -41,7 +42,7 @@ from insider.ports import (
     RepositoryUnavailable,
     WaitingReport,
 )
-from insider.receipt_parsing import MAX_EVENTS, Event, Receipt, ReceiptOutcome, ReceiptResult
+from insider.receipt_parsing import Receipt, ReceiptOutcome, ReceiptResult
 
 T = TypeVar("T")
 

@@ -33,6 +33,7 @@ from insider.domain import (
     measure,
     normalize_phone,
 )
+from insider.history import Event
 from insider.metrics import CONTENT_TYPE, CountsCache, Metrics
 from insider.original import SENT_LIST_MAX, sent_item
 from insider.ports import (
@@ -46,8 +47,8 @@ from insider.ports import (
     RepositoryUnavailable,
     SentCache,
 )
-from insider.receipt_parsing import Event, InvalidReceipts, parse_receipts
-from insider.receipt_writer import DeliveryReceipts
+from insider.receipt_parsing import InvalidReceipts, parse_receipts
+from insider.receipt_writer import ReceiptWriter
 from insider.supervisor import SenderStatus, Supervisor
 from insider.web.guard import browser_checks_exempt, cross_site_allowed
 from insider.web.schemas import (
@@ -121,7 +122,7 @@ class Services:
     counts: CountsCache
     metrics: Metrics
     supervisor: Supervisor
-    receipts: DeliveryReceipts
+    receipts: ReceiptWriter
     clock: Clock
 
 

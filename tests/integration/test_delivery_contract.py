@@ -326,13 +326,13 @@ async def test_a_burst_of_receipts_in_one_batch(backend: Backend) -> None:
 async def test_a_burst_of_single_receipts_through_the_writers_keeps_each_messages_order(backend: Backend) -> None:
     # Requests of one receipt each, as a provider posts them, through the two writers: every
     # message keeps the state of its first receipt, the contrary one is kept as an event, and
-    # two writes in the database at once never deadlock. (tests/unit/test_delivery.py holds
+    # two writes in the database at once never deadlock. (tests/unit/test_receipt_writer.py holds
     # the writes to show that a receipt for an id being written waits for that write.)
     from insider.clock import SystemClock
-    from insider.receipt_writer import DeliveryReceipts
+    from insider.receipt_writer import ReceiptWriter
 
     messages = [await sent_message(backend, f"p-{i}") for i in range(60)]
-    writers = DeliveryReceipts(backend.repository, None, backend.clock or SystemClock())
+    writers = ReceiptWriter(backend.repository, None, backend.clock or SystemClock())
     first = ["undelivered" if i % 3 == 0 else "delivered" for i in range(60)]
     contrary = {"delivered": "undelivered", "undelivered": "delivered"}
     posts: list[list[Receipt]] = []

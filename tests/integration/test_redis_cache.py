@@ -258,7 +258,7 @@ async def test_receipts_are_matched_by_the_database_when_redis_is_down(tmp_path:
     from insider.clock import FakeClock
     from insider.domain import MessageStatus, Resolution
     from insider.receipt_parsing import Receipt, ReceiptResult
-    from insider.receipt_writer import DeliveryReceipts
+    from insider.receipt_writer import ReceiptWriter
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -275,7 +275,7 @@ async def test_receipts_are_matched_by_the_database_when_redis_is_down(tmp_path:
         await repository.resolve(
             [Resolution(claimed.id, claimed.claim_token, MessageStatus.SENT, sent_at=clock.now(), message_id="p-1")]
         )
-        receipts = DeliveryReceipts(repository, RedisSentCache(down, prefix="unused"), clock)
+        receipts = ReceiptWriter(repository, RedisSentCache(down, prefix="unused"), clock)
         async with asyncio.timeout(15):
             [outcome] = await receipts.submit([Receipt("p-1", "delivered", clock.now())])
 

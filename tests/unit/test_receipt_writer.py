@@ -1,4 +1,4 @@
-"""DeliveryReceipts on SQLite :memory: and a fake clock: one write for concurrent requests, the upkeep, outages."""
+"""ReceiptWriter on SQLite :memory: and a fake clock: one write for concurrent requests, the upkeep, outages."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from insider.domain import Attempt, Message, MessageStatus, Resolution
 from insider.metrics import Metrics
 from insider.ports import RepositoryUnavailable, SentEntry
 from insider.receipt_parsing import Receipt, ReceiptOutcome, ReceiptResult
-from insider.receipt_writer import PRUNE_BATCH, WAITING_EVERY_S, DeliveryReceipts
+from insider.receipt_writer import PRUNE_BATCH, WAITING_EVERY_S, ReceiptWriter
 from tests.conftest import eventually
 from tests.unit.support import ProbedRepository
 
@@ -57,7 +57,7 @@ async def sent(repository: ProbedRepository, clock: FakeClock, n: int) -> list[M
 
 async def test_concurrent_requests_share_one_write(counting: CountingRepository, clock: FakeClock) -> None:
     messages = await sent(counting, clock, 30)
-    receipts = DeliveryReceipts(counting, None, clock)
+    receipts = ReceiptWriter(counting, None, clock)
 
     results = await asyncio.gather(
         *(receipts.submit([Receipt(f"p-{m.id}", "delivered", clock.now())]) for m in messages)
@@ -102,7 +102,7 @@ async def test_the_next_batch_is_written_while_one_is_in_the_database(gated: Gat
     # One writer left the database idle while requests were answered, and the service idle
     # while the database wrote: a burst moved in lockstep (docs/performance.md).
     first_message, *others = await sent(gated, clock, 5)
-    receipts = DeliveryReceipts(gated, None, clock)
+    receipts = ReceiptWriter(gated, None, clock)
     first = asyncio.ensure_future(receipts.submit([Receipt(f"p-{first_message.id}", "delivered", clock.now())]))
     await eventually(lambda: gated.in_flight == 1, what="the first write in the database")
     rest = [asyncio.ensure_future(receipts.submit([Receipt(f"p-{m.id}", "delivered", clock.now())])) for m in others]
@@ -119,7 +119,7 @@ async def test_the_next_batch_is_written_while_one_is_in_the_database(gated: Gat
 
 async def test_never_more_than_two_writes_at_once(gated: GatedRepository, clock: FakeClock) -> None:
     messages = await sent(gated, clock, 12)
-    receipts = DeliveryReceipts(gated, None, clock)
+    receipts = ReceiptWriter(gated, None, clock)
     submit = []
     for m in messages:  # one at a time, each while the writes are held
         submit.append(asyncio.ensure_future(receipts.submit([Receipt(f"p-{m.id}", "delivered", clock.now())])))
@@ -139,7 +139,7 @@ async def test_never_more_than_two_writes_at_once(gated: GatedRepository, clock:
 async def test_a_receipt_for_an_id_being_written_waits_for_that_write(gated: GatedRepository, clock: FakeClock) -> None:
     # The same message's receipts are applied in the order they came: never in two writes at once.
     first_message, other = await sent(gated, clock, 2)
-    receipts = DeliveryReceipts(gated, None, clock)
+    receipts = ReceiptWriter(gated, None, clock)
     first = asyncio.ensure_future(receipts.submit([Receipt(f"p-{first_message.id}", "undelivered", clock.now())]))
     await eventually(lambda: len(gated.writes) == 1, what="the first write")
     later = asyncio.ensure_future(receipts.submit([Receipt(f"p-{first_message.id}", "delivered", clock.now())]))
@@ -162,7 +162,7 @@ async def test_a_receipt_for_an_id_being_written_waits_for_that_write(gated: Gat
 
 async def test_closing_waits_for_every_write(gated: GatedRepository, clock: FakeClock) -> None:
     one, two = await sent(gated, clock, 2)
-    receipts = DeliveryReceipts(gated, None, clock)
+    receipts = ReceiptWriter(gated, None, clock)
     first = asyncio.ensure_future(receipts.submit([Receipt(f"p-{one.id}", "delivered", clock.now())]))
     await eventually(lambda: gated.in_flight == 1, what="the first write in the database")
     second = asyncio.ensure_future(receipts.submit([Receipt(f"p-{two.id}", "delivered", clock.now())]))
@@ -187,7 +187,7 @@ async def test_the_cache_gives_the_hint_and_metrics_count_deliveries(
     cache = InMemorySentCache(clock=clock)
     await cache.remember([SentEntry(f"p-{message.id}", clock.now(), message.id)])
     metrics = Metrics()
-    receipts = DeliveryReceipts(counting, cache, clock, observer=metrics)
+    receipts = ReceiptWriter(counting, cache, clock, observer=metrics)
     await clock.advance(4)
 
     [outcome] = await receipts.submit([Receipt(f"p-{message.id}", "DELIVRD", clock.now())])
@@ -202,7 +202,7 @@ async def test_a_cache_that_fails_is_skipped_for_a_while(counting: CountingRepos
     messages = await sent(counting, clock, 3)
     cache = InMemorySentCache(clock=clock)
     cache.available = False
-    receipts = DeliveryReceipts(counting, cache, clock)
+    receipts = ReceiptWriter(counting, cache, clock)
 
     with capture_logs() as logs:
         first = await receipts.submit([Receipt(f"p-{messages[0].id}", "delivered", clock.now())])
@@ -220,7 +220,7 @@ async def test_a_database_outage_fails_the_request_and_the_next_one_works(
     counting: CountingRepository, clock: FakeClock
 ) -> None:
     [message] = await sent(counting, clock, 1)
-    receipts = DeliveryReceipts(counting, None, clock)
+    receipts = ReceiptWriter(counting, None, clock)
     counting.available = False
 
     with pytest.raises(RepositoryUnavailable):
@@ -234,7 +234,7 @@ async def test_a_database_outage_fails_the_request_and_the_next_one_works(
 async def test_the_upkeep_drops_receipts_a_day_old_with_a_log_line_and_prunes_old_events(
     repo: ProbedRepository, clock: FakeClock
 ) -> None:
-    receipts = DeliveryReceipts(repo, None, clock, retention_s=30 * 86400.0)
+    receipts = ReceiptWriter(repo, None, clock, retention_s=30 * 86400.0)
     await receipts.submit([Receipt("p-never", "delivered", clock.now() - timedelta(hours=23, minutes=59, seconds=58))])
     old = clock.now() - timedelta(days=31)
     for i in range(PRUNE_BATCH + 5):
@@ -261,7 +261,7 @@ async def test_the_upkeep_drops_receipts_a_day_old_with_a_log_line_and_prunes_ol
 async def test_the_upkeep_survives_a_database_outage_with_one_log_line(
     repo: ProbedRepository, clock: FakeClock
 ) -> None:
-    receipts = DeliveryReceipts(repo, None, clock)
+    receipts = ReceiptWriter(repo, None, clock)
     repo.available = False
     with capture_logs() as logs:
         upkeep = asyncio.create_task(receipts.run_upkeep())
