@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
 from insider.domain import DEFAULT_PRIORITY, InvalidMessage, NewMessage, build_message, parse_rfc3339
-from insider.ports import MessageRepository
+from insider.ports import Intake
 
 COLUMNS: Final = ("to", "content", "sendAt", "priority", "validUntil")
 REQUIRED: Final = ("to", "content")
@@ -231,7 +231,7 @@ class Progress:
 
 
 async def load_file(
-    repository: MessageRepository,
+    repository: Intake,
     stream: TextIO,
     limits: Limits,
     *,

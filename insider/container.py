@@ -22,7 +22,7 @@ from insider.adapters.webhook import WebhookSmsClient, open_http_session
 from insider.clock import SystemClock
 from insider.config import Settings, mask_url
 from insider.metrics import CountsCache, Metrics
-from insider.ports import Clock, DeliveryRepository, MessageRepository, RepositoryUnavailable
+from insider.ports import Clock, MessageRepository, ReceiptStore, RepositoryUnavailable
 from insider.receipt_parsing import parse_receipts
 from insider.receipt_writer import ReceiptWriter
 from insider.sender import BatchSender, SenderOptions
@@ -293,7 +293,7 @@ async def open_service(
             if settings.autostart if autostart is None else autostart:
                 await supervisor.start()
             # Receipts need a SQL repository (an embedding program may bring another).
-            if isinstance(repository, DeliveryRepository):
+            if isinstance(repository, ReceiptStore):
                 upkeep = asyncio.create_task(receipts.run_upkeep(), name="insider-receipt-upkeep")
             yield supervisor
         finally:

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from insider.clock import SystemClock
 from insider.domain import BatchReport, MessageStatus
-from insider.ports import Clock, MessageRepository
+from insider.ports import Clock, MessageReader
 from insider.receipt_parsing import ReceiptOutcome, ReceiptResult
 
 # The Prometheus text exposition format, version 0.0.4 (what generate_latest writes, and every Prometheus reads).
@@ -139,7 +139,7 @@ class CountsCache:
     A failure is not cached: it propagates to every caller that was waiting for it.
     """
 
-    def __init__(self, repository: MessageRepository, *, ttl_s: float = 2.0, clock: Clock | None = None) -> None:
+    def __init__(self, repository: MessageReader, *, ttl_s: float = 2.0, clock: Clock | None = None) -> None:
         self._repository = repository
         self._clock = clock or SystemClock()
         self.ttl_s = ttl_s

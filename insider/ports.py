@@ -1,4 +1,4 @@
-"""The ports: what the sender needs from a database, an SMS provider, a cache and a clock."""
+"""The ports: what the service needs from a database (one protocol per role), an SMS provider, a cache and a clock."""
 
 from __future__ import annotations
 
@@ -76,21 +76,91 @@ class SentEntry:
     id: int
 
 
-class MessageRepository(Protocol):
-    """The queue of messages; PostgreSQL is the source of truth in production.
+class SendQueue(Protocol):
+    """Claiming and recording: what the sender does with the queue, one batch at a time.
 
     Every method raises RepositoryUnavailable when the database cannot be reached.
     """
 
-    async def migrate(self) -> None:
-        """Create or upgrade the schema; safe when several processes run it at once.
+    async def claim(self, limit: int, lease_s: float, order: SendOrder = SendOrder.OLDEST) -> list[Message]:
+        """Lease up to ``limit`` due messages in one statement, and report the ones that expired.
 
-        Raises SchemaUpgradeRefused, having changed nothing, when the database holds what
-        cannot be upgraded.
+        Due: sending with a lease that has expired (its holder died), then pending whose
+        time has come (its ``send_at``, its retry time, or at once) and not past its
+        ``valid_until``: highest priority first, then the longest due first (``order``
+        oldest) or the most recently due (newest). Claimed rows become ``sending`` with a
+        lease of ``lease_s`` seconds, a fresh claim token and one more attempt.
+
+        Pending rows past their ``valid_until`` become ``expired`` on the way (a bounded
+        number per call) and are returned too, with that status, never claimed.
         """
 
-    async def ping(self) -> None:
-        """Return when the database answers."""
+    async def resolve(self, resolutions: Sequence[Resolution]) -> Sequence[ReceiptOutcome]:
+        """Write back the outcome of claimed messages, all in one statement.
+
+        A resolution applies only while its claim token still holds the row, except a
+        ``sent`` one, which applies to any row the provider has not accepted yet (the send
+        happened). Each resolution's ``attempt`` goes to the message's history with it.
+        Receipts that were waiting for the provider ids just recorded are applied right
+        after; their outcomes are returned (for the metrics).
+        """
+
+    async def expire(self) -> int:
+        """Turn pending messages past their ``valid_until`` into expired (bounded); how many."""
+
+
+class RateSlot(Protocol):
+    """The deployment-wide batch slot: several processes on one database share one rate.
+
+    Raises RepositoryUnavailable when the database cannot be reached.
+    """
+
+    async def acquire_slot(self, name: str, interval_s: float) -> float:
+        """Take the deployment-wide batch slot ``name`` if its time has come.
+
+        Returns 0 when taken (the next slot is then one interval later, or one interval
+        from now when late), or the seconds to wait until it can be taken.
+        """
+
+
+class MessageReader(Protocol):
+    """Reading: messages one at a time or a page at a time, their counts and their history.
+
+    Every method raises RepositoryUnavailable when the database cannot be reached.
+    """
+
+    async def get(self, message_id: int) -> Message | None:
+        """One message in any state."""
+
+    async def get_by_uuid(self, message_uuid: str) -> Message | None:
+        """The message with this UUID (rows of the original Go service keep theirs), or None."""
+
+    async def list_messages(
+        self, status: MessageStatus | None, limit: int, cursor: str | None = None, to: str | None = None
+    ) -> Page:
+        """Messages in one status, newest first (sent: by ``sent_at``; others: by ``created_at``).
+
+        ``status`` None: every message the provider accepted (sent, delivered, undelivered), by ``sent_at``.
+
+        Keyset pagination: ``cursor`` is the ``next_cursor`` of the previous page. ``to``
+        (E.164) keeps only the messages to that recipient.
+        """
+
+    async def counts(self) -> dict[MessageStatus, int]:
+        """How many messages are in each status (pending ones past their validUntil expire first)."""
+
+    async def segments_sent(self) -> int:
+        """The SMS segments of every sent message."""
+
+    async def events(self, message_id: int, limit: int = MAX_EVENTS) -> list[Event]:
+        """A message's history, oldest first: its first ``limit`` events."""
+
+
+class Intake(Protocol):
+    """Writing by hand: messages in (one, a batch, a file's worth), and a retry or a cancel of one.
+
+    Every method raises RepositoryUnavailable when the database cannot be reached.
+    """
 
     async def enqueue(
         self,
@@ -118,46 +188,6 @@ class MessageRepository(Protocol):
     async def load(self, messages: Sequence[NewMessage]) -> int:
         """Store many messages as fast as the database takes them (COPY); returns how many."""
 
-    async def get(self, message_id: int) -> Message | None:
-        """One message in any state."""
-
-    async def get_by_uuid(self, message_uuid: str) -> Message | None:
-        """The message with this UUID (rows of the original Go service keep theirs), or None."""
-
-    async def list_messages(
-        self, status: MessageStatus | None, limit: int, cursor: str | None = None, to: str | None = None
-    ) -> Page:
-        """Messages in one status, newest first (sent: by ``sent_at``; others: by ``created_at``).
-
-        ``status`` None: every message the provider accepted (sent, delivered, undelivered), by ``sent_at``.
-
-        Keyset pagination: ``cursor`` is the ``next_cursor`` of the previous page. ``to``
-        (E.164) keeps only the messages to that recipient.
-        """
-
-    async def claim(self, limit: int, lease_s: float, order: SendOrder = SendOrder.OLDEST) -> list[Message]:
-        """Lease up to ``limit`` due messages in one statement, and report the ones that expired.
-
-        Due: sending with a lease that has expired (its holder died), then pending whose
-        time has come (its ``send_at``, its retry time, or at once) and not past its
-        ``valid_until``: highest priority first, then the longest due first (``order``
-        oldest) or the most recently due (newest). Claimed rows become ``sending`` with a
-        lease of ``lease_s`` seconds, a fresh claim token and one more attempt.
-
-        Pending rows past their ``valid_until`` become ``expired`` on the way (a bounded
-        number per call) and are returned too, with that status, never claimed.
-        """
-
-    async def resolve(self, resolutions: Sequence[Resolution]) -> Sequence[ReceiptOutcome]:
-        """Write back the outcome of claimed messages, all in one statement.
-
-        A resolution applies only while its claim token still holds the row, except a
-        ``sent`` one, which applies to any row the provider has not accepted yet (the send
-        happened). Each resolution's ``attempt`` goes to the message's history with it.
-        Receipts that were waiting for the provider ids just recorded are applied right
-        after; their outcomes are returned (for the metrics).
-        """
-
     async def retry(self, message_id: int) -> Message:
         """Put a failed message back to pending with its attempts reset.
 
@@ -171,22 +201,6 @@ class MessageRepository(Protocol):
         is already being sent).
         """
 
-    async def expire(self) -> int:
-        """Turn pending messages past their ``valid_until`` into expired (bounded); how many."""
-
-    async def segments_sent(self) -> int:
-        """The SMS segments of every sent message."""
-
-    async def acquire_slot(self, name: str, interval_s: float) -> float:
-        """Take the deployment-wide batch slot ``name`` if its time has come.
-
-        Returns 0 when taken (the next slot is then one interval later, or one interval
-        from now when late), or the seconds to wait until it can be taken.
-        """
-
-    async def counts(self) -> dict[MessageStatus, int]:
-        """How many messages are in each status (pending ones past their validUntil expire first)."""
-
 
 @dataclass(frozen=True, slots=True)
 class WaitingReport:
@@ -197,8 +211,8 @@ class WaitingReport:
 
 
 @runtime_checkable
-class DeliveryRepository(Protocol):
-    """Delivery receipts and the history of every message; the SQL repositories are ones.
+class ReceiptStore(Protocol):
+    """Delivery receipts and the upkeep of the history; the SQL repositories are ones.
 
     Every method raises RepositoryUnavailable when the database cannot be reached.
     """
@@ -214,11 +228,38 @@ class DeliveryRepository(Protocol):
     async def apply_waiting(self, max_age_s: float, limit: int = 1000) -> WaitingReport:
         """Apply waiting receipts whose provider id a message now has; drop those older than ``max_age_s``."""
 
-    async def events(self, message_id: int, limit: int = MAX_EVENTS) -> list[Event]:
-        """A message's history, oldest first: its first ``limit`` events."""
-
     async def prune_events(self, older_than_s: float, limit: int) -> int:
         """Delete up to ``limit`` events older than ``older_than_s``; how many went."""
+
+
+class Schema(Protocol):
+    """The database itself: its schema, and whether it answers.
+
+    Every method raises RepositoryUnavailable when the database cannot be reached.
+    """
+
+    async def migrate(self) -> None:
+        """Create or upgrade the schema; safe when several processes run it at once.
+
+        Raises SchemaUpgradeRefused, having changed nothing, when the database holds what
+        cannot be upgraded.
+        """
+
+    async def ping(self) -> None:
+        """Return when the database answers."""
+
+
+class SupervisorStore(Schema, RateSlot, Protocol):
+    """What the supervisor asks of the database: the schema, prepared at start-up, and the batch slot."""
+
+
+class MessageRepository(SendQueue, RateSlot, MessageReader, Intake, ReceiptStore, Schema, Protocol):
+    """The queue of messages, every role at once; PostgreSQL is the source of truth in production.
+
+    What the SQL adapters implement and the container hands out. A part of the service takes
+    only the role it uses (the sender a :class:`SendQueue`, the receipt writer a
+    :class:`ReceiptStore`, ...), so a test's fake implements that role alone.
+    """
 
 
 class SmsClient(Protocol):

@@ -9,7 +9,7 @@ from typing import Final
 
 import structlog
 
-from insider.ports import Clock, DeliveryRepository, Observer, RepositoryUnavailable, SentCache
+from insider.ports import Clock, Observer, ReceiptStore, RepositoryUnavailable, SentCache
 from insider.receipt_parsing import WAITING_MAX_AGE_S, Receipt, ReceiptOutcome, ReceiptResult
 
 log = structlog.get_logger("insider.delivery")
@@ -47,7 +47,7 @@ class ReceiptWriter:
 
     def __init__(
         self,
-        repository: DeliveryRepository,
+        repository: ReceiptStore,
         cache: SentCache | None,
         clock: Clock,
         *,

@@ -27,7 +27,7 @@ from insider.domain import (
     mask_phone,
     measure,
 )
-from insider.ports import Clock, MessageRepository, Observer, RepositoryUnavailable, SentCache, SentEntry, SmsClient
+from insider.ports import Clock, Observer, RepositoryUnavailable, SendQueue, SentCache, SentEntry, SmsClient
 
 log = structlog.get_logger("insider.sender")
 T = TypeVar("T")
@@ -98,7 +98,7 @@ class BatchSender:
 
     def __init__(
         self,
-        repository: MessageRepository,
+        repository: SendQueue,
         sms_client: SmsClient,
         cache: SentCache | None,
         clock: Clock,

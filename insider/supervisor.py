@@ -16,7 +16,7 @@ import structlog
 
 from insider.clock import SystemClock
 from insider.domain import BatchReport
-from insider.ports import Clock, MessageRepository, Observer, RepositoryUnavailable, SchemaUpgradeRefused
+from insider.ports import Clock, Observer, RepositoryUnavailable, SchemaUpgradeRefused, SupervisorStore
 from insider.sender import DRAIN_PIPELINE_DEPTH, RECORD_BUDGET_S, BatchSender
 
 log = structlog.get_logger("insider.supervisor")
@@ -114,7 +114,7 @@ class Supervisor:
     def __init__(
         self,
         sender: BatchSender,
-        repository: MessageRepository,
+        repository: SupervisorStore,
         *,
         interval_s: float,
         clock: Clock | None = None,

@@ -38,12 +38,12 @@ from insider.metrics import CONTENT_TYPE, CountsCache, Metrics
 from insider.original import SENT_LIST_MAX, sent_item
 from insider.ports import (
     Clock,
-    DeliveryRepository,
     IdempotencyConflict,
     IdempotencyKey,
     InvalidState,
     MessageNotFound,
     MessageRepository,
+    ReceiptStore,
     RepositoryUnavailable,
     SentCache,
 )
@@ -575,9 +575,18 @@ async def message_events_by_uuid(request: web.Request) -> web.Response:
     return await _by_uuid(request, _events)
 
 
+def keeps_history(repository: object) -> bool:
+    """Whether ``repository`` keeps receipts and each message's history, as the SQL adapters do.
+
+    The container hands out a MessageRepository, but an embedding program may override it
+    with an adapter of its own that keeps neither.
+    """
+    return isinstance(repository, ReceiptStore) and callable(getattr(repository, "events", None))
+
+
 async def _events(request: web.Request, message_id: int) -> web.Response:
     repository = services(request).repository
-    if not isinstance(repository, DeliveryRepository):  # an embedding program's own adapter
+    if not keeps_history(repository):  # an embedding program's own adapter
         return error_response(404, "this repository keeps no history")
     events = await repository.events(message_id)
     if not events and await repository.get(message_id) is None:

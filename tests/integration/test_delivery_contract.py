@@ -1,4 +1,4 @@
-"""The DeliveryRepository contract (receipts, waiting receipts, history, retention) on SQLite and PostgreSQL.
+"""The ReceiptStore contract (receipts, waiting receipts, history, retention) on SQLite and PostgreSQL.
 
 SQLite runs on a FakeClock; PostgreSQL on real time. Times that matter (a receipt's
 arrival, an attempt's start) are given by the caller, so both run the same checks.
