@@ -1,4 +1,4 @@
-"""The aiohttp app factory: routes, middlewares, Swagger and the service's lifespan."""
+"""The aiohttp app factory: the route table, the middlewares and the service's lifespan."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
 import structlog
@@ -21,10 +20,12 @@ from insider.container import Container, open_service, resolve
 from insider.logs import mask_access_log_secrets
 from insider.ports import InvalidCursor, RepositoryUnavailable
 from insider.supervisor import SupervisorClosed
-from insider.web import handlers
+from insider.web import messages, original, probes, receipts, sending
 from insider.web.guard import GUARD, BrowserGuard, browser_checks
-from insider.web.handlers import SERVICES, AppServices, Services, error_response, original_error, same_secret
-from insider.web.schemas import RECEIPT_DEFINITION
+from insider.web.openapi import docs_left_intact, document_batch_items, document_browser_checks, document_security
+from insider.web.original import ORIGINAL_COMMANDS, original_error
+from insider.web.paths import DELIVERY_REPORTS_PATH, OPEN_API_PATHS, guarded, is_original
+from insider.web.responses import error_response
 from insider.web.server import (
     LIMITS,
     MAX_BATCH_BODY_BYTES,
@@ -33,6 +34,8 @@ from insider.web.server import (
     expect_within_limits,
     request_limits,
 )
+from insider.web.services import SERVICES, AppServices, Services
+from insider.web.tokens import same_secret
 
 log = structlog.get_logger("insider.web")
 
@@ -42,17 +45,8 @@ API_TOKEN = web.AppKey("api_token", str)
 # try at the schema; the command line passes False for both, binds the listener, then does them.
 AUTOSTART: web.AppKey[bool | None] = web.AppKey("autostart")
 WAIT_FOR_SCHEMA = web.AppKey("wait_for_schema", bool)
-# Everything under this prefix needs the token (when one is set); health, metrics, Swagger and the
-# dashboard's page stay open, so that probes, scrapers and the login form itself work.
-API_PREFIX = "/api/v1"
-# The original Go service's routes: GET /messages, /messages/start, /messages/stop.
-ORIGINAL_PREFIX = "/messages"
-SECURITY_SCHEME = "bearer"
 # A UUID as the original Go service showed it (either case), for GET /api/v1/messages/{uuid}.
 UUID_PATTERN = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-DELIVERY_REPORTS_PATH = "/api/v1/delivery-reports"
-# Under /api/v1 but not guarded by INSIDER_API_TOKEN: they have a token of their own.
-OPEN_API_PATHS = frozenset({DELIVERY_REPORTS_PATH})
 # A request id a client may choose: printable and short, so it is safe in logs and response headers.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 # Headers of an HTTP error that still mean something on its JSON version (405's Allow, above all).
@@ -171,15 +165,6 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "internal error")
 
 
-def _guarded(path: str) -> bool:
-    """Whether the token guards ``path``: under /api/v1, or one of the original's /messages routes."""
-    return any(path == prefix or path.startswith(prefix + "/") for prefix in (API_PREFIX, ORIGINAL_PREFIX))
-
-
-def _original(path: str) -> bool:
-    return path == ORIGINAL_PREFIX or path.startswith(ORIGINAL_PREFIX + "/")
-
-
 def _protected(request: web.Request) -> bool:
     """Whether the token guards this request: its path, or the route it matched, is guarded.
 
@@ -189,7 +174,7 @@ def _protected(request: web.Request) -> bool:
     paths = (request.path, resource.canonical if resource is not None else "")
     if any(p in OPEN_API_PATHS for p in paths):
         return False
-    return any(_guarded(p) for p in paths)
+    return any(guarded(p) for p in paths)
 
 
 def _bearer(header: str) -> str | None:
@@ -204,7 +189,7 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
     if not token or not _protected(request):
         return await handler(request)
     # The original's routes answer in its envelope, {"success": false, "error": ...}.
-    refuse = original_error if _original(request.path) else error_response
+    refuse = original_error if is_original(request.path) else error_response
     given = _bearer(request.headers.get("Authorization", ""))
     if given is None:
         response = refuse(401, "this endpoint needs the header Authorization: Bearer <INSIDER_API_TOKEN>")
@@ -268,114 +253,6 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
             app[SERVICES].close()
 
 
-@contextmanager
-def _docs_left_intact(app: web.Application) -> Iterator[None]:
-    """Let aiohttp-apispec build the spec from copies of the handlers' docs.
-
-    It edits a handler's ``__apispec__`` as it reads it (pops the request schemas, appends
-    parameters), so a second app in the same process (tests, an embedded copy) got a spec
-    with its request bodies missing and dangling references. The handlers are module
-    functions shared by every app: each build now reads a copy and leaves them as they were.
-    """
-    originals: dict[int, tuple[Any, dict[str, Any]]] = {}
-    for route in app.router.routes():
-        handler: Any = route.handler
-        docs = getattr(handler, "__apispec__", None)
-        if isinstance(docs, dict) and id(handler) not in originals:
-            originals[id(handler)] = (handler, docs)
-            handler.__apispec__ = {
-                key: list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
-                for key, value in docs.items()
-            }
-    try:
-        yield
-    finally:
-        for handler, docs in originals.values():
-            handler.__apispec__ = docs
-
-
-def _document_security(spec: dict[str, Any], token_required: bool, dlr_token_set: bool = False) -> None:
-    """With a token set: describe the bearer scheme in the spec and require it on every /api/v1 operation.
-
-    The spec tells the truth about this instance: without a token nothing needs one and no 401 is sent,
-    and no scheme is described (Swagger UI then shows no "Authorize" button, which would lead nowhere).
-    The receipts endpoint has its own token (INSIDER_DLR_TOKEN), described only when it is set.
-    """
-    spec.setdefault("definitions", {})["Receipt"] = RECEIPT_DEFINITION
-    schemes: dict[str, Any] = {}
-    if dlr_token_set:
-        schemes[handlers.DLR_SECURITY_SCHEME] = {
-            "type": "apiKey",
-            "in": "header",
-            "name": handlers.DLR_AUTH_HEADER,
-            "description": "INSIDER_DLR_TOKEN, for the provider's delivery receipts",
-        }
-        schemes[handlers.DLR_QUERY_SECURITY_SCHEME] = {
-            "type": "apiKey",
-            "in": "query",
-            "name": "token",
-            "description": "INSIDER_DLR_TOKEN as a query parameter, for providers that only take a URL",
-        }
-        for operation in spec.get("paths", {}).get(DELIVERY_REPORTS_PATH, {}).values():
-            operation["security"] = [{handlers.DLR_SECURITY_SCHEME: []}, {handlers.DLR_QUERY_SECURITY_SCHEME: []}]
-    if token_required:
-        schemes[SECURITY_SCHEME] = {
-            "type": "apiKey",
-            "in": "header",
-            "name": "Authorization",
-            "description": "`Bearer <INSIDER_API_TOKEN>`; required on /api/v1 when the service has a token",
-        }
-    if schemes:
-        spec["securityDefinitions"] = schemes
-    if not token_required:
-        return
-    unauthorized = {
-        "description": "No token, or not the right one (`Authorization: Bearer <INSIDER_API_TOKEN>`)",
-        "schema": {"$ref": "#/definitions/Error"},
-        "headers": {"WWW-Authenticate": {"type": "string", "description": "Bearer"}},
-    }
-    original_unauthorized = unauthorized | {"schema": {"$ref": "#/definitions/OriginalError"}}
-    for path, operations in spec.get("paths", {}).items():
-        if path in OPEN_API_PATHS:
-            continue
-        if _guarded(path):
-            for operation in operations.values():
-                operation["security"] = [{SECURITY_SCHEME: []}]
-                refused = original_unauthorized if _original(path) else unauthorized
-                operation.setdefault("responses", {})["401"] = refused
-
-
-def _document_browser_checks(spec: dict[str, Any]) -> None:
-    """Every operation may answer 421 (a Host the service does not answer to) and 403 (a cross-site request)."""
-    refusals = {
-        "403": {
-            "description": "A request from a page on another site (Sec-Fetch-Site, Origin or Referer)",
-            "schema": {"$ref": "#/definitions/Error"},
-        },
-        "421": {
-            "description": "A Host the service does not answer to (INSIDER_ALLOWED_HOSTS)",
-            "schema": {"$ref": "#/definitions/Error"},
-        },
-    }
-    original = {code: r | {"schema": {"$ref": "#/definitions/OriginalError"}} for code, r in refusals.items()}
-    for path, operations in spec.get("paths", {}).items():
-        for operation in operations.values():
-            if isinstance(operation, dict) and "responses" in operation:
-                for code, response in (original if _original(path) else refusals).items():
-                    operation["responses"].setdefault(code, response)
-
-
-def _document_batch_items(spec: dict[str, Any]) -> None:
-    """Each item of POST /api/v1/messages/batch is the body of POST /api/v1/messages.
-
-    The handler checks the items one by one (to name each bad one), so its schema takes
-    objects; the spec says what those objects are.
-    """
-    batch = spec.get("definitions", {}).get("Batch")
-    if batch is not None:
-        batch["properties"]["messages"]["items"] = {"$ref": "#/definitions/Enqueue"}
-
-
 def create_app(container: Container, *, autostart: bool | None = None, wait_for_schema: bool = True) -> web.Application:
     """The aiohttp app over a container; opening and closing its resources is the app's lifespan.
 
@@ -404,58 +281,56 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     app[API_TOKEN] = settings.api_token
     app[AUTOSTART] = autostart
     app[WAIT_FOR_SCHEMA] = wait_for_schema
-    app[GUARD] = BrowserGuard.for_service(settings.allowed_hosts, settings.host, original_envelope=_original)
+    app[GUARD] = BrowserGuard.for_service(settings.allowed_hosts, settings.host, original_envelope=is_original)
     app[LIMITS] = Limits(settings.http_header_timeout_s, settings.http_body_timeout_s)
-    app.router.add_get("/", handlers.dashboard)
-    app.router.add_static("/static/dashboard", handlers.STATIC_DIR, name="dashboard.static")
-    app.router.add_get("/healthz", handlers.healthz, allow_head=False)
-    app.router.add_get("/readyz", handlers.readyz, allow_head=False)
-    app.router.add_get("/metrics", handlers.metrics, allow_head=False)
-    app.router.add_get("/api/v1/messages", handlers.list_messages, allow_head=False)
-    app.router.add_post("/api/v1/messages", handlers.enqueue_message, expect_handler=expect_within_limits)
-    app.router.add_post("/api/v1/messages/batch", handlers.enqueue_batch, expect_handler=expect_within_limits)
-    app.router.add_post("/api/v1/messages/preview", handlers.preview_message, expect_handler=expect_within_limits)
+    app.router.add_get("/", probes.dashboard)
+    app.router.add_static("/static/dashboard", probes.STATIC_DIR, name="dashboard.static")
+    app.router.add_get("/healthz", probes.healthz, allow_head=False)
+    app.router.add_get("/readyz", probes.readyz, allow_head=False)
+    app.router.add_get("/metrics", probes.metrics, allow_head=False)
+    app.router.add_get("/api/v1/messages", messages.list_messages, allow_head=False)
+    app.router.add_post("/api/v1/messages", messages.enqueue_message, expect_handler=expect_within_limits)
+    app.router.add_post("/api/v1/messages/batch", messages.enqueue_batch, expect_handler=expect_within_limits)
+    app.router.add_post("/api/v1/messages/preview", messages.preview_message, expect_handler=expect_within_limits)
     app.router.add_post(
-        r"/api/v1/messages/{id:[0-9]+}/cancel", handlers.cancel_message, expect_handler=expect_within_limits
+        r"/api/v1/messages/{id:[0-9]+}/cancel", messages.cancel_message, expect_handler=expect_within_limits
     )
-    app.router.add_get(r"/api/v1/messages/{id:[0-9]+}", handlers.get_message, allow_head=False)
-    app.router.add_get(f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}", handlers.get_message_by_uuid, allow_head=False)
+    app.router.add_get(r"/api/v1/messages/{id:[0-9]+}", messages.get_message, allow_head=False)
+    app.router.add_get(f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}", messages.get_message_by_uuid, allow_head=False)
     app.router.add_post(
-        r"/api/v1/messages/{id:[0-9]+}/retry", handlers.retry_message, expect_handler=expect_within_limits
+        r"/api/v1/messages/{id:[0-9]+}/retry", messages.retry_message, expect_handler=expect_within_limits
     )
     app.router.add_post(
         f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}/retry",
-        handlers.retry_message_by_uuid,
+        messages.retry_message_by_uuid,
         expect_handler=expect_within_limits,
     )
     app.router.add_get(
-        f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}/events", handlers.message_events_by_uuid, allow_head=False
+        f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}/events", messages.message_events_by_uuid, allow_head=False
     )
-    app.router.add_get(r"/api/v1/messages/{id:[0-9]+}/events", handlers.message_events, allow_head=False)
-    app.router.add_post(DELIVERY_REPORTS_PATH, handlers.delivery_reports, expect_handler=expect_within_limits)
+    app.router.add_get(r"/api/v1/messages/{id:[0-9]+}/events", messages.message_events, allow_head=False)
+    app.router.add_post(DELIVERY_REPORTS_PATH, receipts.delivery_reports, expect_handler=expect_within_limits)
     app.router.add_post(
         f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}/cancel",
-        handlers.cancel_message_by_uuid,
+        messages.cancel_message_by_uuid,
         expect_handler=expect_within_limits,
     )
     for method in ("POST", "GET"):
         app.router.add_route(
-            method, "/api/v1/messages/start", handlers.start_sending, expect_handler=expect_within_limits
+            method, "/api/v1/messages/start", sending.start_sending, expect_handler=expect_within_limits
         )
-        app.router.add_route(
-            method, "/api/v1/messages/stop", handlers.stop_sending, expect_handler=expect_within_limits
-        )
-    app.router.add_get("/api/v1/sender", handlers.sender_status, allow_head=False)
-    app.router.add_get("/api/v1/stats", handlers.stats, allow_head=False)
+        app.router.add_route(method, "/api/v1/messages/stop", sending.stop_sending, expect_handler=expect_within_limits)
+    app.router.add_get("/api/v1/sender", sending.sender_status, allow_head=False)
+    app.router.add_get("/api/v1/stats", sending.stats, allow_head=False)
     # The original Go service's routes (fiber answered them with or without a final slash).
     for path, handler in (
-        ("/messages", handlers.original_list),
-        ("/messages/start", handlers.original_start),
-        ("/messages/stop", handlers.original_stop),
+        ("/messages", original.original_list),
+        ("/messages/start", original.original_start),
+        ("/messages/stop", original.original_stop),
     ):
         app.router.add_get(path, handler, allow_head=False)
         app.router.add_get(path + "/", handler, allow_head=False)
-    with _docs_left_intact(app):
+    with docs_left_intact(app):
         setup_aiohttp_apispec(
             app,
             title="insider",
@@ -466,15 +341,15 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
             error_callback=_validation_error,
             in_place=True,
         )
-    _document_security(
+    document_security(
         app["swagger_dict"], token_required=bool(settings.api_token), dlr_token_set=bool(settings.dlr_token)
     )
     # Swagger UI also at the original's /swagger/, its spec at /swagger/doc.json.
     [swagger_page] = list(app.router["swagger.docs"])  # aiohttp-apispec's page, GET only
     app.router.add_get("/swagger/", swagger_page.handler, allow_head=False)
-    app.router.add_get("/swagger/doc.json", handlers.swagger_spec, allow_head=False)
-    app[handlers.ORIGINAL_COMMANDS] = asyncio.Lock()
-    _document_browser_checks(app["swagger_dict"])
-    _document_batch_items(app["swagger_dict"])
+    app.router.add_get("/swagger/doc.json", original.swagger_spec, allow_head=False)
+    app[ORIGINAL_COMMANDS] = asyncio.Lock()
+    document_browser_checks(app["swagger_dict"])
+    document_batch_items(app["swagger_dict"])
     app.cleanup_ctx.append(_lifespan)
     return app

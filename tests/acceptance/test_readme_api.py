@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from insider.config import load_settings
 from insider.container import Container
 from insider.web.app import create_app
-from insider.web.handlers import SERVICES
+from insider.web.services import SERVICES
 from tests.readme_text import code_spans, section, status_codes, tables
 
 Client = TestClient[Any, Any]

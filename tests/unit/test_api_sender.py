@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from insider.web.handlers import SERVICES
 from insider.web.schemas import SenderSchema
+from insider.web.services import SERVICES
 from tests.unit.support import HeldProvider
 from tests.unit.web_support import Api
 

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from insider.adapters.memory import Request
 from insider.domain import MessageStatus, Outcome, SendResult
 from insider.metrics import CountsCache, Metrics
-from insider.web.handlers import STATIC_DIR
+from insider.web.probes import STATIC_DIR
 from insider.web.schemas import HealthSchema, ReadySchema, StatsSchema
 from tests.unit.web_support import Api, open_api
 

@@ -1,0 +1,352 @@
+"""The messages resource: list, get, enqueue (one or a batch), preview, cancel, retry and a message's history."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from aiohttp_apispec import docs, match_info_schema, querystring_schema, request_schema, response_schema
+from marshmallow import ValidationError
+
+from insider.config import Settings
+from insider.domain import (
+    DEFAULT_PRIORITY,
+    InvalidMessage,
+    InvalidPhone,
+    MessageStatus,
+    NewMessage,
+    build_message,
+    content_error,
+    measure,
+    normalize_phone,
+)
+from insider.ports import InvalidState, MessageNotFound, ReceiptStore
+from insider.web.idempotency import IDEMPOTENCY_DOC, store_once
+from insider.web.responses import INVALID, UNAVAILABLE, error_response, event_json, message_json
+from insider.web.schemas import (
+    BatchSchema,
+    EnqueueSchema,
+    ErrorSchema,
+    EventsSchema,
+    ListQuerySchema,
+    MessageIdSchema,
+    MessageListSchema,
+    MessageSchema,
+    MessageUuidSchema,
+    PageSchema,
+    PreviewResultSchema,
+    PreviewSchema,
+)
+from insider.web.services import services
+
+
+@docs(
+    tags=["messages"],
+    summary="List messages, most recent first",
+    description="Without `status`, every message the provider accepted (sent, delivered, undelivered), most "
+    "recently sent first. With `status`, only that status: `sent` (accepted, no final receipt yet) by send time, "
+    "the others by creation time, newest first. Keyset pagination: pass `nextCursor` back as `cursor`. `to` keeps "
+    "the messages to one recipient (any form POST accepts; normalised to E.164).",
+)
+@querystring_schema(ListQuerySchema)
+@response_schema(PageSchema, 200, description="One page")
+@response_schema(ErrorSchema, 400, description="A cursor this service did not hand out")
+@response_schema(**INVALID, code=422)
+@response_schema(**UNAVAILABLE, code=503)
+async def list_messages(request: web.Request) -> web.Response:
+    app = services(request)
+    query = request["querystring"]
+    to = query["to"]
+    if to is not None:
+        try:
+            to = normalize_phone(to, app.settings.default_region)
+        except InvalidPhone as exc:
+            return error_response(422, "invalid input", {"to": [f"not a possible phone number: {exc}"]})
+    status = MessageStatus(query["status"]) if query["status"] is not None else None
+    page = await app.repository.list_messages(status, query["limit"], query["cursor"], to)
+    return web.json_response({"data": [message_json(m) for m in page.items], "nextCursor": page.next_cursor})
+
+
+def new_message(data: dict[str, Any], settings: Settings, now: datetime) -> NewMessage:
+    """A checked message from one loaded EnqueueSchema body; InvalidMessage names the bad field."""
+    return build_message(
+        data["to"],
+        data["content"],
+        send_at=data.get("sendAt"),
+        priority=data.get("priority", DEFAULT_PRIORITY),
+        valid_until=data.get("validUntil"),
+        now=now,
+        max_length=settings.content_max_length,
+        region=settings.default_region,
+        max_segments=settings.max_segments,
+    )
+
+
+@docs(
+    tags=["messages"],
+    summary="Queue a message",
+    description="Stores one pending message. It goes out in the first batch after `sendAt` (or at once), "
+    "higher `priority` first, and never after `validUntil` (then it is `expired`). Each item shows its "
+    "`encoding` (GSM-7 or UCS-2) and `segments`.",
+    parameters=[IDEMPOTENCY_DOC],
+)
+@request_schema(EnqueueSchema)
+@response_schema(MessageSchema, 201, description="The stored message")
+@response_schema(ErrorSchema, 400, description="The body is not a JSON object, or a bad Idempotency-Key")
+@response_schema(ErrorSchema, 409, description="The Idempotency-Key was used with another body")
+@response_schema(ErrorSchema, 413, description="The body is too large")
+@response_schema(ErrorSchema, 415, description="The body is not application/json")
+@response_schema(**INVALID, code=422)
+@response_schema(**UNAVAILABLE, code=503)
+async def enqueue_message(request: web.Request) -> web.Response:
+    app = services(request)
+    try:
+        message = new_message(request["data"], app.settings, app.clock.now())
+    except InvalidMessage as exc:
+        return error_response(422, "invalid message", {exc.field: [str(exc).replace("recipient_phone", "to")]})
+    stored = await store_once(request, app.repository, [message])
+    if isinstance(stored, web.Response):
+        return stored
+    messages, replayed = stored
+    response = web.json_response(message_json(messages[0]), status=201)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@docs(
+    tags=["messages"],
+    summary="Queue up to 1,000 messages at once",
+    description="Each item is the body of POST /api/v1/messages. All are stored or none: a 422 names every bad "
+    "item's field as `messages.<index>.<field>`. The body may be up to 4 MiB.",
+    parameters=[IDEMPOTENCY_DOC],
+)
+@request_schema(BatchSchema)
+@response_schema(MessageListSchema, 201, description="The stored messages, in the order given")
+@response_schema(ErrorSchema, 400, description="The body is not a JSON object, or a bad Idempotency-Key")
+@response_schema(ErrorSchema, 409, description="The Idempotency-Key was used with another body")
+@response_schema(ErrorSchema, 413, description="The body is too large")
+@response_schema(ErrorSchema, 415, description="The body is not application/json")
+@response_schema(**INVALID, code=422)
+@response_schema(**UNAVAILABLE, code=503)
+async def enqueue_batch(request: web.Request) -> web.Response:
+    app = services(request)
+    schema = EnqueueSchema()
+    now = app.clock.now()
+    problems: dict[str, list[str]] = {}
+    messages: list[NewMessage] = []
+    for index, item in enumerate(request["data"]["messages"]):
+        prefix = f"messages.{index}."
+        try:
+            messages.append(new_message(schema.load(item), app.settings, now))
+        except ValidationError as exc:
+            errors = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+            for name, found in errors.items():
+                problems[prefix + str(name)] = [str(p) for p in found] if isinstance(found, list) else [str(found)]
+        except InvalidMessage as exc:
+            problems[prefix + exc.field] = [str(exc).replace("recipient_phone", "to")]
+    if problems:
+        bad = len({name.split(".")[1] for name in problems})
+        total = len(request["data"]["messages"])
+        return error_response(422, f"{bad} of {total} messages are invalid; none was stored", problems)
+    stored = await store_once(request, app.repository, messages)
+    if isinstance(stored, web.Response):
+        return stored
+    stored_messages, replayed = stored
+    response = web.json_response({"data": [message_json(m) for m in stored_messages]}, status=201)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@docs(
+    tags=["messages"],
+    summary="Characters, encoding and segments of a text",
+    description="What the dashboard shows as one types, computed by the same code as the API. Stores nothing.",
+)
+@request_schema(PreviewSchema)
+@response_schema(PreviewResultSchema, 200, description="The text measured")
+@response_schema(ErrorSchema, 400, description="The body is not a JSON object")
+@response_schema(ErrorSchema, 413, description="The body is too large")
+@response_schema(ErrorSchema, 415, description="The body is not application/json")
+@response_schema(**INVALID, code=422)
+async def preview_message(request: web.Request) -> web.Response:
+    settings = services(request).settings
+    content = request["data"]["content"]
+    encoding, segments = measure(content)
+    return web.json_response(
+        {
+            "characters": len(content),
+            "encoding": encoding.value,
+            "segments": segments,
+            "maxLength": settings.content_max_length,
+            "maxSegments": settings.max_segments,
+            "error": content_error(content, settings.content_max_length, settings.max_segments),
+        }
+    )
+
+
+@docs(
+    tags=["messages"],
+    summary="Cancel a pending message",
+    description="A pending message (scheduled, waiting for its turn or for a retry) becomes `cancelled` and is "
+    "never sent. 409 in any other state; a `sending` one is already being sent.",
+)
+@match_info_schema(MessageIdSchema)
+@response_schema(MessageSchema, 200, description="The message, cancelled")
+@response_schema(ErrorSchema, 404, description="No message has that id")
+@response_schema(ErrorSchema, 409, description="The message is not pending")
+@response_schema(**UNAVAILABLE, code=503)
+async def cancel_message(request: web.Request) -> web.Response:
+    return await _cancel(request, request["match_info"]["id"])
+
+
+@docs(
+    tags=["messages"],
+    summary="Cancel a pending message, by the UUID the original Go service gave it",
+    description="As `POST /api/v1/messages/{id}/cancel`, for a row known by its UUID (field `uuid`).",
+)
+@match_info_schema(MessageUuidSchema)
+@response_schema(MessageSchema, 200, description="The message, cancelled")
+@response_schema(ErrorSchema, 404, description="No message has that UUID")
+@response_schema(ErrorSchema, 409, description="The message is not pending")
+@response_schema(**UNAVAILABLE, code=503)
+async def cancel_message_by_uuid(request: web.Request) -> web.Response:
+    return await _by_uuid(request, _cancel)
+
+
+async def _by_uuid(request: web.Request, then: Callable[[web.Request, int], Awaitable[web.Response]]) -> web.Response:
+    """``then`` for the message with the UUID of the path (a row of the original Go service), or 404."""
+    message = await services(request).repository.get_by_uuid(str(request["match_info"]["uuid"]))
+    if message is None:
+        return error_response(404, "no message has that id")
+    return await then(request, message.id)
+
+
+async def _one(request: web.Request, message_id: int) -> web.Response:
+    message = await services(request).repository.get(message_id)
+    if message is None:
+        return error_response(404, "no message has that id")
+    return web.json_response(message_json(message))
+
+
+async def _cancel(request: web.Request, message_id: int) -> web.Response:
+    try:
+        message = await services(request).repository.cancel(message_id)
+    except MessageNotFound:
+        return error_response(404, "no message has that id")
+    except InvalidState as exc:
+        if exc.message.status is MessageStatus.SENDING:
+            return error_response(409, f"message {exc.message.id} is already being sent")
+        status = exc.message.status.value
+        return error_response(409, f"message {exc.message.id} is {status}: only a pending message can be cancelled")
+    return web.json_response(message_json(message))
+
+
+@docs(tags=["messages"], summary="One message, in any state")
+@match_info_schema(MessageIdSchema)
+@response_schema(MessageSchema, 200, description="The message")
+@response_schema(ErrorSchema, 404, description="No message has that id")
+@response_schema(**UNAVAILABLE, code=503)
+async def get_message(request: web.Request) -> web.Response:
+    return await _one(request, request["match_info"]["id"])
+
+
+@docs(
+    tags=["messages"],
+    summary="One message, by the UUID the original Go service gave it",
+    description="Rows of the original service's table keep their UUID through the upgrade (field `uuid`).",
+)
+@match_info_schema(MessageUuidSchema)
+@response_schema(MessageSchema, 200, description="The message")
+@response_schema(ErrorSchema, 404, description="No message has that UUID")
+@response_schema(**UNAVAILABLE, code=503)
+async def get_message_by_uuid(request: web.Request) -> web.Response:
+    return await _by_uuid(request, _one)
+
+
+@docs(
+    tags=["messages"],
+    summary="Send a failed message again",
+    description="Puts a failed message back to pending with its attempts reset.",
+)
+@match_info_schema(MessageIdSchema)
+@response_schema(MessageSchema, 200, description="The message, pending again")
+@response_schema(ErrorSchema, 404, description="No message has that id")
+@response_schema(ErrorSchema, 409, description="The message is not failed")
+@response_schema(**UNAVAILABLE, code=503)
+async def retry_message(request: web.Request) -> web.Response:
+    return await _retry(request, request["match_info"]["id"])
+
+
+@docs(
+    tags=["messages"],
+    summary="Send a failed message again, by the UUID the original Go service gave it",
+    description="As `POST /api/v1/messages/{id}/retry`, for a row known by its UUID (field `uuid`).",
+)
+@match_info_schema(MessageUuidSchema)
+@response_schema(MessageSchema, 200, description="The message, pending again")
+@response_schema(ErrorSchema, 404, description="No message has that UUID")
+@response_schema(ErrorSchema, 409, description="The message is not failed")
+@response_schema(**UNAVAILABLE, code=503)
+async def retry_message_by_uuid(request: web.Request) -> web.Response:
+    return await _by_uuid(request, _retry)
+
+
+async def _retry(request: web.Request, message_id: int) -> web.Response:
+    try:
+        message = await services(request).repository.retry(message_id)
+    except MessageNotFound:
+        return error_response(404, "no message has that id")
+    except InvalidState as exc:
+        return error_response(409, str(exc))
+    return web.json_response(message_json(message))
+
+
+@docs(
+    tags=["messages"],
+    summary="A message's history",
+    description="Every send attempt (time, outcome, HTTP status, duration, error, the provider's id) and every "
+    "delivery receipt (its status as the provider wrote it, error code, time), oldest first. Kept for "
+    "INSIDER_EVENTS_RETENTION.",
+)
+@match_info_schema(MessageIdSchema)
+@response_schema(EventsSchema, 200, description="The history, oldest first")
+@response_schema(ErrorSchema, 404, description="No message has that id")
+@response_schema(**UNAVAILABLE, code=503)
+async def message_events(request: web.Request) -> web.Response:
+    return await _events(request, request["match_info"]["id"])
+
+
+@docs(
+    tags=["messages"],
+    summary="A message's history, by the UUID the original Go service gave it",
+    description="As `GET /api/v1/messages/{id}/events`, for a row known by its UUID (field `uuid`).",
+)
+@match_info_schema(MessageUuidSchema)
+@response_schema(EventsSchema, 200, description="The history, oldest first")
+@response_schema(ErrorSchema, 404, description="No message has that UUID")
+@response_schema(**UNAVAILABLE, code=503)
+async def message_events_by_uuid(request: web.Request) -> web.Response:
+    return await _by_uuid(request, _events)
+
+
+def _keeps_history(repository: object) -> bool:
+    """Whether ``repository`` keeps receipts and each message's history, as the SQL adapters do.
+
+    The container hands out a MessageRepository, but an embedding program may override it
+    with an adapter of its own that keeps neither.
+    """
+    return isinstance(repository, ReceiptStore) and callable(getattr(repository, "events", None))
+
+
+async def _events(request: web.Request, message_id: int) -> web.Response:
+    repository = services(request).repository
+    if not _keeps_history(repository):  # an embedding program's own adapter
+        return error_response(404, "this repository keeps no history")
+    events = await repository.events(message_id)
+    if not events and await repository.get(message_id) is None:
+        return error_response(404, "no message has that id")
+    return web.json_response({"data": [event_json(e) for e in events]})

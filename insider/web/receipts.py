@@ -1,0 +1,115 @@
+"""The delivery-reports route: a provider's receipts in, as JSON or a form, checked against its own token."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+from aiohttp_apispec import docs, response_schema
+
+from insider.receipt_parsing import InvalidReceipts, parse_receipts
+from insider.web.guard import browser_checks_exempt
+from insider.web.responses import INVALID, UNAVAILABLE, error_response
+from insider.web.schemas import ErrorSchema, ReceiptsResultSchema
+from insider.web.services import services
+from insider.web.tokens import same_secret
+
+# The receipts endpoint's own token (its body limit is the API's: 64 KiB, a few hundred receipts).
+DLR_AUTH_HEADER = "x-ins-auth-key"
+FORM = "application/x-www-form-urlencoded"
+# Twilio's status callback is a form: its fields, as ours.
+_FORM_FIELDS = {"MessageSid": "messageId", "MessageStatus": "status", "ErrorCode": "errorCode"}
+
+
+def form_receipt(raw: bytes) -> dict[str, str]:
+    """One receipt from a form body: our field names, or Twilio's (MessageSid, MessageStatus, ErrorCode)."""
+    fields = dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(raw)))
+    receipt = {name: value for name, value in fields.items() if name in ("messageId", "status", "errorCode", "doneAt")}
+    for theirs, ours in _FORM_FIELDS.items():
+        if theirs in fields and ours not in receipt:
+            receipt[ours] = fields[theirs]
+    if receipt.get("errorCode") == "":
+        del receipt["errorCode"]
+    return receipt
+
+
+@docs(
+    tags=["delivery"],
+    summary="Delivery receipts from the provider",
+    description="One receipt `{messageId, status, errorCode?, doneAt?}` or a JSON array of them (within the "
+    "API's 64 KiB body limit). `status` is `delivered`, `undelivered`, `expired` or `rejected` in any case, or a "
+    "provider's form "
+    "(SMPP `DELIVRD`, `UNDELIV`, `REJECTD`, ...; see README, Delivery receipts); any other status is kept in the "
+    "message's history and changes nothing. Authenticated by INSIDER_DLR_TOKEN, as the `x-ins-auth-key` header or "
+    "the `token` query parameter (not by the API token); off (404) when INSIDER_DLR_TOKEN is empty. The same "
+    "receipt twice changes nothing; one for an id not recorded yet waits up to a day for it. A body with any "
+    "invalid receipt is refused whole (422, `fields` named `<index>.<field>`). One receipt may also come as an "
+    "application/x-www-form-urlencoded form, with these names or Twilio's (MessageSid, MessageStatus, ErrorCode).",
+    parameters=[
+        {
+            "in": "body",
+            "name": "body",
+            "required": True,
+            "schema": {
+                "type": "array",
+                "items": {"$ref": "#/definitions/Receipt"},
+                "description": "Receipts (a single receipt object is taken too)",
+            },
+        },
+    ],
+)
+@response_schema(ReceiptsResultSchema, 200, description="Every receipt taken; `results` says what each did")
+@response_schema(ErrorSchema, 400, description="The body is not valid JSON")
+@response_schema(ErrorSchema, 401, description="No token, or not INSIDER_DLR_TOKEN")
+@response_schema(ErrorSchema, 404, description="Receipts are off: INSIDER_DLR_TOKEN is not set")
+@response_schema(ErrorSchema, 413, description="The body is larger than 64 KiB")
+@response_schema(ErrorSchema, 415, description="The body is not application/json")
+@response_schema(**INVALID, code=422)
+@response_schema(**UNAVAILABLE, code=503)
+@browser_checks_exempt  # a provider's server calls it, under whatever name it was given
+async def delivery_reports(request: web.Request) -> web.Response:
+    app = services(request)
+    settings, receipts, clock = app.settings, app.receipts, app.clock
+    if not settings.dlr_token:
+        return error_response(
+            404, "delivery receipts are off: set INSIDER_DLR_TOKEN to turn on POST /api/v1/delivery-reports"
+        )
+    given = request.headers.get(DLR_AUTH_HEADER)
+    if given is None:
+        given = request.query.get("token")
+    if not given or not same_secret(given, settings.dlr_token):
+        refused = error_response(
+            401,
+            f"this endpoint needs the INSIDER_DLR_TOKEN: header {DLR_AUTH_HEADER} or ?token="
+            if not given
+            else "the token is not valid",
+        )
+        # A 401 names how to authenticate (RFC 9110): an API key, in a header or the query.
+        refused.headers["WWW-Authenticate"] = f'ApiKey header="{DLR_AUTH_HEADER}", query="token"'
+        return refused
+    if request.content_type not in ("application/json", FORM):
+        return error_response(415, f"the body must be application/json (or {FORM}, as Twilio posts it)")
+    try:
+        raw = await request.read()
+        body = json.loads(raw) if request.content_type == "application/json" else form_receipt(raw)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, f"the body is larger than {request.client_max_size} bytes")
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return error_response(
+            400, "the body is not valid JSON" if request.content_type != FORM else "the form is not valid"
+        )
+    try:
+        parsed = parse_receipts(body, clock.now())
+    except InvalidReceipts as exc:
+        return error_response(422, "invalid receipt", exc.fields)
+    outcomes = await receipts.submit(parsed)
+    return web.json_response(
+        {
+            "received": len(parsed),
+            "results": [
+                {"messageId": r.provider_message_id, "result": o.result.value}
+                for r, o in zip(parsed, outcomes, strict=True)
+            ],
+        }
+    )

@@ -1,0 +1,82 @@
+"""What the API answers with: its JSON errors, the shapes of a message, an event and the sender."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from insider.domain import Message
+from insider.history import Event
+from insider.supervisor import SenderStatus
+from insider.web.schemas import ErrorSchema
+
+# Two error answers many routes give, as their decorators document them.
+UNAVAILABLE = {"schema": ErrorSchema, "description": "The database is unreachable"}
+INVALID = {"schema": ErrorSchema, "description": "Invalid input; `fields` names each bad field"}
+
+
+def error_response(status: int, error: str, fields: dict[str, list[str]] | None = None) -> web.Response:
+    """The API's JSON error: ``{"error": ...}``, with ``fields`` naming each bad field when given."""
+    body: dict[str, Any] = {"error": error}
+    if fields:
+        body["fields"] = fields
+    return web.json_response(body, status=status)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def message_json(m: Message) -> dict[str, Any]:
+    """The API shape of a message."""
+    return {
+        "id": m.id,
+        "uuid": m.uuid,
+        "recipientPhone": m.recipient_phone,
+        "content": m.content,
+        "status": m.status.value,
+        "messageId": m.message_id,
+        "sentAt": _iso(m.sent_at),
+        "createdAt": _iso(m.created_at),
+        "attempts": m.attempts,
+        "lastError": m.last_error,
+        "nextAttemptAt": _iso(m.next_attempt_at),
+        "sendAt": _iso(m.send_at),
+        "priority": m.priority,
+        "validUntil": _iso(m.valid_until),
+        "encoding": m.encoding.value,
+        "segments": m.segments,
+        "deliveredAt": _iso(m.delivered_at),
+        "deliveryStatus": m.delivery_status,
+        "deliveryError": m.delivery_error,
+    }
+
+
+def event_json(e: Event) -> dict[str, Any]:
+    """The API shape of one history entry."""
+    body: dict[str, Any] = {
+        "at": _iso(e.at),
+        "kind": e.kind,
+        "outcome": e.outcome,
+        "providerMessageId": e.provider_message_id,
+    }
+    if e.kind == "attempt":
+        body |= {"attempt": e.attempt, "statusCode": e.status_code, "durationMs": e.duration_ms, "error": e.error}
+    else:
+        body |= {"status": e.receipt_status, "errorCode": e.error_code, "doneAt": _iso(e.done_at)}
+    return body
+
+
+def sender_json(status: SenderStatus) -> dict[str, Any]:
+    """The API shape of the sender's state."""
+    return {
+        "running": status.running,
+        "batchSize": status.batch_size,
+        "intervalSeconds": status.interval_s,
+        "lastTickAt": _iso(status.last_tick_at),
+        "nextTickAt": _iso(status.next_tick_at),
+        "state": status.state.value,
+        "waitReason": status.wait_reason,
+    }
