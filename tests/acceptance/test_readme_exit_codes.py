@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from insider.__main__ import EXIT_FAILED, EXIT_SCHEMA, EXIT_USAGE
+from insider.cli.process import EXIT_FAILED, EXIT_SCHEMA, EXIT_USAGE
 from tests.acceptance.conftest import service_env
 from tests.original_service import build_original_database
 from tests.readme_text import code_spans, section

@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlsplit
 import psycopg.conninfo
 import pytest
 
-from insider.__main__ import startup_summary
+from insider.cli.summary import startup_summary
 from insider.config import ConfigError, Settings, default_config_file, load_settings, parse_go_duration
 
 # The original's .env, as its repository ships it (the webhook.site URL made up).

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from insider.__main__ import GC_YOUNG_THRESHOLD, _settle_heap
+from insider.cli.process import GC_YOUNG_THRESHOLD, settle_heap
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def test_the_start_up_heap_is_frozen_and_the_young_are_collected_less_often() ->
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
 
-    _settle_heap()
+    settle_heap()
 
     assert gc.get_freeze_count() > 1000  # what was built so far: modules, the app's classes
     assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, older, oldest)  # the older generations as they were
@@ -49,13 +49,14 @@ def test_ctrl_c_during_start_up_stops_quietly_with_exit_0(
 ) -> None:
     # Before serve and simulate install their own handlers, asyncio turns Ctrl+C into
     # KeyboardInterrupt: it printed a traceback. It now ends as a Ctrl+C afterwards does.
-    import insider.__main__ as cli
+    import insider.cli as cli
+    from insider.cli import process
 
     def interrupted(main: Any) -> int:
         main.close()  # the command's coroutine, never started
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_run_fast", interrupted)
+    monkeypatch.setattr(process, "run_fast", interrupted)
     monkeypatch.setenv("INSIDER_DATABASE_URL", "sqlite:///:memory:")
 
     assert cli.main(command) == 0

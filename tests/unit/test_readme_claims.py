@@ -8,7 +8,7 @@ import re
 import pytest
 from dotenv import dotenv_values
 
-from insider.__main__ import SIMULATOR_PORT
+from insider.cli.arguments import SIMULATOR_PORT
 from insider.config import (
     PREFIX,
     REMOVED,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from insider.__main__ import startup_summary
+from insider.cli.summary import startup_summary
 from insider.config import Settings, load_settings
 
 BASE = "http://127.0.0.1:8080"

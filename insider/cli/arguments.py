@@ -1,0 +1,176 @@
+"""The command line's arguments: one parser for every command, and the types that check their values."""
+
+from __future__ import annotations
+
+import argparse
+from urllib.parse import urlsplit
+
+from insider import __version__
+from insider.config import parse_duration
+
+EXAMPLE_PHONE = "+15555550100"  # a number reserved for fiction
+SIMULATOR_PORT = 9090  # where `simulate` listens by default
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text!r}")
+    return value
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _latency(text: str) -> tuple[float, float]:
+    """``50ms`` (always that long) or ``20ms-50ms`` (anywhere in between)."""
+    low_text, _, high_text = text.partition("-")
+    low = _duration(low_text)
+    high = _duration(high_text) if high_text else low
+    if high < low:
+        raise argparse.ArgumentTypeError(f"expected SHORTEST-LONGEST, got {text!r}")
+    return low, high
+
+
+def _http_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {text!r}")
+    return text.strip()
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65_535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m insider`` and its commands."""
+    parser = argparse.ArgumentParser(
+        prog="python -m insider",
+        description="Sends queued SMS messages from a database to an SMS provider at a controlled rate. "
+        "Settings come from INSIDER_* variables (see README.md and .env.example).",
+        epilog="Without a command, it serves.",
+    )
+    parser.add_argument("--version", action="version", version=f"insider {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    commands.add_parser(
+        "serve",
+        help="run the API and the sender (the default)",
+        description="Run the HTTP API and, unless INSIDER_AUTOSTART=false, the sender. "
+        "Stops gracefully on SIGTERM or SIGINT.",
+    )
+    commands.add_parser(
+        "migrate",
+        help="apply the database migrations and exit",
+        description="Apply the database migrations (INSIDER_DATABASE_URL) and exit.",
+    )
+    enqueue = commands.add_parser(
+        "enqueue",
+        help="add a message to the queue without the API",
+        description="Validate one message as the API does, store it as pending in INSIDER_DATABASE_URL "
+        "(creating the schema if needed) and print its id.",
+    )
+    enqueue.add_argument(
+        "--to",
+        help=f"recipient, international ({EXAMPLE_PHONE}) or, with INSIDER_DEFAULT_REGION, national",
+    )
+    enqueue.add_argument(
+        "--content", help="the text, at most INSIDER_CONTENT_MAX_LENGTH characters; - reads it from stdin (UTF-8)"
+    )
+    enqueue.add_argument("--send-at", help="not sent before this RFC 3339 time (2026-12-01T09:00:00+03:00)")
+    enqueue.add_argument("--priority", type=int, default=5, help="0 to 9, higher first (default 5)")
+    enqueue.add_argument("--valid-until", help="never sent after this RFC 3339 time: expired instead")
+    enqueue.add_argument(
+        "--file",
+        help="load many messages: CSV with the header to,content[,sendAt,priority,validUntil], or JSON Lines "
+        "with those fields; - reads standard input. Prints a progress line, what was stored and every "
+        "rejected line with its number",
+    )
+    enqueue.set_defaults(enqueue_parser=enqueue)
+    enqueue.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes that check the lines of --file beside this one (default 0: a thread of this one); "
+        "worth it only with idle cores: checking a line is pure Python",
+    )
+    enqueue.add_argument(
+        "--chunk-size", type=int, default=10_000, help="messages stored per transaction with --file (default 10000)"
+    )
+    simulate = commands.add_parser(
+        "simulate",
+        help="run a simulated SMS provider (an HTTP server like the webhook)",
+        description="Run an HTTP server that answers like the provider's webhook: POST / or /webhook with "
+        '{"to", "content"} gets 202 and a messageId (the same one again for a repeated Idempotency-Key). '
+        "GET /messages lists what it accepted, GET /healthz says it is up. With --dlr-url, it posts a delivery "
+        "receipt for each accepted message to that URL, like a real provider. Nothing leaves this machine.",
+    )
+    simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    simulate.add_argument(
+        "--port", type=_port, default=SIMULATOR_PORT, help=f"port to listen on (default {SIMULATOR_PORT})"
+    )
+    simulate.add_argument(
+        "--latency",
+        type=_latency,
+        default=(0.02, 0.05),
+        metavar="DURATION[-DURATION]",
+        help="how long an answer takes: 50ms, or 20ms-50ms for anywhere in between (default 20ms-50ms)",
+    )
+    simulate.add_argument(
+        "--fail-rate", type=_rate, default=0.0, metavar="FRACTION", help="share of requests answered 500 (default 0)"
+    )
+    simulate.add_argument(
+        "--rate-limit-rate",
+        type=_rate,
+        default=0.0,
+        metavar="FRACTION",
+        help="share of requests answered 429 with Retry-After (default 0)",
+    )
+    simulate.add_argument(
+        "--retry-after",
+        type=_duration,
+        default=1.0,
+        metavar="DURATION",
+        help="the Retry-After of a 429, rounded up to whole seconds (default 1s)",
+    )
+    simulate.add_argument("--auth-key", default="", help="when set, requests must carry it in x-ins-auth-key")
+    simulate.add_argument(
+        "--dlr-url",
+        type=_http_url,
+        default=None,
+        metavar="URL",
+        help="post a delivery receipt for each accepted message to this URL, e.g. "
+        "http://127.0.0.1:8080/api/v1/delivery-reports (default: no receipts)",
+    )
+    simulate.add_argument(
+        "--dlr-token", default="", metavar="TOKEN", help="sent with the receipts as x-ins-auth-key (INSIDER_DLR_TOKEN)"
+    )
+    simulate.add_argument(
+        "--dlr-delay",
+        type=_latency,
+        default=(1.0, 5.0),
+        metavar="DURATION[-DURATION]",
+        help="how long after accepting a message its receipt comes: 2s, or 1s-5s for anywhere in between "
+        "(default 1s-5s)",
+    )
+    simulate.add_argument(
+        "--undelivered-rate",
+        type=_rate,
+        default=0.05,
+        metavar="FRACTION",
+        help="share of receipts saying undelivered (default 0.05)",
+    )
+    return parser

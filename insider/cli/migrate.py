@@ -1,0 +1,38 @@
+"""The migrate command: apply the database migrations and exit."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import structlog
+
+from insider.cli.process import EXIT_FAILED, quiet_pool_retries, schema_refused
+from insider.config import Settings, mask_url
+from insider.container import Container, open_repository
+from insider.ports import RepositoryUnavailable, SchemaUpgradeRefused
+
+log = structlog.get_logger("insider")
+
+
+def run(settings: Settings) -> int:
+    """Apply the migrations; the exit code."""
+    return asyncio.run(migrate(settings))
+
+
+async def migrate(settings: Settings) -> int:
+    quiet_pool_retries()
+    async with open_repository(Container(settings=settings)) as repository:
+        try:
+            await repository.migrate()
+        except RepositoryUnavailable as exc:
+            print(
+                f"insider: error: the database does not answer (INSIDER_DATABASE_URL="
+                f"{mask_url(settings.database_url)}): {exc}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        except SchemaUpgradeRefused as exc:
+            return schema_refused(exc)
+    log.info("migrations applied", database=mask_url(settings.database_url))
+    return 0

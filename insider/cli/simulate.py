@@ -1,0 +1,108 @@
+"""The simulate command: a simulated SMS provider over HTTP, answering like the webhook, until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import sys
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from insider import __version__
+from insider.cli.process import EXIT_FAILED, install_stop_signals, listen, until_stopped
+from insider.cli.summary import display_host, python_command
+from insider.config import format_duration
+from insider.simulator import (
+    ReceiptOptions,
+    ReceiptReporter,
+    SimulatedProvider,
+    SimulatorOptions,
+    create_simulator_app,
+    http_receipt_sink,
+)
+
+log = structlog.get_logger("insider")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve the simulated provider until stopped; the exit code."""
+    return until_stopped(simulate(args))
+
+
+async def simulate(args: argparse.Namespace) -> int:
+    """Listen, print where and how it answers, and serve until a signal."""
+    options = SimulatorOptions(
+        latency_s=args.latency,
+        fail_rate=args.fail_rate,
+        rate_limit_rate=args.rate_limit_rate,
+        retry_after_s=args.retry_after,
+        auth_key=args.auth_key,
+    )
+    receipts = ReceiptOptions(delay_s=args.dlr_delay, undelivered_rate=args.undelivered_rate)
+    session = aiohttp.ClientSession() if args.dlr_url else None
+    reporter = (
+        ReceiptReporter(http_receipt_sink(session, args.dlr_url, args.dlr_token), receipts)
+        if session is not None
+        else None
+    )
+    provider = SimulatedProvider(options, reporter=reporter)
+    runner = web.AppRunner(create_simulator_app(provider), access_log=None, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    try:
+        port = await listen(runner, args.host, args.port)
+        if port is None:
+            return EXIT_FAILED
+        base_url = f"http://{display_host(args.host)}:{port}"
+        low, high = options.latency_s
+        latency = format_duration(low) if low == high else f"{format_duration(low)} to {format_duration(high)}"
+        answers = [f"202 after {latency}"]
+        if options.rate_limit_rate:
+            retry_after = format_duration(float(math.ceil(options.retry_after_s)))
+            answers.append(f"{options.rate_limit_rate:.0%} 429 (Retry-After {retry_after})")
+        if options.fail_rate:
+            answers.append(f"{options.fail_rate:.0%} 500")
+        # The key itself is not printed: this block ends up in logs.
+        key_hint = " INSIDER_WEBHOOK_AUTH_KEY=<the --auth-key>" if options.auth_key else ""
+        log.info("simulator listening", url=f"{base_url}/webhook")
+        print(
+            "\n".join(
+                [
+                    f"insider {__version__} simulated SMS provider is up — nothing leaves this machine",
+                    f"  Webhook   POST {base_url}/webhook (or POST {base_url}/)",
+                    f"  Messages  GET {base_url}/messages",
+                    f"  Health    GET {base_url}/healthz",
+                    f"  Answers   {'; '.join(answers)}",
+                    f"  Auth key  {'required (x-ins-auth-key)' if options.auth_key else 'not checked'}",
+                    f"  Receipts  {_receipts_line(args.dlr_url, receipts)}",
+                    f"Send to it: INSIDER_WEBHOOK_URL={base_url}/webhook{key_hint} {python_command()} -m insider",
+                    "Stop with Ctrl+C.",
+                ]
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        if reporter is not None:
+            await reporter.aclose()
+        if session is not None:
+            await session.close()
+    return 0
+
+
+def _receipts_line(url: str | None, options: Any) -> str:
+    if not url:
+        return "none (--dlr-url URL posts a delivery receipt for each message)"
+    low, high = options.delay_s
+    delay = format_duration(low) if low == high else f"{format_duration(low)} to {format_duration(high)}"
+    # The URL is shown without its query: a ?token= there is a secret.
+    shown = urlunsplit(urlsplit(url)._replace(query="", fragment=""))
+    return f"POST {shown} after {delay}, {options.undelivered_rate:.0%} undelivered"
