@@ -218,15 +218,21 @@ class ReceiptStore(Protocol):
     """
 
     async def apply_receipts(self, receipts: Sequence[Receipt], hints: Sequence[int | None]) -> list[ReceiptOutcome]:
-        """Apply receipts, all in one write; one outcome per receipt, in order.
+        """Apply receipts in one write: one outcome per receipt, in order, then one per waiting receipt applied.
 
         ``hints`` (one per receipt) are our ids for the provider ids, from the cache, or None;
         a hint is trusted only when that message has the provider's id. A receipt whose
-        provider id no message has yet waits (see :meth:`apply_waiting`).
+        provider id no message has yet waits (see :meth:`apply_waiting`). Receipts still
+        waiting for one of these provider ids, when a message now has it, are applied first,
+        in the order they came: a newer receipt never overtakes one that waits. Their
+        outcomes follow those of ``receipts``.
         """
 
     async def apply_waiting(self, max_age_s: float, limit: int = 1000) -> WaitingReport:
-        """Apply waiting receipts whose provider id a message now has; drop those older than ``max_age_s``."""
+        """Apply waiting receipts whose provider id a message now has; drop those older than ``max_age_s``.
+
+        Up to ``limit`` are applied, each message's in the order they came.
+        """
 
     async def prune_events(self, older_than_s: float, limit: int) -> int:
         """Delete up to ``limit`` events older than ``older_than_s``; how many went."""

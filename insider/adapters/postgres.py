@@ -21,7 +21,14 @@ from psycopg_pool import AsyncConnectionPool
 
 from insider.adapters import sqlfiles
 from insider.adapters.cursor import page_of, page_query
-from insider.adapters.rows import EnqueuesOne, claim_order, claim_query, message_from_row, outcome_row
+from insider.adapters.rows import (
+    WAITING_PER_SEND,
+    EnqueuesOne,
+    claim_order,
+    claim_query,
+    message_from_row,
+    outcome_row,
+)
 from insider.domain import (
     Message,
     MessageStatus,
@@ -413,22 +420,30 @@ class PostgresMessageRepository(EnqueuesOne):
             arrived = [provider_id for (provider_id,) in await cur.fetchall()]
             if not arrived:
                 return []
-            # Receipts beat this write: apply them now, on the same connection.
-            async with conn.transaction():
-                taken = await self._take_waiting(conn, arrived, len(arrived) * 16)
-                return await self._apply(conn, taken, [None] * len(taken))
+            # Receipts beat this write: apply them now, in the order they came, on the same connection.
+            taken, _ = await self._apply(conn, [], [], arrived, len(arrived) * WAITING_PER_SEND)
+            return taken
 
     async def apply_receipts(self, receipts: Sequence[Receipt], hints: Sequence[int | None]) -> list[ReceiptOutcome]:
         if not receipts:
             return []
+        ids = list(dict.fromkeys(_storable(r.provider_message_id) for r in receipts))
         async with self._connection() as conn:
-            return await self._apply(conn, receipts, hints)
+            taken, given = await self._apply(conn, receipts, hints, ids, None)
+        return given + taken
 
     async def _apply(
-        self, conn: AsyncConnection[Any], receipts: Sequence[Receipt], hints: Sequence[int | None]
-    ) -> list[ReceiptOutcome]:
-        if not receipts:
-            return []
+        self,
+        conn: AsyncConnection[Any],
+        receipts: Sequence[Receipt],
+        hints: Sequence[int | None],
+        waiting_for: Sequence[str | None],
+        limit: int | None,
+    ) -> tuple[list[ReceiptOutcome], list[ReceiptOutcome]]:
+        """Apply the receipts still waiting for the ids ``waiting_for`` (up to ``limit``), then ``receipts``.
+
+        One statement (apply_receipts); the outcomes of the waiting ones taken, then of ``receipts``.
+        """
         rows = [
             {
                 "idx": i,
@@ -444,40 +459,29 @@ class PostgresMessageRepository(EnqueuesOne):
             }
             for i, (r, hint) in enumerate(zip(receipts, hints, strict=True))
         ]
+        params = {"receipts": orjson.dumps(rows).decode(), "ids": list(waiting_for), "limit": limit}
         async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(_q("apply_receipts"), {"receipts": orjson.dumps(rows).decode()})
+            await cur.execute(_q("apply_receipts"), params)
             result = await cur.fetchall()
-        return [
-            ReceiptOutcome(
-                ReceiptResult(row["result"]),
-                row["message_id"],
-                MessageStatus(row["status"]) if row["status"] is not None else None,
-                _utc(row["sent_at"]),
-                _utc(row["delivered_at"]),
+        taken: list[ReceiptOutcome] = []
+        given: list[ReceiptOutcome] = []
+        for row in result:
+            (taken if row["src"] == 0 else given).append(
+                ReceiptOutcome(
+                    ReceiptResult(row["result"]),
+                    row["message_id"],
+                    MessageStatus(row["status"]) if row["status"] is not None else None,
+                    _utc(row["sent_at"]),
+                    _utc(row["delivered_at"]),
+                )
             )
-            for row in result
-        ]
-
-    @staticmethod
-    async def _take_waiting(conn: AsyncConnection[Any], provider_ids: list[str] | None, limit: int) -> list[Receipt]:
-        async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(_q("take_waiting"), {"ids": provider_ids, "limit": limit})
-            rows = await cur.fetchall()
-        return [
-            Receipt(
-                provider_message_id=row["provider_message_id"],
-                status=row["receipt_status"],
-                received_at=row["received_at"].astimezone(UTC),
-                error_code=row["error_code"],
-                done_at=_utc(row["done_at"]),
-            )
-            for row in rows
-        ]
+        return taken, given
 
     async def apply_waiting(self, max_age_s: float, limit: int = 1000) -> WaitingReport:
-        async with self._connection() as conn, conn.transaction():
-            taken = await self._take_waiting(conn, None, limit)
-            applied = await self._apply(conn, taken, [None] * len(taken))
+        async with self._connection() as conn:
+            cur = await conn.execute(_q("waiting_ids"), {"limit": limit})
+            ids = [provider_id for (provider_id,) in await cur.fetchall()]
+            applied, _ = await self._apply(conn, [], [], ids, limit) if ids else ([], [])
             async with conn.cursor(row_factory=dict_row) as cur:
                 before = datetime.now(UTC) - timedelta(seconds=max_age_s)
                 await cur.execute(_q("drop_waiting"), {"before": before, "limit": limit})

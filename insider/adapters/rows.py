@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from insider.domain import (
     DEFAULT_PRIORITY,
@@ -22,6 +22,10 @@ from insider.domain import (
     storable_text,
 )
 from insider.ports import Enqueued, IdempotencyKey
+
+# Waiting receipts a resolve applies at most, per provider id it recorded: a bound on its
+# statement; any beyond wait for the periodic pass (or the next receipt of that id), in order.
+WAITING_PER_SEND: Final = 16
 
 
 class Row(Protocol):

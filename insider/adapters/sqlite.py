@@ -18,7 +18,14 @@ from urllib.parse import unquote, urlsplit
 
 from insider.adapters import sqlfiles
 from insider.adapters.cursor import page_of, page_query
-from insider.adapters.rows import EnqueuesOne, claim_order, claim_query, message_from_row, outcome_row
+from insider.adapters.rows import (
+    WAITING_PER_SEND,
+    EnqueuesOne,
+    claim_order,
+    claim_query,
+    message_from_row,
+    outcome_row,
+)
 from insider.clock import SystemClock
 from insider.domain import (
     Message,
@@ -557,13 +564,12 @@ class SqliteMessageRepository(EnqueuesOne):
                 arrived = [
                     row["message_id"]
                     for row in written
-                    if row["status"] == MessageStatus.SENT.value
-                    and row["message_id"] is not None
-                    and conn.execute(_q("has_waiting"), {"provider_message_id": row["message_id"]}).fetchone()
+                    if row["status"] == MessageStatus.SENT.value and row["message_id"] is not None
                 ]
                 if not arrived:
                     return []
-                return self._apply_taken(conn, self._take_waiting(conn, arrived, len(arrived) * 16), now)
+                taken, _ = _apply(conn, [], [], arrived, len(arrived) * WAITING_PER_SEND, now)
+                return taken
 
         return await self._db.run(work)
 
@@ -571,77 +577,14 @@ class SqliteMessageRepository(EnqueuesOne):
         if not receipts:
             return []
         now = self._now()
+        ids = list(dict.fromkeys(r.provider_message_id for r in receipts))
 
         def work(conn: sqlite3.Connection) -> list[ReceiptOutcome]:
             with _write_transaction(conn):
-                return self._apply(conn, receipts, hints, now)
+                taken, given = _apply(conn, receipts, hints, ids, None, now)
+            return given + taken
 
         return await self._db.run(work)
-
-    def _apply(
-        self, conn: sqlite3.Connection, receipts: Sequence[Receipt], hints: Sequence[int | None], now: datetime
-    ) -> list[ReceiptOutcome]:
-        """The receipt rules on SQLite, inside the caller's write transaction."""
-        outcomes = []
-        for receipt, hint in zip(receipts, hints, strict=True):
-            row = None
-            if hint is not None:
-                row = conn.execute(
-                    _q("receipt_by_hint"), {"hint": hint, "provider_message_id": receipt.provider_message_id}
-                ).fetchone()
-            if row is None:
-                row = conn.execute(
-                    _q("receipt_by_provider_id"), {"provider_message_id": receipt.provider_message_id}
-                ).fetchone()
-            final = receipt.final_status
-            values = {
-                "provider_message_id": receipt.provider_message_id,
-                "dedupe_key": receipt.dedupe_key,
-                "receipt_status": receipt.status,
-                "delivery_status": receipt.delivery_status,
-                "final_status": final.value if final is not None else None,
-                "error_code": receipt.error_code,
-                "done_at": format_timestamp(receipt.done_at) if receipt.done_at is not None else None,
-                "received_at": format_timestamp(receipt.received_at),
-            }
-            if row is None:
-                conn.execute(_q("receipt_wait"), values)
-                outcomes.append(ReceiptOutcome(ReceiptResult.WAITING))
-                continue
-            message_id = int(row["id"])
-            if conn.execute(_q("receipt_event"), values | {"id": message_id}).rowcount == 0:
-                outcomes.append(ReceiptOutcome(ReceiptResult.DUPLICATE, message_id))
-                continue
-            moved = None
-            if final is not None:
-                delivered_at = receipt.done_at or receipt.received_at
-                moved = conn.execute(
-                    _q("receipt_move"),
-                    values
-                    | {"id": message_id, "delivered_at": format_timestamp(delivered_at), "now": format_timestamp(now)},
-                ).fetchone()
-            if moved is None:
-                outcomes.append(ReceiptOutcome(ReceiptResult.RECORDED, message_id))
-            else:
-                outcomes.append(
-                    ReceiptOutcome(
-                        ReceiptResult.APPLIED,
-                        message_id,
-                        MessageStatus(moved["status"]),
-                        parse_timestamp(moved["sent_at"]),
-                        parse_timestamp(moved["delivered_at"]),
-                    )
-                )
-        return outcomes
-
-    @staticmethod
-    def _take_waiting(conn: sqlite3.Connection, provider_ids: list[str] | None, limit: int) -> list[Receipt]:
-        ids = json.dumps(provider_ids) if provider_ids is not None else None
-        rows = conn.execute(_q("take_waiting"), {"ids": ids, "limit": limit}).fetchall()
-        return [_receipt(row) for row in rows]
-
-    def _apply_taken(self, conn: sqlite3.Connection, receipts: list[Receipt], now: datetime) -> list[ReceiptOutcome]:
-        return self._apply(conn, receipts, [None] * len(receipts), now) if receipts else []
 
     async def apply_waiting(self, max_age_s: float, limit: int = 1000) -> WaitingReport:
         now = self._now()
@@ -649,7 +592,8 @@ class SqliteMessageRepository(EnqueuesOne):
 
         def work(conn: sqlite3.Connection) -> WaitingReport:
             with _write_transaction(conn):
-                applied = self._apply_taken(conn, self._take_waiting(conn, None, limit), now)
+                ids = [row["provider_message_id"] for row in conn.execute(_q("waiting_ids"), {"limit": limit})]
+                applied, _ = _apply(conn, [], [], ids, limit, now) if ids else ([], [])
                 dropped = conn.execute(_q("drop_waiting"), {"before": before, "limit": limit}).fetchall()
             return WaitingReport(applied, [_dropped(row) for row in dropped])
 
@@ -716,16 +660,61 @@ class SqliteMessageRepository(EnqueuesOne):
         return result
 
 
-def _receipt(row: sqlite3.Row) -> Receipt:
-    received_at = parse_timestamp(row["received_at"])
-    assert received_at is not None  # NOT NULL in the schema
-    return Receipt(
-        provider_message_id=row["provider_message_id"],
-        status=row["receipt_status"],
-        received_at=received_at,
-        error_code=row["error_code"],
-        done_at=parse_timestamp(row["done_at"]),
-    )
+def _apply(
+    conn: sqlite3.Connection,
+    receipts: Sequence[Receipt],
+    hints: Sequence[int | None],
+    waiting_for: Sequence[str],
+    limit: int | None,
+    now: datetime,
+) -> tuple[list[ReceiptOutcome], list[ReceiptOutcome]]:
+    """Apply the receipts still waiting for the ids ``waiting_for`` (up to ``limit``), then ``receipts``.
+
+    The rules are receipts_plan's (queries.sql); this runs it and the writes it planned,
+    inside the caller's write transaction. The outcomes of the waiting ones taken, then of ``receipts``.
+    """
+    values = [
+        {
+            "hint": hint,
+            "provider_message_id": r.provider_message_id,
+            "receipt_status": r.status,
+            "delivery_status": r.delivery_status,
+            "final_status": r.final_status.value if r.final_status is not None else None,
+            "error_code": r.error_code,
+            "done_at": _time(r.done_at),
+            "received_at": format_timestamp(r.received_at),
+            "dedupe_key": r.dedupe_key,
+        }
+        for r, hint in zip(receipts, hints, strict=True)
+    ]
+    conn.execute(_q("receipts_table"))
+    params = {
+        "receipts": json.dumps(values, ensure_ascii=False),
+        "ids": json.dumps(list(waiting_for), ensure_ascii=False),
+        "limit": -1 if limit is None else limit,
+    }
+    if conn.execute(_q("receipts_plan"), params).rowcount == 0:
+        return [], []
+    conn.execute(_q("receipts_take"))
+    conn.execute(_q("receipts_log"))
+    conn.execute(_q("receipts_move"), {"now": format_timestamp(now)})
+    conn.execute(_q("receipts_wait"))
+    rows = conn.execute(_q("receipts_results")).fetchall()
+    # Emptied for the next application (on a failure, the transaction's rollback empties it).
+    conn.execute(_q("receipts_done"))
+    taken: list[ReceiptOutcome] = []
+    given: list[ReceiptOutcome] = []
+    for row in rows:
+        (taken if row["src"] == 0 else given).append(
+            ReceiptOutcome(
+                ReceiptResult(row["result"]),
+                row["message_id"],
+                MessageStatus(row["status"]) if row["status"] is not None else None,
+                parse_timestamp(row["sent_at"]),
+                parse_timestamp(row["delivered_at"]),
+            )
+        )
+    return taken, given
 
 
 def _dropped(row: sqlite3.Row) -> Receipt:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from insider.adapters.postgres import Pool, PostgresMessageRepository
+from insider.adapters.rows import WAITING_PER_SEND
 from insider.adapters.sqlite import SqliteMessageRepository, open_sqlite
 from insider.clock import FakeClock
 from insider.domain import Attempt, Message, MessageStatus, Resolution
@@ -278,6 +279,132 @@ async def test_a_waiting_receipt_is_applied_by_the_periodic_pass_when_its_messag
     got = await fetch(backend, message.id)
     assert (got.status, got.delivery_error) == (MessageStatus.UNDELIVERED, "5")
     assert (await backend.repository.apply_waiting(WAITING_MAX_AGE_S)).applied == []
+
+
+async def claimed_message(backend: Backend, content: str = "in flight") -> Message:
+    """A message claimed for sending: its send's outcome is not written yet."""
+    message = await backend.repository.enqueue(PHONE, content)
+    [claimed] = await backend.repository.claim(1, 30.0)
+    assert claimed.id == message.id
+    return claimed
+
+
+async def record_sent(backend: Backend, claimed: Message, provider_id: str) -> Sequence[ReceiptOutcome]:
+    """The send's outcome written: what the resolve applied of the receipts that waited for it."""
+    now = backend.now()
+    return await backend.repository.resolve(
+        [Resolution(claimed.id, claimed.claim_token, MessageStatus.SENT, sent_at=now, message_id=provider_id)]
+    )
+
+
+async def receipt_history(backend: Backend, message_id: int) -> list[str | None]:
+    return [e.receipt_status for e in await backend.repository.events(message_id) if e.kind == "receipt"]
+
+
+# Each message's receipts take effect in the order they arrived, wherever they waited.
+
+
+@pytest.mark.parametrize("step_s", [0.0, -5.0], ids=["same-instant", "clock-stepped-back"])
+async def test_waiting_receipts_are_applied_in_the_order_they_arrived_when_the_send_is_recorded(
+    backend: Backend, step_s: float
+) -> None:
+    # The order of arrival, not the time each was stamped with: two may share a microsecond,
+    # and a clock may step back between them.
+    claimed = await claimed_message(backend)
+    t0 = backend.now()
+    arrivals = [
+        receipt(backend, "p-1", "ENROUTE", received_at=t0),
+        receipt(backend, "p-1", "UNDELIV", error_code="1", received_at=t0 + timedelta(seconds=step_s)),
+        receipt(backend, "p-1", "DELIVRD", received_at=t0 + timedelta(seconds=2 * step_s)),
+    ]
+    for arrival in arrivals:
+        assert await apply(backend, arrival) == [ReceiptResult.WAITING]
+
+    applied = await record_sent(backend, claimed, "p-1")
+
+    assert [o.result for o in applied] == [ReceiptResult.RECORDED, ReceiptResult.APPLIED, ReceiptResult.RECORDED]
+    got = await fetch(backend, claimed.id)
+    assert (got.status, got.delivery_error) == (MessageStatus.UNDELIVERED, "1")
+    history = await receipt_history(backend, claimed.id)
+    assert sorted(history, key=str) == sorted(["ENROUTE", "UNDELIV", "DELIVRD"], key=str)
+    if step_s == 0.0:  # the same instant: the history keeps the order of arrival
+        assert history == ["ENROUTE", "UNDELIV", "DELIVRD"]
+
+
+async def test_a_newer_receipt_never_overtakes_one_that_waits(backend: Backend) -> None:
+    early = receipt(backend, "p-1", "UNDELIV", error_code="7")
+    assert await apply(backend, early) == [ReceiptResult.WAITING]
+    # The message got the id in a write that raced the receipt's, so that neither saw the
+    # other: the early receipt still waits (for the periodic pass) when a newer one arrives.
+    message = await sent_message(backend, "p-other")
+    await backend.execute("UPDATE messages SET message_id = %s WHERE id = %s", ("p-1", message.id))
+
+    later = receipt(backend, "p-1", "DELIVRD", received_at=early.received_at)
+    outcomes = await backend.repository.apply_receipts([later], [message.id])
+
+    # The waiting one first, in the same write: the newer one is only kept in the history.
+    assert [(o.result, o.message_id, o.status) for o in outcomes] == [
+        (ReceiptResult.RECORDED, message.id, None),
+        (ReceiptResult.APPLIED, message.id, MessageStatus.UNDELIVERED),
+    ]
+    got = await fetch(backend, message.id)
+    assert (got.status, got.delivery_status, got.delivery_error) == (MessageStatus.UNDELIVERED, "undelivered", "7")
+    assert await receipt_history(backend, message.id) == ["UNDELIV", "DELIVRD"]
+    report = await backend.repository.apply_waiting(WAITING_MAX_AGE_S)
+    assert (report.applied, report.dropped) == ([], [])  # nothing left waiting
+
+
+async def test_receipts_beyond_what_the_resolve_takes_are_still_applied_before_a_newer_one(backend: Backend) -> None:
+    # A resolve applies a bounded number of waiting receipts per send; the rest wait, and a
+    # receipt that arrives after must not overtake them.
+    claimed = await claimed_message(backend)
+    t0 = backend.now()
+    for i in range(WAITING_PER_SEND):
+        assert await apply(backend, receipt(backend, "p-1", f"ENROUTE-{i}", received_at=t0)) == [ReceiptResult.WAITING]
+    assert await apply(backend, receipt(backend, "p-1", "DELIVRD", received_at=t0)) == [ReceiptResult.WAITING]
+    applied = await record_sent(backend, claimed, "p-1")
+    assert [o.result for o in applied] == [ReceiptResult.RECORDED] * WAITING_PER_SEND
+    assert (await fetch(backend, claimed.id)).status is MessageStatus.SENT
+
+    results = await apply(backend, receipt(backend, "p-1", "UNDELIV", received_at=t0))
+
+    assert results == [ReceiptResult.RECORDED, ReceiptResult.APPLIED]
+    assert (await fetch(backend, claimed.id)).status is MessageStatus.DELIVERED
+    assert (await receipt_history(backend, claimed.id))[-2:] == ["DELIVRD", "UNDELIV"]
+
+
+@pytest.mark.parametrize("step_s", [0.0, -5.0], ids=["same-instant", "clock-stepped-back"])
+async def test_the_periodic_pass_applies_waiting_receipts_in_the_order_they_arrived(
+    backend: Backend, step_s: float
+) -> None:
+    t0 = backend.now()
+    for i, status in enumerate(["REJECTD", "DELIVRD", "UNDELIV"]):
+        arrival = receipt(backend, "p-1", status, received_at=t0 + timedelta(seconds=i * step_s))
+        assert await apply(backend, arrival) == [ReceiptResult.WAITING]
+    other = receipt(backend, "p-2", "DELIVRD", received_at=t0 - timedelta(seconds=60))
+    assert await apply(backend, other) == [ReceiptResult.WAITING]
+    first = await sent_message(backend, "p-first")
+    second = await sent_message(backend, "p-second")
+    await backend.execute("UPDATE messages SET message_id = %s WHERE id = %s", ("p-1", first.id))
+    await backend.execute("UPDATE messages SET message_id = %s WHERE id = %s", ("p-2", second.id))
+
+    one = await backend.repository.apply_waiting(WAITING_MAX_AGE_S, limit=2)  # a pass cut short
+    rest = await backend.repository.apply_waiting(WAITING_MAX_AGE_S, limit=2)
+
+    # Oldest first, whatever their stamps: p-1's first two, then its last and p-2's.
+    assert [(o.message_id, o.result) for o in one.applied] == [
+        (first.id, ReceiptResult.APPLIED),
+        (first.id, ReceiptResult.RECORDED),
+    ]
+    assert sorted((o.message_id, o.result) for o in rest.applied) == [
+        (first.id, ReceiptResult.RECORDED),
+        (second.id, ReceiptResult.APPLIED),
+    ]
+    got = await fetch(backend, first.id)
+    assert (got.status, got.delivery_status) == (MessageStatus.UNDELIVERED, "rejected")
+    assert (await fetch(backend, second.id)).status is MessageStatus.DELIVERED
+    if step_s == 0.0:
+        assert await receipt_history(backend, first.id) == ["REJECTD", "DELIVRD", "UNDELIV"]
 
 
 async def test_a_waiting_receipt_older_than_a_day_is_dropped(backend: Backend) -> None:

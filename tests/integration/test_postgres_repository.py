@@ -17,6 +17,8 @@ import pytest
 from insider.adapters.postgres import Pool, PostgresMessageRepository, load_migrations, open_postgres_pool
 from insider.domain import MessageStatus, Resolution
 from insider.ports import RepositoryUnavailable
+from insider.receipt_parsing import Receipt, ReceiptResult
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.postgres
 
@@ -301,6 +303,105 @@ async def test_migration_0003_reads_an_old_slot_conservatively(fresh_postgres_ur
         assert rows["future"] == pytest.approx(0.0, abs=1.0)  # taken as now: one current interval from now
         assert rows["past"] == pytest.approx(3600.0, abs=1.0)
         assert 9.0 < await repository.acquire_slot("future", 10.0) <= 10.0
+
+
+async def test_migration_0007_numbers_the_receipts_already_waiting_by_arrival(fresh_postgres_url: str) -> None:
+    async with open_postgres_pool(fresh_postgres_url) as pool:
+        async with pool.connection() as conn:
+            for version, _name, text in load_migrations():
+                if version < 7:
+                    await conn.execute(text)
+            await conn.execute(
+                "CREATE TABLE insider_schema_migrations (version integer PRIMARY KEY, applied_at timestamptz"
+                " NOT NULL DEFAULT now()); INSERT INTO insider_schema_migrations (version)"
+                " SELECT v FROM generate_series(1, 6) AS v"
+            )
+            # Inserted out of their order of arrival, as a physical order may hold them.
+            for status, ago_s in [("DELIVRD", 1), ("UNDELIV", 3), ("ENROUTE", 2)]:
+                await conn.execute(
+                    "INSERT INTO insider_pending_receipts (provider_message_id, dedupe_key, receipt_status,"
+                    " delivery_status, final_status, received_at) VALUES ('p-1', %s, %s, %s, %s,"
+                    " now() - make_interval(secs => %s))",
+                    (
+                        status,
+                        status,
+                        {"DELIVRD": "delivered", "UNDELIV": "undelivered"}.get(status),
+                        {"DELIVRD": "delivered", "UNDELIV": "undelivered"}.get(status),
+                        ago_s,
+                    ),
+                )
+        repository = PostgresMessageRepository(pool)
+        await repository.migrate()
+        numbered = await query(pool, "SELECT receipt_status, seq FROM insider_pending_receipts ORDER BY seq")
+        assert numbered == [("UNDELIV", 1), ("ENROUTE", 2), ("DELIVRD", 3)]
+        later = await repository.apply_receipts([Receipt("p-1", "REJECTD", datetime.now(UTC))], [None])
+        assert [o.result for o in later] == [ReceiptResult.WAITING]
+        assert (await query(pool, "SELECT max(seq) FROM insider_pending_receipts"))[0] == (4,)
+
+        message = await repository.enqueue("+905301234001", "x")
+        [claimed] = await repository.claim(1, 30.0)
+        now = datetime.now(UTC)
+        applied = await repository.resolve(
+            [Resolution(claimed.id, claimed.claim_token, MessageStatus.SENT, sent_at=now, message_id="p-1")]
+        )
+        assert [o.result for o in applied] == [
+            ReceiptResult.APPLIED,
+            ReceiptResult.RECORDED,
+            ReceiptResult.RECORDED,
+            ReceiptResult.RECORDED,
+        ]
+        got = await repository.get(message.id)
+        assert got is not None and got.delivery_status == "undelivered"
+
+
+async def test_a_receipt_waits_for_a_concurrent_taker_of_the_receipts_waiting_before_it(
+    pg_repository: PostgresMessageRepository, pg_pool: Pool
+) -> None:
+    # A resolve or a periodic pass is taking the waiting receipt of p-1 (an UNDELIV that beat
+    # the send's outcome) in a transaction not yet committed; a newer, contrary receipt comes
+    # meanwhile. It must wait for that transaction and then lose to the receipt it took.
+    message = await pg_repository.enqueue("+905301234001", "x")
+    [claimed] = await pg_repository.claim(1, 30.0)
+    await pg_repository.resolve(
+        [Resolution(claimed.id, claimed.claim_token, MessageStatus.SENT, sent_at=datetime.now(UTC), message_id="p-x")]
+    )
+    early = Receipt("p-1", "UNDELIV", datetime.now(UTC))
+    assert [o.result for o in await pg_repository.apply_receipts([early], [None])] == [ReceiptResult.WAITING]
+    await query(pg_pool, "UPDATE messages SET message_id = 'p-1' WHERE id = %s", (message.id,))
+
+    async with pg_pool.connection() as taker:
+        await taker.execute("BEGIN")
+        # What the taker's statement does first: the waiting row out of the table (locked till commit).
+        await taker.execute("DELETE FROM insider_pending_receipts WHERE provider_message_id = 'p-1'")
+        newer = asyncio.ensure_future(
+            pg_repository.apply_receipts([Receipt("p-1", "DELIVRD", datetime.now(UTC))], [message.id])
+        )
+
+        async def newer_waits_on_a_lock() -> bool:
+            rows = await query(
+                pg_pool,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            return bool(rows[0][0] == 1)
+
+        await eventually(newer_waits_on_a_lock, what="the newer receipt to wait for the taker")
+        assert not newer.done()
+        # Then what it does next: the message moved by the receipt it took, in its history.
+        await taker.execute(
+            "UPDATE messages SET status = 'undelivered', delivery_status = 'undelivered'"
+            " WHERE id = %s AND status = 'sent'",
+            (message.id,),
+        )
+        await taker.execute(
+            "INSERT INTO insider_message_events (message_id, at, kind, outcome, provider_message_id, receipt_status,"
+            " dedupe_key) VALUES (%s, %s, 'receipt', 'undelivered', 'p-1', 'UNDELIV', %s)",
+            (message.id, early.received_at, early.dedupe_key),
+        )
+        await taker.execute("COMMIT")
+
+    assert [(o.result, o.message_id) for o in await newer] == [(ReceiptResult.RECORDED, message.id)]
+    got = await pg_repository.get(message.id)
+    assert got is not None and (got.status, got.delivery_status) == (MessageStatus.UNDELIVERED, "undelivered")
 
 
 def unused_port() -> int:

@@ -318,3 +318,51 @@ async def test_the_delivery_migration_keeps_every_row_of_an_older_file(tmp_path:
     } <= indexes
     assert newest.id == 7  # ids are not reused
     assert [o.result for o in outcomes] == [ReceiptResult.APPLIED]
+
+
+async def test_the_receipt_order_migration_numbers_the_receipts_already_waiting_by_arrival(tmp_path: Path) -> None:
+    """0007 rebuilds the waiting table with a number per receipt; those waiting keep their arrival order."""
+    from insider.adapters.sqlite import load_migrations, split_statements
+
+    path = tmp_path / "older.db"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("CREATE TABLE insider_schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+        for version, _, text in load_migrations():
+            if version >= 7:
+                break
+            for statement in split_statements(text):
+                conn.execute(statement)
+            conn.execute("INSERT INTO insider_schema_migrations VALUES (?, '2026-01-01T00:00:00.000000Z')", (version,))
+        # Stored out of their order of arrival.
+        for status, final, received_at in [
+            ("DELIVRD", "delivered", "2026-01-01T00:00:03.000000Z"),
+            ("UNDELIV", "undelivered", "2026-01-01T00:00:01.000000Z"),
+            ("ENROUTE", None, "2026-01-01T00:00:02.000000Z"),
+        ]:
+            conn.execute(
+                "INSERT INTO insider_pending_receipts (provider_message_id, dedupe_key, receipt_status, "
+                "delivery_status, final_status, received_at) VALUES ('p-1', ?, ?, ?, ?, ?)",
+                (status, status, final, final, received_at),
+            )
+
+    async with open_sqlite(f"sqlite:///{path}") as database:
+        repository = SqliteMessageRepository(database)
+        await repository.migrate()
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            numbered = conn.execute("SELECT receipt_status, seq FROM insider_pending_receipts ORDER BY seq").fetchall()
+        later = await repository.apply_receipts([Receipt("p-1", "REJECTD", datetime.now(UTC))], [None])
+        message = await repository.enqueue("+905301234001", "x")
+        [claimed] = await repository.claim(1, 30.0)
+        applied = await repository.resolve(
+            [
+                Resolution(
+                    claimed.id, claimed.claim_token, MessageStatus.SENT, sent_at=datetime.now(UTC), message_id="p-1"
+                )
+            ]
+        )
+        got = await repository.get(message.id)
+
+    assert numbered == [("UNDELIV", 1), ("ENROUTE", 2), ("DELIVRD", 3)]
+    assert [o.result for o in later] == [ReceiptResult.WAITING]
+    assert [o.result for o in applied] == [ReceiptResult.APPLIED] + [ReceiptResult.RECORDED] * 3
+    assert got is not None and got.delivery_status == "undelivered"

@@ -418,19 +418,64 @@ ORDER BY sent_at DESC, id DESC
 LIMIT %(limit)s
 
 -- apply_receipts --
--- Apply a batch of delivery receipts in one statement. Each finds its message by the
+-- Apply delivery receipts in one statement, each message's in the order they arrived.
+--
+-- The receipts given (%(receipts)s, in the order they came; none for a pass over the
+-- waiting ones) go after every receipt still waiting for one of the provider ids
+-- %(ids)s whose message now has that id (up to %(limit)s of them, NULL: all), taken out
+-- of the waiting table here, oldest (lowest `seq`) first. Each finds its message by the
 -- provider's id (the cached id `hint` first, checked against the row, then the index on
 -- message_id); a found one becomes an event (the same receipt twice is one event), and
 -- the first new final one of a `sent` message moves it to delivered or undelivered (a
--- final status never moves back). One with no message yet waits in insider_pending_receipts.
--- A result row per receipt, in the order given.
-WITH r AS (
-    SELECT r.*,
-           row_number() OVER (PARTITION BY r.provider_message_id, r.dedupe_key ORDER BY r.idx) AS nth
-    FROM jsonb_to_recordset(%(receipts)s::jsonb) AS r(
+-- final status never moves back). A given one with no message yet waits. A result row per
+-- receipt: the waiting ones taken first (src 0, by seq), then the given (src 1, by idx).
+--
+-- Why the order holds under READ COMMITTED. The writer never has one provider id in two
+-- of its writes at once and writes each id's receipts in the order they came, so every
+-- earlier receipt of an id was committed before this statement began: as an event (its
+-- effect visible here) or as a waiting row. If this statement sees a message with the id,
+-- it also sees (same snapshot) the waiting rows of that id, and takes them ahead of the
+-- given ones. A waiting row that a concurrent resolve or periodic pass is taking is
+-- locked: this statement waits for that one to commit and skips the row, and the UPDATE
+-- below re-reads the message's newest version, so a final status that row gave it stays
+-- and the given receipt is only an event. If it sees no message with the id, the given
+-- ones wait too, numbered after the earlier ones. Every taker locks waiting rows in `seq`
+-- order, so takers never deadlock on them, and all of them before any message row (the
+-- window function in `r` reads every taken row before passing one on). Processes share no
+-- order of arrival, but a receipt whose write begins after another's committed still goes
+-- after it, whichever process wrote each.
+WITH given AS (
+    -- The receipts come as one JSON array.
+    SELECT *
+    FROM jsonb_to_recordset(%(receipts)s::jsonb) AS g(
         idx integer, hint bigint, provider_message_id text, receipt_status text, delivery_status text,
         final_status text, error_code text, done_at timestamptz, received_at timestamptz, dedupe_key text
     )
+), taken AS (
+    DELETE FROM insider_pending_receipts p
+    WHERE p.ctid IN (
+        SELECT p2.ctid
+        FROM insider_pending_receipts p2
+        WHERE p2.provider_message_id = ANY (%(ids)s::text[])
+          AND EXISTS (SELECT 1 FROM messages m WHERE m.message_id = p2.provider_message_id)
+        ORDER BY p2.seq
+        LIMIT %(limit)s
+        FOR UPDATE
+    )
+    RETURNING p.seq, p.provider_message_id, p.receipt_status, p.delivery_status, p.final_status, p.error_code,
+              p.done_at, p.received_at, p.dedupe_key
+), r AS (
+    SELECT a.*,
+           row_number() OVER (PARTITION BY a.provider_message_id, a.dedupe_key ORDER BY a.src, a.pos) AS nth
+    FROM (
+        SELECT 0 AS src, t.seq AS pos, NULL::bigint AS hint, t.provider_message_id, t.receipt_status,
+               t.delivery_status, t.final_status, t.error_code, t.done_at, t.received_at, t.dedupe_key
+        FROM taken t
+        UNION ALL
+        SELECT 1, g.idx, g.hint, g.provider_message_id, g.receipt_status, g.delivery_status, g.final_status,
+               g.error_code, g.done_at, g.received_at, g.dedupe_key
+        FROM given g
+    ) a
 ), found AS (
     SELECT r.*,
            COALESCE(
@@ -445,7 +490,7 @@ WITH r AS (
            done_at, dedupe_key
     FROM found
     WHERE message_id IS NOT NULL AND nth = 1
-    ORDER BY idx
+    ORDER BY src, pos
     ON CONFLICT (message_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
     RETURNING message_id, dedupe_key
 ), first_final AS (
@@ -453,7 +498,7 @@ WITH r AS (
     FROM found f
     JOIN logged l ON l.message_id = f.message_id AND l.dedupe_key = f.dedupe_key
     WHERE f.final_status IS NOT NULL AND f.nth = 1
-    ORDER BY f.message_id, f.idx
+    ORDER BY f.message_id, f.src, f.pos
 ), moved AS (
     UPDATE messages m
     SET status = ff.final_status,
@@ -463,8 +508,10 @@ WITH r AS (
         updated_at = now()
     FROM first_final ff
     WHERE m.id = ff.message_id AND m.status = 'sent'
-    RETURNING m.id, m.status, m.sent_at, m.delivered_at, ff.idx
+    RETURNING m.id, m.status, m.sent_at, m.delivered_at, ff.src, ff.pos
 ), waiting AS (
+    -- Only a given receipt can miss its message: a taken one was taken because its message
+    -- has the id, in this statement's snapshot.
     INSERT INTO insider_pending_receipts
         (provider_message_id, dedupe_key, receipt_status, delivery_status, final_status, error_code, done_at,
          received_at)
@@ -472,9 +519,10 @@ WITH r AS (
            received_at
     FROM found
     WHERE message_id IS NULL AND nth = 1
+    ORDER BY src, pos
     ON CONFLICT DO NOTHING
 )
-SELECT f.idx, f.message_id,
+SELECT f.src, f.pos, f.message_id,
        CASE WHEN f.message_id IS NULL THEN 'waiting'
             WHEN mv.id IS NOT NULL THEN 'applied'
             WHEN l.message_id IS NULL OR f.nth > 1 THEN 'duplicate'
@@ -482,22 +530,18 @@ SELECT f.idx, f.message_id,
        mv.status, mv.sent_at, mv.delivered_at
 FROM found f
 LEFT JOIN logged l ON f.nth = 1 AND l.message_id = f.message_id AND l.dedupe_key = f.dedupe_key
-LEFT JOIN moved mv ON mv.idx = f.idx
-ORDER BY f.idx
+LEFT JOIN moved mv ON mv.src = f.src AND mv.pos = f.pos
+ORDER BY f.src, f.pos
 
--- take_waiting --
--- Waiting receipts whose provider id a message now has (all, or those of %(ids)s when
--- given), taken out of the waiting table to be applied in the same transaction.
-DELETE FROM insider_pending_receipts p
-WHERE p.ctid IN (
-    SELECT p2.ctid
-    FROM insider_pending_receipts p2
-    WHERE EXISTS (SELECT 1 FROM messages m WHERE m.message_id = p2.provider_message_id)
-      AND (%(ids)s::text[] IS NULL OR p2.provider_message_id = ANY (%(ids)s::text[]))
-    ORDER BY p2.received_at
-    LIMIT %(limit)s
-)
-RETURNING provider_message_id, receipt_status, error_code, done_at, received_at
+-- waiting_ids --
+-- Provider ids of waiting receipts that a message now has, those waiting longest first:
+-- what the periodic pass applies (with apply_receipts, which takes them in order).
+SELECT p.provider_message_id
+FROM insider_pending_receipts p
+WHERE EXISTS (SELECT 1 FROM messages m WHERE m.message_id = p.provider_message_id)
+GROUP BY p.provider_message_id
+ORDER BY min(p.seq)
+LIMIT %(limit)s
 
 -- drop_waiting --
 -- Waiting receipts received before %(before)s: no message got their id in time.

@@ -351,58 +351,166 @@ INSERT INTO insider_message_events
     (message_id, at, kind, outcome, attempt, status_code, duration_ms, error, provider_message_id)
 VALUES (:id, :at, 'attempt', :outcome, :attempt, :status_code, :duration_ms, :error, :message_id)
 
--- has_waiting --
--- Whether a receipt waits for the provider id :provider_message_id.
-SELECT 1 FROM insider_pending_receipts WHERE provider_message_id = :provider_message_id LIMIT 1
+-- receipts_table --
+-- The scratch table of one application of receipts (apply_receipts): a temporary table of
+-- the connection's own, emptied when the application ends (receipts_done).
+CREATE TEMP TABLE IF NOT EXISTS insider_receipts_in (
+    src INTEGER NOT NULL,
+    pos INTEGER NOT NULL,
+    hint INTEGER,
+    provider_message_id TEXT NOT NULL,
+    receipt_status TEXT NOT NULL,
+    delivery_status TEXT,
+    final_status TEXT,
+    error_code TEXT,
+    done_at TEXT,
+    received_at TEXT NOT NULL,
+    dedupe_key TEXT NOT NULL,
+    message_id INTEGER,
+    nth INTEGER NOT NULL,
+    fresh INTEGER NOT NULL,
+    applied INTEGER NOT NULL,
+    PRIMARY KEY (src, pos)
+)
 
--- receipt_by_hint --
--- The message the cache names, if it really has the provider's id.
-SELECT id FROM messages WHERE id = :hint AND message_id = :provider_message_id
+-- receipts_plan --
+-- Apply delivery receipts, each message's in the order they arrived: what each receipt
+-- does, decided in one statement, before anything is written (receipts_take, _log, _move,
+-- _wait write it, receipts_results answers; all in one write transaction, so nothing runs
+-- between them).
+--
+-- The receipts given (:receipts, a JSON array in the order they came; none for a pass over
+-- the waiting ones) go after every receipt still waiting for one of the provider ids :ids
+-- (a JSON array) whose message now has that id, oldest (lowest `seq`) first, up to :limit
+-- of them (-1: all): src 0 and their seq, then src 1 and their index. Each finds its
+-- message by the provider's id (the cached id `hint` first, checked against the row, then
+-- the index on message_id); a found one is new (`fresh`) unless the same receipt is in its
+-- history or earlier in this list (`nth` > 1); the first new final one of a `sent` message
+-- moves it to delivered or undelivered (`applied`; a final status never moves back). A
+-- given one with no message yet waits. SQLite runs one write transaction at a time, so no
+-- other write comes between a waiting receipt and the ones given after it.
+INSERT INTO temp.insider_receipts_in
+    (src, pos, hint, provider_message_id, receipt_status, delivery_status, final_status, error_code, done_at,
+     received_at, dedupe_key, message_id, nth, fresh, applied)
+WITH given AS (
+    SELECT CAST(key AS INTEGER) AS idx,
+           json_extract(value, '$.hint') AS hint,
+           json_extract(value, '$.provider_message_id') AS provider_message_id,
+           json_extract(value, '$.receipt_status') AS receipt_status,
+           json_extract(value, '$.delivery_status') AS delivery_status,
+           json_extract(value, '$.final_status') AS final_status,
+           json_extract(value, '$.error_code') AS error_code,
+           json_extract(value, '$.done_at') AS done_at,
+           json_extract(value, '$.received_at') AS received_at,
+           json_extract(value, '$.dedupe_key') AS dedupe_key
+    FROM json_each(:receipts)
+), taken AS (
+    SELECT p.seq, p.provider_message_id, p.receipt_status, p.delivery_status, p.final_status, p.error_code,
+           p.done_at, p.received_at, p.dedupe_key
+    FROM insider_pending_receipts p
+    WHERE p.provider_message_id IN (SELECT value FROM json_each(:ids))
+      AND EXISTS (SELECT 1 FROM messages m WHERE m.message_id = p.provider_message_id)
+    ORDER BY p.seq
+    LIMIT :limit
+), r AS (
+    SELECT 0 AS src, seq AS pos, NULL AS hint, provider_message_id, receipt_status, delivery_status, final_status,
+           error_code, done_at, received_at, dedupe_key
+    FROM taken
+    UNION ALL
+    SELECT 1, idx, hint, provider_message_id, receipt_status, delivery_status, final_status, error_code, done_at,
+           received_at, dedupe_key
+    FROM given
+), found AS (
+    SELECT r.*,
+           COALESCE(
+               (SELECT m.id FROM messages m WHERE m.id = r.hint AND m.message_id = r.provider_message_id),
+               (SELECT m.id FROM messages m WHERE m.message_id = r.provider_message_id ORDER BY m.id LIMIT 1)
+           ) AS message_id,
+           row_number() OVER (PARTITION BY r.provider_message_id, r.dedupe_key ORDER BY r.src, r.pos) AS nth
+    FROM r
+), judged AS (
+    SELECT found.*,
+           found.message_id IS NOT NULL AND found.nth = 1 AND NOT EXISTS (
+               SELECT 1 FROM insider_message_events e
+               WHERE e.message_id = found.message_id AND e.dedupe_key = found.dedupe_key
+           ) AS fresh
+    FROM found
+), ranked AS (
+    SELECT judged.*,
+           row_number() OVER (
+               PARTITION BY judged.message_id, judged.fresh AND judged.final_status IS NOT NULL
+               ORDER BY judged.src, judged.pos
+           ) AS final_rank
+    FROM judged
+)
+SELECT src, pos, hint, provider_message_id, receipt_status, delivery_status, final_status, error_code, done_at,
+       received_at, dedupe_key, message_id, nth, fresh,
+       fresh AND final_status IS NOT NULL AND final_rank = 1
+       AND EXISTS (SELECT 1 FROM messages m WHERE m.id = ranked.message_id AND m.status = 'sent') AS applied
+FROM ranked
 
--- receipt_by_provider_id --
--- The message with the provider's id (indexed).
-SELECT id FROM messages WHERE message_id = :provider_message_id ORDER BY id LIMIT 1
+-- receipts_take --
+-- The waiting receipts planned, out of the waiting table.
+DELETE FROM insider_pending_receipts
+WHERE seq IN (SELECT pos FROM temp.insider_receipts_in WHERE src = 0)
 
--- receipt_event --
--- A receipt in the message's history; nothing when the same receipt is there already.
+-- receipts_log --
+-- The new receipts in their messages' history, in order.
 INSERT INTO insider_message_events
     (message_id, at, kind, outcome, error_code, provider_message_id, receipt_status, done_at, dedupe_key)
-VALUES (:id, :received_at, 'receipt', :delivery_status, :error_code, :provider_message_id, :receipt_status,
-        :done_at, :dedupe_key)
-ON CONFLICT DO NOTHING
+SELECT message_id, received_at, 'receipt', delivery_status, error_code, provider_message_id, receipt_status, done_at,
+       dedupe_key
+FROM temp.insider_receipts_in
+WHERE fresh
+ORDER BY src, pos
 
--- receipt_move --
--- A sent message to delivered or undelivered; a final status never moves back.
-UPDATE messages
-SET status = :final_status,
-    delivered_at = :delivered_at,
-    delivery_status = :delivery_status,
-    delivery_error = :error_code,
+-- receipts_move --
+-- A sent message to delivered or undelivered by its first new final receipt.
+UPDATE messages AS m
+SET status = t.final_status,
+    delivered_at = COALESCE(t.done_at, t.received_at),
+    delivery_status = t.delivery_status,
+    delivery_error = t.error_code,
     updated_at = :now
-WHERE id = :id AND status = 'sent'
-RETURNING status, sent_at, delivered_at
+FROM temp.insider_receipts_in AS t
+WHERE t.applied AND m.id = t.message_id AND m.status = 'sent'
 
--- receipt_wait --
--- A receipt for a provider id no message has yet.
+-- receipts_wait --
+-- Receipts for a provider id no message has yet: they wait, numbered in the order they came.
 INSERT INTO insider_pending_receipts
     (provider_message_id, dedupe_key, receipt_status, delivery_status, final_status, error_code, done_at, received_at)
-VALUES (:provider_message_id, :dedupe_key, :receipt_status, :delivery_status, :final_status, :error_code, :done_at,
-        :received_at)
+SELECT provider_message_id, dedupe_key, receipt_status, delivery_status, final_status, error_code, done_at,
+       received_at
+FROM temp.insider_receipts_in
+WHERE message_id IS NULL AND nth = 1
+ORDER BY src, pos
 ON CONFLICT DO NOTHING
 
--- take_waiting --
--- Waiting receipts whose provider id a message now has (those of the JSON array :ids, or
--- all when it is null), taken out of the waiting table to be applied in the same transaction.
-DELETE FROM insider_pending_receipts
-WHERE rowid IN (
-    SELECT p.rowid
-    FROM insider_pending_receipts p
-    WHERE EXISTS (SELECT 1 FROM messages m WHERE m.message_id = p.provider_message_id)
-      AND (:ids IS NULL OR p.provider_message_id IN (SELECT value FROM json_each(:ids)))
-    ORDER BY p.received_at
-    LIMIT :limit
-)
-RETURNING provider_message_id, receipt_status, error_code, done_at, received_at
+-- receipts_results --
+-- What each receipt did: the waiting ones taken (src 0), then those given (src 1), in order.
+SELECT t.src, t.message_id,
+       CASE WHEN t.message_id IS NULL THEN 'waiting'
+            WHEN t.applied THEN 'applied'
+            WHEN NOT t.fresh THEN 'duplicate'
+            ELSE 'recorded' END AS result,
+       m.status, m.sent_at, m.delivered_at
+FROM temp.insider_receipts_in t
+LEFT JOIN messages m ON t.applied AND m.id = t.message_id
+ORDER BY t.src, t.pos
+
+-- receipts_done --
+-- The scratch table emptied for the next application.
+DELETE FROM temp.insider_receipts_in
+
+-- waiting_ids --
+-- Provider ids of waiting receipts that a message now has, those waiting longest first:
+-- what the periodic pass applies (with receipts_plan, which takes them in order).
+SELECT p.provider_message_id
+FROM insider_pending_receipts p
+WHERE EXISTS (SELECT 1 FROM messages m WHERE m.message_id = p.provider_message_id)
+GROUP BY p.provider_message_id
+ORDER BY min(p.seq)
+LIMIT :limit
 
 -- drop_waiting --
 -- Waiting receipts received before :before: no message got their id in time.
