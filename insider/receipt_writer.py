@@ -28,6 +28,25 @@ PRUNE_EVERY_S: Final = 60.0
 PRUNE_BATCH: Final = 1000
 
 
+# Ids are positive 64-bit integers in both databases: a cached id outside them cannot be one of ours.
+MAX_ID: Final = 2**63 - 1
+
+_Request = tuple[Sequence[Receipt], asyncio.Future[list[ReceiptOutcome]]]
+
+
+def _hint(value: object) -> int | None:
+    """A cached id as a hint, or None when it cannot be one of ours."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID:
+        return value
+    return None
+
+
+def _fail(batch: Sequence[_Request], exc: Exception) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
+
+
 class ReceiptWriter:
     """Applies delivery receipts as they come, many requests to one database write.
 
@@ -115,28 +134,50 @@ class ReceiptWriter:
     async def _write_all(self) -> None:
         self._starting -= 1
         while batch := self._take():
-            receipts = [r for rs, _ in batch for r in rs]
-            ids = {r.provider_message_id for r in receipts}
+            ids = {r.provider_message_id for rs, _ in batch for r in rs}
             self._in_flight |= ids
             try:
-                hints = await self._hints(receipts)
-                outcomes = await self._repository.apply_receipts(receipts, hints)
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
+                receipts = [r for rs, _ in batch for r in rs]
+                await self._write(batch, await self._hints(receipts))
             finally:
                 self._in_flight -= ids
-            self._observe(outcomes)
-            start = 0
-            for rs, future in batch:
-                if not future.done():
-                    future.set_result(outcomes[start : start + len(rs)])
-                start += len(rs)
+
+    async def _write(self, batch: list[_Request], hints: Sequence[int | None]) -> None:
+        """Write ``batch`` in one statement; answer each request with its outcomes or the error.
+
+        The database being unavailable fails every request. Any other failure is one request's
+        (a receipt that cannot be stored): the batch is written again in halves, in order, down
+        to single requests, so that only the request that cannot be written gets the error.
+        """
+        receipts = [r for rs, _ in batch for r in rs]
+        try:
+            outcomes = await self._repository.apply_receipts(receipts, hints)
+        except RepositoryUnavailable as exc:
+            _fail(batch, exc)
+            return
+        except Exception as exc:
+            if len(batch) == 1:
+                log.error("receipts not written", count=len(receipts), error=f"{type(exc).__name__}: {exc}")
+                _fail(batch, exc)
+                return
+            half = len(batch) // 2
+            split = sum(len(rs) for rs, _ in batch[:half])
+            await self._write(batch[:half], hints[:split])
+            await self._write(batch[half:], hints[split:])
+            return
+        self._observe(outcomes)
+        start = 0
+        for rs, future in batch:
+            if not future.done():
+                future.set_result(outcomes[start : start + len(rs)])
+            start += len(rs)
 
     async def _hints(self, receipts: Sequence[Receipt]) -> list[int | None]:
-        """Our ids for the receipts' provider ids, from the cache; None where it has none (or is down)."""
+        """Our ids for the receipts' provider ids, from the cache; None where it has none (or is down).
+
+        A cached id that is not one of ours (not a positive 64-bit integer, as both databases
+        store ids) is no hint: that receipt alone is matched by the database's index.
+        """
         if self._cache is None or self._clock.monotonic() < self._cache_skipped_until:
             return [None] * len(receipts)
         try:
@@ -149,7 +190,7 @@ class ReceiptWriter:
                 retry_in_s=CACHE_BACKOFF_S,
             )
             return [None] * len(receipts)
-        return [found.get(r.provider_message_id) for r in receipts]
+        return [_hint(found.get(r.provider_message_id)) for r in receipts]
 
     def _observe(self, outcomes: Sequence[ReceiptOutcome]) -> None:
         if not outcomes:

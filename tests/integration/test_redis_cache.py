@@ -282,3 +282,43 @@ async def test_receipts_are_matched_by_the_database_when_redis_is_down(tmp_path:
         assert (outcome.result, outcome.message_id) == (ReceiptResult.APPLIED, message.id)
         got = await repository.get(message.id)
         assert got is not None and got.status is MessageStatus.DELIVERED
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("poison", [str(2**63), "99999999999999999999", "0", "-1"])
+async def test_a_poisoned_entry_fails_no_receipt_of_its_batch(
+    cache: RedisSentCache, client: aioredis.Redis, redis_prefix: str, pg_repository: Any, poison: str
+) -> None:
+    # An id too large for the database's integer (or none of ours) under insider:sent:<messageId>:
+    # that receipt is matched by the database's index, and the others of its write are applied.
+    from insider.clock import SystemClock
+    from insider.domain import MessageStatus, Resolution
+    from insider.receipt_parsing import Receipt, ReceiptResult
+    from insider.receipt_writer import ReceiptWriter
+
+    for i in range(5):
+        await pg_repository.enqueue("+905301234001", f"m{i}")
+    claimed = await pg_repository.claim(5, 30.0)
+    now = datetime.now(UTC)
+    await pg_repository.resolve(
+        [Resolution(m.id, m.claim_token, MessageStatus.SENT, sent_at=now, message_id=f"p-{m.id}") for m in claimed]
+    )
+    await cache.remember([SentEntry(f"p-{m.id}", now, m.id) for m in claimed])
+    await client.hset(f"{redis_prefix}:sent:p-{claimed[2].id}", "id", poison)
+    writes: list[int] = []
+
+    class Recording:
+        async def apply_receipts(self, receipts: Any, hints: Any) -> Any:
+            writes.append(len(receipts))
+            return await pg_repository.apply_receipts(receipts, hints)
+
+    receipts = ReceiptWriter(Recording(), cache, SystemClock())  # type: ignore[arg-type]
+    results = await asyncio.gather(
+        *(receipts.submit([Receipt(f"p-{m.id}", "DELIVRD", datetime.now(UTC))]) for m in claimed)
+    )
+
+    assert writes == [5]  # one write for the five
+    assert [(r[0].result, r[0].message_id) for r in results] == [(ReceiptResult.APPLIED, m.id) for m in claimed]
+    for m in claimed:
+        got = await pg_repository.get(m.id)
+        assert got is not None and got.status is MessageStatus.DELIVERED

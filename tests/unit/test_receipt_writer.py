@@ -23,14 +23,16 @@ PHONE = "+905301234001"
 
 
 class CountingRepository(ProbedRepository):
-    """Counts the receipt writes."""
+    """Counts the receipt writes, and keeps the hints each was given."""
 
     def __init__(self, clock: FakeClock) -> None:
         super().__init__(clock)
         self.writes: list[int] = []
+        self.hints: list[list[int | None]] = []
 
     async def apply_receipts(self, receipts: Sequence[Receipt], hints: Sequence[int | None]) -> list[ReceiptOutcome]:
         self.writes.append(len(receipts))
+        self.hints.append(list(hints))
         await asyncio.sleep(0)  # as a real database would: other requests arrive meanwhile
         return await super().apply_receipts(receipts, hints)
 
@@ -273,3 +275,72 @@ async def test_the_upkeep_survives_a_database_outage_with_one_log_line(
         upkeep.cancel()
         await asyncio.gather(upkeep, return_exceptions=True)
     assert sum(1 for e in logs if e["event"].startswith("receipt upkeep skipped")) == 1
+
+
+class PoisonedRepository(CountingRepository):
+    """A write holding a receipt for ``p-poison`` fails (as a receipt the database cannot store would)."""
+
+    async def apply_receipts(self, receipts: Sequence[Receipt], hints: Sequence[int | None]) -> list[ReceiptOutcome]:
+        if any(r.provider_message_id == "p-poison" for r in receipts):
+            self.writes.append(len(receipts))
+            raise ValueError("cannot store that one")
+        return await super().apply_receipts(receipts, hints)
+
+
+async def test_a_request_that_cannot_be_written_fails_alone(clock: FakeClock) -> None:
+    repository = PoisonedRepository(clock)
+    try:
+        messages = await sent(repository, clock, 9)
+        receipts = ReceiptWriter(repository, None, clock)
+        posts = [[Receipt(f"p-{m.id}", "delivered", clock.now())] for m in messages]
+        posts.insert(5, [Receipt("p-poison", "delivered", clock.now())])
+
+        with capture_logs() as logs:
+            results = await asyncio.gather(*(receipts.submit(post) for post in posts), return_exceptions=True)
+
+        assert [type(r).__name__ if isinstance(r, BaseException) else r[0].result for r in results] == (
+            [ReceiptResult.APPLIED] * 5 + ["ValueError"] + [ReceiptResult.APPLIED] * 4
+        )
+        assert repository.writes[0] == 10  # all ten in one write, then its halves apart, down to the bad request
+        assert [(e["event"], e["log_level"]) for e in logs if "not written" in e["event"]] == [
+            ("receipts not written", "error")
+        ]
+        for message in messages:
+            got = await repository.get(message.id)
+            assert got is not None and got.status is MessageStatus.DELIVERED
+    finally:
+        await repository.close()
+
+
+async def test_a_database_outage_still_fails_every_request_of_the_write(
+    counting: CountingRepository, clock: FakeClock
+) -> None:
+    messages = await sent(counting, clock, 4)
+    receipts = ReceiptWriter(counting, None, clock)
+    counting.available = False
+
+    results = await asyncio.gather(
+        *(receipts.submit([Receipt(f"p-{m.id}", "delivered", clock.now())]) for m in messages), return_exceptions=True
+    )
+
+    assert all(isinstance(r, RepositoryUnavailable) for r in results)
+    assert counting.writes == [4]  # one write, not written again apart: the database is down for all
+
+
+@pytest.mark.parametrize("cached_id", [2**63, 10**20, 0, -3])
+async def test_a_cached_id_that_cannot_be_ours_is_no_hint_and_fails_no_other_receipt(
+    counting: CountingRepository, clock: FakeClock, cached_id: int
+) -> None:
+    messages = await sent(counting, clock, 4)
+    cache = InMemorySentCache(clock=clock)
+    await cache.remember([SentEntry(f"p-{m.id}", clock.now(), m.id) for m in messages])
+    await cache.remember([SentEntry(f"p-{messages[1].id}", clock.now(), cached_id)])  # a poisoned entry
+    receipts = ReceiptWriter(counting, cache, clock)
+
+    results = await asyncio.gather(
+        *(receipts.submit([Receipt(f"p-{m.id}", "delivered", clock.now())]) for m in messages)
+    )
+
+    assert [(r[0].result, r[0].message_id) for r in results] == [(ReceiptResult.APPLIED, m.id) for m in messages]
+    # One write; the poisoned id was no hint (the database's index found that message), the others were.
+    assert counting.hints == [[messages[0].id, None, messages[2].id, messages[3].id]]
