@@ -19,9 +19,12 @@ from insider.clock import FakeClock
 from insider.config import load_settings
 from insider.container import Container, resolve
 from insider.domain import Message, MessageStatus, Outcome, SendResult
+from insider.receipt_parsing import WAITING_MAX_AGE_S
 from insider.supervisor import Supervisor
 from insider.web.app import create_app
 from insider.web.schemas import EventsSchema, MessageSchema, ReceiptsResultSchema, StatsSchema
+from tests.conftest import eventually
+from tests.unit.support import HeldProvider
 from tests.unit.web_support import BASE_SETTINGS
 
 TOKEN = "dlr-secret-token"
@@ -190,6 +193,39 @@ async def test_a_receipt_before_the_outcome_is_applied_when_the_message_gets_the
     assert [m["messageId"] for m in listed["data"]] == [provider_id]
     metrics = (await (await api.client.get("/metrics")).read()).decode()
     assert "insider_messages_delivered_total 1.0" in metrics
+
+
+async def test_a_cancel_after_a_stop_cut_a_send_short_keeps_the_message_cancelled_whatever_the_provider_reports(
+    api: Api,
+) -> None:
+    # A stop cuts the request short: the provider may have it, and insider never learns its id.
+    message = await api.repository.enqueue(PHONE, "cut short")
+    held = HeldProvider(lambda request: SendResult(Outcome.SENT, status_code=202, provider_message_id="p-cut"))
+    api.sms.responder = held
+    await api.supervisor.start()
+    await eventually(lambda: held.in_flight == 1, what="the request in flight")
+    await api.supervisor.stop()
+    assert held.cancelled == 1
+
+    cancelled = await api.client.post(f"/api/v1/messages/{message.id}/cancel")
+
+    assert cancelled.status == 200 and (await cancelled.json())["status"] == "cancelled"
+    history = await (await api.client.get(f"/api/v1/messages/{message.id}/events")).json()
+    assert [(e["kind"], e["outcome"]) for e in history["data"]] == [("attempt", "interrupted")]
+    # The provider had it, delivered it and reports so: its id is no message's, so the receipt
+    # waits (200) and the message stays cancelled, through the periodic pass and until it is dropped.
+    status, body = await api.post({"messageId": "p-cut", "status": "DELIVRD"})
+    assert (status, body["results"]) == (200, [{"messageId": "p-cut", "result": "waiting"}])
+    receipts = await resolve(api.container.receipts)
+    await receipts.upkeep_once()
+    api.clock._t += WAITING_MAX_AGE_S + 1
+    with structlog.testing.capture_logs() as logs:
+        await receipts.upkeep_once()
+    assert [e["provider_message_id"] for e in logs if e["event"].startswith("receipt dropped")] == ["p-cut"]
+    item = await (await api.client.get(f"/api/v1/messages/{message.id}")).json()
+    assert (item["status"], item["messageId"], item["deliveryStatus"]) == ("cancelled", None, None)
+    history = await (await api.client.get(f"/api/v1/messages/{message.id}/events")).json()
+    assert [(e["kind"], e["outcome"]) for e in history["data"]] == [("attempt", "interrupted")]
 
 
 async def test_the_cache_is_asked_first_and_the_database_answers_when_it_is_down(api: Api) -> None:
