@@ -1,21 +1,22 @@
 """The SMS provider as an HTTP webhook: one JSON POST per message over aiohttp's client, answers mapped to outcomes.
 
-The status line decides: once it says 2xx the message is sent, whatever follows (a broken,
-oversized or cut body or header is a warning, not a retry that could send it twice). aiohttp
-parses each packet whole and raises on anything broken in it before it hands over a response:
-bytes past Content-Length in the answer's own packet fail as "Bad status line" (the parser
-reads them as the next answer), a header over its limit as "Got more than N bytes"; in a
-later packet, they only close the connection after the answer was read. So a small tap on
-each connection (``_ProviderConnection``) notes the status line as the bytes arrive, for the
-request waiting on that connection, and any error after a 2xx status line is a warning.
+Only aiohttp's public API is used. The status decides as soon as aiohttp hands over the
+response (``session.post`` returns after the status line and the headers): a 2xx is sent,
+whatever follows (a body that is cut, mis-framed, oversized or slow is a warning, not a
+retry that could send it twice). Where aiohttp raises before it has a status (it could not
+parse the answer's head, the connection dropped, the timeout came), the outcome is unknown:
+the provider may have the message or not, so it goes again with the same Idempotency-Key,
+as a retry whose error says "outcome unknown", never a failure. A request that never got
+a connection never left. A request lost on a reused keep-alive connection before any
+status is sent again at once, once: a ``TraceConfig`` on the session (``open_http_session``)
+tells whether aiohttp took the connection from its pool.
 """
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
-import functools
 import math
+import netrc
 import os
 import re
 import time
@@ -23,14 +24,12 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, cast
+from types import SimpleNamespace
 from urllib.request import getproxies, proxy_bypass
 
 import aiohttp
 import orjson
 import structlog
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 import insider
@@ -70,106 +69,35 @@ _TRANSIENT_4XX = frozenset({408, 429})
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 _DELTA_SECONDS = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*$")
 _REDACTED = "***"
-# A status line as far as its code: "HTTP/1.1 202 " (the reason phrase may be cut or empty).
-_STATUS_LINE = re.compile(rb"HTTP/[0-9]\.[0-9] ([1-9][0-9][0-9])[ \r\n]")
-_STATUS_LINE_MIN_BYTES = len(b"HTTP/1.1 202 ")
-# How much of interim (1xx) answers the tap looks through for the final status line.
-_MAX_INTERIM_BYTES = 64 * 1024
 # How a request lost to a keep-alive race surfaces: the server's close, or a reset.
 _LOST = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)
 
 
-class _Attempt:
-    """What the connection saw of one request's answer, whatever aiohttp made of it."""
+# A request that fails with one of these never reached the provider: no connection was made
+# (refused, DNS, TLS, the proxy refused the tunnel) or the URL is unusable.
+_NEVER_SENT = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ClientHttpProxyError,
+    aiohttp.ConnectionTimeoutError,
+    aiohttp.InvalidURL,
+)
 
-    __slots__ = ("received", "reused", "status")
+
+class _Try:
+    """What aiohttp's trace signals told of one request (its ``trace_request_ctx``)."""
+
+    __slots__ = ("reused",)
 
     def __init__(self) -> None:
-        self.status: int | None = None  # the final status line's code, once read
-        self.received = False  # any byte of an answer arrived
-        self.reused = False  # the connection had carried a request before
+        self.reused = False  # the connection came from the pool: it had carried a request before
 
 
-# The attempt of the request running in this task; the connection that carries it takes it
-# up when aiohttp hands it the request (set_response_params runs in the requesting task).
-_ATTEMPT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar("insider_webhook_attempt", default=None)
-
-
-class _ProviderConnection(ResponseHandler):
-    """aiohttp's connection protocol, noting the status line of each answer before aiohttp parses it."""
-
-    def __init__(self, loop: Any) -> None:
-        super().__init__(loop)
-        self._requests = 0
-        self._attempt: _Attempt | None = None
-        self._head = b""
-
-    def set_response_params(self, **kwargs: Any) -> None:
-        self._requests += 1
-        self._head = b""
-        attempt = self._attempt = _ATTEMPT.get()
-        if attempt is not None:
-            attempt.status = None
-            attempt.received = False
-            attempt.reused = self._requests > 1
-        super().set_response_params(**kwargs)  # may feed bytes that arrived early
-
-    def data_received(self, data: bytes) -> None:
-        if self._attempt is not None and data:
-            self._note_status(data)
-        body = self._payload
-        super().data_received(data)
-        if body is not None and not body.is_eof() and body.exception() is None and self.exception() is not None:
-            # A parse error mid-body (a bad chunk size) reaches the connection but not the body
-            # being read, which would then wait out the whole timeout: hand it on.
-            error = aiohttp.ClientPayloadError(f"Response payload is not completed: {self.exception()}")
-            body.set_exception(error)
-
-    def _note_status(self, data: bytes) -> None:
-        attempt = self._attempt
-        assert attempt is not None
-        attempt.received = True
-        head = self._head + data if self._head else data
-        while True:
-            match = _STATUS_LINE.match(head)
-            if match is None:
-                if len(head) < _STATUS_LINE_MIN_BYTES and b"\n" not in head:
-                    self._head = head  # the status line is still arriving
-                else:
-                    self._stop_noting()  # not an HTTP answer: no status
-                return
-            code = int(match[1])
-            if code >= 200 or code == 101:
-                attempt.status = code
-                self._stop_noting()
-                return
-            # An interim answer (100 Continue): the final one follows its empty line.
-            end = head.find(b"\r\n\r\n", match.end() - 1)
-            if end < 0:
-                if len(head) > _MAX_INTERIM_BYTES:
-                    self._stop_noting()
-                else:
-                    self._head = head
-                return
-            head = head[end + 4 :]
-            if not head:
-                self._head = b""
-                return
-
-    def _stop_noting(self) -> None:
-        self._attempt = None
-        self._head = b""
-
-
-class _ProviderConnector(aiohttp.TCPConnector):
-    """aiohttp's TCP connector with connections that note status lines."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        # aiohttp builds every connection (plain, TLS, through a proxy) from this factory.
-        self._factory = cast(
-            "functools.partial[ResponseHandler]", functools.partial(_ProviderConnection, loop=self._loop)
-        )
+async def _on_connection_reused(
+    session: aiohttp.ClientSession, context: SimpleNamespace, params: aiohttp.TraceConnectionReuseconnParams
+) -> None:
+    tried = context.trace_request_ctx
+    if isinstance(tried, _Try):  # other requests on the session carry none
+        tried.reused = True
 
 
 @asynccontextmanager
@@ -179,11 +107,13 @@ async def open_http_session(
     """The HTTP session of the webhook client, closed on exit.
 
     At most ``concurrency_limit`` connections are open at once; an idle one is closed after
-    ``keepalive_s``. Open one per process, in the composition root, and share it.
+    ``keepalive_s``. Open one per process, in the composition root, and share it: the
+    immediate resend of a request lost on a reused connection needs this session's tracing.
     """
-    connector = _ProviderConnector(limit=concurrency_limit, keepalive_timeout=keepalive_s)
+    tracing = aiohttp.TraceConfig()
+    tracing.on_connection_reuseconn.append(_on_connection_reused)
     async with aiohttp.ClientSession(
-        connector=connector,
+        connector=aiohttp.TCPConnector(limit=concurrency_limit, keepalive_timeout=keepalive_s),
         # No cookie jar: a webhook's answer needs none, and the jar costs time on every response.
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": f"insider/{insider.__version__}"},
@@ -193,16 +123,19 @@ async def open_http_session(
         # The proxy comes from the environment once, in WebhookSmsClient: aiohttp's trust_env
         # looks it (and ~/.netrc) up in a worker thread on every request (docs/performance.md).
         trust_env=False,
+        trace_configs=[tracing],
     ) as session:
         yield session
 
 
-def proxy_from_environment(url: str) -> tuple[URL | None, dict[str, str] | None]:
-    """The proxy for ``url`` and its headers, from HTTP(S)_PROXY and NO_PROXY as aiohttp's ``trust_env`` reads them.
+def proxy_from_environment(url: str) -> tuple[URL | None, str | None]:
+    """The proxy for ``url`` and its ``Proxy-Authorization``, from HTTP(S)_PROXY and NO_PROXY.
 
-    Credentials come from the proxy URL or from ~/.netrc (or $NETRC) for the proxy's host,
-    and go to the proxy only, as ``Proxy-Authorization``. A proxy aiohttp cannot use raises
-    ValueError naming the variable (aiohttp would ignore an https:// one and go direct).
+    The rules are those of aiohttp's ``trust_env``, read with the standard library
+    (``urllib.request.getproxies`` and ``proxy_bypass``, ``netrc``): credentials come from
+    the proxy URL or from ~/.netrc (or $NETRC) for the proxy's host. A proxy aiohttp cannot
+    use raises ValueError naming the variable (aiohttp would ignore an https:// one and go
+    direct).
     """
     target = URL(url)
     if target.host is not None and proxy_bypass(target.host):  # NO_PROXY
@@ -217,24 +150,44 @@ def proxy_from_environment(url: str) -> tuple[URL | None, dict[str, str] | None]
         valid = proxy.scheme == "http" and bool(proxy.host) and proxy.port is not None
     except ValueError:
         valid = False
-    if not valid:
+    if not valid or proxy.host is None:
         raise ValueError(f"{name}: expected a proxy URL like http://host:3128, got {mask_url(raw)!r}")
     try:
-        found, auth = get_env_proxy_for_url(target)
-    except LookupError:
-        return None, None
-    return found, ({"Proxy-Authorization": auth.encode()} if auth is not None else None)
+        if proxy.raw_user is not None or proxy.raw_password is not None:
+            return proxy.with_user(None), aiohttp.encode_basic_auth(proxy.user or "", proxy.password or "")
+        return proxy, _netrc_credentials(proxy.host)
+    except ValueError as exc:  # a user name with a colon cannot be sent
+        raise ValueError(f"{name}: unusable proxy credentials ({exc})") from None
+
+
+def _netrc_credentials(host: str) -> str | None:
+    """``Basic ...`` for ``host`` from ~/.netrc (or the file $NETRC names), if it has an entry."""
+    named = os.environ.get("NETRC")
+    path = named or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        entry = netrc.netrc(path).authenticators(host)
+    except FileNotFoundError:
+        if named:
+            log.warning("NETRC names a file that does not exist", path=named)
+        return None
+    except (OSError, netrc.NetrcParseError) as exc:
+        log.warning("could not read the .netrc file", path=path, error=str(exc))
+        return None
+    if entry is None:
+        return None
+    login, account, password = entry
+    return aiohttp.encode_basic_auth(login or account or "", password or "")
 
 
 class WebhookSmsClient:
     """The SMS provider behind a webhook URL.
 
-    ``send`` never raises for a provider answer or a transport failure: a 2xx status line is
-    sent (whatever follows it), 408, 429, 5xx and network errors are worth a retry, anything
-    else is permanent. A request lost on a reused keep-alive connection before any answer is
-    sent again at once, once, with the same idempotency key. ``session`` (from
-    ``open_http_session``) belongs to the caller, which opens and closes it. The proxy is
-    read from the environment when the client is made.
+    ``send`` never raises for a provider answer or a transport failure: a 2xx status is
+    sent (whatever follows it), 408, 429, 5xx, network errors and answers whose outcome is
+    unknown are worth a retry, anything else is permanent. A request lost on a reused
+    keep-alive connection before any status is sent again at once, once, with the same
+    idempotency key. ``session`` (from ``open_http_session``) belongs to the caller, which
+    opens and closes it. The proxy is read from the environment when the client is made.
     """
 
     def __init__(self, session: aiohttp.ClientSession, url: str, auth_key: str, timeout_s: float) -> None:
@@ -245,77 +198,85 @@ class WebhookSmsClient:
         self._auth_key = auth_key
         self._timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._proxy, self._proxy_headers = proxy_from_environment(url)
+        self._proxy, credentials = proxy_from_environment(url)
+        self._headers = {"Content-Type": "application/json", AUTH_HEADER: auth_key}
+        # The proxy's credentials go to the proxy only, as aiohttp's proxy_auth would send them:
+        # on the request itself to a plain-HTTP target (the proxy forwards it without them), on
+        # the CONNECT to an HTTPS one (the request inside the tunnel must not carry them).
+        self._proxy_headers: dict[str, str] | None = None
+        if credentials is not None:
+            if self._url.scheme == "https":
+                self._proxy_headers = {"Proxy-Authorization": credentials}
+            else:
+                self._headers["Proxy-Authorization"] = credentials
 
     async def send(self, to: str, content: str, idempotency_key: str) -> SendResult:
         """POST one message; the provider deduplicates on ``idempotency_key``."""
         body = json_bytes({"to": to, "content": content})
-        headers = {
-            "Content-Type": "application/json",
-            AUTH_HEADER: self._auth_key,
-            IDEMPOTENCY_HEADER: idempotency_key,
-        }
-        attempt = _Attempt()
-        token = _ATTEMPT.set(attempt)
+        headers = {**self._headers, IDEMPOTENCY_HEADER: idempotency_key}
+        tried = _Try()
         limit = self._timeout
         started = time.monotonic()
-        try:
-            for again in (False, True):
-                try:
-                    # A redirect is an answer in itself (3xx is permanent): following one could
-                    # turn the POST into a GET or resend it elsewhere.
-                    async with self._session.post(
-                        self._url,
-                        data=body,
-                        headers=headers,
-                        timeout=limit,
-                        allow_redirects=False,
-                        proxy=self._proxy,
-                        proxy_headers=self._proxy_headers,
-                    ) as response:
-                        status = response.status
-                        try:
-                            raw, problem = await _read_body(response)
-                        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                            # The status line stands; only the body is broken (cut, mis-framed, slow).
-                            raw, problem = b"", _describe(exc, self._timeout_s)
-                        result = self._result(status, response.headers, raw, problem)
-                        oversized = _oversized_headers(response.raw_headers)
-                        if oversized is not None and result.outcome is Outcome.SENT and result.warning is None:
-                            return dataclasses.replace(
-                                result, warning=f"the answer's headers were oversized: {oversized}"
-                            )
-                        return result
-                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                    if attempt.status is not None:  # the status line arrived; what followed did not parse
-                        return self._result(attempt.status, None, b"", _describe(exc, self._timeout_s))
-                    if isinstance(exc, TimeoutError):  # also aiohttp's timeout errors
-                        return SendResult(Outcome.RETRY, error=f"timeout after {self._timeout_s:g}s")
-                    error = SendResult(
-                        Outcome.RETRY, error=self._redact(f"connection error: {_describe(exc, self._timeout_s)}")
-                    )
-                    if again or not (attempt.reused and not attempt.received and isinstance(exc, _LOST)):
-                        return error
-                # The server closed the idle connection as the request went out (a keep-alive
-                # race): it most likely never saw it. Once more, at once, with the same key.
-                remaining_s = self._timeout_s - (time.monotonic() - started)
-                if remaining_s <= 0:
-                    return SendResult(Outcome.RETRY, error=f"timeout after {self._timeout_s:g}s")
-                limit = aiohttp.ClientTimeout(total=remaining_s)
-                log.info(
-                    "webhook request lost on a reused keep-alive connection; sending it again at once",
-                    idempotency_key=idempotency_key,
-                    error=error.error,
+        for again in (False, True):
+            try:
+                # A redirect is an answer in itself (3xx is permanent): following one could
+                # turn the POST into a GET or resend it elsewhere.
+                response = await self._session.post(
+                    self._url,
+                    data=body,
+                    headers=headers,
+                    timeout=limit,
+                    allow_redirects=False,
+                    proxy=self._proxy,
+                    proxy_headers=self._proxy_headers,
+                    trace_request_ctx=tried,
                 )
-            raise AssertionError("the second try always returns")
-        finally:
-            _ATTEMPT.reset(token)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                failure = self._failure(exc)
+                if again or not (tried.reused and isinstance(exc, _LOST)):
+                    return failure
+            else:
+                async with response:  # releases the connection, or closes it if the body was left unread
+                    return await self._answer(response)
+            # The server closed the idle connection as the request went out (a keep-alive
+            # race): it most likely never saw it. Once more, at once, with the same key.
+            remaining_s = self._timeout_s - (time.monotonic() - started)
+            if remaining_s <= 0:
+                return SendResult(Outcome.RETRY, error=f"outcome unknown: timeout after {self._timeout_s:g}s")
+            limit = aiohttp.ClientTimeout(total=remaining_s)
+            log.info(
+                "webhook request lost on a reused keep-alive connection; sending it again at once",
+                idempotency_key=idempotency_key,
+                error=failure.error,
+            )
+        raise AssertionError("the second try always returns")
 
-    def _result(self, status: int, headers: Mapping[str, str] | None, raw: bytes, problem: str | None) -> SendResult:
+    async def _answer(self, response: aiohttp.ClientResponse) -> SendResult:
+        """The outcome of an answer whose status and headers aiohttp has read."""
+        try:
+            raw, problem = await _read_body(response)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            # The status stands; only the body is broken (cut, mis-framed, slow).
+            raw, problem = b"", _describe(exc, self._timeout_s)
+        result = self._result(response.status, response.headers, raw, problem)
+        if result.outcome is Outcome.SENT and result.warning is None:
+            oversized = _oversized_headers(response.raw_headers)
+            if oversized is not None:
+                return dataclasses.replace(result, warning=f"the answer's headers were oversized: {oversized}")
+        return result
+
+    def _failure(self, exc: BaseException) -> SendResult:
+        """The outcome of a request aiohttp gave no status for."""
+        if isinstance(exc, _NEVER_SENT):
+            return SendResult(Outcome.RETRY, error=self._redact(f"connection error: {_describe(exc, self._timeout_s)}"))
+        # It may have reached the provider, or not: the same key again, later.
+        return SendResult(Outcome.RETRY, error=self._redact(f"outcome unknown: {_describe(exc, self._timeout_s)}"))
+
+    def _result(self, status: int, headers: Mapping[str, str], raw: bytes, problem: str | None) -> SendResult:
         """The outcome of an answer: its status, and what could be read after it (``problem`` if not all)."""
         if 200 <= status < 300:
             message_id = _message_id(raw)
-            if message_id is None and headers is not None:
+            if message_id is None:
                 message_id = _header_message_id(headers)
             warning = None
             if problem is not None:
@@ -323,8 +284,7 @@ class WebhookSmsClient:
             return SendResult(Outcome.SENT, status_code=status, provider_message_id=message_id, warning=warning)
         error = self._redact(f"HTTP {status}: " + (_excerpt(raw) if problem is None else f"({problem})"))
         if status >= 500 or status in _TRANSIENT_4XX:
-            retry_after = headers.get("Retry-After") if headers is not None else None
-            delay = parse_retry_after(retry_after) if status in _RETRY_AFTER_STATUSES else None
+            delay = parse_retry_after(headers.get("Retry-After")) if status in _RETRY_AFTER_STATUSES else None
             return SendResult(Outcome.RETRY, status_code=status, error=error, retry_after_s=delay)
         return SendResult(Outcome.FAILED, status_code=status, error=error)
 
@@ -368,7 +328,9 @@ def _describe(exc: BaseException, timeout_s: float) -> str:
     """One short line for a transport error (aiohttp's can hold a parser's dump of the answer)."""
     if isinstance(exc, TimeoutError):
         return f"timeout after {timeout_s:g}s"
-    if isinstance(exc, aiohttp.ClientResponseError):  # a parser error: its status is aiohttp's, not the provider's
+    if isinstance(exc, aiohttp.ClientHttpProxyError):  # the proxy refused the tunnel
+        text = f"the proxy answered {exc.status}: {exc.message}"
+    elif isinstance(exc, aiohttp.ClientResponseError):  # a parser error: its status is aiohttp's, not the provider's
         text = f"malformed answer: {exc.message}"
     elif isinstance(exc, aiohttp.ServerDisconnectedError):  # its text is the repr of a half-parsed answer
         text = "the server closed the connection"

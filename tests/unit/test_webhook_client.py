@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -173,31 +174,49 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("later") is None
 
 
-async def test_connection_error_retries(client: WebhookSmsClient, mocked: aioresponses) -> None:
-    mocked.post(URL_, exception=aiohttp.ClientConnectionError("Cannot connect to host provider.test:443"))
-
-    result = await send(client)
-
-    assert result == SendResult(Outcome.RETRY, error="connection error: Cannot connect to host provider.test:443")
+# Without a status from aiohttp, the provider may or may not have the message: a retry
+# (the same key, later) whose error says so. Only a connection that was never made is known
+# not to have carried it.
 
 
-async def test_os_error_retries(client: WebhookSmsClient, mocked: aioresponses) -> None:
-    mocked.post(URL_, exception=ConnectionResetError("reset by peer"))
-
-    result = await send(client)
-
-    assert result.outcome is Outcome.RETRY
-    assert result.status_code is None
-    assert result.error == "connection error: reset by peer"
+def refused() -> aiohttp.ClientConnectorError:
+    key = SimpleNamespace(host="provider.test", port=443, ssl=True)
+    return aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "Connection refused"))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("exc", [TimeoutError(), aiohttp.ServerTimeoutError("read"), aiohttp.ConnectionTimeoutError()])
-async def test_timeout_retries(client: WebhookSmsClient, mocked: aioresponses, exc: Exception) -> None:
+@pytest.mark.parametrize(
+    ("exc", "error"),
+    [
+        (refused(), "connection error: Cannot connect to host provider.test:443 ssl:default [Connection refused]"),
+        (aiohttp.ConnectionTimeoutError(), "connection error: timeout after 10s"),
+    ],
+    ids=["refused", "connect-timeout"],
+)
+async def test_a_connection_never_made_is_a_connection_error(
+    client: WebhookSmsClient, mocked: aioresponses, exc: Exception, error: str
+) -> None:
     mocked.post(URL_, exception=exc)
 
-    result = await send(client)
+    assert await send(client) == SendResult(Outcome.RETRY, error=error)
 
-    assert result == SendResult(Outcome.RETRY, error="timeout after 10s")
+
+@pytest.mark.parametrize(
+    ("exc", "error"),
+    [
+        (aiohttp.ClientConnectionError("Connection lost"), "Connection lost"),
+        (ConnectionResetError("reset by peer"), "reset by peer"),
+        (aiohttp.ServerDisconnectedError(), "the server closed the connection"),
+        (TimeoutError(), "timeout after 10s"),
+        (aiohttp.ServerTimeoutError("read"), "timeout after 10s"),
+    ],
+    ids=["connection-lost", "reset", "disconnected", "timeout", "read-timeout"],
+)
+async def test_an_error_before_any_status_is_an_unknown_outcome(
+    client: WebhookSmsClient, mocked: aioresponses, exc: Exception, error: str
+) -> None:
+    mocked.post(URL_, exception=exc)
+
+    assert await send(client) == SendResult(Outcome.RETRY, error=f"outcome unknown: {error}")
 
 
 async def test_cancellation_propagates(client: WebhookSmsClient, mocked: aioresponses) -> None:
@@ -294,21 +313,22 @@ async def test_a_disconnect_on_a_fresh_request_is_retried_later_not_at_once(
 
     result = await send(client)
 
-    assert result == SendResult(Outcome.RETRY, error="connection error: the server closed the connection")
+    assert result == SendResult(Outcome.RETRY, error="outcome unknown: the server closed the connection")
     assert len(mocked.requests[("POST", URL(URL_))]) == 1
 
 
-async def test_a_malformed_answer_without_a_status_is_one_short_line(
+async def test_a_malformed_answer_without_a_status_is_one_short_line_and_never_a_failure(
     client: WebhookSmsClient, mocked: aioresponses
 ) -> None:
+    # aiohttp's parser errors carry a 400 of its own, not the provider's.
     dump = "Bad status line:\n  b'\\x00\\x01garbage'\n  ^" + "x" * 500
     mocked.post(URL_, exception=aiohttp.ClientResponseError(None, (), status=400, message=dump))  # type: ignore[arg-type]
 
     result = await send(client)
 
-    assert result.outcome is Outcome.RETRY
+    assert (result.outcome, result.status_code) == (Outcome.RETRY, None)
     assert result.error is not None
-    assert result.error.startswith("connection error: malformed answer: Bad status line: b'")
+    assert result.error.startswith("outcome unknown: malformed answer: Bad status line: b'")
     assert "\n" not in result.error and len(result.error) <= 220
 
 
@@ -392,3 +412,17 @@ def test_a_bad_proxy_the_webhook_does_not_use_is_no_concern(
     monkeypatch.delenv("https_proxy", raising=False)
 
     WebhookSmsClient(session, URL_, AUTH_KEY, timeout_s=10)
+
+
+def test_proxy_credentials_that_cannot_be_sent_are_refused_naming_the_variable(
+    session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for other in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://us%3Aer:hunter2@proxy.internal:3128")  # Basic cannot carry "us:er"
+
+    with pytest.raises(ValueError) as err:
+        WebhookSmsClient(session, URL_, AUTH_KEY, timeout_s=10)
+
+    assert str(err.value).startswith("HTTPS_PROXY: unusable proxy credentials (")
+    assert "hunter2" not in str(err.value)
