@@ -516,10 +516,16 @@ class KeepAliveServer:
         self.reset = reset
         self.requests: list[RawRequest] = []
         self.connections = 0
+        self.ended = 0  # connections closed, by either side
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        connection = self.connections
+        try:
+            await self._serve(self.connections, reader, writer)
+        finally:
+            self.ended += 1
+
+    async def _serve(self, connection: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             head, body = await read_request(reader)
             request = RawRequest(head, body, connection)
@@ -552,7 +558,7 @@ async def test_a_request_lost_on_a_reused_connection_is_sent_again_at_once_with_
     raw_server: RawServer, make_client: ClientFactory, last_words: bytes, reset: bool
 ) -> None:
     # The second request on the first connection meets a server that has just closed it; the
-    # client knows the connection was reused from aiohttp's trace signals.
+    # client knows the connection was reused: aiohttp made no new socket for it.
     server = KeepAliveServer(
         drop=lambda r: r.connection == 1 and len(server.requests) == 2, last_words=last_words, reset=reset
     )
@@ -607,6 +613,57 @@ async def test_a_request_lost_on_a_fresh_connection_is_not_sent_again_at_once(
     assert result.outcome is Outcome.RETRY  # the provider may have taken it: the backoff decides
     assert result.error == "outcome unknown: the server closed the connection"
     assert len(server.requests) == 1
+
+
+def test_the_keep_alive_race_is_told_apart_on_uvloop_too() -> None:
+    """The service runs on uvloop: its connections are made from the same sockets."""
+
+    async def main() -> tuple[list[Outcome], list[tuple[int, str]]]:
+        server = KeepAliveServer(drop=lambda r: len(server.requests) in (2, 4))  # both on reused connections
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await server(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        listening = await asyncio.start_server(handle, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}/hook"
+        try:
+            async with open_http_session(concurrency_limit=2) as session:
+                client = WebhookSmsClient(session, url, AUTH_KEY, timeout_s=5)
+                outcomes = [(await client.send(TO, "x", f"idem-{i}")).outcome for i in (1, 2, 3)]
+        finally:
+            listening.close()
+            await listening.wait_closed()
+        return outcomes, [(r.connection, r.idempotency_key) for r in server.requests]
+
+    outcomes, requests = uvloop.run(main())
+
+    # idem-2: lost on connection 1 (reused), sent again at once on a new one, 2, and answered.
+    # idem-3: lost on connection 2 (now reused), sent again at once on 3 and answered.
+    assert outcomes == [Outcome.SENT, Outcome.SENT, Outcome.SENT]
+    assert requests == [(1, "idem-1"), (1, "idem-2"), (2, "idem-2"), (2, "idem-3"), (3, "idem-3")]
+
+
+async def test_a_request_lost_on_a_new_connection_after_reused_ones_is_not_sent_again_at_once(
+    raw_server: RawServer,
+) -> None:
+    # The client has made connections before (so it knows its sockets); this request gets a new
+    # one, as the idle one was closed, and the server drops it: the provider may have it.
+    server = KeepAliveServer(drop=lambda r: r.connection == 2)
+    url = await raw_server(server)
+    async with open_http_session(concurrency_limit=4, keepalive_s=0.05) as session:
+        client = WebhookSmsClient(session, url, AUTH_KEY, timeout_s=5)
+        assert (await client.send(TO, "one", "idem-1")).outcome is Outcome.SENT
+        await eventually(lambda: server.ended == 1, what="the client to close the idle connection")
+
+        result = await client.send(TO, "two", "idem-2")
+
+    assert result == SendResult(Outcome.RETRY, error="outcome unknown: the server closed the connection")
+    assert [(r.connection, r.idempotency_key) for r in server.requests] == [(1, "idem-1"), (2, "idem-2")]
 
 
 # ---------------------------------------------------------------------------------------
