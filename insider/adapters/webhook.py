@@ -12,8 +12,8 @@ status is sent again at once, once. Whether aiohttp took the connection from its
 known from the session's ``socket_factory`` (``open_http_session``), which aiohttp calls
 in the requesting task for each new connection: a request that made none went on a reused
 one. (A ``TraceConfig`` on ``on_connection_reuseconn`` says the same, but turns on all of
-aiohttp's tracing for every request: about 25 us more CPU per message in the drain
-benchmark, some 14 %; docs/performance.md.)
+aiohttp's tracing for every request: about 20 us more CPU per message in the drain
+benchmark, over a tenth; docs/performance.md.)
 """
 
 from __future__ import annotations
