@@ -345,21 +345,47 @@ def check_message(
     return phone
 
 
+# The times a message or a receipt may carry, in UTC: what both databases store and read back.
+# SQLite keeps times as fixed-width text with a four-digit year, and Python's datetime ends
+# with year 9999; ``9999-12-31T23:59:59-14:00`` is past the end once converted to UTC.
+EARLIEST_TIME: Final = datetime(1000, 1, 1, tzinfo=UTC)
+LATEST_TIME: Final = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+TIME_RANGE: Final = "from 1000-01-01T00:00:00Z to 9999-12-31T23:59:59Z in UTC"
+_RFC3339_PROBLEM: Final = "must be an RFC 3339 date-time with an offset (2026-12-01T09:00:00+03:00 or ...Z)"
+
+
+def as_utc(when: datetime) -> datetime:
+    """An aware ``when`` in UTC, or ValueError when it lies outside :data:`TIME_RANGE`.
+
+    The one rule for every time the service accepts (the API's ``sendAt``, ``validUntil``,
+    a receipt's ``doneAt``, the same fields of ``enqueue`` and ``enqueue --file``): a time
+    accepted is a time both databases can store and give back.
+    """
+    try:
+        utc = when.astimezone(UTC)  # an offset can carry the time past year 9999 (or before year 1)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST_TIME <= utc <= LATEST_TIME:
+        raise ValueError(f"must be {TIME_RANGE}")
+    return utc
+
+
 def parse_rfc3339(text: str) -> datetime:
     """An RFC 3339 date-time with an offset (``2026-12-01T09:00:00+03:00``, ``...Z``) as aware UTC.
 
-    ValueError for anything looser: no offset, no time, or not a date-time at all.
+    ValueError saying why for anything looser (no offset, no time, not a date-time at all)
+    and for a time outside :data:`TIME_RANGE`.
     """
     value = text.strip() if isinstance(text, str) else ""
     if len(value) < 20 or value[10] not in "Tt " or value[4] != "-" or value[7] != "-":
-        raise ValueError("must be an RFC 3339 date-time with an offset (2026-12-01T09:00:00+03:00 or ...Z)")
+        raise ValueError(_RFC3339_PROBLEM)
     try:
         when = datetime.fromisoformat(value[:-1] + "+00:00" if value[-1] in "Zz" else value)
     except ValueError:
-        raise ValueError("must be an RFC 3339 date-time with an offset (2026-12-01T09:00:00+03:00 or ...Z)") from None
+        raise ValueError(_RFC3339_PROBLEM) from None
     if when.tzinfo is None:
         raise ValueError("must have an offset (Z or +03:00): a time without one is ambiguous")
-    return when.astimezone(UTC)
+    return as_utc(when)
 
 
 def build_message(
@@ -376,9 +402,18 @@ def build_message(
 ) -> NewMessage:
     """A message checked as the API and ``enqueue`` check it; InvalidMessage names the bad field.
 
-    ``to`` is normalised to E.164; ``valid_until`` must be in the future and after ``send_at``.
+    ``to`` is normalised to E.164; both times must lie in :data:`TIME_RANGE` (they are stored
+    in UTC); ``valid_until`` must be in the future and after ``send_at``.
     """
     phone = check_message(to, content, max_length, region=region, max_segments=max_segments)
+    try:  # times parsed elsewhere (an embedding program's own) meet the same rule
+        send_at = as_utc(send_at) if send_at is not None else None
+    except ValueError as exc:
+        raise InvalidMessage("sendAt", f"sendAt {exc}") from None
+    try:
+        valid_until = as_utc(valid_until) if valid_until is not None else None
+    except ValueError as exc:
+        raise InvalidMessage("validUntil", f"validUntil {exc}") from None
     if isinstance(priority, bool) or not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
         raise InvalidMessage("priority", f"priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}")
     if valid_until is not None:
@@ -389,9 +424,9 @@ def build_message(
     return NewMessage.of(
         phone,
         content,
-        send_at=send_at.astimezone(UTC) if send_at is not None else None,
+        send_at=send_at,
         priority=priority,
-        valid_until=valid_until.astimezone(UTC) if valid_until is not None else None,
+        valid_until=valid_until,
     )
 
 

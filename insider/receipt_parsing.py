@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from insider.domain import MessageStatus
+from insider.domain import MessageStatus, as_utc
 
 # What a receipt's status says, case-insensitively, in the forms providers commonly send:
 # ours, SMPP's `stat` field (DELIVRD, UNDELIV, ...), Twilio's, Vonage's, Infobip's, Sinch's,
@@ -164,17 +164,22 @@ def _text_field(
     return (None, problem) if problem else (value or None, None)
 
 
+_ISO_8601: Final = "must be an ISO 8601 time, e.g. 2026-01-01T12:00:00Z"
+
+
 def _timestamp(value: Any) -> tuple[datetime | None, str | None]:
     if value is None:
         return None, None
     if not isinstance(value, str):
-        return None, "must be an ISO 8601 time, e.g. 2026-01-01T12:00:00Z"
+        return None, _ISO_8601
     try:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:
-        return None, "must be an ISO 8601 time, e.g. 2026-01-01T12:00:00Z"
-    # A time with no offset is read as UTC, as providers mostly mean it.
-    return (parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)), None
+        return None, _ISO_8601
+    try:  # a time with no offset is read as UTC, as providers mostly mean it
+        return as_utc(parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed), None
+    except ValueError as exc:
+        return None, str(exc)
 
 
 def parse_receipts(body: Any, received_at: datetime) -> list[Receipt]:

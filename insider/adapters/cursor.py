@@ -8,16 +8,16 @@ import json
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from insider.domain import Message, MessageStatus
+from insider.domain import EARLIEST_TIME, LATEST_TIME, Message, MessageStatus
 from insider.ports import InvalidCursor, Page
 
 # A cursor this service hands out is about 80 characters; anything much longer is forged.
 MAX_CURSOR_LENGTH = 512
 # Ids are BIGINT (PostgreSQL) or INTEGER (SQLite): both signed 64-bit.
 MAX_ID = 2**63 - 1
-# Sort keys are times the service wrote; SQLite keeps them as fixed-width text (a four-digit year).
-MIN_KEY = datetime(1000, 1, 1, tzinfo=UTC)
-MAX_KEY = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+# Sort keys are times the service wrote: within the range of every stored time.
+MIN_KEY = EARLIEST_TIME
+MAX_KEY = LATEST_TIME
 _FORGED = "cursor is not one this service handed out"
 
 # The listing of every message the provider accepted (no status filter) tags its cursors so.

@@ -201,8 +201,8 @@ async def open_postgres_pool(
     own default, 5 minutes, the service stayed idle after an outage for up to half
     as long as the outage had lasted, up to two minutes.)
 
-    Connections carry a statement timeout (the server cancels a statement running
-    longer; migrations lift it) and TCP keepalives, so that neither a stuck statement nor
+    Connections render times in UTC, carry a statement timeout (the server cancels a
+    statement running longer; migrations lift it) and TCP keepalives, so that neither a stuck statement nor
     a peer that vanished without a word can hold a call for good.
     """
     options = connection_options(
@@ -221,6 +221,7 @@ async def open_postgres_pool(
         timeout=timeout_s,
         reconnect_timeout=reconnect_timeout_s,
         check=AsyncConnectionPool.check_connection,
+        configure=_in_utc,
         name="insider",
     )
     await pool.open(wait=False)
@@ -230,6 +231,17 @@ async def open_postgres_pool(
         # Bounded: a worker stuck connecting to a server that went away must not hold up a
         # shutdown (the stop's promise is INSIDER_SHUTDOWN_TIMEOUT plus a few seconds).
         await pool.close(timeout=CLOSE_TIMEOUT_S)
+
+
+# The time zone the session started with, for the rest of the transaction.
+_SESSION_ZONE: Final = "SELECT set_config('TimeZone', reset_val, true) FROM pg_settings WHERE name = 'TimeZone'"
+
+
+async def _in_utc(conn: AsyncConnection[Any]) -> None:
+    """Each connection renders times in UTC: every storable time (``domain.TIME_RANGE``) then
+    reads back, where a server zone east of UTC would carry 9999-12-31T23:59:59Z past the
+    year 9999 Python's datetime ends with. (Migrations read in the database's own zone.)"""
+    await conn.execute("SET TimeZone = 'UTC'")
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -312,6 +324,9 @@ class PostgresMessageRepository(EnqueuesOne):
         async with conn.transaction():
             # A migration (or waiting for another process's) may take longer than a statement may.
             await conn.execute("SET LOCAL statement_timeout = 0")
+            # The zone the session started with (the database's, or PGTZ), not the pool's UTC:
+            # the original Go service's times without a zone are read in it.
+            await conn.execute(_SESSION_ZONE)
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
             await conn.execute(_CREATE_MIGRATIONS_TABLE)
             cur = await conn.execute("SELECT version FROM insider_schema_migrations")

@@ -6,7 +6,16 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from insider.domain import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, Encoding, MessageStatus, unstorable_text
+from insider.domain import (
+    DEFAULT_PRIORITY,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    TIME_RANGE,
+    Encoding,
+    MessageStatus,
+    parse_rfc3339,
+    unstorable_text,
+)
 from insider.receipt_parsing import ReceiptResult
 
 STATUSES = [s.value for s in MessageStatus]
@@ -31,19 +40,18 @@ class StrictInteger(fields.Integer):
         return result
 
 
-RFC3339 = "RFC 3339 date-time with an offset (2026-12-01T09:00:00+03:00 or ...Z)"
+RFC3339 = f"RFC 3339 date-time with an offset (2026-12-01T09:00:00+03:00 or ...Z), {TIME_RANGE}"
 
 
 class RFC3339DateTime(fields.AwareDateTime):
-    """An RFC 3339 date-time: a date, a ``T`` (or a space), a time and an offset; nothing looser."""
+    """An RFC 3339 date-time, read by the domain's own parser (the rule of ``enqueue`` and files too):
+    a date, a ``T`` (or a space), a time and an offset, nothing looser, within the storable range."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        if not isinstance(value, str) or len(value) < 20 or value[10] not in "Tt ":
-            raise ValidationError(f"must be an {RFC3339}")
         try:
-            return super()._deserialize(value, attr, data, **kwargs)
-        except ValidationError:
-            raise ValidationError(f"must be an {RFC3339}") from None
+            return parse_rfc3339(value)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
 
 
 class EnqueueSchema(Schema):
@@ -288,7 +296,7 @@ RECEIPT_DEFINITION = {
         "doneAt": {
             "type": "string",
             "format": "date-time",
-            "description": "When it was delivered (or failed); ISO 8601",
+            "description": f"When it was delivered (or failed); ISO 8601 (no offset: UTC), {TIME_RANGE}",
             "x-nullable": True,
         },
     },

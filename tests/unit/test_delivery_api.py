@@ -18,7 +18,7 @@ from insider.adapters.sqlite import SqliteMessageRepository
 from insider.clock import FakeClock
 from insider.config import load_settings
 from insider.container import Container, resolve
-from insider.domain import Message, MessageStatus, Outcome, SendResult
+from insider.domain import TIME_RANGE, Message, MessageStatus, Outcome, SendResult
 from insider.receipt_parsing import WAITING_MAX_AGE_S
 from insider.supervisor import Supervisor
 from insider.web.app import create_app
@@ -321,6 +321,17 @@ async def test_the_api_token_does_not_apply_but_still_guards_the_rest() -> None:
         (
             {"messageId": "a", "status": "delivered", "doneAt": "yesterday"},
             {"doneAt": ["must be an ISO 8601 time, e.g. 2026-01-01T12:00:00Z"]},
+        ),
+        (
+            {"messageId": "a", "status": "delivered", "doneAt": "9999-12-31T23:59:59-14:00"},
+            {"doneAt": [f"must be {TIME_RANGE}"]},
+        ),
+        (
+            [
+                {"messageId": "a", "status": "delivered"},
+                {"messageId": "b", "status": "x", "doneAt": "0001-01-01T00:00:00+14:00"},
+            ],
+            {"1.doneAt": [f"must be {TIME_RANGE}"]},
         ),
         ([{"messageId": "a", "status": "delivered"}, {"messageId": "b"}], {"1.status": ["status is required"]}),
         ([{"messageId": "a", "status": "delivered"}, "nope"], {"1": ["must be an object with messageId and status"]}),

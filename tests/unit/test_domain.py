@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
+
 import pytest
 
 from insider.domain import (
+    EARLIEST_TIME,
+    LATEST_TIME,
+    TIME_RANGE,
     Encoding,
+    InvalidMessage,
     UnstorableText,
+    build_message,
     ensure_storable,
     mask_phone,
     measure,
     normalize_phone,
+    parse_rfc3339,
     storable_text,
     unstorable_text,
     validation_error,
@@ -179,3 +187,51 @@ def test_storable_text_is_left_alone(text: str) -> None:
 def test_storable_text_replaces_nul_and_lone_surrogates_with_the_replacement_character() -> None:
     assert storable_text("a\x00b\ud800c\udc00d😀") == "a\ufffdb\ufffdc\ufffdd😀"
     assert storable_text("\ud83d") == "\ufffd"  # half of an emoji
+
+
+# --- Times: the one range every accepted time lies in ---------------------------------------
+
+EDGE_TIMES_OUT = [
+    "9999-12-31T23:59:59-14:00",  # year 10000 in UTC: past the end of Python's calendar
+    "9999-12-31T23:59:59.999999-00:01",
+    "0001-01-01T00:00:00+14:00",  # before year 1 in UTC
+    "0999-12-31T23:59:59Z",  # SQLite keeps four-digit years, from 1000
+    "1000-01-01T00:00:00+00:01",  # 0999-12-31T23:59:00Z
+]
+EDGE_TIMES_IN = {
+    "1000-01-01T00:00:00Z": datetime(1000, 1, 1, tzinfo=UTC),
+    "1000-01-01T14:00:00+14:00": datetime(1000, 1, 1, tzinfo=UTC),
+    "9999-12-31T23:59:59.999999Z": LATEST_TIME,
+    "9999-12-31T09:59:59.999999-14:00": LATEST_TIME,
+}
+
+
+@pytest.mark.parametrize("text", EDGE_TIMES_OUT)
+def test_a_time_outside_the_storable_range_is_a_value_error_naming_the_range(text: str) -> None:
+    with pytest.raises(ValueError, match=f"^must be {TIME_RANGE}$"):
+        parse_rfc3339(text)
+
+
+@pytest.mark.parametrize(("text", "utc"), EDGE_TIMES_IN.items())
+def test_the_ends_of_the_range_are_accepted_in_utc(text: str, utc: datetime) -> None:
+    assert parse_rfc3339(text) == utc and parse_rfc3339(text).tzinfo is UTC
+    assert datetime(1000, 1, 1, tzinfo=UTC) == EARLIEST_TIME
+    assert datetime.max.replace(tzinfo=UTC) == LATEST_TIME
+
+
+@pytest.mark.parametrize("field", ["sendAt", "validUntil"])
+def test_a_message_built_with_a_time_outside_the_range_names_the_field(field: str) -> None:
+    tokyo = timezone(timedelta(hours=9))
+    early = datetime(1000, 1, 1, 8, 59, tzinfo=tokyo)  # 0999-12-31T23:59Z
+    send_at, valid_until = (early, None) if field == "sendAt" else (None, early)
+    with pytest.raises(InvalidMessage, match=f"^{field} must be {TIME_RANGE}$") as caught:
+        build_message(
+            PHONE,
+            "hi",
+            send_at=send_at,
+            priority=5,
+            valid_until=valid_until,
+            now=datetime(999, 1, 1, tzinfo=UTC),
+            max_length=160,
+        )
+    assert caught.value.field == field
