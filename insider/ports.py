@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -238,6 +239,56 @@ class ReceiptStore(Protocol):
         """Delete up to ``limit`` events older than ``older_than_s``; how many went."""
 
 
+@dataclass(frozen=True, slots=True)
+class LoadedFile:
+    """A file loaded by ``enqueue --file``, remembered by the SHA-256 digest of its bytes."""
+
+    digest: str
+    name: str  # as given: a path, or - for standard input
+    lines: int
+    stored: int
+    rejected: int
+    loaded_at: datetime | None = None  # when it was stored; None until then
+    loads: int = 1  # times it was loaded (more with --again)
+
+
+class FileAlreadyLoaded(Exception):
+    """A file with the same bytes was loaded before; nothing of this load was stored."""
+
+    def __init__(self, previous: LoadedFile) -> None:
+        super().__init__(f"a file with the same bytes ({previous.name}) was loaded before")
+        self.previous = previous
+
+
+class FileLoad(Protocol):
+    """One file's messages on their way in: staged as they come, stored all at once, or none."""
+
+    async def add(self, messages: Sequence[NewMessage]) -> None:
+        """Stage messages (in file order): nothing is visible to the queue until :meth:`publish`."""
+
+    async def publish(self, record: LoadedFile, *, again: bool = False) -> LoadedFile:
+        """Store every staged message and ``record``, in one transaction; returns the record as stored.
+
+        Raises FileAlreadyLoaded, storing nothing, when a file with the same digest was stored
+        before, unless ``again`` (then it is counted once more). Concurrent loads of the same
+        bytes wait for each other, so only one is stored.
+        """
+
+
+@runtime_checkable
+class FileLoads(Protocol):
+    """Loads of whole files (``enqueue --file``), each all or nothing; the SQL repositories are ones.
+
+    Every method raises RepositoryUnavailable when the database cannot be reached.
+    """
+
+    def file_load(self) -> AbstractAsyncContextManager[FileLoad]:
+        """A load of one file: what was staged and not published is gone on exit (and if the process dies)."""
+
+    async def loaded_file(self, digest: str) -> LoadedFile | None:
+        """The file stored with this digest, if any."""
+
+
 class Schema(Protocol):
     """The database itself: its schema, and whether it answers.
 
@@ -259,7 +310,7 @@ class SupervisorStore(Schema, RateSlot, Protocol):
     """What the supervisor asks of the database: the schema, prepared at start-up, and the batch slot."""
 
 
-class MessageRepository(SendQueue, RateSlot, MessageReader, Intake, ReceiptStore, Schema, Protocol):
+class MessageRepository(SendQueue, RateSlot, MessageReader, Intake, ReceiptStore, FileLoads, Schema, Protocol):
     """The queue of messages, every role at once; PostgreSQL is the source of truth in production.
 
     What the SQL adapters implement and the container hands out. A part of the service takes

@@ -42,9 +42,11 @@ from insider.domain import (
 from insider.history import MAX_EVENTS, Event
 from insider.ports import (
     Enqueued,
+    FileAlreadyLoaded,
     IdempotencyConflict,
     IdempotencyKey,
     InvalidState,
+    LoadedFile,
     MessageNotFound,
     Page,
     RepositoryUnavailable,
@@ -87,7 +89,13 @@ def _q(name: str) -> LiteralString:
 
 # Built from the package's own SQL text and integers, never from input.
 _CLAIM: Final[dict[SendOrder, LiteralString]] = {order: claim_query(_QUERIES, order) for order in SendOrder}
-_COPY: Final = "COPY messages (recipient_phone, content, send_at, priority, valid_until, encoding, segments) FROM STDIN"
+_COLUMNS: Final = "(recipient_phone, content, send_at, priority, valid_until, encoding, segments)"
+_COPY: Final = "COPY messages " + _COLUMNS + " FROM STDIN"
+_COPY_STAGED: Final = "COPY pg_temp.insider_file_load " + _COLUMNS + " FROM STDIN"
+
+
+def _copy_row(m: NewMessage) -> tuple[Any, ...]:
+    return (m.recipient_phone, m.content, m.send_at, m.priority, m.valid_until, m.encoding.value, m.segments)
 
 
 def _messages_json(messages: Sequence[NewMessage]) -> str:
@@ -252,6 +260,46 @@ def _message(row: DictRow) -> Message:
     return message_from_row(row, _utc)
 
 
+def _loaded_file(row: DictRow) -> LoadedFile:
+    return LoadedFile(
+        digest=row["digest"],
+        name=row["name"],
+        lines=row["lines"],
+        stored=row["stored"],
+        rejected=row["rejected"],
+        loaded_at=_utc(row["loaded_at"]),
+        loads=row["loads"],
+    )
+
+
+class PostgresFileLoad:
+    """One file load (see :meth:`PostgresMessageRepository.file_load`)."""
+
+    def __init__(self, conn: AsyncConnection[Any]) -> None:
+        self._conn = conn
+
+    async def add(self, messages: Sequence[NewMessage]) -> None:
+        async with self._conn.cursor() as cur, cur.copy(_COPY_STAGED) as copy:
+            for m in messages:
+                await copy.write_row(_copy_row(m))
+
+    async def publish(self, record: LoadedFile, *, again: bool = False) -> LoadedFile:
+        params = {k: getattr(record, k) for k in ("digest", "name", "lines", "stored", "rejected")}
+        async with self._conn.transaction(), self._conn.cursor(row_factory=dict_row) as cur:
+            # As a migration's: a million rows take longer than a statement may (the CLI waits).
+            await cur.execute("SET LOCAL statement_timeout = 0")
+            # The file's row first: a load of the same bytes running at the same time waits here.
+            await cur.execute(_q("file_load_again" if again else "file_load_record"), params)
+            stored = await cur.fetchone()
+            if stored is None:
+                await cur.execute(_q("file_load_get"), {"digest": record.digest})
+                previous = await cur.fetchone()
+                assert previous is not None  # rows of this table are never deleted
+                raise FileAlreadyLoaded(_loaded_file(previous))
+            await cur.execute(_q("file_load_publish"))
+        return _loaded_file(stored)
+
+
 def _refusal(migration: str, exc: psycopg.Error) -> str:
     """One line for a migration that failed on what the database holds: what, and how to fix it."""
     diag = exc.diag
@@ -383,18 +431,27 @@ class PostgresMessageRepository(EnqueuesOne):
             return 0
         async with self._connection() as conn, conn.transaction(), conn.cursor() as cur, cur.copy(_COPY) as copy:
             for m in messages:
-                await copy.write_row(
-                    (
-                        m.recipient_phone,
-                        m.content,
-                        m.send_at,
-                        m.priority,
-                        m.valid_until,
-                        m.encoding.value,
-                        m.segments,
-                    )
-                )
+                await copy.write_row(_copy_row(m))
         return len(messages)
+
+    @asynccontextmanager
+    async def file_load(self) -> AsyncIterator[PostgresFileLoad]:
+        """A file load on a connection of its own: its messages are copied into a temporary table
+        as they come (short statements, no transaction held open), and moved into ``messages`` by
+        one ``INSERT ... SELECT`` in the transaction that records the file. A process that dies
+        takes the temporary table with its session: nothing of the load is left."""
+        async with self._connection() as conn:
+            await conn.execute(_q("file_load_drop"))  # one a load cut short left on this pooled connection
+            await conn.execute(_q("file_load_stage"))
+            try:
+                yield PostgresFileLoad(conn)
+            finally:
+                if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                    await conn.execute(_q("file_load_drop"))
+
+    async def loaded_file(self, digest: str) -> LoadedFile | None:
+        rows = await self._fetch(_q("file_load_get"), {"digest": digest})
+        return _loaded_file(rows[0]) if rows else None
 
     async def get(self, message_id: int) -> Message | None:
         await self.expire()  # a message past its validUntil reads as expired, not pending

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -41,9 +42,11 @@ from insider.history import MAX_EVENTS, Event
 from insider.ports import (
     Clock,
     Enqueued,
+    FileAlreadyLoaded,
     IdempotencyConflict,
     IdempotencyKey,
     InvalidState,
+    LoadedFile,
     MessageNotFound,
     Page,
     RepositoryUnavailable,
@@ -357,6 +360,72 @@ def _message(row: sqlite3.Row) -> Message:
     return message_from_row(row, parse_timestamp)
 
 
+def _loaded_file(row: sqlite3.Row) -> LoadedFile:
+    return LoadedFile(
+        digest=row["digest"],
+        name=row["name"],
+        lines=row["lines"],
+        stored=row["stored"],
+        rejected=row["rejected"],
+        loaded_at=parse_timestamp(row["loaded_at"]),
+        loads=row["loads"],
+    )
+
+
+class SqliteFileLoad:
+    """One file load (see :meth:`SqliteMessageRepository.file_load`)."""
+
+    def __init__(self, database: SqliteDatabase, clock: Clock) -> None:
+        self._db = database
+        self._clock = clock
+        # Its own staging table: loads running at once in one process share the connection.
+        self._table = f"insider_file_load_{uuid.uuid4().hex[:16]}"
+
+    def sql(self, name: str) -> str:
+        """A named query on this load's staging table."""
+        return _q(name).replace("__STAGE__", self._table)
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def run(conn: sqlite3.Connection) -> T:
+            try:
+                return work(conn)
+            except sqlite3.OperationalError as exc:
+                if self._table in str(exc):  # no such table: the connection was lost and made again
+                    raise RepositoryUnavailable(f"the file load was cut off from the database: {exc}") from exc
+                raise
+
+        return await self._db.run(run)
+
+    async def add(self, messages: Sequence[NewMessage]) -> None:
+        rows = [_new_row(m, "") for m in messages]
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN")  # one transaction of the temporary database: no lock on the file
+            try:
+                conn.executemany(self.sql("file_load_add"), rows)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+        await self._run(work)
+
+    async def publish(self, record: LoadedFile, *, again: bool = False) -> LoadedFile:
+        now = format_timestamp(self._clock.now())
+        params = {k: getattr(record, k) for k in ("digest", "name", "lines", "stored", "rejected")} | {"now": now}
+
+        def work(conn: sqlite3.Connection) -> LoadedFile:
+            with _write_transaction(conn):
+                stored = conn.execute(_q("file_load_again" if again else "file_load_record"), params).fetchone()
+                if stored is None:
+                    previous = conn.execute(_q("file_load_get"), {"digest": record.digest}).fetchone()
+                    raise FileAlreadyLoaded(_loaded_file(previous))
+                conn.execute(self.sql("file_load_publish"), {"now": now})
+            return _loaded_file(stored)
+
+        return await self._run(work)
+
+
 class SqliteMessageRepository(EnqueuesOne):
     """The repository port on SQLite: one file, no server; for first runs, demos and small deployments.
 
@@ -466,6 +535,24 @@ class SqliteMessageRepository(EnqueuesOne):
             return len(messages)
 
         return await self._db.run(work)
+
+    @asynccontextmanager
+    async def file_load(self) -> AsyncIterator[SqliteFileLoad]:
+        """A file load: its messages wait in a temporary table of this connection (which takes no
+        lock on the database file, so other processes write on meanwhile), and move into
+        ``messages`` in the one transaction that records the file. A process that dies takes
+        the temporary table with it: nothing of the load is left."""
+        load = SqliteFileLoad(self._db, self._clock)
+        await self._db.run(lambda conn: conn.execute(load.sql("file_load_stage")))
+        try:
+            yield load
+        finally:
+            with contextlib.suppress(RepositoryUnavailable):  # a connection made again has none
+                await self._db.run(lambda conn: conn.execute(load.sql("file_load_drop")))
+
+    async def loaded_file(self, digest: str) -> LoadedFile | None:
+        rows = await self._fetch(_q("file_load_get"), {"digest": digest})
+        return _loaded_file(rows[0]) if rows else None
 
     async def get(self, message_id: int) -> Message | None:
         await self.expire()  # a message past its validUntil reads as expired, not pending

@@ -97,7 +97,8 @@ def parser() -> argparse.ArgumentParser:
         "--file",
         help="load many messages: CSV with the header to,content[,sendAt,priority,validUntil], or JSON Lines "
         "with those fields; - reads standard input. Prints a progress line, what was stored and every "
-        "rejected line with its number",
+        "rejected line with its number. The valid lines are stored together at the end, or none; the same "
+        "file is loaded once (see --again)",
     )
     enqueue.set_defaults(enqueue_parser=enqueue)
     enqueue.add_argument(
@@ -108,7 +109,21 @@ def parser() -> argparse.ArgumentParser:
         "worth it only with idle cores: checking a line is pure Python",
     )
     enqueue.add_argument(
-        "--chunk-size", type=int, default=10_000, help="messages stored per transaction with --file (default 10000)"
+        "--chunk-size", type=int, default=10_000, help="lines checked and staged at a time with --file (default 10000)"
+    )
+    enqueue.add_argument(
+        "--rejects",
+        metavar="PATH",
+        help="with --file: write the rejected lines to PATH as the file had them (with the CSV header), "
+        "to fix them there and load that file alone",
+    )
+    enqueue.add_argument(
+        "--again",
+        action="store_true",
+        help="with --file: load a file that was loaded before (the same bytes), queuing its messages once more",
+    )
+    enqueue.add_argument(
+        "--check", action="store_true", help="with --file: check every line and report, storing nothing"
     )
     simulate = commands.add_parser(
         "simulate",

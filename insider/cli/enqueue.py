@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
+from contextlib import nullcontext
 from datetime import UTC, datetime
 
-from insider.bulk import BadFile, Limits, Progress, load_file, open_text
+from insider.bulk import (
+    BadFile,
+    FileSource,
+    Limits,
+    Progress,
+    Rejects,
+    already_loaded,
+    file_digest,
+    fix_rejects,
+    load_file,
+)
 from insider.cli.process import EXIT_FAILED, quiet_pool_retries, schema_refused
 from insider.config import Settings, mask_url
 from insider.container import Container, open_repository
 from insider.domain import InvalidMessage, build_message, parse_rfc3339
-from insider.ports import RepositoryUnavailable, SchemaUpgradeRefused
+from insider.ports import FileAlreadyLoaded, RepositoryUnavailable, SchemaUpgradeRefused
 
 
 def _read_stdin_text() -> str | None:
@@ -46,7 +58,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             usage.error("--chunk-size must be at least 1")
         if args.workers < 0:
             usage.error("--workers must be 0 or more")
-        return asyncio.run(enqueue_file(settings, args.file, args.chunk_size, args.workers))
+        if args.rejects is not None and _same_file(args.rejects, args.file):
+            usage.error("--rejects must name another file than --file")
+        return asyncio.run(enqueue_file(settings, args))
+    if args.rejects is not None or args.again or args.check:
+        usage.error("--rejects, --again and --check go with --file")
     if args.to is None or args.content is None:
         usage.error("--to and --content are required (or --file)")
     return asyncio.run(enqueue_one(settings, args))
@@ -107,42 +123,74 @@ async def enqueue_one(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def enqueue_file(settings: Settings, path: str, chunk_size: int, workers: int) -> int:
-    """Load a file's messages in chunks, printing progress and every rejected line; 1 if any was rejected."""
+async def enqueue_file(settings: Settings, args: argparse.Namespace) -> int:
+    """Load a file's messages, all at once or none, printing progress and every rejected line; 1 if any was rejected."""
+    path: str = args.file
     try:
-        stream = open_text(path)
+        source = FileSource.open(path)
+        # A file loaded before is refused before it is read (a stream is, at the end).
+        digest = None if args.again or args.check else await asyncio.to_thread(file_digest, path)
     except OSError as exc:
         print(f"insider: error: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
+    try:
+        rejects = Rejects.open(args.rejects) if args.rejects else None
+    except OSError as exc:
+        source.close()
+        print(f"insider: error: cannot write {args.rejects}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
     limits = Limits(settings.content_max_length, settings.default_region, settings.max_segments)
     started = time.monotonic()
-    done = [0, 0]  # stored, rejected: for the error line
+    rejected = 0
 
     def progress(step: Progress) -> None:
+        nonlocal rejected
         for line in step.rejected:
             print(f"rejected {line}", flush=True)
-        done[0], done[1] = step.stored, done[1] + len(step.rejected)
-        rate = step.stored / max(time.monotonic() - started, 1e-9)
-        print(f"insider: {step.stored:,} stored, {done[1]:,} rejected ({rate:,.0f}/s)", file=sys.stderr, flush=True)
+        rejected += len(step.rejected)
+        rate = step.staged / max(time.monotonic() - started, 1e-9)
+        print(f"insider: {step.staged:,} ready, {rejected:,} rejected ({rate:,.0f}/s)", file=sys.stderr, flush=True)
 
     quiet_pool_retries()
-    with stream:
+    options = {"chunk_size": args.chunk_size, "workers": args.workers, "on_progress": progress}
+    with source, rejects or nullcontext():
+        if args.check:
+            try:
+                loaded = await load_file(None, source, limits, rejects=rejects, **options)
+            except BadFile as exc:
+                print(f"insider: error: {path}: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+            print(f"checked {loaded.stored} messages (nothing stored), rejected {loaded.rejected} lines")
+            return EXIT_FAILED if loaded.rejected else 0
         async with open_repository(Container(settings=settings)) as repository:
             try:
                 await repository.migrate()
-                stored, rejected = await load_file(
-                    repository, stream, limits, chunk_size=chunk_size, workers=workers, on_progress=progress
+                previous = await repository.loaded_file(digest) if digest is not None else None
+                if previous is not None:
+                    raise FileAlreadyLoaded(previous)
+                loaded = await load_file(
+                    repository, source, limits, name=path, again=args.again, rejects=rejects, **options
                 )
             except BadFile as exc:
                 print(f"insider: error: {path}: {exc}", file=sys.stderr)
                 return EXIT_FAILED
-            except UnicodeDecodeError as exc:
-                print(f"insider: error: {path} is not UTF-8 text ({exc.reason}); {done[0]} stored", file=sys.stderr)
+            except FileAlreadyLoaded as exc:
+                print(f"insider: error: {already_loaded(path, exc.previous)}", file=sys.stderr)
                 return EXIT_FAILED
             except RepositoryUnavailable as exc:
-                print(f"insider: error: database unavailable after {done[0]} stored: {exc}", file=sys.stderr)
+                print(f"insider: error: database unavailable, nothing of {path} was stored: {exc}", file=sys.stderr)
                 return EXIT_FAILED
             except SchemaUpgradeRefused as exc:
                 return schema_refused(exc)
-    print(f"stored {stored} messages, rejected {rejected} lines")
-    return EXIT_FAILED if rejected else 0
+    print(f"stored {loaded.stored} messages, rejected {loaded.rejected} lines")
+    if loaded.rejected:
+        print(f"insider: {fix_rejects(loaded.rejected, args.rejects)}", file=sys.stderr)
+    return EXIT_FAILED if loaded.rejected else 0
+
+
+def _same_file(one: str, other: str) -> bool:
+    """Whether two paths name one existing file (a rejects file must not overwrite its input)."""
+    try:
+        return other != "-" and os.path.samefile(one, other)
+    except OSError:
+        return False

@@ -570,3 +570,49 @@ WHERE id IN (SELECT id FROM insider_message_events WHERE at < %(before)s LIMIT %
 SELECT coalesce(sum(segments), 0)::bigint AS segments
 FROM insider_message_counts
 WHERE status IN ('sent', 'delivered', 'undelivered')
+
+-- file_load_drop --
+-- The staging table of a file load (a temporary table: its connection's alone, gone with it).
+DROP TABLE IF EXISTS pg_temp.insider_file_load
+
+-- file_load_stage --
+-- A file's checked messages wait here, in file order, until the load publishes them.
+CREATE TEMPORARY TABLE insider_file_load (
+    n bigint GENERATED ALWAYS AS IDENTITY,
+    recipient_phone text NOT NULL,
+    content text NOT NULL,
+    send_at timestamptz,
+    priority smallint NOT NULL,
+    valid_until timestamptz,
+    encoding text NOT NULL,
+    segments integer NOT NULL
+)
+
+-- file_load_record --
+-- Remember a file being stored; no row back when a file with its digest was stored before.
+INSERT INTO insider_file_loads (digest, name, lines, stored, rejected)
+VALUES (%(digest)s, %(name)s, %(lines)s, %(stored)s, %(rejected)s)
+ON CONFLICT (digest) DO NOTHING
+RETURNING digest, name, lines, stored, rejected, loaded_at, loads
+
+-- file_load_again --
+-- Remember a file being stored, counting it once more if it was stored before (--again).
+INSERT INTO insider_file_loads AS f (digest, name, lines, stored, rejected)
+VALUES (%(digest)s, %(name)s, %(lines)s, %(stored)s, %(rejected)s)
+ON CONFLICT (digest) DO UPDATE
+SET name = EXCLUDED.name, lines = EXCLUDED.lines, stored = EXCLUDED.stored, rejected = EXCLUDED.rejected,
+    loaded_at = now(), loads = f.loads + 1
+RETURNING digest, name, lines, stored, rejected, loaded_at, loads
+
+-- file_load_get --
+-- The file stored with a digest.
+SELECT digest, name, lines, stored, rejected, loaded_at, loads
+FROM insider_file_loads
+WHERE digest = %(digest)s
+
+-- file_load_publish --
+-- The staged messages into the queue, in file order (their ids follow the lines).
+INSERT INTO messages (recipient_phone, content, send_at, priority, valid_until, encoding, segments)
+SELECT recipient_phone, content, send_at, priority, valid_until, encoding, segments
+FROM pg_temp.insider_file_load
+ORDER BY n

@@ -536,3 +536,56 @@ WHERE id IN (SELECT id FROM insider_message_events WHERE at < :before LIMIT :lim
 -- The segments of every message the provider accepted (one if not stored).
 SELECT coalesce(sum(coalesce(segments, 1)), 0) AS segments FROM messages
 WHERE status IN ('sent', 'delivered', 'undelivered')
+
+-- file_load_drop --
+-- The staging table of a file load (a temporary table: its connection's alone, gone with it).
+-- __STAGE__ is the load's own name for it: several loads may share the connection.
+DROP TABLE IF EXISTS temp.__STAGE__
+
+-- file_load_stage --
+-- A file's checked messages wait here, in file order (rowid), until the load publishes them.
+-- Writing it takes no lock on the database file: other processes write on meanwhile.
+CREATE TEMPORARY TABLE __STAGE__ (
+    recipient_phone TEXT NOT NULL,
+    content TEXT NOT NULL,
+    send_at TEXT,
+    priority INTEGER NOT NULL,
+    valid_until TEXT,
+    encoding TEXT NOT NULL,
+    segments INTEGER NOT NULL
+)
+
+-- file_load_add --
+-- One staged message (with executemany).
+INSERT INTO temp.__STAGE__ (recipient_phone, content, send_at, priority, valid_until, encoding, segments)
+VALUES (:recipient_phone, :content, :send_at, :priority, :valid_until, :encoding, :segments)
+
+-- file_load_record --
+-- Remember a file being stored; no row back when a file with its digest was stored before.
+INSERT INTO insider_file_loads (digest, name, lines, stored, rejected, loaded_at)
+VALUES (:digest, :name, :lines, :stored, :rejected, :now)
+ON CONFLICT (digest) DO NOTHING
+RETURNING digest, name, lines, stored, rejected, loaded_at, loads
+
+-- file_load_again --
+-- Remember a file being stored, counting it once more if it was stored before (--again).
+INSERT INTO insider_file_loads AS f (digest, name, lines, stored, rejected, loaded_at)
+VALUES (:digest, :name, :lines, :stored, :rejected, :now)
+ON CONFLICT (digest) DO UPDATE
+SET name = excluded.name, lines = excluded.lines, stored = excluded.stored, rejected = excluded.rejected,
+    loaded_at = excluded.loaded_at, loads = f.loads + 1
+RETURNING digest, name, lines, stored, rejected, loaded_at, loads
+
+-- file_load_get --
+-- The file stored with a digest.
+SELECT digest, name, lines, stored, rejected, loaded_at, loads
+FROM insider_file_loads
+WHERE digest = :digest
+
+-- file_load_publish --
+-- The staged messages into the queue, in file order (their ids follow the lines).
+INSERT INTO messages (recipient_phone, content, created_at, updated_at, idempotency_key,
+                      send_at, priority, valid_until, encoding, segments)
+SELECT recipient_phone, content, :now, :now, insider_uuid4(), send_at, priority, valid_until, encoding, segments
+FROM temp.__STAGE__
+ORDER BY rowid
