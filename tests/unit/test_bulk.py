@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import io
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from insider.bulk import BadFile, FileReader, FileSource, Limits, Progress, Rejects, load_file, read_messages
+from insider.cli import enqueue
+from insider.cli.arguments import parser
 from insider.clock import FakeClock
+from insider.config import load_settings
 from insider.domain import TIME_RANGE, MessageStatus
 from insider.ports import FileAlreadyLoaded, RepositoryUnavailable
 from tests.unit.support import ProbedRepository
@@ -343,8 +347,35 @@ async def test_a_file_with_nothing_valid_is_not_remembered_and_check_only_stores
         assert (checked.stored, checked.rejected, checked.loaded_at) == (1, 1, None)
         assert (await repository.counts())[MessageStatus.PENDING] == 0
 
-        nothing = await load_file(repository, FileSource.of_bytes(b"to,content\nbad,x\n"), LIMITS)
-        assert (nothing.stored, nothing.loaded_at) == (0, None)
-        assert await repository.loaded_file(FileSource.of_bytes(b"").digest()) is None
+        source = FileSource.of_bytes(b"to,content\nbad,x\n")
+        nothing = await load_file(repository, source, LIMITS)
+        assert (nothing.stored, nothing.loaded_at, nothing.digest) == (0, None, source.digest())
+        assert await repository.loaded_file(source.digest()) is None
+        assert (await load_file(repository, FileSource.of_bytes(b"to,content\nbad,x\n"), LIMITS)).rejected == 1
     finally:
         await repository.close()
+
+
+# --- The command's report: every rejected line by number, then the summary, whatever the line ------------
+
+
+@pytest.mark.parametrize("kind", BAD_CSV_LINES)
+@pytest.mark.parametrize("where", ["first", "last, no line break"])
+def test_the_command_reports_each_bad_line_and_always_ends_with_its_summary(
+    kind: str, where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad, reason = BAD_CSV_LINES[kind]
+    lines = [good_line(p) for p in GOOD]
+    index = 0 if where == "first" else 10
+    lines.insert(index, bad + (b"" if where == "last, no line break" else b"\n"))
+    path = tmp_path / "campaign.csv"
+    path.write_bytes(HEADER + b"".join(lines))
+    env = {"INSIDER_DATABASE_URL": f"sqlite:///{tmp_path / 'insider.db'}", "INSIDER_REDIS_URL": ""}
+    args = parser().parse_args(["enqueue", "--file", str(path)])
+
+    code = enqueue.run(load_settings(env, env_file=None), args)
+
+    out = capsys.readouterr().out.splitlines()
+    assert code == 1
+    assert len(out) == 2 and out[0].startswith(f"rejected line {index + 2}: ") and reason in out[0], out
+    assert out[1] == "stored 10 messages, rejected 1 lines"
