@@ -28,11 +28,12 @@ from insider.web.paths import DELIVERY_REPORTS_PATH, OPEN_API_PATHS, guarded, is
 from insider.web.responses import error_response
 from insider.web.server import (
     LIMITS,
-    MAX_BATCH_BODY_BYTES,
+    MAX_BODY_BYTES,
     Limits,
-    body_limit,
-    expect_within_limits,
+    expect_continue,
+    read_body,
     request_limits,
+    unread_body_stays_unread,
 )
 from insider.web.services import SERVICES, AppServices, Services
 from insider.web.tokens import same_secret
@@ -144,8 +145,6 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         if exc.content_type == "application/json" and '"error"' in (exc.text or ""):
             response = web.Response(status=exc.status, text=exc.text, content_type="application/json")
-        elif exc.status == 413:
-            response = error_response(413, f"the body is larger than {MAX_BATCH_BODY_BYTES} bytes")
         elif exc.status == 400 and exc.content_type == "application/json":  # webargs: a body that is not JSON
             response = error_response(400, "the body is not valid JSON")
         else:
@@ -209,22 +208,33 @@ def _takes_json(request: web.Request) -> bool:
 
 
 @web.middleware
+async def require_receipts_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The receipts endpoint's own refusals, before its body is read: receipts off (404), no or a wrong
+    INSIDER_DLR_TOKEN (401), a body neither JSON nor a form (415)."""
+    if request.match_info.handler is receipts.delivery_reports:
+        refused = receipts.receipts_refusal(request)
+        if refused is not None:
+            return refused
+    return await handler(request)
+
+
+@web.middleware
 async def require_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A body that is not JSON is refused before validation: 415 for another type, 400 for one that won't parse.
+    """A body sent to an endpoint that reads JSON must be ``application/json`` (decided by the header alone, before
+    the body is read): else a 415. Endpoints that read no body (start, stop, retry) ignore whatever is sent."""
+    if request.body_exists and _takes_json(request) and request.content_type != "application/json":
+        return error_response(415, "the body must be application/json")
+    return await handler(request)
+
+
+@web.middleware
+async def parse_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A JSON body that does not parse is a 400 before validation.
 
     The parse here also catches what webargs lets through as a 500: a body nested deeper than
-    the interpreter's recursion limit, or a charset that Python does not know. Endpoints that
-    read no body (start, stop, retry) ignore whatever is sent.
+    the interpreter's recursion limit, or a charset that Python does not know.
     """
     if request.body_exists and _takes_json(request):
-        if request.content_type != "application/json":
-            return error_response(415, "the body must be application/json")
-        limit = body_limit(request)
-        if request.content_length is not None and request.content_length > limit:
-            return error_response(413, f"the body is larger than {limit} bytes")
-        raw = await request.read()
-        if len(raw) > limit:
-            return error_response(413, f"the body is larger than {limit} bytes")
         try:
             json.loads(await request.text())  # the body is kept: webargs reads it again from memory
         except (ValueError, LookupError, RecursionError):  # UnicodeDecodeError is a ValueError
@@ -265,16 +275,22 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     mask_access_log_secrets()  # the receipts endpoint's ?token= must not reach an access log
     settings = container.settings()
     app = web.Application(
+        # Everything that can refuse a request is judged on its head, before the one step that reads a body
+        # (read_body, which cuts it at its route's limit); a route's expect_handler leaves the 100 to that step.
         middlewares=[
             request_context,
+            unread_body_stays_unread,
             json_errors,
             browser_checks,
             request_limits,
             require_token,
+            require_receipts_token,
             require_json,
+            read_body,
+            parse_json,
             validation_middleware,
         ],
-        client_max_size=MAX_BATCH_BODY_BYTES,
+        client_max_size=MAX_BODY_BYTES,  # read_body raises it for the routes that take more
     )
     app[CONTAINER] = container
     app[SERVICES] = AppServices()
@@ -289,37 +305,31 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     app.router.add_get("/readyz", probes.readyz, allow_head=False)
     app.router.add_get("/metrics", probes.metrics, allow_head=False)
     app.router.add_get("/api/v1/messages", messages.list_messages, allow_head=False)
-    app.router.add_post("/api/v1/messages", messages.enqueue_message, expect_handler=expect_within_limits)
-    app.router.add_post("/api/v1/messages/batch", messages.enqueue_batch, expect_handler=expect_within_limits)
-    app.router.add_post("/api/v1/messages/preview", messages.preview_message, expect_handler=expect_within_limits)
-    app.router.add_post(
-        r"/api/v1/messages/{id:[0-9]+}/cancel", messages.cancel_message, expect_handler=expect_within_limits
-    )
+    app.router.add_post("/api/v1/messages", messages.enqueue_message, expect_handler=expect_continue)
+    app.router.add_post("/api/v1/messages/batch", messages.enqueue_batch, expect_handler=expect_continue)
+    app.router.add_post("/api/v1/messages/preview", messages.preview_message, expect_handler=expect_continue)
+    app.router.add_post(r"/api/v1/messages/{id:[0-9]+}/cancel", messages.cancel_message, expect_handler=expect_continue)
     app.router.add_get(r"/api/v1/messages/{id:[0-9]+}", messages.get_message, allow_head=False)
     app.router.add_get(f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}", messages.get_message_by_uuid, allow_head=False)
-    app.router.add_post(
-        r"/api/v1/messages/{id:[0-9]+}/retry", messages.retry_message, expect_handler=expect_within_limits
-    )
+    app.router.add_post(r"/api/v1/messages/{id:[0-9]+}/retry", messages.retry_message, expect_handler=expect_continue)
     app.router.add_post(
         f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}/retry",
         messages.retry_message_by_uuid,
-        expect_handler=expect_within_limits,
+        expect_handler=expect_continue,
     )
     app.router.add_get(
         f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}/events", messages.message_events_by_uuid, allow_head=False
     )
     app.router.add_get(r"/api/v1/messages/{id:[0-9]+}/events", messages.message_events, allow_head=False)
-    app.router.add_post(DELIVERY_REPORTS_PATH, receipts.delivery_reports, expect_handler=expect_within_limits)
+    app.router.add_post(DELIVERY_REPORTS_PATH, receipts.delivery_reports, expect_handler=expect_continue)
     app.router.add_post(
         f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}/cancel",
         messages.cancel_message_by_uuid,
-        expect_handler=expect_within_limits,
+        expect_handler=expect_continue,
     )
     for method in ("POST", "GET"):
-        app.router.add_route(
-            method, "/api/v1/messages/start", sending.start_sending, expect_handler=expect_within_limits
-        )
-        app.router.add_route(method, "/api/v1/messages/stop", sending.stop_sending, expect_handler=expect_within_limits)
+        app.router.add_route(method, "/api/v1/messages/start", sending.start_sending, expect_handler=expect_continue)
+        app.router.add_route(method, "/api/v1/messages/stop", sending.stop_sending, expect_handler=expect_continue)
     app.router.add_get("/api/v1/sender", sending.sender_status, allow_head=False)
     app.router.add_get("/api/v1/stats", sending.stats, allow_head=False)
     # The original Go service's routes (fiber answered them with or without a final slash).

@@ -34,6 +34,32 @@ def form_receipt(raw: bytes) -> dict[str, str]:
     return receipt
 
 
+def receipts_refusal(request: web.Request) -> web.Response | None:
+    """Why POST /api/v1/delivery-reports is refused on its head alone (receipts off, no or a wrong token, a body
+    neither JSON nor a form), or None; judged before its body is read."""
+    dlr_token = services(request).settings.dlr_token
+    if not dlr_token:
+        return error_response(
+            404, "delivery receipts are off: set INSIDER_DLR_TOKEN to turn on POST /api/v1/delivery-reports"
+        )
+    given = request.headers.get(DLR_AUTH_HEADER)
+    if given is None:
+        given = request.query.get("token")
+    if not given or not same_secret(given, dlr_token):
+        refused = error_response(
+            401,
+            f"this endpoint needs the INSIDER_DLR_TOKEN: header {DLR_AUTH_HEADER} or ?token="
+            if not given
+            else "the token is not valid",
+        )
+        # A 401 names how to authenticate (RFC 9110): an API key, in a header or the query.
+        refused.headers["WWW-Authenticate"] = f'ApiKey header="{DLR_AUTH_HEADER}", query="token"'
+        return refused
+    if request.content_type not in ("application/json", FORM):
+        return error_response(415, f"the body must be application/json (or {FORM}, as Twilio posts it)")
+    return None
+
+
 @docs(
     tags=["delivery"],
     summary="Delivery receipts from the provider",
@@ -69,32 +95,12 @@ def form_receipt(raw: bytes) -> dict[str, str]:
 @response_schema(**UNAVAILABLE, code=503)
 @browser_checks_exempt  # a provider's server calls it, under whatever name it was given
 async def delivery_reports(request: web.Request) -> web.Response:
+    """The receipts; :func:`receipts_refusal` has passed them (a middleware, before the body was read)."""
     app = services(request)
-    settings, receipts, clock = app.settings, app.receipts, app.clock
-    if not settings.dlr_token:
-        return error_response(
-            404, "delivery receipts are off: set INSIDER_DLR_TOKEN to turn on POST /api/v1/delivery-reports"
-        )
-    given = request.headers.get(DLR_AUTH_HEADER)
-    if given is None:
-        given = request.query.get("token")
-    if not given or not same_secret(given, settings.dlr_token):
-        refused = error_response(
-            401,
-            f"this endpoint needs the INSIDER_DLR_TOKEN: header {DLR_AUTH_HEADER} or ?token="
-            if not given
-            else "the token is not valid",
-        )
-        # A 401 names how to authenticate (RFC 9110): an API key, in a header or the query.
-        refused.headers["WWW-Authenticate"] = f'ApiKey header="{DLR_AUTH_HEADER}", query="token"'
-        return refused
-    if request.content_type not in ("application/json", FORM):
-        return error_response(415, f"the body must be application/json (or {FORM}, as Twilio posts it)")
+    receipts, clock = app.receipts, app.clock
     try:
         raw = await request.read()
         body = json.loads(raw) if request.content_type == "application/json" else form_receipt(raw)
-    except web.HTTPRequestEntityTooLarge:
-        return error_response(413, f"the body is larger than {request.client_max_size} bytes")
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return error_response(
             400, "the body is not valid JSON" if request.content_type != FORM else "the form is not valid"

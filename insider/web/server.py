@@ -1,12 +1,15 @@
-"""The HTTP server's edges: JSON even for what the parser refuses, deadlines on headers and body, the body limit.
+"""The HTTP server's edges: limits and deadlines on what a client sends, and JSON for every error the server answers.
 
-aiohttp answers some requests before any handler or middleware runs: a request line or
-header over its limit, too many headers, a method or target that is not HTTP. Its answer
-is text that echoes part of the request; :class:`ServiceProtocol` (aiohttp's
-``RequestHandler`` with its ``handle_error`` hook replaced) makes it a short JSON error.
-The same protocol drops a client that has not sent its headers ``header_timeout_s`` after
-connecting, or after the first byte of its next request (a slowloris). The body's deadline,
-the body limit and missing static files are middleware (:func:`request_limits`).
+Middlewares do what they can before a body is read: :func:`request_limits` refuses a declared length over the
+route's limit (413) and answers a missing static file (JSON 404); after every other check that could refuse the
+request, :func:`read_body` is the one step that reads a body, under INSIDER_HTTP_BODY_TIMEOUT, cut with a 413 as
+soon as it passes the route's limit. A route's ``expect_handler`` (:func:`expect_continue`) leaves the
+``100 Continue`` to that step, so a request that is refused is never invited to send its body.
+
+What aiohttp answers before any middleware (a request line, header or method the parser refuses; an expectation
+it does not know) and the deadline on a request's head belong to the connection: :class:`ServiceRunner` serves
+the app with the connections of :mod:`insider.web.aiohttp_seam` (the one place that uses aiohttp internals), and
+:func:`connection_answer` says what they answer: a short JSON error that echoes nothing of the request.
 
 What cannot be JSON: a connection that sends no request at all, or bytes that are not HTTP
 after a response has begun, only ever gets closed; the status line of a parser error is
@@ -16,17 +19,17 @@ after a response has begun, only ever gets closed; the status line of a parser e
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
-from aiohttp import http_exceptions, web
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
+from aiohttp import HttpVersion11, http_exceptions, web
 
 from insider.config import format_duration
+from insider.web.aiohttp_seam import SeamRunner
 
 log = structlog.get_logger("insider.web")
 
@@ -35,15 +38,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LINE_BYTES = 8190
 MAX_FIELD_BYTES = 8190
 MAX_HEADERS = 100
-# After a refused body, how long the rest is read and thrown away before the connection closes
-# (closing at once could make the client miss the answer).
-LINGERING_S = 2.0
 # An idle keep-alive connection is closed after this long.
 KEEPALIVE_S = 15.0
+# After answering a request whose body is still coming, how long the connection stays open (reading
+# nothing) before it closes: closing at once could reset it before the client has read the answer.
+LINGERING_S = 2.0
 MAX_BODY_BYTES = 64 * 1024
 # POST /api/v1/messages/batch takes up to 1,000 messages.
 MAX_BATCH_BODY_BYTES = 4 * 1024 * 1024
 LARGE_BODY_PATHS = frozenset({"/api/v1/messages/batch"})
+# Set by expect_continue on a request that asked for "Expect: 100-continue": read_body sends the 100.
+CONTINUE_AWAITED = web.RequestKey("continue_awaited", bool)
 
 
 def body_limit(request: web.Request) -> int:
@@ -70,6 +75,13 @@ def _json_error(status: int, error: str) -> web.Response:
     )
 
 
+def _closing_error(status: int, error: str) -> web.Response:
+    """An error after which the connection closes (see :func:`unread_body_stays_unread`)."""
+    response = _json_error(status, error)
+    response.force_close()
+    return response
+
+
 def parser_error_reason(exc: BaseException | None) -> str:
     """What was wrong with a request the parser refused, in words that echo nothing of it."""
     if isinstance(exc, http_exceptions.LineTooLong):
@@ -88,127 +100,35 @@ def parser_error_reason(exc: BaseException | None) -> str:
     return "the request is not valid HTTP"
 
 
-class ServiceProtocol(RequestHandler):
-    """aiohttp's connection handler with JSON errors and a deadline on the request headers."""
-
-    def __init__(self, manager: Any, *, header_timeout_s: float, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self._header_timeout_s = header_timeout_s
-        self._header_deadline: asyncio.TimerHandle | None = None
-        self._in_request = False
-        self._partial = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._arm_header_deadline()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._disarm_header_deadline()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if not self._in_request and data:
-            self._partial = True
-            if self._header_deadline is None:
-                self._arm_header_deadline()
-        super().data_received(data)
-
-    def headers_received(self) -> None:
-        """A whole request head has arrived: its deadline is met, the body's (middleware) begins."""
-        self._in_request = True
-        self._partial = False
-        self._disarm_header_deadline()
-
-    async def finish_response(
-        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
-    ) -> tuple[web.StreamResponse, bool]:
-        if isinstance(resp, web.HTTPException) and resp.status >= 400 and resp.content_type != "application/json":
-            # Raised before any middleware could turn it into JSON (an unknown Expect: 417).
-            json_resp = _json_error(resp.status, resp.reason.lower())
-            for name in ("Allow", "Retry-After"):
-                if name in resp.headers:
-                    json_resp.headers[name] = resp.headers[name]
-            resp = json_resp
-        try:
-            return await super().finish_response(request, resp, start_time)
-        finally:
-            self._in_request = False
-
-    def _arm_header_deadline(self) -> None:
-        self._header_deadline = asyncio.get_running_loop().call_later(self._header_timeout_s, self._headers_too_slow)
-
-    def _disarm_header_deadline(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
-
-    def _headers_too_slow(self) -> None:
-        self._header_deadline = None
-        if self._in_request or self.transport is None:
-            return
-        # aiohttp's own idle test (RequestHandler._process_keepalive): its waiter is pending while
-        # it waits for the next request.
-        if self._waiter is None or self._waiter.done():
-            # Not waiting for a request yet: still reading away a refused body (lingering). Look again later.
-            self._arm_header_deadline()
-            return
-        if self._partial:  # a request had begun: say why before closing
-            body = json.dumps(
-                {
-                    "error": f"the request headers took longer than {format_duration(self._header_timeout_s)} "
-                    "(INSIDER_HTTP_HEADER_TIMEOUT)"
-                }
-            ).encode()
-            self.transport.write(
-                b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-            )
-        log.debug("connection dropped", reason="headers too slow", partial=self._partial)
-        self.force_close()
-
-    def handle_error(
-        self,
-        request: BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        """aiohttp's hook for every error it answers itself: a short JSON body instead of text echoing the request."""
-        if request.writer.output_size > 0:
-            raise ConnectionError("Response is sent already, cannot send another response with the error message")
-        if status >= 500:
-            if status == 500:
-                log.error("request failed", exc_info=exc)
-            error = "internal error" if status == 500 else "the request took too long"
-        else:
-            error = f"not a valid HTTP request: {parser_error_reason(exc)}"
-            log.info("bad request", status=status, reason=error)
-        resp = _json_error(status, error)
-        resp.force_close()
-        return resp
+def connection_answer(header_timeout_s: float, status: int, exc: BaseException | None) -> web.Response:
+    """What a connection answers for an error aiohttp meets by itself, outside the app's middlewares: a short JSON
+    error for a request the parser refuses, a request head slower than ``header_timeout_s`` (408), an expect
+    handler's ``HTTPException`` or a crash."""
+    if isinstance(exc, web.HTTPException):  # raised by a route's expect_handler (an unknown Expect: 417)
+        if exc.content_type == "application/json":
+            return exc
+        response = _json_error(exc.status, exc.reason.lower())
+        for name in ("Allow", "Retry-After"):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
+    if status == 408:
+        return _json_error(
+            408,
+            f"the request headers took longer than {format_duration(header_timeout_s)} (INSIDER_HTTP_HEADER_TIMEOUT)",
+        )
+    if status >= 500:
+        if status == 500:
+            log.error("request failed", exc_info=exc)
+        return _json_error(status, "internal error" if status == 500 else "the request took too long")
+    error = f"not a valid HTTP request: {parser_error_reason(exc)}"
+    log.info("bad request", status=status, reason=error)
+    return _json_error(status, error)
 
 
-class ServiceServer(web.Server):
-    """aiohttp's low-level server, making :class:`ServiceProtocol` connections."""
-
-    def __init__(self, *args: Any, header_timeout_s: float, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._header_timeout_s = header_timeout_s
-        factory = self.request_factory
-
-        def make_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> BaseRequest:
-            if isinstance(protocol, ServiceProtocol):
-                protocol.headers_received()
-            return factory(message, payload, protocol, writer, task)
-
-        self.request_factory = make_request
-
-    def __call__(self) -> ServiceProtocol:
-        return ServiceProtocol(self, loop=self._loop, header_timeout_s=self._header_timeout_s, **self._kwargs)
-
-
-class ServiceRunner(web.AppRunner):
-    """An AppRunner whose server uses :class:`ServiceProtocol`, with the limits of the app's :data:`LIMITS`."""
+class ServiceRunner(SeamRunner):
+    """An ``aiohttp.web.AppRunner`` with the service's HTTP edges: its limits on request heads and keep-alive,
+    JSON for what aiohttp answers itself, and the head deadline of the app's :data:`LIMITS`."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         kwargs.setdefault("access_log", None)
@@ -218,38 +138,23 @@ class ServiceRunner(web.AppRunner):
         kwargs.setdefault("max_line_size", MAX_LINE_BYTES)
         kwargs.setdefault("max_field_size", MAX_FIELD_BYTES)
         kwargs.setdefault("max_headers", MAX_HEADERS)
-        super().__init__(app, **kwargs)
-
-    async def _make_server(self) -> web.Server:
-        # aiohttp builds its Server in Application._make_handler; the same arguments make ours
-        # (the handler_args of the app and this runner's keyword arguments are in its _kwargs).
-        made = await super()._make_server()  # runs the app's startup and freezes it
-        limits = self.app.get(LIMITS) or Limits()
-        return ServiceServer(
-            made.request_handler,
-            request_factory=made.request_factory,
-            handler_cancellation=made.handler_cancellation,
-            loop=asyncio.get_running_loop(),
-            header_timeout_s=limits.header_timeout_s,
-            **made._kwargs,
+        header_timeout_s = (app.get(LIMITS) or Limits()).header_timeout_s
+        super().__init__(
+            app,
+            header_timeout_s=header_timeout_s,
+            answer=functools.partial(connection_answer, header_timeout_s),
+            **kwargs,
         )
 
 
-async def expect_within_limits(request: web.Request) -> None:
-    """A route's ``expect_handler``: ``Expect: 100-continue`` with a body over the limit is refused (413)
-    before the 100 that would invite the client to send it; otherwise aiohttp's own handling."""
-    limit = body_limit(request)
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(
-            max_size=limit,
-            actual_size=request.content_length,
-            text=json.dumps({"error": f"the body is larger than {limit} bytes"}),
-            content_type="application/json",
-        )
-    expect = request.headers.get("Expect", "")
-    if request.version == (1, 1) and expect.lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0  # as aiohttp's: the real answer is still to come
+async def expect_continue(request: web.Request) -> None:
+    """A route's ``expect_handler``: ``Expect: 100-continue`` is answered by :func:`read_body`, once every check that
+    could refuse the request has passed (a refused request gets its answer instead of the 100); any other
+    expectation is a 417."""
+    if request.version != HttpVersion11:  # HTTP/1.0 knows no 100 Continue: nothing to do (as aiohttp's own)
+        return
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        request[CONTINUE_AWAITED] = True
         return
     raise web.HTTPExpectationFailed(text=json.dumps({"error": "expectation failed"}), content_type="application/json")
 
@@ -270,34 +175,69 @@ def _missing_static_file(request: web.Request) -> bool:
 
 
 @web.middleware
+async def unread_body_stays_unread(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request answered before its body arrived in full (refused, or cut at its limit) reads no more of it.
+
+    What has arrived is dropped and the connection stops reading; it says ``Connection: close`` and closes
+    LINGERING_S after the answer, time for a client still sending to read it. (Left to itself, aiohttp would
+    go on reading the rest and throwing it away, up to half a megabyte in memory per connection as it goes.)
+    A body that has arrived whole keeps the connection alive.
+    """
+    response = await handler(request)
+    payload = request.content
+    if request.body_exists and not payload.is_eof():
+        response.force_close()
+        try:
+            while payload.read_nowait():  # dropping one buffer can let aiohttp parse what it held back: drop it too
+                pass
+        except Exception:  # the body had failed already (framing, the client left): nothing is held for it
+            return response
+        if request.transport is not None:
+            request.transport.pause_reading()
+    return response
+
+
+@web.middleware
 async def request_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """413 at once for a declared body over the limit; the body read under a deadline (408); JSON for missing files."""
+    """413 at once for a declared body over the route's limit (and the connection closed); JSON for missing files."""
     if _missing_static_file(request):
         return _json_error(404, "not found")
     limit = body_limit(request)
     if request.content_length is not None and request.content_length > limit:
-        response = _json_error(413, f"the body is larger than {limit} bytes")
-        response.force_close()
-        return response
-    if request.body_exists and not request.content.is_eof():  # else it is in memory already (small bodies)
-        limits = request.app.get(LIMITS) or Limits()
-        try:
-            async with asyncio.timeout(limits.body_timeout_s):
-                await request.read()  # kept: handlers read it again from memory
-        except http_exceptions.HttpProcessingError:  # chunked framing broken, fewer bytes than declared
-            response = _json_error(400, "the body's framing is invalid (Content-Length or chunked encoding)")
-            response.force_close()
-            return response
-        except ConnectionError:  # the client went away: nobody reads this answer
-            response = _json_error(400, "the connection closed before the body arrived")
-            response.force_close()
-            return response
-        except TimeoutError:
-            response = _json_error(
-                408,
-                f"the request body took longer than {format_duration(limits.body_timeout_s)} "
-                "(INSIDER_HTTP_BODY_TIMEOUT)",
-            )
-            response.force_close()
-            return response
+        return _closing_error(413, f"the body is larger than {limit} bytes")
+    return await handler(request)
+
+
+@web.middleware
+async def read_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one step that reads a body, after everything that could refuse the request: under the body deadline
+    (408), cut as soon as it passes the route's limit (413), the connection closed after either.
+
+    A request whose route or method does not exist is passed on unread (to its 404 or 405). The body is
+    kept: handlers read it again from memory.
+    """
+    if not request.body_exists or request.match_info.http_exception is not None:
+        return await handler(request)
+    limit = body_limit(request)
+    if limit != request.client_max_size:
+        request = request.clone(client_max_size=limit)  # aiohttp's read() checks it chunk by chunk
+    if request.get(CONTINUE_AWAITED):
+        if request.transport is None:
+            return _closing_error(400, "the connection closed before the body arrived")
+        # Straight to the transport: it is no part of the answer, which the response's writer has yet to begin.
+        request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    body_timeout_s = (request.app.get(LIMITS) or Limits()).body_timeout_s
+    try:
+        async with asyncio.timeout(body_timeout_s):
+            await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _closing_error(413, f"the body is larger than {limit} bytes")
+    except http_exceptions.HttpProcessingError:  # chunked framing broken, fewer bytes than declared
+        return _closing_error(400, "the body's framing is invalid (Content-Length or chunked encoding)")
+    except ConnectionError:  # the client went away: nobody reads this answer
+        return _closing_error(400, "the connection closed before the body arrived")
+    except TimeoutError:
+        return _closing_error(
+            408, f"the request body took longer than {format_duration(body_timeout_s)} (INSIDER_HTTP_BODY_TIMEOUT)"
+        )
     return await handler(request)

@@ -276,3 +276,142 @@ async def test_expect_100_continue_within_the_limit_goes_on(served: Served) -> N
         assert status == 201 and json.loads(body)["status"] == "pending"
     finally:
         writer.close()
+
+
+API_TOKEN = "api-secret-token"
+DLR_TOKEN = "dlr-secret-token"
+MESSAGES_LIMIT = 64 * 1024
+BATCH_LIMIT = 4 * 1024 * 1024
+
+
+@pytest.fixture
+async def guarded() -> AsyncIterator[Served]:
+    """The service with both tokens set and a body deadline far beyond the tests' own (refusals come before it)."""
+    container = in_memory_container(api_token=API_TOKEN, dlr_token=DLR_TOKEN, http_body_timeout="30s")
+    # A refused body's connection lingers (reading nothing) before it closes, and cleanup waits for it: short here.
+    runner = ServiceRunner(create_app(container), lingering_time=0.3)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield Served(int(runner.addresses[0][1]))
+    finally:
+        await runner.cleanup()
+        await container.repository().close()
+
+
+LOCAL = "Host: 127.0.0.1\r\n"
+BEARER = f"Authorization: Bearer {API_TOKEN}\r\n"
+DLR = f"x-ins-auth-key: {DLR_TOKEN}\r\n"
+JSON = "Content-Type: application/json\r\n"
+# A request's head, and what the service answers it with before a byte of its body arrives.
+REFUSED_BEFORE_THE_BODY = {
+    "unknown route": ("POST /api/v1/nope", LOCAL + BEARER + JSON, 404),
+    "unknown route, no token needed": ("POST /nope", LOCAL + JSON, 404),
+    "wrong method": ("PUT /api/v1/messages", LOCAL + BEARER + JSON, 405),
+    "a Host not answered to": ("POST /api/v1/messages", "Host: evil.example\r\n" + BEARER + JSON, 421),
+    "cross-site": ("POST /api/v1/messages", LOCAL + BEARER + JSON + "Origin: http://evil.example\r\n", 403),
+    "no API token": ("POST /api/v1/messages", LOCAL + JSON, 401),
+    "wrong API token": ("POST /api/v1/messages/batch", LOCAL + "Authorization: Bearer nope\r\n" + JSON, 401),
+    "no receipts token": ("POST /api/v1/delivery-reports", LOCAL + JSON, 401),
+    "wrong receipts token": ("POST /api/v1/delivery-reports", LOCAL + "x-ins-auth-key: nope\r\n" + JSON, 401),
+    "wrong receipts token in the query": ("POST /api/v1/delivery-reports?token=nope", LOCAL + JSON, 401),
+    "not JSON": ("POST /api/v1/messages", LOCAL + BEARER + "Content-Type: text/plain\r\n", 415),
+    "receipts neither JSON nor a form": (
+        "POST /api/v1/delivery-reports",
+        LOCAL + DLR + "Content-Type: text/plain\r\n",
+        415,
+    ),
+}
+
+
+@pytest.mark.parametrize("framing", ["Content-Length: 100\r\n", "Transfer-Encoding: chunked\r\n"])
+@pytest.mark.parametrize(
+    ("request_line", "headers", "status"), REFUSED_BEFORE_THE_BODY.values(), ids=REFUSED_BEFORE_THE_BODY.keys()
+)
+async def test_a_refused_request_is_answered_before_its_body_is_sent(
+    guarded: Served, request_line: str, headers: str, status: int, framing: str
+) -> None:
+    """The head alone decides: the answer comes while the client still withholds every byte of the body."""
+    head = f"{request_line} HTTP/1.1\r\n{headers}{framing}\r\n"
+    got, answer_headers, body = await guarded.exchange(head.encode(), timeout_s=3)
+    assert got == status, body
+    assert answer_headers["content-type"].startswith("application/json")
+    assert "error" in json.loads(body)
+    assert answer_headers["connection"] == "close"  # its body never came: the connection closes after the answer
+
+
+ROUTE_LIMITS = {
+    "messages": ("/api/v1/messages", BEARER, MESSAGES_LIMIT),
+    "batch": ("/api/v1/messages/batch", BEARER, BATCH_LIMIT),
+    "receipts": ("/api/v1/delivery-reports", DLR, MESSAGES_LIMIT),
+}
+
+
+@pytest.mark.parametrize(("path", "headers", "limit"), ROUTE_LIMITS.values(), ids=ROUTE_LIMITS.keys())
+async def test_a_declared_length_over_the_routes_limit_is_413_before_the_body(
+    guarded: Served, path: str, headers: str, limit: int
+) -> None:
+    head = f"POST {path} HTTP/1.1\r\n{LOCAL}{headers}{JSON}Content-Length: {limit + 1}\r\n\r\n"
+    status, answer_headers, body = await guarded.exchange(head.encode(), timeout_s=3)
+    assert (status, json.loads(body)) == (413, {"error": f"the body is larger than {limit} bytes"})
+    assert answer_headers["connection"] == "close"
+
+
+@pytest.mark.parametrize(("path", "headers", "limit"), ROUTE_LIMITS.values(), ids=ROUTE_LIMITS.keys())
+async def test_a_chunked_body_is_cut_with_413_as_soon_as_it_passes_the_routes_limit(
+    guarded: Served, path: str, headers: str, limit: int
+) -> None:
+    """The client goes on sending (up to twice the limit plus 1 MiB, never the last chunk); the 413 comes meanwhile."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", guarded.port)
+    answer = asyncio.create_task(read_answer(reader))
+    chunk = b"%x\r\n%s\r\n" % (16384, b" " * 16384)
+    sent, sent_when_answered = 0, None
+    try:
+        writer.write(f"POST {path} HTTP/1.1\r\n{LOCAL}{headers}{JSON}Transfer-Encoding: chunked\r\n\r\n".encode())
+        async with asyncio.timeout(20):
+            try:
+                while not answer.done() and sent < 2 * limit + 1024 * 1024:
+                    writer.write(chunk)
+                    sent += 16384
+                    await writer.drain()
+                    await asyncio.sleep(0)  # the client's pace: a chunk per turn of the loop it shares with the server
+            except ConnectionError:
+                pass  # the server closed after its answer while this client was still writing
+            if answer.done():
+                sent_when_answered = sent
+            status, _, body = await answer
+    finally:
+        answer.cancel()
+        writer.close()
+    assert (status, json.loads(body)) == (413, {"error": f"the body is larger than {limit} bytes"})
+    assert sent_when_answered is not None, "the answer came only after the client stopped sending"
+    assert sent_when_answered <= limit + 1024 * 1024  # cut at this route's limit, not at a larger one
+
+
+async def test_expect_100_continue_is_refused_before_the_100_for_any_refusal(guarded: Served) -> None:
+    """No token: the first thing said is the 401, never the 100 that would invite the body."""
+    status, headers, body = await guarded.exchange(
+        f"POST /api/v1/messages HTTP/1.1\r\n{LOCAL}{JSON}Expect: 100-continue\r\nContent-Length: 100\r\n\r\n".encode(),
+        timeout_s=3,
+    )
+    assert status == 401 and "Authorization" in json.loads(body)["error"]
+    assert headers["connection"] == "close"  # the body never came: the connection is not reused
+
+
+async def test_a_refused_request_whose_body_arrived_whole_keeps_its_connection(guarded: Served) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", guarded.port)
+    payload = b'{"to": "+905301234001", "content": "Merhaba"}'
+    try:
+        async with asyncio.timeout(5):
+            writer.write(
+                f"POST /api/v1/messages HTTP/1.1\r\n{LOCAL}{JSON}Content-Length: {len(payload)}\r\n\r\n".encode()
+                + payload
+            )
+            status, headers, _ = await read_answer(reader)
+            assert status == 401 and headers.get("connection", "").lower() != "close"
+            writer.write(f"GET /healthz HTTP/1.1\r\n{LOCAL}\r\n".encode())
+            status, _, _ = await read_answer(reader)
+            assert status == 200
+    finally:
+        writer.close()
