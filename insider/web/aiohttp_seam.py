@@ -33,7 +33,10 @@ What it relies on, each checked by ``tests/unit/test_aiohttp_seam.py``:
   to every error aiohttp meets itself; ``finish_response(request, resp, start_time)``, given what an expect
   handler raised; ``_waiter``, a pending future exactly while the connection waits for a request head;
   ``_messages``, the queue ``data_received`` appends each parsed head to as ``(message, payload)``, a refused
-  one as a ``web_protocol._ErrInfo``.
+  one as a ``web_protocol._ErrInfo``;
+- ``aiohttp.http_exceptions``: the parser's errors (``LineTooLong``, ``BadHttpMethod``, ``InvalidURLError``, and
+  ``HttpProcessingError``, which a body with broken framing raises without the C extension), told apart to say
+  what was wrong (:func:`parser_error_reason`) without echoing the request.
 
 On an aiohttp upgrade: setup.cfg pins aiohttp to the minor version this was checked on. To move the pin, read
 the diff of ``web_protocol.py`` (``RequestHandler.start``, ``data_received``, ``handle_error``,
@@ -49,14 +52,37 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import _ErrInfo
 
 log = structlog.get_logger("insider.web")
 
+# What reading a request's body raises when its framing is broken: aiohttp's C parser wraps it in the public
+# RequestPayloadError; its pure-Python parser (without the C extension) raises its own HttpProcessingError.
+BODY_FRAMING_ERRORS = (web.RequestPayloadError, http_exceptions.HttpProcessingError)
+
 Answer = Callable[[int, BaseException | None], web.Response]
 """What a connection answers for an error aiohttp meets by itself: given the status and what aiohttp raised (a
 parser error, an expect handler's ``HTTPException``, ``None`` for a slow request head)."""
+
+
+def parser_error_reason(exc: BaseException | None, *, max_line_bytes: int, max_headers: int) -> str:
+    """What was wrong with a request aiohttp's parser refused (``exc``, given to an :data:`Answer`), in words that
+    echo nothing of it."""
+    if isinstance(exc, http_exceptions.LineTooLong):
+        return f"the request line or a header is longer than {max_line_bytes} bytes"
+    message = getattr(exc, "message", "") or ""
+    first = str(message).split(":\n", 1)[0].split("\n", 1)[0].strip()
+    if isinstance(exc, http_exceptions.BadHttpMethod) and "HTTPS" not in first:
+        return "the method is not one HTTP knows"
+    if isinstance(exc, http_exceptions.InvalidURLError):
+        return "the request target is not a valid URL (characters outside ASCII must be percent-encoded)"
+    if first.startswith("Too many headers"):
+        return f"more than {max_headers} headers"
+    # llhttp's own wording is a fixed phrase before the quoted request ("Invalid char in url path").
+    if first and len(first) <= 80 and first.isascii() and first.isprintable() and "b'" not in first:
+        return first[0].lower() + first[1:]
+    return "the request is not valid HTTP"
 
 
 class _Connection(web.RequestHandler):

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from aiohttp import HttpVersion11, http_exceptions, web
+from aiohttp import HttpVersion11, web
 
 from insider.config import format_duration
-from insider.web.aiohttp_seam import SeamRunner
+from insider.web.aiohttp_seam import BODY_FRAMING_ERRORS, SeamRunner, parser_error_reason
 
 log = structlog.get_logger("insider.web")
 
@@ -82,24 +82,6 @@ def _closing_error(status: int, error: str) -> web.Response:
     return response
 
 
-def parser_error_reason(exc: BaseException | None) -> str:
-    """What was wrong with a request the parser refused, in words that echo nothing of it."""
-    if isinstance(exc, http_exceptions.LineTooLong):
-        return f"the request line or a header is longer than {MAX_LINE_BYTES} bytes"
-    message = getattr(exc, "message", "") or ""
-    first = str(message).split(":\n", 1)[0].split("\n", 1)[0].strip()
-    if isinstance(exc, http_exceptions.BadHttpMethod) and "HTTPS" not in first:
-        return "the method is not one HTTP knows"
-    if isinstance(exc, http_exceptions.InvalidURLError):
-        return "the request target is not a valid URL (characters outside ASCII must be percent-encoded)"
-    if first.startswith("Too many headers"):
-        return f"more than {MAX_HEADERS} headers"
-    # llhttp's own wording is a fixed phrase before the quoted request ("Invalid char in url path").
-    if first and len(first) <= 80 and first.isascii() and first.isprintable() and "b'" not in first:
-        return first[0].lower() + first[1:]
-    return "the request is not valid HTTP"
-
-
 def connection_answer(header_timeout_s: float, status: int, exc: BaseException | None) -> web.Response:
     """What a connection answers for an error aiohttp meets by itself, outside the app's middlewares: a short JSON
     error for a request the parser refuses, a request head slower than ``header_timeout_s`` (408), an expect
@@ -121,7 +103,9 @@ def connection_answer(header_timeout_s: float, status: int, exc: BaseException |
         if status == 500:
             log.error("request failed", exc_info=exc)
         return _json_error(status, "internal error" if status == 500 else "the request took too long")
-    error = f"not a valid HTTP request: {parser_error_reason(exc)}"
+    error = (
+        f"not a valid HTTP request: {parser_error_reason(exc, max_line_bytes=MAX_LINE_BYTES, max_headers=MAX_HEADERS)}"
+    )
     log.info("bad request", status=status, reason=error)
     return _json_error(status, error)
 
@@ -232,7 +216,7 @@ async def read_body(request: web.Request, handler: Handler) -> web.StreamRespons
             await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _closing_error(413, f"the body is larger than {limit} bytes")
-    except http_exceptions.HttpProcessingError:  # chunked framing broken, fewer bytes than declared
+    except BODY_FRAMING_ERRORS:  # chunked framing broken, fewer bytes than declared
         return _closing_error(400, "the body's framing is invalid (Content-Length or chunked encoding)")
     except ConnectionError:  # the client went away: nobody reads this answer
         return _closing_error(400, "the connection closed before the body arrived")

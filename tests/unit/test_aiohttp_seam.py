@@ -2,7 +2,8 @@
 
 The seam uses what aiohttp offers no public hook for (see its docstring). Each test here names one of those
 things, so that an aiohttp upgrade that moves one fails by name, before any behaviour test has to be read;
-the behaviour itself is shown by tests/integration/test_http_server.py and tests/acceptance/test_http_edges.py.
+the behaviour itself is shown by tests/integration/test_http_server.py and tests/acceptance/test_http_edges.py,
+and that nothing else in insider uses aiohttp's private API by tests/unit/test_aiohttp_public_api.py.
 """
 
 from __future__ import annotations
@@ -10,23 +11,18 @@ from __future__ import annotations
 import asyncio
 import configparser
 import inspect
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web, web_protocol
+from aiohttp import http_exceptions, web, web_protocol
 from packaging.requirements import Requirement
 
 from insider.web import aiohttp_seam
 
 ROOT = Path(__file__).resolve().parents[2]
-# Modules that may use aiohttp's server internals: the seam alone.
-SERVER_INTERNALS = re.compile(
-    r"\b_make_server\b|\._kwargs\b|\._waiter\b|\._messages\b|\b_ErrInfo\b|\bRequestHandler\b|\bweb_protocol\b"
-)
 
 
 def _aiohttp_requirement() -> Requirement:
@@ -46,13 +42,6 @@ def test_aiohttp_is_pinned_to_the_minor_version_the_seam_was_checked_on() -> Non
     high = next(spec.version for spec in requirement.specifier if spec.operator == "<")
     major, minor = (int(part) for part in low.split(".")[:2])
     assert high == f"{major}.{minor + 1}"
-
-
-def test_only_the_seam_uses_aiohttps_server_internals() -> None:
-    for path in sorted((ROOT / "insider" / "web").glob("*.py")):
-        if path.name == "aiohttp_seam.py":
-            continue
-        assert SERVER_INTERNALS.findall(path.read_text()) == [], path.name
 
 
 def test_the_runner_makes_its_server_in_a_coroutine_taking_no_argument() -> None:
@@ -104,6 +93,13 @@ def test_the_methods_the_seam_overrides_or_calls_keep_their_signatures(
     method = getattr(web.RequestHandler, name)
     assert list(inspect.signature(method).parameters) == parameters
     assert inspect.iscoroutinefunction(method) is is_coroutine
+
+
+def test_the_parser_errors_the_seam_tells_apart_are_where_they_were() -> None:
+    assert issubclass(http_exceptions.LineTooLong, http_exceptions.HttpProcessingError)
+    assert issubclass(http_exceptions.BadHttpMethod, http_exceptions.HttpProcessingError)
+    assert issubclass(http_exceptions.InvalidURLError, http_exceptions.HttpProcessingError)
+    assert issubclass(web.RequestPayloadError, Exception)
 
 
 def test_the_state_the_seam_reads_is_where_it_was() -> None:
