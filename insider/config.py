@@ -274,11 +274,12 @@ class Settings:
 
     @property
     def lease_s(self) -> float:
-        """How long a claim holds: the sender's own rule (``SenderOptions.claim_lease_s``) on these settings."""
-        from insider.sender import DRAIN_PIPELINE_DEPTH, lease_for
+        """How long a claim holds: the sender's own rule (``SenderOptions.lease_s_for``) on these settings."""
+        from insider.sender import lease_for
+        from insider.supervisor import drain_lanes
 
-        depth = DRAIN_PIPELINE_DEPTH if self.send_interval_s == 0 else 1
-        return lease_for(self.batch_size, self.send_concurrency, self.webhook_timeout_s, depth)
+        lanes = drain_lanes(self.send_interval_s)
+        return lease_for(self.batch_size, self.send_concurrency, self.webhook_timeout_s, lanes)
 
     def __repr__(self) -> str:  # the auth key must never reach a log or a traceback
         shown = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -204,8 +204,8 @@ class Container(containers.DeclarativeContainer):
         max_attempts=settings.provided.max_attempts,
         retry_backoff_s=settings.provided.retry_backoff_s,
         retry_backoff_max_s=settings.provided.retry_backoff_max_s,
-        # The lease follows from these (SenderOptions.claim_lease_s); drain mode's
-        # pipeline depth is set by the supervisor.
+        # The lease follows from these and from how many batches the supervisor runs side by
+        # side (SenderOptions.lease_s_for).
         send_timeout_s=settings.provided.webhook_timeout_s,
         max_segments=settings.provided.max_segments,
         default_region=settings.provided.default_region,

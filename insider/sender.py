@@ -43,8 +43,6 @@ RESOLVE_RETRIES_S = (0.2, 1.0, 3.0)
 RECORD_BUDGET_S = 3.0
 # Added to the longest a batch can take, for claiming and recording it.
 LEASE_MARGIN_S = 30.0
-# How many batches overlap in drain mode (INSIDER_SEND_INTERVAL=0); see Supervisor.
-DRAIN_PIPELINE_DEPTH = 2
 
 __all__ = ["BatchReport", "BatchSender", "SenderOptions", "lease_for"]
 
@@ -55,9 +53,8 @@ class SenderOptions:
 
     ``send_timeout_s`` is the longest one provider request may take (the SMS client's
     own timeout, INSIDER_WEBHOOK_TIMEOUT in the service): the lease of a claim follows
-    from it (see :attr:`claim_lease_s`). ``pipeline_depth`` is how many batches run side
-    by side under the one concurrency bound (the supervisor sets it in drain mode).
-    ``lease_s`` overrides the derived lease (tests); leave it None.
+    from it (see :meth:`lease_s_for`). ``lease_s`` overrides the derived lease (tests);
+    leave it None.
     """
 
     batch_size: int = 2
@@ -67,7 +64,6 @@ class SenderOptions:
     retry_backoff_s: float = 30.0
     retry_backoff_max_s: float = 3600.0
     send_timeout_s: float = 10.0
-    pipeline_depth: int = 1
     lease_s: float | None = None
     max_segments: int = 0  # 0: no limit beyond content_max_length
     default_region: str = ""  # ISO country code for national number forms; empty: international only
@@ -75,21 +71,25 @@ class SenderOptions:
 
     @property
     def claim_lease_s(self) -> float:
+        """The lease of a claim when one batch runs at a time (see :meth:`lease_s_for`)."""
+        return self.lease_s_for(1)
+
+    def lease_s_for(self, lanes: int) -> float:
         """How long a claim holds its messages: the longest the batch can take, plus a margin.
 
-        A batch sends in ceil(depth x batch / concurrency) waves, each bounded by the send
-        timeout (in drain mode the batches of the pipeline share the bound, so one may
-        wait for the other's waves); LEASE_MARGIN_S covers claiming and recording. A
+        A batch sends in ceil(lanes x batch / concurrency) waves, each bounded by the send
+        timeout (when ``lanes`` batches run side by side they share the bound, so one may
+        wait for the others' waves); LEASE_MARGIN_S covers claiming and recording. A
         process that dies leaves its claims to be taken again after this long.
         """
         if self.lease_s is not None:
             return self.lease_s
-        return lease_for(self.batch_size, self.concurrency, self.send_timeout_s, self.pipeline_depth)
+        return lease_for(self.batch_size, self.concurrency, self.send_timeout_s, lanes)
 
 
-def lease_for(batch_size: int, concurrency: int, send_timeout_s: float, pipeline_depth: int = 1) -> float:
-    """ceil(pipeline_depth x batch_size / concurrency) x send_timeout_s + LEASE_MARGIN_S."""
-    waves = math.ceil(max(1, pipeline_depth) * batch_size / max(1, concurrency))
+def lease_for(batch_size: int, concurrency: int, send_timeout_s: float, lanes: int = 1) -> float:
+    """ceil(lanes x batch_size / concurrency) x send_timeout_s + LEASE_MARGIN_S."""
+    waves = math.ceil(max(1, lanes) * batch_size / max(1, concurrency))
     return waves * send_timeout_s + LEASE_MARGIN_S
 
 
@@ -126,9 +126,11 @@ class BatchSender:
         ceiling = min(o.retry_backoff_max_s, o.retry_backoff_s * 2.0 ** min(max(0, attempts - 1), 64))
         return ceiling / 2 + ceiling / 2 * self._jitter()
 
-    async def run_batch(self, stopping: asyncio.Event | None = None) -> BatchReport:
+    async def run_batch(self, stopping: asyncio.Event | None = None, *, lanes: int = 1) -> BatchReport:
         """Claim up to a batch of due messages, send them, and record every outcome.
 
+        ``lanes`` is how many batches run side by side under this sender's one concurrency
+        bound (the supervisor's drain mode runs two); the claim's lease allows for them.
         When ``stopping`` is set, requests not yet started are not started and their
         messages go back to pending. If the batch is cancelled, requests in flight are
         abandoned and their messages go back to pending (same idempotency key). The
@@ -147,7 +149,7 @@ class BatchSender:
         order = SendOrder(self.options.send_order)
 
         async def claim(wanted: int) -> list[Message]:
-            got = await self._repository.claim(wanted, self.options.claim_lease_s, order)
+            got = await self._repository.claim(wanted, self.options.lease_s_for(lanes), order)
             # Noted inside the uninterrupted claim: a stop that lands while the rows come
             # back must still find them, to put them back. Rows that expired on the way are
             # not held; they are only reported.
@@ -426,8 +428,10 @@ class _BoundedShield:
     pool) would pull the database from under it. So a claim and the final write run on
     when the batch is cancelled, and the batch ends only after them; but from the first
     cancellation on they share ``budget_s`` (on the injected clock). Past it, the step
-    is cancelled too and the cancellation goes on: its messages are released by their
-    lease.
+    is cancelled too, the batch waits for it to end (the step is the batch's own: nothing
+    is left running without an owner), and the cancellation goes on: its messages are
+    released by their lease. A step that ignored its cancellation would hold the batch,
+    whose owner closes it with a deadline of its own (the supervisor's STOP_MARGIN_S).
     """
 
     def __init__(self, clock: Clock, budget_s: float) -> None:
@@ -467,8 +471,9 @@ class _BoundedShield:
                 "gave up waiting for the database after a stop; the leases will release those messages",
                 budget_s=self._budget_s,
             )
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait({task}, timeout=0.1)
+            await asyncio.wait({task})
+            if not task.cancelled():
+                task.exception()  # retrieved: the cancellation is what the caller must see
             raise interruption or asyncio.CancelledError()
         if interruption is not None:
             if not task.cancelled():

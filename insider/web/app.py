@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -23,7 +22,7 @@ from insider.supervisor import SupervisorClosed
 from insider.web import messages, original, probes, receipts, sending
 from insider.web.guard import GUARD, BrowserGuard, browser_checks
 from insider.web.openapi import docs_left_intact, document_batch_items, document_browser_checks, document_security
-from insider.web.original import ORIGINAL_COMMANDS, original_error
+from insider.web.original import original_error
 from insider.web.paths import DELIVERY_REPORTS_PATH, OPEN_API_PATHS, guarded, is_original
 from insider.web.responses import error_response
 from insider.web.server import (
@@ -358,7 +357,6 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     [swagger_page] = list(app.router["swagger.docs"])  # aiohttp-apispec's page, GET only
     app.router.add_get("/swagger/", swagger_page.handler, allow_head=False)
     app.router.add_get("/swagger/doc.json", original.swagger_spec, allow_head=False)
-    app[ORIGINAL_COMMANDS] = asyncio.Lock()
     document_browser_checks(app["swagger_dict"])
     document_batch_items(app["swagger_dict"])
     app.cleanup_ctx.append(_lifespan)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -13,9 +12,6 @@ from insider.ports import RepositoryUnavailable
 from insider.web.schemas import OriginalErrorSchema, OriginalOkSchema, OriginalSentListSchema
 from insider.web.services import services
 
-# Start and stop of the original's routes answer whether they changed anything, so two at
-# once must not both see "stopped": one per app at a time.
-ORIGINAL_COMMANDS = web.AppKey("original_commands", asyncio.Lock)
 _ORIGINAL_FAILURE = {"schema": OriginalErrorSchema}
 
 
@@ -57,11 +53,9 @@ async def original_list(request: web.Request) -> web.Response:
 @response_schema(OriginalOkSchema, 200, description="Sending started")
 @response_schema(**_ORIGINAL_FAILURE, code=500, description="Sending runs already")
 async def original_start(request: web.Request) -> web.Response:
-    supervisor = services(request).supervisor
-    async with request.app[ORIGINAL_COMMANDS]:
-        if supervisor.running:
-            return original_error(500, "auto sending is already running")
-        await supervisor.start()
+    # The supervisor's answer says whether this very request started it: of two at once, one did.
+    if not (await services(request).supervisor.start()).changed:
+        return original_error(500, "auto sending is already running")
     return _original_ok("OK")
 
 
@@ -75,11 +69,8 @@ async def original_start(request: web.Request) -> web.Response:
 @response_schema(OriginalOkSchema, 200, description="Sending stopped")
 @response_schema(**_ORIGINAL_FAILURE, code=500, description="Sending is stopped already")
 async def original_stop(request: web.Request) -> web.Response:
-    supervisor = services(request).supervisor
-    async with request.app[ORIGINAL_COMMANDS]:
-        if not supervisor.running:
-            return original_error(500, "auto sending is not running")
-        await supervisor.stop()
+    if not (await services(request).supervisor.stop()).changed:
+        return original_error(500, "auto sending is not running")
     return _original_ok("OK")
 
 

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from insider.domain import Message
 from insider.history import Event
-from insider.supervisor import SenderStatus
+from insider.supervisor import SenderStatus, SupervisorState, Transition
 from insider.web.schemas import ErrorSchema
 
 # Two error answers many routes give, as their decorators document them.
@@ -79,4 +79,22 @@ def sender_json(status: SenderStatus) -> dict[str, Any]:
         "nextTickAt": _iso(status.next_tick_at),
         "state": status.state.value,
         "waitReason": status.wait_reason,
+        "children": [
+            {"name": c.name, "state": c.state, "restarts": c.restarts, "lastError": c.last_error}
+            for c in status.children
+        ],
+    }
+
+
+def transition_json(transition: Transition) -> dict[str, Any]:
+    """The API shape of what a start or a stop did: this request's own transition."""
+    if transition.command == "start":
+        result = "started" if transition.changed else "already running"
+    else:
+        result = "stopped" if transition.changed else "already stopped"
+    return {
+        "running": transition.after is SupervisorState.RUNNING,
+        "result": result,
+        "previousState": transition.before.value,
+        "state": transition.after.value,
     }

@@ -316,8 +316,45 @@ class PageSchema(Schema):
     )
 
 
+_STATES = ["idle", "running", "stopping", "closed"]
+
+
 class RunningSchema(Schema):
+    """What a start or a stop did: whether sending runs now, and the transition this request caused."""
+
     running = fields.Boolean(required=True)
+    result = fields.String(
+        required=True,
+        validate=validate.OneOf(["started", "already running", "stopped", "already stopped"]),
+        metadata={
+            "enum": ["started", "already running", "stopped", "already stopped"],
+            "description": "What this request did: of many concurrent starts of a stopped sender, exactly one "
+            "answers `started`",
+        },
+    )
+    previousState = fields.String(
+        required=True, validate=validate.OneOf(_STATES), metadata={"enum": _STATES, "description": "Before it"}
+    )
+    state = fields.String(
+        required=True, validate=validate.OneOf(_STATES), metadata={"enum": _STATES, "description": "After it"}
+    )
+
+
+class ChildSchema(Schema):
+    """A long-lived task of the supervision tree (receipt writers, upkeep, ...)."""
+
+    name = fields.String(required=True)
+    state = fields.String(
+        required=True,
+        validate=validate.OneOf(["running", "restarting", "stopped", "abandoned"]),
+        metadata={
+            "enum": ["running", "restarting", "stopped", "abandoned"],
+            "description": "`restarting`: it crashed and starts again after a backoff; `abandoned`: it ignored "
+            "its cancellation at shutdown",
+        },
+    )
+    restarts = fields.Integer(required=True, metadata={"description": "How often it crashed and was started again"})
+    lastError = fields.String(allow_none=True, required=True, metadata={"x-nullable": True})
 
 
 class SenderSchema(Schema):
@@ -326,11 +363,7 @@ class SenderSchema(Schema):
     intervalSeconds = fields.Float(required=True)
     lastTickAt = fields.DateTime(allow_none=True, required=True, metadata={"x-nullable": True})
     nextTickAt = fields.DateTime(allow_none=True, required=True, metadata={"x-nullable": True})
-    state = fields.String(
-        required=True,
-        validate=validate.OneOf(["idle", "running", "stopping", "closed"]),
-        metadata={"enum": ["idle", "running", "stopping", "closed"]},
-    )
+    state = fields.String(required=True, validate=validate.OneOf(_STATES), metadata={"enum": _STATES})
     waitReason = fields.String(
         allow_none=True,
         required=True,
@@ -339,6 +372,11 @@ class SenderSchema(Schema):
             "description": "Why the next batch goes at nextTickAt: the rate, the deployment's slot (another "
             "process's or the previous run's batch), the database; null when stopped",
         },
+    )
+    children = fields.List(
+        fields.Nested(ChildSchema),
+        required=True,
+        metadata={"description": "The supervisor's long-lived children and their health"},
     )
 
 

@@ -6,7 +6,7 @@ from aiohttp import web
 from aiohttp_apispec import docs, response_schema
 
 from insider.domain import MessageStatus
-from insider.web.responses import UNAVAILABLE, sender_json
+from insider.web.responses import UNAVAILABLE, sender_json, transition_json
 from insider.web.schemas import ErrorSchema, RunningSchema, SenderSchema, StatsSchema
 from insider.web.services import services
 
@@ -17,10 +17,10 @@ from insider.web.services import services
     description="Idempotent. The first batch goes at once, unless the last batch of the deployment was less "
     "than one interval ago. GET is kept for the original service's clients.",
 )
-@response_schema(RunningSchema, 200, description="Sending runs")
+@response_schema(RunningSchema, 200, description="Sending runs; `result` says whether this request started it")
 @response_schema(ErrorSchema, 503, description="The service is shutting down: sending cannot start")
 async def start_sending(request: web.Request) -> web.Response:
-    return web.json_response({"running": await services(request).supervisor.start()})
+    return web.json_response(transition_json(await services(request).supervisor.start()))
 
 
 @docs(
@@ -29,9 +29,9 @@ async def start_sending(request: web.Request) -> web.Response:
     description="Idempotent. No new request starts; a request in flight is abandoned and its message goes "
     "back to pending with the same idempotency key. GET is kept for the original service's clients.",
 )
-@response_schema(RunningSchema, 200, description="Sending stopped")
+@response_schema(RunningSchema, 200, description="Sending is stopped; `result` says whether this request stopped it")
 async def stop_sending(request: web.Request) -> web.Response:
-    return web.json_response({"running": await services(request).supervisor.stop()})
+    return web.json_response(transition_json(await services(request).supervisor.stop()))
 
 
 @docs(tags=["sender"], summary="What the sender is doing")

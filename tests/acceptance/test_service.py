@@ -77,7 +77,12 @@ async def test_sends_pending_messages_end_to_end(
             assert 0 < await redis.ttl(f"{redis_prefix}:sent:{item['messageId']}") <= 7 * 86400
 
         async with session.post(service.base_url + "/api/v1/messages/stop") as response:
-            assert await response.json() == {"running": False}
+            assert await response.json() == {
+                "running": False,
+                "result": "stopped",
+                "previousState": "running",
+                "state": "idle",
+            }
     service.process.send_signal(signal.SIGTERM)
     assert service.process.wait(timeout=20) == 0
     log = service.log()

@@ -49,5 +49,5 @@ async def test_two_open_services_keep_to_their_own_database_and_supervisor(tmp_p
         assert report.sent == 1
         assert [r.content for r in first_sms.requests] == ["first"]
         assert (await first_repository.counts())[MessageStatus.SENT] == 1
-        assert await first_supervisor.start() is True
-        assert await first_supervisor.stop() is False
+        assert (await first_supervisor.start()).changed
+        assert (await first_supervisor.stop()).changed

@@ -146,15 +146,17 @@ async def test_unknown_route_and_method_are_json(api: Api) -> None:
 
 @pytest.mark.parametrize("method", ["POST", "GET"])
 async def test_start_and_stop_are_idempotent(api: Api, method: str) -> None:
-    for _ in range(2):
+    for result, before in (("started", "idle"), ("already running", "running")):
         response = await api.client.request(method, "/api/v1/messages/start")
-        assert (response.status, await response.json()) == (200, {"running": True})
+        answer = {"running": True, "result": result, "previousState": before, "state": "running"}
+        assert (response.status, await response.json()) == (200, answer)
     status = await (await api.client.get("/api/v1/sender")).json()
     assert SenderSchema().validate(status) == {}
     assert status["running"] is True and status["batchSize"] == 2 and status["intervalSeconds"] == 120
-    for _ in range(2):
+    for result, before in (("stopped", "running"), ("already stopped", "idle")):
         response = await api.client.request(method, "/api/v1/messages/stop")
-        assert (response.status, await response.json()) == (200, {"running": False})
+        answer = {"running": False, "result": result, "previousState": before, "state": "idle"}
+        assert (response.status, await response.json()) == (200, answer)
     status = await (await api.client.get("/api/v1/sender")).json()
     assert status["running"] is False and status["nextTickAt"] is None
 

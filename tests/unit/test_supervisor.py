@@ -15,11 +15,20 @@ from insider.clock import FakeClock
 from insider.domain import Message, MessageStatus, Outcome, SendOrder, SendResult
 from insider.ports import SchemaUpgradeRefused
 from insider.sender import RECORD_BUDGET_S, BatchSender, SenderOptions
-from insider.supervisor import DRAIN_PIPELINE, IDLE_POLL_S, STOP_MARGIN_S, Supervisor, SupervisorClosed, SupervisorState
+from insider.supervisor import (
+    DRAIN_PIPELINE,
+    IDLE_POLL_S,
+    STOP_MARGIN_S,
+    Supervisor,
+    SupervisorClosed,
+    SupervisorState,
+    Transition,
+)
 from tests.conftest import eventually
 from tests.unit.support import HeldProvider, ProbedRepository
 
 PHONE = "+905551234567"
+IDLE, RUNNING = SupervisorState.IDLE, SupervisorState.RUNNING
 INTERVAL_S = 10.0
 BATCH = 2
 
@@ -94,7 +103,7 @@ async def test_first_batch_at_once_then_one_per_interval_on_the_grid(
     times = record_times(sms, clock)
     supervisor = make_supervisor()
 
-    assert await supervisor.start() is True
+    assert (await supervisor.start()).after is SupervisorState.RUNNING
     await clock.settle()
     assert times == [0.0, 0.0]
 
@@ -158,17 +167,17 @@ async def test_start_and_stop_are_idempotent(
 ) -> None:
     add(repo, clock, 10)
     supervisor = make_supervisor()
-    assert await supervisor.stop() is False  # never started
+    assert await supervisor.stop() == Transition("stop", IDLE, IDLE)  # never started
 
-    assert await supervisor.start() is True
-    assert await supervisor.start() is True
+    assert await supervisor.start() == Transition("start", IDLE, RUNNING)
+    assert await supervisor.start() == Transition("start", RUNNING, RUNNING)
     await clock.settle()
     assert supervisor.running
     assert supervisor.ticks == 1
     assert len(sms.requests) == BATCH
 
-    assert await supervisor.stop() is False
-    assert await supervisor.stop() is False
+    assert await supervisor.stop() == Transition("stop", RUNNING, IDLE)
+    assert await supervisor.stop() == Transition("stop", IDLE, IDLE)
     assert supervisor.status().running is False
     await clock.advance(100)
     assert len(sms.requests) == BATCH
@@ -179,7 +188,7 @@ async def test_stop_cancels_a_request_in_flight_and_puts_its_message_back(
 ) -> None:
     message, held, supervisor = await one_request_in_flight(repo, sms, clock, make_supervisor)
 
-    assert await supervisor.stop() is False
+    assert (await supervisor.stop()).changed
 
     assert held.cancelled == 1
     current = await repo.get(message.id)
@@ -199,7 +208,7 @@ async def test_stop_with_grace_lets_a_request_in_flight_finish_and_be_recorded(
     assert not stopping.done()
 
     held.release.set()
-    assert await stopping is False
+    assert (await stopping).after is SupervisorState.IDLE
     assert not supervisor.running
     assert held.cancelled == 0
     current = await repo.get(message.id)
@@ -271,8 +280,8 @@ async def test_start_during_a_stop_waits_for_it_and_then_runs(
     assert not starting.done()
 
     held.release.set()
-    assert await stopping is False
-    assert await starting is True
+    assert await stopping == Transition("stop", RUNNING, IDLE)
+    assert await starting == Transition("start", IDLE, RUNNING)
     assert supervisor.running  # start() did not report a task that was about to end
 
 
@@ -614,7 +623,7 @@ async def test_stop_start_stop_in_quick_succession_during_a_batch_ends_stopped_e
     ]
     await clock.settle()
     held.release.set()
-    assert await asyncio.gather(*calls) == [False, True, False]
+    assert [t.after for t in await asyncio.gather(*calls)] == [IDLE, RUNNING, IDLE]
 
     assert supervisor.state is SupervisorState.IDLE and not supervisor.running
     sent_so_far = len(sms.requests)
@@ -653,7 +662,7 @@ async def test_after_close_start_and_run_once_are_refused_and_nothing_is_left_ru
         await supervisor.start()
     with pytest.raises(SupervisorClosed):
         await supervisor.run_once()
-    assert await supervisor.stop() is False  # stopping a closed supervisor is harmless
+    assert not (await supervisor.stop()).changed  # stopping a closed supervisor is harmless
     await supervisor.close()  # and so is closing it again
     assert clock.sleepers == 0  # the sender loop is gone
     sent = len(sms.requests)
@@ -780,7 +789,7 @@ async def test_a_stop_returns_within_its_bound_when_the_database_hangs_on_the_fi
     assert not stopping.done()
     await clock.advance(0.5)
     await eventually(stopping.done, what="stop() to give up on the database")
-    assert await stopping is False
+    assert (await stopping).after is SupervisorState.IDLE
     assert held.cancelled == 1
     # Not recorded: the claim's lease releases it.
     current = await repo.get(message.id)
@@ -880,7 +889,7 @@ async def test_one_log_line_per_failed_tick_and_one_when_the_database_is_back(
 def test_the_lease_follows_from_batch_concurrency_and_timeout() -> None:
     assert SenderOptions(batch_size=500, concurrency=8, send_timeout_s=10).claim_lease_s == 63 * 10 + 30
     assert SenderOptions(batch_size=2, concurrency=8, send_timeout_s=10).claim_lease_s == 10 + 30
-    assert SenderOptions(batch_size=2, pipeline_depth=2, concurrency=1, send_timeout_s=3).claim_lease_s == 4 * 3 + 30
+    assert SenderOptions(batch_size=2, concurrency=1, send_timeout_s=3).lease_s_for(2) == 4 * 3 + 30
     assert SenderOptions(lease_s=5).claim_lease_s == 5  # an explicit lease wins
 
 

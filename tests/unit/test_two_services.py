@@ -40,12 +40,14 @@ async def test_two_apps_in_one_process_each_serve_their_own_objects_and_outlive_
             assert [m.content for m in second.repository.rows] == ["for the second"]
 
             # Starting the first starts its own supervisor only.
-            assert await post(first, "/api/v1/messages/start") == (200, {"running": True})
+            status, started = await post(first, "/api/v1/messages/start")
+            assert (status, started["running"], started["result"]) == (200, True, "started")
             assert first.container.supervisor().running
             assert not second.container.supervisor().running
             assert (await get(second, "/api/v1/sender"))[1]["running"] is False
             assert (await get(second, "/api/v1/stats"))[1]["sender"]["running"] is False
-            assert await post(first, "/api/v1/messages/stop") == (200, {"running": False})
+            status, stopped = await post(first, "/api/v1/messages/stop")
+            assert (status, stopped["running"], stopped["result"]) == (200, False, "stopped")
             # The first supervisor's batch sent the first app's message, from the first database only.
             await first.clock.settle()
             assert [r.content for r in first.sms.requests] == ["for the first"]
@@ -57,10 +59,12 @@ async def test_two_apps_in_one_process_each_serve_their_own_objects_and_outlive_
         assert status == 200, page
         assert [m["content"] for m in page["data"]] == ["for the first"]
         assert (await get(first, "/api/v1/messages/1"))[1]["content"] == "for the first"
-        assert await post(first, "/api/v1/messages/start") == (200, {"running": True})
+        status, started = await post(first, "/api/v1/messages/start")
+        assert (status, started["running"], started["result"]) == (200, True, "started")
         assert first.container.supervisor().running
         assert (await get(first, "/api/v1/stats"))[1]["sender"]["running"] is True
         assert (await get(first, "/readyz"))[0] == 200
         metrics = await (await first.client.get("/metrics")).text()
         assert "insider_sender_running 1.0" in metrics
-        assert await post(first, "/api/v1/messages/stop") == (200, {"running": False})
+        status, stopped = await post(first, "/api/v1/messages/stop")
+        assert (status, stopped["running"], stopped["result"]) == (200, False, "stopped")
