@@ -67,10 +67,15 @@ class Children:
         self._clock = clock
         self._running: set[ChildTask] = set()
         self._numbers = itertools.count(1)
-        self.abandoned: list[str] = []
+        self._abandoned: list[ChildTask] = []
 
     def __len__(self) -> int:
         return len(self._running)
+
+    @property
+    def abandoned(self) -> list[str]:
+        """The names of the children that outlived their deadline once cancelled (and may still run)."""
+        return [c.name for c in self._abandoned]
 
     def spawn(self, name: str, work: Coroutine[Any, Any, Any], *, close_timeout_s: float) -> ChildTask:
         """Start ``work`` as a child named ``name``."""
@@ -98,11 +103,13 @@ class Children:
         """Cancel ``child`` and wait for it up to its deadline; True if it ended, False if abandoned."""
         if child.done:
             return True
+        if child in self._abandoned:  # given its deadline once already
+            return False
         child.task.cancel()
         limit = child.close_timeout_s if timeout_s is None else timeout_s
         if await self.wait([child], limit):
             return True
-        self.abandoned.append(child.name)
+        self._abandoned.append(child)
         log.error(
             "a child of the supervisor did not end within its deadline after it was cancelled; it is abandoned",
             child=child.name,
@@ -126,7 +133,8 @@ class Children:
 class Child:
     """A long-lived child of the supervisor, started with it and closed with it.
 
-    ``run`` makes the child's coroutine (called again for each restart). A child that
+    ``run`` makes the child's coroutine (called again for each restart); with
+    ``needs_schema`` it starts once the database's schema is applied. A child that
     crashes (raises) or ends on its own while the supervisor is open is started again after
     a backoff (:data:`RESTART_BACKOFF_S`, doubling to :data:`RESTART_BACKOFF_MAX_S`). On
     close, ``finish`` (when given) asks it to end on its own, and it gets ``close_timeout_s``
@@ -138,6 +146,7 @@ class Child:
     run: Callable[[], Coroutine[Any, Any, None]]
     close_timeout_s: float = 1.0
     finish: Callable[[], None] | None = None
+    needs_schema: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,9 +191,17 @@ class LongLived:
     def statuses(self) -> tuple[ChildStatus, ...]:
         return tuple(ChildStatus(name, k.state, k.restarts, k.last_error) for name, k in self._kept.items())
 
-    def start_all(self) -> None:
+    def start_all(self, schema_ready: bool) -> None:
+        """Start every child (those that need the schema only once it is applied)."""
         for kept in self._kept.values():
-            self._start(kept)
+            if schema_ready or not kept.spec.needs_schema:
+                self._start(kept)
+
+    def schema_applied(self) -> None:
+        """The schema is applied: start the children that waited for it."""
+        for kept in self._kept.values():
+            if kept.spec.needs_schema and kept.child is None and kept.state == "stopped":
+                self._start(kept)
 
     def _start(self, kept: _Kept) -> None:
         if self._closing:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -27,7 +26,7 @@ from insider.receipt_parsing import parse_receipts
 from insider.receipt_writer import ReceiptWriter
 from insider.sender import BatchSender, SenderOptions
 from insider.simulator import ReceiptReporter, SimulatedSmsClient
-from insider.supervisor import Supervisor
+from insider.supervisor import Child, Supervisor
 
 T = TypeVar("T")
 log = structlog.get_logger("insider")
@@ -104,23 +103,35 @@ def _simulated_sms_client(
     return SimulatedSmsClient(sleep=sleep, reporter=reporter)
 
 
-async def _simulated_receipts(
-    kind: str, receipts: ReceiptWriter, clock: Clock
-) -> AsyncIterator[ReceiptReporter | None]:
-    """The built-in provider's receipts, straight to the receipt writer (no HTTP, no token)."""
+def _simulated_receipts(kind: str, receipts: ReceiptWriter, clock: Clock) -> ReceiptReporter | None:
+    """The built-in provider's receipts, straight to the receipt writer (no HTTP, no token).
+
+    It reports as one of the supervisor's children (see :func:`_children`).
+    """
     if kind != "simulator":
-        yield None
-        return
+        return None
 
     async def apply(batch: list[dict[str, Any]]) -> None:
         received_at = clock.now()
         await receipts.submit(parse_receipts(batch, received_at))
 
-    reporter = ReceiptReporter(apply, clock=clock)
-    try:
-        yield reporter
-    finally:
-        await reporter.aclose()
+    return ReceiptReporter(apply, clock=clock)
+
+
+# How long the receipt upkeep is given to end once cancelled; its statements are short and bounded.
+UPKEEP_CLOSE_S = 1.0
+# The simulated provider's receipts not yet due are dropped at shutdown; its task ends at once.
+REPORTER_CLOSE_S = 0.5
+
+
+def _children(repository: object, receipts: ReceiptWriter, reporter: ReceiptReporter | None) -> list[Child]:
+    """The supervisor's long-lived children in the service, each closed with a deadline of its own."""
+    children = []
+    if isinstance(repository, ReceiptStore):  # receipts need a SQL repository (an embedding program may bring another)
+        children.append(Child("receipt-upkeep", receipts.run_upkeep, close_timeout_s=UPKEEP_CLOSE_S, needs_schema=True))
+    if reporter is not None:
+        children.append(Child("simulated-receipts", reporter.run, close_timeout_s=REPORTER_CLOSE_S))
+    return children
 
 
 class Container(containers.DeclarativeContainer):
@@ -172,7 +183,7 @@ class Container(containers.DeclarativeContainer):
         retention_s=settings.provided.events_retention_s,
         observer=metrics,
     )
-    simulated_receipts = providers.Resource(
+    simulated_receipts = providers.Singleton(
         _simulated_receipts, kind=providers.Callable(_provider_kind, settings), receipts=receipts, clock=clock
     )
 
@@ -220,6 +231,7 @@ class Container(containers.DeclarativeContainer):
         options=sender_options,
         observer=metrics,
     )
+    children = providers.Callable(_children, repository=repository, receipts=receipts, reporter=simulated_receipts)
     supervisor = providers.Singleton(
         Supervisor,
         sender=sender,
@@ -227,6 +239,7 @@ class Container(containers.DeclarativeContainer):
         interval_s=settings.provided.send_interval_s,
         clock=clock,
         observer=metrics,
+        children=children,
     )
 
 
@@ -280,8 +293,6 @@ async def open_service(
     try:
         supervisor = await resolve(container.supervisor)
         receipts: ReceiptWriter = await resolve(container.receipts)
-        repository = await resolve(container.repository)
-        upkeep: asyncio.Task[None] | None = None
         try:
             try:
                 if wait_for_schema:
@@ -292,14 +303,8 @@ async def open_service(
             await supervisor.prepare_when_reachable()
             if settings.autostart if autostart is None else autostart:
                 await supervisor.start()
-            # Receipts need a SQL repository (an embedding program may bring another).
-            if isinstance(repository, ReceiptStore):
-                upkeep = asyncio.create_task(receipts.run_upkeep(), name="insider-receipt-upkeep")
             yield supervisor
         finally:
-            if upkeep is not None:
-                upkeep.cancel()
-                await asyncio.wait({upkeep})
             await supervisor.close(grace_s=settings.shutdown_timeout_s)
             await receipts.aclose()
     finally:

@@ -125,7 +125,8 @@ class ReceiptReporter:
     Receipts that fall due together go to ``sink`` in one call (one POST of an array, or
     one in-process write). A sink that fails is logged and its receipts are not sent again:
     a real provider's retries are not simulated. ``clock`` is injectable, so tests do not
-    wait. The task that reports starts with the first receipt; :meth:`aclose` stops it.
+    wait. :meth:`run` reports until it is cancelled; its owner runs it (the service's
+    supervisor as one of its children, the ``simulate`` command in a task of its own).
     """
 
     def __init__(
@@ -142,7 +143,7 @@ class ReceiptReporter:
         self._rng = rng or random.Random()
         self._due: list[tuple[float, int, dict[str, Any]]] = []
         self._seq = itertools.count()
-        self._task: asyncio.Task[None] | None = None
+        self._scheduled = asyncio.Event()  # set when a receipt is added: run() looks at the earliest again
         self.counts = {"delivered": 0, "undelivered": 0, "failed": 0}
 
     def schedule(self, message_id: str) -> None:
@@ -153,16 +154,20 @@ class ReceiptReporter:
         if undelivered:
             receipt["errorCode"] = "1"
         heapq.heappush(self._due, (self._clock.monotonic() + self._rng.uniform(low, high), next(self._seq), receipt))
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="insider-simulated-receipts")
+        self._scheduled.set()
 
     @property
     def scheduled(self) -> int:
         """Receipts not reported yet."""
         return len(self._due)
 
-    async def _run(self) -> None:
-        while self._due:
+    async def run(self) -> None:
+        """Report each receipt when it falls due, until cancelled; receipts not yet due are then not sent."""
+        while True:
+            if not self._due:
+                self._scheduled.clear()
+                await self._scheduled.wait()
+                continue
             wait_s = self._due[0][0] - self._clock.monotonic()
             if wait_s > 0:
                 await self._clock.sleep(min(wait_s, REPORT_TICK_S))
@@ -182,12 +187,6 @@ class ReceiptReporter:
                 continue
             for receipt in batch:
                 self.counts[receipt["status"]] += 1
-
-    async def aclose(self) -> None:
-        """Stop reporting; receipts not yet due are not sent."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task})
 
 
 def http_receipt_sink(session: Any, url: str, token: str, *, timeout_s: float = 10.0, attempts: int = 3) -> ReceiptSink:

@@ -383,7 +383,7 @@ class Supervisor:
 
     async def _main(self) -> None:
         try:
-            self._long_lived.start_all()
+            self._long_lived.start_all(self._schema_ready)
             while not self._closed:
                 message = await self._mailbox.get()
                 if isinstance(message, _Cancelled):
@@ -519,6 +519,7 @@ class Supervisor:
             self._schema_retrying = False
             if self._schema_down_logged:
                 log.info("schema applied; the database answers again")
+            self._long_lived.schema_applied()
         for then in waiters:
             then(error)
         if error is None or not self._schema_retrying:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
+
+import structlog
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -76,19 +79,53 @@ def settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
+# Tasks still running when a command's coroutine has returned (a child the supervisor
+# abandoned because it ignored its cancellation) get this long to end once cancelled again.
+LEFTOVER_S = 0.25
+
+
 def run_fast(main: Coroutine[Any, Any, int]) -> int:
     """Run a long-lived command on uvloop where it is installed (it is, on Linux and macOS).
 
     uvloop's transports roughly halve the event loop's own cost per HTTP request, which
     is most of the sender's CPU time when it drains a backlog (docs/performance.md).
     Only the command line chooses the loop: an embedding program keeps its own.
+
+    When the command is done, a task that still ignores its cancellation after
+    :data:`LEFTOVER_S` must not keep the process alive (asyncio would wait for it for
+    ever): the process exits with the command's code, after one error line naming it.
     """
     try:
         import uvloop
+
+        loop_factory: Any = uvloop.new_event_loop
     except ImportError:  # e.g. Windows: the standard loop does the same work, slower
-        return asyncio.run(main)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        code = runner.run(main)
+        stuck = runner.run(_end_leftovers(LEFTOVER_S))
+        if stuck:
+            from insider.logs import flush_logs
+
+            structlog.get_logger("insider").error(
+                "exiting without the tasks that ignored their cancellation", tasks=stuck
+            )
+            flush_logs()
+            sys.stderr.flush()
+            os._exit(code)  # the event loop would wait for them for ever
+        return code
+
+
+async def _end_leftovers(timeout_s: float) -> list[str]:
+    """Cancel the tasks still running and wait for them up to ``timeout_s``; the names of those left."""
+    current = asyncio.current_task()
+    left = {task for task in asyncio.all_tasks() if task is not current}
+    for task in left:
+        task.cancel()
+    if not left:
+        return []
+    _, pending = await asyncio.wait(left, timeout=timeout_s)
+    return sorted(task.get_name() for task in pending)
 
 
 def until_stopped(main: Coroutine[Any, Any, int]) -> int:

@@ -55,6 +55,8 @@ async def simulate(args: argparse.Namespace) -> int:
     await runner.setup()
     stop = asyncio.Event()
     install_stop_signals(stop)
+    # The receipts are reported by a task of this command's own, cancelled on the way out.
+    reporting = asyncio.create_task(reporter.run(), name="insider-simulated-receipts") if reporter else None
     try:
         port = await listen(runner, args.host, args.port)
         if port is None:
@@ -91,8 +93,9 @@ async def simulate(args: argparse.Namespace) -> int:
         await stop.wait()
     finally:
         await runner.cleanup()
-        if reporter is not None:
-            await reporter.aclose()
+        if reporting is not None:
+            reporting.cancel()
+            await asyncio.wait({reporting})
         if session is not None:
             await session.close()
     return 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -39,10 +41,28 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+@contextlib.asynccontextmanager
+async def reporting(reporter: ReceiptReporter) -> AsyncIterator[ReceiptReporter]:
+    """The reporter running in a task the test owns, cancelled on the way out."""
+    task = asyncio.create_task(reporter.run())
+    try:
+        yield reporter
+    finally:
+        task.cancel()
+        await asyncio.wait({task})
+
+
 async def test_each_accepted_message_gets_a_receipt_within_the_delay() -> None:
     clock, sink = FakeClock(), Sink()
     reporter = ReceiptReporter(sink, ReceiptOptions(delay_s=(1.0, 5.0), undelivered_rate=0.0), clock=clock)
     client = SimulatedSmsClient(sleep=clock.sleep, reporter=reporter)
+    async with reporting(reporter):
+        await _each_accepted_message_gets_a_receipt(clock, sink, reporter, client)
+
+
+async def _each_accepted_message_gets_a_receipt(
+    clock: FakeClock, sink: Sink, reporter: ReceiptReporter, client: SimulatedSmsClient
+) -> None:
     sends = [asyncio.create_task(client.send(PHONE, f"m{i}", f"key-{i}")) for i in range(20)]
     await clock.advance(0.1)
     ids = [str((await s).provider_message_id) for s in sends]
@@ -60,40 +80,39 @@ async def test_each_accepted_message_gets_a_receipt_within_the_delay() -> None:
     assert all(datetime.fromisoformat(r["doneAt"]).tzinfo is not None for r in sink.receipts)
     assert len(sink.calls) < 20  # those due together went together
     assert reporter.counts["delivered"] == 20 and reporter.scheduled == 0
-    await reporter.aclose()
 
 
 async def test_a_share_is_undelivered_with_an_error_code() -> None:
     clock, sink = FakeClock(), Sink()
     options = ReceiptOptions(delay_s=(0.0, 0.0), undelivered_rate=0.3)
     reporter = ReceiptReporter(sink, options, clock=clock, rng=random.Random(3))
-    for i in range(200):
-        reporter.schedule(f"p-{i}")
-    await clock.advance(0.5)
-    await settle()
+    async with reporting(reporter):
+        for i in range(200):
+            reporter.schedule(f"p-{i}")
+        await clock.advance(0.5)
+        await settle()
 
     undelivered = [r for r in sink.receipts if r["status"] == "undelivered"]
     assert len(sink.receipts) == 200
     assert 40 <= len(undelivered) <= 80
     assert all(r["errorCode"] == "1" for r in undelivered)
-    await reporter.aclose()
 
 
 async def test_a_failing_sink_is_counted_and_the_reporter_goes_on() -> None:
     clock, sink = FakeClock(), Sink()
     reporter = ReceiptReporter(sink, ReceiptOptions(delay_s=(1.0, 1.0), undelivered_rate=0.0), clock=clock)
-    sink.fail = True
-    reporter.schedule("p-1")
-    await clock.advance(1.5)
-    await settle()
-    sink.fail = False
-    reporter.schedule("p-2")
-    await clock.advance(1.5)
-    await settle()
+    async with reporting(reporter):
+        sink.fail = True
+        reporter.schedule("p-1")
+        await clock.advance(1.5)
+        await settle()
+        sink.fail = False
+        reporter.schedule("p-2")
+        await clock.advance(1.5)
+        await settle()
 
     assert [r["messageId"] for r in sink.receipts] == ["p-2"]
     assert reporter.counts == {"delivered": 1, "undelivered": 0, "failed": 1}
-    await reporter.aclose()
 
 
 def test_options_are_checked() -> None:
