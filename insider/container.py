@@ -23,7 +23,8 @@ from insider.config import Settings, mask_url
 from insider.metrics import CountsCache, Metrics
 from insider.ports import Clock, MessageRepository, ReceiptStore, RepositoryUnavailable
 from insider.receipt_parsing import parse_receipts
-from insider.receipt_writer import ReceiptWriter
+from insider.receipt_upkeep import ReceiptUpkeep
+from insider.receipt_writer import MAX_WRITERS, ReceiptWriter
 from insider.sender import BatchSender, SenderOptions
 from insider.simulator import ReceiptReporter, SimulatedSmsClient
 from insider.supervisor import Child, Supervisor
@@ -118,17 +119,29 @@ def _simulated_receipts(kind: str, receipts: ReceiptWriter, clock: Clock) -> Rec
     return ReceiptReporter(apply, clock=clock)
 
 
-# How long the receipt upkeep is given to end once cancelled; its statements are short and bounded.
+# At shutdown the receipt writer's lanes write what is queued within this, then are cancelled
+# (what is left is answered 503, and the provider sends it again): within the stop's margin.
+WRITER_CLOSE_S = 3.0
+# The upkeep's passes are short, bounded statements: cancelled at once, given this to end.
 UPKEEP_CLOSE_S = 1.0
 # The simulated provider's receipts not yet due are dropped at shutdown; its task ends at once.
 REPORTER_CLOSE_S = 0.5
 
 
-def _children(repository: object, receipts: ReceiptWriter, reporter: ReceiptReporter | None) -> list[Child]:
+def _children(
+    repository: object, writer: ReceiptWriter, upkeep: ReceiptUpkeep, reporter: ReceiptReporter | None
+) -> list[Child]:
     """The supervisor's long-lived children in the service, each closed with a deadline of its own."""
     children = []
     if isinstance(repository, ReceiptStore):  # receipts need a SQL repository (an embedding program may bring another)
-        children.append(Child("receipt-upkeep", receipts.run_upkeep, close_timeout_s=UPKEEP_CLOSE_S, needs_schema=True))
+        children += [
+            Child(f"receipt-writer-{lane}", writer.run_lane, WRITER_CLOSE_S, writer.finish, needs_schema=True)
+            for lane in range(1, MAX_WRITERS + 1)
+        ]
+        children += [
+            Child("receipt-upkeep", upkeep.run_waiting, close_timeout_s=UPKEEP_CLOSE_S, needs_schema=True),
+            Child("event-retention", upkeep.run_retention, close_timeout_s=UPKEEP_CLOSE_S, needs_schema=True),
+        ]
     if reporter is not None:
         children.append(Child("simulated-receipts", reporter.run, close_timeout_s=REPORTER_CLOSE_S))
     return children
@@ -179,6 +192,12 @@ class Container(containers.DeclarativeContainer):
         ReceiptWriter,
         repository=repository,
         cache=cache,
+        clock=clock,
+        observer=metrics,
+    )
+    receipt_upkeep = providers.Singleton(
+        ReceiptUpkeep,
+        repository=repository,
         clock=clock,
         retention_s=settings.provided.events_retention_s,
         observer=metrics,
@@ -231,7 +250,9 @@ class Container(containers.DeclarativeContainer):
         options=sender_options,
         observer=metrics,
     )
-    children = providers.Callable(_children, repository=repository, receipts=receipts, reporter=simulated_receipts)
+    children = providers.Callable(
+        _children, repository=repository, writer=receipts, upkeep=receipt_upkeep, reporter=simulated_receipts
+    )
     supervisor = providers.Singleton(
         Supervisor,
         sender=sender,
@@ -292,7 +313,6 @@ async def open_service(
     await _maybe_await(container.init_resources())
     try:
         supervisor = await resolve(container.supervisor)
-        receipts: ReceiptWriter = await resolve(container.receipts)
         try:
             try:
                 if wait_for_schema:
@@ -306,6 +326,5 @@ async def open_service(
             yield supervisor
         finally:
             await supervisor.close(grace_s=settings.shutdown_timeout_s)
-            await receipts.aclose()
     finally:
         await _maybe_await(container.shutdown_resources())

@@ -1,31 +1,28 @@
-"""Delivery receipts in, batched: the provider-id lookup, one write per batch, and the periodic upkeep."""
+"""Delivery receipts in, batched: the provider-id lookup and one write per batch, by lanes the supervisor owns."""
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Final
 
 import structlog
 
 from insider.ports import Clock, Observer, ReceiptStore, RepositoryUnavailable, SentCache
-from insider.receipt_parsing import WAITING_MAX_AGE_S, Receipt, ReceiptOutcome, ReceiptResult
+from insider.receipt_parsing import Receipt, ReceiptOutcome, ReceiptResult
 
 log = structlog.get_logger("insider.delivery")
 
 # Receipts written per statement: a few hundred kilobytes of JSON at most.
 MAX_BATCH: Final = 2000
-# Writes in flight at once. With one, a burst moved in lockstep: the database idled while the
-# service answered one batch's requests and read the next's, and the service idled while the
-# database wrote. With two, the next batch forms and goes while one is written.
+# Writes in flight at once (the writer's lanes). With one, a burst moved in lockstep: the
+# database idled while the service answered one batch's requests and read the next's, and
+# the service idled while the database wrote. With two, the next batch forms and goes while
+# one is written.
 MAX_WRITERS: Final = 2
 # After a cache failure the cache is skipped this long: receipts go straight to the database's index.
 CACHE_BACKOFF_S: Final = 5.0
-# The upkeep: waiting receipts are retried this often; old events deleted this often, this many at a time.
-WAITING_EVERY_S: Final = 5.0
-PRUNE_EVERY_S: Final = 60.0
-PRUNE_BATCH: Final = 1000
 
 
 # Ids are positive 64-bit integers in both databases: a cached id outside them cannot be one of ours.
@@ -50,18 +47,21 @@ def _fail(batch: Sequence[_Request], exc: Exception) -> None:
 class ReceiptWriter:
     """Applies delivery receipts as they come, many requests to one database write.
 
-    :meth:`submit` queues a request's receipts and waits for their outcomes. A writer task
-    takes everything queued (up to :data:`MAX_BATCH`) and applies it in one statement;
-    receipts that arrive meanwhile form the next batch, which a second writer sends while
-    the first is in the database (:data:`MAX_WRITERS`). Under a burst the batches grow by
-    themselves, and a lone receipt is written at once, with no timer. A provider id is never
-    in two writes at once: a receipt for an id being written waits for that write, so the
-    receipts of one message are applied in the order they came.
+    :meth:`submit` queues a request's receipts and waits for their outcomes. A lane
+    (:meth:`run_lane`) takes everything queued (up to :data:`MAX_BATCH`) and applies it in
+    one statement; receipts that arrive meanwhile form the next batch, which the other lane
+    sends while the first is in the database (:data:`MAX_WRITERS` lanes). Under a burst the
+    batches grow by themselves, and a lone receipt is written at once, with no timer. A
+    provider id is never in two writes at once: a receipt for an id being written waits for
+    that write, so the receipts of one message are applied in the order they came.
+
+    The lanes are long-lived tasks of an owner: the supervisor in the service (one child per
+    lane, asked to :meth:`finish` on the way out), or :meth:`running` for a program or test
+    of its own. A request that comes while no lane runs is refused (RepositoryUnavailable).
 
     The provider's id is looked up in the sent cache first (``insider:sent:<messageId>``,
     one round trip per batch), then by the database's index when the cache has no entry or
-    is down. :meth:`run_upkeep` applies receipts that waited for their message, drops those
-    older than a day (one log line each) and deletes events past ``retention_s``.
+    is down.
     """
 
     def __init__(
@@ -70,17 +70,16 @@ class ReceiptWriter:
         cache: SentCache | None,
         clock: Clock,
         *,
-        retention_s: float = 30 * 86400.0,
         observer: Observer | None = None,
     ) -> None:
         self._repository = repository
         self._cache = cache
         self._clock = clock
-        self.retention_s = retention_s
         self._observer = observer
-        self._queue: list[tuple[Sequence[Receipt], asyncio.Future[list[ReceiptOutcome]]]] = []
-        self._writers: set[asyncio.Task[None]] = set()
-        self._starting = 0  # writers created that have not taken a batch yet
+        self._queue: list[_Request] = []
+        self._ready = asyncio.Event()  # set when a lane may find work: a request came, or a write ended
+        self._lanes = 0  # lanes running
+        self._finishing = False  # asked to finish: lanes end once the queue is written
         self._in_flight: set[str] = set()  # provider ids being written (never in two writes at once)
         self._cache_skipped_until = -1.0
 
@@ -88,33 +87,61 @@ class ReceiptWriter:
         """Apply ``receipts``; one outcome each, in order. Raises RepositoryUnavailable."""
         if not receipts:
             return []
+        if self._finishing or not self._lanes:
+            raise RepositoryUnavailable("receipts are not being written: the service is starting or shutting down")
         future: asyncio.Future[list[ReceiptOutcome]] = asyncio.get_running_loop().create_future()
         # A caller that goes away (a client hanging up) must not leave an error nobody reads.
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._queue.append((receipts, future))
-        # A writer that has not taken its batch yet will take this too; else one more, up to the cap.
-        if not self._starting and len(self._writers) < MAX_WRITERS:
-            self._starting += 1
-            # A context of its own: the writer serves many requests, so its log lines carry none's request id.
-            writer = asyncio.create_task(self._write_all(), name="insider-receipts", context=contextvars.Context())
-            self._writers.add(writer)
-            writer.add_done_callback(self._writers.discard)
+        self._ready.set()
         # The write goes on if the caller is cancelled: another request may share it.
         return await asyncio.shield(future)
 
-    async def aclose(self) -> None:
-        """Wait for the receipts already queued to be written."""
-        while self._writers:
-            await asyncio.wait(set(self._writers))
+    async def run_lane(self) -> None:
+        """Write what is queued, batch after batch, until cancelled, or until asked to finish and all is written."""
+        self._lanes += 1
+        try:
+            while True:
+                batch = self._take()
+                if batch:
+                    await self._write_batch(batch)
+                    self._ready.set()  # its ids are free again: what waited for them may go
+                    continue
+                if self._finishing and not self._queue:
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+        finally:
+            self._lanes -= 1
+            if not self._lanes:  # the last lane: nothing will write what is left
+                left, self._queue = self._queue, []
+                _fail(left, RepositoryUnavailable("receipts are not being written: the service is shutting down"))
 
-    def _take(self) -> list[tuple[Sequence[Receipt], asyncio.Future[list[ReceiptOutcome]]]]:
+    def finish(self) -> None:
+        """Refuse new requests; the lanes end once what is queued is written."""
+        self._finishing = True
+        self._ready.set()
+
+    @asynccontextmanager
+    async def running(self, lanes: int = MAX_WRITERS) -> AsyncIterator[ReceiptWriter]:
+        """Run the lanes in tasks of the caller's own; on the way out, write what is queued, then stop."""
+        tasks = [asyncio.create_task(self.run_lane(), name="insider-receipts") for _ in range(lanes)]
+        await asyncio.sleep(0)  # the lanes are running before the first request
+        try:
+            yield self
+        finally:
+            self.finish()
+            await asyncio.wait(tasks)
+            self._finishing = False
+
+    def _take(self) -> list[_Request]:
         """The next batch, in order: up to MAX_BATCH receipts, none for a provider id being written.
 
         A request with such an id stays queued, and so does every later one sharing an id with
         it, so that each message's receipts keep their order; the writer of that id takes them next.
         """
-        batch: list[tuple[Sequence[Receipt], asyncio.Future[list[ReceiptOutcome]]]] = []
-        kept: list[tuple[Sequence[Receipt], asyncio.Future[list[ReceiptOutcome]]]] = []
+        batch: list[_Request] = []
+        kept: list[_Request] = []
         held: set[str] = set()
         size = 0
         for index, item in enumerate(self._queue):
@@ -131,16 +158,17 @@ class ReceiptWriter:
         self._queue = kept
         return batch
 
-    async def _write_all(self) -> None:
-        self._starting -= 1
-        while batch := self._take():
-            ids = {r.provider_message_id for rs, _ in batch for r in rs}
-            self._in_flight |= ids
-            try:
-                receipts = [r for rs, _ in batch for r in rs]
-                await self._write(batch, await self._hints(receipts))
-            finally:
-                self._in_flight -= ids
+    async def _write_batch(self, batch: list[_Request]) -> None:
+        ids = {r.provider_message_id for rs, _ in batch for r in rs}
+        self._in_flight |= ids
+        try:
+            receipts = [r for rs, _ in batch for r in rs]
+            await self._write(batch, await self._hints(receipts))
+        except asyncio.CancelledError:  # closed past its deadline: these requests are not written
+            _fail(batch, RepositoryUnavailable("receipts not written: the service is shutting down"))
+            raise
+        finally:
+            self._in_flight -= ids
 
     async def _write(self, batch: list[_Request], hints: Sequence[int | None]) -> None:
         """Write ``batch`` in one statement; answer each request with its outcomes or the error.
@@ -165,7 +193,7 @@ class ReceiptWriter:
             await self._write(batch[:half], hints[:split])
             await self._write(batch[half:], hints[split:])
             return
-        self._observe(outcomes)
+        observe_receipts(self._observer, outcomes)
         start = 0
         for rs, future in batch:
             if not future.done():
@@ -192,59 +220,14 @@ class ReceiptWriter:
             return [None] * len(receipts)
         return [_hint(found.get(r.provider_message_id)) for r in receipts]
 
-    def _observe(self, outcomes: Sequence[ReceiptOutcome]) -> None:
-        if not outcomes:
-            return
-        if self._observer is not None:
-            self._observer.receipts_applied(outcomes)
-        tally = {result.value: 0 for result in ReceiptResult}
-        for outcome in outcomes:
-            tally[outcome.result.value] += 1
-        log.info("receipts", count=len(outcomes), **tally)
 
-    async def upkeep_once(self) -> None:
-        """Apply the waiting receipts whose message now has the id; drop those over a day old."""
-        while True:
-            report = await self._repository.apply_waiting(WAITING_MAX_AGE_S, PRUNE_BATCH)
-            self._observe(report.applied)
-            for receipt in report.dropped:
-                log.warning(
-                    "receipt dropped: no message got its provider id within a day",
-                    provider_message_id=receipt.provider_message_id,
-                    status=receipt.status,
-                    received_at=receipt.received_at.isoformat(),
-                )
-            if len(report.applied) < PRUNE_BATCH and len(report.dropped) < PRUNE_BATCH:
-                return
-
-    async def prune_once(self) -> int:
-        """Delete events past the retention, :data:`PRUNE_BATCH` at a time, until none is left."""
-        total = 0
-        while True:
-            deleted = await self._repository.prune_events(self.retention_s, PRUNE_BATCH)
-            total += deleted
-            if deleted < PRUNE_BATCH:
-                break
-            await asyncio.sleep(0)  # small batches, with room for other work between them
-        if total:
-            log.info("events past retention deleted", count=total, retention_s=self.retention_s)
-        return total
-
-    async def run_upkeep(self) -> None:
-        """Run :meth:`upkeep_once` every few seconds and :meth:`prune_once` every minute, until cancelled."""
-        next_prune = self._clock.monotonic()
-        failing = False
-        while True:
-            try:
-                await self.upkeep_once()
-                if self._clock.monotonic() >= next_prune:
-                    await self.prune_once()
-                    next_prune = self._clock.monotonic() + PRUNE_EVERY_S
-                failing = False
-            except RepositoryUnavailable as exc:
-                if not failing:  # one line per outage, not one per pass
-                    log.warning("receipt upkeep skipped: database unavailable", error=str(exc))
-                failing = True
-            except Exception:
-                log.exception("receipt upkeep failed")
-            await self._clock.sleep(WAITING_EVERY_S)
+def observe_receipts(observer: Observer | None, outcomes: Sequence[ReceiptOutcome]) -> None:
+    """Receipts applied: told to the observer (metrics), and one log line with the tally."""
+    if not outcomes:
+        return
+    if observer is not None:
+        observer.receipts_applied(outcomes)
+    tally = {result.value: 0 for result in ReceiptResult}
+    for outcome in outcomes:
+        tally[outcome.result.value] += 1
+    log.info("receipts", count=len(outcomes), **tally)

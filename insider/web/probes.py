@@ -58,8 +58,9 @@ async def _probe(what: str, ping: Callable[[], Awaitable[None]]) -> bool:
 @docs(
     tags=["operations"],
     summary="Readiness",
-    description="200 when the database answers. The cache is reported too, but a cache that is down does not "
-    "fail readiness (the database is the source of truth). 503 says what is down. Never needs the token.",
+    description="200 when the database answers, its schema is applied and every long-lived child of the "
+    "supervisor runs. The cache is reported too, but a cache that is down does not fail readiness (the database "
+    "is the source of truth). 503 says what is down. Never needs the token.",
 )
 @response_schema(ReadySchema, 200, description="Ready: the database answers")
 @response_schema(ReadySchema, 503, description="Not ready: `error` says what is down")
@@ -68,17 +69,25 @@ async def readyz(request: web.Request) -> web.Response:
     database_up, cache_up = await asyncio.gather(
         _probe("database", app.repository.ping), _probe("cache", app.cache.ping)
     )
-    # Ready only once the schema is applied too: it is applied in the background at start-up.
-    ready = database_up and app.supervisor.schema_ready
+    children = {c.name: c for c in app.supervisor.status().children}
+    down = [c for c in children.values() if c.state != "running"]
+    # Ready only once the schema is applied too: it is applied in the background at start-up, and
+    # the children that need it start then.
+    ready = database_up and app.supervisor.schema_ready and not down
     body: dict[str, Any] = {
         "status": "ready" if ready else "unavailable",
         "database": "up" if database_up else "down",
         "cache": "up" if cache_up else "down",
+        "children": {name: c.state for name, c in children.items()},
     }
     if not database_up:
         body["error"] = "the database is down"
-    elif not ready:
+    elif not app.supervisor.schema_ready:
         body["error"] = "the database schema is being applied"
+    elif down:
+        body["error"] = "not running: " + "; ".join(
+            f"{c.name} ({c.state}{f' after {c.last_error}' if c.last_error else ''})" for c in down
+        )
     return web.json_response(body, status=200 if ready else 503)
 
 

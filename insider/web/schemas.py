@@ -427,6 +427,15 @@ class ReadySchema(Schema):
         validate=validate.OneOf(["up", "down"]),
         metadata={"enum": ["up", "down"], "description": "Reported only: a cache that is down does not fail readiness"},
     )
+    children = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(validate=validate.OneOf(["running", "restarting", "stopped", "abandoned"])),
+        required=True,
+        metadata={
+            "description": "Each long-lived child of the supervisor (receipt writers, upkeep, ...) and its state; "
+            "readiness needs each one `running` (a crashed one is `restarting` until its backoff ends)"
+        },
+    )
     error = fields.String(metadata={"description": "What is down, when not ready"})
 
 

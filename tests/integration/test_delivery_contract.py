@@ -469,11 +469,11 @@ async def test_a_burst_of_single_receipts_through_the_writers_keeps_each_message
             posts.append([receipt(backend, f"p-{i}", first[i])])
 
     pending: list[asyncio.Future[list[ReceiptOutcome]]] = []
-    for post in posts:  # one request at a time, the writes already under way
-        pending.append(asyncio.ensure_future(writers.submit(post)))
-        await asyncio.sleep(0)
-    outcomes = await asyncio.gather(*pending)
-    await writers.aclose()
+    async with writers.running():
+        for post in posts:  # one request at a time, the writes already under way
+            pending.append(asyncio.ensure_future(writers.submit(post)))
+            await asyncio.sleep(0)
+        outcomes = await asyncio.gather(*pending)
 
     expected: list[ReceiptResult] = []
     for i in range(60):

@@ -65,8 +65,7 @@ async def other_process_writer(stack: AsyncExitStack, flood: Flood) -> ReceiptWr
         return None
     pool = await stack.enter_async_context(open_postgres_pool(flood.database_url, min_size=1, max_size=4))
     writer = ReceiptWriter(PostgresMessageRepository(pool), None, SystemClock())
-    stack.push_async_callback(writer.aclose)
-    return writer
+    return await stack.enter_async_context(writer.running())
 
 
 async def test_a_flood_of_receipts_racing_the_sends_keeps_every_messages_first_final_receipt(flood: Flood) -> None:

@@ -276,7 +276,7 @@ async def test_receipts_are_matched_by_the_database_when_redis_is_down(tmp_path:
             [Resolution(claimed.id, claimed.claim_token, MessageStatus.SENT, sent_at=clock.now(), message_id="p-1")]
         )
         receipts = ReceiptWriter(repository, RedisSentCache(down, prefix="unused"), clock)
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(15), receipts.running():
             [outcome] = await receipts.submit([Receipt("p-1", "delivered", clock.now())])
 
         assert (outcome.result, outcome.message_id) == (ReceiptResult.APPLIED, message.id)
@@ -313,9 +313,10 @@ async def test_a_poisoned_entry_fails_no_receipt_of_its_batch(
             return await pg_repository.apply_receipts(receipts, hints)
 
     receipts = ReceiptWriter(Recording(), cache, SystemClock())  # type: ignore[arg-type]
-    results = await asyncio.gather(
-        *(receipts.submit([Receipt(f"p-{m.id}", "DELIVRD", datetime.now(UTC))]) for m in claimed)
-    )
+    async with receipts.running():
+        results = await asyncio.gather(
+            *(receipts.submit([Receipt(f"p-{m.id}", "DELIVRD", datetime.now(UTC))]) for m in claimed)
+        )
 
     assert writes == [5]  # one write for the five
     assert [(r[0].result, r[0].message_id) for r in results] == [(ReceiptResult.APPLIED, m.id) for m in claimed]

@@ -216,11 +216,11 @@ async def test_a_cancel_after_a_stop_cut_a_send_short_keeps_the_message_cancelle
     # waits (200) and the message stays cancelled, through the periodic pass and until it is dropped.
     status, body = await api.post({"messageId": "p-cut", "status": "DELIVRD"})
     assert (status, body["results"]) == (200, [{"messageId": "p-cut", "result": "waiting"}])
-    receipts = await resolve(api.container.receipts)
-    await receipts.upkeep_once()
+    upkeep = await resolve(api.container.receipt_upkeep)
+    await upkeep.waiting_once()
     api.clock._t += WAITING_MAX_AGE_S + 1
     with structlog.testing.capture_logs() as logs:
-        await receipts.upkeep_once()
+        await upkeep.waiting_once()
     assert [e["provider_message_id"] for e in logs if e["event"].startswith("receipt dropped")] == ["p-cut"]
     item = await (await api.client.get(f"/api/v1/messages/{message.id}")).json()
     assert (item["status"], item["messageId"], item["deliveryStatus"]) == ("cancelled", None, None)

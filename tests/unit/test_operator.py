@@ -9,15 +9,18 @@ from typing import Any
 
 import pytest
 import structlog
+from dependency_injector import providers
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from insider.adapters.memory import Request
+from insider.children import RESTART_BACKOFF_S, Child
+from insider.clock import FakeClock
 from insider.domain import MessageStatus, Outcome, SendResult
 from insider.metrics import CountsCache, Metrics
 from insider.web.probes import STATIC_DIR
 from insider.web.schemas import HealthSchema, ReadySchema, StatsSchema
-from tests.unit.web_support import Api, open_api
+from tests.unit.web_support import Api, in_memory_container, open_api, open_container_api
 
 TOKEN = "s3cret-token"
 MakeApi = Callable[..., Awaitable[Api]]
@@ -56,7 +59,8 @@ async def test_readyz_follows_the_database(api: Api) -> None:
     assert ready.status == 200
     body = await ready.json()
     assert ReadySchema().validate(body) == {}
-    assert body == {"status": "ready", "database": "up", "cache": "up"}
+    running = dict.fromkeys(("receipt-writer-1", "receipt-writer-2", "receipt-upkeep", "event-retention"), "running")
+    assert body == {"status": "ready", "database": "up", "cache": "up", "children": running}
 
     api.repository.available = False
     down = await api.client.get("/readyz")
@@ -70,7 +74,36 @@ async def test_a_cache_that_is_down_is_reported_but_does_not_fail_readiness(api:
     api.cache.available = False
     response = await api.client.get("/readyz")
     assert response.status == 200
-    assert await response.json() == {"status": "ready", "database": "up", "cache": "down"}
+    body = await response.json()
+    assert (body["status"], body["database"], body["cache"]) == ("ready", "up", "down")
+
+
+async def test_a_crashed_child_fails_readiness_and_shows_in_the_sender_until_it_runs_again() -> None:
+    clock = FakeClock()
+    container = in_memory_container(clock)
+    crashes = 0
+
+    async def flaky() -> None:
+        nonlocal crashes
+        if crashes < 1:
+            crashes += 1
+            raise RuntimeError("a bug")
+        await asyncio.Event().wait()
+
+    container.children.override(providers.Object([Child("flaky", flaky)]))
+    async with open_container_api(container) as api:
+        await clock.settle()
+        response = await api.client.get("/readyz")
+        body = await response.json()
+        assert (response.status, body["children"]) == (503, {"flaky": "restarting"})
+        assert body["error"] == "not running: flaky (restarting after RuntimeError: a bug)"
+        sender = await (await api.client.get("/api/v1/sender")).json()
+        assert sender["children"] == [
+            {"name": "flaky", "state": "restarting", "restarts": 1, "lastError": "RuntimeError: a bug"}
+        ]
+        await clock.advance(RESTART_BACKOFF_S)
+        response = await api.client.get("/readyz")
+        assert (response.status, (await response.json())["children"]) == (200, {"flaky": "running"})
 
 
 # --- metrics ----------------------------------------------------------------------------------------------------

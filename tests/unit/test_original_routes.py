@@ -79,6 +79,25 @@ async def test_two_starts_at_once_one_starts_the_other_is_told_it_runs(api: Api)
     assert sorted(r.status for r in responses) == [200, 500]
 
 
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_twenty_concurrent_starts_and_stops_on_either_route_family_change_the_state_once(
+    api: Api, method: str
+) -> None:
+    # The supervisor answers each request with the transition it caused: no check-then-act in the web layer.
+    for path, word in (("start", "started"), ("stop", "stopped")):
+        mine = await asyncio.gather(*(api.client.request(method, f"/api/v1/messages/{path}") for _ in range(20)))
+        results = [(await r.json())["result"] for r in mine]
+        assert results.count(word) == 1 and len(results) == 20
+        originals = await asyncio.gather(*(api.client.get(f"/messages/{path}") for _ in range(20)))
+        assert [r.status for r in originals] == [500] * 20  # the state already changed above: nothing to do
+    both = [api.client.request(method, "/api/v1/messages/start") for _ in range(10)]
+    both += [api.client.get("/messages/start") for _ in range(10)]
+    responses = await asyncio.gather(*both)
+    mine_started = [(await r.json())["result"] == "started" for r in responses[:10]]
+    originals_ok = [r.status == 200 for r in responses[10:]]
+    assert sum(mine_started) + sum(originals_ok) == 1  # one started it, across both families
+
+
 async def test_insiders_own_api_v1_keeps_its_shapes(api: Api) -> None:
     for result in ("started", "already running"):
         response = await api.client.get("/api/v1/messages/start")

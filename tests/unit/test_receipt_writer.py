@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 
 import pytest
@@ -15,7 +16,8 @@ from insider.domain import Attempt, Message, MessageStatus, Resolution
 from insider.metrics import Metrics
 from insider.ports import RepositoryUnavailable, SentEntry
 from insider.receipt_parsing import Receipt, ReceiptOutcome, ReceiptResult
-from insider.receipt_writer import PRUNE_BATCH, WAITING_EVERY_S, ReceiptWriter
+from insider.receipt_upkeep import PRUNE_BATCH, WAITING_EVERY_S, ReceiptUpkeep
+from insider.receipt_writer import ReceiptWriter
 from tests.conftest import eventually
 from tests.unit.support import ProbedRepository
 
@@ -35,6 +37,20 @@ class CountingRepository(ProbedRepository):
         self.hints.append(list(hints))
         await asyncio.sleep(0)  # as a real database would: other requests arrive meanwhile
         return await super().apply_receipts(receipts, hints)
+
+
+Start = Callable[[ReceiptWriter], Awaitable[ReceiptWriter]]
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    """Runs a writer's lanes in tasks the test owns, until its end."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def run(writer: ReceiptWriter) -> ReceiptWriter:
+            return await stack.enter_async_context(writer.running())
+
+        yield run
 
 
 @pytest.fixture
@@ -57,9 +73,11 @@ async def sent(repository: ProbedRepository, clock: FakeClock, n: int) -> list[M
     return claimed
 
 
-async def test_concurrent_requests_share_one_write(counting: CountingRepository, clock: FakeClock) -> None:
+async def test_concurrent_requests_share_one_write(
+    counting: CountingRepository, clock: FakeClock, start: Start
+) -> None:
     messages = await sent(counting, clock, 30)
-    receipts = ReceiptWriter(counting, None, clock)
+    receipts = await start(ReceiptWriter(counting, None, clock))
 
     results = await asyncio.gather(
         *(receipts.submit([Receipt(f"p-{m.id}", "delivered", clock.now())]) for m in messages)
@@ -100,11 +118,13 @@ async def gated(clock: FakeClock) -> AsyncIterator[GatedRepository]:
     await repository.close()
 
 
-async def test_the_next_batch_is_written_while_one_is_in_the_database(gated: GatedRepository, clock: FakeClock) -> None:
+async def test_the_next_batch_is_written_while_one_is_in_the_database(
+    gated: GatedRepository, clock: FakeClock, start: Start
+) -> None:
     # One writer left the database idle while requests were answered, and the service idle
     # while the database wrote: a burst moved in lockstep (docs/performance.md).
     first_message, *others = await sent(gated, clock, 5)
-    receipts = ReceiptWriter(gated, None, clock)
+    receipts = await start(ReceiptWriter(gated, None, clock))
     first = asyncio.ensure_future(receipts.submit([Receipt(f"p-{first_message.id}", "delivered", clock.now())]))
     await eventually(lambda: gated.in_flight == 1, what="the first write in the database")
     rest = [asyncio.ensure_future(receipts.submit([Receipt(f"p-{m.id}", "delivered", clock.now())])) for m in others]
@@ -119,9 +139,9 @@ async def test_the_next_batch_is_written_while_one_is_in_the_database(gated: Gat
     assert gated.most_in_flight == 2
 
 
-async def test_never_more_than_two_writes_at_once(gated: GatedRepository, clock: FakeClock) -> None:
+async def test_never_more_than_two_writes_at_once(gated: GatedRepository, clock: FakeClock, start: Start) -> None:
     messages = await sent(gated, clock, 12)
-    receipts = ReceiptWriter(gated, None, clock)
+    receipts = await start(ReceiptWriter(gated, None, clock))
     submit = []
     for m in messages:  # one at a time, each while the writes are held
         submit.append(asyncio.ensure_future(receipts.submit([Receipt(f"p-{m.id}", "delivered", clock.now())])))
@@ -138,10 +158,12 @@ async def test_never_more_than_two_writes_at_once(gated: GatedRepository, clock:
     assert all(f.result()[0].result is ReceiptResult.APPLIED for f in submit)
 
 
-async def test_a_receipt_for_an_id_being_written_waits_for_that_write(gated: GatedRepository, clock: FakeClock) -> None:
+async def test_a_receipt_for_an_id_being_written_waits_for_that_write(
+    gated: GatedRepository, clock: FakeClock, start: Start
+) -> None:
     # The same message's receipts are applied in the order they came: never in two writes at once.
     first_message, other = await sent(gated, clock, 2)
-    receipts = ReceiptWriter(gated, None, clock)
+    receipts = await start(ReceiptWriter(gated, None, clock))
     first = asyncio.ensure_future(receipts.submit([Receipt(f"p-{first_message.id}", "undelivered", clock.now())]))
     await eventually(lambda: len(gated.writes) == 1, what="the first write")
     later = asyncio.ensure_future(receipts.submit([Receipt(f"p-{first_message.id}", "delivered", clock.now())]))
@@ -162,19 +184,23 @@ async def test_a_receipt_for_an_id_being_written_waits_for_that_write(gated: Gat
     assert message is not None and message.status is MessageStatus.UNDELIVERED
 
 
-async def test_closing_waits_for_every_write(gated: GatedRepository, clock: FakeClock) -> None:
+async def test_finishing_writes_what_is_queued_then_the_lanes_end(gated: GatedRepository, clock: FakeClock) -> None:
     one, two = await sent(gated, clock, 2)
     receipts = ReceiptWriter(gated, None, clock)
+    lanes = contextlib.AsyncExitStack()
+    await lanes.enter_async_context(receipts.running())
     first = asyncio.ensure_future(receipts.submit([Receipt(f"p-{one.id}", "delivered", clock.now())]))
     await eventually(lambda: gated.in_flight == 1, what="the first write in the database")
     second = asyncio.ensure_future(receipts.submit([Receipt(f"p-{two.id}", "delivered", clock.now())]))
     await eventually(lambda: gated.in_flight == 2, what="two writes in the database")
 
-    closing = asyncio.ensure_future(receipts.aclose())
+    closing = asyncio.ensure_future(lanes.aclose())
+    await clock.settle()
+    with pytest.raises(RepositoryUnavailable, match="shutting down"):  # asked to finish: nothing new is taken
+        await receipts.submit([Receipt(f"p-{one.id}", "undelivered", clock.now())])
     gated.gates[0].set()
     await eventually(first.done, what="the first request's answer")
-    for _ in range(10):
-        await asyncio.sleep(0)
+    await clock.settle()
     assert not closing.done()  # the second write is still in the database
     gated.gates[1].set()
     await closing
@@ -182,14 +208,23 @@ async def test_closing_waits_for_every_write(gated: GatedRepository, clock: Fake
     assert second.done() and second.result()[0].result is ReceiptResult.APPLIED
 
 
-async def test_the_cache_gives_the_hint_and_metrics_count_deliveries(
+async def test_a_request_with_no_lane_running_is_refused_at_once(
     counting: CountingRepository, clock: FakeClock
+) -> None:
+    receipts = ReceiptWriter(counting, None, clock)
+    with pytest.raises(RepositoryUnavailable, match="not being written"):
+        await receipts.submit([Receipt("p-1", "delivered", clock.now())])
+    assert counting.writes == []
+
+
+async def test_the_cache_gives_the_hint_and_metrics_count_deliveries(
+    counting: CountingRepository, clock: FakeClock, start: Start
 ) -> None:
     [message] = await sent(counting, clock, 1)
     cache = InMemorySentCache(clock=clock)
     await cache.remember([SentEntry(f"p-{message.id}", clock.now(), message.id)])
     metrics = Metrics()
-    receipts = ReceiptWriter(counting, cache, clock, observer=metrics)
+    receipts = await start(ReceiptWriter(counting, cache, clock, observer=metrics))
     await clock.advance(4)
 
     [outcome] = await receipts.submit([Receipt(f"p-{message.id}", "DELIVRD", clock.now())])
@@ -200,11 +235,13 @@ async def test_the_cache_gives_the_hint_and_metrics_count_deliveries(
     assert 'insider_delivery_seconds_bucket{le="5.0"} 1.0' in text
 
 
-async def test_a_cache_that_fails_is_skipped_for_a_while(counting: CountingRepository, clock: FakeClock) -> None:
+async def test_a_cache_that_fails_is_skipped_for_a_while(
+    counting: CountingRepository, clock: FakeClock, start: Start
+) -> None:
     messages = await sent(counting, clock, 3)
     cache = InMemorySentCache(clock=clock)
     cache.available = False
-    receipts = ReceiptWriter(counting, cache, clock)
+    receipts = await start(ReceiptWriter(counting, cache, clock))
 
     with capture_logs() as logs:
         first = await receipts.submit([Receipt(f"p-{messages[0].id}", "delivered", clock.now())])
@@ -219,10 +256,10 @@ async def test_a_cache_that_fails_is_skipped_for_a_while(counting: CountingRepos
 
 
 async def test_a_database_outage_fails_the_request_and_the_next_one_works(
-    counting: CountingRepository, clock: FakeClock
+    counting: CountingRepository, clock: FakeClock, start: Start
 ) -> None:
     [message] = await sent(counting, clock, 1)
-    receipts = ReceiptWriter(counting, None, clock)
+    receipts = await start(ReceiptWriter(counting, None, clock))
     counting.available = False
 
     with pytest.raises(RepositoryUnavailable):
@@ -234,9 +271,10 @@ async def test_a_database_outage_fails_the_request_and_the_next_one_works(
 
 
 async def test_the_upkeep_drops_receipts_a_day_old_with_a_log_line_and_prunes_old_events(
-    repo: ProbedRepository, clock: FakeClock
+    repo: ProbedRepository, clock: FakeClock, start: Start
 ) -> None:
-    receipts = ReceiptWriter(repo, None, clock, retention_s=30 * 86400.0)
+    receipts = await start(ReceiptWriter(repo, None, clock))
+    upkeep = ReceiptUpkeep(repo, clock, retention_s=30 * 86400.0)
     await receipts.submit([Receipt("p-never", "delivered", clock.now() - timedelta(hours=23, minutes=59, seconds=58))])
     old = clock.now() - timedelta(days=31)
     for i in range(PRUNE_BATCH + 5):
@@ -247,13 +285,14 @@ async def test_the_upkeep_drops_receipts_a_day_old_with_a_log_line_and_prunes_ol
     )
 
     with capture_logs() as logs:
-        upkeep = asyncio.create_task(receipts.run_upkeep())
+        loops = [asyncio.create_task(upkeep.run_waiting()), asyncio.create_task(upkeep.run_retention())]
         await clock.advance(0)
         assert await repo.events(claimed[0].id) == []  # pruned at once, in batches
         assert not [e for e in logs if e["event"].startswith("receipt dropped")]  # not a day old yet
         await clock.advance(WAITING_EVERY_S)  # now it is, and still no message has its id
-        upkeep.cancel()
-        await asyncio.gather(upkeep, return_exceptions=True)
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
 
     dropped = [e for e in logs if e["event"].startswith("receipt dropped")]
     assert [(e["provider_message_id"], e["log_level"]) for e in dropped] == [("p-never", "warning")]
@@ -263,17 +302,17 @@ async def test_the_upkeep_drops_receipts_a_day_old_with_a_log_line_and_prunes_ol
 async def test_the_upkeep_survives_a_database_outage_with_one_log_line(
     repo: ProbedRepository, clock: FakeClock
 ) -> None:
-    receipts = ReceiptWriter(repo, None, clock)
+    upkeep = ReceiptUpkeep(repo, clock)
     repo.available = False
     with capture_logs() as logs:
-        upkeep = asyncio.create_task(receipts.run_upkeep())
+        loop = asyncio.create_task(upkeep.run_waiting())
         for _ in range(5):
             await clock.advance(WAITING_EVERY_S)
         repo.available = True
         await clock.advance(WAITING_EVERY_S)
-        assert not upkeep.done()
-        upkeep.cancel()
-        await asyncio.gather(upkeep, return_exceptions=True)
+        assert not loop.done()
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
     assert sum(1 for e in logs if e["event"].startswith("receipt upkeep skipped")) == 1
 
 
@@ -287,11 +326,11 @@ class PoisonedRepository(CountingRepository):
         return await super().apply_receipts(receipts, hints)
 
 
-async def test_a_request_that_cannot_be_written_fails_alone(clock: FakeClock) -> None:
+async def test_a_request_that_cannot_be_written_fails_alone(clock: FakeClock, start: Start) -> None:
     repository = PoisonedRepository(clock)
     try:
         messages = await sent(repository, clock, 9)
-        receipts = ReceiptWriter(repository, None, clock)
+        receipts = await start(ReceiptWriter(repository, None, clock))
         posts = [[Receipt(f"p-{m.id}", "delivered", clock.now())] for m in messages]
         posts.insert(5, [Receipt("p-poison", "delivered", clock.now())])
 
@@ -313,10 +352,10 @@ async def test_a_request_that_cannot_be_written_fails_alone(clock: FakeClock) ->
 
 
 async def test_a_database_outage_still_fails_every_request_of_the_write(
-    counting: CountingRepository, clock: FakeClock
+    counting: CountingRepository, clock: FakeClock, start: Start
 ) -> None:
     messages = await sent(counting, clock, 4)
-    receipts = ReceiptWriter(counting, None, clock)
+    receipts = await start(ReceiptWriter(counting, None, clock))
     counting.available = False
 
     results = await asyncio.gather(
@@ -329,13 +368,13 @@ async def test_a_database_outage_still_fails_every_request_of_the_write(
 
 @pytest.mark.parametrize("cached_id", [2**63, 10**20, 0, -3])
 async def test_a_cached_id_that_cannot_be_ours_is_no_hint_and_fails_no_other_receipt(
-    counting: CountingRepository, clock: FakeClock, cached_id: int
+    counting: CountingRepository, clock: FakeClock, cached_id: int, start: Start
 ) -> None:
     messages = await sent(counting, clock, 4)
     cache = InMemorySentCache(clock=clock)
     await cache.remember([SentEntry(f"p-{m.id}", clock.now(), m.id) for m in messages])
     await cache.remember([SentEntry(f"p-{messages[1].id}", clock.now(), cached_id)])  # a poisoned entry
-    receipts = ReceiptWriter(counting, cache, clock)
+    receipts = await start(ReceiptWriter(counting, cache, clock))
 
     results = await asyncio.gather(
         *(receipts.submit([Receipt(f"p-{m.id}", "delivered", clock.now())]) for m in messages)

@@ -58,8 +58,15 @@ def in_memory_container(clock: FakeClock | None = None, **settings: str) -> Cont
 @asynccontextmanager
 async def open_api(clock: FakeClock | None = None, /, **settings: str) -> AsyncIterator[Api]:
     """The app (its lifespan included) behind a test client on a local port; its database dropped afterwards."""
-    clock = clock or FakeClock()
-    container = in_memory_container(clock, **settings)
+    async with open_container_api(in_memory_container(clock or FakeClock(), **settings)) as api:
+        yield api
+
+
+@asynccontextmanager
+async def open_container_api(container: Container) -> AsyncIterator[Api]:
+    """As :func:`open_api`, on a container from :func:`in_memory_container` that the test adjusted first."""
+    clock = container.clock()
+    assert isinstance(clock, FakeClock), "in_memory_container() sets a FakeClock"
     repository: ProbedRepository = container.repository()
     client: TestClient[Any, Any] = TestClient(TestServer(create_app(container)))
     try:
