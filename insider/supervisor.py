@@ -17,7 +17,7 @@ import structlog
 from insider.children import Child, Children, ChildStatus, ChildTask, Ended, LongLived
 from insider.clock import SystemClock
 from insider.domain import BatchReport
-from insider.ports import Clock, Observer, RepositoryUnavailable, SchemaUpgradeRefused, SupervisorStore
+from insider.ports import Clock, Observer, SupervisorStore
 from insider.schedule import (
     DRAIN_PIPELINE,
     FAILED_TICK_RETRY_S,
@@ -29,12 +29,10 @@ from insider.schedule import (
     Schedule,
     drain_lanes,
 )
+from insider.schema_keeper import PREPARE_RETRY_S, SchemaKeeper
 from insider.sender import BatchSender
 
 log = structlog.get_logger("insider.supervisor")
-
-# While the schema could not be applied (the database was down at start-up), it is tried this often.
-PREPARE_RETRY_S = 1.0
 
 __all__ = [
     "DRAIN_PIPELINE",
@@ -189,17 +187,11 @@ class Supervisor:
         self._children = Children(self._clock)
         self._on_end: dict[ChildTask, Callable[[Ended], None]] = {}
         self._schedule = Schedule(self, sender, repository, self._clock, observer, interval_s)
-        self._long_lived = LongLived(
-            children, self._clock, lambda n, w, e, t: self.spawn(n, w, e, close_timeout_s=t), self.timer
-        )
+        self._long_lived = LongLived(children, self._clock, self.spawn, self.timer)
+        self._schema = SchemaKeeper(repository, self.spawn, self.timer, self._long_lived.schema_applied)
         # Written by the actor's task only.
         self._closed = False
         self._stopping = False
-        self._schema_ready = False
-        self._schema_attempt: ChildTask | None = None
-        self._schema_retrying = False  # prepare_when_reachable(): try until it is applied
-        self._schema_waiters: list[Callable[[BaseException | None], None]] = []  # for the attempt under way
-        self._schema_down_logged = False
 
     # --- what callers see -------------------------------------------------------------------
 
@@ -223,7 +215,7 @@ class Supervisor:
     @property
     def schema_ready(self) -> bool:
         """Whether the repository's schema has been applied (``prepare()`` succeeded)."""
-        return self._schema_ready
+        return self._schema.ready
 
     @property
     def running(self) -> bool:
@@ -334,7 +326,7 @@ class Supervisor:
     # --- the tree: what the schedule and the long-lived children ask of the actor -----------
 
     def spawn(
-        self, name: str, work: Coroutine[Any, Any, Any], on_end: Callable[[Ended], None], *, close_timeout_s: float
+        self, name: str, work: Coroutine[Any, Any, Any], on_end: Callable[[Ended], None], close_timeout_s: float
     ) -> ChildTask:
         """Start a child; its end comes back through the mailbox, and ``on_end`` is called by the actor."""
         box: list[ChildTask] = []
@@ -361,8 +353,7 @@ class Supervisor:
 
     def after_schema(self, then: Callable[[BaseException | None], None]) -> None:
         """Call ``then`` with the outcome of the next schema attempt (None: applied); start one if none runs."""
-        self._schema_waiters.append(then)
-        self._try_schema()
+        self._schema.after(then)
 
     # --- the mailbox ------------------------------------------------------------------------
 
@@ -383,7 +374,7 @@ class Supervisor:
 
     async def _main(self) -> None:
         try:
-            self._long_lived.start_all(self._schema_ready)
+            self._long_lived.start_all(self._schema.ready)
             while not self._closed:
                 message = await self._mailbox.get()
                 if isinstance(message, _Cancelled):
@@ -420,10 +411,8 @@ class Supervisor:
     def _answer_the_rest(self) -> None:
         closed = SupervisorClosed()
         self._schedule.fail_waiting(closed)
-        waiters, self._schema_waiters = self._schema_waiters, []
-        for then in waiters:
-            with contextlib.suppress(Exception):
-                then(closed)
+        with contextlib.suppress(Exception):
+            self._schema.fail_waiting(closed)
         while not self._mailbox.empty():
             late = self._mailbox.get_nowait()
             if isinstance(late, _Command) and not late.reply.done():
@@ -450,15 +439,13 @@ class Supervisor:
             self._schedule.run_once(command.reply)
             return _DEFERRED
         if isinstance(command, _Prepare):
-            if self._schema_ready:
+            if self._schema.ready:
                 return None
             reply = command.reply
-            self.after_schema(lambda error: _settle(reply, None, error))
+            self._schema.after(lambda error: _settle(reply, None, error))
             return _DEFERRED
         if isinstance(command, _KeepPreparing):
-            if not self._schema_ready and not self._schema_retrying:
-                self._schema_retrying = True
-                self._try_schema()
+            self._schema.keep_trying()
             return None
         raise TypeError(f"unknown command {command!r}")
 
@@ -499,48 +486,6 @@ class Supervisor:
         if batches and grace_s > 0:
             await self._children.wait(batches, grace_s)
         await asyncio.gather(*(self._children.close(c) for c in batches))
-
-    # --- the schema -------------------------------------------------------------------------
-
-    def _try_schema(self) -> None:
-        """One attempt at the schema, unless one is under way: never two migrations at once."""
-        if self._schema_ready or self._schema_attempt is not None:
-            return
-        self._schema_attempt = self.spawn(
-            "schema", self._repository.migrate(), self._on_schema, close_timeout_s=QUICK_CLOSE_S
-        )
-
-    def _on_schema(self, ended: Ended) -> None:
-        self._schema_attempt = None
-        error = ended.error
-        waiters, self._schema_waiters = self._schema_waiters, []
-        if error is None:
-            self._schema_ready = True
-            self._schema_retrying = False
-            if self._schema_down_logged:
-                log.info("schema applied; the database answers again")
-            self._long_lived.schema_applied()
-        for then in waiters:
-            then(error)
-        if error is None or not self._schema_retrying:
-            return
-        if isinstance(error, RepositoryUnavailable):
-            if not self._schema_down_logged:
-                log.error(
-                    "database unavailable at start-up; the schema will be applied once it answers", error=str(error)
-                )
-                self._schema_down_logged = True
-            self.timer(PREPARE_RETRY_S, self._retry_schema)
-            return
-        self._schema_retrying = False
-        if isinstance(error, SchemaUpgradeRefused):  # someone must fix the database first
-            log.error("cannot upgrade the database; nothing will be sent until it is fixed", error=str(error))
-        else:
-            log.error("applying the schema failed", error=f"{type(error).__name__}: {error}", exc_info=error)
-
-    def _retry_schema(self) -> None:
-        if self._schema_retrying and not self._schema_ready:
-            self._try_schema()
 
 
 def _settle(reply: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -171,3 +171,83 @@ async def test_sigterm_during_a_database_cut_exits_within_the_shutdown_timeout_p
     with psycopg.connect(fresh_postgres_url) as conn:
         row = conn.execute("SELECT status FROM messages").fetchone()
     assert row == ("sending",)  # not recorded during the cut: its lease releases it
+
+
+# A service whose supervisor has one more child: one that ignores its cancellation (a bug), to show
+# that it cannot hold a shutdown past its bound.
+STUBBORN_SERVICE = """
+import asyncio
+import sys
+
+from dependency_injector import providers
+
+from insider.cli import main
+from insider.container import Container
+from insider.supervisor import Child
+
+
+async def stubborn() -> None:
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            print("stubborn: cancelled, and going on", file=sys.stderr, flush=True)
+
+
+Container.children.override(providers.Object([Child("stubborn", stubborn, close_timeout_s=1.0)]))
+sys.exit(main(["serve"]))
+"""
+
+
+@pytest.mark.postgres
+async def test_sigterm_with_a_stubborn_child_a_hung_provider_and_a_black_holed_database_exits_within_the_bound(
+    fresh_postgres_url: str, provider: Provider, tmp_path: Path
+) -> None:
+    from urllib.parse import urlsplit, urlunsplit
+
+    from tests.integration.tcp_proxy import TcpProxy
+
+    provider.gate = asyncio.Event()  # the send hangs at the provider
+    await asyncio.to_thread(enqueue, tmp_path, database_url=fresh_postgres_url)
+    parts = urlsplit(fresh_postgres_url)
+    log_path = tmp_path / "stubborn.log"
+    async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        through = urlunsplit(parts._replace(netloc=f"{userinfo}127.0.0.1:{proxy.port}"))
+        env = service_env(
+            port=str(free_port()),
+            database_url=through,
+            redis_url="",
+            webhook_url=provider.url,
+            send_interval="1h",
+            shutdown_timeout="2s",
+        )
+        with log_path.open("wb") as out:
+            process = await asyncio.to_thread(
+                subprocess.Popen,
+                [sys.executable, "-c", STUBBORN_SERVICE],
+                cwd=tmp_path,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            await eventually(lambda: len(provider.received) == 1, timeout_s=20, what="the held send")
+            proxy.black_hole()  # the database's packets vanish: its connections stay open, nothing answers
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(process.wait, 30)
+            took_s = time.monotonic() - started
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+    log = log_path.read_text(errors="replace")
+    assert code == 0, log
+    assert took_s < 2 + 4 + 1.0, f"SIGTERM took {took_s:.1f}s\n{log}"  # the grace, the margin, process exit
+    assert "stubborn: cancelled, and going on" in log
+    events = log_events(log)
+    abandoned = [e["child"] for e in events if e["event"].startswith("a child of the supervisor did not end")]
+    # The stubborn child; and the batch too when psycopg's cancel of its write waits on the black hole.
+    assert "stubborn" in abandoned and set(abandoned) <= {"stubborn", "batch"}
+    assert any(e["event"] == "exiting without the tasks that ignored their cancellation" for e in events), log

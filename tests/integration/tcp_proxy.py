@@ -1,4 +1,4 @@
-"""A TCP proxy for outage tests: forwards to a server, and can cut every connection and refuse new ones."""
+"""A TCP proxy for outage tests: forwards to a server; can cut every connection, or black-hole them."""
 
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ class TcpProxy:
     """Listens on 127.0.0.1 (a free port) and forwards each connection to ``target_host:target_port``.
 
     ``cut()`` drops every open connection and makes new ones fail at once (accepted,
-    then closed: the client sees the server go away); ``restore()`` forwards again. The
-    server behind it is never touched.
+    then closed: the client sees the server go away); ``black_hole()`` keeps every
+    connection open but lets no byte through either way, and accepts new ones that never
+    answer (packets that vanish: the client only learns of it by a timeout);
+    ``restore()`` forwards again. The server behind it is never touched.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self._target = (target_host, target_port)
         self._server: asyncio.Server | None = None
         self._open = True
+        self._swallowing = False
         self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self.connections = 0  # forwarded so far
@@ -42,11 +45,17 @@ class TcpProxy:
             client.transport.abort()
             upstream.transport.abort()
 
+    def black_hole(self) -> None:
+        """From now on nothing gets through, and nothing is closed: every read waits for ever."""
+        self._swallowing = True
+
     def restore(self) -> None:
         """Forward new connections again."""
         self._open = True
+        self._swallowing = False
 
     async def close(self) -> None:
+        self._swallowing = False
         self.cut()
         if self._server is not None:
             self._server.close()
@@ -75,6 +84,11 @@ class TcpProxy:
         assert task is not None
         self._handlers.add(task)
         try:
+            if self._swallowing:  # accepted, never answered
+                with contextlib.suppress(ConnectionError, OSError):
+                    while await reader.read(65536):
+                        pass
+                return
             if self._refusing():
                 writer.transport.abort()
                 return
@@ -107,9 +121,10 @@ class TcpProxy:
         finally:
             self._handlers.discard(task)
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while data := await reader.read(65536):
+                if self._swallowing:
+                    continue
                 writer.write(data)
                 await writer.drain()
