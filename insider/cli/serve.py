@@ -24,6 +24,7 @@ from insider.config import Settings, mask_url
 from insider.container import Container, resolve
 from insider.domain import MessageStatus
 from insider.ports import RepositoryUnavailable, SchemaUpgradeRefused
+from insider.supervisor import Supervisor
 from insider.web.app import create_app
 from insider.web.server import ServiceRunner
 
@@ -58,13 +59,15 @@ async def serve(settings: Settings) -> int:
     # The sender starts only once the listener is bound: a start that fails (the port is
     # taken) sends nothing and takes no rate slot.
     app = create_app(container, autostart=False, wait_for_schema=False)
-    runner = ServiceRunner(app)
+    # HTTP requests in flight get the same grace as the sends, side by side (see the end).
+    runner = ServiceRunner(app, shutdown_timeout=settings.shutdown_timeout_s)
     try:
         await runner.setup()  # the lifespan opens the pools; the schema is applied in the background
     except SchemaUpgradeRefused as exc:  # the lifespan closed what it had opened
         return schema_refused(exc)
     stop = asyncio.Event()
     install_stop_signals(stop)
+    supervisor: Supervisor | None = None
     try:
         port = await listen(runner, settings.host, settings.port, names=" (INSIDER_HOST, INSIDER_PORT)")
         if port is None:
@@ -105,5 +108,13 @@ async def serve(settings: Settings) -> int:
         await stop.wait()
         log.info("shutting down", grace_s=settings.shutdown_timeout_s)
     finally:
-        await runner.cleanup()  # stops the sender (in-flight sends get the grace period), closes pools
+        # The sends in flight and the HTTP requests in flight get the grace side by side: the
+        # schedule stops now, while the server stops taking requests and waits for those it has
+        # (then cancels them); the app's cleanup then closes the supervisor's other children
+        # and the pools. Each step has its deadline, so the whole is INSIDER_SHUTDOWN_TIMEOUT
+        # plus the supervisor's margin.
+        stopping = asyncio.ensure_future(supervisor.stop(settings.shutdown_timeout_s)) if supervisor else None
+        await runner.cleanup()
+        if stopping is not None:
+            await asyncio.wait({stopping})
     return 0

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.acceptance.conftest import Service, free_port, log_events, service_env
+from tests.acceptance.conftest import Service, free_port, log_events, service_env, wait_answering
 from tests.conftest import Provider, eventually
 
 PHONE = "+905301234001"
@@ -232,12 +232,22 @@ async def test_sigterm_with_a_stubborn_child_a_hung_provider_and_a_black_holed_d
                 stderr=subprocess.STDOUT,
             )
         try:
-            await eventually(lambda: len(provider.received) == 1, timeout_s=20, what="the held send")
-            proxy.black_hole()  # the database's packets vanish: its connections stay open, nothing answers
-            started = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            code = await asyncio.to_thread(process.wait, 30)
-            took_s = time.monotonic() - started
+            base_url = f"http://127.0.0.1:{env['INSIDER_PORT']}"
+            async with aiohttp.ClientSession() as session:
+                log = lambda: log_path.read_text(errors="replace")  # noqa: E731
+                await wait_answering(session, process, log, base_url + "/readyz")
+                await eventually(lambda: len(provider.received) == 1, timeout_s=20, what="the held send")
+                proxy.black_hole()  # the database's packets vanish: its connections stay open, nothing answers
+                # A request of the API that waits on the database when the signal comes.
+                enqueueing = asyncio.ensure_future(
+                    session.post(base_url + "/api/v1/messages", json={"to": PHONE, "content": "stuck"})
+                )
+                await eventually(lambda: proxy.swallowed > 0, what="the request's statement in the black hole")
+                started = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+                code = await asyncio.to_thread(process.wait, 30)
+                took_s = time.monotonic() - started
+                await asyncio.wait({enqueueing})
         finally:
             if process.poll() is None:
                 process.kill()

@@ -25,6 +25,7 @@ class TcpProxy:
         self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self.connections = 0  # forwarded so far
+        self.swallowed = 0  # bytes the black hole took
 
     @property
     def port(self) -> int:
@@ -86,8 +87,8 @@ class TcpProxy:
         try:
             if self._swallowing:  # accepted, never answered
                 with contextlib.suppress(ConnectionError, OSError):
-                    while await reader.read(65536):
-                        pass
+                    while data := await reader.read(65536):
+                        self.swallowed += len(data)
                 return
             if self._refusing():
                 writer.transport.abort()
@@ -125,6 +126,7 @@ class TcpProxy:
         with contextlib.suppress(ConnectionError, OSError):
             while data := await reader.read(65536):
                 if self._swallowing:
+                    self.swallowed += len(data)
                     continue
                 writer.write(data)
                 await writer.drain()
