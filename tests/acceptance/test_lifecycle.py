@@ -173,6 +173,10 @@ async def test_sigterm_during_a_database_cut_exits_within_the_shutdown_timeout_p
     assert row == ("sending",)  # not recorded during the cut: its lease releases it
 
 
+def read_log(path: Path) -> str:
+    return path.read_text(errors="replace")
+
+
 # A service whose supervisor has one more child: one that ignores its cancellation (a bug), to show
 # that it cannot hold a shutdown past its bound.
 STUBBORN_SERVICE = """
@@ -234,8 +238,7 @@ async def test_sigterm_with_a_stubborn_child_a_hung_provider_and_a_black_holed_d
         try:
             base_url = f"http://127.0.0.1:{env['INSIDER_PORT']}"
             async with aiohttp.ClientSession() as session:
-                log = lambda: log_path.read_text(errors="replace")  # noqa: E731
-                await wait_answering(session, process, log, base_url + "/readyz")
+                await wait_answering(session, process, lambda: read_log(log_path), base_url + "/readyz")
                 await eventually(lambda: len(provider.received) == 1, timeout_s=20, what="the held send")
                 proxy.black_hole()  # the database's packets vanish: its connections stay open, nothing answers
                 # A request of the API that waits on the database when the signal comes.
@@ -252,7 +255,7 @@ async def test_sigterm_with_a_stubborn_child_a_hung_provider_and_a_black_holed_d
             if process.poll() is None:
                 process.kill()
                 process.wait(timeout=10)
-    log = log_path.read_text(errors="replace")
+    log = read_log(log_path)
     assert code == 0, log
     assert took_s < 2 + 4 + 1.0, f"SIGTERM took {took_s:.1f}s\n{log}"  # the grace, the margin, process exit
     assert "stubborn: cancelled, and going on" in log

@@ -86,9 +86,12 @@ class TcpProxy:
         self._handlers.add(task)
         try:
             if self._swallowing:  # accepted, never answered
-                with contextlib.suppress(ConnectionError, OSError):
-                    while data := await reader.read(65536):
-                        self.swallowed += len(data)
+                try:
+                    with contextlib.suppress(ConnectionError, OSError):
+                        while data := await reader.read(65536):
+                            self.swallowed += len(data)
+                finally:
+                    writer.transport.abort()
                 return
             if self._refusing():
                 writer.transport.abort()
