@@ -125,6 +125,11 @@ class SendResult:
     retry_after_s: float | None = None
     # A sent message whose answer was odd after its 2xx status line (logged, not an error).
     warning: str | None = None
+    # A retry whose request may have reached the provider (a timeout, a cut after it went out):
+    # it goes again to the same provider with the same key. False: certainly not accepted.
+    ambiguous: bool = False
+    # The provider asked us to slow down (429, Retry-After, SMPP's ESME_RTHROTTLED).
+    throttled: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -263,7 +263,9 @@ class WebhookSmsClient:
             # race): it most likely never saw it. Once more, at once, with the same key.
             remaining_s = self._timeout_s - (time.monotonic() - started)
             if remaining_s <= 0:
-                return SendResult(Outcome.RETRY, error=f"outcome unknown: timeout after {self._timeout_s:g}s")
+                return SendResult(
+                    Outcome.RETRY, error=f"outcome unknown: timeout after {self._timeout_s:g}s", ambiguous=True
+                )
             limit = aiohttp.ClientTimeout(total=remaining_s)
             log.info(
                 "webhook request lost on a reused keep-alive connection; sending it again at once",
@@ -291,7 +293,9 @@ class WebhookSmsClient:
         if isinstance(exc, _NEVER_SENT):
             return SendResult(Outcome.RETRY, error=self._redact(f"connection error: {_describe(exc, self._timeout_s)}"))
         # It may have reached the provider, or not: the same key again, later.
-        return SendResult(Outcome.RETRY, error=self._redact(f"outcome unknown: {_describe(exc, self._timeout_s)}"))
+        return SendResult(
+            Outcome.RETRY, error=self._redact(f"outcome unknown: {_describe(exc, self._timeout_s)}"), ambiguous=True
+        )
 
     def _result(self, status: int, headers: Mapping[str, str], raw: bytes, problem: str | None) -> SendResult:
         """The outcome of an answer: its status, and what could be read after it (``problem`` if not all)."""
@@ -306,7 +310,8 @@ class WebhookSmsClient:
         error = self._redact(f"HTTP {status}: " + (_excerpt(raw) if problem is None else f"({problem})"))
         if status >= 500 or status in _TRANSIENT_4XX:
             delay = parse_retry_after(headers.get("Retry-After")) if status in _RETRY_AFTER_STATUSES else None
-            return SendResult(Outcome.RETRY, status_code=status, error=error, retry_after_s=delay)
+            throttled = status == 429 or delay is not None
+            return SendResult(Outcome.RETRY, status_code=status, error=error, retry_after_s=delay, throttled=throttled)
         return SendResult(Outcome.FAILED, status_code=status, error=error)
 
     def _redact(self, text: str) -> str:

@@ -126,7 +126,7 @@ async def test_hanging_provider_times_out(provider: Provider, make_client: Clien
     result = await client.send(TO, "Hello", "idem-slow")
 
     # No status came: the provider may have the message or not.
-    assert result == SendResult(Outcome.RETRY, error="outcome unknown: timeout after 0.2s")
+    assert result == SendResult(Outcome.RETRY, error="outcome unknown: timeout after 0.2s", ambiguous=True)
     assert len(provider.requests) == 1
 
 
@@ -155,7 +155,9 @@ async def test_429_with_retry_after(provider: Provider, make_client: ClientFacto
 
     result = await client.send(TO, "Hello", "idem-429")
 
-    assert result == SendResult(Outcome.RETRY, status_code=429, error="HTTP 429: rate limited", retry_after_s=3.0)
+    assert result == SendResult(
+        Outcome.RETRY, status_code=429, error="HTTP 429: rate limited", retry_after_s=3.0, throttled=True
+    )
 
 
 @pytest.mark.parametrize(("status", "outcome"), [(500, Outcome.RETRY), (400, Outcome.FAILED), (302, Outcome.FAILED)])
@@ -501,7 +503,7 @@ async def test_a_non_2xx_status_decides_when_what_breaks_comes_after_it(
 
     result = await make_client(await raw_server(answering(*parts))).send(TO, "Hello", "idem-bad")
 
-    assert result == SendResult(outcome, status_code=status, error=f"HTTP {status}: {{}}")
+    assert result == SendResult(outcome, status_code=status, error=f"HTTP {status}: {{}}", throttled=status == 429)
 
 
 class KeepAliveServer:
@@ -596,7 +598,9 @@ async def test_a_lost_request_is_sent_again_only_once(raw_server: RawServer, mak
 
     # Lost on one reused connection, sent again at once on the other, lost again: a retry
     # with backoff, not a third request now.
-    assert result == SendResult(Outcome.RETRY, error="outcome unknown: the server closed the connection")
+    assert result == SendResult(
+        Outcome.RETRY, error="outcome unknown: the server closed the connection", ambiguous=True
+    )
     assert [(r.connection, r.idempotency_key) for r in server.requests[2:]] in (
         [(1, "idem-c"), (2, "idem-c")],
         [(2, "idem-c"), (1, "idem-c")],
@@ -662,7 +666,9 @@ async def test_a_request_lost_on_a_new_connection_after_reused_ones_is_not_sent_
 
         result = await client.send(TO, "two", "idem-2")
 
-    assert result == SendResult(Outcome.RETRY, error="outcome unknown: the server closed the connection")
+    assert result == SendResult(
+        Outcome.RETRY, error="outcome unknown: the server closed the connection", ambiguous=True
+    )
     assert [(r.connection, r.idempotency_key) for r in server.requests] == [(1, "idem-1"), (2, "idem-2")]
 
 
@@ -911,7 +917,7 @@ async def test_a_2xx_whose_headers_never_end_is_an_unknown_outcome_when_the_time
     finally:
         release.set()
 
-    assert result == SendResult(Outcome.RETRY, error="outcome unknown: timeout after 0.3s")
+    assert result == SendResult(Outcome.RETRY, error="outcome unknown: timeout after 0.3s", ambiguous=True)
 
 
 async def test_credentials_in_the_webhook_url_are_sent_as_basic_auth(

@@ -130,7 +130,9 @@ async def test_429_with_retry_after_seconds(client: WebhookSmsClient, mocked: ai
 
     result = await send(client)
 
-    assert result == SendResult(Outcome.RETRY, status_code=429, error="HTTP 429: slow down", retry_after_s=7.0)
+    assert result == SendResult(
+        Outcome.RETRY, status_code=429, error="HTTP 429: slow down", retry_after_s=7.0, throttled=True
+    )
 
 
 async def test_429_with_retry_after_http_date(client: WebhookSmsClient, mocked: aioresponses) -> None:
@@ -216,7 +218,29 @@ async def test_an_error_before_any_status_is_an_unknown_outcome(
 ) -> None:
     mocked.post(URL_, exception=exc)
 
-    assert await send(client) == SendResult(Outcome.RETRY, error=f"outcome unknown: {error}")
+    # The provider may have it: a retry that must go to the same provider with the same key.
+    assert await send(client) == SendResult(Outcome.RETRY, error=f"outcome unknown: {error}", ambiguous=True)
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "throttled"),
+    [
+        (429, {}, True),
+        (429, {"Retry-After": "3"}, True),
+        (503, {"Retry-After": "3"}, True),
+        (503, {}, False),
+        (500, {}, False),
+        (408, {}, False),
+    ],
+)
+async def test_an_answered_error_is_certainly_not_accepted_and_says_whether_it_throttles(
+    client: WebhookSmsClient, mocked: aioresponses, status: int, headers: dict[str, str], throttled: bool
+) -> None:
+    mocked.post(URL_, status=status, headers=headers, body="busy")
+
+    result = await send(client)
+
+    assert (result.outcome, result.ambiguous, result.throttled) == (Outcome.RETRY, False, throttled)
 
 
 async def test_cancellation_propagates(client: WebhookSmsClient, mocked: aioresponses) -> None:
@@ -313,7 +337,9 @@ async def test_a_disconnect_on_a_fresh_request_is_retried_later_not_at_once(
 
     result = await send(client)
 
-    assert result == SendResult(Outcome.RETRY, error="outcome unknown: the server closed the connection")
+    assert result == SendResult(
+        Outcome.RETRY, error="outcome unknown: the server closed the connection", ambiguous=True
+    )
     assert len(mocked.requests[("POST", URL(URL_))]) == 1
 
 
