@@ -141,6 +141,7 @@ class Resolution:
     status: MessageStatus
     sent_at: datetime | None = None
     message_id: str | None = None
+    # An expired one's is the failure it last retried on, if any: the database words the reason.
     last_error: str | None = None
     retry_in_s: float | None = None  # pending again: due this many seconds from now
     # An interrupted or never-started attempt does not count against the message.

@@ -230,15 +230,21 @@ class BatchSender:
         return self._report(claimed, resolutions, self._clock.monotonic() - started)
 
     def _expire(self, message: Message, last_error: str | None = None, attempt: Attempt | None = None) -> Resolution:
-        """A claimed message past its validUntil: never sent, ``expired`` with the reason."""
+        """A claimed message past its validUntil: never sent, ``expired``.
+
+        ``last_error`` is the failure that made it retry, if one did; the repository words the
+        reason with it, as it words the reason of every message that expires.
+        """
         assert message.valid_until is not None
-        reason = f"expired: not sent before validUntil {message.valid_until.isoformat()}"
+        fields = _send_fields(message, "expired")
         if last_error:
-            reason += f" (last error: {last_error})"
-        log.info("send", **_send_fields(message, "expired"), error=reason)
+            fields["error"] = last_error
+        log.info("send", **fields, valid_until=message.valid_until.isoformat())
         if self._observer is not None:
             self._observer.send_attempt("expired", None)
-        return Resolution(message.id, message.claim_token, MessageStatus.EXPIRED, last_error=reason, attempt=attempt)
+        return Resolution(
+            message.id, message.claim_token, MessageStatus.EXPIRED, last_error=last_error or None, attempt=attempt
+        )
 
     def _release_unresolved(
         self,

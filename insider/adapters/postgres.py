@@ -338,7 +338,7 @@ class PostgresMessageRepository(EnqueuesOne):
             raise RepositoryUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
         except psycopg.InterfaceError as exc:  # a connection closed under us
             raise RepositoryUnavailable(f"PostgreSQL connection lost: {exc}") from exc
-        except psycopg.errors.UndefinedTable as exc:  # a database that was down at start-up is not migrated yet
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as exc:  # not migrated yet
             raise RepositoryUnavailable(f"PostgreSQL has no schema yet (migrations not applied): {exc}") from exc
 
     async def _fetch(self, query: LiteralString, params: Mapping[str, Any] | None = None) -> list[DictRow]:

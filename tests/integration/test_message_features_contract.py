@@ -186,6 +186,37 @@ async def test_a_message_past_valid_until_expires_and_is_never_claimed(backend: 
     assert [m.id for m in listed.items] == [doomed.id]
 
 
+async def test_every_expiry_is_worded_alike(backend: Backend) -> None:
+    """The sweep, and a sender's expired outcome with or without the failure it retried on."""
+    repo = backend.repository
+    life_s = 3600.0 if backend.clock is not None else 0.5
+    valid_until = backend.now() + timedelta(seconds=life_s)
+    swept, retried, found_late = [await repo.enqueue(PHONE, f"m{i}", valid_until=valid_until) for i in range(3)]
+    tokens = {m.id: m.claim_token for m in await repo.claim(10, LEASE_S)}
+    await repo.resolve(
+        [
+            Resolution(swept.id, tokens[swept.id], MessageStatus.PENDING, last_error="HTTP 503", retry_in_s=life_s * 9),
+            Resolution(retried.id, tokens[retried.id], MessageStatus.EXPIRED, last_error="HTTP 503"),
+            Resolution(found_late.id, tokens[found_late.id], MessageStatus.EXPIRED),
+        ]
+    )
+    await backend.advance(life_s + 1)
+    await eventually(lambda: backend.now() > valid_until, timeout_s=5.0, what="validUntil to pass")
+    await repo.expire()
+
+    when = valid_until.strftime("%Y-%m-%dT%H:%M:%SZ")
+    reasons = {}
+    for m in (swept, retried, found_late):
+        got = await repo.get(m.id)
+        assert got is not None and got.status is MessageStatus.EXPIRED
+        reasons[m.id] = got.last_error
+    assert reasons == {
+        swept.id: f"expired: not sent before validUntil {when} (last error: HTTP 503)",
+        retried.id: f"expired: not sent before validUntil {when} (last error: HTTP 503)",
+        found_late.id: f"expired: not sent before validUntil {when}",
+    }
+
+
 async def test_the_claim_expires_and_reports_stale_rows(backend: Backend) -> None:
     repo = backend.repository
     life_s = 3600.0 if backend.clock is not None else 0.3

@@ -291,6 +291,28 @@ async def test_expiry_while_retrying(make_api: Callable[..., Awaitable[Api]]) ->
     assert len(api.sms.requests) == 1
 
 
+async def test_the_sender_and_the_sweep_word_an_expiry_alike(make_api: Callable[..., Awaitable[Api]]) -> None:
+    api = await make_api(retry_backoff="30s", retry_backoff_max="30s")
+    api.sms.responder = lambda request: SendResult(Outcome.RETRY, status_code=503, error="HTTP 503")
+    valid_until = api.clock.now().replace(microsecond=250_000) + timedelta(seconds=10)
+    when = valid_until.strftime("%Y-%m-%dT%H:%M:%SZ")  # in UTC, to the second, as the API takes times
+    _, retried = await api.post(
+        "/api/v1/messages", {"to": PHONE, "content": "x", "validUntil": valid_until.isoformat()}
+    )
+    _, swept = await api.post(
+        "/api/v1/messages", {"to": PHONE, "content": "y", "sendAt": api.iso(5), "validUntil": valid_until.isoformat()}
+    )
+    await api.run_once()  # the retry would come after its validUntil: the sender expires it
+    await api.clock.advance(11)  # the scheduled one was never due before its validUntil: the sweep expires it
+    reasons = {
+        body["id"]: (await api.get(f"/api/v1/messages/{body['id']}"))[1]["lastError"] for body in (retried, swept)
+    }
+    assert reasons == {
+        retried["id"]: f"expired: not sent before validUntil {when} (last error: HTTP 503)",
+        swept["id"]: f"expired: not sent before validUntil {when}",
+    }
+
+
 async def test_a_retry_past_valid_until_is_an_expired_attempt_in_the_history(
     make_api: Callable[..., Awaitable[Api]],
 ) -> None:

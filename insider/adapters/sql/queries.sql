@@ -58,8 +58,7 @@ WHERE uuid = %(uuid)s
 WITH expired AS (
     UPDATE messages m
     SET status = 'expired',
-        last_error = 'expired: not sent before validUntil ' || to_char(m.valid_until AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
-                     || COALESCE(' (last error: ' || m.last_error || ')', ''),
+        last_error = insider_expired_reason(m.valid_until, m.last_error),
         next_attempt_at = NULL,
         updated_at = now()
     WHERE m.id IN (
@@ -153,7 +152,10 @@ WITH v AS (
     SET status = v.status,
         sent_at = v.sent_at,
         message_id = v.message_id,
-        last_error = COALESCE(v.last_error, m.last_error),
+        -- An expired outcome's last_error is the last failure: the reason is worded here, as the sweep words it.
+        last_error = CASE WHEN v.status = 'expired'
+                          THEN insider_expired_reason(m.valid_until, COALESCE(v.last_error, m.last_error))
+                          ELSE COALESCE(v.last_error, m.last_error) END,
         next_attempt_at = now() + make_interval(secs => v.retry_in_s),
         segments = COALESCE(m.segments, v.segments),
         encoding = COALESCE(m.encoding, v.encoding),
@@ -203,8 +205,7 @@ RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id,
 -- Pending rows past their validUntil become expired (bounded; the claim does the same).
 UPDATE messages m
 SET status = 'expired',
-    last_error = 'expired: not sent before validUntil ' || to_char(m.valid_until AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
-                 || COALESCE(' (last error: ' || m.last_error || ')', ''),
+    last_error = insider_expired_reason(m.valid_until, m.last_error),
     next_attempt_at = NULL,
     updated_at = now()
 WHERE m.id IN (

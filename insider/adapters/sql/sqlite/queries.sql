@@ -98,8 +98,7 @@ SELECT id FROM (
 -- Pending rows past their validUntil become expired (bounded), and come back to be reported.
 UPDATE messages
 SET status = 'expired',
-    last_error = 'expired: not sent before validUntil ' || substr(valid_until, 1, 19) || 'Z'
-                 || COALESCE(' (last error: ' || last_error || ')', ''),
+    last_error = insider_expired_reason(valid_until, last_error),
     next_attempt_at = NULL,
     updated_at = :now
 WHERE id IN (
@@ -137,7 +136,10 @@ UPDATE messages AS m
 SET status = v.status,
     sent_at = v.sent_at,
     message_id = v.message_id,
-    last_error = COALESCE(v.last_error, m.last_error),
+    -- An expired outcome's last_error is the last failure: the reason is worded here, as the sweep words it.
+    last_error = CASE WHEN v.status = 'expired'
+                      THEN insider_expired_reason(m.valid_until, COALESCE(v.last_error, m.last_error))
+                      ELSE COALESCE(v.last_error, m.last_error) END,
     next_attempt_at = v.next_attempt_at,
     segments = COALESCE(m.segments, v.segments),
     encoding = COALESCE(m.encoding, v.encoding),
