@@ -136,12 +136,13 @@ def _optional_text(row: Row, column: str) -> str | None:
 
 
 def claim_query(queries: dict[str, str], order: SendOrder) -> str:
-    """The claim statement with one due branch per priority, highest first (both dialects)."""
+    """The claim statement with one due branch per priority, highest first (both dialects), and
+    the expiry sweep where it runs in the same statement (PostgreSQL)."""
     branch = queries[f"due_{order.value}"]
     arms = "\n        UNION ALL\n        ".join(
         branch.replace("__PRIORITY__", str(p)) for p in range(MAX_PRIORITY, MIN_PRIORITY - 1, -1)
     )
-    return queries["claim"].replace("__DUE__", arms)
+    return queries["claim"].replace("__DUE__", arms).replace("__EXPIRE__", queries["expire"])
 
 
 def claim_order(order: SendOrder) -> Any:

@@ -51,28 +51,12 @@ WHERE uuid = %(uuid)s
 -- first, then the due pending rows of each priority, highest first (__DUE__ is one
 -- `due_oldest` or `due_newest` branch per priority, 9 down to 0; the Append stops at the
 -- limit, so lower priorities are not even read when higher ones fill the batch). Pending
--- rows past their validUntil become `expired` in the same statement (a bounded sweep)
--- and come back too, with status `expired`, so the sender can report them. The locking
--- select is materialized so that it runs exactly once; SKIP LOCKED lets concurrent
--- claimers take disjoint rows.
+-- rows past their validUntil become `expired` in the same statement (__EXPIRE__ is the
+-- `expire` sweep) and come back too, with status `expired`, so the sender can report
+-- them. The locking select is materialized so that it runs exactly once; SKIP LOCKED lets
+-- concurrent claimers take disjoint rows.
 WITH expired AS (
-    UPDATE messages m
-    SET status = 'expired',
-        last_error = insider_expired_reason(m.valid_until, m.last_error),
-        next_attempt_at = NULL,
-        updated_at = now()
-    WHERE m.id IN (
-        SELECT id FROM messages
-        WHERE status = 'pending' AND valid_until IS NOT NULL AND valid_until <= now()
-        ORDER BY valid_until
-        LIMIT 1000
-        FOR UPDATE SKIP LOCKED
-    )
-    RETURNING m.id, m.recipient_phone, m.content, m.status, m.created_at, m.sent_at, m.message_id,
-              m.last_error, m.attempts, m.next_attempt_at, m.lease_expires_at,
-              m.idempotency_key::text AS idempotency_key, m.claim_token::text AS claim_token,
-              m.send_at, m.priority, m.valid_until, m.encoding, m.segments, m.uuid::text AS uuid,
-              m.delivered_at, m.delivery_status, m.delivery_error
+    __EXPIRE__
 ), due AS MATERIALIZED (
     SELECT id FROM (
         SELECT id FROM (
@@ -202,7 +186,8 @@ RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id,
        delivered_at, delivery_status, delivery_error
 
 -- expire --
--- Pending rows past their validUntil become expired (bounded; the claim does the same).
+-- Pending rows past their validUntil become expired (bounded), and come back to be reported;
+-- the claim runs this too, in its own statement. The UUIDs come back as text, as the claim's.
 UPDATE messages m
 SET status = 'expired',
     last_error = insider_expired_reason(m.valid_until, m.last_error),
@@ -215,6 +200,11 @@ WHERE m.id IN (
     LIMIT 1000
     FOR UPDATE SKIP LOCKED
 )
+RETURNING m.id, m.recipient_phone, m.content, m.status, m.created_at, m.sent_at, m.message_id,
+          m.last_error, m.attempts, m.next_attempt_at, m.lease_expires_at,
+          m.idempotency_key::text AS idempotency_key, m.claim_token::text AS claim_token,
+          m.send_at, m.priority, m.valid_until, m.encoding, m.segments, m.uuid::text AS uuid,
+          m.delivered_at, m.delivery_status, m.delivery_error
 
 -- idempotency_drop_stale --
 -- A key older than 24 hours is forgotten: the same key may be used again.
