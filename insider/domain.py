@@ -176,8 +176,8 @@ def unstorable_text(text: str) -> str | None:
     """Why ``text`` cannot be stored as given (a NUL or an unpaired surrogate), or None when it can.
 
     Both SQL adapters refuse such a message on enqueue with this reason (a ValueError), the
-    API answers 422 with it, and the sender fails such a row (written by another program)
-    instead of sending it.
+    API answers 422 with it (for a message's text and a receipt's fields alike), and the
+    sender fails such a row (written by another program) instead of sending it.
     """
     found = _UNSTORABLE.search(text)
     if found is None:

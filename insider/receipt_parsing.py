@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from insider.domain import MessageStatus, as_utc
+from insider.domain import MessageStatus, as_utc, unstorable_text
 
 # What a receipt's status says, case-insensitively, in the forms providers commonly send:
 # ours, SMPP's `stat` field (DELIVRD, UNDELIV, ...), Twilio's, Vonage's, Infobip's, Sinch's,
@@ -133,17 +133,6 @@ class InvalidReceipts(ValueError):
         self.fields = fields
 
 
-def _storable_text(value: str) -> str | None:
-    """Why ``value`` cannot be stored, or None: databases take no NUL and no lone surrogate."""
-    if "\x00" in value:
-        return "must not contain NUL characters"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "must not contain unpaired surrogates"
-    return None
-
-
 def _text_field(
     item: dict[str, Any], name: str, max_length: int, *, required: bool, numbers: bool = True
 ) -> tuple[str | None, str | None]:
@@ -160,7 +149,7 @@ def _text_field(
         return None, "must not be empty"
     if len(value) > max_length:
         return None, f"must be at most {max_length} characters"
-    problem = _storable_text(value)
+    problem = unstorable_text(value)
     return (None, problem) if problem else (value or None, None)
 
 

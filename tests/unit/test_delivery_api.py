@@ -335,7 +335,12 @@ async def test_the_api_token_does_not_apply_but_still_guards_the_rest() -> None:
         ),
         ([{"messageId": "a", "status": "delivered"}, {"messageId": "b"}], {"1.status": ["status is required"]}),
         ([{"messageId": "a", "status": "delivered"}, "nope"], {"1": ["must be an object with messageId and status"]}),
-        ([{"messageId": "a\u0000", "status": "x"}], {"0.messageId": ["must not contain NUL characters"]}),
+        # Worded as for a message's text: one rule of what no database can store.
+        ([{"messageId": "a\u0000", "status": "x"}], {"0.messageId": ["must not contain NUL characters (\\u0000)"]}),
+        (
+            {"messageId": "a", "status": "x", "errorCode": "\ud800"},
+            {"errorCode": ["must not contain unpaired surrogates (\\ud800 to \\udfff)"]},
+        ),
         ("delivered", {"_schema": ["the body must be a receipt object or a JSON array of them"]}),
     ],
 )
