@@ -7,7 +7,7 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Final
 
@@ -445,28 +445,9 @@ def mask_phone(phone: str | None) -> str:
     return phone[:4] + "*" * (len(phone) - 6) + phone[-2:]
 
 
-def slot_wait_s(last_at: datetime | None, now: datetime, interval_s: float) -> float:
-    """How long until the slot whose last batch went at ``last_at`` is due: one (current) interval later."""
-    if last_at is None:
-        return 0.0
-    return max(0.0, (last_at + timedelta(seconds=interval_s) - now).total_seconds())
-
-
-def slot_batch_at(last_at: datetime | None, now: datetime, interval_s: float) -> datetime:
-    """When a batch taking the slot at ``now`` counts as sent: when due if on time, else now.
-
-    A slot taken up to a small tolerance late keeps the grid (batch k at start + k x
-    interval, no drift); one taken later restarts the grid from now (no catch-up burst),
-    so two batches are never less than one interval apart. The PostgreSQL adapter
-    computes the same in SQL; SQLite calls this.
-    """
-    if last_at is not None:
-        due = last_at + timedelta(seconds=interval_s)
-        if timedelta(0) <= now - due <= timedelta(seconds=slot_tolerance_s(interval_s)):
-            return due
-    return now
-
-
 def slot_tolerance_s(interval_s: float) -> float:
-    """How late a slot may be taken and still keep the grid: 5% of it, at most 1 s."""
+    """How late a slot may be taken and still keep the grid: 5% of it, at most 1 s.
+
+    The repositories take the slot in SQL (``acquire_slot``, once per dialect) with this tolerance.
+    """
     return min(0.05 * interval_s, 1.0)

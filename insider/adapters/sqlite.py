@@ -35,8 +35,7 @@ from insider.domain import (
     Resolution,
     SendOrder,
     ensure_storable,
-    slot_batch_at,
-    slot_wait_s,
+    slot_tolerance_s,
 )
 from insider.history import MAX_EVENTS, Event
 from insider.ports import (
@@ -299,6 +298,11 @@ class SqliteDatabase:
         conn, self._connection = self._connection, None
         if conn is not None:
             conn.close()
+
+
+def _microseconds(seconds: float) -> int:
+    """Seconds as whole microseconds, rounded as a timedelta rounds them."""
+    return timedelta(seconds=seconds) // timedelta(microseconds=1)
 
 
 def _uuid4() -> str:
@@ -734,19 +738,20 @@ class SqliteMessageRepository(EnqueuesOne):
         return int(rows[0]["segments"])
 
     async def acquire_slot(self, name: str, interval_s: float) -> float:
-        """Take the slot in one transaction holding the write lock; see ``domain.slot_batch_at``."""
+        """Take the slot in one transaction holding the write lock (the rule: acquire_slot in queries.sql)."""
+        params = {
+            "name": name,
+            "interval_us": _microseconds(interval_s),
+            "tolerance_us": _microseconds(slot_tolerance_s(interval_s)),
+        }
 
         def work(conn: sqlite3.Connection) -> float:
             with _write_transaction(conn):
-                now = self._now()  # once the lock is held: waiting for it must not make "now" stale
-                row = conn.execute(_q("slot_get"), {"name": name}).fetchone()
-                last_at = parse_timestamp(row["last_at"]) if row is not None else None
-                wait_s = slot_wait_s(last_at, now, interval_s)
-                if wait_s > 0:
-                    return wait_s
-                batch_at = slot_batch_at(last_at, now, interval_s)
-                conn.execute(_q("slot_set"), {"name": name, "last_at": format_timestamp(batch_at)})
-                return 0.0
+                # Read once the lock is held: waiting for it must not make "now" stale.
+                params["now"] = format_timestamp(self._now())
+                if conn.execute(_q("acquire_slot"), params).fetchall():
+                    return 0.0
+                return float(conn.execute(_q("slot_wait"), params).fetchone()["wait_s"])
 
         return await self._db.run(work)
 

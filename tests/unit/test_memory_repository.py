@@ -106,3 +106,25 @@ async def test_every_time_the_sqlite_repository_writes_comes_from_its_clock() ->
             return [row[0] for row in rows]
 
         assert all(stamp.startswith("2031-05-04") for stamp in await repository.database.run(stamps))
+
+
+async def test_the_slot_keeps_its_grid_to_the_microsecond_and_restarts_from_now_when_late() -> None:
+    clock = FakeClock(datetime(2031, 5, 4, 12, 0, 0, 123_456, tzinfo=UTC))
+    async with memory_repository(clock) as repository:
+        assert await repository.acquire_slot("batch", 0.25) == 0.0  # new: taken at once
+        await clock.advance(0.1)
+        assert await repository.acquire_slot("batch", 0.25) == pytest.approx(0.15)
+        await clock.advance(0.16)  # 10 ms late, within the tolerance (5% of 0.25 s): counts as sent when due
+        assert await repository.acquire_slot("batch", 0.25) == 0.0
+        await clock.advance(0.24)  # on the grid: due 0.5 s after the first
+        assert await repository.acquire_slot("batch", 0.25) == 0.0
+        await clock.advance(3600)  # late: the grid restarts from now, no catch-up burst
+        assert await repository.acquire_slot("batch", 0.25) == 0.0
+        assert await repository.acquire_slot("batch", 0.25) == pytest.approx(0.25)
+        # Restarted with a longer interval: due one current interval after the last batch.
+        assert await repository.acquire_slot("batch", 60) == pytest.approx(60)
+
+        def last_at(conn: sqlite3.Connection) -> str:
+            return str(conn.execute("SELECT last_at FROM insider_slots WHERE name = 'batch'").fetchone()[0])
+
+        assert await repository.database.run(last_at) == "2031-05-04T13:00:00.623456Z"

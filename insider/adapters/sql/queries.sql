@@ -256,7 +256,7 @@ WITH inserted AS (
     UPDATE insider_slots
     -- On time (within the tolerance): the batch counts as sent when due, keeping the grid
     -- (no drift). Late: as sent now, so two batches are never less than one interval
-    -- apart (domain.slot_batch_at).
+    -- apart. (SQLite's acquire_slot is the same rule in its dialect.)
     SET last_at = CASE WHEN now() - (last_at + make_interval(secs => %(interval_s)s)) <= make_interval(secs => %(tolerance_s)s)
                        THEN last_at + make_interval(secs => %(interval_s)s)
                        ELSE now() END

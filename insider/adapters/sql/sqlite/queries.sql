@@ -199,14 +199,39 @@ SELECT request_hash, status_code, message_ids FROM insider_idempotency_keys WHER
 -- The messages the first request with the key created.
 UPDATE insider_idempotency_keys SET message_ids = :message_ids WHERE key = :key
 
--- slot_get --
--- When the last batch of the slot :name went (inside the slot's write transaction).
-SELECT last_at FROM insider_slots WHERE name = :name
+-- acquire_slot --
+-- Take the slot :name when due (inside a write transaction, :now read once the lock was
+-- held): due one interval (:interval_us, the caller's current one) after the last batch; a
+-- new slot at once. A row back: taken. On time (up to :tolerance_us late) the batch counts
+-- as sent when due, keeping the grid (no drift); later, as sent now, so two batches are
+-- never less than one interval apart. Times are reckoned in whole microseconds, as the
+-- schema's fixed-width text holds them: seconds since the epoch, then the fraction.
+WITH slot AS (
+    SELECT strftime('%s', substr(last_at, 1, 19)) * 1000000 + substr(last_at, 21, 6) + :interval_us AS due_us,
+           strftime('%s', substr(:now, 1, 19)) * 1000000 + substr(:now, 21, 6) AS now_us
+    FROM insider_slots
+    WHERE name = :name
+)
+INSERT INTO insider_slots (name, last_at) VALUES (:name, :now)
+ON CONFLICT (name) DO UPDATE
+SET last_at = (
+    SELECT CASE WHEN now_us - due_us <= :tolerance_us
+                THEN strftime('%Y-%m-%dT%H:%M:%S', due_us / 1000000, 'unixepoch') || printf('.%06dZ', due_us % 1000000)
+                ELSE excluded.last_at END
+    FROM slot
+)
+WHERE (SELECT due_us <= now_us FROM slot)
+RETURNING last_at
 
--- slot_set --
--- Take the slot :name: its batch counts as sent at :last_at.
-INSERT INTO insider_slots (name, last_at) VALUES (:name, :last_at)
-ON CONFLICT (name) DO UPDATE SET last_at = excluded.last_at
+-- slot_wait --
+-- The seconds until the slot :name is due, when acquire_slot did not take it (same transaction).
+WITH slot AS (
+    SELECT strftime('%s', substr(last_at, 1, 19)) * 1000000 + substr(last_at, 21, 6) + :interval_us AS due_us,
+           strftime('%s', substr(:now, 1, 19)) * 1000000 + substr(:now, 21, 6) AS now_us
+    FROM insider_slots
+    WHERE name = :name
+)
+SELECT (due_us - now_us) / 1000000.0 AS wait_s FROM slot
 
 -- list_sent --
 -- The first page of sent messages, newest first.
