@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from importlib import resources
-from typing import Any, Final, LiteralString
+from typing import Any, Final, LiteralString, TypeVar, cast
 
 import orjson
 import psycopg
@@ -23,28 +23,25 @@ from insider.adapters import sqlfiles
 from insider.adapters.cursor import page_of, page_query
 from insider.adapters.rows import (
     WAITING_PER_SEND,
-    EnqueuesOne,
+    Row,
     claim_order,
     claim_query,
     message_from_row,
     outcome_row,
 )
+from insider.adapters.sql_repository import Flow, SqlMessageRepository
 from insider.domain import (
     Message,
     MessageStatus,
     NewMessage,
     Resolution,
     SendOrder,
-    ensure_storable,
     slot_tolerance_s,
     storable_text,
 )
 from insider.history import MAX_EVENTS, Event
 from insider.ports import (
-    Enqueued,
     FileAlreadyLoaded,
-    IdempotencyConflict,
-    IdempotencyKey,
     InvalidState,
     LoadedFile,
     MessageNotFound,
@@ -56,6 +53,7 @@ from insider.ports import (
 from insider.receipt_parsing import Receipt, ReceiptOutcome, ReceiptResult
 
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
+T = TypeVar("T")
 log = structlog.get_logger("insider.postgres")
 
 # Taken for the whole migration transaction, so processes starting together migrate one
@@ -96,23 +94,6 @@ _COPY_STAGED: Final = "COPY pg_temp.insider_file_load " + _COLUMNS + " FROM STDI
 
 def _copy_row(m: NewMessage) -> tuple[Any, ...]:
     return (m.recipient_phone, m.content, m.send_at, m.priority, m.valid_until, m.encoding.value, m.segments)
-
-
-def _messages_json(messages: Sequence[NewMessage]) -> str:
-    return orjson.dumps(
-        [
-            {
-                "recipient_phone": m.recipient_phone,
-                "content": m.content,
-                "send_at": m.send_at,
-                "priority": m.priority,
-                "valid_until": m.valid_until,
-                "encoding": m.encoding.value,
-                "segments": m.segments,
-            }
-            for m in messages
-        ]
-    ).decode()
 
 
 _CREATE_MIGRATIONS_TABLE: Final = """
@@ -315,7 +296,7 @@ def _storable(text: str | None) -> str | None:
     return storable_text(text) if text is not None else None
 
 
-class PostgresMessageRepository(EnqueuesOne):
+class PostgresMessageRepository(SqlMessageRepository):
     """The repository port on PostgreSQL, the source of truth in production.
 
     ``pool`` should hand out autocommit connections (``open_postgres_pool`` does): each
@@ -324,7 +305,25 @@ class PostgresMessageRepository(EnqueuesOne):
     """
 
     def __init__(self, pool: Pool) -> None:
+        super().__init__()
         self._pool = pool
+
+    def _time(self, when: datetime) -> datetime:
+        return when
+
+    def _message(self, row: Row) -> Message:
+        return message_from_row(row, _utc)
+
+    async def _in_transaction(self, flow: Flow[T]) -> T:
+        async with self._connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            try:
+                name, params = next(flow)
+                while True:
+                    await cur.execute(_q(name), params)
+                    rows: list[Row] = list(await cur.fetchall()) if cur.description is not None else []
+                    name, params = flow.send(rows)
+            except StopIteration as done:
+                return cast(T, done.value)
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
@@ -394,37 +393,6 @@ class PostgresMessageRepository(EnqueuesOne):
 
     async def ping(self) -> None:
         await self._fetch(_q("ping"))
-
-    async def enqueue_many(self, messages: Sequence[NewMessage], idempotency: IdempotencyKey | None = None) -> Enqueued:
-        if not messages:
-            return Enqueued([])
-        for m in messages:
-            ensure_storable(recipient_phone=m.recipient_phone, content=m.content)
-        async with self._connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            if idempotency is not None:
-                key = {"key": idempotency.key}
-                await cur.execute(_q("idempotency_drop_stale"), key)
-                await cur.execute(
-                    _q("idempotency_take"), {**key, "request_hash": idempotency.request_hash, "status_code": 201}
-                )
-                if not await cur.fetchall():  # taken by an earlier request (waited for, if it was running)
-                    await cur.execute(_q("idempotency_get"), key)
-                    first = await cur.fetchone()
-                    assert first is not None  # taken, and kept: only stale keys are dropped, in this transaction
-                    if first["request_hash"] != idempotency.request_hash:
-                        raise IdempotencyConflict(idempotency.key)
-                    ids = [int(i) for i in first["message_ids"]]
-                    await cur.execute(_q("get_many"), {"ids": ids})
-                    by_id = {row["id"]: _message(row) for row in await cur.fetchall()}
-                    return Enqueued([by_id[i] for i in ids if i in by_id], replayed=True)
-            await cur.execute(_q("enqueue"), {"messages": _messages_json(messages)})
-            stored = [_message(row) for row in await cur.fetchall()]
-            stored.sort(key=lambda m: m.id)  # ids follow the input order (ORDER BY ordinality)
-            if idempotency is not None:
-                ids_json = orjson.dumps([m.id for m in stored]).decode()
-                await cur.execute(_q("idempotency_store"), {"key": idempotency.key, "message_ids": ids_json})
-                await cur.execute(_q("idempotency_clean"))
-        return Enqueued(stored)
 
     async def load(self, messages: Sequence[NewMessage]) -> int:
         if not messages:

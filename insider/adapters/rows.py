@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Protocol
@@ -21,7 +21,6 @@ from insider.domain import (
     measure,
     storable_text,
 )
-from insider.ports import Enqueued, IdempotencyKey
 
 # Waiting receipts a resolve applies at most, per provider id it recorded: a bound on its
 # statement; any beyond wait for the periodic pass (or the next receipt of that id), in order.
@@ -32,6 +31,19 @@ class Row(Protocol):
     """A row read by column name: psycopg's dict rows and sqlite3.Row both are."""
 
     def __getitem__(self, key: str, /) -> Any: ...
+
+
+def new_message_row(m: NewMessage, time: Callable[[datetime], Any]) -> dict[str, Any]:
+    """The columns of a message to store; ``time`` turns a datetime into what the database takes."""
+    return {
+        "recipient_phone": m.recipient_phone,
+        "content": m.content,
+        "send_at": time(m.send_at) if m.send_at is not None else None,
+        "priority": m.priority,
+        "valid_until": time(m.valid_until) if m.valid_until is not None else None,
+        "encoding": m.encoding.value,
+        "segments": m.segments,
+    }
 
 
 def message_from_row(row: Row, timestamp: Callable[[Any], datetime | None]) -> Message:
@@ -150,22 +162,3 @@ def claim_order(order: SendOrder) -> Any:
     if order is SendOrder.NEWEST:
         return lambda m: (-m.priority, -m.created_at.timestamp(), -m.id)
     return lambda m: (-m.priority, m.created_at, m.id)
-
-
-class EnqueuesOne:
-    """``enqueue`` of the MessageRepository port, as one message through the adapter's ``enqueue_many``."""
-
-    async def enqueue_many(self, messages: Sequence[NewMessage], idempotency: IdempotencyKey | None = None) -> Enqueued:
-        raise NotImplementedError
-
-    async def enqueue(
-        self,
-        recipient_phone: str,
-        content: str,
-        *,
-        send_at: datetime | None = None,
-        priority: int = DEFAULT_PRIORITY,
-        valid_until: datetime | None = None,
-    ) -> Message:
-        new = NewMessage.of(recipient_phone, content, send_at=send_at, priority=priority, valid_until=valid_until)
-        return (await self.enqueue_many([new])).messages[0]

@@ -21,29 +21,26 @@ from insider.adapters import sqlfiles
 from insider.adapters.cursor import page_of, page_query
 from insider.adapters.rows import (
     WAITING_PER_SEND,
-    EnqueuesOne,
+    Row,
     claim_order,
     claim_query,
     message_from_row,
+    new_message_row,
     outcome_row,
 )
-from insider.clock import SystemClock
+from insider.adapters.sql_repository import Flow, SqlMessageRepository, drive
 from insider.domain import (
     Message,
     MessageStatus,
     NewMessage,
     Resolution,
     SendOrder,
-    ensure_storable,
     slot_tolerance_s,
 )
 from insider.history import MAX_EVENTS, Event
 from insider.ports import (
     Clock,
-    Enqueued,
     FileAlreadyLoaded,
-    IdempotencyConflict,
-    IdempotencyKey,
     InvalidState,
     LoadedFile,
     MessageNotFound,
@@ -150,24 +147,6 @@ def _q(name: str) -> str:
 
 
 _CLAIM: Final = {order: claim_query(_QUERIES, order) for order in SendOrder}
-IDEMPOTENCY_TTL: Final = timedelta(hours=24)
-
-
-def _time(when: datetime | None) -> str | None:
-    return format_timestamp(when) if when is not None else None
-
-
-def _new_row(m: NewMessage, now: str) -> dict[str, Any]:
-    return {
-        "recipient_phone": m.recipient_phone,
-        "content": m.content,
-        "now": now,
-        "send_at": _time(m.send_at),
-        "priority": m.priority,
-        "valid_until": _time(m.valid_until),
-        "encoding": m.encoding.value,
-        "segments": m.segments,
-    }
 
 
 class SqliteDatabase:
@@ -412,7 +391,7 @@ class SqliteFileLoad:
         return await self._db.run(run)
 
     async def add(self, messages: Sequence[NewMessage]) -> None:
-        rows = [_new_row(m, "") for m in messages]
+        rows = [new_message_row(m, format_timestamp) for m in messages]
 
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN")  # one transaction of the temporary database: no lock on the file
@@ -441,7 +420,7 @@ class SqliteFileLoad:
         return await self._run(work)
 
 
-class SqliteMessageRepository(EnqueuesOne):
+class SqliteMessageRepository(SqlMessageRepository):
     """The repository port on SQLite: one file, no server; for first runs, demos and small deployments.
 
     It behaves like the PostgreSQL repository: the same order, leases, retries and
@@ -452,8 +431,8 @@ class SqliteMessageRepository(EnqueuesOne):
     """
 
     def __init__(self, database: SqliteDatabase, clock: Clock | None = None) -> None:
+        super().__init__(clock)
         self._db = database
-        self._clock = clock or SystemClock()
 
     @property
     def database(self) -> SqliteDatabase:
@@ -462,6 +441,19 @@ class SqliteMessageRepository(EnqueuesOne):
 
     def _now(self) -> datetime:
         return self._clock.now()
+
+    def _time(self, when: datetime) -> str:
+        return format_timestamp(when)
+
+    def _message(self, row: Row) -> Message:
+        return message_from_row(row, parse_timestamp)
+
+    async def _in_transaction(self, flow: Flow[T]) -> T:
+        def work(conn: sqlite3.Connection) -> T:
+            with _write_transaction(conn):
+                return drive(flow, lambda name, params: conn.execute(_q(name), params).fetchall())
+
+        return await self._db.run(work)
 
     async def _fetch(self, query: str, params: Mapping[str, Any] | None = None) -> list[sqlite3.Row]:
         def work(conn: sqlite3.Connection) -> list[sqlite3.Row]:
@@ -497,48 +489,6 @@ class SqliteMessageRepository(EnqueuesOne):
     async def ping(self) -> None:
         await self._fetch(_q("ping"))
 
-    async def enqueue_many(self, messages: Sequence[NewMessage], idempotency: IdempotencyKey | None = None) -> Enqueued:
-        if not messages:
-            return Enqueued([])
-        for m in messages:
-            ensure_storable(recipient_phone=m.recipient_phone, content=m.content)
-
-        def work(conn: sqlite3.Connection) -> Enqueued:
-            with _write_transaction(conn):
-                now = self._now()
-                stamp = format_timestamp(now)
-                if idempotency is not None:
-                    key = {"key": idempotency.key}
-                    stale_before = format_timestamp(now - IDEMPOTENCY_TTL)
-                    conn.execute(_q("idempotency_drop_stale"), {**key, "stale_before": stale_before})
-                    taken = conn.execute(
-                        _q("idempotency_take"),
-                        {**key, "request_hash": idempotency.request_hash, "status_code": 201, "now": stamp},
-                    ).fetchall()
-                    if not taken:
-                        first = conn.execute(_q("idempotency_get"), key).fetchone()
-                        if first["request_hash"] != idempotency.request_hash:
-                            raise IdempotencyConflict(idempotency.key)
-                        ids = [int(i) for i in json.loads(first["message_ids"])]
-                        rows = conn.execute(_q("get_many"), {"ids": json.dumps(ids)}).fetchall()
-                        by_id = {row["id"]: _message(row) for row in rows}
-                        return Enqueued([by_id[i] for i in ids if i in by_id], replayed=True)
-                stored = []
-                for m in messages:
-                    row = conn.execute(
-                        _q("enqueue"), {**_new_row(m, stamp), "idempotency_key": str(uuid.uuid4())}
-                    ).fetchone()
-                    stored.append(_message(row))
-                if idempotency is not None:
-                    conn.execute(
-                        _q("idempotency_store"),
-                        {"key": idempotency.key, "message_ids": json.dumps([m.id for m in stored])},
-                    )
-                    conn.execute(_q("idempotency_clean"), {"stale_before": stale_before})
-                return Enqueued(stored)
-
-        return await self._db.run(work)
-
     async def load(self, messages: Sequence[NewMessage]) -> int:
         if not messages:
             return 0
@@ -546,7 +496,7 @@ class SqliteMessageRepository(EnqueuesOne):
 
         def work(conn: sqlite3.Connection) -> int:
             with _write_transaction(conn):
-                conn.executemany(_q("load"), [_new_row(m, stamp) for m in messages])
+                conn.executemany(_q("load"), [new_message_row(m, format_timestamp) | {"now": stamp} for m in messages])
             return len(messages)
 
         return await self._db.run(work)
@@ -784,7 +734,7 @@ def _apply(
             "delivery_status": r.delivery_status,
             "final_status": r.final_status.value if r.final_status is not None else None,
             "error_code": r.error_code,
-            "done_at": _time(r.done_at),
+            "done_at": format_timestamp(r.done_at) if r.done_at is not None else None,
             "received_at": format_timestamp(r.received_at),
             "dedupe_key": r.dedupe_key,
         }

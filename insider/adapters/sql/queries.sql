@@ -20,13 +20,13 @@ RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id,
        delivered_at, delivery_status, delivery_error
 
 -- get_many --
--- Messages by id, any state.
+-- Messages by id (a JSON array), any state.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
        delivered_at, delivery_status, delivery_error
 FROM messages
-WHERE id = ANY(%(ids)s)
+WHERE id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb)::bigint)
 
 -- get --
 -- One message in any state.
@@ -230,8 +230,8 @@ ON CONFLICT (key) DO NOTHING
 RETURNING key
 
 -- idempotency_get --
--- What the first request with the key answered.
-SELECT request_hash, status_code, message_ids
+-- What the first request with the key answered (the ids as a JSON array's text).
+SELECT request_hash, status_code, message_ids::text AS message_ids
 FROM insider_idempotency_keys
 WHERE key = %(key)s
 

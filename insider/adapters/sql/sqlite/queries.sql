@@ -8,11 +8,14 @@
 SELECT 1
 
 -- enqueue --
--- Store one pending message; due at its sendAt or at once.
+-- Store pending messages, given as one JSON array, in its order; due at sendAt, or at once.
 INSERT INTO messages (recipient_phone, content, created_at, updated_at, idempotency_key,
                       send_at, priority, valid_until, encoding, segments)
-VALUES (:recipient_phone, :content, :now, :now, :idempotency_key,
-        :send_at, :priority, :valid_until, :encoding, :segments)
+SELECT json_extract(value, '$.recipient_phone'), json_extract(value, '$.content'), :now, :now, insider_uuid4(),
+       json_extract(value, '$.send_at'), json_extract(value, '$.priority'), json_extract(value, '$.valid_until'),
+       json_extract(value, '$.encoding'), json_extract(value, '$.segments')
+FROM json_each(:messages)
+ORDER BY key
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
           send_at, priority, valid_until, encoding, segments,
@@ -174,14 +177,19 @@ RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id,
        delivered_at, delivery_status, delivery_error
 
 -- idempotency_drop_stale --
--- A key older than 24 hours is forgotten: the same key may be used again.
-DELETE FROM insider_idempotency_keys WHERE key = :key AND created_at <= :stale_before
+-- A key older than 24 hours is forgotten: the same key may be used again. (The time 24
+-- hours before :now keeps its fraction of a second: text order is time order.)
+DELETE FROM insider_idempotency_keys
+WHERE key = :key AND created_at <= strftime('%Y-%m-%dT%H:%M:%S', :now, '-24 hours') || substr(:now, 20)
 
 -- idempotency_clean --
 -- Forget a bounded number of keys older than 24 hours.
 DELETE FROM insider_idempotency_keys
 WHERE key IN (
-    SELECT key FROM insider_idempotency_keys WHERE created_at <= :stale_before ORDER BY created_at LIMIT 1000
+    SELECT key FROM insider_idempotency_keys
+    WHERE created_at <= strftime('%Y-%m-%dT%H:%M:%S', :now, '-24 hours') || substr(:now, 20)
+    ORDER BY created_at
+    LIMIT 1000
 )
 
 -- idempotency_take --
