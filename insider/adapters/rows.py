@@ -1,9 +1,9 @@
-"""A ``messages`` row as a Message, and outcomes as the rows to write, whichever the database."""
+"""Rows and domain objects, whichever the database: messages, outcomes, history events, receipts, loaded files."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Protocol
@@ -21,6 +21,9 @@ from insider.domain import (
     measure,
     storable_text,
 )
+from insider.history import Event
+from insider.ports import LoadedFile
+from insider.receipt_parsing import Receipt, ReceiptOutcome, ReceiptResult
 
 # Waiting receipts a resolve applies at most, per provider id it recorded: a bound on its
 # statement; any beyond wait for the periodic pass (or the next receipt of that id), in order.
@@ -33,7 +36,14 @@ class Row(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
 
 
-def new_message_row(m: NewMessage, time: Callable[[datetime], Any]) -> dict[str, Any]:
+# A dialect's time as an aware UTC datetime (None stays None), and the other way round.
+Timestamp = Callable[[Any], datetime | None]
+Time = Callable[[datetime], Any]
+# What an application of receipts did: the outcomes of the waiting ones it took, then of those given.
+Applied = tuple[list[ReceiptOutcome], list[ReceiptOutcome]]
+
+
+def new_message_row(m: NewMessage, time: Time) -> dict[str, Any]:
     """The columns of a message to store; ``time`` turns a datetime into what the database takes."""
     return {
         "recipient_phone": m.recipient_phone,
@@ -46,7 +56,7 @@ def new_message_row(m: NewMessage, time: Callable[[datetime], Any]) -> dict[str,
     }
 
 
-def message_from_row(row: Row, timestamp: Callable[[Any], datetime | None]) -> Message:
+def message_from_row(row: Row, timestamp: Timestamp) -> Message:
     """The Message of a row; ``timestamp`` turns the database's time values into aware UTC datetimes."""
     created_at = timestamp(row["created_at"])
     assert created_at is not None  # NOT NULL in the schema
@@ -115,6 +125,11 @@ class OutcomeRow:
     encoding: str | None = None
 
 
+def _storable(text: str | None) -> str | None:
+    """Text we record but did not choose, as every database can store it (``domain.storable_text``)."""
+    return storable_text(text) if text is not None else None
+
+
 def outcome_row(r: Resolution) -> OutcomeRow:
     """What is written back for ``r``. A provider's message id or error text may hold anything:
     what no database can store is replaced as ``domain.storable_text`` says."""
@@ -123,8 +138,8 @@ def outcome_row(r: Resolution) -> OutcomeRow:
         claim_token=claim_token(r.claim_token),
         status=r.status.value,
         sent_at=r.sent_at,
-        message_id=storable_text(r.message_id) if r.message_id is not None else None,
-        last_error=storable_text(r.last_error) if r.last_error is not None else None,
+        message_id=_storable(r.message_id),
+        last_error=_storable(r.last_error),
         retry_in_s=float(r.retry_in_s) if r.retry_in_s is not None else None,
         uncount=bool(r.uncount_attempt),
         at=r.attempt.at if r.attempt is not None else None,
@@ -132,9 +147,92 @@ def outcome_row(r: Resolution) -> OutcomeRow:
         attempt=r.attempt.number if r.attempt is not None else None,
         status_code=r.attempt.status_code if r.attempt is not None else None,
         duration_ms=r.attempt.duration_ms if r.attempt is not None else None,
-        error=storable_text(r.attempt.error) if r.attempt is not None and r.attempt.error is not None else None,
+        error=_storable(r.attempt.error) if r.attempt is not None else None,
         segments=r.segments,
         encoding=r.encoding.value if r.encoding is not None else None,
+    )
+
+
+def event_from_row(row: Row, timestamp: Timestamp) -> Event:
+    """One event of a message's history."""
+    at = timestamp(row["at"])
+    assert at is not None  # NOT NULL in the schema
+    return Event(
+        id=row["id"],
+        message_id=row["message_id"],
+        at=at,
+        kind=row["kind"],
+        outcome=row["outcome"],
+        attempt=row["attempt"],
+        status_code=row["status_code"],
+        duration_ms=row["duration_ms"],
+        error=row["error"],
+        provider_message_id=row["provider_message_id"],
+        receipt_status=row["receipt_status"],
+        error_code=row["error_code"],
+        done_at=timestamp(row["done_at"]),
+    )
+
+
+def receipt_rows(receipts: Sequence[Receipt], hints: Sequence[int | None], time: Time) -> list[dict[str, Any]]:
+    """Receipts to apply, each with its index and the id the cache hinted at (both dialects' JSON)."""
+    return [
+        {
+            "idx": i,
+            "hint": hint,
+            "provider_message_id": _storable(r.provider_message_id),
+            "receipt_status": _storable(r.status),
+            "delivery_status": r.delivery_status,
+            "final_status": r.final_status.value if r.final_status is not None else None,
+            "error_code": _storable(r.error_code),
+            "done_at": time(r.done_at) if r.done_at is not None else None,
+            "received_at": time(r.received_at),
+            "dedupe_key": r.dedupe_key,
+        }
+        for i, (r, hint) in enumerate(zip(receipts, hints, strict=True))
+    ]
+
+
+def provider_ids(receipts: Sequence[Receipt]) -> list[str | None]:
+    """The provider ids of ``receipts``, each once, as stored (the waiting receipts of which go first)."""
+    return list(dict.fromkeys(_storable(r.provider_message_id) for r in receipts))
+
+
+def receipt_outcomes(rows: Sequence[Row], timestamp: Timestamp) -> Applied:
+    """What each receipt did, from an application's result rows: the waiting ones taken (``src`` 0),
+    then the receipts given (``src`` 1), each in order."""
+    taken: list[ReceiptOutcome] = []
+    given: list[ReceiptOutcome] = []
+    for row in rows:
+        (taken if row["src"] == 0 else given).append(
+            ReceiptOutcome(
+                ReceiptResult(row["result"]),
+                row["message_id"],
+                MessageStatus(row["status"]) if row["status"] is not None else None,
+                timestamp(row["sent_at"]),
+                timestamp(row["delivered_at"]),
+            )
+        )
+    return taken, given
+
+
+def dropped_receipt(row: Row, timestamp: Timestamp) -> Receipt:
+    """A waiting receipt dropped as too old."""
+    received_at = timestamp(row["received_at"])
+    assert received_at is not None  # NOT NULL in the schema
+    return Receipt(row["provider_message_id"], row["receipt_status"], received_at)
+
+
+def loaded_file_from_row(row: Row, timestamp: Timestamp) -> LoadedFile:
+    """A file ``enqueue --file`` stored."""
+    return LoadedFile(
+        digest=row["digest"],
+        name=row["name"],
+        lines=row["lines"],
+        stored=row["stored"],
+        rejected=row["rejected"],
+        loaded_at=timestamp(row["loaded_at"]),
+        loads=row["loads"],
     )
 
 

@@ -4,22 +4,47 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Generator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
 import orjson
 
-from insider.adapters.rows import Row, new_message_row
+from insider.adapters.cursor import page_of, page_query
+from insider.adapters.rows import (
+    Applied,
+    Row,
+    Timestamp,
+    claim_order,
+    dropped_receipt,
+    event_from_row,
+    loaded_file_from_row,
+    message_from_row,
+    new_message_row,
+    provider_ids,
+)
 from insider.clock import SystemClock
-from insider.domain import DEFAULT_PRIORITY, Message, NewMessage, ensure_storable
-from insider.ports import Clock, Enqueued, IdempotencyConflict, IdempotencyKey
+from insider.domain import DEFAULT_PRIORITY, Message, MessageStatus, NewMessage, SendOrder, ensure_storable
+from insider.history import MAX_EVENTS, Event
+from insider.ports import (
+    Clock,
+    Enqueued,
+    FileAlreadyLoaded,
+    IdempotencyConflict,
+    IdempotencyKey,
+    InvalidState,
+    LoadedFile,
+    MessageNotFound,
+    Page,
+    WaitingReport,
+)
+from insider.receipt_parsing import Receipt, ReceiptOutcome
 
 T = TypeVar("T")
 
 # One statement of a flow: the name of a query in the dialect's queries.sql, and its parameters.
 Statement = tuple[str, Mapping[str, Any]]
-# Statements to run in turn in one transaction: the flow yields each and is sent its rows back,
-# so the decisions between them are written once and each dialect runs them on its connection.
+# Statements run in turn on one connection: the flow yields each and is sent its rows back, so
+# the decisions between them are written once and each dialect runs them its own way.
 Flow = Generator[Statement, list[Row], T]
 
 
@@ -33,16 +58,32 @@ def drive(flow: Flow[T], execute: Callable[[str, Mapping[str, Any]], list[Row]])
         return cast(T, done.value)
 
 
-def _json(value: object) -> str:
+def json_text(value: object) -> str:
+    """``value`` as compact JSON text, as both dialects read their JSON parameters."""
     return orjson.dumps(value).decode()
+
+
+def publish_file(record: LoadedFile, again: bool, now: Mapping[str, Any], timestamp: Timestamp) -> Flow[LoadedFile]:
+    """Record a loaded file, then move its staged messages into the queue (``FileLoad.publish``).
+
+    The file's row first: a load of the same bytes running at the same time waits on it.
+    """
+    params = {k: getattr(record, k) for k in ("digest", "name", "lines", "stored", "rejected")} | dict(now)
+    stored = yield ("file_load_again" if again else "file_load_record"), params
+    if not stored:
+        [previous] = yield "file_load_get", {"digest": record.digest}  # rows of this table are never deleted
+        raise FileAlreadyLoaded(loaded_file_from_row(previous, timestamp))
+    yield "file_load_publish", now
+    return loaded_file_from_row(stored[0], timestamp)
 
 
 class SqlMessageRepository(abc.ABC):
     """The half of the repository port that reads the same on SQLite and PostgreSQL.
 
-    A dialect says how a time goes into a statement, how a row comes back as a Message, and
-    how a flow runs in one transaction. Statements take the adapter's clock as ``:now``
-    where the dialect's SQL asks for it (SQLite); PostgreSQL's use the server's ``now()``.
+    A dialect says how a time goes into a statement and comes back, how one of its named
+    queries runs, how a flow of them runs on one connection, and how receipts are applied.
+    Statements are given the adapter's clock as ``now``; SQLite's use it, PostgreSQL's use
+    the server's ``now()``.
     """
 
     def __init__(self, clock: Clock | None = None) -> None:
@@ -53,16 +94,46 @@ class SqlMessageRepository(abc.ABC):
         """``when`` as the dialect's statements take a time."""
 
     @abc.abstractmethod
-    def _message(self, row: Row) -> Message:
-        """The Message of a row of ``messages``."""
+    def _timestamp(self, value: Any) -> datetime | None:
+        """A time as the dialect gives it back, as an aware UTC datetime (None stays None)."""
 
     @abc.abstractmethod
-    async def _in_transaction(self, flow: Flow[T]) -> T:
-        """Run ``flow`` in one transaction that holds what it writes until it commits."""
+    async def _rows(self, name: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+        """The rows of one named statement, run on its own (committed when it returns)."""
 
-    def _now_params(self) -> dict[str, Any]:
-        """The time statements are given, read when the statement is about to run."""
+    @abc.abstractmethod
+    async def _count(self, name: str, params: Mapping[str, Any]) -> int:
+        """How many rows one named statement changed (committed when it returns)."""
+
+    @abc.abstractmethod
+    async def _run(self, flow: Flow[T], *, atomic: bool) -> T:
+        """Run ``flow``'s statements in turn on one connection: ``atomic``, in one transaction
+        (all or none); else each commits as it runs, where the dialect allows it."""
+
+    @abc.abstractmethod
+    def _apply(
+        self, receipts: Sequence[Receipt], hints: Sequence[int | None], ids: Sequence[str | None], limit: int | None
+    ) -> Flow[Applied]:
+        """Apply the receipts still waiting for the provider ids ``ids`` (up to ``limit``,
+        None: all), then ``receipts``; the outcomes of the waiting ones taken, then of ``receipts``.
+
+        The rule (which receipt moves which message, in what order) is the dialect's SQL.
+        """
+
+    def _message(self, row: Row) -> Message:
+        return message_from_row(row, self._timestamp)
+
+    def _now(self) -> dict[str, Any]:
+        """The time statements are given, read when they are about to run."""
         return {"now": self._time(self._clock.now())}
+
+    @staticmethod
+    def _claimed(messages: Sequence[Message], order: SendOrder) -> list[Message]:
+        """Claimed rows in the order a batch starts their requests (UPDATE ... RETURNING gives none)."""
+        return sorted(messages, key=claim_order(order))
+
+    async def ping(self) -> None:
+        await self._rows("ping")
 
     async def enqueue(
         self,
@@ -81,7 +152,7 @@ class SqlMessageRepository(abc.ABC):
             return Enqueued([])
         for m in messages:
             ensure_storable(recipient_phone=m.recipient_phone, content=m.content)
-        return await self._in_transaction(self._enqueue(messages, idempotency))
+        return await self._run(self._enqueue(messages, idempotency), atomic=True)
 
     def _enqueue(self, messages: Sequence[NewMessage], idempotency: IdempotencyKey | None) -> Flow[Enqueued]:
         """Store ``messages``; with a key, once: the key is taken first, in the same transaction.
@@ -89,7 +160,7 @@ class SqlMessageRepository(abc.ABC):
         A concurrent request with the same key waits on it (PostgreSQL: its row; SQLite: the
         write lock) and then finds it taken.
         """
-        now = self._now_params()  # inside the transaction: after waiting for the lock
+        now = self._now()  # inside the transaction: after waiting for the lock
         if idempotency is not None:
             key = {"key": idempotency.key, **now}
             yield "idempotency_drop_stale", key
@@ -99,11 +170,87 @@ class SqlMessageRepository(abc.ABC):
                 if first["request_hash"] != idempotency.request_hash:
                     raise IdempotencyConflict(idempotency.key)
                 ids = [int(i) for i in orjson.loads(first["message_ids"])]
-                by_id = {row["id"]: self._message(row) for row in (yield "get_many", {"ids": _json(ids)})}
+                by_id = {row["id"]: self._message(row) for row in (yield "get_many", {"ids": json_text(ids)})}
                 return Enqueued([by_id[i] for i in ids if i in by_id], replayed=True)
-        rows = yield "enqueue", {"messages": _json([new_message_row(m, self._time) for m in messages]), **now}
+        rows = yield "enqueue", {"messages": json_text([new_message_row(m, self._time) for m in messages]), **now}
         stored = sorted((self._message(row) for row in rows), key=lambda m: m.id)  # ids follow the input order
         if idempotency is not None:
-            yield "idempotency_store", {"key": idempotency.key, "message_ids": _json([m.id for m in stored])}
+            yield "idempotency_store", {"key": idempotency.key, "message_ids": json_text([m.id for m in stored])}
             yield "idempotency_clean", now
         return Enqueued(stored)
+
+    async def apply_receipts(self, receipts: Sequence[Receipt], hints: Sequence[int | None]) -> list[ReceiptOutcome]:
+        if not receipts:
+            return []
+        taken, given = await self._run(self._apply(receipts, hints, provider_ids(receipts), None), atomic=False)
+        return given + taken
+
+    async def apply_waiting(self, max_age_s: float, limit: int = 1000) -> WaitingReport:
+        return await self._run(self._apply_waiting(max_age_s, limit), atomic=False)
+
+    def _apply_waiting(self, max_age_s: float, limit: int) -> Flow[WaitingReport]:
+        ids = [row["provider_message_id"] for row in (yield "waiting_ids", {"limit": limit})]
+        applied, _ = (yield from self._apply([], [], ids, limit)) if ids else ([], [])
+        before = self._time(self._clock.now() - timedelta(seconds=max_age_s))
+        dropped = yield "drop_waiting", {"before": before, "limit": limit}
+        return WaitingReport(applied, [dropped_receipt(row, self._timestamp) for row in dropped])
+
+    async def loaded_file(self, digest: str) -> LoadedFile | None:
+        rows = await self._rows("file_load_get", {"digest": digest})
+        return loaded_file_from_row(rows[0], self._timestamp) if rows else None
+
+    async def get(self, message_id: int) -> Message | None:
+        await self.expire()  # a message past its validUntil reads as expired, not pending
+        rows = await self._rows("get", {"id": message_id})
+        return self._message(rows[0]) if rows else None
+
+    async def list_messages(
+        self, status: MessageStatus | None, limit: int, cursor: str | None = None, to: str | None = None
+    ) -> Page:
+        if status in (MessageStatus.PENDING, MessageStatus.EXPIRED):
+            await self.expire()  # a message past its validUntil is listed as expired, not pending
+        name, params = page_query(status, limit, cursor, to)
+        if "key" in params:
+            params["key"] = self._time(params["key"])
+        # The sent queries skip rows without sent_at, so every listed row has its key.
+        return page_of([self._message(row) for row in await self._rows(name, params)], limit, status)
+
+    async def events(self, message_id: int, limit: int = MAX_EVENTS) -> list[Event]:
+        return [
+            event_from_row(row, self._timestamp)
+            for row in await self._rows("events", {"id": message_id, "limit": limit})
+        ]
+
+    async def prune_events(self, older_than_s: float, limit: int) -> int:
+        before = self._time(self._clock.now() - timedelta(seconds=older_than_s))
+        return await self._count("prune_events", {"before": before, "limit": limit})
+
+    async def retry(self, message_id: int) -> Message:
+        return await self._move(message_id, "retry", MessageStatus.FAILED)
+
+    async def cancel(self, message_id: int) -> Message:
+        return await self._move(message_id, "cancel", MessageStatus.PENDING)
+
+    async def _move(self, message_id: int, name: str, wanted: MessageStatus) -> Message:
+        """Run the statement that moves one message out of ``wanted``; say why when it did not."""
+        rows = await self._rows(name, {"id": message_id, **self._now()})
+        if rows:
+            return self._message(rows[0])
+        current = await self.get(message_id)
+        if current is None:
+            raise MessageNotFound(message_id)
+        raise InvalidState(current, wanted.value)
+
+    async def expire(self) -> int:
+        return await self._count("expire", self._now())
+
+    async def segments_sent(self) -> int:
+        rows = await self._rows("segments_sent")
+        return int(rows[0]["segments"])
+
+    async def counts(self) -> dict[MessageStatus, int]:
+        await self.expire()  # pending messages past their validUntil count as expired
+        result = dict.fromkeys(MessageStatus, 0)
+        for row in await self._rows("counts"):
+            result[MessageStatus(row["status"])] = row["n"]
+        return result

@@ -423,7 +423,8 @@ CREATE TEMP TABLE IF NOT EXISTS insider_receipts_in (
 -- history or earlier in this list (`nth` > 1); the first new final one of a `sent` message
 -- moves it to delivered or undelivered (`applied`; a final status never moves back). A
 -- given one with no message yet waits. SQLite runs one write transaction at a time, so no
--- other write comes between a waiting receipt and the ones given after it.
+-- other write comes between a waiting receipt and the ones given after it. A row back per
+-- receipt planned: none, nothing to do.
 INSERT INTO temp.insider_receipts_in
     (src, pos, hint, provider_message_id, receipt_status, delivery_status, final_status, error_code, done_at,
      received_at, dedupe_key, message_id, nth, fresh, applied)
@@ -483,6 +484,7 @@ SELECT src, pos, hint, provider_message_id, receipt_status, delivery_status, fin
        fresh AND final_status IS NOT NULL AND final_rank = 1
        AND EXISTS (SELECT 1 FROM messages m WHERE m.id = ranked.message_id AND m.status = 'sent') AS applied
 FROM ranked
+RETURNING src
 
 -- receipts_take --
 -- The waiting receipts planned, out of the waiting table.
