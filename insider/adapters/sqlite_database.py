@@ -167,7 +167,7 @@ class SqliteDatabase:
         try:
             conn.row_factory = sqlite3.Row
             conn.create_function("insider_uuid4", 0, _uuid4)
-            conn.create_function("insider_expired_reason", 2, _expired_reason, deterministic=True)
+            conn.create_function("insider_last_error", 3, _last_error, deterministic=True)
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
             # WAL: readers do not wait for the writer, and another process (the enqueue
             # command, a second service) can use the same file meanwhile.
@@ -209,10 +209,12 @@ def _uuid4() -> str:
     return str(uuid.uuid4())
 
 
-def _expired_reason(valid_until: str | None, last_error: str | None) -> str | None:
-    """SQL ``insider_expired_reason(valid_until, last_error)``: why a message past its validUntil
-    became expired, as PostgreSQL's function of that name (a migration of its own) words it: the time
-    (stored text) in UTC to the second with a Z, then the last failure, if there was one."""
+def _last_error(status: str | None, valid_until: str | None, last_error: str | None) -> str | None:
+    """SQL ``insider_last_error(status, valid_until, last_error)``, as PostgreSQL's function of that
+    name (a migration of its own) says it: for ``expired``, why, with validUntil (stored text) in
+    UTC to the second and a Z, then the last failure, if there was one; else the failure as given."""
+    if status != "expired":
+        return last_error
     if valid_until is None:
         return None  # as SQL's || with NULL
     reason = f"expired: not sent before validUntil {valid_until[:19]}Z"

@@ -136,10 +136,8 @@ WITH v AS (
     SET status = v.status,
         sent_at = v.sent_at,
         message_id = v.message_id,
-        -- An expired outcome's last_error is the last failure: the reason is worded here, as the sweep words it.
-        last_error = CASE WHEN v.status = 'expired'
-                          THEN insider_expired_reason(m.valid_until, COALESCE(v.last_error, m.last_error))
-                          ELSE COALESCE(v.last_error, m.last_error) END,
+        -- An expired outcome gives the last failure: the reason is worded as the sweep's.
+        last_error = insider_last_error(v.status, m.valid_until, COALESCE(v.last_error, m.last_error)),
         next_attempt_at = now() + make_interval(secs => v.retry_in_s),
         segments = COALESCE(m.segments, v.segments),
         encoding = COALESCE(m.encoding, v.encoding),
@@ -190,7 +188,7 @@ RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id,
 -- the claim runs this too, in its own statement. The UUIDs come back as text, as the claim's.
 UPDATE messages m
 SET status = 'expired',
-    last_error = insider_expired_reason(m.valid_until, m.last_error),
+    last_error = insider_last_error('expired', m.valid_until, m.last_error),
     next_attempt_at = NULL,
     updated_at = now()
 WHERE m.id IN (

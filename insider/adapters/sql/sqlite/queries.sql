@@ -101,7 +101,7 @@ SELECT id FROM (
 -- Pending rows past their validUntil become expired (bounded), and come back to be reported.
 UPDATE messages
 SET status = 'expired',
-    last_error = insider_expired_reason(valid_until, last_error),
+    last_error = insider_last_error('expired', valid_until, last_error),
     next_attempt_at = NULL,
     updated_at = :now
 WHERE id IN (
@@ -139,10 +139,8 @@ UPDATE messages AS m
 SET status = v.status,
     sent_at = v.sent_at,
     message_id = v.message_id,
-    -- An expired outcome's last_error is the last failure: the reason is worded here, as the sweep words it.
-    last_error = CASE WHEN v.status = 'expired'
-                      THEN insider_expired_reason(m.valid_until, COALESCE(v.last_error, m.last_error))
-                      ELSE COALESCE(v.last_error, m.last_error) END,
+    -- An expired outcome gives the last failure: the reason is worded as the sweep's.
+    last_error = insider_last_error(v.status, m.valid_until, COALESCE(v.last_error, m.last_error)),
     next_attempt_at = v.next_attempt_at,
     segments = COALESCE(m.segments, v.segments),
     encoding = COALESCE(m.encoding, v.encoding),
