@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -44,12 +46,12 @@ async def idempotency_key(request: web.Request) -> IdempotencyKey | web.Response
 
 
 async def store_once(
-    request: web.Request, repository: Intake, messages: list[NewMessage]
-) -> tuple[list[Message], bool] | web.Response:
+    request: web.Request, repository: Intake, messages: list[NewMessage], body: Callable[[list[Message]], Any]
+) -> web.Response:
     """Store the messages, or answer again what the first request with this key and body stored.
 
-    Returns the messages and whether they are that earlier answer (replayed), or the 400
-    (a bad key) or 409 (the key was used with another body) to send instead.
+    201 with ``body`` of the messages (and ``Idempotent-Replayed: true`` when they are that
+    earlier answer), or the 400 (a bad key) or 409 (the key was used with another body).
     """
     idempotency = await idempotency_key(request)
     if isinstance(idempotency, web.Response):
@@ -62,4 +64,7 @@ async def store_once(
             "this Idempotency-Key was used with another request body in the last 24 hours",
             {"Idempotency-Key": ["already used with another body"]},
         )
-    return enqueued.messages, enqueued.replayed
+    response = web.json_response(body(enqueued.messages), status=201)
+    if enqueued.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response

@@ -8,13 +8,14 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp_apispec import docs, match_info_schema, querystring_schema, request_schema, response_schema
-from marshmallow import ValidationError
+from marshmallow import Schema, ValidationError
 
 from insider.config import Settings
 from insider.domain import (
     DEFAULT_PRIORITY,
     InvalidMessage,
     InvalidPhone,
+    Message,
     MessageStatus,
     NewMessage,
     build_message,
@@ -24,7 +25,7 @@ from insider.domain import (
 )
 from insider.ports import InvalidState, MessageNotFound, ReceiptStore
 from insider.web.idempotency import IDEMPOTENCY_DOC, store_once
-from insider.web.responses import INVALID, UNAVAILABLE, error_response, event_json, message_json
+from insider.web.responses import INVALID, UNAVAILABLE, error_response, event_json, message_json, stacked
 from insider.web.schemas import (
     BatchSchema,
     EnqueueSchema,
@@ -40,6 +41,9 @@ from insider.web.schemas import (
     PreviewSchema,
 )
 from insider.web.services import services
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+Action = Callable[[web.Request, int], Awaitable[web.Response]]  # on the message of this id
 
 
 @docs(
@@ -84,53 +88,50 @@ def new_message(data: dict[str, Any], settings: Settings, now: datetime) -> NewM
     )
 
 
-@docs(
-    tags=["messages"],
-    summary="Queue a message",
-    description="Stores one pending message. It goes out in the first batch after `sendAt` (or at once), "
-    "higher `priority` first, and never after `validUntil` (then it is `expired`). Each item shows its "
-    "`encoding` (GSM-7 or UCS-2) and `segments`.",
-    parameters=[IDEMPOTENCY_DOC],
+def _enqueue_route(
+    summary: str, description: str, body: type[Schema], created: type[Schema], stored: str
+) -> Callable[[Handler], Handler]:
+    """The documentation and the body's check of a route that queues messages: what it takes, its
+    201, and what else it may answer (alike for one message and a batch)."""
+    return stacked(
+        docs(tags=["messages"], summary=summary, description=description, parameters=[IDEMPOTENCY_DOC]),
+        request_schema(body),
+        response_schema(created, 201, description=stored),
+        response_schema(ErrorSchema, 400, description="The body is not a JSON object, or a bad Idempotency-Key"),
+        response_schema(ErrorSchema, 409, description="The Idempotency-Key was used with another body"),
+        response_schema(ErrorSchema, 413, description="The body is too large"),
+        response_schema(ErrorSchema, 415, description="The body is not application/json"),
+        response_schema(**INVALID, code=422),
+        response_schema(**UNAVAILABLE, code=503),
+    )
+
+
+@_enqueue_route(
+    "Queue a message",
+    "Stores one pending message. It goes out in the first batch after `sendAt` (or at once), higher `priority` "
+    "first, and never after `validUntil` (then it is `expired`). Each item shows its `encoding` (GSM-7 or UCS-2) "
+    "and `segments`.",
+    EnqueueSchema,
+    MessageSchema,
+    "The stored message",
 )
-@request_schema(EnqueueSchema)
-@response_schema(MessageSchema, 201, description="The stored message")
-@response_schema(ErrorSchema, 400, description="The body is not a JSON object, or a bad Idempotency-Key")
-@response_schema(ErrorSchema, 409, description="The Idempotency-Key was used with another body")
-@response_schema(ErrorSchema, 413, description="The body is too large")
-@response_schema(ErrorSchema, 415, description="The body is not application/json")
-@response_schema(**INVALID, code=422)
-@response_schema(**UNAVAILABLE, code=503)
 async def enqueue_message(request: web.Request) -> web.Response:
     app = services(request)
     try:
         message = new_message(request["data"], app.settings, app.clock.now())
     except InvalidMessage as exc:
         return error_response(422, "invalid message", {exc.field: [str(exc).replace("recipient_phone", "to")]})
-    stored = await store_once(request, app.repository, [message])
-    if isinstance(stored, web.Response):
-        return stored
-    messages, replayed = stored
-    response = web.json_response(message_json(messages[0]), status=201)
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
+    return await store_once(request, app.repository, [message], lambda stored: message_json(stored[0]))
 
 
-@docs(
-    tags=["messages"],
-    summary="Queue up to 1,000 messages at once",
-    description="Each item is the body of POST /api/v1/messages. All are stored or none: a 422 names every bad "
-    "item's field as `messages.<index>.<field>`. The body may be up to 4 MiB.",
-    parameters=[IDEMPOTENCY_DOC],
+@_enqueue_route(
+    "Queue up to 1,000 messages at once",
+    "Each item is the body of POST /api/v1/messages. All are stored or none: a 422 names every bad item's field "
+    "as `messages.<index>.<field>`. The body may be up to 4 MiB.",
+    BatchSchema,
+    MessageListSchema,
+    "The stored messages, in the order given",
 )
-@request_schema(BatchSchema)
-@response_schema(MessageListSchema, 201, description="The stored messages, in the order given")
-@response_schema(ErrorSchema, 400, description="The body is not a JSON object, or a bad Idempotency-Key")
-@response_schema(ErrorSchema, 409, description="The Idempotency-Key was used with another body")
-@response_schema(ErrorSchema, 413, description="The body is too large")
-@response_schema(ErrorSchema, 415, description="The body is not application/json")
-@response_schema(**INVALID, code=422)
-@response_schema(**UNAVAILABLE, code=503)
 async def enqueue_batch(request: web.Request) -> web.Response:
     app = services(request)
     schema = EnqueueSchema()
@@ -151,14 +152,9 @@ async def enqueue_batch(request: web.Request) -> web.Response:
         bad = len({name.split(".")[1] for name in problems})
         total = len(request["data"]["messages"])
         return error_response(422, f"{bad} of {total} messages are invalid; none was stored", problems)
-    stored = await store_once(request, app.repository, messages)
-    if isinstance(stored, web.Response):
-        return stored
-    stored_messages, replayed = stored
-    response = web.json_response({"data": [message_json(m) for m in stored_messages]}, status=201)
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
+    return await store_once(
+        request, app.repository, messages, lambda stored: {"data": [message_json(m) for m in stored]}
+    )
 
 
 @docs(
@@ -188,36 +184,7 @@ async def preview_message(request: web.Request) -> web.Response:
     )
 
 
-@docs(
-    tags=["messages"],
-    summary="Cancel a pending message",
-    description="A pending message (scheduled, waiting for its turn or for a retry) becomes `cancelled` and is "
-    "never sent. 409 in any other state; a `sending` one is already being sent.",
-)
-@match_info_schema(MessageIdSchema)
-@response_schema(MessageSchema, 200, description="The message, cancelled")
-@response_schema(ErrorSchema, 404, description="No message has that id")
-@response_schema(ErrorSchema, 409, description="The message is not pending")
-@response_schema(**UNAVAILABLE, code=503)
-async def cancel_message(request: web.Request) -> web.Response:
-    return await _cancel(request, request["match_info"]["id"])
-
-
-@docs(
-    tags=["messages"],
-    summary="Cancel a pending message, by the UUID the original Go service gave it",
-    description="As `POST /api/v1/messages/{id}/cancel`, for a row known by its UUID (field `uuid`).",
-)
-@match_info_schema(MessageUuidSchema)
-@response_schema(MessageSchema, 200, description="The message, cancelled")
-@response_schema(ErrorSchema, 404, description="No message has that UUID")
-@response_schema(ErrorSchema, 409, description="The message is not pending")
-@response_schema(**UNAVAILABLE, code=503)
-async def cancel_message_by_uuid(request: web.Request) -> web.Response:
-    return await _by_uuid(request, _cancel)
-
-
-async def _by_uuid(request: web.Request, then: Callable[[web.Request, int], Awaitable[web.Response]]) -> web.Response:
+async def _by_uuid(request: web.Request, then: Action) -> web.Response:
     """``then`` for the message with the UUID of the path (a row of the original Go service), or 404."""
     message = await services(request).repository.get_by_uuid(str(request["match_info"]["uuid"]))
     if message is None:
@@ -233,104 +200,29 @@ async def _one(request: web.Request, message_id: int) -> web.Response:
 
 
 async def _cancel(request: web.Request, message_id: int) -> web.Response:
-    try:
-        message = await services(request).repository.cancel(message_id)
-    except MessageNotFound:
-        return error_response(404, "no message has that id")
-    except InvalidState as exc:
-        if exc.message.status is MessageStatus.SENDING:
-            return error_response(409, f"message {exc.message.id} is already being sent")
-        status = exc.message.status.value
-        return error_response(409, f"message {exc.message.id} is {status}: only a pending message can be cancelled")
-    return web.json_response(message_json(message))
+    return await _moved(services(request).repository.cancel(message_id), _not_cancelled)
 
 
-@docs(tags=["messages"], summary="One message, in any state")
-@match_info_schema(MessageIdSchema)
-@response_schema(MessageSchema, 200, description="The message")
-@response_schema(ErrorSchema, 404, description="No message has that id")
-@response_schema(**UNAVAILABLE, code=503)
-async def get_message(request: web.Request) -> web.Response:
-    return await _one(request, request["match_info"]["id"])
-
-
-@docs(
-    tags=["messages"],
-    summary="One message, by the UUID the original Go service gave it",
-    description="Rows of the original service's table keep their UUID through the upgrade (field `uuid`).",
-)
-@match_info_schema(MessageUuidSchema)
-@response_schema(MessageSchema, 200, description="The message")
-@response_schema(ErrorSchema, 404, description="No message has that UUID")
-@response_schema(**UNAVAILABLE, code=503)
-async def get_message_by_uuid(request: web.Request) -> web.Response:
-    return await _by_uuid(request, _one)
-
-
-@docs(
-    tags=["messages"],
-    summary="Send a failed message again",
-    description="Puts a failed message back to pending with its attempts reset.",
-)
-@match_info_schema(MessageIdSchema)
-@response_schema(MessageSchema, 200, description="The message, pending again")
-@response_schema(ErrorSchema, 404, description="No message has that id")
-@response_schema(ErrorSchema, 409, description="The message is not failed")
-@response_schema(**UNAVAILABLE, code=503)
-async def retry_message(request: web.Request) -> web.Response:
-    return await _retry(request, request["match_info"]["id"])
-
-
-@docs(
-    tags=["messages"],
-    summary="Send a failed message again, by the UUID the original Go service gave it",
-    description="As `POST /api/v1/messages/{id}/retry`, for a row known by its UUID (field `uuid`).",
-)
-@match_info_schema(MessageUuidSchema)
-@response_schema(MessageSchema, 200, description="The message, pending again")
-@response_schema(ErrorSchema, 404, description="No message has that UUID")
-@response_schema(ErrorSchema, 409, description="The message is not failed")
-@response_schema(**UNAVAILABLE, code=503)
-async def retry_message_by_uuid(request: web.Request) -> web.Response:
-    return await _by_uuid(request, _retry)
+def _not_cancelled(refused: InvalidState) -> str:
+    message = refused.message
+    if message.status is MessageStatus.SENDING:
+        return f"message {message.id} is already being sent"
+    return f"message {message.id} is {message.status.value}: only a pending message can be cancelled"
 
 
 async def _retry(request: web.Request, message_id: int) -> web.Response:
+    return await _moved(services(request).repository.retry(message_id), str)
+
+
+async def _moved(move: Awaitable[Message], why_not: Callable[[InvalidState], str]) -> web.Response:
+    """The message a cancel or a retry moved; else 404, or 409 saying ``why_not``."""
     try:
-        message = await services(request).repository.retry(message_id)
+        message = await move
     except MessageNotFound:
         return error_response(404, "no message has that id")
     except InvalidState as exc:
-        return error_response(409, str(exc))
+        return error_response(409, why_not(exc))
     return web.json_response(message_json(message))
-
-
-@docs(
-    tags=["messages"],
-    summary="A message's history",
-    description="Every send attempt (time, outcome, HTTP status, duration, error, the provider's id) and every "
-    "delivery receipt (its status as the provider wrote it, error code, time), oldest first. Kept for "
-    "INSIDER_EVENTS_RETENTION.",
-)
-@match_info_schema(MessageIdSchema)
-@response_schema(EventsSchema, 200, description="The history, oldest first")
-@response_schema(ErrorSchema, 404, description="No message has that id")
-@response_schema(**UNAVAILABLE, code=503)
-async def message_events(request: web.Request) -> web.Response:
-    return await _events(request, request["match_info"]["id"])
-
-
-@docs(
-    tags=["messages"],
-    summary="A message's history, by the UUID the original Go service gave it",
-    description="As `GET /api/v1/messages/{id}/events`, for a row known by its UUID (field `uuid`).",
-)
-@match_info_schema(MessageUuidSchema)
-@response_schema(EventsSchema, 200, description="The history, oldest first")
-@response_schema(ErrorSchema, 404, description="No message has that UUID")
-@response_schema(**UNAVAILABLE, code=503)
-async def message_events_by_uuid(request: web.Request) -> web.Response:
-    return await _by_uuid(request, _events)
 
 
 def _keeps_history(repository: object) -> bool:
@@ -350,3 +242,77 @@ async def _events(request: web.Request, message_id: int) -> web.Response:
     if not events and await repository.get(message_id) is None:
         return error_response(404, "no message has that id")
     return web.json_response({"data": [event_json(e) for e in events]})
+
+
+def _one_message(
+    action: Action,
+    route: str,
+    *,
+    summary: str,
+    description: str | None = None,
+    answer: type[Schema] = MessageSchema,
+    answered: str,
+    conflict: str | None = None,
+) -> tuple[Handler, Handler]:
+    """The route ``route`` (``action`` on the message of the path's id), and its twin for a row known
+    by the UUID the original Go service gave it, documented alike."""
+
+    async def by_id(request: web.Request) -> web.Response:
+        return await action(request, request["match_info"]["id"])
+
+    async def by_uuid(request: web.Request) -> web.Response:
+        return await _by_uuid(request, action)
+
+    def documented(handler: Handler, path: type[Schema], what: str, **about: str | None) -> Handler:
+        document: Callable[[Handler], Handler] = stacked(
+            docs(tags=["messages"], **{k: v for k, v in about.items() if v is not None}),
+            match_info_schema(path),
+            response_schema(answer, 200, description=answered),
+            response_schema(ErrorSchema, 404, description=f"No message has that {what}"),
+            *([response_schema(ErrorSchema, 409, description=conflict)] if conflict else []),
+            response_schema(**UNAVAILABLE, code=503),
+        )
+        return document(handler)
+
+    return (
+        documented(by_id, MessageIdSchema, "id", summary=summary, description=description),
+        documented(
+            by_uuid,
+            MessageUuidSchema,
+            "UUID",
+            summary=f"{summary}, by the UUID the original Go service gave it",
+            description=f"As `{route}`, for a row known by its UUID (field `uuid`).",
+        ),
+    )
+
+
+get_message, get_message_by_uuid = _one_message(
+    _one, "GET /api/v1/messages/{id}", summary="One message, in any state", answered="The message"
+)
+cancel_message, cancel_message_by_uuid = _one_message(
+    _cancel,
+    "POST /api/v1/messages/{id}/cancel",
+    summary="Cancel a pending message",
+    description="A pending message (scheduled, waiting for its turn or for a retry) becomes `cancelled` and is "
+    "never sent. 409 in any other state; a `sending` one is already being sent.",
+    answered="The message, cancelled",
+    conflict="The message is not pending",
+)
+retry_message, retry_message_by_uuid = _one_message(
+    _retry,
+    "POST /api/v1/messages/{id}/retry",
+    summary="Send a failed message again",
+    description="Puts a failed message back to pending with its attempts reset.",
+    answered="The message, pending again",
+    conflict="The message is not failed",
+)
+message_events, message_events_by_uuid = _one_message(
+    _events,
+    "GET /api/v1/messages/{id}/events",
+    summary="A message's history",
+    description="Every send attempt (time, outcome, HTTP status, duration, error, the provider's id) and every "
+    "delivery receipt (its status as the provider wrote it, error code, time), oldest first. Kept for "
+    "INSIDER_EVENTS_RETENTION.",
+    answer=EventsSchema,
+    answered="The history, oldest first",
+)

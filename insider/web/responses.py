@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -11,6 +12,21 @@ from insider.domain import Message
 from insider.history import Event
 from insider.supervisor import SenderStatus, SupervisorState, Transition
 from insider.web.schemas import ErrorSchema
+
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+def stacked(*decorators: Callable[[H], H]) -> Callable[[H], H]:
+    """Several decorators as one, applied as if stacked above a function in this order (to
+    document alike routes that answer alike with aiohttp-apispec's decorators)."""
+
+    def decorate(handler: H) -> H:
+        for decorator in reversed(decorators):
+            handler = decorator(handler)
+        return handler
+
+    return decorate
+
 
 # Two error answers many routes give, as their decorators document them.
 UNAVAILABLE = {"schema": ErrorSchema, "description": "The database is unreachable"}
