@@ -292,8 +292,8 @@ class PostgresMessageRepository(SqlMessageRepository):
     async def resolve(self, resolutions: Sequence[Resolution]) -> Sequence[ReceiptOutcome]:
         if not resolutions:
             return []
-        # orjson writes the dataclasses, their UUIDs and aware datetimes as the SQL reads them.
-        outcomes = orjson.dumps([outcome_row(r) for r in resolutions]).decode()
+        # orjson writes the UUIDs and aware datetimes as the SQL reads them.
+        outcomes = orjson.dumps([outcome_row(r, self._time) for r in resolutions]).decode()
         return await self._run(self._resolve(outcomes), atomic=False)
 
     def _resolve(self, outcomes: str) -> Flow[list[ReceiptOutcome]]:

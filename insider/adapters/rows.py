@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar, cast
 
 from insider.domain import (
     DEFAULT_PRIORITY,
@@ -24,6 +24,8 @@ from insider.domain import (
 from insider.history import Event
 from insider.ports import LoadedFile
 from insider.receipt_parsing import Receipt, ReceiptOutcome, ReceiptResult
+
+T = TypeVar("T")
 
 # Waiting receipts a resolve applies at most, per provider id it recorded: a bound on its
 # statement; any beyond wait for the periodic pass (or the next receipt of that id), in order.
@@ -102,76 +104,48 @@ def claim_token(text: str | None) -> uuid.UUID | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class OutcomeRow:
-    """One resolution as both SQL adapters write it: the same values, cleaned the same way."""
-
-    id: int
-    claim_token: uuid.UUID | None
-    status: str
-    sent_at: datetime | None
-    message_id: str | None
-    last_error: str | None
-    retry_in_s: float | None
-    uncount: bool
-    # The attempt, written to the message's history with the outcome (all None: no event).
-    at: datetime | None = None
-    outcome: str | None = None
-    attempt: int | None = None
-    status_code: int | None = None
-    duration_ms: float | None = None
-    error: str | None = None
-    segments: int | None = None
-    encoding: str | None = None
-
-
 def _storable(text: str | None) -> str | None:
     """Text we record but did not choose, as every database can store it (``domain.storable_text``)."""
     return storable_text(text) if text is not None else None
 
 
-def outcome_row(r: Resolution) -> OutcomeRow:
-    """What is written back for ``r``. A provider's message id or error text may hold anything:
-    what no database can store is replaced as ``domain.storable_text`` says."""
-    return OutcomeRow(
-        id=int(r.id),
-        claim_token=claim_token(r.claim_token),
-        status=r.status.value,
-        sent_at=r.sent_at,
-        message_id=_storable(r.message_id),
-        last_error=_storable(r.last_error),
-        retry_in_s=float(r.retry_in_s) if r.retry_in_s is not None else None,
-        uncount=bool(r.uncount_attempt),
-        at=r.attempt.at if r.attempt is not None else None,
-        outcome=r.attempt.outcome if r.attempt is not None else None,
-        attempt=r.attempt.number if r.attempt is not None else None,
-        status_code=r.attempt.status_code if r.attempt is not None else None,
-        duration_ms=r.attempt.duration_ms if r.attempt is not None else None,
-        error=_storable(r.attempt.error) if r.attempt is not None else None,
-        segments=r.segments,
-        encoding=r.encoding.value if r.encoding is not None else None,
-    )
+def outcome_row(r: Resolution, time: Time) -> dict[str, Any]:
+    """What is written back for ``r``, as both dialects' resolve reads it (one JSON object each):
+    the outcome, and the attempt that goes to the history with it (``at`` None: no event).
+
+    A provider's message id or error text may hold anything: what no database can store is
+    replaced as ``domain.storable_text`` says.
+    """
+    attempt = r.attempt
+    return {
+        "id": int(r.id),
+        "claim_token": claim_token(r.claim_token),
+        "status": r.status.value,
+        "sent_at": time(r.sent_at) if r.sent_at is not None else None,
+        "message_id": _storable(r.message_id),
+        "last_error": _storable(r.last_error),
+        "retry_in_s": float(r.retry_in_s) if r.retry_in_s is not None else None,
+        "uncount": bool(r.uncount_attempt),
+        "segments": r.segments,
+        "encoding": r.encoding.value if r.encoding is not None else None,
+        "at": time(attempt.at) if attempt is not None else None,
+        "outcome": attempt.outcome if attempt is not None else None,
+        "attempt": attempt.number if attempt is not None else None,
+        "status_code": attempt.status_code if attempt is not None else None,
+        "duration_ms": attempt.duration_ms if attempt is not None else None,
+        "error": _storable(attempt.error) if attempt is not None else None,
+    }
+
+
+def _from_row(cls: type[T], row: Row, timestamp: Timestamp, *times: str) -> T:
+    """A dataclass from the row's columns of the same names; ``times`` read as the dialect gives them."""
+    values = {f.name: row[f.name] for f in dataclasses.fields(cast(Any, cls))}
+    return cls(**values | {name: timestamp(values[name]) for name in times})
 
 
 def event_from_row(row: Row, timestamp: Timestamp) -> Event:
     """One event of a message's history."""
-    at = timestamp(row["at"])
-    assert at is not None  # NOT NULL in the schema
-    return Event(
-        id=row["id"],
-        message_id=row["message_id"],
-        at=at,
-        kind=row["kind"],
-        outcome=row["outcome"],
-        attempt=row["attempt"],
-        status_code=row["status_code"],
-        duration_ms=row["duration_ms"],
-        error=row["error"],
-        provider_message_id=row["provider_message_id"],
-        receipt_status=row["receipt_status"],
-        error_code=row["error_code"],
-        done_at=timestamp(row["done_at"]),
-    )
+    return _from_row(Event, row, timestamp, "at", "done_at")
 
 
 def receipt_rows(receipts: Sequence[Receipt], hints: Sequence[int | None], time: Time) -> list[dict[str, Any]]:
@@ -225,15 +199,7 @@ def dropped_receipt(row: Row, timestamp: Timestamp) -> Receipt:
 
 def loaded_file_from_row(row: Row, timestamp: Timestamp) -> LoadedFile:
     """A file ``enqueue --file`` stored."""
-    return LoadedFile(
-        digest=row["digest"],
-        name=row["name"],
-        lines=row["lines"],
-        stored=row["stored"],
-        rejected=row["rejected"],
-        loaded_at=timestamp(row["loaded_at"]),
-        loads=row["loads"],
-    )
+    return _from_row(LoadedFile, row, timestamp, "loaded_at")
 
 
 def _optional_text(row: Row, column: str) -> str | None:

@@ -323,39 +323,9 @@ class SqliteMessageRepository(SqlMessageRepository):
         if not resolutions:
             return []
         now = self._clock.now()
-        rows = [outcome_row(r) for r in resolutions]
-        values = [
-            {
-                "id": o.id,
-                "claim_token": str(o.claim_token) if o.claim_token is not None else None,
-                "status": o.status,
-                "sent_at": self._time(o.sent_at) if o.sent_at is not None else None,
-                "message_id": o.message_id,
-                "last_error": o.last_error,
-                "next_attempt_at": self._time(now + timedelta(seconds=o.retry_in_s))
-                if o.retry_in_s is not None
-                else None,
-                "uncount": o.uncount,
-                "retry_in_s": o.retry_in_s,
-                "segments": o.segments,
-                "encoding": o.encoding,
-            }
-            for o in rows
-        ]
-        attempts = {
-            o.id: {
-                "id": o.id,
-                "at": self._time(o.at),
-                "outcome": o.outcome,
-                "attempt": o.attempt,
-                "status_code": o.status_code,
-                "duration_ms": o.duration_ms,
-                "error": o.error,
-            }
-            for o in rows
-            if o.at is not None and o.outcome is not None
-        }
-        params = {"resolutions": json_text(values), "now": self._time(now)}
+        outcomes = [outcome_row(r, self._time) | {"next_attempt_at": self._retry_at(now, r)} for r in resolutions]
+        attempts = {o["id"]: o for o in outcomes if o["at"] is not None and o["outcome"] is not None}
+        params = {"resolutions": json_text(outcomes), "now": self._time(now)}
 
         def work(conn: sqlite3.Connection) -> list[ReceiptOutcome]:
             # One transaction: the outcomes, their attempts in the history, and the receipts
@@ -383,6 +353,12 @@ class SqliteMessageRepository(SqlMessageRepository):
                 return taken
 
         return await self._db.run(work)
+
+    def _retry_at(self, now: datetime, resolution: Resolution) -> str | None:
+        """When a message going back to pending is due again (PostgreSQL reckons it in SQL)."""
+        if resolution.retry_in_s is None:
+            return None
+        return self._time(now + timedelta(seconds=resolution.retry_in_s))
 
     async def acquire_slot(self, name: str, interval_s: float) -> float:
         """Take the slot in one transaction holding the write lock (the rule: acquire_slot in queries.sql)."""
