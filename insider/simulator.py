@@ -282,26 +282,17 @@ class SimulatedProvider:
         return Answer(202, {"message": "Accepted", "messageId": message_id}, {})
 
 
-class SimulatedSmsClient:
+class SimulatedSmsClient(SimulatedProvider):
     """The SmsClient port on the simulated provider, in process: nothing leaves the machine.
 
     Answers as the webhook client would report the real provider's answers: ``SENT``
     with a fresh provider message id (the same one for a repeated idempotency key),
-    ``RETRY`` for the injected 500s and 429s (with ``retry_after_s``).
+    ``RETRY`` for the injected 500s and 429s (with ``retry_after_s``). What the provider
+    received and counted is this object's own.
     """
 
-    def __init__(
-        self,
-        options: SimulatorOptions | None = None,
-        *,
-        sleep: Sleep = asyncio.sleep,
-        rng: random.Random | None = None,
-        reporter: ReceiptReporter | None = None,
-    ) -> None:
-        self.provider = SimulatedProvider(options, sleep=sleep, rng=rng, reporter=reporter)
-
     async def send(self, to: str, content: str, idempotency_key: str) -> SendResult:
-        answer = await self.provider.answer(to, content, idempotency_key)
+        answer = await self.answer(to, content, idempotency_key)
         if 200 <= answer.status < 300:
             return SendResult(Outcome.SENT, status_code=answer.status, provider_message_id=answer.message_id)
         error = f"HTTP {answer.status}: {json.dumps(answer.body)}"

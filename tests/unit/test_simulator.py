@@ -56,8 +56,8 @@ async def test_the_same_idempotency_key_gets_the_same_message_id() -> None:
 
     assert again.outcome is Outcome.SENT
     assert again.provider_message_id == first.provider_message_id
-    assert len(client.provider.received) == 1  # one message, not two
-    assert client.provider.counts["replayed"] == 1
+    assert len(client.received) == 1  # one message, not two
+    assert client.counts["replayed"] == 1
 
 
 async def test_injected_failures_are_retries() -> None:
@@ -67,7 +67,7 @@ async def test_injected_failures_are_retries() -> None:
 
     assert (result.outcome, result.status_code) == (Outcome.RETRY, 500)
     assert result.error is not None and result.error.startswith("HTTP 500")
-    assert client.provider.received == type(client.provider.received)()  # nothing accepted
+    assert client.received == type(client.received)()  # nothing accepted
 
 
 async def test_injected_rate_limits_carry_retry_after() -> None:
@@ -130,8 +130,8 @@ async def test_memory_stays_bounded() -> None:
     for i in range(LISTED_MESSAGES + 10):
         await client.send(PHONE, f"m{i}", str(i))
 
-    assert len(client.provider.received) == LISTED_MESSAGES
-    assert client.provider.received[-1].content == f"m{LISTED_MESSAGES + 9}"
+    assert len(client.received) == LISTED_MESSAGES
+    assert client.received[-1].content == f"m{LISTED_MESSAGES + 9}"
 
 
 @pytest.fixture
