@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from insider import __version__
@@ -11,15 +13,26 @@ from insider.config import parse_duration
 EXAMPLE_PHONE = "+15555550100"  # a number reserved for fiction
 SIMULATOR_PORT = 9090  # where `simulate` listens by default
 
+N = TypeVar("N", int, float)
 
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text!r}")
-    return value
+
+def _number(convert: Callable[[str], N], low: N, high: N, what: str) -> Callable[[str], N]:
+    """An argument's type: a number from ``low`` to ``high``; anything else is "expected <what>"."""
+
+    def parse(text: str) -> N:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_rate = _number(float, 0.0, 1.0, "a fraction from 0 to 1")
+_port = _number(int, 0, 65_535, "a port from 0 to 65535")
 
 
 def _duration(text: str) -> float:
@@ -44,16 +57,6 @@ def _http_url(text: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {text!r}")
     return text.strip()
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65_535:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {value}")
-    return value
 
 
 def parser() -> argparse.ArgumentParser:
