@@ -99,6 +99,11 @@ def _q(name: str) -> str:
 _CLAIM: Final = {order: claim_query(_QUERIES, order) for order in SendOrder}
 
 
+def _statements(conn: sqlite3.Connection) -> Callable[[str, Mapping[str, Any]], list[Row]]:
+    """How a flow's named statements run on ``conn`` (see ``sql_repository.drive``)."""
+    return lambda name, params: conn.execute(_q(name), params).fetchall()
+
+
 def _microseconds(seconds: float) -> int:
     """Seconds as whole microseconds, rounded as a timedelta rounds them."""
     return timedelta(seconds=seconds) // timedelta(microseconds=1)
@@ -218,7 +223,7 @@ class SqliteMessageRepository(SqlMessageRepository):
 
         def work(conn: sqlite3.Connection) -> T:
             with write_transaction(conn):
-                return drive(flow, lambda name, params: conn.execute(_q(name), params).fetchall())
+                return drive(flow, _statements(conn))
 
         return await self._db.run(work)
 
@@ -349,7 +354,7 @@ class SqliteMessageRepository(SqlMessageRepository):
                 if not arrived:
                     return []
                 flow = self._apply([], [], arrived, len(arrived) * WAITING_PER_SEND)
-                taken, _ = drive(flow, lambda name, params: conn.execute(_q(name), params).fetchall())
+                taken, _ = drive(flow, _statements(conn))
                 return taken
 
         return await self._db.run(work)
