@@ -99,6 +99,10 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC) if value is not None else None
 
 
+def _as_given(when: datetime) -> datetime:
+    return when  # psycopg and orjson write aware datetimes as PostgreSQL reads them
+
+
 async def _drive(cur: AsyncCursor[DictRow], flow: Flow[T]) -> T:
     """Run ``flow`` to its end on one cursor (see ``sql_repository.drive``)."""
     try:
@@ -151,11 +155,9 @@ class PostgresMessageRepository(SqlMessageRepository):
         super().__init__()
         self._pool = pool
 
-    def _time(self, when: datetime) -> datetime:
-        return when
-
-    def _timestamp(self, value: Any) -> datetime | None:
-        return _utc(value)
+    # Plain functions, not methods: they run for every time of every row read.
+    _time = staticmethod(_as_given)
+    _timestamp = staticmethod(_utc)
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:

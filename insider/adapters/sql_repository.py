@@ -90,11 +90,11 @@ class SqlMessageRepository(abc.ABC):
         self._clock = clock or SystemClock()
 
     @abc.abstractmethod
-    def _time(self, when: datetime) -> Any:
+    def _time(self, when: datetime, /) -> Any:
         """``when`` as the dialect's statements take a time."""
 
     @abc.abstractmethod
-    def _timestamp(self, value: Any) -> datetime | None:
+    def _timestamp(self, value: Any, /) -> datetime | None:
         """A time as the dialect gives it back, as an aware UTC datetime (None stays None)."""
 
     @abc.abstractmethod

@@ -197,11 +197,9 @@ class SqliteMessageRepository(SqlMessageRepository):
         """The database it runs on (to run SQL of one's own, as another program would)."""
         return self._db
 
-    def _time(self, when: datetime) -> str:
-        return format_timestamp(when)
-
-    def _timestamp(self, value: Any) -> datetime | None:
-        return parse_timestamp(value)
+    # Plain functions, not methods: they run for every time of every row read.
+    _time = staticmethod(format_timestamp)
+    _timestamp = staticmethod(parse_timestamp)
 
     async def _rows(self, name: str, params: Mapping[str, Any] | None = None) -> list[Row]:
         def work(conn: sqlite3.Connection) -> list[Row]:
