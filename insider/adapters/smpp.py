@@ -1,0 +1,904 @@
+"""The SMS provider as an SMPP 3.4 bind (an SMSC, bound as a transceiver) over smpp34: submits, their answers, receipts.
+
+One :class:`SmppSmsClient` is one bind. Its owner runs :meth:`SmppSmsClient.run` as a
+long-lived task (the supervisor, as one of its children): it connects, binds, keeps the bind
+(smpp34's core sends ``enquire_link`` every 30 s), and binds again after a cut or a refused
+bind, with exponential backoff and jitter. :meth:`SmppSmsClient.send` submits one message
+on the current bind; it never raises for what the SMSC or the network do.
+
+What smpp34 (1.5) does not do publicly, and what this module does about it:
+
+- ``window_size`` is not enforced by its core: the window of outstanding ``submit_sm`` is
+  kept here. A slot is given back when smpp34 is done with the PDU (its answer came, its own
+  30 s response timer ran out, or the bind dropped), not when a send stops waiting for it, so
+  the SMSC never holds more than ``window`` of ours.
+- Its core answers each ``deliver_sm`` as it arrives (``deliver_sm_resp`` OK), before the
+  receipt is written, so a receipt cannot be answered after the write. Receipts the callback
+  refused are kept here and handed to it again with backoff, while smpp34's inbound queue
+  (``receipt_buffer``) and ours (as many again) fill. Past that, smpp34 refuses the next
+  ``deliver_sm`` with ``ESME_RMSGQFUL``; version 1.5 writes that refusal one octet too long
+  and the SMSC drops the bind, so it is bound again with backoff and the SMSC sends what it
+  was refused again. Receipts still held when the process stops are logged as lost.
+- It drops its ``Disconnected`` event when its inbound queue is full: whether the session
+  lives is also asked every few seconds (``is_alive``).
+- A ``system_id``, ``password`` or ``system_type`` longer than SMPP allows panics its core
+  (the bind then only times out): they are checked when the client is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
+
+import smpp34
+import structlog
+
+from insider.clock import SystemClock
+from insider.domain import (
+    GSM7_PART,
+    GSM7_SINGLE,
+    UCS2_PART,
+    UCS2_SINGLE,
+    Encoding,
+    Outcome,
+    SendResult,
+    mask_phone,
+    measure,
+)
+from insider.ports import Clock
+
+log = structlog.get_logger("insider.smpp")
+
+T = TypeVar("T")
+
+ReceiptsCallback = Callable[[list[dict[str, Any]]], Awaitable[None]]
+InboundCallback = Callable[[dict[str, Any]], Awaitable[None]]
+
+# data_coding (SMPP 3.4 5.2.19): the SMSC's default alphabet (GSM 03.38 here, one octet per
+# septet), and UCS-2 (sent as UTF-16-BE, so an emoji is a surrogate pair).
+DATA_CODING_GSM7: Final = 0x00
+DATA_CODING_UCS2: Final = 0x08
+# esm_class (5.2.12): UDH indicator on a submit; the message type bits of a deliver_sm.
+ESM_UDHI: Final = 0x40
+ESM_TYPE_MASK: Final = 0x3C
+ESM_DELIVERY_RECEIPT: Final = 0x04
+ESM_INTERMEDIATE_NOTIFICATION: Final = 0x20
+# Type of number / numbering plan (5.2.5, 5.2.6).
+TON_INTERNATIONAL: Final = 1
+TON_ALPHANUMERIC: Final = 5
+NPI_UNKNOWN: Final = 0
+NPI_E164: Final = 1
+MAX_ALPHANUMERIC_SOURCE: Final = 11  # what a handset shows
+MAX_NUMERIC_SOURCE: Final = 20  # source_addr is a C-Octet String of at most 21
+MAX_DESTINATION: Final = 20  # destination_addr likewise
+# The bind's fields (5.2.1-5.2.3), without their NUL. smpp34 1.5 does not refuse longer ones:
+# its core panics in a worker thread and the bind only times out, so they are checked here.
+MAX_SYSTEM_ID: Final = 15
+MAX_PASSWORD: Final = 8
+MAX_SYSTEM_TYPE: Final = 12
+
+# command_status of a submit_sm_resp (SMPP 3.4 5.1.3) that says the SMSC did not take the
+# message. Each is a certain non-acceptance: never ambiguous. Transient ones are tried again
+# (the throttling ones with ``throttled``); permanent ones fail the message. A status not in
+# either table (vendor-specific 0x400-0x4FF, ...) is taken as transient: the sender's attempt
+# limit still ends it.
+TRANSIENT_STATUSES: Final[dict[int, str]] = {
+    0x00000004: "ESME_RINVBNDSTS",  # incorrect bind status for the command
+    0x00000008: "ESME_RSYSERR",  # system error
+    0x00000014: "ESME_RMSGQFUL",  # message queue full
+    0x00000045: "ESME_RSUBMITFAIL",  # submit_sm failed
+    0x00000058: "ESME_RTHROTTLED",  # throttling error: exceeded allowed message limits
+    0x00000064: "ESME_RX_T_APPN",  # temporary application error
+    0x000000FF: "ESME_RUNKNOWNERR",  # unknown error
+}
+THROTTLING_STATUSES: Final = frozenset({0x00000014, 0x00000058})
+PERMANENT_STATUSES: Final[dict[int, str]] = {
+    0x00000001: "ESME_RINVMSGLEN",  # message length is invalid
+    0x00000002: "ESME_RINVCMDLEN",  # command length is invalid
+    0x00000003: "ESME_RINVCMDID",  # invalid command id
+    0x00000006: "ESME_RINVPRTFLG",  # priority flag is invalid
+    0x00000007: "ESME_RINVREGDLVFLG",  # registered delivery flag is invalid
+    0x0000000A: "ESME_RINVSRCADR",  # invalid source address
+    0x0000000B: "ESME_RINVDSTADR",  # invalid destination address
+    0x00000015: "ESME_RINVSERTYP",  # invalid service type
+    0x00000043: "ESME_RINVESMCLASS",  # invalid esm_class field data
+    0x00000048: "ESME_RINVSRCTON",  # invalid source address TON
+    0x00000049: "ESME_RINVSRCNPI",  # invalid source address NPI
+    0x00000050: "ESME_RINVDSTTON",  # invalid destination address TON
+    0x00000051: "ESME_RINVDSTNPI",  # invalid destination address NPI
+    0x00000061: "ESME_RINVSCHED",  # invalid scheduled delivery time
+    0x00000062: "ESME_RINVEXPIRY",  # invalid validity period
+    0x00000063: "ESME_RINVDFTMSGID",  # predefined message invalid or not found
+    0x00000065: "ESME_RX_P_APPN",  # permanent application error
+    0x000000C0: "ESME_RINVOPTPARSTREAM",  # error in the optional part of the PDU body
+    0x000000C1: "ESME_ROPTPARNOTALLWD",  # optional parameter not allowed
+    0x000000C2: "ESME_RINVPARLEN",  # invalid parameter length
+    0x000000C3: "ESME_RMISSINGOPTPARAM",  # expected optional parameter missing
+    0x000000C4: "ESME_RINVOPTPARAMVAL",  # invalid optional parameter value
+}
+
+# message_state (5.3.2.35) of a receipt, as the word of the appendix B text that
+# insider.receipt_parsing knows (DELIVRD, UNDELIV, ...).
+MESSAGE_STATES: Final[dict[int, str]] = {
+    1: "ENROUTE",
+    2: "DELIVRD",
+    3: "EXPIRED",
+    4: "DELETED",
+    5: "UNDELIV",
+    6: "ACCEPTD",
+    7: "UNKNOWN",
+    8: "REJECTD",
+}
+TLV_RECEIPTED_MESSAGE_ID: Final = 0x001E
+TLV_MESSAGE_STATE: Final = 0x0427
+TLV_NETWORK_ERROR_CODE: Final = 0x0423
+TLV_MESSAGE_PAYLOAD: Final = 0x0424
+
+# How the bind is kept. A failed bind (or a cut) is tried again after the backoff, doubled at
+# each failure in a row up to the cap, each wait drawn from half to all of it (jitter); a
+# bind that held for the cap starts the count again.
+BIND_TIMEOUT_S: Final = 10.0
+RECONNECT_BACKOFF_S: Final = 1.0
+RECONNECT_BACKOFF_MAX_S: Final = 60.0
+# Receipts and inbound messages the callbacks refused are handed to them again after this,
+# doubled up to the cap.
+CALLBACK_RETRY_S: Final = 0.5
+CALLBACK_RETRY_MAX_S: Final = 30.0
+RECEIPT_BUFFER: Final = 1024
+# How often a bind with nothing to say is asked whether it still lives (see _serve).
+LIVENESS_CHECK_S: Final = 5.0
+
+# SMPP 3.4 appendix B, the de-facto form of a receipt's text (the spec calls it an example,
+# every SMSC sends it): ``id:IIIIIIIIII sub:SSS dlvrd:DDD submit date:YYMMDDhhmm done
+# date:YYMMDDhhmm stat:DDDDDDD err:E text: ...``. No maintained library parses it without
+# side effects (aiosmpplib does, but changes the logging module at import), so a small
+# expression does. ``text:`` (the start of the message) comes last and may hold anything.
+_RECEIPT_FIELD: Final = re.compile(r"(?i)(?:^|\s)(id|sub|dlvrd|submit date|done date|stat|err):(\S*)")
+_RECEIPT_TEXT_START: Final = re.compile(r"(?i)(?:^|\s)text:")
+_RECEIPT_DATE: Final = re.compile(r"(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})?")
+
+
+def encode_parts(content: str, reference: int) -> tuple[int, list[bytes]]:
+    """``(data_coding, short_messages)`` for ``content``: one, or concatenated parts each with a UDH.
+
+    GSM-7 when :func:`insider.domain.measure` says so (the gsm0338 codec, one octet per
+    septet, data_coding 0), else UCS-2 (UTF-16-BE, data_coding 8). One message up to 160
+    septets or 70 UTF-16 units; beyond, parts of 153 septets or 67 units after a 6-octet UDH
+    (IEI 0x00, 8-bit ``reference``, total, sequence), never cutting an extension character
+    (escape and its character) or a surrogate pair: such a part is one shorter.
+    """
+    encoding, _ = measure(content)
+    encoded: bytes | None = None
+    if encoding is Encoding.GSM7:
+        with contextlib.suppress(UnicodeEncodeError):
+            encoded = content.encode("gsm03.38")
+    if encoded is not None:
+        coding, width, single, part = DATA_CODING_GSM7, 1, GSM7_SINGLE, GSM7_PART
+    else:
+        encoded = content.encode("utf-16-be")
+        coding, width, single, part = DATA_CODING_UCS2, 2, UCS2_SINGLE, UCS2_PART
+    if len(encoded) <= single * width:
+        return coding, [encoded]
+    chunks = []
+    start = 0
+    while start < len(encoded):
+        end = min(start + part * width, len(encoded))
+        if end < len(encoded):
+            if width == 1 and encoded[end - 1] == 0x1B:  # an escape whose character would go to the next part
+                end -= 1
+            elif width == 2 and 0xD8 <= encoded[end - 2] <= 0xDB:  # a high surrogate without its low one
+                end -= 2
+        chunks.append(encoded[start:end])
+        start = end
+    if len(chunks) > 255:
+        raise ValueError(f"the message takes {len(chunks)} parts; a UDH counts 255 at most")
+    header = bytes((0x05, 0x00, 0x03, reference & 0xFF, len(chunks)))
+    return coding, [header + bytes((number,)) + chunk for number, chunk in enumerate(chunks, 1)]
+
+
+def source_address(source: str) -> tuple[str, int, int]:
+    """``(source_addr, ton, npi)``: digits (an optional leading +) are an international number, else alphanumeric."""
+    text = source.strip()
+    digits = text.removeprefix("+")
+    if digits.isascii() and digits.isdigit():
+        if len(digits) > MAX_NUMERIC_SOURCE:
+            raise ValueError(f"a numeric source has at most {MAX_NUMERIC_SOURCE} digits, not {len(digits)}")
+        return digits, TON_INTERNATIONAL, NPI_E164
+    if not text or not text.isascii() or not text.isprintable() or len(text) > MAX_ALPHANUMERIC_SOURCE:
+        raise ValueError(
+            f"source must be a number or 1 to {MAX_ALPHANUMERIC_SOURCE} printable ASCII characters, not {source!r}"
+        )
+    return text, TON_ALPHANUMERIC, NPI_UNKNOWN
+
+
+def status_name(command_status: int) -> str:
+    """The SMPP 3.4 name of a command_status (``ESME_RTHROTTLED``), or its hex value."""
+    name = TRANSIENT_STATUSES.get(command_status) or PERMANENT_STATUSES.get(command_status)
+    return f"{name} (0x{command_status:08X})" if name else f"command_status 0x{command_status:08X}"
+
+
+def refused(command_status: int, *, where: str = "") -> SendResult:
+    """The outcome of a submit_sm_resp with an error status: a certain non-acceptance."""
+    error = f"the SMSC refused the message{where}: {status_name(command_status)}"
+    if command_status in PERMANENT_STATUSES:
+        return SendResult(Outcome.FAILED, error=error)
+    return SendResult(Outcome.RETRY, error=error, throttled=command_status in THROTTLING_STATUSES)
+
+
+def _tlv(tlvs: list[smpp34.Tlv], tag: int) -> smpp34.Tlv | None:
+    return next((t for t in tlvs if t.tag == tag), None)
+
+
+def _receipt_time(text: str) -> str | None:
+    found = _RECEIPT_DATE.fullmatch(text)
+    if found is None:
+        return None
+    yy, mo, dd, hh, mi, ss = (int(v) if v else 0 for v in found.groups())
+    try:  # the text carries no zone: read as UTC, as the receipts endpoint reads a time without an offset
+        return datetime(2000 + yy, mo, dd, hh, mi, ss, tzinfo=UTC).isoformat()
+    except ValueError:
+        return None
+
+
+def receipt_text_fields(text: str) -> dict[str, str]:
+    """The fields of an SMPP 3.4 appendix B receipt text (``id``, ``stat``, ``err``, ``done date``, ...)."""
+    head = _RECEIPT_TEXT_START.split(text, maxsplit=1)[0]
+    return {key.lower(): value for key, value in _RECEIPT_FIELD.findall(head)}
+
+
+def is_receipt(esm_class: int, tlvs: list[smpp34.Tlv]) -> bool:
+    """Whether a deliver_sm is a delivery receipt: its message type, or the receipt TLVs."""
+    kind = esm_class & ESM_TYPE_MASK
+    if kind in (ESM_DELIVERY_RECEIPT, ESM_INTERMEDIATE_NOTIFICATION):
+        return True
+    return any(t.tag in (TLV_RECEIPTED_MESSAGE_ID, TLV_MESSAGE_STATE) for t in tlvs)
+
+
+def receipt_of(short_message: bytes, data_coding: int, tlvs: list[smpp34.Tlv]) -> dict[str, Any] | None:
+    """A receipt in the shape of ``POST /api/v1/delivery-reports`` (``messageId``, ``status``,
+    ``errorCode``?, ``doneAt``?), or None when it names no message or no state.
+
+    The TLVs first (``receipted_message_id``, ``message_state``, ``network_error_code``), the
+    appendix B text for what they do not carry (and always for ``done date``, which no TLV has).
+    """
+    text = (short_message or _payload(tlvs)).decode(
+        "utf-16-be" if data_coding == DATA_CODING_UCS2 else "latin-1", "replace"
+    )
+    fields = receipt_text_fields(text)
+    id_tlv = _tlv(tlvs, TLV_RECEIPTED_MESSAGE_ID)
+    message_id = (id_tlv.as_string() if id_tlv is not None else None) or fields.get("id")
+    message_id = message_id.strip("\x00 ") if message_id else None
+    state_tlv = _tlv(tlvs, TLV_MESSAGE_STATE)
+    state = MESSAGE_STATES.get(state_tlv.as_int() or 0) if state_tlv is not None else None
+    status = state or fields.get("stat")
+    if not message_id or not status:
+        return None
+    receipt: dict[str, Any] = {"messageId": message_id, "status": status}
+    error_tlv = _tlv(tlvs, TLV_NETWORK_ERROR_CODE)
+    if error_tlv is not None and len(error_tlv.value) == 3 and int.from_bytes(error_tlv.value[1:], "big"):
+        receipt["errorCode"] = str(int.from_bytes(error_tlv.value[1:], "big"))
+    elif fields.get("err", "").strip("0"):
+        receipt["errorCode"] = fields["err"]
+    done_at = _receipt_time(fields.get("done date", ""))
+    if done_at is not None:
+        receipt["doneAt"] = done_at
+    return receipt
+
+
+def _payload(tlvs: list[smpp34.Tlv]) -> bytes:
+    found = _tlv(tlvs, TLV_MESSAGE_PAYLOAD)
+    return found.value if found is not None else b""
+
+
+_TEXT_CODECS: Final = {DATA_CODING_GSM7: "gsm03.38", 0x01: "ascii", 0x03: "latin-1", DATA_CODING_UCS2: "utf-16-be"}
+
+
+def inbound_of(event: smpp34.DeliverSmEvent) -> dict[str, Any]:
+    """A deliver_sm that is not a receipt (a handset's reply) as ``{"from", "to", "text"}``.
+
+    ``from`` gets a ``+`` when it is an international number (TON 1). A part of a
+    concatenated message comes as its own text, without its UDH.
+    """
+    body = event.short_message or _payload(event.tlvs)
+    if event.esm_class & ESM_UDHI and body:
+        body = body[1 + body[0] :]
+    text = body.decode(_TEXT_CODECS.get(event.data_coding, "latin-1"), "replace")
+    sender = event.source_addr
+    if event.source_addr_ton == TON_INTERNATIONAL and sender.isdigit():
+        sender = "+" + sender
+    return {"from": sender, "to": event.destination_addr, "text": text}
+
+
+class _Window:
+    """Slots for outstanding submit_sm: taken before a PDU goes out, given back when smpp34 is done with it."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._idle: list[asyncio.Future[None]] = []
+
+    @property
+    def in_flight(self) -> int:
+        return self.size - self._free
+
+    def take_now(self) -> bool:
+        if self._free and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future done when a slot is handed to it (the caller then holds it)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
+
+    def abandon(self, waiter: asyncio.Future[None]) -> None:
+        """The caller stopped waiting: a slot handed to it in the meantime goes on to the next."""
+        if waiter.done() and not waiter.cancelled():
+            self.give()
+            return
+        waiter.cancel()
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+
+    def give(self, _: object = None) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+        if self._free == self.size:
+            for idle in self._idle:
+                if not idle.done():
+                    idle.set_result(None)
+            self._idle.clear()
+
+    def idle(self) -> asyncio.Future[None]:
+        """A future done when nothing is in flight."""
+        idle: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._free == self.size:
+            idle.set_result(None)
+        else:
+            self._idle.append(idle)
+        return idle
+
+
+def _settled(future: asyncio.Future[Any]) -> None:
+    """Mark an abandoned future's exception as seen (asyncio would log it as never retrieved)."""
+    if not future.cancelled():
+        future.exception()
+
+
+@dataclass(slots=True)
+class _Delivery:
+    """One deliver_sm taken from the SMSC: a receipt for the receipts callback, or an inbound message."""
+
+    receipt: dict[str, Any] | None = None
+    inbound: dict[str, Any] | None = None
+
+
+class SmppSmsClient:
+    """The SmsClient port on one SMPP provider: an SMSC bound as a transceiver.
+
+    ``send`` submits on the current bind: the message as one ``submit_sm`` or as
+    concatenated parts (each waits for its answer before the next goes), with a delivery
+    receipt asked for on the last part only, whose ``message_id`` is the message's provider
+    id. A send takes at most ``timeout_s`` in all, waiting for room in the window of
+    ``window`` outstanding ``submit_sm`` included. Outcomes:
+
+    - ``SENT``: every part accepted (``submit_sm_resp`` with status 0).
+    - ``RETRY`` / ``FAILED`` from an error ``command_status``: the SMSC certainly did not take
+      it (see :data:`TRANSIENT_STATUSES`, :data:`PERMANENT_STATUSES`); throttling statuses
+      set ``throttled``. A refusal after earlier parts were accepted is ``ambiguous``.
+    - ``RETRY`` not ambiguous, at once, when not bound (connecting, down, finishing), or when
+      the window had no room within the timeout: nothing went out.
+    - ``RETRY`` ``ambiguous`` when the answer did not come within the timeout or the bind
+      dropped with the PDU out: the SMSC may have it.
+
+    SMPP has no idempotency key (``idempotency_key`` is not sent): a message sent again after
+    an ambiguous outcome may reach the handset twice.
+
+    Receipts (``deliver_sm`` whose esm_class says so, or with the receipt TLVs) go to
+    ``receipts`` in the JSON shape of ``POST /api/v1/delivery-reports``, in batches as they
+    come; other ``deliver_sm`` (a handset's reply) go to ``inbound``, or are logged (number
+    masked). A callback that raises gets them again with backoff (see the module's text on
+    what smpp34 acknowledges).
+
+    The bind's life is :meth:`run`, which its owner runs as a long-lived task; :meth:`finish`
+    asks it to unbind and end. :attr:`state`, :attr:`last_error` and :attr:`bound_since` are
+    for health checks.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        system_id: str,
+        password: str,
+        *,
+        source: str,
+        window: int = 10,
+        timeout_s: float = 10.0,
+        receipts: ReceiptsCallback | None = None,
+        inbound: InboundCallback | None = None,
+        clock: Clock | None = None,
+        system_type: str = "",
+        bind_timeout_s: float = BIND_TIMEOUT_S,
+        reconnect_backoff_s: float = RECONNECT_BACKOFF_S,
+        reconnect_backoff_max_s: float = RECONNECT_BACKOFF_MAX_S,
+        receipt_buffer: int = RECEIPT_BUFFER,
+        rng: random.Random | None = None,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be at least 1, not {window}")
+        if not timeout_s > 0 or not bind_timeout_s > 0:
+            raise ValueError("timeout_s and bind_timeout_s must be positive")
+        if not 0 < reconnect_backoff_s <= reconnect_backoff_max_s:
+            raise ValueError("reconnect_backoff_s must be positive and at most reconnect_backoff_max_s")
+        if receipt_buffer < 1:
+            raise ValueError(f"receipt_buffer must be at least 1, not {receipt_buffer}")
+        for field, value, limit in (
+            ("system_id", system_id, MAX_SYSTEM_ID),
+            ("password", password, MAX_PASSWORD),
+            ("system_type", system_type, MAX_SYSTEM_TYPE),
+        ):
+            if len(value.encode("latin-1", "replace")) > limit or not value.isascii():
+                shown = repr(value) if field != "password" else f"{len(value)} characters"
+                raise ValueError(f"{field} must be at most {limit} ASCII characters (SMPP 3.4), not {shown}")
+        self.name = name
+        self.host = host
+        self.port = port
+        self.system_id = system_id
+        self._password = password
+        self.system_type = system_type
+        self.source, self._source_ton, self._source_npi = source_address(source)
+        self.window = window
+        self.timeout_s = timeout_s
+        self.bind_timeout_s = bind_timeout_s
+        self.reconnect_backoff_s = reconnect_backoff_s
+        self.reconnect_backoff_max_s = reconnect_backoff_max_s
+        self._receipts = receipts
+        self._inbound = inbound
+        self._clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self._buffer = receipt_buffer
+        self._window = _Window(window)
+        self._references = itertools.count(self._rng.randrange(256))
+        self._smsc: smpp34.Smsc | None = None
+        self._finishing = asyncio.Event()
+        self._running = False
+        self._inbox: asyncio.Queue[_Delivery] = asyncio.Queue(maxsize=receipt_buffer)
+        self._unwritten: list[_Delivery] = []
+        self._draining = False
+        self.state = "down"  # bound, connecting, down
+        self.last_error: str | None = None
+        self.bound_since: datetime | None = None
+
+    def __repr__(self) -> str:  # never the password
+        return (
+            f"SmppSmsClient({self.name!r}, {self.host}:{self.port}, system_id={self.system_id!r}, state={self.state})"
+        )
+
+    @property
+    def in_flight(self) -> int:
+        """submit_sm out and not yet done with (answered, timed out in smpp34, or dropped with the bind)."""
+        return self._window.in_flight
+
+    # --- sending -------------------------------------------------------------------------
+
+    async def send(self, to: str, content: str, idempotency_key: str) -> SendResult:
+        """Submit one message on the current bind; never raises for what the SMSC or the network do."""
+        destination = to.strip().removeprefix("+")
+        if not (destination.isascii() and destination.isdigit()) or len(destination) > MAX_DESTINATION:
+            return SendResult(Outcome.FAILED, error=f"the recipient is not an international number: {mask_phone(to)}")
+        try:
+            coding, parts = encode_parts(content, next(self._references))
+        except (UnicodeEncodeError, ValueError) as exc:
+            return SendResult(Outcome.FAILED, error=f"the message cannot be encoded: {exc}")
+        deadline = self._clock.monotonic() + self.timeout_s
+        message_id: str | None = None
+        for number, short_message in enumerate(parts, 1):
+            last = number == len(parts)
+            where = f" (part {number} of {len(parts)}, after {number - 1} accepted)" if number > 1 else ""
+            if self._bound_session() is None:
+                return self._not_bound(ambiguous=number > 1, where=where)
+            if not await self._take_slot(deadline):
+                return SendResult(
+                    Outcome.RETRY,
+                    error=f"no room in the window of {self.window} outstanding submit_sm within "
+                    f"{self.timeout_s:g}s{where}",
+                    ambiguous=number > 1,
+                )
+            smsc = self._bound_session()
+            if smsc is None:  # the bind went while this send waited for room
+                self._window.give()
+                return self._not_bound(ambiguous=number > 1, where=where)
+            try:
+                answer = smsc.submit_sm(
+                    destination,
+                    short_message,
+                    source_addr=self.source,
+                    source_addr_ton=self._source_ton,
+                    source_addr_npi=self._source_npi,
+                    dest_addr_ton=TON_INTERNATIONAL,
+                    dest_addr_npi=NPI_E164,
+                    esm_class=ESM_UDHI if len(parts) > 1 else 0,
+                    registered_delivery=1 if last else 0,
+                    data_coding=coding,
+                )
+            except Exception as exc:  # refused before it went out (smpp34 raises at once on a closed bind)
+                self._window.give()
+                return SendResult(Outcome.RETRY, error=f"submit_sm not sent: {exc}{where}", ambiguous=number > 1)
+            future = asyncio.ensure_future(answer)
+            future.add_done_callback(self._window.give)  # the slot is smpp34's until it is done with the PDU
+            future.add_done_callback(_settled)
+            if not await self._within(future, deadline - self._clock.monotonic()):
+                return SendResult(
+                    Outcome.RETRY,
+                    error=f"no submit_sm_resp within {self.timeout_s:g}s{where}: the SMSC may have it",
+                    ambiguous=True,
+                )
+            if future.exception() is not None:
+                return SendResult(
+                    Outcome.RETRY,
+                    error=f"the bind failed with the submit_sm out ({future.exception()}){where}: the SMSC may have it",
+                    ambiguous=True,
+                )
+            response = future.result()
+            if response.command_status != 0:
+                result = refused(response.command_status, where=where)
+                if number > 1:
+                    return SendResult(result.outcome, error=result.error, throttled=result.throttled, ambiguous=True)
+                return result
+            message_id = response.message_id
+        if not message_id:
+            return SendResult(Outcome.SENT, warning="the SMSC accepted it without a message_id: no receipt can match")
+        return SendResult(Outcome.SENT, provider_message_id=message_id)
+
+    def _bound_session(self) -> smpp34.Smsc | None:
+        """The session to submit on: bound, and not finishing."""
+        if self.state != "bound" or self._finishing.is_set():
+            return None
+        return self._smsc
+
+    def _not_bound(self, *, ambiguous: bool, where: str) -> SendResult:
+        why = f": {self.last_error}" if self.last_error and self.state != "bound" else ""
+        state = "finishing" if self._finishing.is_set() else self.state
+        return SendResult(
+            Outcome.RETRY, error=f"SMPP provider {self.name} is not bound ({state}){why}{where}", ambiguous=ambiguous
+        )
+
+    async def _take_slot(self, deadline: float) -> bool:
+        if self._window.take_now():
+            return True
+        waiter = self._window.wait()
+        try:
+            if await self._within(waiter, deadline - self._clock.monotonic()):
+                return True
+        except BaseException:
+            self._window.abandon(waiter)
+            raise
+        self._window.abandon(waiter)
+        return False
+
+    async def _within(self, future: asyncio.Future[Any], seconds: float) -> bool:
+        """Wait for ``future`` at most ``seconds`` on the clock (never cancelling it); True when it is done."""
+        if future.done():
+            return True
+        if seconds <= 0:
+            return False
+        # A timer of this call's own, ended before it returns: the clock is injectable, so
+        # asyncio.timeout (the event loop's time) would not do.
+        timer = asyncio.ensure_future(self._clock.sleep(seconds))
+        try:
+            await asyncio.wait({future, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+        return future.done()
+
+    # --- the bind's life -----------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Ask :meth:`run` to let the submits in flight be answered (up to ``timeout_s``), unbind, and end.
+
+        Sends from now on are ``RETRY`` (not bound). After it, :meth:`run` returns at once.
+        """
+        self._finishing.set()
+
+    async def run(self) -> None:
+        """Connect, bind, keep the bind, bind again after a cut or a refusal, until :meth:`finish`.
+
+        Its helper tasks (one reading each bind's ``deliver_sm``, one handing them to the
+        callbacks) are its own, ended before it returns. Cancelled, it drops the bind at once
+        without an unbind.
+        """
+        if self._running:
+            raise RuntimeError(f"SMPP provider {self.name} is already running")
+        self._running = True
+        self._draining = False
+        deliveries = asyncio.create_task(self._deliver(), name=f"insider-smpp-{self.name}-deliveries")
+        try:
+            await self._keep_bound()
+            # Give what was received its chance to be written, then let go of it.
+            self._draining = True
+            with contextlib.suppress(asyncio.QueueFull):  # full: it is not waiting for more
+                self._inbox.put_nowait(_Delivery())  # wakes the deliveries task if it waits for more
+            if not await self._within(deliveries, self.timeout_s):
+                deliveries.cancel()
+            await asyncio.wait({deliveries})
+        finally:
+            if not deliveries.done():
+                deliveries.cancel()
+                await asyncio.wait({deliveries})
+            if not deliveries.cancelled() and deliveries.exception() is not None:
+                log.error("SMPP receipts task crashed", provider=self.name, exc_info=deliveries.exception())
+            self._report_lost()
+            self._smsc = None
+            self.state = "down"
+            self.bound_since = None
+            self._running = False
+
+    async def _keep_bound(self) -> None:
+        failures = 0
+        outage_since: float | None = None
+        while not self._finishing.is_set():
+            self.state = "connecting"
+            client = smpp34.Client(
+                self.host,
+                self.port,
+                self.system_id,
+                self._password,
+                bind_type="TRX",
+                system_type=self.system_type,
+                window_size=self.window,
+                inbound_capacity=self._buffer,
+                connect_timeout_ms=max(1, round(self.bind_timeout_s * 1000)),
+            )
+            error = "finishing"
+            try:
+                smsc = await self._bind(client)
+            except asyncio.CancelledError:
+                _drop(client)
+                raise
+            except Exception as exc:
+                smsc = None
+                error = f"bind failed: {exc}"
+            if smsc is None:
+                if self._finishing.is_set():
+                    break
+                self._down(error, outage_since is None)
+                outage_since = self._clock.monotonic() if outage_since is None else outage_since
+                failures += 1
+                await self._pause(self._backoff_s(failures))
+                continue
+            self._smsc = smsc
+            self.state = "bound"
+            self.bound_since = self._clock.now()
+            self.last_error = None
+            bound_at = self._clock.monotonic()
+            if outage_since is None:
+                log.info("SMPP bound", provider=self.name, host=self.host, port=self.port, system_id=self.system_id)
+            else:
+                log.info(
+                    "SMPP bound again",
+                    provider=self.name,
+                    host=self.host,
+                    port=self.port,
+                    down_s=round(bound_at - outage_since, 3),
+                )
+            outage_since = None
+            try:
+                lost = await self._serve(client, smsc)
+            except asyncio.CancelledError:
+                _drop(client)
+                raise
+            finally:
+                self._smsc = None
+                self.bound_since = None
+            if not lost:
+                break
+            self._down("the bind was lost (the SMSC unbound or the connection dropped)", True)
+            outage_since = self._clock.monotonic()
+            if outage_since - bound_at >= self.reconnect_backoff_max_s:
+                failures = 0
+            failures += 1
+            await self._pause(self._backoff_s(failures))
+        self.state = "down"
+
+    async def _bind(self, client: smpp34.Client) -> smpp34.Smsc | None:
+        """The bound session, or None when finish() came first (the half-made bind is dropped)."""
+        binding = asyncio.ensure_future(client.connect())
+        finishing = asyncio.ensure_future(self._finishing.wait())
+        try:
+            await asyncio.wait({binding, finishing}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            binding.add_done_callback(_settled)
+            raise
+        finally:
+            finishing.cancel()
+        if not binding.done():
+            binding.add_done_callback(_settled)
+            _drop(client)
+            return None
+        smsc: smpp34.Smsc = binding.result()  # raises what connect raised
+        if self._finishing.is_set():
+            await self._unbind(smsc)
+            return None
+        return smsc
+
+    def _down(self, error: str, first: bool) -> None:
+        self.state = "down"
+        self.last_error = error
+        if first:  # one line per outage; the attempts within it are not logged
+            log.warning(
+                "SMPP bind down; binding again with backoff",
+                provider=self.name,
+                host=self.host,
+                port=self.port,
+                system_id=self.system_id,
+                error=error,
+            )
+
+    def _backoff_s(self, failures: int) -> float:
+        ceiling = min(self.reconnect_backoff_max_s, self.reconnect_backoff_s * 2.0 ** min(failures - 1, 30))
+        return ceiling * self._rng.uniform(0.5, 1.0)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep on the clock, or less when finish() comes."""
+        finishing = asyncio.ensure_future(self._finishing.wait())
+        try:
+            await self._within(finishing, seconds)
+        finally:
+            finishing.cancel()
+
+    async def _serve(self, client: smpp34.Client, smsc: smpp34.Smsc) -> bool:
+        """Read the bind's deliver_sm until it is lost (True) or finish() unbinds it (False)."""
+        reader = asyncio.create_task(self._read(smsc), name=f"insider-smpp-{self.name}-reader")
+        finishing = asyncio.ensure_future(self._finishing.wait())
+        try:
+            while True:
+                # smpp34 1.5 drops its Disconnected event when its inbound queue is full, so
+                # the reader would wait for ever: whether the session lives is asked too.
+                timer = asyncio.ensure_future(self._clock.sleep(LIVENESS_CHECK_S))
+                try:
+                    await asyncio.wait({reader, finishing, timer}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    timer.cancel()
+                if reader.done() or finishing.done():
+                    break
+                if not await client.is_alive():
+                    return True
+            if reader.done():
+                reader.result()  # a reader that crashed ends run() with its error: the supervisor restarts it
+                return True
+            # finish(): the submits in flight get their answers first, then the unbind.
+            await self._within(self._window.idle(), self.timeout_s)
+            await self._unbind(smsc)
+            await self._within(reader, self.timeout_s)
+            return False
+        finally:
+            finishing.cancel()
+            if not reader.done():
+                reader.cancel()
+                _drop(client)
+                await asyncio.wait({reader})
+
+    async def _unbind(self, smsc: smpp34.Smsc) -> None:
+        unbinding = asyncio.ensure_future(smsc.unbind())
+        unbinding.add_done_callback(_settled)
+        if await self._within(unbinding, self.timeout_s):
+            log.info("SMPP unbound", provider=self.name, host=self.host, port=self.port)
+        else:
+            log.warning("SMPP unbind not answered in time; the connection is dropped", provider=self.name)
+
+    async def _read(self, smsc: smpp34.Smsc) -> None:
+        """Take the bind's deliver_sm into the inbox until the bind ends; a full inbox holds them back."""
+        while True:
+            event = await smsc.next()
+            if not isinstance(event, smpp34.DeliverSmEvent):
+                return
+            await self._inbox.put(self._delivery(event))
+
+    def _delivery(self, event: smpp34.DeliverSmEvent) -> _Delivery:
+        if is_receipt(event.esm_class, event.tlvs):
+            receipt = receipt_of(event.short_message, event.data_coding, event.tlvs)
+            if receipt is None:
+                log.warning(
+                    "SMPP receipt without a message id or a state; acknowledged and dropped",
+                    provider=self.name,
+                    short_message=event.short_message[:160].decode("latin-1"),
+                )
+                return _Delivery()
+            return _Delivery(receipt=receipt)
+        return _Delivery(inbound=inbound_of(event))
+
+    async def _deliver(self) -> None:
+        """Hand receipts (batched as they come) and inbound messages to the callbacks; again with backoff on failure."""
+        failures = 0
+        while True:
+            if not self._unwritten:
+                if self._draining and self._inbox.empty():
+                    return
+                self._unwritten.append(await self._inbox.get())
+            while not self._inbox.empty() and len(self._unwritten) < self._buffer:
+                self._unwritten.append(self._inbox.get_nowait())
+            try:
+                await self._hand_over()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                if self._draining:
+                    return
+                wait_s = min(CALLBACK_RETRY_MAX_S, CALLBACK_RETRY_S * 2.0 ** min(failures - 1, 30))
+                if failures == 1:
+                    log.warning(
+                        "SMPP receipts not written; trying again with backoff",
+                        provider=self.name,
+                        held=len(self._unwritten),
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                await self._clock.sleep(wait_s)
+                continue
+            if failures:
+                log.info("SMPP receipts written again", provider=self.name)
+            failures = 0
+
+    async def _hand_over(self) -> None:
+        """Hand the unwritten ones over in order; what was handed is dropped from them as it succeeds."""
+        while self._unwritten:
+            first = self._unwritten[0]
+            if first.receipt is not None:
+                batch = list(itertools.takewhile(lambda d: d.receipt is not None, self._unwritten))
+                if self._receipts is not None:
+                    await self._receipts([d.receipt for d in batch if d.receipt is not None])
+                else:
+                    log.info("SMPP receipts with nowhere to go", provider=self.name, count=len(batch))
+                del self._unwritten[: len(batch)]
+            elif first.inbound is not None:
+                if self._inbound is not None:
+                    await self._inbound(first.inbound)
+                else:
+                    log.info(
+                        "SMPP inbound message",
+                        provider=self.name,
+                        sender=mask_phone(first.inbound["from"]),
+                        to=first.inbound["to"],
+                        length=len(first.inbound["text"]),
+                    )
+                del self._unwritten[0]
+            else:  # nothing to hand (dropped, or the drain's wake-up)
+                del self._unwritten[0]
+
+    def _report_lost(self) -> None:
+        held = [d for d in self._unwritten if d.receipt is not None or d.inbound is not None]
+        while not self._inbox.empty():
+            item = self._inbox.get_nowait()
+            if item.receipt is not None or item.inbound is not None:
+                held.append(item)
+        self._unwritten.clear()
+        if held:
+            log.error(
+                "SMPP receipts lost: acknowledged to the SMSC but not written before the stop",
+                provider=self.name,
+                receipts=[d.receipt["messageId"] for d in held if d.receipt is not None][:100],
+                inbound=sum(1 for d in held if d.inbound is not None),
+            )
+
+
+def _drop(client: smpp34.Client) -> None:
+    """End a session without an unbind; smpp34 does it in its own runtime whether or not it is awaited."""
+    stopping = asyncio.ensure_future(client.stop())
+    stopping.add_done_callback(_settled)
