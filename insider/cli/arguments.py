@@ -59,6 +59,10 @@ def _http_url(text: str) -> str:
     return text.strip()
 
 
+# smpp34's server cannot say which port it was given: the SMSC needs one of its own.
+_smpp_port = _number(int, 1, 65_535, "a port from 1 to 65535 (the SMSC cannot report a port chosen for it)")
+
+
 def parser() -> argparse.ArgumentParser:
     """The parser of ``python -m insider`` and its commands."""
     parser = argparse.ArgumentParser(
@@ -134,7 +138,8 @@ def parser() -> argparse.ArgumentParser:
         description="Run an HTTP server that answers like the provider's webhook: POST / or /webhook with "
         '{"to", "content"} gets 202 and a messageId (the same one again for a repeated Idempotency-Key). '
         "GET /messages lists what it accepted, GET /healthz says it is up. With --dlr-url, it posts a delivery "
-        "receipt for each accepted message to that URL, like a real provider. Nothing leaves this machine.",
+        "receipt for each accepted message to that URL, like a real provider. With --smpp-port, an SMSC too. "
+        "Nothing leaves this machine.",
     )
     simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     simulate.add_argument(
@@ -190,5 +195,21 @@ def parser() -> argparse.ArgumentParser:
         default=0.05,
         metavar="FRACTION",
         help="share of receipts saying undelivered (default 0.05)",
+    )
+    simulate.add_argument(
+        "--smpp-port",
+        type=_smpp_port,
+        default=None,
+        metavar="PORT",
+        help="also run a simulated SMSC (SMPP 3.4) on this port, beside the HTTP provider: it answers submit_sm "
+        "as --latency, --fail-rate (ESME_RSYSERR) and --rate-limit-rate (ESME_RTHROTTLED) say, and sends each "
+        "receipt asked for as a deliver_sm after --dlr-delay (--undelivered-rate undelivered). "
+        "POST /smsc/down on the HTTP port refuses binds, POST /smsc/up takes them again",
+    )
+    simulate.add_argument(
+        "--smpp-system-id",
+        default="",
+        metavar="ID",
+        help="with --smpp-port: only binds with this system_id are kept (default: any; the password is not checked)",
     )
     return parser

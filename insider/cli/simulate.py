@@ -1,4 +1,4 @@
-"""The simulate command: a simulated SMS provider over HTTP, answering like the webhook, until stopped."""
+"""The simulate command: a simulated SMS provider over HTTP, answering like the webhook (and an SMSC), until stopped."""
 
 from __future__ import annotations
 
@@ -51,16 +51,31 @@ async def simulate(args: argparse.Namespace) -> int:
         else None
     )
     provider = SimulatedProvider(options, reporter=reporter)
-    runner = web.AppRunner(create_simulator_app(provider), access_log=None, handle_signals=False)
+    app = create_simulator_app(provider)
+    smsc = None
+    if args.smpp_port is not None:
+        from insider.smsc import SimulatedSmsc, add_smsc_routes  # smpp34 starts its runtime when imported
+
+        smsc = SimulatedSmsc(args.host, args.smpp_port, options, receipts, system_id=args.smpp_system_id)
+        add_smsc_routes(app, smsc)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()
     install_stop_signals(stop)
-    # The receipts are reported by a task of this command's own, cancelled on the way out.
+    # The receipts are reported by a task of this command's own, cancelled on the way out; the SMSC likewise.
     reporting = asyncio.create_task(reporter.run(), name="insider-simulated-receipts") if reporter else None
+    serving: asyncio.Task[None] | None = None
     try:
         port = await listen(runner, args.host, args.port)
         if port is None:
             return EXIT_FAILED
+        if smsc is not None:
+            try:
+                await smsc.start()
+            except Exception as exc:
+                print(f"insider: error: cannot listen on {args.host}:{args.smpp_port} (SMPP): {exc}", file=sys.stderr)
+                return EXIT_FAILED
+            serving = asyncio.create_task(smsc.run(), name="insider-simulated-smsc")
         base_url = f"http://{display_host(args.host)}:{port}"
         low, high = options.latency_s
         latency = format_duration(low) if low == high else f"{format_duration(low)} to {format_duration(high)}"
@@ -83,6 +98,7 @@ async def simulate(args: argparse.Namespace) -> int:
                     f"  Answers   {'; '.join(answers)}",
                     f"  Auth key  {'required (x-ins-auth-key)' if options.auth_key else 'not checked'}",
                     f"  Receipts  {_receipts_line(args.dlr_url, receipts)}",
+                    *_smsc_lines(args, base_url, receipts),
                     f"Send to it: INSIDER_WEBHOOK_URL={base_url}/webhook{key_hint} {python_command()} -m insider",
                     "Stop with Ctrl+C.",
                 ]
@@ -93,12 +109,35 @@ async def simulate(args: argparse.Namespace) -> int:
         await stop.wait()
     finally:
         await runner.cleanup()
+        if serving is not None:
+            serving.cancel()
+            await asyncio.wait({serving})
+        if smsc is not None:
+            await smsc.close()
         if reporting is not None:
             reporting.cancel()
             await asyncio.wait({reporting})
         if session is not None:
             await session.close()
     return 0
+
+
+def _smsc_lines(args: argparse.Namespace, base_url: str, receipts: ReceiptOptions) -> list[str]:
+    """Where the SMSC listens, what it answers, and how to bind insider to it."""
+    if args.smpp_port is None:
+        return []
+    low, high = receipts.delay_s
+    delay = format_duration(low) if low == high else f"{format_duration(low)} to {format_duration(high)}"
+    system_id = args.smpp_system_id or "any"
+    return [
+        f"  SMSC      smpp://{display_host(args.host)}:{args.smpp_port} (SMPP 3.4, bind as a transceiver; "
+        f"system_id {system_id}, password not checked)",
+        f"            answers as above (ESME_RTHROTTLED, ESME_RSYSERR); receipts as deliver_sm after {delay}, "
+        f"{receipts.undelivered_rate:.0%} undelivered",
+        f"            GET {base_url}/smsc; POST {base_url}/smsc/down refuses binds, POST {base_url}/smsc/up again",
+        f'Bind to it: an smpp provider with host = "{display_host(args.host)}", port = {args.smpp_port}, '
+        f'system_id = "{args.smpp_system_id or "insider"}", any password of up to 8 characters',
+    ]
 
 
 def _receipts_line(url: str | None, options: Any) -> str:
