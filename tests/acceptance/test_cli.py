@@ -51,6 +51,8 @@ def test_simulate_help_names_its_options(tmp_path: Path) -> None:
         assert option in out
     for option in ("--dlr-url", "--dlr-token", "--dlr-delay", "--undelivered-rate"):
         assert option in out
+    for option in ("--smpp-port", "--smpp-system-id", "/smsc/down"):
+        assert option in out
 
 
 @pytest.mark.parametrize(
@@ -70,6 +72,7 @@ def test_simulate_help_names_its_options(tmp_path: Path) -> None:
         (("simulate", "--undelivered-rate", "1.5"), "expected a fraction from 0 to 1, got '1.5'"),
         (("simulate", "--dlr-delay", "5s-1s"), "expected SHORTEST-LONGEST, got '5s-1s'"),
         (("simulate", "--dlr-delay", "later"), "argument --dlr-delay"),
+        (("simulate", "--smpp-port", "0"), "the SMSC cannot report a port chosen for it"),
         (("migrate", "extra"), "unrecognized arguments: extra"),
     ],
 )
