@@ -7,21 +7,23 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn
 
 import structlog
 from aiohttp import web
-from aiohttp_apispec import setup_aiohttp_apispec, validation_middleware
-from marshmallow import ValidationError
 
-from insider import __version__
 from insider.container import Container, open_service, resolve
-from insider.logs import mask_access_log_secrets
 from insider.ports import InvalidCursor, RepositoryUnavailable
 from insider.supervisor import SupervisorClosed
 from insider.web import messages, original, probes, receipts, sending
+from insider.web.access_log import QuerySecretsMasked
 from insider.web.guard import GUARD, BrowserGuard, browser_checks
-from insider.web.openapi import docs_left_intact, document_batch_items, document_browser_checks, document_security
+from insider.web.openapi import (
+    document_batch_items,
+    document_browser_checks,
+    document_routes,
+    document_security,
+    serve_swagger,
+)
 from insider.web.original import original_error
 from insider.web.paths import DELIVERY_REPORTS_PATH, OPEN_API_PATHS, guarded, is_original
 from insider.web.responses import error_response
@@ -36,6 +38,7 @@ from insider.web.server import (
 )
 from insider.web.services import SERVICES, AppServices, Services
 from insider.web.tokens import same_secret
+from insider.web.validation import validate
 
 log = structlog.get_logger("insider.web")
 
@@ -66,36 +69,6 @@ def is_routine_poll(request: web.Request) -> bool:
         return True
     # GET on start and stop changes state (the original's clients use it): never routine.
     return POLL_HEADER in request.headers and request.path.rsplit("/", 1)[-1] not in ("start", "stop")
-
-
-def _flatten(name: str, problems: Any, into: dict[str, list[str]]) -> None:
-    """Nested problems (a list's items: ``{"messages": {3: [...]}}``) as dotted names (``messages.3``)."""
-    if isinstance(problems, dict):
-        for key, inner in problems.items():
-            _flatten(f"{name}.{key}", inner, into)
-    else:
-        into[name] = [str(p) for p in problems] if isinstance(problems, list) else [str(problems)]
-
-
-def _validation_error(error: ValidationError, req: Any, schema: Any, *args: Any, **kwargs: Any) -> NoReturn:
-    """webargs' error hook: a JSON 422 naming each bad field (or 400 for a body that is no object)."""
-    messages = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
-    if "match_info" in messages:  # a path id of the right digits but out of range names nothing
-        raise web.HTTPNotFound(text=json.dumps({"error": "not found"}), content_type="application/json")
-    # webargs nests by location ({"json": {...}}); the client wants the field names.
-    flat: dict[str, list[str]] = {}
-    for location in messages.values():
-        items = location.items() if isinstance(location, dict) else [("_schema", location)]
-        for name, problems in items:
-            _flatten(str(name), problems, flat)
-    if set(flat) == {"_schema"}:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "the body must be a JSON object", "fields": flat}),
-            content_type="application/json",
-        )
-    raise web.HTTPUnprocessableEntity(
-        text=json.dumps({"error": "invalid input", "fields": flat}), content_type="application/json"
-    )
 
 
 @web.middleware
@@ -271,7 +244,6 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     when ``autostart`` is true (None: INSIDER_AUTOSTART); see ``open_service`` for
     ``wait_for_schema``.
     """
-    mask_access_log_secrets()  # the receipts endpoint's ?token= must not reach an access log
     settings = container.settings()
     app = web.Application(
         # Everything that can refuse a request is judged on its head, before the one step that reads a body
@@ -287,9 +259,11 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
             require_json,
             read_body,
             parse_json,
-            validation_middleware,
+            validate,
         ],
         client_max_size=MAX_BODY_BYTES,  # read_body raises it for the routes that take more
+        # aiohttp's access log, where a runner keeps one, with the receipts endpoint's ?token= masked.
+        handler_args={"access_log_class": QuerySecretsMasked},
     )
     app[CONTAINER] = container
     app[SERVICES] = AppServices()
@@ -298,6 +272,7 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     app[WAIT_FOR_SCHEMA] = wait_for_schema
     app[GUARD] = BrowserGuard.for_service(settings.allowed_hosts, settings.host, original_envelope=is_original)
     app[LIMITS] = Limits(settings.http_header_timeout_s, settings.http_body_timeout_s)
+    serve_swagger(app)  # before the routes: it would read (and edit) the shared handlers' docs
     app.router.add_get("/", probes.dashboard)
     app.router.add_static("/static/dashboard", probes.STATIC_DIR, name="dashboard.static")
     app.router.add_get("/healthz", probes.healthz, allow_head=False)
@@ -339,17 +314,7 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     ):
         app.router.add_get(path, handler, allow_head=False)
         app.router.add_get(path + "/", handler, allow_head=False)
-    with docs_left_intact(app):
-        setup_aiohttp_apispec(
-            app,
-            title="insider",
-            version=__version__,
-            info={"description": "Sends queued SMS messages at a controlled rate."},
-            url="/api/docs/swagger.json",
-            swagger_path="/swagger",
-            error_callback=_validation_error,
-            in_place=True,
-        )
+    document_routes(app)
     document_security(
         app["swagger_dict"], token_required=bool(settings.api_token), dlr_token_set=bool(settings.dlr_token)
     )

@@ -41,6 +41,7 @@ from insider.web.schemas import (
     PreviewSchema,
 )
 from insider.web.services import services
+from insider.web.validation import PATH, QUERY, VALIDATED
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 Action = Callable[[web.Request, int], Awaitable[web.Response]]  # on the message of this id
@@ -61,7 +62,7 @@ Action = Callable[[web.Request, int], Awaitable[web.Response]]  # on the message
 @response_schema(**UNAVAILABLE, code=503)
 async def list_messages(request: web.Request) -> web.Response:
     app = services(request)
-    query = request["querystring"]
+    query = request[QUERY]
     to = query["to"]
     if to is not None:
         try:
@@ -118,7 +119,7 @@ def _enqueue_route(
 async def enqueue_message(request: web.Request) -> web.Response:
     app = services(request)
     try:
-        message = new_message(request["data"], app.settings, app.clock.now())
+        message = new_message(request[VALIDATED], app.settings, app.clock.now())
     except InvalidMessage as exc:
         return error_response(422, "invalid message", {exc.field: [str(exc).replace("recipient_phone", "to")]})
     return await store_once(request, app.repository, [message], lambda stored: message_json(stored[0]))
@@ -138,7 +139,7 @@ async def enqueue_batch(request: web.Request) -> web.Response:
     now = app.clock.now()
     problems: dict[str, list[str]] = {}
     messages: list[NewMessage] = []
-    for index, item in enumerate(request["data"]["messages"]):
+    for index, item in enumerate(request[VALIDATED]["messages"]):
         prefix = f"messages.{index}."
         try:
             messages.append(new_message(schema.load(item), app.settings, now))
@@ -150,7 +151,7 @@ async def enqueue_batch(request: web.Request) -> web.Response:
             problems[prefix + exc.field] = [str(exc).replace("recipient_phone", "to")]
     if problems:
         bad = len({name.split(".")[1] for name in problems})
-        total = len(request["data"]["messages"])
+        total = len(request[VALIDATED]["messages"])
         return error_response(422, f"{bad} of {total} messages are invalid; none was stored", problems)
     return await store_once(
         request, app.repository, messages, lambda stored: {"data": [message_json(m) for m in stored]}
@@ -170,7 +171,7 @@ async def enqueue_batch(request: web.Request) -> web.Response:
 @response_schema(**INVALID, code=422)
 async def preview_message(request: web.Request) -> web.Response:
     settings = services(request).settings
-    content = request["data"]["content"]
+    content = request[VALIDATED]["content"]
     encoding, segments = measure(content)
     return web.json_response(
         {
@@ -186,7 +187,7 @@ async def preview_message(request: web.Request) -> web.Response:
 
 async def _by_uuid(request: web.Request, then: Action) -> web.Response:
     """``then`` for the message with the UUID of the path (a row of the original Go service), or 404."""
-    message = await services(request).repository.get_by_uuid(str(request["match_info"]["uuid"]))
+    message = await services(request).repository.get_by_uuid(str(request[PATH]["uuid"]))
     if message is None:
         return error_response(404, "no message has that id")
     return await then(request, message.id)
@@ -258,7 +259,7 @@ def _one_message(
     by the UUID the original Go service gave it, documented alike."""
 
     async def by_id(request: web.Request) -> web.Response:
-        return await action(request, request["match_info"]["id"])
+        return await action(request, request[PATH]["id"])
 
     async def by_uuid(request: web.Request) -> web.Response:
         return await _by_uuid(request, action)

@@ -1,13 +1,15 @@
-"""The Swagger spec: built without touching the shared handlers, then told what no decorator can say."""
+"""The Swagger spec: built from copies of the handlers' docs (the shared handlers stay as they are), then completed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Awaitable, Callable
+from types import MappingProxyType
+from typing import Any, Final
 
 from aiohttp import web
+from aiohttp_apispec import setup_aiohttp_apispec
 
+from insider import __version__
 from insider.web.paths import DELIVERY_REPORTS_PATH, OPEN_API_PATHS, guarded, is_original
 from insider.web.receipts import DLR_AUTH_HEADER
 from insider.web.schemas import RECEIPT_DEFINITION
@@ -15,32 +17,71 @@ from insider.web.schemas import RECEIPT_DEFINITION
 SECURITY_SCHEME = "bearer"
 DLR_SECURITY_SCHEME = "dlrToken"
 DLR_QUERY_SECURITY_SCHEME = "dlrTokenQuery"
+SPEC_URL = "/api/docs/swagger.json"
+SWAGGER_UI_PATH = "/swagger"
+_SPEC_INFO: Final = MappingProxyType(
+    {
+        "title": "insider",
+        "version": __version__,
+        "info": {"description": "Sends queued SMS messages at a controlled rate."},
+    }
+)
 
 
-@contextmanager
-def docs_left_intact(app: web.Application) -> Iterator[None]:
-    """Let aiohttp-apispec build the spec from copies of the handlers' docs.
+def serve_swagger(app: web.Application) -> None:
+    """aiohttp-apispec's Swagger UI (``/swagger``) and spec route (``/api/docs/swagger.json``) on ``app``.
 
-    It edits a handler's ``__apispec__`` as it reads it (pops the request schemas, appends
-    parameters), so a second app in the same process (tests, an embedded copy) got a spec
-    with its request bodies missing and dangling references. The handlers are module
-    functions shared by every app: each build now reads a copy and leaves them as they were.
+    Call it before the app has routes: aiohttp-apispec builds a spec from the routes there are,
+    and edits each handler's ``__apispec__`` as it reads it (pops the request schemas, appends
+    parameters). The handlers are module functions shared by every app in the process, so
+    the spec comes from :func:`document_routes` instead, which reads copies. No error hook is
+    given: aiohttp-apispec would install it on webargs' process-wide parser (the app
+    validates with a parser of its own).
     """
-    originals: dict[int, tuple[Any, dict[str, Any]]] = {}
+    if any(hasattr(route.handler, "__apispec__") for route in app.router.routes()):
+        raise RuntimeError("serve_swagger() comes before the documented routes")
+    setup_aiohttp_apispec(app, url=SPEC_URL, swagger_path=SWAGGER_UI_PATH, in_place=True, **_SPEC_INFO)
+
+
+def document_routes(app: web.Application) -> None:
+    """``app``'s spec (served by :func:`serve_swagger`'s route), built from copies of its handlers' docs.
+
+    aiohttp-apispec reads the copies on an app of their own, made for the purpose: the
+    handlers of ``app`` are left as they are, and every app gets the whole spec.
+    """
+    documented = web.Application()
+    copies: dict[int, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {}
     for route in app.router.routes():
-        handler: Any = route.handler
-        docs = getattr(handler, "__apispec__", None)
-        if isinstance(docs, dict) and id(handler) not in originals:
-            originals[id(handler)] = (handler, docs)
-            handler.__apispec__ = {
-                key: list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
-                for key, value in docs.items()
-            }
-    try:
-        yield
-    finally:
-        for handler, docs in originals.values():
-            handler.__apispec__ = docs
+        docs = getattr(route.handler, "__apispec__", None)
+        if not isinstance(docs, dict):
+            continue
+        # One copy per handler, shared by its routes, as the handler itself is.
+        handler = copies.setdefault(id(route.handler), _carrying(_copy(docs)))
+        info = route.resource.get_info() if route.resource is not None else {}
+        documented.router.add_route(route.method, info.get("path") or info["formatter"], handler)
+    setup_aiohttp_apispec(documented, url=None, in_place=True, **_SPEC_INFO)
+    spec = app["swagger_dict"]
+    spec.clear()
+    spec.update(documented["swagger_dict"])
+
+
+def _copy(value: Any) -> Any:
+    """Dicts and lists copied all the way down (what aiohttp-apispec edits); schemas and the like shared."""
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy(item) for item in value]
+    return value
+
+
+def _carrying(docs: dict[str, Any]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A handler that only carries ``docs`` for aiohttp-apispec to read: it never serves a request."""
+
+    async def documented(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPNotFound()
+
+    setattr(documented, "__apispec__", docs)  # noqa: B010 (the attribute aiohttp-apispec reads)
+    return documented
 
 
 def document_security(spec: dict[str, Any], token_required: bool, dlr_token_set: bool = False) -> None:

@@ -6,11 +6,11 @@ does not document for subclassing (its connection protocols, its connector). The
 ``insider/`` (not the one server module that holds, behind a documented seam, what aiohttp's
 server offers no public hook for; that module has a test of its own) and reports:
 
-- an import from an aiohttp submodule, or of a name outside ``aiohttp.__all__`` (and
-  ``aiohttp.web.__all__`` for ``aiohttp.web``);
+- an import from an aiohttp submodule (but the access logger's two documented names), or of a
+  name outside ``aiohttp.__all__`` (and ``aiohttp.web.__all__`` for ``aiohttp.web``);
 - an attribute of ``aiohttp`` or ``web`` outside those lists (``aiohttp.helpers.x``);
-- a subclass of an aiohttp class other than those documented for it (``web.View``, the
-  abstract bases of ``aiohttp.abc``, the HTTP exceptions);
+- a subclass of an aiohttp class other than those documented for it (``web.View``,
+  ``AbstractAccessLogger``, the HTTP exceptions);
 - ``x._name`` where aiohttp defines ``_name`` (on its classes, their instances or slots), other
   than ``self``/``cls`` of insider's own classes, and ``getattr``/``setattr``/``hasattr`` with
   such a name.
@@ -35,7 +35,15 @@ SERVER_SEAM = PACKAGE / "web" / "aiohttp_seam.py"
 PUBLIC = frozenset(aiohttp.__all__) | {"web", "__version__"}
 PUBLIC_WEB = frozenset(web.__all__)
 # Classes aiohttp documents as meant to be subclassed.
-SUBCLASSABLE = frozenset({"View"})
+SUBCLASSABLE = frozenset({"View", "AbstractAccessLogger"})
+# Names aiohttp documents in submodules of their own: an ``access_log_class`` must subclass
+# ``aiohttp.abc.AbstractAccessLogger`` (its Logging page and AppRunner's reference), and the
+# default it replaces, ``AccessLogger`` (now in ``aiohttp.web_log``), writes the
+# ``access_log_format`` line those pages document.
+DOCUMENTED_IN_SUBMODULES = {
+    "aiohttp.abc": frozenset({"AbstractAccessLogger"}),
+    "aiohttp.web_log": frozenset({"AccessLogger"}),
+}
 
 
 @functools.cache
@@ -114,7 +122,9 @@ class _Scan(ast.NodeVisitor):
                     self.report(node, f"from aiohttp.web import {alias.name} (not in aiohttp.web.__all__)")
                 self.imported.add(alias.asname or alias.name)
         elif module.startswith("aiohttp."):
-            self.report(node, f"import from aiohttp's submodule {module}")
+            for alias in node.names:
+                if alias.name not in DOCUMENTED_IN_SUBMODULES.get(module, ()):
+                    self.report(node, f"import of {alias.name} from aiohttp's submodule {module}")
             self.imported.update(alias.asname or alias.name for alias in node.names)
 
     def _from_aiohttp(self, node: ast.expr) -> str | None:
@@ -205,6 +215,8 @@ def test_the_server_seam_exists() -> None:
         "import aiohttp\nclass Conn(aiohttp.TCPConnector):\n    pass",
         "from aiohttp import TCPConnector\nclass Conn(TCPConnector):\n    pass",
         "def f(connector):\n    connector._factory = None",
+        "from aiohttp.web_log import KeyMethod",
+        "from aiohttp.abc import AbstractStreamWriter",
         "def f(response):\n    return response._payload",
         "def f(session):\n    return session._connector",
         "def f(response):\n    return getattr(response, '_payload')",
@@ -224,6 +236,8 @@ def test_the_scan_finds_private_api(source: str) -> None:
         "class Client:\n    def __init__(self, session):\n        self._session = session",
         "from urllib.parse import urlsplit\nparts = urlsplit('http://x')._replace(query='')",
         "import aiohttp_apispec\nfrom aiohttp_apispec import docs",
+        "from aiohttp.abc import AbstractAccessLogger\nclass Log(AbstractAccessLogger):\n    pass",
+        "from aiohttp.web_log import AccessLogger\nline = AccessLogger(logger, fmt)",
     ],
 )
 def test_the_scan_lets_public_api_through(source: str) -> None:
