@@ -20,11 +20,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
+from insider.logs import get_logger
 from insider.ports import Clock
 
-log = structlog.get_logger("insider.supervisor")
+log = get_logger("insider.supervisor")
 
 # A crashed child is started again after this long, doubled at each crash in a row up to the
 # cap; a child that ran this long before it crashed starts the count again.

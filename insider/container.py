@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 
 import aiohttp
 import redis.asyncio as aioredis
-import structlog
 from dependency_injector import containers, providers
 from psycopg_pool import AsyncConnectionPool
 
@@ -20,6 +19,7 @@ from insider.adapters.sqlite import SqliteDatabase, SqliteMessageRepository, is_
 from insider.adapters.webhook import WebhookSmsClient, open_http_session
 from insider.clock import SystemClock
 from insider.config import Settings, mask_url
+from insider.logs import get_logger
 from insider.metrics import CountsCache, Metrics
 from insider.ports import Clock, MessageRepository, ReceiptStore, RepositoryUnavailable
 from insider.receipt_parsing import parse_receipts
@@ -30,7 +30,7 @@ from insider.simulator import ReceiptReporter, SimulatedSmsClient
 from insider.supervisor import Child, Supervisor
 
 T = TypeVar("T")
-log = structlog.get_logger("insider")
+log = get_logger("insider")
 
 
 # How long a call waits for a pooled PostgreSQL connection before it answers "unavailable":

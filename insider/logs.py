@@ -1,43 +1,48 @@
-"""structlog set-up: JSON or console lines on stderr, with secrets and phone numbers kept out."""
+"""Log events: structlog loggers that keep secrets and phone numbers out, and the command line's log lines.
+
+insider is a library first: its modules log through :func:`get_logger` and never configure
+logging. Where structlog has been configured (by the command line, or by an embedding
+program), their events follow that configuration; otherwise they go through the standard
+library's ``logging.getLogger(name)`` to whatever handlers the embedding program set up.
+Only ``python -m insider`` sets up the process's logging, with :func:`process_logging`:
+JSON or console lines on stderr, written by a thread of its own.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import atexit
 import logging
+import logging.handlers
+import queue
 import re
 import sys
 import threading
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from types import MappingProxyType
+from typing import Any, Final, TextIO
 
 import orjson
 import structlog
 
 from insider.domain import mask_phone
 
-_SECRET_KEYS = frozenset({"auth_key", "webhook_auth_key", "api_token", "token", "password", "authorization"})
-_PHONE_KEYS = frozenset({"to", "recipient_phone", "phone"})
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-
-
-# Keys seen to hold neither a secret nor a phone number; they come from code, so this stays
-# small (and is capped). Most events then cost one set difference.
-_PLAIN_KEYS: set[str] = set()
+SECRET_KEYS: Final = frozenset({"auth_key", "webhook_auth_key", "api_token", "token", "password", "authorization"})
+PHONE_KEYS: Final = frozenset({"to", "recipient_phone", "phone"})
+LEVELS: Final = MappingProxyType(
+    {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+)
 
 
 def scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Last line of defence: drop secrets and mask phone numbers under well-known keys."""
-    for key in event.keys() - _PLAIN_KEYS:
-        if key.lower() in _SECRET_KEYS:
-            event[key] = "***"
-        elif key in _PHONE_KEYS:
+    for key in event:
+        if key in PHONE_KEYS:
             if isinstance(event[key], str) and "*" not in event[key]:
                 event[key] = mask_phone(event[key])
-        elif len(_PLAIN_KEYS) < 10_000:
-            _PLAIN_KEYS.add(key)
+        elif key.lower() in SECRET_KEYS:
+            event[key] = "***"
     return event
 
 
@@ -48,27 +53,6 @@ _QUERY_SECRET = re.compile(r"(?i)([?&](?:token|auth_key|api_token)=)[^&\s\"']*")
 def mask_query_secrets(text: str) -> str:
     """``text`` with the values of ``token=`` (and the like) query parameters replaced by ``***``."""
     return _QUERY_SECRET.sub(r"\1***", text)
-
-
-class QuerySecretFilter(logging.Filter):
-    """Masks query-string secrets in the lines of aiohttp's access log (an embedding program may keep it on)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and "=" in record.msg:
-            record.msg = mask_query_secrets(record.msg)
-        if record.args:
-            record.args = tuple(mask_query_secrets(a) if isinstance(a, str) else a for a in record.args)
-        return True
-
-
-_QUERY_SECRET_FILTER = QuerySecretFilter()
-
-
-def mask_access_log_secrets() -> None:
-    """Install :class:`QuerySecretFilter` on aiohttp's access logger, once (it is the process's logger)."""
-    access = logging.getLogger("aiohttp.access")
-    if _QUERY_SECRET_FILTER not in access.filters:
-        access.addFilter(_QUERY_SECRET_FILTER)
 
 
 class UtcStamper:
@@ -94,173 +78,253 @@ class UtcStamper:
         return event
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Route structlog (and the standard library's logging) to ``stream`` in one format.
+# --- insider's loggers -------------------------------------------------------------------------------------------
 
-    ``fmt`` is ``json``, ``console``, or ``auto``: console on a terminal, JSON otherwise.
+_LOGFMT: Final = structlog.processors.LogfmtRenderer(bool_as_flag=False)
+
+
+def _to_standard_library(_: Any, __: str, event: MutableMapping[str, Any]) -> tuple[tuple[str], dict[str, Any]]:
+    """The event as the arguments of a standard library call: ``send message_id=12 outcome=sent ...``,
+    readable in any formatter, with its exception (if any) for the handler to format."""
+    kwargs = {key: event.pop(key) for key in ("exc_info", "stack_info") if key in event}
+    name = str(event.pop("event", ""))
+    rest = _LOGFMT(None, "", event) if event else ""
+    return (f"{name} {rest}" if rest else name,), kwargs
+
+
+# Where structlog is not configured: the standard library's loggers, their levels and handlers.
+_STANDARD_LIBRARY_CHAIN: Final = (
+    structlog.stdlib.filter_by_level,
+    structlog.contextvars.merge_contextvars,
+    _to_standard_library,
+)
+
+
+class Logger:
+    """One of insider's loggers: structlog's as configured, or the standard library's when nobody configured it.
+
+    Which one is decided at each call, so a program that configures structlog after importing
+    insider gets insider's events its way too. Either way an event's fields are scrubbed
+    first (:func:`scrub`): a secret or a phone number never leaves insider in one.
+    """
+
+    __slots__ = ("_configured", "_standard")
+
+    def __init__(self, name: str) -> None:
+        self._configured = structlog.get_logger(name)  # lazy: follows structlog.configure() whenever it comes
+        self._standard = structlog.stdlib.BoundLogger(logging.getLogger(name), list(_STANDARD_LIBRARY_CHAIN), {})
+
+    def _logger(self) -> Any:
+        return self._configured if structlog.is_configured() else self._standard
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._logger().debug(event, **scrub(None, "", fields))
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._logger().info(event, **scrub(None, "", fields))
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._logger().warning(event, **scrub(None, "", fields))
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._logger().error(event, **scrub(None, "", fields))
+
+    def exception(self, event: str, **fields: Any) -> None:
+        """An error with the exception being handled (its traceback) attached."""
+        self._logger().exception(event, **scrub(None, "", fields))
+
+
+def get_logger(name: str) -> Logger:
+    """The logger insider's module ``name`` logs with (see :class:`Logger`)."""
+    return Logger(name)
+
+
+# --- the command line's logging ----------------------------------------------------------------------------------
+
+# An info line may wait this long for the lines after it, to go out in the same write; a
+# warning or an error goes at once, and takes the lines before it along.
+FLUSH_AFTER_S = 0.05
+# ...and the writer writes what is waiting in one go, up to this many lines at a time.
+MAX_LINES_PER_WRITE = 1000
+
+
+class LineWriter(logging.handlers.QueueListener):
+    """Writes the log lines put on its queue to a stream, from a thread of its own, in the order they came.
+
+    A line per send is most of what the service writes while it drains a backlog: a write (and a
+    flush) per line cost about a seventh of its throughput, and waking this thread for every line
+    cost as much again. So the first line after a quiet spell wakes the thread, which lets the
+    lines of the next ``FLUSH_AFTER_S`` gather (a warning or an error cuts that short: ``urgent``)
+    and writes all that is waiting in one go. ``stop()`` writes every line queued before it.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.lines: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        super().__init__(self.lines)
+        self.urgent = threading.Event()
+        self._stream = stream
+        self._pending: list[str] = []
+        self._running = False
+
+    def start(self) -> None:
+        super().start()
+        self._running = True
+
+    def dequeue(self, block: bool) -> Any:
+        try:
+            return self.lines.get_nowait()
+        except queue.Empty:
+            self.write()  # the queue ran dry: out with what came, before waiting for more
+            first = self.lines.get(block)
+            self.urgent.wait(FLUSH_AFTER_S)  # the lines logged next go out with it, unless one is urgent
+            self.urgent.clear()
+            return first
+
+    def enqueue_sentinel(self) -> None:
+        super().enqueue_sentinel()
+        self.urgent.set()  # a stop waits for no window
+
+    def handle(self, record: Any) -> None:
+        self._pending.append(record)
+        if len(self._pending) >= MAX_LINES_PER_WRITE:
+            self.write()
+
+    def stop(self) -> None:
+        if not self._running:  # stopped already (by logging.shutdown(), say)
+            return
+        self._running = False
+        super().stop()
+        self.write()  # what the thread took with the stop, after its last write
+
+    def write(self) -> None:
+        if not self._pending:
+            return
+        text = "\n".join(self._pending) + "\n"
+        self._pending = []
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except (OSError, ValueError):  # a closed stream: nothing left to tell
+            pass
+
+
+class QueueLogger:
+    """structlog's logger for the command line: each rendered line goes onto the writer's queue."""
+
+    __slots__ = ("_put", "_urgent")
+
+    def __init__(self, writer: LineWriter) -> None:
+        self._put = writer.lines.put_nowait
+        self._urgent = writer.urgent.set
+
+    def msg(self, line: str) -> None:
+        self._put(line)
+
+    def warning(self, line: str) -> None:
+        self._put(line)
+        self._urgent()
+
+    debug = info = msg
+    warn = error = err = critical = fatal = exception = failure = warning
+
+
+class FormattedQueueHandler(logging.handlers.QueueHandler):
+    """The standard library's records (aiohttp's, psycopg's, ...), rendered as lines onto the writer's queue.
+
+    Closing it stops the writer, every line queued written: ``logging.shutdown()``, which the
+    standard library runs at exit (and a process that must end at once calls first), leaves
+    no line behind.
+    """
+
+    def __init__(self, writer: LineWriter) -> None:
+        super().__init__(writer.lines)
+        self.writer = writer
+
+    def prepare(self, record: logging.LogRecord) -> Any:
+        return self.format(record)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        if record.levelno >= logging.WARNING:
+            self.writer.urgent.set()
+
+    def close(self) -> None:
+        self.writer.stop()
+        super().close()
+
+
+@contextmanager
+def process_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> Iterator[None]:
+    """The command line's logging, for the length of the block: every event as a line on ``stream`` (stderr).
+
+    ``fmt`` is ``json``, ``console``, or ``auto``: console on a terminal, JSON otherwise. structlog's
+    events and the standard library's records (other libraries') come out in the same format and
+    in the order they were logged. Only ``python -m insider`` calls this: it sets up the process
+    (structlog's configuration, the root logger's handler and level, the levels of
+    ``aiohttp.access`` and ``psycopg.pool``) and puts all of it back on the way out, once every
+    line logged has been written.
     """
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
-    shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        UtcStamper(),
-        scrub,
-    ]
+    shared: list[Any] = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level, UtcStamper()]
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_json)
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
-    structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info if fmt == "json" else _noop, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=lambda *_: BufferedLogger(stream),
-        cache_logger_on_first_use=False,
-    )
-    # Libraries that log through the standard library land in the same stream and format.
-    handler = _InOrderStreamHandler(stream)
+    exceptions = [structlog.processors.format_exc_info] if fmt == "json" else []
+    writer = LineWriter(stream)
+    handler = FormattedQueueHandler(writer)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *exceptions, renderer],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared, scrub],  # insider's own are scrubbed already
         )
     )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(max(_LEVELS[level], logging.INFO) if level != "debug" else logging.DEBUG)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # we log requests ourselves
-    # While PostgreSQL is down, psycopg_pool warns twice a second about each reconnection
-    # attempt; the supervisor already logs one line per failed tick and one when it is back.
-    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
-
-
-class BufferedLogger:
-    """Writes log lines in batches: at most ``FLUSH_AFTER_S`` late, and at once from warning up.
-
-    A line per send is most of what the service writes while it drains a backlog, and a
-    write (and flush) per line cost about a seventh of its throughput. Lines of the same
-    event-loop turn go out together; warnings and errors flush everything at once, in
-    order, and so does ``flush_logs()`` (called on the way out). Outside a running event
-    loop every line is written directly.
-
-    Each event loop has a buffer and a flush timer of its own: a loop that ends with a
-    flush pending leaves no state behind that could hold back another loop's lines (its
-    own lines go out with the next flush of any loop, a warning, or the process exit).
-    """
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-
-    def msg(self, message: str) -> None:
-        _buffer(self._stream, message)
-
-    info = debug = msg
-
-    def warning(self, message: str) -> None:
-        _buffer(self._stream, message)
-        flush_logs()
-
-    warn = error = critical = exception = fatal = failure = err = warning
-
-
-class _InOrderStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The standard library's lines, after the buffered lines logged before them."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        flush_logs()
-        super().emit(record)
-
-
-FLUSH_AFTER_S = 0.05
-
-
-class _LoopBuffer:
-    """The lines one event loop logged and has not written yet, and its pending flush."""
-
-    __slots__ = ("flush", "lines")
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[TextIO, str]] = []
-        self.flush: asyncio.TimerHandle | None = None
-
-
-# Per event loop. A loop that ended with lines in its buffer (its flush timer never fired)
-# is swept as soon as another loop starts logging, or at the next flush: none are lost.
-_buffers: dict[asyncio.AbstractEventLoop, _LoopBuffer] = {}
-_lock = threading.Lock()  # loops in other threads (an embedding program's) log too
-
-
-def _buffer(stream: TextIO, line: str) -> None:
+    writer.start()
     try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        flush_logs()
-        _write([(stream, line)])
-        return
-    with _lock:
-        buffer = _buffers.get(loop)
-        if buffer is None:
-            left = _sweep_closed_loops()
-            buffer = _buffers[loop] = _LoopBuffer()
+        with _put_back():
+            structlog.configure(
+                processors=[*shared, *exceptions, renderer],
+                wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+                logger_factory=lambda *_: QueueLogger(writer),
+                cache_logger_on_first_use=False,
+            )
+            root = logging.getLogger()
+            root.handlers[:] = [handler]
+            root.setLevel(LEVELS[level])
+            logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the service logs its requests itself
+            # While PostgreSQL is down, psycopg_pool warns twice a second about each reconnection
+            # attempt; the supervisor already logs one line per failed tick and one when it is back.
+            logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+            yield
+    finally:
+        # The set-up is put back first, so that a line logged from now on goes where lines went
+        # before (not onto a queue nobody reads); then every line queued so far is written.
+        handler.close()
+
+
+@contextmanager
+def _put_back() -> Iterator[None]:
+    """The process's logging set-up as it was before the block, once the block ends."""
+    root = logging.getLogger()
+    handlers, root_level = list(root.handlers), root.level
+    others = {name: logging.getLogger(name).level for name in ("aiohttp.access", "psycopg.pool")}
+    configured, config = structlog.is_configured(), structlog.get_config()
+    try:
+        yield
+    finally:
+        if configured:
+            structlog.configure(**config)
         else:
-            left = []
-        buffer.lines.append((stream, line))
-        if buffer.flush is None:
-            buffer.flush = loop.call_later(FLUSH_AFTER_S, _flush_loop, buffer)
-    if left:
-        _write(left)
-
-
-def _sweep_closed_loops() -> list[tuple[TextIO, str]]:
-    """The lines of loops that have closed, which are forgotten (call with the lock held)."""
-    left: list[tuple[TextIO, str]] = []
-    for loop in [loop for loop in _buffers if loop.is_closed()]:
-        left.extend(_buffers.pop(loop).lines)
-    return left
-
-
-def _flush_loop(buffer: _LoopBuffer) -> None:
-    with _lock:
-        buffer.flush = None
-        lines, buffer.lines = buffer.lines, []
-    _write(lines)
-
-
-def flush_logs() -> None:
-    """Write out every buffered log line now, of every event loop."""
-    with _lock:
-        lines = [line for buffer in _buffers.values() for line in buffer.lines]
-        for buffer in _buffers.values():
-            buffer.lines = []
-        _sweep_closed_loops()
-    _write(lines)
-
-
-def _write(lines: list[tuple[TextIO, str]]) -> None:
-    """Write ``lines`` in order, one write and one flush per run of lines to the same stream."""
-    start = 0
-    while start < len(lines):
-        stream = lines[start][0]
-        end = start
-        while end < len(lines) and lines[end][0] is stream:
-            end += 1
-        try:
-            stream.write("\n".join(line for _, line in lines[start:end]) + "\n")
-            stream.flush()
-        except (OSError, ValueError):  # a closed stream: nothing left to tell
-            pass
-        start = end
-
-
-atexit.register(flush_logs)
+            structlog.reset_defaults()
+        root.handlers[:] = handlers
+        root.setLevel(root_level)
+        for name, level in others.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _json(event: Any, **_: Any) -> str:
     # orjson: a third of the standard library's time for one log line, and there is one per send.
     return orjson.dumps(event, default=str).decode()
-
-
-def _noop(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    return event

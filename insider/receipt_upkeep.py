@@ -6,13 +6,12 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-import structlog
-
+from insider.logs import get_logger
 from insider.ports import Clock, Observer, ReceiptStore, RepositoryUnavailable
 from insider.receipt_parsing import WAITING_MAX_AGE_S
 from insider.receipt_writer import observe_receipts
 
-log = structlog.get_logger("insider.delivery")
+log = get_logger("insider.delivery")
 
 # Waiting receipts are looked at this often; events past the retention are deleted this often,
 # this many at a time.

@@ -7,12 +7,11 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Final
 
-import structlog
-
+from insider.logs import get_logger
 from insider.ports import Clock, Observer, ReceiptStore, RepositoryUnavailable, SentCache
 from insider.receipt_parsing import Receipt, ReceiptOutcome, ReceiptResult
 
-log = structlog.get_logger("insider.delivery")
+log = get_logger("insider.delivery")
 
 # Receipts written per statement: a few hundred kilobytes of JSON at most.
 MAX_BATCH: Final = 2000

@@ -9,14 +9,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-import structlog
-
 from insider.children import ChildTask, Ended
 from insider.domain import BatchReport
+from insider.logs import get_logger
 from insider.ports import Clock, Observer, RateSlot, RepositoryUnavailable, SchemaUpgradeRefused
 from insider.sender import RECORD_BUDGET_S, BatchSender
 
-log = structlog.get_logger("insider.supervisor")
+log = get_logger("insider.supervisor")
 
 SLOT_NAME = "sender"
 # With no interval (drain mode), this many batches run at once, sharing the sender's

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import structlog
-
 from insider.children import ChildTask, Ended
+from insider.logs import get_logger
 from insider.ports import RepositoryUnavailable, Schema, SchemaUpgradeRefused
 
-log = structlog.get_logger("insider.supervisor")
+log = get_logger("insider.supervisor")
 
 # While the schema could not be applied (the database was down at start-up), it is tried this often.
 PREPARE_RETRY_S = 1.0

@@ -11,8 +11,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import structlog
-
 from insider.domain import (
     Attempt,
     BatchReport,
@@ -27,9 +25,10 @@ from insider.domain import (
     mask_phone,
     measure,
 )
+from insider.logs import get_logger
 from insider.ports import Clock, Observer, RepositoryUnavailable, SendQueue, SentCache, SentEntry, SmsClient
 
-log = structlog.get_logger("insider.sender")
+log = get_logger("insider.sender")
 T = TypeVar("T")
 
 # A batch tops itself up after failing invalid rows, but only this many times, so

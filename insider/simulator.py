@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import structlog
 from aiohttp import web
 
 from insider.clock import SystemClock
 from insider.domain import Outcome, SendResult, mask_phone
+from insider.logs import get_logger
 from insider.ports import Clock
 
-log = structlog.get_logger("insider.simulator")
+log = get_logger("insider.simulator")
 
 AUTH_HEADER: Final = "x-ins-auth-key"
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"

@@ -12,11 +12,10 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-import structlog
-
 from insider.children import Child, Children, ChildStatus, ChildTask, Ended, LongLived
 from insider.clock import SystemClock
 from insider.domain import BatchReport
+from insider.logs import get_logger
 from insider.ports import Clock, Observer, SupervisorStore
 from insider.schedule import (
     DRAIN_PIPELINE,
@@ -32,7 +31,7 @@ from insider.schedule import (
 from insider.schema_keeper import PREPARE_RETRY_S, SchemaKeeper
 from insider.sender import BatchSender
 
-log = structlog.get_logger("insider.supervisor")
+log = get_logger("insider.supervisor")
 
 __all__ = [
     "DRAIN_PIPELINE",

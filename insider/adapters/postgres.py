@@ -11,7 +11,6 @@ from typing import Any, Final, LiteralString, TypeVar, cast
 
 import orjson
 import psycopg
-import structlog
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
 
@@ -28,6 +27,7 @@ from insider.adapters.rows import (
 )
 from insider.adapters.sql_repository import Flow, SqlMessageRepository, publish_file
 from insider.domain import Message, NewMessage, Resolution, SendOrder, slot_tolerance_s
+from insider.logs import get_logger
 from insider.ports import LoadedFile, RepositoryUnavailable, SchemaUpgradeRefused
 from insider.receipt_parsing import Receipt, ReceiptOutcome
 
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-log = structlog.get_logger("insider.postgres")
+log = get_logger("insider.postgres")
 
 # Taken for the whole migration transaction, so processes starting together migrate one
 # at a time; the value is "insider" in ASCII, to be recognisable in pg_locks.

@@ -34,15 +34,15 @@ from urllib.request import getproxies, proxy_bypass
 
 import aiohttp
 import orjson
-import structlog
 from yarl import URL
 
 import insider
 from insider.adapters.encoding import json_bytes
 from insider.config import mask_url
 from insider.domain import Outcome, SendResult
+from insider.logs import get_logger
 
-log = structlog.get_logger("insider.webhook")
+log = get_logger("insider.webhook")
 
 AUTH_HEADER = "x-ins-auth-key"
 IDEMPOTENCY_HEADER = "Idempotency-Key"

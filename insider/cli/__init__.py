@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
-import structlog
-
 from insider.cli.arguments import parser
 from insider.cli.process import EXIT_USAGE
-from insider.config import REMOVED, ConfigError, load_settings
-from insider.logs import configure_logging
+from insider.config import REMOVED, ConfigError, Settings, load_settings
+from insider.logs import get_logger, process_logging
 
-log = structlog.get_logger("insider")
+log = get_logger("insider")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,7 +22,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"insider: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(settings.log_level, settings.log_format)
+    # The process's logging is the command line's alone (an embedding program keeps its own):
+    # set up here, and every line written before main() returns.
+    with process_logging(settings.log_level, settings.log_format):
+        return _run(args, settings)
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     for name in settings.ignored:  # an old .env must not stop the service, but it should be cleaned
         log.warning(f"{name} is ignored: {REMOVED[name.removeprefix('INSIDER_')]}", setting=name)
     # Each command's module is imported only when it runs: --help and --version stay quick.

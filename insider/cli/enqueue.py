@@ -21,7 +21,7 @@ from insider.bulk import (
     fix_rejects,
     load_file,
 )
-from insider.cli.process import EXIT_FAILED, quiet_pool_retries, schema_refused
+from insider.cli.process import EXIT_FAILED, schema_refused
 from insider.config import Settings, mask_url
 from insider.container import Container, open_repository
 from insider.domain import InvalidMessage, build_message, parse_rfc3339
@@ -105,7 +105,6 @@ async def enqueue_one(settings: Settings, args: argparse.Namespace) -> int:
         hint = " (INSIDER_CONTENT_MAX_LENGTH)" if "characters, over the limit" in reason else ""
         print(f"insider: error: invalid message: {reason}{hint}", file=sys.stderr)
         return EXIT_FAILED
-    quiet_pool_retries()
     async with open_repository(Container(settings=settings)) as repository:
         try:
             await repository.migrate()
@@ -151,7 +150,6 @@ async def enqueue_file(settings: Settings, args: argparse.Namespace) -> int:
         rate = step.staged / max(time.monotonic() - started, 1e-9)
         print(f"insider: {step.staged:,} ready, {rejected:,} rejected ({rate:,.0f}/s)", file=sys.stderr, flush=True)
 
-    quiet_pool_retries()
     options = {"chunk_size": args.chunk_size, "workers": args.workers, "on_progress": progress}
     with source, rejects or nullcontext():
         if args.check:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import sys
 
-import structlog
-
-from insider.cli.process import EXIT_FAILED, quiet_pool_retries, schema_refused
+from insider.cli.process import EXIT_FAILED, schema_refused
 from insider.config import Settings, mask_url
 from insider.container import Container, open_repository
+from insider.logs import get_logger
 from insider.ports import RepositoryUnavailable, SchemaUpgradeRefused
 
-log = structlog.get_logger("insider")
+log = get_logger("insider")
 
 
 def run(settings: Settings) -> int:
@@ -21,7 +20,6 @@ def run(settings: Settings) -> int:
 
 
 async def migrate(settings: Settings) -> int:
-    quiet_pool_retries()
     async with open_repository(Container(settings=settings)) as repository:
         try:
             await repository.migrate()

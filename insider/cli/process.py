@@ -11,8 +11,6 @@ import sys
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 if TYPE_CHECKING:
     from aiohttp import web
 
@@ -28,12 +26,6 @@ def schema_refused(exc: Exception) -> int:
     """One error line for a database the migrations cannot upgrade; the exit code that says so."""
     print(f"insider: error: cannot upgrade the database: {exc}", file=sys.stderr, flush=True)
     return EXIT_SCHEMA
-
-
-def quiet_pool_retries() -> None:
-    """A one-shot command reports a database that does not answer in its one error line;
-    the pool's warnings about each reconnection attempt would only bury it."""
-    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 async def listen(runner: web.AppRunner, host: str, port: int, *, names: str = "") -> int | None:
@@ -105,12 +97,10 @@ def run_fast(main: Coroutine[Any, Any, int]) -> int:
         code = runner.run(main)
         stuck = runner.run(_end_leftovers(LEFTOVER_S))
         if stuck:
-            from insider.logs import flush_logs
+            from insider.logs import get_logger
 
-            structlog.get_logger("insider").error(
-                "exiting without the tasks that ignored their cancellation", tasks=stuck
-            )
-            flush_logs()
+            get_logger("insider").error("exiting without the tasks that ignored their cancellation", tasks=stuck)
+            logging.shutdown()  # every log line written (the command line's writer is stopped)
             sys.stderr.flush()
             os._exit(code)  # the event loop would wait for them for ever
         return code

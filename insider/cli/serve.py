@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import sys
 
-import structlog
-
 from insider.adapters.postgres import wrong_url_reason
 from insider.adapters.sqlite import is_sqlite_url
 from insider.adapters.webhook import proxy_from_environment
@@ -23,12 +21,13 @@ from insider.cli.summary import display_host, python_command, startup_summary
 from insider.config import Settings, mask_url
 from insider.container import Container, resolve
 from insider.domain import MessageStatus
+from insider.logs import get_logger
 from insider.ports import RepositoryUnavailable, SchemaUpgradeRefused
 from insider.supervisor import Supervisor
 from insider.web.app import create_app
 from insider.web.server import ServiceRunner
 
-log = structlog.get_logger("insider")
+log = get_logger("insider")
 
 # How long the start-up summary waits for the schema and the sender's first decision; the
 # API is already listening meanwhile.

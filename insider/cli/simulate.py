@@ -10,13 +10,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-import structlog
 from aiohttp import web
 
 from insider import __version__
 from insider.cli.process import EXIT_FAILED, install_stop_signals, listen, until_stopped
 from insider.cli.summary import display_host, python_command
 from insider.config import format_duration
+from insider.logs import get_logger
 from insider.simulator import (
     ReceiptOptions,
     ReceiptReporter,
@@ -26,7 +26,7 @@ from insider.simulator import (
     http_receipt_sink,
 )
 
-log = structlog.get_logger("insider")
+log = get_logger("insider")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -51,11 +51,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import structlog
 from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import _ErrInfo
 
-log = structlog.get_logger("insider.web")
+from insider.logs import get_logger
+
+log = get_logger("insider.web")
 
 # What reading a request's body raises when its framing is broken: aiohttp's C parser wraps it in the public
 # RequestPayloadError; its pure-Python parser (without the C extension) raises its own HttpProcessingError.

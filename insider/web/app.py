@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from insider.container import Container, open_service, resolve
+from insider.logs import get_logger
 from insider.ports import InvalidCursor, RepositoryUnavailable
 from insider.supervisor import SupervisorClosed
 from insider.web import messages, original, probes, receipts, sending
@@ -40,7 +41,7 @@ from insider.web.services import SERVICES, AppServices, Services
 from insider.web.tokens import same_secret
 from insider.web.validation import validate
 
-log = structlog.get_logger("insider.web")
+log = get_logger("insider.web")
 
 CONTAINER = web.AppKey("container", Container)
 API_TOKEN = web.AppKey("api_token", str)

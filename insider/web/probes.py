@@ -7,19 +7,19 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import structlog
 from aiohttp import web
 from aiohttp_apispec import docs, response_schema
 
 from insider import __version__
 from insider.domain import MessageStatus
+from insider.logs import get_logger
 from insider.metrics import CONTENT_TYPE
 from insider.ports import RepositoryUnavailable
 from insider.web.guard import cross_site_allowed
 from insider.web.schemas import HealthSchema, ReadySchema
 from insider.web.services import services
 
-log = structlog.get_logger("insider.web")
+log = get_logger("insider.web")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # The dashboard loads nothing from elsewhere: no CDN, no inline script, works offline.

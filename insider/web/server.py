@@ -25,13 +25,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import structlog
 from aiohttp import HttpVersion11, web
 
 from insider.config import format_duration
+from insider.logs import get_logger
 from insider.web.aiohttp_seam import BODY_FRAMING_ERRORS, SeamRunner, parser_error_reason
 
-log = structlog.get_logger("insider.web")
+log = get_logger("insider.web")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # aiohttp's limits, written out: what a request line or one header may hold, and how many headers.
