@@ -8,7 +8,6 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Final
 
 import phonenumbers
@@ -268,7 +267,6 @@ _POSSIBLE_REASONS: Final = {
 }
 
 
-@lru_cache(maxsize=65_536)
 def normalize_phone(text: str, region: str = "") -> str:
     """``text`` as an E.164 number (``+905301234001``), or InvalidPhone saying why.
 
