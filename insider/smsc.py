@@ -28,15 +28,15 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import smpp34
-import structlog
 from aiohttp import web
 
 from insider.clock import SystemClock
 from insider.domain import mask_phone
+from insider.logs import get_logger
 from insider.ports import Clock
 from insider.simulator import LISTED_MESSAGES, ReceiptOptions, ReceiptReporter, Received, SimulatorOptions
 
-log = structlog.get_logger("insider.simulator")
+log = get_logger("insider.simulator")
 
 ESME_RSYSERR: Final = 0x08
 ESME_RTHROTTLED: Final = 0x58

@@ -39,7 +39,6 @@ from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 import smpp34
-import structlog
 
 from insider.clock import SystemClock
 from insider.domain import (
@@ -53,9 +52,10 @@ from insider.domain import (
     mask_phone,
     measure,
 )
+from insider.logs import get_logger
 from insider.ports import Clock
 
-log = structlog.get_logger("insider.smpp")
+log = get_logger("insider.smpp")
 
 T = TypeVar("T")
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from insider.cli.arguments import parser
-from insider.cli.process import EXIT_USAGE
+from insider.cli.process import EXIT_USAGE, say
 from insider.config import REMOVED, ConfigError, Settings, load_settings
 from insider.logs import get_logger, process_logging
 
@@ -20,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(f"insider: error: {exc}", file=sys.stderr)
+        say(f"insider: error: {exc}")
         return EXIT_USAGE
     # The process's logging is the command line's alone (an embedding program keeps its own):
     # set up here, and every line written before main() returns.

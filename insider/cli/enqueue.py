@@ -21,8 +21,8 @@ from insider.bulk import (
     fix_rejects,
     load_file,
 )
-from insider.cli.process import EXIT_FAILED, schema_refused
-from insider.config import Settings, mask_url
+from insider.cli.process import EXIT_FAILED, database_down, say, schema_refused
+from insider.config import Settings
 from insider.container import Container, open_repository
 from insider.domain import InvalidMessage, build_message, parse_rfc3339
 from insider.ports import FileAlreadyLoaded, RepositoryUnavailable, SchemaUpgradeRefused
@@ -74,19 +74,19 @@ async def enqueue_one(settings: Settings, args: argparse.Namespace) -> int:
     if content == "-":
         stdin_text = _read_stdin_text()
         if stdin_text is None:
-            print("insider: error: invalid message: the content on stdin is not valid UTF-8 text", file=sys.stderr)
+            say("insider: error: invalid message: the content on stdin is not valid UTF-8 text")
             return EXIT_FAILED
         content = stdin_text
     reason = _not_storable("to", to) or _not_storable("content", content)
     if reason is not None:
-        print(f"insider: error: invalid message: {reason}", file=sys.stderr)
+        say(f"insider: error: invalid message: {reason}")
         return EXIT_FAILED
     times: dict[str, datetime | None] = {}
     for name, value in (("--send-at", args.send_at), ("--valid-until", args.valid_until)):
         try:
             times[name] = parse_rfc3339(value) if value is not None else None
         except ValueError as exc:
-            print(f"insider: error: invalid message: {name} {exc}", file=sys.stderr)
+            say(f"insider: error: invalid message: {name} {exc}")
             return EXIT_FAILED
     try:
         message = build_message(
@@ -103,19 +103,14 @@ async def enqueue_one(settings: Settings, args: argparse.Namespace) -> int:
     except InvalidMessage as exc:  # worded as the API words it: the field is "to"
         reason = str(exc).replace("recipient_phone", "to")
         hint = " (INSIDER_CONTENT_MAX_LENGTH)" if "characters, over the limit" in reason else ""
-        print(f"insider: error: invalid message: {reason}{hint}", file=sys.stderr)
+        say(f"insider: error: invalid message: {reason}{hint}")
         return EXIT_FAILED
     async with open_repository(Container(settings=settings)) as repository:
         try:
             await repository.migrate()
             stored = (await repository.enqueue_many([message])).messages[0]
         except RepositoryUnavailable as exc:
-            print(
-                f"insider: error: the database does not answer (INSIDER_DATABASE_URL="
-                f"{mask_url(settings.database_url)}): {exc}",
-                file=sys.stderr,
-            )
-            return EXIT_FAILED
+            return database_down(settings.database_url, exc)
         except SchemaUpgradeRefused as exc:
             return schema_refused(exc)
     print(stored.id)
@@ -130,13 +125,13 @@ async def enqueue_file(settings: Settings, args: argparse.Namespace) -> int:
         # A file loaded before is refused before it is read (a stream is, at the end).
         digest = None if args.again or args.check else await asyncio.to_thread(file_digest, path)
     except OSError as exc:
-        print(f"insider: error: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        say(f"insider: error: cannot read {path}: {exc.strerror or exc}")
         return EXIT_FAILED
     try:
         rejects = Rejects.open(args.rejects) if args.rejects else None
     except OSError as exc:
         source.close()
-        print(f"insider: error: cannot write {args.rejects}: {exc.strerror or exc}", file=sys.stderr)
+        say(f"insider: error: cannot write {args.rejects}: {exc.strerror or exc}")
         return EXIT_FAILED
     limits = Limits(settings.content_max_length, settings.default_region, settings.max_segments)
     started = time.monotonic()
@@ -148,7 +143,7 @@ async def enqueue_file(settings: Settings, args: argparse.Namespace) -> int:
             print(f"rejected {line}", flush=True)
         rejected += len(step.rejected)
         rate = step.staged / max(time.monotonic() - started, 1e-9)
-        print(f"insider: {step.staged:,} ready, {rejected:,} rejected ({rate:,.0f}/s)", file=sys.stderr, flush=True)
+        say(f"insider: {step.staged:,} ready, {rejected:,} rejected ({rate:,.0f}/s)")
 
     options = {"chunk_size": args.chunk_size, "workers": args.workers, "on_progress": progress}
     with source, rejects or nullcontext():
@@ -156,7 +151,7 @@ async def enqueue_file(settings: Settings, args: argparse.Namespace) -> int:
             try:
                 loaded = await load_file(None, source, limits, rejects=rejects, **options)
             except BadFile as exc:
-                print(f"insider: error: {path}: {exc}", file=sys.stderr)
+                say(f"insider: error: {path}: {exc}")
                 return EXIT_FAILED
             print(f"checked {loaded.stored} messages (nothing stored), rejected {loaded.rejected} lines")
             return EXIT_FAILED if loaded.rejected else 0
@@ -170,19 +165,19 @@ async def enqueue_file(settings: Settings, args: argparse.Namespace) -> int:
                     repository, source, limits, name=path, again=args.again, rejects=rejects, **options
                 )
             except BadFile as exc:
-                print(f"insider: error: {path}: {exc}", file=sys.stderr)
+                say(f"insider: error: {path}: {exc}")
                 return EXIT_FAILED
             except FileAlreadyLoaded as exc:
-                print(f"insider: error: {already_loaded(path, exc.previous)}", file=sys.stderr)
+                say(f"insider: error: {already_loaded(path, exc.previous)}")
                 return EXIT_FAILED
             except RepositoryUnavailable as exc:
-                print(f"insider: error: database unavailable, nothing of {path} was stored: {exc}", file=sys.stderr)
+                say(f"insider: error: database unavailable, nothing of {path} was stored: {exc}")
                 return EXIT_FAILED
             except SchemaUpgradeRefused as exc:
                 return schema_refused(exc)
     print(f"stored {loaded.stored} messages, rejected {loaded.rejected} lines")
     if loaded.rejected:
-        print(f"insider: {fix_rejects(loaded.rejected, args.rejects)}", file=sys.stderr)
+        say(f"insider: {fix_rejects(loaded.rejected, args.rejects)}")
     return EXIT_FAILED if loaded.rejected else 0
 
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 
-from insider.cli.process import EXIT_FAILED, schema_refused
+from insider.cli.process import database_down, schema_refused
 from insider.config import Settings, mask_url
 from insider.container import Container, open_repository
 from insider.logs import get_logger
@@ -24,12 +23,7 @@ async def migrate(settings: Settings) -> int:
         try:
             await repository.migrate()
         except RepositoryUnavailable as exc:
-            print(
-                f"insider: error: the database does not answer (INSIDER_DATABASE_URL="
-                f"{mask_url(settings.database_url)}): {exc}",
-                file=sys.stderr,
-            )
-            return EXIT_FAILED
+            return database_down(settings.database_url, exc)
         except SchemaUpgradeRefused as exc:
             return schema_refused(exc)
     log.info("migrations applied", database=mask_url(settings.database_url))

@@ -22,9 +22,24 @@ EXIT_USAGE = 2
 EXIT_SCHEMA = 3
 
 
+def say(text: str) -> None:
+    """``text`` and a line break on stderr in one write: the log's writer thread writes there too,
+    and ``print`` writes its text and its line break apart, so a log line could land between them."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def database_down(database_url: str, exc: Exception) -> int:
+    """One error line for a database that does not answer a one-shot command; the exit code."""
+    from insider.config import mask_url
+
+    say(f"insider: error: the database does not answer (INSIDER_DATABASE_URL={mask_url(database_url)}): {exc}")
+    return EXIT_FAILED
+
+
 def schema_refused(exc: Exception) -> int:
     """One error line for a database the migrations cannot upgrade; the exit code that says so."""
-    print(f"insider: error: cannot upgrade the database: {exc}", file=sys.stderr, flush=True)
+    say(f"insider: error: cannot upgrade the database: {exc}")
     return EXIT_SCHEMA
 
 
@@ -39,7 +54,7 @@ async def listen(runner: web.AppRunner, host: str, port: int, *, names: str = ""
         await web.TCPSite(runner, host, port).start()
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        print(f"insider: error: cannot listen on {host}:{port}{names}: {reason}", file=sys.stderr)
+        say(f"insider: error: cannot listen on {host}:{port}{names}: {reason}")
         return None
     return int(runner.addresses[0][1]) if runner.addresses else port
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 
 from insider.adapters.postgres import wrong_url_reason
 from insider.adapters.sqlite import is_sqlite_url
@@ -13,6 +12,7 @@ from insider.cli.process import (
     EXIT_USAGE,
     install_stop_signals,
     listen,
+    say,
     schema_refused,
     settle_heap,
     until_stopped,
@@ -40,7 +40,7 @@ def run(settings: Settings) -> int:
         try:  # a proxy aiohttp cannot use would fail every send, or be skipped silently
             proxy_from_environment(settings.webhook_url)
         except ValueError as exc:
-            print(f"insider: error: {exc}", file=sys.stderr)
+            say(f"insider: error: {exc}")
             return EXIT_USAGE
     return until_stopped(serve(settings))
 
@@ -52,7 +52,7 @@ async def serve(settings: Settings) -> int:
         # merely down does not (the service starts and waits for it).
         reason = await wrong_url_reason(settings.database_url)
         if reason is not None:
-            print(f"insider: error: INSIDER_DATABASE_URL: {reason}", file=sys.stderr)
+            say(f"insider: error: INSIDER_DATABASE_URL: {reason}")
             return EXIT_USAGE
     container = Container(settings=settings)
     # The sender starts only once the listener is bound: a start that fails (the port is
@@ -102,7 +102,7 @@ async def serve(settings: Settings) -> int:
         summary = startup_summary(
             settings, base_url=base_url, running=running, pending=pending, python=python_command(), sender=sender
         )
-        print(summary, file=sys.stderr, flush=True)
+        say(summary)
         settle_heap()
         await stop.wait()
         log.info("shutting down", grace_s=settings.shutdown_timeout_s)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import sys
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -13,7 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from insider import __version__
-from insider.cli.process import EXIT_FAILED, install_stop_signals, listen, until_stopped
+from insider.cli.process import EXIT_FAILED, install_stop_signals, listen, say, until_stopped
 from insider.cli.summary import display_host, python_command
 from insider.config import format_duration
 from insider.logs import get_logger
@@ -73,7 +72,7 @@ async def simulate(args: argparse.Namespace) -> int:
             try:
                 await smsc.start()
             except Exception as exc:
-                print(f"insider: error: cannot listen on {args.host}:{args.smpp_port} (SMPP): {exc}", file=sys.stderr)
+                say(f"insider: error: cannot listen on {args.host}:{args.smpp_port} (SMPP): {exc}")
                 return EXIT_FAILED
             serving = asyncio.create_task(smsc.run(), name="insider-simulated-smsc")
         base_url = f"http://{display_host(args.host)}:{port}"
@@ -88,7 +87,7 @@ async def simulate(args: argparse.Namespace) -> int:
         # The key itself is not printed: this block ends up in logs.
         key_hint = " INSIDER_WEBHOOK_AUTH_KEY=<the --auth-key>" if options.auth_key else ""
         log.info("simulator listening", url=f"{base_url}/webhook")
-        print(
+        say(
             "\n".join(
                 [
                     f"insider {__version__} simulated SMS provider is up — nothing leaves this machine",
@@ -102,9 +101,7 @@ async def simulate(args: argparse.Namespace) -> int:
                     f"Send to it: INSIDER_WEBHOOK_URL={base_url}/webhook{key_hint} {python_command()} -m insider",
                     "Stop with Ctrl+C.",
                 ]
-            ),
-            file=sys.stderr,
-            flush=True,
+            )
         )
         await stop.wait()
     finally:
