@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp_apispec import docs, response_schema
 
 from insider.original import SENT_LIST_MAX, sent_item
 from insider.ports import RepositoryUnavailable
+from insider.supervisor import Supervisor, Transition
 from insider.web.schemas import OriginalErrorSchema, OriginalOkSchema, OriginalSentListSchema
 from insider.web.services import services
 
 _ORIGINAL_FAILURE = {"schema": OriginalErrorSchema}
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 def original_error(status: int, error: str) -> web.Response:
@@ -43,35 +46,35 @@ async def original_list(request: web.Request) -> web.Response:
     return _original_ok(items or None)
 
 
-@docs(
-    tags=["original service"],
-    summary="Start automatic sending, as the original Go service did",
-    description='200 `{"success": true, "data": "OK"}` when it starts; 500 '
-    '`{"success": false, "error": "auto sending is already running"}` when it runs already. '
-    "insider's own, idempotent start is `POST /api/v1/messages/start`.",
-)
-@response_schema(OriginalOkSchema, 200, description="Sending started")
-@response_schema(**_ORIGINAL_FAILURE, code=500, description="Sending runs already")
-async def original_start(request: web.Request) -> web.Response:
-    # The supervisor's answer says whether this very request started it: of two at once, one did.
-    if not (await services(request).supervisor.start()).changed:
-        return original_error(500, "auto sending is already running")
-    return _original_ok("OK")
+def _command(
+    verb: str, act: Callable[[Supervisor], Awaitable[Transition]], done: str, refusal: str, already: str
+) -> Handler:
+    """The original's start or stop: 200 when this request changed the state, else a 500 saying why not.
+
+    The supervisor answers each request with the transition it caused, so of two at once one
+    changed it and the other is told; the web layer never checks, then acts.
+    """
+
+    @docs(
+        tags=["original service"],
+        summary=f"{verb.capitalize()} automatic sending, as the original Go service did",
+        description=f'200 `{{"success": true, "data": "OK"}}` when it {verb}s; 500 `{{"success": false, "error": '
+        f'"{refusal}"}}` when {already}. insider\'s own, idempotent {verb} is `POST /api/v1/messages/{verb}`.',
+    )
+    @response_schema(OriginalOkSchema, 200, description=f"Sending {done}")
+    @response_schema(**_ORIGINAL_FAILURE, code=500, description=f"Nothing to do: {refusal}")
+    async def command(request: web.Request) -> web.Response:
+        transition = await act(services(request).supervisor)
+        return _original_ok("OK") if transition.changed else original_error(500, refusal)
+
+    command.__name__ = command.__qualname__ = f"original_{verb}"
+    return cast(Handler, command)
 
 
-@docs(
-    tags=["original service"],
-    summary="Stop automatic sending, as the original Go service did",
-    description='200 `{"success": true, "data": "OK"}` when it stops; 500 '
-    '`{"success": false, "error": "auto sending is not running"}` when it is stopped already. '
-    "insider's own, idempotent stop is `POST /api/v1/messages/stop`.",
+original_start = _command("start", Supervisor.start, "started", "auto sending is already running", "it runs already")
+original_stop = _command(
+    "stop", lambda supervisor: supervisor.stop(), "stopped", "auto sending is not running", "it is stopped already"
 )
-@response_schema(OriginalOkSchema, 200, description="Sending stopped")
-@response_schema(**_ORIGINAL_FAILURE, code=500, description="Sending is stopped already")
-async def original_stop(request: web.Request) -> web.Response:
-    if not (await services(request).supervisor.stop()).changed:
-        return original_error(500, "auto sending is not running")
-    return _original_ok("OK")
 
 
 async def swagger_spec(request: web.Request) -> web.Response:

@@ -30,6 +30,16 @@ def storable(text: str) -> None:
         raise ValidationError(problem)
 
 
+def choice(values: list[str], description: str | None = None, **options: Any) -> fields.String:
+    """A string field that takes one of ``values``, and says so in the spec (``enum``)."""
+    metadata: dict[str, Any] = {"enum": values, **options.pop("metadata", {})}
+    if description is not None:
+        metadata["description"] = description
+    if options.get("allow_none"):
+        metadata["x-nullable"] = True
+    return fields.String(validate=validate.OneOf(values), metadata=metadata, **options)
+
+
 class StrictInteger(fields.Integer):
     """An integer in JSON: no strings, no booleans, no fractions."""
 
@@ -128,11 +138,7 @@ class PreviewSchema(Schema):
 
 class PreviewResultSchema(Schema):
     characters = fields.Integer(required=True, metadata={"description": "Unicode code points"})
-    encoding = fields.String(
-        required=True,
-        validate=validate.OneOf([e.value for e in Encoding]),
-        metadata={"enum": [e.value for e in Encoding]},
-    )
+    encoding = choice([e.value for e in Encoding], required=True)
     segments = fields.Integer(required=True, metadata={"description": "SMS segments the text takes"})
     maxLength = fields.Integer(required=True, metadata={"description": "INSIDER_CONTENT_MAX_LENGTH"})
     maxSegments = fields.Integer(required=True, metadata={"description": "INSIDER_MAX_SEGMENTS (0: no limit)"})
@@ -149,14 +155,10 @@ class ListQuerySchema(Schema):
         load_default=50, validate=validate.Range(min=1, max=500), metadata={"description": "Page size, 1 to 500"}
     )
     cursor = fields.String(load_default=None, metadata={"description": "nextCursor of the previous page"})
-    status = fields.String(
+    status = choice(
+        STATUSES,
+        "Only messages in this status; without it, every message the provider accepted (sent, delivered, undelivered)",
         load_default=None,
-        validate=validate.OneOf(STATUSES),
-        metadata={
-            "description": "Only messages in this status; without it, every message the provider accepted "
-            "(sent, delivered, undelivered)",
-            "enum": STATUSES,
-        },
     )
     to = fields.String(
         load_default=None,
@@ -188,7 +190,7 @@ class MessageSchema(Schema):
     )
     recipientPhone = fields.String(required=True)
     content = fields.String(required=True)
-    status = fields.String(required=True, validate=validate.OneOf(STATUSES), metadata={"enum": STATUSES})
+    status = choice(STATUSES, required=True)
     messageId = fields.String(
         allow_none=True, required=True, metadata={"description": "The provider's id, once sent", "x-nullable": True}
     )
@@ -204,23 +206,14 @@ class MessageSchema(Schema):
     validUntil = fields.DateTime(
         allow_none=True, required=True, metadata={"description": "Expires, never sent, after", "x-nullable": True}
     )
-    encoding = fields.String(
-        required=True,
-        validate=validate.OneOf([e.value for e in Encoding]),
-        metadata={"enum": [e.value for e in Encoding]},
-    )
+    encoding = choice([e.value for e in Encoding], required=True)
     segments = fields.Integer(required=True, metadata={"description": "SMS segments of the content"})
     deliveredAt = fields.DateTime(
         allow_none=True,
         required=True,
         metadata={"description": "When the final receipt says it was delivered (or failed)", "x-nullable": True},
     )
-    deliveryStatus = fields.String(
-        allow_none=True,
-        required=True,
-        validate=validate.OneOf(DELIVERY_STATUSES),
-        metadata={"description": "What the final receipt said", "enum": DELIVERY_STATUSES, "x-nullable": True},
-    )
+    deliveryStatus = choice(DELIVERY_STATUSES, "What the final receipt said", allow_none=True, required=True)
     deliveryError = fields.String(
         allow_none=True, required=True, metadata={"description": "The provider's error code", "x-nullable": True}
     )
@@ -228,9 +221,7 @@ class MessageSchema(Schema):
 
 class EventSchema(Schema):
     at = fields.DateTime(required=True, metadata={"description": "When the attempt started or the receipt came"})
-    kind = fields.String(
-        required=True, validate=validate.OneOf(["attempt", "receipt"]), metadata={"enum": ["attempt", "receipt"]}
-    )
+    kind = choice(["attempt", "receipt"], required=True)
     outcome = fields.String(
         allow_none=True,
         required=True,
@@ -260,15 +251,11 @@ class EventsSchema(Schema):
 
 class ReceiptResultSchema(Schema):
     messageId = fields.String(required=True)
-    result = fields.String(
+    result = choice(
+        RECEIPT_RESULTS,
+        "applied: the message is now delivered or undelivered; recorded: kept in its history, status unchanged; "
+        "duplicate: had before, nothing changed; waiting: no message has that id yet (kept up to a day)",
         required=True,
-        validate=validate.OneOf(RECEIPT_RESULTS),
-        metadata={
-            "enum": RECEIPT_RESULTS,
-            "description": "applied: the message is now delivered or undelivered; recorded: kept in its history, "
-            "status unchanged; duplicate: had before, nothing changed; waiting: no message has that id yet (kept "
-            "up to a day)",
-        },
     )
 
 
@@ -317,41 +304,31 @@ class PageSchema(Schema):
 
 
 _STATES = ["idle", "running", "stopping", "closed"]
+_CHILD_STATES = ["running", "restarting", "stopped", "abandoned"]
 
 
 class RunningSchema(Schema):
     """What a start or a stop did: whether sending runs now, and the transition this request caused."""
 
     running = fields.Boolean(required=True)
-    result = fields.String(
+    result = choice(
+        ["started", "already running", "stopped", "already stopped"],
+        "What this request did: of many concurrent starts of a stopped sender, exactly one answers `started`",
         required=True,
-        validate=validate.OneOf(["started", "already running", "stopped", "already stopped"]),
-        metadata={
-            "enum": ["started", "already running", "stopped", "already stopped"],
-            "description": "What this request did: of many concurrent starts of a stopped sender, exactly one "
-            "answers `started`",
-        },
     )
-    previousState = fields.String(
-        required=True, validate=validate.OneOf(_STATES), metadata={"enum": _STATES, "description": "Before it"}
-    )
-    state = fields.String(
-        required=True, validate=validate.OneOf(_STATES), metadata={"enum": _STATES, "description": "After it"}
-    )
+    previousState = choice(_STATES, "Before it", required=True)
+    state = choice(_STATES, "After it", required=True)
 
 
 class ChildSchema(Schema):
     """A long-lived task of the supervision tree (receipt writers, upkeep, ...)."""
 
     name = fields.String(required=True)
-    state = fields.String(
+    state = choice(
+        _CHILD_STATES,
+        "`restarting`: it crashed and starts again after a backoff; `abandoned`: it ignored its cancellation at "
+        "shutdown",
         required=True,
-        validate=validate.OneOf(["running", "restarting", "stopped", "abandoned"]),
-        metadata={
-            "enum": ["running", "restarting", "stopped", "abandoned"],
-            "description": "`restarting`: it crashed and starts again after a backoff; `abandoned`: it ignored "
-            "its cancellation at shutdown",
-        },
     )
     restarts = fields.Integer(required=True, metadata={"description": "How often it crashed and was started again"})
     lastError = fields.String(allow_none=True, required=True, metadata={"x-nullable": True})
@@ -363,7 +340,7 @@ class SenderSchema(Schema):
     intervalSeconds = fields.Float(required=True)
     lastTickAt = fields.DateTime(allow_none=True, required=True, metadata={"x-nullable": True})
     nextTickAt = fields.DateTime(allow_none=True, required=True, metadata={"x-nullable": True})
-    state = fields.String(required=True, validate=validate.OneOf(_STATES), metadata={"enum": _STATES})
+    state = choice(_STATES, required=True)
     waitReason = fields.String(
         allow_none=True,
         required=True,
@@ -409,27 +386,17 @@ class StatsSchema(Schema):
 
 
 class HealthSchema(Schema):
-    status = fields.String(required=True, validate=validate.OneOf(["ok"]), metadata={"enum": ["ok"]})
+    status = choice(["ok"], required=True)
     version = fields.String(required=True)
 
 
 class ReadySchema(Schema):
-    status = fields.String(
-        required=True, validate=validate.OneOf(["ready", "unavailable"]), metadata={"enum": ["ready", "unavailable"]}
-    )
-    database = fields.String(
-        required=True,
-        validate=validate.OneOf(["up", "down"]),
-        metadata={"enum": ["up", "down"], "description": "Readiness follows it"},
-    )
-    cache = fields.String(
-        required=True,
-        validate=validate.OneOf(["up", "down"]),
-        metadata={"enum": ["up", "down"], "description": "Reported only: a cache that is down does not fail readiness"},
-    )
+    status = choice(["ready", "unavailable"], required=True)
+    database = choice(["up", "down"], "Readiness follows it", required=True)
+    cache = choice(["up", "down"], "Reported only: a cache that is down does not fail readiness", required=True)
     children = fields.Dict(
         keys=fields.String(),
-        values=fields.String(validate=validate.OneOf(["running", "restarting", "stopped", "abandoned"])),
+        values=choice(_CHILD_STATES),
         required=True,
         metadata={
             "description": "Each long-lived child of the supervisor (receipt writers, upkeep, ...) and its state; "
