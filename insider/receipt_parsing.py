@@ -72,6 +72,7 @@ class ReceiptResult(enum.StrEnum):
     RECORDED = "recorded"  # kept in the message's history; its status did not change
     DUPLICATE = "duplicate"  # the same receipt was had before: nothing changed
     WAITING = "waiting"  # no message has that provider id yet: kept, applied when one does
+    FAILED = "failed"  # it could not be stored (logged); the others of its request were
 
 
 @dataclass(frozen=True, slots=True)

@@ -172,9 +172,10 @@ class ReceiptWriter:
     async def _write(self, batch: list[_Request], hints: Sequence[int | None]) -> None:
         """Write ``batch`` in one statement; answer each request with its outcomes or the error.
 
-        The database being unavailable fails every request. Any other failure is one request's
-        (a receipt that cannot be stored): the batch is written again in halves, in order, down
-        to single requests, so that only the request that cannot be written gets the error.
+        The database being unavailable fails every request. Any other failure is one receipt's
+        (one that cannot be stored): the batch is written again in halves, in order, down to
+        single requests, and a request that still fails is written one receipt at a time, so
+        that only the receipt that cannot be written is answered ``failed``.
         """
         receipts = [r for rs, _ in batch for r in rs]
         try:
@@ -182,10 +183,9 @@ class ReceiptWriter:
         except RepositoryUnavailable as exc:
             _fail(batch, exc)
             return
-        except Exception as exc:
+        except Exception:
             if len(batch) == 1:
-                log.error("receipts not written", count=len(receipts), error=f"{type(exc).__name__}: {exc}")
-                _fail(batch, exc)
+                await self._write_one_by_one(batch[0], hints)
                 return
             half = len(batch) // 2
             split = sum(len(rs) for rs, _ in batch[:half])
@@ -198,6 +198,31 @@ class ReceiptWriter:
             if not future.done():
                 future.set_result(outcomes[start : start + len(rs)])
             start += len(rs)
+
+    async def _write_one_by_one(self, request: _Request, hints: Sequence[int | None]) -> None:
+        """A request whose write failed: each receipt on its own, and ``failed`` for one that cannot be stored."""
+        receipts, future = request
+        answers: list[ReceiptOutcome] = []  # one per receipt of the request
+        seen: list[ReceiptOutcome] = []  # and the waiting receipts each write applied too
+        for receipt, hint in zip(receipts, hints, strict=True):
+            try:
+                got = await self._repository.apply_receipts([receipt], [hint])
+            except RepositoryUnavailable as exc:
+                observe_receipts(self._observer, seen)
+                _fail([request], exc)
+                return
+            except Exception as exc:
+                log.error(
+                    "receipt not written",
+                    provider_message_id=receipt.provider_message_id,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                got = [ReceiptOutcome(ReceiptResult.FAILED)]
+            answers.append(got[0])
+            seen += got
+        observe_receipts(self._observer, seen)
+        if not future.done():
+            future.set_result(answers)
 
     async def _hints(self, receipts: Sequence[Receipt]) -> list[int | None]:
         """Our ids for the receipts' provider ids, from the cache; None where it has none (or is down).

@@ -326,7 +326,7 @@ class PoisonedRepository(CountingRepository):
         return await super().apply_receipts(receipts, hints)
 
 
-async def test_a_request_that_cannot_be_written_fails_alone(clock: FakeClock, start: Start) -> None:
+async def test_a_receipt_that_cannot_be_written_fails_alone(clock: FakeClock, start: Start) -> None:
     repository = PoisonedRepository(clock)
     try:
         messages = await sent(repository, clock, 9)
@@ -338,15 +338,41 @@ async def test_a_request_that_cannot_be_written_fails_alone(clock: FakeClock, st
             results = await asyncio.gather(*(receipts.submit(post) for post in posts), return_exceptions=True)
 
         assert [type(r).__name__ if isinstance(r, BaseException) else r[0].result for r in results] == (
-            [ReceiptResult.APPLIED] * 5 + ["ValueError"] + [ReceiptResult.APPLIED] * 4
+            [ReceiptResult.APPLIED] * 5 + [ReceiptResult.FAILED] + [ReceiptResult.APPLIED] * 4
         )
-        assert repository.writes[0] == 10  # all ten in one write, then its halves apart, down to the bad request
-        assert [(e["event"], e["log_level"]) for e in logs if "not written" in e["event"]] == [
-            ("receipts not written", "error")
-        ]
+        assert repository.writes[0] == 10  # all ten in one write, then its halves apart, down to the bad receipt
+        assert [
+            (e["event"], e["log_level"], e["provider_message_id"]) for e in logs if "not written" in e["event"]
+        ] == [("receipt not written", "error", "p-poison")]
         for message in messages:
             got = await repository.get(message.id)
             assert got is not None and got.status is MessageStatus.DELIVERED
+    finally:
+        await repository.close()
+
+
+async def test_a_receipt_that_cannot_be_written_fails_alone_within_its_own_request(
+    clock: FakeClock, start: Start
+) -> None:
+    # A provider posts many receipts in one request: the one that cannot be stored is answered
+    # for itself, and the others of its request are applied (a 500 would have the provider post
+    # them all again, for ever).
+    repository = PoisonedRepository(clock)
+    try:
+        one, two = await sent(repository, clock, 2)
+        receipts = await start(ReceiptWriter(repository, None, clock))
+        post = [
+            Receipt(f"p-{one.id}", "delivered", clock.now()),
+            Receipt("p-poison", "delivered", clock.now()),
+            Receipt(f"p-{two.id}", "undelivered", clock.now()),
+        ]
+
+        outcomes = await receipts.submit(post)
+
+        assert [o.result for o in outcomes] == [ReceiptResult.APPLIED, ReceiptResult.FAILED, ReceiptResult.APPLIED]
+        assert [o.message_id for o in outcomes] == [one.id, None, two.id]
+        got = [await repository.get(m.id) for m in (one, two)]
+        assert [m.status for m in got if m is not None] == [MessageStatus.DELIVERED, MessageStatus.UNDELIVERED]
     finally:
         await repository.close()
 
