@@ -135,7 +135,9 @@ def test_the_readme_examples_leave_a_hosts_logging_as_it_was_and_log_through_it(
     result = subprocess.run(
         [sys.executable, str(program)],
         cwd=tmp_path,
-        env={**service_env(), "PYTHONPATH": str(ROOT)},
+        # The first example queues its message after the sender started: with the default 2-minute
+        # interval the first batch (at once) may have gone before it; the next goes 0.2 s later.
+        env={**service_env(send_interval="200ms"), "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         timeout=120,
