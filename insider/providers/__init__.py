@@ -1,0 +1,1 @@
+"""Several SMS providers: their settings (a TOML file), routes between them, their health and rates."""
