@@ -1,0 +1,231 @@
+"""One message to the providers its route names: failover, breakers, throttling, rates, and what each try did.
+
+A message moves to the route's next provider only when the previous one certainly did not
+accept it: a refused connection, an answered error, an SMPP error response, an open
+breaker, a provider throttling or at its rate. After an ambiguous outcome (a timeout, a
+cut after the request went out) it goes again to the same provider with the same key,
+unless its route sets ``failover_on_ambiguous``; then the next provider is tried and the
+try is marked as a possible duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from insider.domain import Outcome, SendResult
+from insider.ports import Clock, SmsClient
+from insider.providers.breaker import BreakerState, CircuitBreaker
+from insider.providers.config import ProviderSpec, RouteSpec
+from insider.providers.routing import Router
+
+# A provider that throttles without saying for how long is left alone this long, doubling
+# while it goes on, up to the cap; one accepted message resets it.
+THROTTLE_S = 1.0
+THROTTLE_MAX_S = 60.0
+RECENT_ERRORS = 10
+
+
+class ProviderRates(Protocol):
+    """The deployment-wide rate of each provider (a row per provider in the database)."""
+
+    async def take_send(self, provider: str, rate: float, max_wait_s: float) -> float | None:
+        """Reserve one send at ``rate`` per second: the seconds to wait before it may go, or None
+        (nothing reserved) when that would be more than ``max_wait_s``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tried:
+    """One provider's try at one message, for the history."""
+
+    provider: str
+    result: SendResult
+    at: datetime
+    duration_ms: float
+    possible_duplicate: bool = False  # ambiguous, and the route moved on to another provider
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatched:
+    """What became of one message: the last result, who accepted it (or may have it), and every try."""
+
+    result: SendResult
+    provider: str | None
+    tries: tuple[Tried, ...]
+    route: str
+    not_attempted: bool = False  # no provider could take it now: not an attempt, it goes again later
+
+
+@dataclass(eq=False, slots=True)
+class ProviderRuntime:
+    """One provider while the service runs: its client, breaker, concurrency, throttle and counts."""
+
+    spec: ProviderSpec
+    client: SmsClient
+    breaker: CircuitBreaker | None
+    in_flight: asyncio.Semaphore
+    enabled: bool = True  # an operator's choice, shared by the deployment
+    throttled_until: float = 0.0
+    throttle_s: float = 0.0
+    sent: int = 0
+    failed: int = 0
+    throttled: int = 0
+    latency_s_total: float = 0.0
+    recent_errors: deque[tuple[datetime, str]] = field(default_factory=lambda: deque(maxlen=RECENT_ERRORS))
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def breaker_state(self) -> BreakerState:
+        return self.breaker.state if self.breaker is not None else BreakerState.CLOSED
+
+    def unavailable(self, now: float) -> tuple[str, float | None] | None:
+        """Why it takes nothing now, and for how long at least (None: until an operator acts); None when it may."""
+        if not self.enabled:
+            return "disabled", None
+        if now < self.throttled_until:
+            return "throttled", self.throttled_until - now
+        if self.breaker is not None and not self.breaker.allows():
+            return "breaker open", self.breaker.retry_in_s
+        return None
+
+
+class Dispatcher:
+    """Sends one message through its route's providers, in order, and says what each try did."""
+
+    def __init__(
+        self,
+        providers: Sequence[ProviderRuntime],
+        router: Router,
+        clock: Clock,
+        *,
+        rates: ProviderRates | None = None,
+    ) -> None:
+        self.providers: Mapping[str, ProviderRuntime] = {p.name: p for p in providers}
+        self.router = router
+        self._clock = clock
+        self._rates = rates
+
+    async def send(
+        self,
+        to: str,
+        content: str,
+        idempotency_key: str,
+        *,
+        category: str = "transactional",
+        priority: int = 5,
+        pinned: str | None = None,
+    ) -> Dispatched:
+        """Try the route's providers in order until one accepts, refuses for good, or may have it."""
+        routed = self.router.choose(to, category, priority)
+        assert routed is not None, "a default route always exists"
+        route = routed.route
+        order = routed.providers
+        if pinned is not None and pinned in self.providers and not route.failover_on_ambiguous:
+            order = (pinned,)  # it may have it already: the same provider, the same key
+        tries: list[Tried] = []
+        waits: list[str] = []
+        soonest: float | None = None
+        for name in order:
+            provider = self.providers[name]
+            why = provider.unavailable(self._clock.monotonic())
+            if why is None and provider.spec.rate is not None and self._rates is not None:
+                wait_s = await self._rates.take_send(name, provider.spec.rate, provider.spec.timeout_s)
+                if wait_s is None:
+                    why = ("at its rate", 1.0 / provider.spec.rate)
+                elif wait_s > 0:
+                    await self._clock.sleep(wait_s)
+            if why is not None:
+                waits.append(f"{name} ({why[0]})")
+                if why[1] is not None:
+                    soonest = why[1] if soonest is None else min(soonest, why[1])
+                continue
+            tried = await self._try(provider, to, content, idempotency_key)
+            result = tried.result
+            if result.outcome is Outcome.SENT:
+                tries.append(tried)
+                return Dispatched(result, name, tuple(tries), route.name)
+            if result.outcome is Outcome.RETRY and result.ambiguous:
+                if not route.failover_on_ambiguous:
+                    tries.append(tried)
+                    return Dispatched(result, name, tuple(tries), route.name)
+                tried = Tried(tried.provider, result, tried.at, tried.duration_ms, possible_duplicate=True)
+            tries.append(tried)
+        if not tries:
+            error = "no provider can take it now: " + ", ".join(waits)
+            result = SendResult(Outcome.RETRY, error=error, retry_after_s=soonest)
+            return Dispatched(result, None, (), route.name, not_attempted=True)
+        last = tries[-1].result
+        if all(t.result.outcome is Outcome.FAILED for t in tries) and not waits:
+            return Dispatched(last, None, tuple(tries), route.name)  # every provider refused it for good
+        retry = SendResult(
+            Outcome.RETRY,
+            status_code=last.status_code,
+            error=last.error,
+            retry_after_s=last.retry_after_s if len(tries) == 1 else soonest,
+            throttled=last.throttled,
+        )
+        return Dispatched(retry, None, tuple(tries), route.name)
+
+    async def _try(self, provider: ProviderRuntime, to: str, content: str, key: str) -> Tried:
+        at = self._clock.now()
+        started = self._clock.monotonic()
+        async with provider.in_flight:
+            try:
+                result = await provider.client.send(to, content, key)
+            except asyncio.CancelledError:
+                if provider.breaker is not None:
+                    provider.breaker.released()
+                raise
+            except Exception as exc:  # an adapter that broke its promise not to raise
+                result = SendResult(Outcome.RETRY, error=f"{type(exc).__name__}: {exc}", ambiguous=True)
+        elapsed = self._clock.monotonic() - started
+        self._note(provider, result, elapsed)
+        return Tried(provider.name, result, at, round(elapsed * 1000, 1))
+
+    def _note(self, provider: ProviderRuntime, result: SendResult, elapsed_s: float) -> None:
+        breaker = provider.breaker
+        provider.latency_s_total += elapsed_s
+        if result.outcome is Outcome.SENT:
+            provider.sent += 1
+            provider.throttle_s = 0.0
+            if breaker is not None:
+                breaker.succeeded()
+            return
+        provider.failed += 1
+        provider.recent_errors.append((self._clock.now(), result.error or "unknown error"))
+        if result.throttled:
+            provider.throttled += 1
+            provider.throttle_s = min(THROTTLE_MAX_S, max(THROTTLE_S, provider.throttle_s * 2))
+            pause = result.retry_after_s if result.retry_after_s is not None else provider.throttle_s
+            provider.throttled_until = max(provider.throttled_until, self._clock.monotonic() + pause)
+            if breaker is not None:
+                breaker.released()  # it is busy, not down
+        elif breaker is not None:
+            if result.outcome is Outcome.FAILED:
+                breaker.succeeded()  # it answered: healthy, it only refused this message
+            else:
+                breaker.failed()
+
+
+def runtime(spec: ProviderSpec, client: SmsClient, clock: Clock, *, breaker: bool = True) -> ProviderRuntime:
+    """A provider's runtime state from its settings (no breaker for the one-provider shorthand)."""
+    return ProviderRuntime(
+        spec=spec,
+        client=client,
+        breaker=CircuitBreaker(spec.breaker, clock) if breaker else None,
+        in_flight=asyncio.Semaphore(spec.concurrency),
+    )
+
+
+def single(name: str, client: SmsClient, clock: Clock, *, concurrency: int = 1_000_000) -> Dispatcher:
+    """One provider and one route to it, with no breaker: a lone SMS client behaves as it always did."""
+    spec = ProviderSpec(name=name, kind="webhook", timeout_s=0.0, concurrency=concurrency)
+    route = RouteSpec("default", (name,))
+    return Dispatcher([runtime(spec, client, clock, breaker=False)], Router([route], [spec]), clock)

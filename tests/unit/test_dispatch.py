@@ -1,0 +1,159 @@
+"""A message through its route's providers: failover only when certainly not accepted, breakers, throttling."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from insider.adapters.memory import InMemorySmsClient, Request
+from insider.clock import FakeClock
+from insider.domain import Outcome, SendResult
+from insider.providers.breaker import BreakerState
+from insider.providers.config import parse_providers
+from insider.providers.dispatch import THROTTLE_S, Dispatcher, runtime
+from insider.providers.routing import Router
+
+TO = "+905301234001"
+FILE = """
+[[providers]]
+name = "alpha"
+url = "https://a.example"
+breaker_failures = 2
+breaker_cooldown = "30s"
+[[providers]]
+name = "beta"
+url = "https://b.example"
+[[routes]]
+providers = ["alpha", "beta"]
+"""
+
+
+def answer(result: SendResult) -> InMemorySmsClient:
+    return InMemorySmsClient(responder=lambda request: result)
+
+
+SENT = SendResult(Outcome.SENT, status_code=202, provider_message_id="p-1")
+REFUSED = SendResult(Outcome.RETRY, error="connection error: refused")
+UNAVAILABLE = SendResult(Outcome.RETRY, status_code=503, error="HTTP 503: down")
+TIMEOUT = SendResult(Outcome.RETRY, error="outcome unknown: timeout after 10s", ambiguous=True)
+THROTTLED = SendResult(Outcome.RETRY, status_code=429, error="HTTP 429: slow down", throttled=True)
+BAD_NUMBER = SendResult(Outcome.FAILED, status_code=400, error="HTTP 400: bad number")
+
+
+def dispatcher(clock: FakeClock, alpha: InMemorySmsClient, beta: InMemorySmsClient, text: str = FILE) -> Dispatcher:
+    config = parse_providers(text, "p.toml")
+    clients = {"alpha": alpha, "beta": beta}
+    runtimes = [runtime(spec, clients[spec.name], clock) for spec in config.providers]
+    return Dispatcher(runtimes, Router(config.routes, config.providers), clock)
+
+
+@pytest.mark.parametrize("first", [REFUSED, UNAVAILABLE, BAD_NUMBER, THROTTLED])
+async def test_a_message_moves_on_only_when_certainly_not_accepted(clock: FakeClock, first: SendResult) -> None:
+    alpha, beta = answer(first), answer(SENT)
+    dispatched = await dispatcher(clock, alpha, beta).send(TO, "hi", "key-1")
+
+    assert (dispatched.result.outcome, dispatched.provider) == (Outcome.SENT, "beta")
+    assert [(t.provider, t.result.outcome) for t in dispatched.tries] == [
+        ("alpha", first.outcome),
+        ("beta", Outcome.SENT),
+    ]
+    assert [r.idempotency_key for r in alpha.requests + beta.requests] == ["key-1", "key-1"]
+
+
+async def test_an_ambiguous_outcome_stays_with_its_provider_and_goes_again_there(clock: FakeClock) -> None:
+    alpha, beta = answer(TIMEOUT), answer(SENT)
+    route = dispatcher(clock, alpha, beta)
+
+    first = await route.send(TO, "hi", "key-1")
+    assert (first.result.outcome, first.result.ambiguous, first.provider) == (Outcome.RETRY, True, "alpha")
+    assert beta.requests == []  # never to another provider: alpha may have it
+
+    alpha.responder = lambda request: SENT
+    again = await route.send(TO, "hi", "key-1", pinned="alpha")
+    assert (again.result.outcome, again.provider) == (Outcome.SENT, "alpha")
+    assert beta.requests == []
+
+
+async def test_a_route_with_failover_on_ambiguous_moves_on_and_marks_a_possible_duplicate(clock: FakeClock) -> None:
+    text = FILE.replace('providers = ["alpha", "beta"]', 'providers = ["alpha", "beta"]\nfailover_on_ambiguous = true')
+    alpha, beta = answer(TIMEOUT), answer(SENT)
+    dispatched = await dispatcher(clock, alpha, beta, text).send(TO, "hi", "key-1", pinned="alpha")
+
+    assert (dispatched.result.outcome, dispatched.provider) == (Outcome.SENT, "beta")
+    assert [(t.provider, t.possible_duplicate) for t in dispatched.tries] == [("alpha", True), ("beta", False)]
+
+
+async def test_the_breaker_opens_traffic_moves_and_after_the_cooldown_a_probe_closes_it(clock: FakeClock) -> None:
+    alpha, beta = answer(UNAVAILABLE), answer(SENT)
+    route = dispatcher(clock, alpha, beta)
+    for i in range(2):
+        assert (await route.send(TO, "hi", f"k{i}")).provider == "beta"
+    assert route.providers["alpha"].breaker_state is BreakerState.OPEN
+
+    for i in range(5):  # open: alpha is not even asked
+        dispatched = await route.send(TO, "hi", f"open-{i}")
+        assert [t.provider for t in dispatched.tries] == ["beta"]
+    assert len(alpha.requests) == 2
+
+    await clock.advance(30.0)
+    alpha.responder = lambda request: SENT
+    assert (await route.send(TO, "hi", "probe")).provider == "alpha"  # the probe went, and succeeded
+    assert route.providers["alpha"].breaker_state is BreakerState.CLOSED
+
+
+async def test_a_throttling_provider_is_left_alone_for_a_while_and_the_others_are_not_slowed(clock: FakeClock) -> None:
+    alpha, beta = answer(THROTTLED), answer(SENT)
+    route = dispatcher(clock, alpha, beta)
+
+    assert (await route.send(TO, "hi", "k1")).provider == "beta"
+    assert route.providers["alpha"].breaker_state is BreakerState.CLOSED  # busy is not down
+    assert [t.provider for t in (await route.send(TO, "hi", "k2")).tries] == ["beta"]
+    await clock.advance(THROTTLE_S)
+    alpha.responder = lambda request: SENT
+    assert (await route.send(TO, "hi", "k3")).provider == "alpha"
+
+
+async def test_with_every_provider_unavailable_the_message_is_not_attempted_and_says_when_to_come_back(
+    clock: FakeClock,
+) -> None:
+    alpha, beta = (
+        answer(THROTTLED),
+        answer(SendResult(Outcome.RETRY, status_code=429, retry_after_s=7.0, throttled=True)),
+    )
+    route = dispatcher(clock, alpha, beta)
+    await route.send(TO, "hi", "k1")
+    route.providers["beta"].enabled = False
+
+    dispatched = await route.send(TO, "hi", "k2")
+    assert dispatched.not_attempted and dispatched.tries == ()
+    assert dispatched.result.outcome is Outcome.RETRY
+    assert dispatched.result.error == "no provider can take it now: alpha (throttled), beta (disabled)"
+    assert dispatched.result.retry_after_s == pytest.approx(THROTTLE_S)  # alpha's pause; beta waits for an operator
+
+
+async def test_every_provider_refusing_for_good_fails_the_message(clock: FakeClock) -> None:
+    dispatched = await dispatcher(clock, answer(BAD_NUMBER), answer(BAD_NUMBER)).send(TO, "hi", "k")
+    assert (dispatched.result.outcome, dispatched.provider, len(dispatched.tries)) == (Outcome.FAILED, None, 2)
+
+
+async def test_a_providers_concurrency_bounds_its_requests_in_flight(clock: FakeClock) -> None:
+    release = asyncio.Event()
+    in_flight = most = 0
+
+    async def held(request: Request) -> SendResult:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await release.wait()
+        in_flight -= 1
+        return SENT
+
+    text = FILE.replace('url = "https://a.example"', 'url = "https://a.example"\nconcurrency = 3')
+    route = dispatcher(clock, InMemorySmsClient(responder=held), answer(SENT), text)
+    sends = [asyncio.ensure_future(route.send(TO, "hi", f"k{i}")) for i in range(10)]
+    await clock.settle()
+    assert in_flight == 3
+    release.set()
+    await asyncio.gather(*sends)
+    assert most == 3
