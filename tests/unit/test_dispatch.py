@@ -48,6 +48,10 @@ def dispatcher(clock: FakeClock, alpha: InMemorySmsClient, beta: InMemorySmsClie
     return Dispatcher(runtimes, Router(config.routes, config.providers), clock)
 
 
+def breaker_of(route: Dispatcher, name: str) -> BreakerState:
+    return route.providers[name].breaker_state
+
+
 @pytest.mark.parametrize("first", [REFUSED, UNAVAILABLE, BAD_NUMBER, THROTTLED])
 async def test_a_message_moves_on_only_when_certainly_not_accepted(clock: FakeClock, first: SendResult) -> None:
     alpha, beta = answer(first), answer(SENT)
@@ -89,7 +93,7 @@ async def test_the_breaker_opens_traffic_moves_and_after_the_cooldown_a_probe_cl
     route = dispatcher(clock, alpha, beta)
     for i in range(2):
         assert (await route.send(TO, "hi", f"k{i}")).provider == "beta"
-    assert route.providers["alpha"].breaker_state is BreakerState.OPEN
+    assert breaker_of(route, "alpha") is BreakerState.OPEN
 
     for i in range(5):  # open: alpha is not even asked
         dispatched = await route.send(TO, "hi", f"open-{i}")
@@ -99,7 +103,7 @@ async def test_the_breaker_opens_traffic_moves_and_after_the_cooldown_a_probe_cl
     await clock.advance(30.0)
     alpha.responder = lambda request: SENT
     assert (await route.send(TO, "hi", "probe")).provider == "alpha"  # the probe went, and succeeded
-    assert route.providers["alpha"].breaker_state is BreakerState.CLOSED
+    assert breaker_of(route, "alpha") is BreakerState.CLOSED
 
 
 async def test_a_throttling_provider_is_left_alone_for_a_while_and_the_others_are_not_slowed(clock: FakeClock) -> None:
@@ -107,7 +111,7 @@ async def test_a_throttling_provider_is_left_alone_for_a_while_and_the_others_ar
     route = dispatcher(clock, alpha, beta)
 
     assert (await route.send(TO, "hi", "k1")).provider == "beta"
-    assert route.providers["alpha"].breaker_state is BreakerState.CLOSED  # busy is not down
+    assert breaker_of(route, "alpha") is BreakerState.CLOSED  # busy is not down
     assert [t.provider for t in (await route.send(TO, "hi", "k2")).tries] == ["beta"]
     await clock.advance(THROTTLE_S)
     alpha.responder = lambda request: SENT
