@@ -8,14 +8,17 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
 from insider.domain import SendOrder, is_region
+
+if TYPE_CHECKING:
+    from insider.providers.config import ProvidersConfig
 
 PREFIX = "INSIDER_"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
@@ -177,6 +180,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WEBHOOK_URL": ("webhook_url", _url("http", "https", optional=True)),
     "WEBHOOK_AUTH_KEY": ("webhook_auth_key", _header_value),
     "WEBHOOK_TIMEOUT": ("webhook_timeout_s", _duration_at_least(0.001)),
+    "PROVIDERS_FILE": ("providers_file", _text),
     "BATCH_SIZE": ("batch_size", _int_between(1, 10_000)),
     "SEND_INTERVAL": ("send_interval_s", _duration_at_least(0, allow_zero=True)),
     "SEND_CONCURRENCY": ("send_concurrency", _int_between(1, 1_000)),
@@ -271,6 +275,10 @@ class Settings:
     database_keepalives_idle_s: float = 30.0
     database_keepalives_interval_s: float = 10.0
     database_keepalives_count: int = 3
+    # Several providers and their routes (a TOML file), read and checked when the settings are;
+    # empty: the one provider of INSIDER_WEBHOOK_URL (or the built-in simulated one).
+    providers_file: str = ""
+    providers: ProvidersConfig | None = None
 
     @property
     def lease_s(self) -> float:
@@ -379,6 +387,15 @@ def load_settings(
     settings = Settings(**values, from_original=tuple(taken.items()), ignored=ignored)
     if settings.retry_backoff_max_s < settings.retry_backoff_s:
         raise ConfigError("INSIDER_RETRY_BACKOFF_MAX: must not be below INSIDER_RETRY_BACKOFF")
+    if settings.providers_file:
+        from insider.providers.config import Defaults, ProvidersFileError, load_providers_file
+
+        defaults = Defaults(timeout_s=settings.webhook_timeout_s, concurrency=settings.send_concurrency)
+        try:
+            providers = load_providers_file(settings.providers_file, defaults)
+        except ProvidersFileError as exc:
+            raise ConfigError(f"INSIDER_PROVIDERS_FILE: {exc}") from None
+        settings = replace(settings, providers=providers)
     return settings
 
 
