@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
 import aiohttp
@@ -21,7 +21,11 @@ from insider.clock import SystemClock
 from insider.config import Settings, mask_url
 from insider.logs import get_logger
 from insider.metrics import CountsCache, Metrics
-from insider.ports import Clock, MessageRepository, ReceiptStore, RepositoryUnavailable
+from insider.ports import Clock, MessageRepository, ProviderStore, ReceiptStore, RepositoryUnavailable, SmsClient
+from insider.providers.config import ProvidersConfig, ProviderSpec, RouteSpec
+from insider.providers.dispatch import Dispatcher, runtime
+from insider.providers.routing import Router
+from insider.providers.switches import ProviderSwitches
 from insider.receipt_parsing import parse_receipts
 from insider.receipt_upkeep import ReceiptUpkeep
 from insider.receipt_writer import MAX_WRITERS, ReceiptWriter
@@ -93,6 +97,79 @@ def _provider_kind(settings: Settings) -> str:
     return "webhook" if settings.webhook_url else "simulator"
 
 
+def _providers_config(settings: Settings) -> ProvidersConfig:
+    """The providers and routes: the providers file's, or the one provider of the shorthand."""
+    if settings.providers is not None:
+        if settings.webhook_url:
+            log.warning(
+                "INSIDER_PROVIDERS_FILE is set: its providers are used, and INSIDER_WEBHOOK_URL is not",
+                providers_file=settings.providers_file,
+            )
+        return settings.providers
+    name = _provider_kind(settings)
+    spec = ProviderSpec(
+        name=name,
+        kind=name,
+        timeout_s=settings.webhook_timeout_s,
+        concurrency=settings.send_concurrency,
+        url=settings.webhook_url,
+        auth_key=settings.webhook_auth_key,
+    )
+    return ProvidersConfig((spec,), (RouteSpec("default", (name,)),), "INSIDER_WEBHOOK_URL")
+
+
+def _providers_source(settings: Settings) -> str:
+    return "file" if settings.providers is not None else "shorthand"
+
+
+def _shorthand_client(config: ProvidersConfig, client: SmsClient) -> dict[str, SmsClient]:
+    """The one provider of INSIDER_WEBHOOK_URL (or the simulated one), by its name."""
+    return {config.providers[0].name: client}
+
+
+async def _file_clients(
+    config: ProvidersConfig, receipts: ReceiptWriter, clock: Clock
+) -> AsyncIterator[dict[str, SmsClient]]:
+    """Each provider of the file's client: an HTTP session each for the webhooks (closed on exit),
+    an SMPP bind each (which the supervisor runs)."""
+
+    async def apply(batch: list[dict[str, Any]]) -> None:
+        await receipts.submit(parse_receipts(batch, clock.now()))
+
+    async with AsyncExitStack() as opened:
+        clients: dict[str, SmsClient] = {}
+        for spec in config.providers:
+            if spec.kind == "smpp":
+                from insider.adapters.smpp import SmppSmsClient  # smpp34 starts threads of its own when imported
+
+                clients[spec.name] = SmppSmsClient(
+                    spec.name,
+                    spec.host,
+                    spec.port,
+                    spec.system_id,
+                    spec.password,
+                    source=spec.source,
+                    window=spec.window,
+                    timeout_s=spec.timeout_s,
+                    receipts=apply,
+                    system_type=spec.system_type,
+                    clock=clock,
+                )
+            else:
+                session = await opened.enter_async_context(open_http_session(concurrency_limit=spec.concurrency))
+                clients[spec.name] = WebhookSmsClient(session, spec.url, spec.auth_key, spec.timeout_s)
+        yield clients
+
+
+def _dispatcher(config: ProvidersConfig, clients: dict[str, SmsClient], clock: Clock, repository: object) -> Dispatcher:
+    """The providers as the sender sends through them: breakers for the file's (the shorthand keeps
+    today's retries), each one's rate kept in the database when it has one."""
+    breakers = config.source != "INSIDER_WEBHOOK_URL"
+    runtimes = [runtime(spec, clients[spec.name], clock, breaker=breakers) for spec in config.providers]
+    rates = repository if isinstance(repository, ProviderStore) else None
+    return Dispatcher(runtimes, Router(config.routes, config.providers), clock, rates=rates)
+
+
 def _simulated_sms_client(
     sleep: Callable[[float], Awaitable[None]], reporter: ReceiptReporter | None
 ) -> SimulatedSmsClient:
@@ -126,10 +203,17 @@ WRITER_CLOSE_S = 3.0
 UPKEEP_CLOSE_S = 1.0
 # The simulated provider's receipts not yet due are dropped at shutdown; its task ends at once.
 REPORTER_CLOSE_S = 0.5
+# An SMPP bind is asked to unbind (its messages in flight answered first), within this.
+BIND_CLOSE_S = 3.0
 
 
 def _children(
-    repository: object, writer: ReceiptWriter, upkeep: ReceiptUpkeep, reporter: ReceiptReporter | None
+    repository: object,
+    writer: ReceiptWriter,
+    upkeep: ReceiptUpkeep,
+    reporter: ReceiptReporter | None,
+    clients: dict[str, SmsClient],
+    switches: ProviderSwitches | None,
 ) -> list[Child]:
     """The supervisor's long-lived children in the service, each closed with a deadline of its own."""
     children = []
@@ -142,9 +226,19 @@ def _children(
             Child("receipt-upkeep", upkeep.run_waiting, close_timeout_s=UPKEEP_CLOSE_S, needs_schema=True),
             Child("event-retention", upkeep.run_retention, close_timeout_s=UPKEEP_CLOSE_S, needs_schema=True),
         ]
+    if switches is not None:
+        children.append(Child("provider-switches", switches.run, close_timeout_s=UPKEEP_CLOSE_S, needs_schema=True))
+    for name, client in clients.items():
+        run, finish = getattr(client, "run", None), getattr(client, "finish", None)
+        if run is not None:  # a provider with a connection of its own to keep (an SMPP bind)
+            children.append(Child(f"provider-{name}", run, close_timeout_s=BIND_CLOSE_S, finish=finish))
     if reporter is not None:
         children.append(Child("simulated-receipts", reporter.run, close_timeout_s=REPORTER_CLOSE_S))
     return children
+
+
+def _switches(repository: object, dispatcher: Dispatcher, clock: Clock) -> ProviderSwitches | None:
+    return ProviderSwitches(repository, dispatcher, clock) if isinstance(repository, ProviderStore) else None
 
 
 class Container(containers.DeclarativeContainer):
@@ -241,17 +335,33 @@ class Container(containers.DeclarativeContainer):
         default_region=settings.provided.default_region,
         send_order=settings.provided.send_order,
     )
+    providers_config = providers.Singleton(_providers_config, settings)
+    provider_clients = providers.Selector(
+        providers.Callable(_providers_source, settings),
+        shorthand=providers.Singleton(_shorthand_client, config=providers_config, client=sms_client),
+        file=providers.Resource(_file_clients, config=providers_config, receipts=receipts, clock=clock),
+    )
+    dispatcher = providers.Singleton(
+        _dispatcher, config=providers_config, clients=provider_clients, clock=clock, repository=repository
+    )
     sender = providers.Singleton(
         BatchSender,
         repository=repository,
-        sms_client=sms_client,
+        sms_client=dispatcher,
         cache=cache,
         clock=clock,
         options=sender_options,
         observer=metrics,
     )
+    provider_switches = providers.Singleton(_switches, repository=repository, dispatcher=dispatcher, clock=clock)
     children = providers.Callable(
-        _children, repository=repository, writer=receipts, upkeep=receipt_upkeep, reporter=simulated_receipts
+        _children,
+        repository=repository,
+        writer=receipts,
+        upkeep=receipt_upkeep,
+        reporter=simulated_receipts,
+        clients=provider_clients,
+        switches=provider_switches,
     )
     supervisor = providers.Singleton(
         Supervisor,

@@ -35,6 +35,13 @@ class MessageStatus(enum.StrEnum):
 ACCEPTED_STATUSES = (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.UNDELIVERED)
 
 
+class Category(enum.StrEnum):
+    """What a message is for: routes match it, and consent rules apply to commercial ones."""
+
+    TRANSACTIONAL = "transactional"  # codes, order updates: what the recipient asked for
+    COMMERCIAL = "commercial"  # marketing
+
+
 class SendOrder(enum.StrEnum):
     """Which due messages of one priority go first (INSIDER_SEND_ORDER)."""
 
@@ -76,6 +83,11 @@ class Message:
     valid_until: datetime | None = None
     encoding: Encoding = Encoding.GSM7
     segments: int = 1
+    category: Category = Category.TRANSACTIONAL
+    provider: str | None = None  # the provider that accepted it
+    cost: float | None = None  # segments x that provider's price per segment, when it has one
+    # After an ambiguous attempt, the provider that may have it: the next attempt goes there, with the same key.
+    provider_pin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +101,7 @@ class NewMessage:
     valid_until: datetime | None = None
     encoding: Encoding = Encoding.GSM7
     segments: int = 1
+    category: Category = Category.TRANSACTIONAL
 
     @classmethod
     def of(
@@ -99,10 +112,11 @@ class NewMessage:
         send_at: datetime | None = None,
         priority: int = DEFAULT_PRIORITY,
         valid_until: datetime | None = None,
+        category: Category = Category.TRANSACTIONAL,
     ) -> NewMessage:
         """A NewMessage with its encoding and segments computed from ``content``."""
         encoding, segments = measure(content)
-        return cls(recipient_phone, content, send_at, priority, valid_until, encoding, segments)
+        return cls(recipient_phone, content, send_at, priority, valid_until, encoding, segments, category)
 
 
 class Outcome(enum.StrEnum):
@@ -150,6 +164,12 @@ class Resolution:
     # The attempt behind this outcome, written to the message's history with it; None: no event
     # (a message released unsent by a stop).
     attempt: Attempt | None = None
+    # The tries of other providers before it, in order (a failover), for the history too.
+    earlier: tuple[Attempt, ...] = ()
+    provider: str | None = None  # a sent one: the provider that accepted it
+    cost: float | None = None  # a sent one: segments x that provider's price per segment
+    # A retry after an ambiguous outcome: the provider that may have it (None clears a pin).
+    provider_pin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +183,7 @@ class Attempt:
     duration_ms: float | None = None
     error: str | None = None
     provider_message_id: str | None = None
+    provider: str | None = None  # the provider it went to
 
 
 # What neither database can store as text: NUL (PostgreSQL refuses it) and unpaired

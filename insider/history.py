@@ -28,3 +28,4 @@ class Event:
     receipt_status: str | None = None
     error_code: str | None = None
     done_at: datetime | None = None
+    provider: str | None = None  # an attempt's provider

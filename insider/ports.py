@@ -211,6 +211,38 @@ class WaitingReport:
     dropped: list[Receipt]
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderTotals:
+    """What one provider accepted (messages, their segments and cost) and how many of its tries failed."""
+
+    provider: str
+    sent: int
+    failed: int
+    segments: int
+    cost: float
+
+
+@runtime_checkable
+class ProviderStore(Protocol):
+    """The providers' shared state: each one's rate, an operator's switch, and their totals.
+
+    Every method raises RepositoryUnavailable when the database cannot be reached.
+    """
+
+    async def take_send(self, provider: str, rate: float, max_wait_s: float) -> float | None:
+        """Reserve one send of ``provider`` at ``rate`` per second, for the whole deployment: the
+        seconds to wait before it may go, or None (nothing reserved) when that is over ``max_wait_s``."""
+
+    async def provider_switches(self) -> dict[str, bool]:
+        """The providers an operator took out of rotation (False) or put back (True), by name."""
+
+    async def switch_provider(self, name: str, enabled: bool) -> None:
+        """Take ``name`` out of rotation, or put it back, for the whole deployment (kept across restarts)."""
+
+    async def provider_totals(self) -> list[ProviderTotals]:
+        """Every provider's totals, by name."""
+
+
 @runtime_checkable
 class ReceiptStore(Protocol):
     """Delivery receipts and the upkeep of the history; the SQL repositories are ones.

@@ -27,6 +27,7 @@ from insider.domain import (
 )
 from insider.logs import get_logger
 from insider.ports import Clock, Observer, RepositoryUnavailable, SendQueue, SentCache, SentEntry, SmsClient
+from insider.providers.dispatch import Dispatcher, Tried, single
 
 log = get_logger("insider.sender")
 T = TypeVar("T")
@@ -98,7 +99,7 @@ class BatchSender:
     def __init__(
         self,
         repository: SendQueue,
-        sms_client: SmsClient,
+        sms_client: SmsClient | Dispatcher,
         cache: SentCache | None,
         clock: Clock,
         options: SenderOptions,
@@ -107,7 +108,8 @@ class BatchSender:
         observer: Observer | None = None,
     ) -> None:
         self._repository = repository
-        self._sms = sms_client
+        # One provider (an SMS client of its own) is one route to it, as it always was.
+        self._dispatch = sms_client if isinstance(sms_client, Dispatcher) else single("default", sms_client, clock)
         self._cache = cache
         self._clock = clock
         self.options = options
@@ -255,57 +257,90 @@ class BatchSender:
         """Put back what was claimed and not resolved; a request cut short stays in the history."""
         for message in claimed:
             if message.id not in resolutions:
+                cut = abandoned.get(message.id)
                 resolutions[message.id] = Resolution(
                     message.id,
                     message.claim_token,
                     MessageStatus.PENDING,
                     retry_in_s=0.0,
                     uncount_attempt=True,
-                    attempt=abandoned.get(message.id),
+                    attempt=cut,
+                    # A request cut short may have reached its provider: the next attempt goes there.
+                    provider_pin=cut.provider if cut is not None and cut.provider else message.provider_pin,
                 )
                 log.info("send", **_send_fields(message, "released"), reason=why)
 
     async def _send_one(self, message: Message, recipient: str, abandoned: dict[int, Attempt]) -> Resolution:
         started_at = self._clock.now()
         t0 = self._clock.monotonic()
+        tried: list[str] = []  # the providers its requests went to, in order
         try:
-            result = await self._sms.send(recipient, message.content, message.idempotency_key)
+            dispatched = await self._dispatch.send(
+                recipient,
+                message.content,
+                message.idempotency_key,
+                category=message.category.value,
+                priority=message.priority,
+                pinned=message.provider_pin,
+                on_try=tried.append,
+            )
         except asyncio.CancelledError:
             duration_ms = round((self._clock.monotonic() - t0) * 1000, 1)
             log.info("send", **_send_fields(message, "interrupted"), duration_ms=duration_ms)
-            # The provider may have it already: the history says so, and that it goes again.
+            # The provider may have it already: the history says so, and that it goes again (there).
             abandoned[message.id] = Attempt(
                 started_at,
                 "interrupted",
                 message.attempts,
                 duration_ms=duration_ms,
                 error="stopped before the provider answered; sent again later with the same Idempotency-Key",
+                provider=tried[-1] if tried else None,
             )
             raise
-        except Exception as exc:  # an adapter that broke its promise not to raise
-            result = SendResult(Outcome.RETRY, error=f"{type(exc).__name__}: {exc}")
+        result = dispatched.result
+        if dispatched.not_attempted:
+            return self._not_attempted(message, result)
+        *before, last = dispatched.tries
         duration_ms = round((self._clock.monotonic() - t0) * 1000, 1)
         if result.outcome is Outcome.RETRY:
             outcome = "retry" if message.attempts < self.options.max_attempts else "failed"
         else:
             outcome = result.outcome.value  # sent or failed, as the row becomes
-        # The attempt goes to the message's history in the same write as its outcome.
+        # The attempts go to the message's history in the same write as its outcome: the tries
+        # of other providers first (a failover), then the last.
         attempt = Attempt(
-            started_at,
+            last.at,
             outcome,
             message.attempts,
-            result.status_code,
-            duration_ms,
-            None if result.outcome is Outcome.SENT else (result.error or "unknown error"),
-            result.provider_message_id,
+            last.result.status_code,
+            last.duration_ms,
+            None if result.outcome is Outcome.SENT else (last.result.error or "unknown error"),
+            last.result.provider_message_id,
+            last.provider,
         )
         resolution = self._resolve(message, result, attempt)
+        pin = dispatched.provider if result.outcome is Outcome.RETRY and result.ambiguous else None
+        cost = None
+        if resolution.status is MessageStatus.SENT and dispatched.provider is not None:
+            cost = self._dispatch.providers[dispatched.provider].cost(resolution.segments or message.segments)
+        resolution = dataclasses.replace(
+            resolution,
+            earlier=tuple(_earlier(t, message.attempts) for t in before),
+            provider=dispatched.provider if resolution.status is MessageStatus.SENT else None,
+            cost=cost,
+            provider_pin=pin,
+        )
         if resolution.status is MessageStatus.EXPIRED:
             return resolution  # retrying would go past its validUntil; _expire reported it
         fields = _send_fields(message, outcome)
         fields.update(
-            status_code=result.status_code, duration_ms=duration_ms, provider_message_id=result.provider_message_id
+            status_code=result.status_code,
+            duration_ms=duration_ms,
+            provider_message_id=result.provider_message_id,
+            provider=last.provider,
         )
+        if before:
+            fields["failed_over"] = [t.provider for t in before]
         if self._observer is not None:
             self._observer.send_attempt(outcome, duration_ms / 1000)
         if result.outcome is Outcome.SENT and (result.warning or not result.provider_message_id):
@@ -320,6 +355,21 @@ class BatchSender:
                 retry_in_s=None if resolution.retry_in_s is None else round(resolution.retry_in_s, 3),
             )
         return resolution
+
+    def _not_attempted(self, message: Message, result: SendResult) -> Resolution:
+        """No provider could take it now (all throttled, at their rate, breakers open, disabled): not an
+        attempt; back to pending, due again when the soonest of them may take it (or after a backoff)."""
+        retry_in_s = result.retry_after_s if result.retry_after_s is not None else self.backoff_s(1, None)
+        log.info("send", **_send_fields(message, "waiting"), reason=result.error, retry_in_s=round(retry_in_s, 3))
+        return Resolution(
+            message.id,
+            message.claim_token,
+            MessageStatus.PENDING,
+            last_error=result.error,
+            retry_in_s=retry_in_s,
+            uncount_attempt=True,
+            provider_pin=message.provider_pin,
+        )
 
     def _resolve(self, message: Message, result: SendResult, attempt: Attempt | None = None) -> Resolution:
         if result.outcome is Outcome.SENT:
@@ -413,6 +463,23 @@ class BatchSender:
             released=released,
             duration_s=duration_s,
         )
+
+
+def _earlier(tried: Tried, number: int) -> Attempt:
+    """A try of one provider that another followed (a failover), for the history."""
+    error = tried.result.error or "unknown error"
+    if tried.possible_duplicate:
+        error = f"possible duplicate: it may have reached the provider, and the route moved on ({error})"
+    return Attempt(
+        tried.at,
+        "failover",
+        number,
+        tried.result.status_code,
+        tried.duration_ms,
+        error,
+        tried.result.provider_message_id,
+        tried.provider,
+    )
 
 
 def _send_fields(message: Message, outcome: str) -> dict[str, object]:

@@ -12,6 +12,8 @@ from insider.domain import (
     DEFAULT_PRIORITY,
     MAX_PRIORITY,
     MIN_PRIORITY,
+    Attempt,
+    Category,
     Encoding,
     Message,
     MessageStatus,
@@ -55,6 +57,7 @@ def new_message_row(m: NewMessage, time: Time) -> dict[str, Any]:
         "valid_until": time(m.valid_until) if m.valid_until is not None else None,
         "encoding": m.encoding.value,
         "segments": m.segments,
+        "category": m.category.value,
     }
 
 
@@ -91,6 +94,10 @@ def message_from_row(row: Row, timestamp: Timestamp) -> Message:
         valid_until=timestamp(row["valid_until"]),
         encoding=Encoding(encoding),
         segments=int(segments),
+        category=Category(row["category"] or Category.TRANSACTIONAL),
+        provider=row["provider"],
+        cost=float(row["cost"]) if row["cost"] is not None else None,
+        provider_pin=row["provider_pin"],
     )
 
 
@@ -118,6 +125,11 @@ def outcome_row(r: Resolution, time: Time) -> dict[str, Any]:
     """
     attempt = r.attempt
     return {
+        "provider": r.provider,
+        "provider_pin": r.provider_pin,
+        "cost": r.cost,
+        "attempt_provider": attempt.provider if attempt is not None else None,
+        "earlier": [_attempt_row(a, time) for a in r.earlier],
         "id": int(r.id),
         "claim_token": claim_token(r.claim_token),
         "status": r.status.value,
@@ -134,6 +146,19 @@ def outcome_row(r: Resolution, time: Time) -> dict[str, Any]:
         "status_code": attempt.status_code if attempt is not None else None,
         "duration_ms": attempt.duration_ms if attempt is not None else None,
         "error": _storable(attempt.error) if attempt is not None else None,
+    }
+
+
+def _attempt_row(a: Attempt, time: Time) -> dict[str, Any]:
+    """A try before the last one (a failover), as both dialects' resolve reads it."""
+    return {
+        "at": time(a.at),
+        "outcome": a.outcome,
+        "attempt": a.number,
+        "status_code": a.status_code,
+        "duration_ms": a.duration_ms,
+        "error": _storable(a.error),
+        "provider": a.provider,
     }
 
 

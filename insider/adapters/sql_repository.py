@@ -35,6 +35,7 @@ from insider.ports import (
     LoadedFile,
     MessageNotFound,
     Page,
+    ProviderTotals,
     WaitingReport,
 )
 from insider.receipt_parsing import Receipt, ReceiptOutcome
@@ -56,6 +57,10 @@ def drive(flow: Flow[T], execute: Callable[[str, Mapping[str, Any]], list[Row]])
             statement = flow.send(execute(*statement))
     except StopIteration as done:
         return cast(T, done.value)
+
+
+def _microseconds(seconds: float) -> int:
+    return round(seconds * 1_000_000)
 
 
 def json_text(value: object) -> str:
@@ -243,6 +248,34 @@ class SqlMessageRepository(abc.ABC):
 
     async def expire(self) -> int:
         return await self._count("expire", self._now())
+
+    async def take_send(self, provider: str, rate: float, max_wait_s: float) -> float | None:
+        interval_s = 1.0 / rate
+        params = {
+            "name": provider,
+            "interval_s": interval_s,
+            "max_wait_s": max_wait_s,
+            # SQLite reckons in whole microseconds, on the adapter's clock; PostgreSQL, on the server's.
+            "interval_us": _microseconds(interval_s),
+            "max_wait_us": _microseconds(max_wait_s),
+            "now_us": _microseconds(self._clock.now().timestamp()),
+        }
+        rows = await self._rows("take_send", params)
+        return float(rows[0]["wait_s"]) if rows else None
+
+    async def provider_switches(self) -> dict[str, bool]:
+        return {row["name"]: bool(row["enabled"]) for row in await self._rows("provider_switches")}
+
+    async def switch_provider(self, name: str, enabled: bool) -> None:
+        await self._rows("switch_provider", {"name": name, "enabled": enabled, **self._now()})
+
+    async def provider_totals(self) -> list[ProviderTotals]:
+        return [
+            ProviderTotals(
+                row["provider"], int(row["sent"]), int(row["failed"]), int(row["segments"]), float(row["cost"])
+            )
+            for row in await self._rows("provider_totals_read")
+        ]
 
     async def segments_sent(self) -> int:
         rows = await self._rows("segments_sent")

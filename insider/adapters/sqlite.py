@@ -58,6 +58,20 @@ __all__ = [
 T = TypeVar("T")
 
 _SQL_DIR = resources.files("insider.adapters") / "sql" / "sqlite"
+# The columns of one attempt in the history, as attempt_event takes them.
+_EVENT_FIELDS: Final = (
+    "id",
+    "at",
+    "outcome",
+    "attempt",
+    "status_code",
+    "duration_ms",
+    "error",
+    "message_id",
+    "provider",
+)
+# A provider's try that counts as failed in its totals (as PostgreSQL's resolve counts them).
+_FAILED_TRIES: Final = ("retry", "failed", "expired", "failover")
 
 _CREATE_MIGRATIONS_TABLE: Final = """
 CREATE TABLE IF NOT EXISTS insider_schema_migrations (
@@ -327,23 +341,24 @@ class SqliteMessageRepository(SqlMessageRepository):
             return []
         now = self._clock.now()
         outcomes = [outcome_row(r, self._time) | {"next_attempt_at": self._retry_at(now, r)} for r in resolutions]
-        attempts = {o["id"]: o for o in outcomes if o["at"] is not None and o["outcome"] is not None}
+        by_id = {o["id"]: o for o in outcomes}
         params = {"resolutions": json_text(outcomes), "now": self._time(now)}
 
         def work(conn: sqlite3.Connection) -> list[ReceiptOutcome]:
-            # One transaction: the outcomes, their attempts in the history, and the receipts
-            # that were waiting for the provider ids just recorded.
+            # One transaction: the outcomes, their attempts in the history (the tries of other
+            # providers first), the providers' totals, and the receipts that were waiting for the
+            # provider ids just recorded.
             with write_transaction(conn):
                 written = conn.execute(_q("resolve"), params).fetchall()
-                # The provider's id as the row now holds it (the sent attempt's), as on PostgreSQL.
-                conn.executemany(
-                    _q("attempt_event"),
-                    [
-                        attempts[row["id"]] | {"message_id": row["message_id"]}
-                        for row in written
-                        if row["id"] in attempts
-                    ],
-                )
+                tries: list[dict[str, Any]] = []
+                for row in written:
+                    o = by_id[row["id"]]
+                    tries += [e | {"id": row["id"], "message_id": None} for e in o["earlier"]]
+                    if o["at"] is not None and o["outcome"] is not None:
+                        # The provider's id as the row now holds it (the sent attempt's), as on PostgreSQL.
+                        tries.append(o | {"message_id": row["message_id"], "provider": o["attempt_provider"]})
+                conn.executemany(_q("attempt_event"), [{k: t[k] for k in _EVENT_FIELDS} for t in tries])
+                conn.executemany(_q("provider_totals"), _provider_totals(written, by_id, tries))
                 arrived = [
                     row["message_id"]
                     for row in written
@@ -380,3 +395,25 @@ class SqliteMessageRepository(SqlMessageRepository):
                 return float(conn.execute(_q("slot_wait"), params).fetchone()["wait_s"])
 
         return await self._db.run(work)
+
+
+def _provider_totals(
+    written: Sequence[sqlite3.Row], by_id: Mapping[int, dict[str, Any]], tries: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """What one batch adds to each provider's totals, in provider order."""
+    totals: dict[str, dict[str, Any]] = {}
+
+    def of(provider: str) -> dict[str, Any]:
+        return totals.setdefault(provider, {"provider": provider, "sent": 0, "failed": 0, "segments": 0, "cost": 0.0})
+
+    for row in written:
+        o = by_id[row["id"]]
+        if o["provider"] is not None and row["status"] == MessageStatus.SENT.value:
+            total = of(o["provider"])
+            total["sent"] += 1
+            total["segments"] += row["segments"] or 1
+            total["cost"] += o["cost"] or 0.0
+    for tried in tries:
+        if tried["provider"] is not None and tried["outcome"] in _FAILED_TRIES:
+            of(tried["provider"])["failed"] += 1
+    return [totals[name] for name in sorted(totals)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -85,6 +85,10 @@ class ProviderRuntime:
     def breaker_state(self) -> BreakerState:
         return self.breaker.state if self.breaker is not None else BreakerState.CLOSED
 
+    def cost(self, segments: int) -> float | None:
+        """What a message of ``segments`` costs through this provider, when it has a price."""
+        return None if self.spec.price is None else round(self.spec.price * segments, 6)
+
     def unavailable(self, now: float) -> tuple[str, float | None] | None:
         """Why it takes nothing now, and for how long at least (None: until an operator acts); None when it may."""
         if not self.enabled:
@@ -121,8 +125,14 @@ class Dispatcher:
         category: str = "transactional",
         priority: int = 5,
         pinned: str | None = None,
+        on_try: Callable[[str], None] | None = None,
     ) -> Dispatched:
-        """Try the route's providers in order until one accepts, refuses for good, or may have it."""
+        """Try the route's providers in order until one accepts, refuses for good, or may have it.
+
+        ``pinned`` is the provider an earlier ambiguous attempt left the message with; ``on_try``
+        is told each provider as its request starts (so that a caller cut short knows which one
+        may have it).
+        """
         routed = self.router.choose(to, category, priority)
         assert routed is not None, "a default route always exists"
         route = routed.route
@@ -146,6 +156,8 @@ class Dispatcher:
                 if why[1] is not None:
                     soonest = why[1] if soonest is None else min(soonest, why[1])
                 continue
+            if on_try is not None:
+                on_try(name)
             tried = await self._try(provider, to, content, idempotency_key)
             result = tried.result
             if result.outcome is Outcome.SENT:

@@ -59,7 +59,8 @@ async def test_readyz_follows_the_database(api: Api) -> None:
     assert ready.status == 200
     body = await ready.json()
     assert ReadySchema().validate(body) == {}
-    running = dict.fromkeys(("receipt-writer-1", "receipt-writer-2", "receipt-upkeep", "event-retention"), "running")
+    names = ("receipt-writer-1", "receipt-writer-2", "receipt-upkeep", "event-retention", "provider-switches")
+    running = dict.fromkeys(names, "running")
     assert body == {"status": "ready", "database": "up", "cache": "up", "children": running}
 
     api.repository.available = False

@@ -7,24 +7,24 @@ SELECT 1
 
 -- enqueue --
 -- Store pending messages, given as one JSON array, in its order; due at sendAt, or at once.
-INSERT INTO messages (recipient_phone, content, send_at, priority, valid_until, encoding, segments)
-SELECT v.recipient_phone, v.content, v.send_at, v.priority, v.valid_until, v.encoding, v.segments
+INSERT INTO messages (recipient_phone, content, send_at, priority, valid_until, encoding, segments, category)
+SELECT v.recipient_phone, v.content, v.send_at, v.priority, v.valid_until, v.encoding, v.segments, v.category
 FROM ROWS FROM (jsonb_to_recordset(%(messages)s::jsonb) AS (
     recipient_phone text, content text, send_at timestamptz, priority smallint, valid_until timestamptz,
-    encoding text, segments integer
-)) WITH ORDINALITY AS v(recipient_phone, content, send_at, priority, valid_until, encoding, segments, ord)
+    encoding text, segments integer, category text
+)) WITH ORDINALITY AS v(recipient_phone, content, send_at, priority, valid_until, encoding, segments, category, ord)
 ORDER BY v.ord
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
           send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 
 -- get_many --
 -- Messages by id (a JSON array), any state.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb)::bigint)
 
@@ -33,7 +33,7 @@ WHERE id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb)::bigint)
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE id = %(id)s
 
@@ -42,7 +42,7 @@ WHERE id = %(id)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE uuid = %(uuid)s
 
@@ -83,7 +83,7 @@ WITH expired AS (
               m.last_error, m.attempts, m.next_attempt_at, m.lease_expires_at,
               m.idempotency_key::text AS idempotency_key, m.claim_token::text AS claim_token,
               m.send_at, m.priority, m.valid_until, m.encoding, m.segments, m.uuid::text AS uuid,
-              m.delivered_at, m.delivery_status, m.delivery_error
+              m.delivered_at, m.delivery_status, m.delivery_error, m.provider, m.provider_pin, m.cost, m.category
 )
 -- The UUIDs come back as text: the Message holds text, and a uuid.UUID made per column and
 -- row only to be turned into text cost a third of reading a claimed row.
@@ -120,8 +120,12 @@ SELECT id FROM (
 -- statement. A row is written while the claim token still holds it, or by a `sent`
 -- outcome when the provider has not accepted it yet (the send happened regardless; a
 -- delivered or undelivered message stays so) and it is not cancelled (a 200 to a cancel
--- is final). Returns the provider ids just recorded for which a receipt is already
--- waiting (the receipt beat this write); the caller applies them.
+-- is final). A sent one records the provider that accepted it and its cost; a retry pins
+-- the provider that may have it (or clears the pin); the tries of other providers before
+-- it (a failover) go to the history too, and every provider's totals are added to, in
+-- provider order (so that concurrent statements lock those rows alike). Returns the
+-- provider ids just recorded for which a receipt is already waiting (the receipt beat
+-- this write); the caller applies them.
 WITH v AS (
     -- The outcomes come as one JSON array: encoding it costs the client a fortieth of
     -- encoding eight arrays, which showed in the profile of a drain.
@@ -129,7 +133,8 @@ WITH v AS (
     FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS v(
         id bigint, claim_token uuid, status text, sent_at timestamptz, message_id text, last_error text,
         retry_in_s float8, uncount bool, segments integer, encoding text,
-        at timestamptz, outcome text, attempt integer, status_code integer, duration_ms float8, error text
+        at timestamptz, outcome text, attempt integer, status_code integer, duration_ms float8, error text,
+        attempt_provider text, earlier jsonb, provider text, provider_pin text, cost float8
     )
 ), written AS (
     UPDATE messages m
@@ -141,6 +146,9 @@ WITH v AS (
         next_attempt_at = now() + make_interval(secs => v.retry_in_s),
         segments = COALESCE(m.segments, v.segments),
         encoding = COALESCE(m.encoding, v.encoding),
+        provider = COALESCE(v.provider, m.provider),
+        cost = COALESCE(v.cost, m.cost),
+        provider_pin = v.provider_pin,
         lease_expires_at = NULL,
         claim_token = NULL,
         attempts = CASE WHEN v.uncount THEN m.attempts - 1 ELSE m.attempts END,
@@ -149,13 +157,43 @@ WITH v AS (
     WHERE m.id = v.id
       AND ((m.status = 'sending' AND m.claim_token = v.claim_token)
            OR (v.status = 'sent' AND m.status NOT IN ('sent', 'delivered', 'undelivered', 'cancelled')))
-    RETURNING m.id, m.message_id, m.status, v.at, v.outcome, v.attempt, v.status_code, v.duration_ms, v.error
-), logged AS (
-    INSERT INTO insider_message_events
-        (message_id, at, kind, outcome, attempt, status_code, duration_ms, error, provider_message_id)
-    SELECT id, at, 'attempt', outcome, attempt, status_code, duration_ms, error, message_id
+    RETURNING m.id, m.message_id, m.status, m.segments, v.at, v.outcome, v.attempt, v.status_code, v.duration_ms,
+              v.error, v.attempt_provider, v.earlier, v.provider, v.cost
+), tried AS (
+    -- Every try of the batch: those before the last (a failover), then the last.
+    SELECT w.id, e.at, e.outcome, e.attempt, e.status_code, e.duration_ms, e.error, NULL::text AS message_id,
+           e.provider, 0 AS last
+    FROM written w, jsonb_to_recordset(COALESCE(w.earlier, '[]')) AS e(
+        at timestamptz, outcome text, attempt integer, status_code integer, duration_ms float8, error text,
+        provider text
+    )
+    UNION ALL
+    SELECT id, at, outcome, attempt, status_code, duration_ms, error, message_id, attempt_provider, 1
     FROM written
     WHERE outcome IS NOT NULL
+), logged AS (
+    INSERT INTO insider_message_events
+        (message_id, at, kind, outcome, attempt, status_code, duration_ms, error, provider_message_id, provider)
+    SELECT id, at, 'attempt', outcome, attempt, status_code, duration_ms, error, message_id, provider
+    FROM tried
+    ORDER BY id, last, at
+), totals AS (
+    INSERT INTO insider_provider_totals AS t (provider, sent, failed, segments, cost)
+    SELECT provider, sum(sent), sum(failed), sum(segments), sum(cost)
+    FROM (
+        SELECT provider, 1 AS sent, 0 AS failed, COALESCE(segments, 1) AS segments, COALESCE(cost, 0) AS cost
+        FROM written
+        WHERE provider IS NOT NULL AND status = 'sent'
+        UNION ALL
+        SELECT provider, 0, 1, 0, 0
+        FROM tried
+        WHERE provider IS NOT NULL AND outcome IN ('retry', 'failed', 'expired', 'failover')
+    ) x
+    GROUP BY provider
+    ORDER BY provider
+    ON CONFLICT (provider) DO UPDATE
+    SET sent = t.sent + EXCLUDED.sent, failed = t.failed + EXCLUDED.failed,
+        segments = t.segments + EXCLUDED.segments, cost = t.cost + EXCLUDED.cost
 )
 SELECT DISTINCT w.message_id
 FROM written w
@@ -170,7 +208,7 @@ WHERE id = %(id)s AND status = 'failed'
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
           send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 
 -- cancel --
 -- A pending message (scheduled or waiting for a retry) taken back. A claimed row is
@@ -181,7 +219,7 @@ WHERE id = %(id)s AND status = 'pending'
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
           send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 
 -- expire --
 -- Pending rows past their validUntil become expired (bounded), and come back to be reported;
@@ -202,7 +240,7 @@ RETURNING m.id, m.recipient_phone, m.content, m.status, m.created_at, m.sent_at,
           m.last_error, m.attempts, m.next_attempt_at, m.lease_expires_at,
           m.idempotency_key::text AS idempotency_key, m.claim_token::text AS claim_token,
           m.send_at, m.priority, m.valid_until, m.encoding, m.segments, m.uuid::text AS uuid,
-          m.delivered_at, m.delivery_status, m.delivery_error
+          m.delivered_at, m.delivery_status, m.delivery_error, m.provider, m.provider_pin, m.cost, m.category
 
 -- idempotency_drop_stale --
 -- A key older than 24 hours is forgotten: the same key may be used again.
@@ -272,7 +310,7 @@ SELECT EXISTS (SELECT 1 FROM inserted) OR EXISTS (SELECT 1 FROM updated) AS take
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE status = 'sent' AND sent_at IS NOT NULL
 ORDER BY sent_at DESC, id DESC
@@ -283,7 +321,7 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE status = 'sent' AND sent_at IS NOT NULL AND (sent_at, id) < (%(key)s, %(id)s)
 ORDER BY sent_at DESC, id DESC
@@ -294,7 +332,7 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE status = %(status)s
 ORDER BY created_at DESC, id DESC
@@ -305,7 +343,7 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE status = %(status)s AND (created_at, id) < (%(key)s, %(id)s)
 ORDER BY created_at DESC, id DESC
@@ -316,7 +354,7 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE recipient_phone = %(to)s AND status = 'sent' AND sent_at IS NOT NULL
 ORDER BY sent_at DESC, id DESC
@@ -327,7 +365,7 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE recipient_phone = %(to)s AND status = 'sent' AND sent_at IS NOT NULL AND (sent_at, id) < (%(key)s, %(id)s)
 ORDER BY sent_at DESC, id DESC
@@ -338,7 +376,7 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE recipient_phone = %(to)s AND status = %(status)s
 ORDER BY created_at DESC, id DESC
@@ -349,7 +387,7 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE recipient_phone = %(to)s AND status = %(status)s AND (created_at, id) < (%(key)s, %(id)s)
 ORDER BY created_at DESC, id DESC
@@ -366,7 +404,7 @@ FROM insider_message_counts
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL
 ORDER BY sent_at DESC, id DESC
@@ -377,7 +415,7 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL AND (sent_at, id) < (%(key)s, %(id)s)
 ORDER BY sent_at DESC, id DESC
@@ -388,7 +426,7 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE recipient_phone = %(to)s AND status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL
 ORDER BY sent_at DESC, id DESC
@@ -399,7 +437,7 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE recipient_phone = %(to)s AND status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL
   AND (sent_at, id) < (%(key)s, %(id)s)
@@ -543,7 +581,7 @@ RETURNING provider_message_id, receipt_status, received_at
 -- events --
 -- A message's history, oldest first, up to a limit (a message's receipts are not bounded).
 SELECT id, message_id, at, kind, outcome, attempt, status_code, duration_ms, error, provider_message_id,
-       receipt_status, error_code, done_at
+       receipt_status, error_code, done_at, provider
 FROM insider_message_events
 WHERE message_id = %(id)s
 ORDER BY at, id
@@ -605,3 +643,29 @@ INSERT INTO messages (recipient_phone, content, send_at, priority, valid_until, 
 SELECT recipient_phone, content, send_at, priority, valid_until, encoding, segments
 FROM pg_temp.insider_file_load
 ORDER BY n
+
+-- take_send --
+-- One send of provider %(name)s, at most one per %(interval_s)s seconds for the whole
+-- deployment (the generic cell rate algorithm: the row holds the provider's next free
+-- time). It may go at that time, and is taken only when that is at most %(max_wait_s)s
+-- away: the seconds to wait, or no row (nothing taken).
+INSERT INTO insider_provider_rates AS r (name, tat)
+VALUES (%(name)s, clock_timestamp() + make_interval(secs => %(interval_s)s))
+ON CONFLICT (name) DO UPDATE
+SET tat = GREATEST(r.tat, clock_timestamp()) + make_interval(secs => %(interval_s)s)
+WHERE r.tat <= clock_timestamp() + make_interval(secs => %(max_wait_s)s)
+RETURNING GREATEST(0, EXTRACT(EPOCH FROM (r.tat - clock_timestamp())) - %(interval_s)s)::float8 AS wait_s
+
+-- provider_switches --
+-- The providers an operator took out of rotation or put back, for the whole deployment.
+SELECT name, enabled FROM insider_providers
+
+-- switch_provider --
+-- Take a provider out of rotation, or put it back.
+INSERT INTO insider_providers AS p (name, enabled, changed_at) VALUES (%(name)s, %(enabled)s, now())
+ON CONFLICT (name) DO UPDATE SET enabled = EXCLUDED.enabled, changed_at = EXCLUDED.changed_at
+RETURNING name, enabled
+
+-- provider_totals_read --
+-- What each provider accepted (messages, segments, cost) and how many of its tries failed.
+SELECT provider, sent, failed, segments, cost FROM insider_provider_totals ORDER BY provider

@@ -10,16 +10,16 @@ SELECT 1
 -- enqueue --
 -- Store pending messages, given as one JSON array, in its order; due at sendAt, or at once.
 INSERT INTO messages (recipient_phone, content, created_at, updated_at, idempotency_key,
-                      send_at, priority, valid_until, encoding, segments)
+                      send_at, priority, valid_until, encoding, segments, category)
 SELECT json_extract(value, '$.recipient_phone'), json_extract(value, '$.content'), :now, :now, insider_uuid4(),
        json_extract(value, '$.send_at'), json_extract(value, '$.priority'), json_extract(value, '$.valid_until'),
-       json_extract(value, '$.encoding'), json_extract(value, '$.segments')
+       json_extract(value, '$.encoding'), json_extract(value, '$.segments'), json_extract(value, '$.category')
 FROM json_each(:messages)
 ORDER BY key
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
           send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 
 -- load --
 -- Store one pending message without reading it back (bulk loads, with executemany).
@@ -33,7 +33,7 @@ VALUES (:recipient_phone, :content, :now, :now, insider_uuid4(),
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE id = :id
 
@@ -42,7 +42,7 @@ WHERE id = :id
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE id IN (SELECT value FROM json_each(:ids))
 
@@ -74,7 +74,7 @@ WHERE id IN (
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
           send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 
 -- due_oldest --
 -- The due pending rows of priority __PRIORITY__, the longest due first, not past their
@@ -113,7 +113,7 @@ WHERE id IN (
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
           send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 
 -- resolve --
 -- Write back a batch of outcomes, given as one JSON array. A row is written while the
@@ -132,7 +132,10 @@ WITH v AS (
            json_extract(value, '$.uncount') AS uncount,
            json_extract(value, '$.retry_in_s') AS retry_in_s,
            json_extract(value, '$.segments') AS segments,
-           json_extract(value, '$.encoding') AS encoding
+           json_extract(value, '$.encoding') AS encoding,
+           json_extract(value, '$.provider') AS provider,
+           json_extract(value, '$.provider_pin') AS provider_pin,
+           json_extract(value, '$.cost') AS cost
     FROM json_each(:resolutions)
 )
 UPDATE messages AS m
@@ -144,6 +147,9 @@ SET status = v.status,
     next_attempt_at = v.next_attempt_at,
     segments = COALESCE(m.segments, v.segments),
     encoding = COALESCE(m.encoding, v.encoding),
+    provider = COALESCE(v.provider, m.provider),
+    cost = COALESCE(v.cost, m.cost),
+    provider_pin = v.provider_pin,
     lease_expires_at = NULL,
     claim_token = NULL,
     attempts = CASE WHEN v.uncount THEN m.attempts - 1 ELSE m.attempts END,
@@ -152,7 +158,7 @@ FROM v
 WHERE m.id = v.id
   AND ((m.status = 'sending' AND m.claim_token = v.claim_token)
        OR (v.status = 'sent' AND m.status NOT IN ('sent', 'delivered', 'undelivered', 'cancelled')))
-RETURNING id, message_id, status
+RETURNING id, message_id, status, segments
 
 -- retry --
 -- A failed message back to pending, its attempts reset.
@@ -162,7 +168,7 @@ WHERE id = :id AND status = 'failed'
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
           send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 
 -- cancel --
 -- A pending message (scheduled or waiting for a retry) taken back; a claimed row is left alone.
@@ -172,7 +178,7 @@ WHERE id = :id AND status = 'pending'
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
           send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 
 -- idempotency_drop_stale --
 -- A key older than 24 hours is forgotten: the same key may be used again. (The time 24
@@ -244,7 +250,7 @@ SELECT (due_us - now_us) / 1000000.0 AS wait_s FROM slot
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE status = 'sent' AND sent_at IS NOT NULL
 ORDER BY sent_at DESC, id DESC
@@ -255,7 +261,7 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE status = 'sent' AND sent_at IS NOT NULL AND (sent_at, id) < (:key, :id)
 ORDER BY sent_at DESC, id DESC
@@ -266,7 +272,7 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE status = :status
 ORDER BY created_at DESC, id DESC
@@ -277,7 +283,7 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE status = :status AND (created_at, id) < (:key, :id)
 ORDER BY created_at DESC, id DESC
@@ -288,7 +294,7 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE recipient_phone = :to AND status = 'sent' AND sent_at IS NOT NULL
 ORDER BY sent_at DESC, id DESC
@@ -299,7 +305,7 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE recipient_phone = :to AND status = 'sent' AND sent_at IS NOT NULL AND (sent_at, id) < (:key, :id)
 ORDER BY sent_at DESC, id DESC
@@ -310,7 +316,7 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE recipient_phone = :to AND status = :status
 ORDER BY created_at DESC, id DESC
@@ -321,7 +327,7 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE recipient_phone = :to AND status = :status AND (created_at, id) < (:key, :id)
 ORDER BY created_at DESC, id DESC
@@ -338,7 +344,7 @@ GROUP BY status
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL
 ORDER BY sent_at DESC, id DESC
@@ -349,7 +355,7 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL AND (sent_at, id) < (:key, :id)
 ORDER BY sent_at DESC, id DESC
@@ -360,7 +366,7 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE recipient_phone = :to AND status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL
 ORDER BY sent_at DESC, id DESC
@@ -371,7 +377,7 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
 FROM messages
 WHERE recipient_phone = :to AND status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL
   AND (sent_at, id) < (:key, :id)
@@ -381,8 +387,17 @@ LIMIT :limit
 -- attempt_event --
 -- One attempt in the message's history (written with its outcome, in one transaction).
 INSERT INTO insider_message_events
-    (message_id, at, kind, outcome, attempt, status_code, duration_ms, error, provider_message_id)
-VALUES (:id, :at, 'attempt', :outcome, :attempt, :status_code, :duration_ms, :error, :message_id)
+    (message_id, at, kind, outcome, attempt, status_code, duration_ms, error, provider_message_id, provider)
+VALUES (:id, :at, 'attempt', :outcome, :attempt, :status_code, :duration_ms, :error, :message_id, :provider)
+
+-- provider_totals --
+-- What one batch adds to a provider's totals (accepted messages, their segments and cost,
+-- its failed tries).
+INSERT INTO insider_provider_totals AS t (provider, sent, failed, segments, cost)
+VALUES (:provider, :sent, :failed, :segments, :cost)
+ON CONFLICT (provider) DO UPDATE
+SET sent = t.sent + excluded.sent, failed = t.failed + excluded.failed,
+    segments = t.segments + excluded.segments, cost = t.cost + excluded.cost
 
 -- receipts_table --
 -- The scratch table of one application of receipts (apply_receipts): a temporary table of
@@ -556,7 +571,7 @@ RETURNING provider_message_id, receipt_status, received_at
 -- events --
 -- A message's history, oldest first, up to a limit (a message's receipts are not bounded).
 SELECT id, message_id, at, kind, outcome, attempt, status_code, duration_ms, error, provider_message_id,
-       receipt_status, error_code, done_at
+       receipt_status, error_code, done_at, provider
 FROM insider_message_events
 WHERE message_id = :id
 ORDER BY at, id
@@ -624,3 +639,27 @@ INSERT INTO messages (recipient_phone, content, created_at, updated_at, idempote
 SELECT recipient_phone, content, :now, :now, insider_uuid4(), send_at, priority, valid_until, encoding, segments
 FROM temp.__STAGE__
 ORDER BY rowid
+
+-- take_send --
+-- One send of provider :name, at most one per :interval_us microseconds (the generic cell
+-- rate algorithm: the row holds the provider's next free time); taken only when that is at
+-- most :max_wait_us away: the seconds to wait, or no row (nothing taken).
+INSERT INTO insider_provider_rates (name, tat_us) VALUES (:name, :now_us + :interval_us)
+ON CONFLICT (name) DO UPDATE
+SET tat_us = max(tat_us, :now_us) + :interval_us
+WHERE tat_us <= :now_us + :max_wait_us
+RETURNING max(0, tat_us - :interval_us - :now_us) / 1000000.0 AS wait_s
+
+-- provider_switches --
+-- The providers an operator took out of rotation or put back.
+SELECT name, enabled FROM insider_providers
+
+-- switch_provider --
+-- Take a provider out of rotation, or put it back.
+INSERT INTO insider_providers (name, enabled, changed_at) VALUES (:name, :enabled, :now)
+ON CONFLICT (name) DO UPDATE SET enabled = excluded.enabled, changed_at = excluded.changed_at
+RETURNING name, enabled
+
+-- provider_totals_read --
+-- What each provider accepted (messages, segments, cost) and how many of its tries failed.
+SELECT provider, sent, failed, segments, cost FROM insider_provider_totals ORDER BY provider

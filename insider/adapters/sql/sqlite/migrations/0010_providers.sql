@@ -15,9 +15,10 @@ CREATE TABLE IF NOT EXISTS insider_providers (
     changed_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%f000Z', 'now'))
 );
 
+-- The next free send time in whole microseconds since the epoch (simpler arithmetic than text).
 CREATE TABLE IF NOT EXISTS insider_provider_rates (
     name TEXT PRIMARY KEY,
-    tat TEXT NOT NULL
+    tat_us INTEGER NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS insider_provider_totals (
