@@ -342,7 +342,9 @@ class SupervisorStore(Schema, RateSlot, Protocol):
     """What the supervisor asks of the database: the schema, prepared at start-up, and the batch slot."""
 
 
-class MessageRepository(SendQueue, RateSlot, MessageReader, Intake, ReceiptStore, FileLoads, Schema, Protocol):
+class MessageRepository(
+    SendQueue, RateSlot, MessageReader, Intake, ReceiptStore, FileLoads, ProviderStore, Schema, Protocol
+):
     """The queue of messages, every role at once; PostgreSQL is the source of truth in production.
 
     What the SQL adapters implement and the container hands out. A part of the service takes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,12 @@ def test_an_unreadable_or_undecodable_file_says_so(tmp_path: Path) -> None:
     bad.write_bytes(b'[[providers]]\nname = "\xff"\n')
     with pytest.raises(ProvidersFileError, match=r"bad\.toml:2: not UTF-8 text"):
         load_providers_file(bad)
+
+
+def test_the_readmes_example_is_a_valid_providers_file() -> None:
+    from tests.readme_text import section
+
+    [example] = re.findall(r"^```toml\n(.*?)^```", section("Providers"), flags=re.M | re.S)
+    config = parse_providers(example, "README.md")
+    assert [p.name for p in config.providers] == ["alpha", "carrier"]
+    assert [r.strategy for r in config.routes] == ["failover", "weighted"]
