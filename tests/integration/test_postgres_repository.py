@@ -96,6 +96,10 @@ async def test_migrate_creates_the_schema_other_programs_rely_on(
         "delivered_at": "timestamp with time zone",
         "delivery_status": "text",
         "delivery_error": "text",
+        "provider": "text",
+        "provider_pin": "text",
+        "cost": "double precision",
+        "category": "text",
     }
     indexes = {
         name for (name,) in await query(pg_pool, "SELECT indexname FROM pg_indexes WHERE tablename = 'messages'")
