@@ -601,3 +601,23 @@ async def test_stopping_lets_requests_in_flight_finish_and_starts_no_more(
     for message in rest:
         current = await row(repo, message)
         assert (current.status, current.attempts) == (MessageStatus.PENDING, 0)
+
+
+async def test_a_429_pauses_the_provider_and_the_batchs_other_messages_wait_without_an_attempt(
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
+) -> None:
+    first, second, third = add(repo, clock, "a", "b", "c")
+    sms.responder = lambda request: SendResult(
+        Outcome.RETRY, status_code=429, error="HTTP 429: slow down", retry_after_s=7.0, throttled=True
+    )
+    report = await make_sender(batch_size=3, concurrency=1).run_batch()
+
+    assert len(sms.requests) == 1  # the provider asked to wait: nothing more went to it
+    assert (report.claimed, report.retried, report.released) == (3, 1, 2)
+    throttled = await row(repo, first)
+    assert (throttled.status, throttled.attempts) == (MessageStatus.PENDING, 1)
+    for message in (second, third):
+        waiting = await row(repo, message)
+        assert (waiting.status, waiting.attempts) == (MessageStatus.PENDING, 0)  # not an attempt
+        assert waiting.last_error == "no provider can take it now: default (throttled)"
+        assert waiting.next_attempt_at == clock.now() + timedelta(seconds=7)
