@@ -10,6 +10,7 @@ assigned inside its ``[[providers]]`` or ``[[routes]]`` block.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 import tomllib
@@ -43,6 +44,14 @@ _KEYS = {
 }
 _ROUTE_KEYS = {"name", "match", "strategy", "providers", "weights", "failover_on_ambiguous"}
 _MATCH_KEYS = {"prefix", "region", "category", "priority"}
+
+
+def _toml(value: object) -> str:
+    """A value as the file would spell it (true, "text", 1.5), for an error line."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 class ProvidersFileError(ValueError):
@@ -208,7 +217,7 @@ def _provider(locate: _Located, index: int, entry: Mapping[str, Any], defaults: 
 
     kind = entry.get("kind", "webhook")
     if kind not in KINDS:
-        raise fail("kind", f"expected one of {', '.join(KINDS)}, got {kind!r}")
+        raise fail("kind", f"expected one of {', '.join(KINDS)}, got {_toml(kind)}")
     for key in entry:
         if key not in _KEYS[kind]:
             raise fail(key, _unknown(key, sorted(_KEYS[kind])) + f" for a {kind} provider")
@@ -235,7 +244,7 @@ def _provider(locate: _Located, index: int, entry: Mapping[str, Any], defaults: 
     if kind == "webhook":
         url = values.text("url", required=True)
         if not re.match(r"^https?://[^/\s]+", url):
-            raise fail("url", f"expected an http:// or https:// URL, got {url!r}")
+            raise fail("url", f"expected an http:// or https:// URL, got {_toml(url)}")
         return ProviderSpec(**common, url=url, auth_key=values.text("auth_key", default=""))
     source = values.text("source", required=True)
     if not _SOURCE.fullmatch(source):
@@ -255,7 +264,7 @@ def _provider(locate: _Located, index: int, entry: Mapping[str, Any], defaults: 
 def _ratio(values: _Values) -> float | None:
     ratio = values.number("breaker_ratio", None, positive=True, what="a share of failures")
     if ratio is not None and ratio > 1:
-        raise values.fail("breaker_ratio", f"expected a share of failures between 0 and 1, got {ratio!r}")
+        raise values.fail("breaker_ratio", f"expected a share of failures between 0 and 1, got {_toml(ratio)}")
     return ratio
 
 
@@ -270,7 +279,7 @@ def _route(locate: _Located, index: int, entry: Mapping[str, Any], names: Sequen
     name = values.text("name", default=f"route {index + 1}")
     strategy = values.text("strategy", default="failover")
     if strategy not in STRATEGIES:
-        raise fail("strategy", f"expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+        raise fail("strategy", f"expected one of {', '.join(STRATEGIES)}, got {_toml(strategy)}")
     providers = entry.get("providers")
     if not isinstance(providers, list) or not providers or not all(isinstance(p, str) for p in providers):
         raise fail("providers", "expected a list of provider names, at least one")
@@ -360,7 +369,7 @@ class _Values:
     def integer(self, key: str, default: int, *, low: int, high: int) -> int:
         value = self._entry.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.fail(key, f"expected a whole number from {low} to {high}, got {value!r}")
+            raise self.fail(key, f"expected a whole number from {low} to {high}, got {_toml(value)}")
         return value
 
     def number(self, key: str, default: float | None, *, positive: bool, what: str) -> float | None:
@@ -369,7 +378,7 @@ class _Values:
             return None
         valid = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         if not valid or value < 0 or (positive and value == 0):
-            raise self.fail(key, f"expected {what}, a number {'> 0' if positive else '>= 0'}, got {value!r}")
+            raise self.fail(key, f"expected {what}, a number {'> 0' if positive else '>= 0'}, got {_toml(value)}")
         return float(value)
 
     def duration(self, key: str, default: float, *, positive: bool) -> float:
@@ -379,7 +388,9 @@ class _Values:
                 raise ValueError(value)
             seconds = float(value) if isinstance(value, int | float) else parse_duration(str(value))
         except ValueError:
-            raise self.fail(key, f"expected seconds (10, 0.5) or a duration (500ms, 30s, 2m), got {value!r}") from None
+            raise self.fail(
+                key, f"expected seconds (10, 0.5) or a duration (500ms, 30s, 2m), got {_toml(value)}"
+            ) from None
         if not math.isfinite(seconds) or seconds < 0 or (positive and seconds == 0):
-            raise self.fail(key, f"expected a duration > 0, got {value!r}")
+            raise self.fail(key, f"expected a duration > 0, got {_toml(value)}")
         return seconds

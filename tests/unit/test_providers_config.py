@@ -133,6 +133,15 @@ def test_without_a_default_route_the_rest_go_to_every_provider_in_order() -> Non
         (("concurrency = 16", "concurrency = 16\nconcurrency = 17"), "p.toml:8: not valid TOML"),
         (("window = 10 ", "window = = 10 "), "p.toml:21: not valid TOML"),
         (("window = 10 ", "windw = 10 "), "p.toml:21: providers[1].windw: unknown key (did you mean 'window'?)"),
+        # The value as the file spells it, not as Python would.
+        (
+            ("concurrency = 16", "concurrency = true"),
+            "p.toml:7: providers[0].concurrency: expected a whole number from 1 to 10000, got true",
+        ),
+        (
+            ('url = "https://sms.example/send"', 'url = "ftp://x"'),
+            'providers[0].url: expected an http:// or https:// URL, got "ftp://x"',
+        ),
     ],
 )
 def test_each_mistake_is_one_line_naming_the_file_the_line_and_the_key(change: tuple[str, str], expected: str) -> None:
