@@ -233,6 +233,10 @@ class ProviderStore(Protocol):
         """Reserve one send of ``provider`` at ``rate`` per second, for the whole deployment: the
         seconds to wait before it may go, or None (nothing reserved) when that is over ``max_wait_s``."""
 
+    async def next_turn_in(self, provider: str) -> float:
+        """The seconds until ``provider``'s next free turn, for the whole deployment (0 when it is
+        free now); nothing is reserved."""
+
     async def provider_switches(self) -> dict[str, bool]:
         """The providers an operator took out of rotation (False) or put back (True), by name."""
 

@@ -263,6 +263,11 @@ class SqlMessageRepository(abc.ABC):
         rows = await self._rows("take_send", params)
         return float(rows[0]["wait_s"]) if rows else None
 
+    async def next_turn_in(self, provider: str) -> float:
+        params = {"name": provider, "now_us": _microseconds(self._clock.now().timestamp())}
+        rows = await self._rows("next_turn_in", params)
+        return float(rows[0]["wait_s"]) if rows else 0.0
+
     async def provider_switches(self) -> dict[str, bool]:
         return {row["name"]: bool(row["enabled"]) for row in await self._rows("provider_switches")}
 

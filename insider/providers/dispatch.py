@@ -27,6 +27,10 @@ from insider.providers.routing import Router
 # while it goes on, up to the cap; one accepted message resets it.
 THROTTLE_S = 1.0
 THROTTLE_MAX_S = 60.0
+# A send whose provider's rate turn is at most this far away waits for it in its batch; one
+# further away (but within the provider's timeout) goes back to pending, due at its turn, so
+# that its batch ends and the next batch's messages to other providers are not held back.
+RATE_HOLD_S = 0.25
 RECENT_ERRORS = 10
 
 
@@ -36,6 +40,9 @@ class ProviderRates(Protocol):
     async def take_send(self, provider: str, rate: float, max_wait_s: float) -> float | None:
         """Reserve one send at ``rate`` per second: the seconds to wait before it may go, or None
         (nothing reserved) when that would be more than ``max_wait_s``."""
+
+    async def next_turn_in(self, provider: str) -> float:
+        """The seconds until ``provider``'s next free turn (0 when it is free now); nothing reserved."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,7 @@ class ProviderRuntime:
     sent: int = 0
     failed: int = 0
     throttled: int = 0
+    deferred_next: float = 0.0  # the monotonic time after the last turn handed to a deferred message
     latency_s_total: float = 0.0
     recent_errors: deque[tuple[datetime, str]] = field(default_factory=lambda: deque(maxlen=RECENT_ERRORS))
 
@@ -110,11 +118,13 @@ class Dispatcher:
         clock: Clock,
         *,
         rates: ProviderRates | None = None,
+        rate_hold_s: float = RATE_HOLD_S,
     ) -> None:
         self.providers: Mapping[str, ProviderRuntime] = {p.name: p for p in providers}
         self.router = router
         self._clock = clock
         self._rates = rates
+        self._rate_hold_s = rate_hold_s
 
     async def send(
         self,
@@ -146,11 +156,15 @@ class Dispatcher:
             provider = self.providers[name]
             why = provider.unavailable(self._clock.monotonic())
             if why is None and provider.spec.rate is not None and self._rates is not None:
-                wait_s = await self._rates.take_send(name, provider.spec.rate, provider.spec.timeout_s)
-                if wait_s is None:
+                turn = await self._rate_turn(provider, provider.spec.rate)
+                if isinstance(turn, tuple):
+                    waits.append(f"{name} ({turn[0]})")
+                    soonest = turn[1] if soonest is None else min(soonest, turn[1])
+                    break  # its turn comes within its timeout: it waits for it, not another provider
+                if turn is None:
                     why = ("at its rate", 1.0 / provider.spec.rate)
-                elif wait_s > 0:
-                    await self._clock.sleep(wait_s)
+                elif turn > 0:
+                    await self._clock.sleep(turn)
             if why is not None:
                 waits.append(f"{name} ({why[0]})")
                 if why[1] is not None:
@@ -184,6 +198,28 @@ class Dispatcher:
             throttled=last.throttled,
         )
         return Dispatched(retry, None, tuple(tries), route.name)
+
+    async def _rate_turn(self, provider: ProviderRuntime, rate: float) -> float | tuple[str, float] | None:
+        """Reserve ``provider``'s next turn when it is near: the seconds to wait for it in the batch.
+        ``("at its rate", seconds)`` when it is further away but within the provider's timeout (the
+        message goes back to pending, due then); None when it is beyond (the route's next provider).
+
+        Messages sent back are due one turn apart, in the order this process sent them back, so they
+        do not all come back at once for the same turn.
+        """
+        assert self._rates is not None
+        name, timeout_s = provider.name, provider.spec.timeout_s
+        hold_s = min(self._rate_hold_s, timeout_s)
+        wait_s = await self._rates.take_send(name, rate, hold_s)
+        if wait_s is not None:
+            return wait_s
+        turn_in_s = await self._rates.next_turn_in(name)
+        if turn_in_s > timeout_s:
+            return None
+        now = self._clock.monotonic()
+        due_in_s = max(turn_in_s, provider.deferred_next - now)
+        provider.deferred_next = now + due_in_s + 1.0 / rate
+        return "at its rate", due_in_s
 
     async def _try(self, provider: ProviderRuntime, to: str, content: str, key: str) -> Tried:
         at = self._clock.now()

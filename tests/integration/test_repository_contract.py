@@ -24,7 +24,7 @@ from insider.adapters.postgres import Pool, PostgresMessageRepository
 from insider.adapters.sqlite import SqliteMessageRepository, format_timestamp, memory_repository, open_sqlite
 from insider.clock import FakeClock
 from insider.domain import Message, MessageStatus, Resolution, UnstorableText
-from insider.ports import InvalidCursor, InvalidState, MessageNotFound, MessageRepository
+from insider.ports import InvalidCursor, InvalidState, MessageNotFound, MessageRepository, ProviderStore
 from tests.conftest import eventually
 
 LONG_LEASE_S = 30.0
@@ -520,6 +520,21 @@ async def test_acquire_slot_paces_the_takers(
     await advance(SLOT_INTERVAL_S)
     await eventually(taken, timeout_s=5.0, what="the next slot")
     assert await repository.acquire_slot("batch", SLOT_INTERVAL_S) > 0.0
+
+
+async def test_a_providers_turns_are_taken_only_when_near_and_the_next_one_is_told_without_taking_it(
+    repository: MessageRepository,
+) -> None:
+    assert isinstance(repository, ProviderStore)
+    assert await repository.next_turn_in("alpha") == 0.0  # never sent: free now
+    assert await repository.take_send("alpha", 1.0, 0.25) == pytest.approx(0.0, abs=0.05)
+    assert 0.5 < await repository.next_turn_in("alpha") <= 1.0
+    assert await repository.take_send("alpha", 1.0, 0.25) is None  # a second away: not taken
+    assert 0.5 < await repository.next_turn_in("alpha") <= 1.0  # and nothing was reserved
+    wait_s = await repository.take_send("alpha", 1.0, 5.0)
+    assert wait_s is not None and 0.5 < wait_s <= 1.0
+    assert 1.5 < await repository.next_turn_in("alpha") <= 2.0
+    assert await repository.next_turn_in("beta") == 0.0  # each provider its own
 
 
 async def test_text_the_database_cannot_store_is_refused_the_same_way_everywhere(repository: MessageRepository) -> None:

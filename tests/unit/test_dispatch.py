@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from insider.adapters.memory import InMemorySmsClient, Request
+from insider.adapters.sqlite import memory_repository
 from insider.clock import FakeClock
 from insider.domain import Outcome, SendResult
 from insider.providers.breaker import BreakerState
@@ -161,3 +162,56 @@ async def test_a_providers_concurrency_bounds_its_requests_in_flight(clock: Fake
     release.set()
     await asyncio.gather(*sends)
     assert most == 3
+
+
+# --- rates: the deployment's turns, kept in the database (SQLite here, on the fake clock) -------
+
+RATED = FILE.replace('url = "https://a.example"', 'url = "https://a.example"\nrate = 5\ntimeout = "2s"')
+
+
+async def test_a_near_turn_is_waited_for_and_a_far_one_sends_the_message_back_due_then_one_turn_apart(
+    clock: FakeClock,
+) -> None:
+    async with memory_repository(clock) as rates:
+        alpha, beta = answer(SENT), answer(SENT)
+        config = parse_providers(RATED, "p.toml")
+        runtimes = [runtime(spec, {"alpha": alpha, "beta": beta}[spec.name], clock) for spec in config.providers]
+        route = Dispatcher(runtimes, Router(config.routes, config.providers), clock, rates=rates)
+
+        assert (await route.send(TO, "hi", "k1")).provider == "alpha"  # its turn is now
+        second = asyncio.ensure_future(route.send(TO, "hi", "k2"))  # its turn is 0.2 s away: it waits in the batch
+        await clock.settle()
+        assert not second.done() and len(alpha.requests) == 1
+
+        # The next free turn, 0.4 s away, is beyond RATE_HOLD_S: back to pending, due at its turn,
+        # each one turn after the one before (they would otherwise all come back for the same turn).
+        dues = []
+        for key in ("k3", "k4", "k5"):
+            dispatched = await route.send(TO, "hi", key)
+            assert dispatched.not_attempted and dispatched.tries == ()
+            assert dispatched.result.error == "no provider can take it now: alpha (at its rate)"
+            assert dispatched.result.retry_after_s is not None
+            dues.append(dispatched.result.retry_after_s)
+        assert dues == pytest.approx([0.4, 0.6, 0.8])
+        assert beta.requests == []  # within alpha's timeout: no failover
+
+        await clock.advance(0.2)
+        assert (await second).provider == "alpha"
+        await clock.advance(0.2)
+        assert (await route.send(TO, "hi", "k3")).provider == "alpha"  # its turn came: it goes at once
+        assert len(alpha.requests) == 3
+
+
+async def test_a_turn_further_away_than_the_providers_timeout_goes_to_the_routes_next_provider(
+    clock: FakeClock,
+) -> None:
+    async with memory_repository(clock) as rates:
+        alpha, beta = answer(SENT), answer(SENT)
+        config = parse_providers(RATED.replace("rate = 5", "rate = 0.25"), "p.toml")  # one turn each 4 s
+        runtimes = [runtime(spec, {"alpha": alpha, "beta": beta}[spec.name], clock) for spec in config.providers]
+        route = Dispatcher(runtimes, Router(config.routes, config.providers), clock, rates=rates)
+
+        assert (await route.send(TO, "hi", "k1")).provider == "alpha"
+        dispatched = await route.send(TO, "hi", "k2")  # alpha's next turn is 4 s away, past its 2 s timeout
+        assert dispatched.provider == "beta" and [t.provider for t in dispatched.tries] == ["beta"]
+        assert len(alpha.requests) == 1

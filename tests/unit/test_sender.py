@@ -12,6 +12,9 @@ from insider.adapters.memory import InMemorySentCache, InMemorySmsClient, Reques
 from insider.clock import FakeClock
 from insider.domain import Message, MessageStatus, Outcome, SendResult
 from insider.ports import RepositoryUnavailable, SentEntry
+from insider.providers.config import parse_providers
+from insider.providers.dispatch import Dispatcher, runtime
+from insider.providers.routing import Router
 from insider.sender import MAX_CLAIM_ROUNDS, BatchSender, SenderOptions
 from tests.conftest import eventually
 from tests.unit.support import HeldProvider, ProbedRepository, accepted
@@ -621,3 +624,37 @@ async def test_a_429_pauses_the_provider_and_the_batchs_other_messages_wait_with
         assert (waiting.status, waiting.attempts) == (MessageStatus.PENDING, 0)  # not an attempt
         assert waiting.last_error == "no provider can take it now: default (throttled)"
         assert waiting.next_attempt_at == clock.now() + timedelta(seconds=7)
+
+
+async def test_a_batch_does_not_wait_for_a_providers_far_rate_turns_and_those_messages_come_back_due_then(
+    repo: ProbedRepository, clock: FakeClock, cache: InMemorySentCache
+) -> None:
+    # alpha (rate 2: a turn each 0.5 s) takes +90; beta, with no rate, takes the rest.
+    config = parse_providers(
+        '[[providers]]\nname = "alpha"\nurl = "https://a.example"\nrate = 2\n'
+        '[[providers]]\nname = "beta"\nurl = "https://b.example"\n'
+        '[[routes]]\nmatch = { prefix = ["+90"] }\nproviders = ["alpha"]\n'
+        '[[routes]]\nproviders = ["beta"]\n',
+        "p.toml",
+    )
+    alpha, beta = InMemorySmsClient(), InMemorySmsClient()
+    clients = {"alpha": alpha, "beta": beta}
+    runtimes = [runtime(spec, clients[spec.name], clock) for spec in config.providers]
+    route = Dispatcher(runtimes, Router(config.routes, config.providers), clock, rates=repo)
+    rated = add(repo, clock, "a1", "a2", "a3", "a4", phone="+905301234001")
+    other = add(repo, clock, "b1", phone="+15555550100")
+
+    # No time passes: a batch that waited for alpha's later turns would never end here.
+    report = await BatchSender(repo, route, cache, clock, SenderOptions(batch_size=5, concurrency=5)).run_batch()
+
+    assert (report.claimed, report.sent, report.released) == (5, 2, 3)
+    assert [r.content for r in alpha.requests] == ["a1"] and [r.content for r in beta.requests] == ["b1"]
+    assert (await row(repo, other[0])).status is MessageStatus.SENT
+    waiting = [await row(repo, m) for m in rated[1:]]
+    assert all((m.status, m.attempts) == (MessageStatus.PENDING, 0) for m in waiting)  # not attempts
+    assert sorted(m.next_attempt_at - clock.now() for m in waiting if m.next_attempt_at is not None) == [
+        timedelta(seconds=0.5),
+        timedelta(seconds=1.0),
+        timedelta(seconds=1.5),
+    ]
+    assert {m.last_error for m in waiting} == {"no provider can take it now: alpha (at its rate)"}

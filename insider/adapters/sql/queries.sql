@@ -656,6 +656,11 @@ SET tat = GREATEST(r.tat, clock_timestamp()) + make_interval(secs => %(interval_
 WHERE r.tat <= clock_timestamp() + make_interval(secs => %(max_wait_s)s)
 RETURNING GREATEST(0, EXTRACT(EPOCH FROM (r.tat - clock_timestamp())) - %(interval_s)s)::float8 AS wait_s
 
+-- next_turn_in --
+-- The seconds until provider %(name)s's next free turn (no row: it has never sent).
+SELECT GREATEST(0, EXTRACT(EPOCH FROM (tat - clock_timestamp())))::float8 AS wait_s
+FROM insider_provider_rates WHERE name = %(name)s
+
 -- provider_switches --
 -- The providers an operator took out of rotation or put back, for the whole deployment.
 SELECT name, enabled FROM insider_providers

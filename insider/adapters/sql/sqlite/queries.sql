@@ -650,6 +650,10 @@ SET tat_us = max(tat_us, :now_us) + :interval_us
 WHERE tat_us <= :now_us + :max_wait_us
 RETURNING max(0, tat_us - :interval_us - :now_us) / 1000000.0 AS wait_s
 
+-- next_turn_in --
+-- The seconds until provider :name's next free turn (no row: it has never sent).
+SELECT max(0, tat_us - :now_us) / 1000000.0 AS wait_s FROM insider_provider_rates WHERE name = :name
+
 -- provider_switches --
 -- The providers an operator took out of rotation or put back.
 SELECT name, enabled FROM insider_providers
