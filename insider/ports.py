@@ -222,6 +222,14 @@ class ProviderTotals:
     cost: float
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderState:
+    """What the deployment shares about one provider: an operator's switch and a pause it asked for."""
+
+    enabled: bool
+    throttled_s: float | None  # the seconds left of the pause it asked for (0: over); None: never asked
+
+
 @runtime_checkable
 class ProviderStore(Protocol):
     """The providers' shared state: each one's rate, an operator's switch, and their totals.
@@ -236,6 +244,19 @@ class ProviderStore(Protocol):
     async def next_turn_in(self, provider: str) -> float:
         """The seconds until ``provider``'s next free turn, for the whole deployment (0 when it is
         free now); nothing is reserved."""
+
+    async def provider_states(self) -> dict[str, ProviderState]:
+        """Each provider's switch and pause, by name (a provider nobody switched or paused is absent)."""
+
+    async def throttle_provider(self, provider: str, seconds: float) -> None:
+        """``provider`` asked for a pause of ``seconds``: every process keeps it (the longer pause wins)."""
+
+    async def provider_members(self, member: str, ttl_s: float) -> list[str]:
+        """Say that process ``member`` is alive; the processes seen in the last ``ttl_s`` seconds
+        (``member`` among them), in an order every process sees alike."""
+
+    async def provider_member_gone(self, member: str) -> None:
+        """Process ``member`` stops: its share goes to the others at once."""
 
     async def provider_switches(self) -> dict[str, bool]:
         """The providers an operator took out of rotation (False) or put back (True), by name."""

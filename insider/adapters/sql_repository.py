@@ -35,6 +35,7 @@ from insider.ports import (
     LoadedFile,
     MessageNotFound,
     Page,
+    ProviderState,
     ProviderTotals,
     WaitingReport,
 )
@@ -267,6 +268,31 @@ class SqlMessageRepository(abc.ABC):
         params = {"name": provider, "now_us": _microseconds(self._clock.now().timestamp())}
         rows = await self._rows("next_turn_in", params)
         return float(rows[0]["wait_s"]) if rows else 0.0
+
+    async def provider_states(self) -> dict[str, ProviderState]:
+        rows = await self._rows("provider_states", {"now_us": self._now_us()})
+        return {
+            row["name"]: ProviderState(
+                bool(row["enabled"]), None if row["throttled_s"] is None else float(row["throttled_s"])
+            )
+            for row in rows
+        }
+
+    async def throttle_provider(self, provider: str, seconds: float) -> None:
+        now_us = self._now_us()
+        params = {"name": provider, "seconds": seconds, "until_us": now_us + _microseconds(seconds), "now_us": now_us}
+        await self._count("throttle_provider", params | self._now())
+
+    async def provider_members(self, member: str, ttl_s: float) -> list[str]:
+        await self._count("provider_member_seen", {"member": member, "now_us": self._now_us()})
+        params = {"ttl_s": ttl_s, "ttl_us": _microseconds(ttl_s), "now_us": self._now_us()}
+        return [row["member"] for row in await self._rows("provider_members", params)]
+
+    async def provider_member_gone(self, member: str) -> None:
+        await self._count("provider_member_gone", {"member": member, "now_us": self._now_us()})
+
+    def _now_us(self) -> int:
+        return _microseconds(self._clock.now().timestamp())
 
     async def provider_switches(self) -> dict[str, bool]:
         return {row["name"]: bool(row["enabled"]) for row in await self._rows("provider_switches")}

@@ -537,6 +537,31 @@ async def test_a_providers_turns_are_taken_only_when_near_and_the_next_one_is_to
     assert await repository.next_turn_in("beta") == 0.0  # each provider its own
 
 
+async def test_the_providers_pauses_and_members_are_shared_through_the_database(
+    repository: MessageRepository, advance: Callable[[float], Awaitable[None]]
+) -> None:
+    assert isinstance(repository, ProviderStore)
+    assert await repository.provider_states() == {}
+    await repository.throttle_provider("alpha", 30.0)
+    await repository.throttle_provider("alpha", 5.0)  # the longer pause wins
+    state = (await repository.provider_states())["alpha"]
+    assert state.enabled is True and state.throttled_s is not None and 25.0 < state.throttled_s <= 30.0
+    await repository.switch_provider("alpha", False)
+    state = (await repository.provider_states())["alpha"]
+    assert state.enabled is False and state.throttled_s is not None and state.throttled_s > 25.0
+
+    assert await repository.provider_members("m-2", 60.0) == ["m-2"]
+    assert await repository.provider_members("m-1", 60.0) == ["m-1", "m-2"]  # one order for every process
+    await repository.provider_member_gone("m-1")
+    assert await repository.provider_members("m-3", 60.0) == ["m-2", "m-3"]
+    await advance(0.3)
+
+    async def only_the_one_alive() -> bool:  # m-2 says nothing more: it drops out once 0.2 s passed
+        return await repository.provider_members("m-3", 0.2) == ["m-3"]
+
+    await eventually(only_the_one_alive, timeout_s=5.0, what="m-2 forgotten")
+
+
 async def test_text_the_database_cannot_store_is_refused_the_same_way_everywhere(repository: MessageRepository) -> None:
     for content, why in (("lone \ud800 surrogate", "unpaired surrogates"), ("a NUL \x00 here", "NUL")):
         with pytest.raises(UnstorableText, match=why):

@@ -671,6 +671,34 @@ INSERT INTO insider_providers AS p (name, enabled, changed_at) VALUES (%(name)s,
 ON CONFLICT (name) DO UPDATE SET enabled = EXCLUDED.enabled, changed_at = EXCLUDED.changed_at
 RETURNING name, enabled
 
+-- provider_states --
+-- Each provider's operator switch and the pause it asked of the deployment (the seconds left,
+-- NULL when none was asked).
+SELECT name, enabled,
+       GREATEST(0, EXTRACT(EPOCH FROM (throttled_until - clock_timestamp())))::float8 AS throttled_s
+FROM insider_providers
+
+-- throttle_provider --
+-- Provider %(name)s asked for a pause of %(seconds)s seconds: every process keeps it.
+INSERT INTO insider_providers AS p (name, enabled, throttled_until)
+VALUES (%(name)s, true, clock_timestamp() + make_interval(secs => %(seconds)s))
+ON CONFLICT (name) DO UPDATE SET throttled_until = GREATEST(p.throttled_until, EXCLUDED.throttled_until)
+
+-- provider_member_seen --
+-- Process %(member)s is alive (it says so every few seconds).
+INSERT INTO insider_provider_members (member, seen_at) VALUES (%(member)s, clock_timestamp())
+ON CONFLICT (member) DO UPDATE SET seen_at = EXCLUDED.seen_at
+
+-- provider_members --
+-- The processes seen in the last %(ttl_s)s seconds, in a fixed order (each one's rank).
+SELECT member FROM insider_provider_members
+WHERE seen_at > clock_timestamp() - make_interval(secs => %(ttl_s)s)
+ORDER BY member
+
+-- provider_member_gone --
+-- Process %(member)s stops (and processes unseen for a day are forgotten).
+DELETE FROM insider_provider_members WHERE member = %(member)s OR seen_at < clock_timestamp() - interval '1 day'
+
 -- provider_totals_read --
 -- What each provider accepted (messages, segments, cost) and how many of its tries failed.
 SELECT provider, sent, failed, segments, cost FROM insider_provider_totals ORDER BY provider

@@ -664,6 +664,32 @@ INSERT INTO insider_providers (name, enabled, changed_at) VALUES (:name, :enable
 ON CONFLICT (name) DO UPDATE SET enabled = excluded.enabled, changed_at = excluded.changed_at
 RETURNING name, enabled
 
+-- provider_states --
+-- Each provider's operator switch and the pause it asked of the deployment (the seconds left,
+-- NULL when none was asked).
+SELECT name, enabled,
+       CASE WHEN throttled_until_us IS NULL THEN NULL
+            ELSE max(0, throttled_until_us - :now_us) / 1000000.0 END AS throttled_s
+FROM insider_providers
+
+-- throttle_provider --
+-- Provider :name asked for a pause of :seconds seconds (until :until_us): every process keeps it.
+INSERT INTO insider_providers (name, enabled, changed_at, throttled_until_us) VALUES (:name, 1, :now, :until_us)
+ON CONFLICT (name) DO UPDATE SET throttled_until_us = max(coalesce(throttled_until_us, 0), excluded.throttled_until_us)
+
+-- provider_member_seen --
+-- Process :member is alive (it says so every few seconds).
+INSERT INTO insider_provider_members (member, seen_at_us) VALUES (:member, :now_us)
+ON CONFLICT (member) DO UPDATE SET seen_at_us = excluded.seen_at_us
+
+-- provider_members --
+-- The processes seen in the last :ttl_us microseconds, in a fixed order (each one's rank).
+SELECT member FROM insider_provider_members WHERE seen_at_us > :now_us - :ttl_us ORDER BY member
+
+-- provider_member_gone --
+-- Process :member stops (and processes unseen for a day are forgotten).
+DELETE FROM insider_provider_members WHERE member = :member OR seen_at_us < :now_us - 86400000000
+
 -- provider_totals_read --
 -- What each provider accepted (messages, segments, cost) and how many of its tries failed.
 SELECT provider, sent, failed, segments, cost FROM insider_provider_totals ORDER BY provider
