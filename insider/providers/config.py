@@ -79,6 +79,9 @@ class ProviderSpec:
     timeout_s: float
     concurrency: int
     rate: float | None = None  # messages per second for the whole deployment; None: no limit of its own
+    # ``concurrency`` set in the file holds for the whole deployment (each process a share of it);
+    # left out, it is each process's own (INSIDER_SEND_CONCURRENCY).
+    shared_concurrency: bool = False
     price: float | None = None  # per segment; None: unknown (last for `cheapest`)
     breaker: Breaker = field(default_factory=Breaker)
     # webhook
@@ -230,6 +233,7 @@ def _provider(locate: _Located, index: int, entry: Mapping[str, Any], defaults: 
         "kind": kind,
         "timeout_s": values.duration("timeout", defaults.timeout_s, positive=True),
         "concurrency": values.integer("concurrency", defaults.concurrency, low=1, high=10_000),
+        "shared_concurrency": "concurrency" in entry,
         "rate": values.number("rate", None, positive=True, what="messages per second"),
         "price": values.number("price", None, positive=False, what="a price per segment"),
         "breaker": Breaker(

@@ -21,6 +21,7 @@ from insider.domain import Outcome, SendResult
 from insider.ports import Clock, SmsClient
 from insider.providers.breaker import BreakerState, CircuitBreaker
 from insider.providers.config import ProviderSpec, RouteSpec
+from insider.providers.limits import Limiter
 from insider.providers.routing import Router
 
 # A provider that throttles without saying for how long is left alone this long, doubling
@@ -31,6 +32,8 @@ THROTTLE_MAX_S = 60.0
 # further away (but within the provider's timeout) goes back to pending, due at its turn, so
 # that its batch ends and the next batch's messages to other providers are not held back.
 RATE_HOLD_S = 0.25
+# A provider whose concurrency the other processes hold whole is looked at again after this long.
+SHARE_WAIT_S = 1.0
 RECENT_ERRORS = 10
 
 
@@ -74,7 +77,8 @@ class ProviderRuntime:
     spec: ProviderSpec
     client: SmsClient
     breaker: CircuitBreaker | None
-    in_flight: asyncio.Semaphore
+    in_flight: Limiter  # this process's share of its concurrency
+    share_counted: bool = True  # False until the processes sharing its concurrency were first counted
     enabled: bool = True  # an operator's choice, shared by the deployment
     throttled_until: float = 0.0
     throttle_s: float = 0.0
@@ -103,6 +107,8 @@ class ProviderRuntime:
             return "disabled", None
         if now < self.throttled_until:
             return "throttled", self.throttled_until - now
+        if self.in_flight.capacity == 0 and self.share_counted:
+            return "its concurrency is the other processes' share", SHARE_WAIT_S
         if self.breaker is not None and not self.breaker.allows():
             return "breaker open", self.breaker.retry_in_s
         return None
@@ -170,9 +176,11 @@ class Dispatcher:
                 if why[1] is not None:
                     soonest = why[1] if soonest is None else min(soonest, why[1])
                 continue
-            if on_try is not None:
-                on_try(name)
-            tried = await self._try(provider, to, content, idempotency_key)
+            tried = await self._try(provider, to, content, idempotency_key, on_try)
+            if isinstance(tried, tuple):  # no place came free, or it began throttling while this one waited
+                waits.append(f"{name} ({tried[0]})")
+                soonest = tried[1] if soonest is None else min(soonest, tried[1])
+                continue
             result = tried.result
             if result.outcome is Outcome.SENT:
                 tries.append(tried)
@@ -221,18 +229,36 @@ class Dispatcher:
         provider.deferred_next = now + due_in_s + 1.0 / rate
         return "at its rate", due_in_s
 
-    async def _try(self, provider: ProviderRuntime, to: str, content: str, key: str) -> Tried:
+    async def _try(
+        self, provider: ProviderRuntime, to: str, content: str, key: str, on_try: Callable[[str], None] | None
+    ) -> Tried | tuple[str, float]:
+        """One request to ``provider`` once a place among its requests in flight is free; why not
+        and for how long instead, when none came within its timeout or it began throttling
+        meanwhile (a throttling answer to a request ahead of this one)."""
+        if not await provider.in_flight.acquire(provider.spec.timeout_s):
+            if provider.breaker is not None:
+                provider.breaker.released()  # the probe it may have taken was never used
+            return "its concurrency is taken", SHARE_WAIT_S
+        now = self._clock.monotonic()
+        if now < provider.throttled_until:
+            provider.in_flight.release()
+            if provider.breaker is not None:
+                provider.breaker.released()
+            return "throttled", provider.throttled_until - now
+        if on_try is not None:
+            on_try(provider.name)
         at = self._clock.now()
         started = self._clock.monotonic()
-        async with provider.in_flight:
-            try:
-                result = await provider.client.send(to, content, key)
-            except asyncio.CancelledError:
-                if provider.breaker is not None:
-                    provider.breaker.released()
-                raise
-            except Exception as exc:  # an adapter that broke its promise not to raise
-                result = SendResult(Outcome.RETRY, error=f"{type(exc).__name__}: {exc}", ambiguous=True)
+        try:
+            result = await provider.client.send(to, content, key)
+        except asyncio.CancelledError:
+            if provider.breaker is not None:
+                provider.breaker.released()
+            raise
+        except Exception as exc:  # an adapter that broke its promise not to raise
+            result = SendResult(Outcome.RETRY, error=f"{type(exc).__name__}: {exc}", ambiguous=True)
+        finally:
+            provider.in_flight.release()
         elapsed = self._clock.monotonic() - started
         self._note(provider, result, elapsed)
         return Tried(provider.name, result, at, round(elapsed * 1000, 1))
@@ -268,7 +294,7 @@ def runtime(spec: ProviderSpec, client: SmsClient, clock: Clock, *, breaker: boo
         spec=spec,
         client=client,
         breaker=CircuitBreaker(spec.breaker, clock) if breaker else None,
-        in_flight=asyncio.Semaphore(spec.concurrency),
+        in_flight=Limiter(spec.concurrency, clock),
     )
 
 

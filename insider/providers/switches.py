@@ -1,7 +1,19 @@
-"""An operator's switch on each provider: out of rotation and back, for the whole deployment, kept across restarts."""
+"""What the processes of one deployment share about each provider, kept in the database.
+
+- An operator's switch: out of rotation and back, kept across restarts.
+- A pause a provider asked for (a 429, ``Retry-After``, ``ESME_RTHROTTLED``): the process it
+  answered pauses at once, and tells the others, which pause for what is left of it.
+- Its ``concurrency``, when the providers file sets it: split between the processes alive
+  (each says so every :data:`FOLLOW_EVERY_S`), the shares adding up to it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
 from typing import Final
 
 from insider.logs import get_logger
@@ -10,16 +22,27 @@ from insider.providers.dispatch import Dispatcher
 
 log = get_logger("insider.providers")
 
-# How often each process reads the switches another process may have turned.
+# How often each process reads what the others changed, and says it is alive.
 FOLLOW_EVERY_S: Final = 2.0
+# A process not heard from for this long is gone: its share goes to the others.
+MEMBER_TTL_S: Final = 3 * FOLLOW_EVERY_S
+# How long a stopping process tries to say it is gone (else the others wait out MEMBER_TTL_S).
+LEAVE_TIMEOUT_S: Final = 0.5
 
 
 class UnknownProvider(LookupError):
     """No provider of that name is configured."""
 
 
+def share(concurrency: int, members: int, rank: int) -> int:
+    """This process's share of ``concurrency`` when ``members`` processes split it and it is the
+    ``rank``-th of them (from 0): the shares of all of them add up to ``concurrency``."""
+    members = max(1, members)
+    return concurrency // members + (1 if rank < concurrency % members else 0)
+
+
 class ProviderSwitches:
-    """Turns providers off and on in the database and follows what other processes turned.
+    """Turns providers off and on, and follows what the deployment's other processes changed.
 
     :meth:`switch` takes effect at once in this process and within :data:`FOLLOW_EVERY_S` in
     the others, which :meth:`run` (a long-lived child of the supervisor) keeps up to date. A
@@ -30,6 +53,13 @@ class ProviderSwitches:
         self._store = store
         self._dispatcher = dispatcher
         self._clock = clock
+        self.member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._told: dict[str, float] = {}  # each provider's pause this process last told the others (monotonic end)
+        self.members = 1  # the processes sharing the providers' concurrency, as last counted
+        for provider in dispatcher.providers.values():
+            if provider.spec.shared_concurrency:  # nothing goes to it before this process knows its share
+                provider.in_flight.resize(0)
+                provider.share_counted = False
 
     async def switch(self, name: str, enabled: bool) -> None:
         """Take ``name`` out of rotation (False) or put it back (True).
@@ -44,19 +74,48 @@ class ProviderSwitches:
         log.info("provider switched", provider=name, enabled=enabled)
 
     async def follow_once(self) -> None:
-        switches = await self._store.provider_switches()
+        """Tell the others the pauses this process was asked for, count the processes, and read
+        the switches and pauses the others wrote."""
+        now = self._clock.monotonic()
         for name, provider in self._dispatcher.providers.items():
-            provider.enabled = switches.get(name, True)
+            if provider.throttled_until > self._told.get(name, 0.0) and provider.throttled_until > now:
+                await self._store.throttle_provider(name, provider.throttled_until - now)
+                self._told[name] = provider.throttled_until
+        members = await self._store.provider_members(self.member, MEMBER_TTL_S)
+        rank = members.index(self.member) if self.member in members else 0
+        self.members = max(1, len(members))
+        for provider in self._dispatcher.providers.values():
+            if provider.spec.shared_concurrency:
+                provider.in_flight.resize(share(provider.spec.concurrency, self.members, rank))
+                provider.share_counted = True
+        states = await self._store.provider_states()
+        now = self._clock.monotonic()
+        for name, provider in self._dispatcher.providers.items():
+            state = states.get(name)
+            provider.enabled = True if state is None else state.enabled
+            if state is not None and state.throttled_s:
+                until = now + state.throttled_s
+                if until > provider.throttled_until + 0.05:  # another process's news (ours comes back as told)
+                    provider.throttled_until = until
+                    self._told[name] = until
+                    log.info("provider paused by another process", provider=name, for_s=round(state.throttled_s, 3))
 
     async def run(self) -> None:
-        """Read the switches every :data:`FOLLOW_EVERY_S`, until cancelled (one line per database outage)."""
+        """Follow every :data:`FOLLOW_EVERY_S`, until cancelled (one line per database outage); on
+        the way out, say this process is gone so its share goes to the others at once."""
         failing = False
-        while True:
-            try:
-                await self.follow_once()
-                failing = False
-            except RepositoryUnavailable as exc:
-                if not failing:
-                    log.warning("provider switches not read: database unavailable", error=str(exc))
-                failing = True
-            await self._clock.sleep(FOLLOW_EVERY_S)
+        try:
+            while True:
+                try:
+                    await self.follow_once()
+                    failing = False
+                except RepositoryUnavailable as exc:
+                    if not failing:
+                        log.warning("providers' shared state not read: database unavailable", error=str(exc))
+                    failing = True
+                await self._clock.sleep(FOLLOW_EVERY_S)
+        except asyncio.CancelledError:
+            with contextlib.suppress(RepositoryUnavailable, TimeoutError):
+                async with asyncio.timeout(LEAVE_TIMEOUT_S):
+                    await self._store.provider_member_gone(self.member)
+            raise
