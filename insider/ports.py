@@ -251,9 +251,10 @@ class ProviderStore(Protocol):
     async def throttle_provider(self, provider: str, seconds: float) -> None:
         """``provider`` asked for a pause of ``seconds``: every process keeps it (the longer pause wins)."""
 
-    async def provider_members(self, member: str, ttl_s: float) -> list[str]:
+    async def provider_members(self, member: str, ttl_s: float) -> list[tuple[str, float]]:
         """Say that process ``member`` is alive; the processes seen in the last ``ttl_s`` seconds
-        (``member`` among them), in an order every process sees alike."""
+        (``member`` among them), in an order every process sees alike, each with the seconds
+        since it first said so."""
 
     async def provider_member_gone(self, member: str) -> None:
         """Process ``member`` stops: its share goes to the others at once."""

@@ -283,10 +283,10 @@ class SqlMessageRepository(abc.ABC):
         params = {"name": provider, "seconds": seconds, "until_us": now_us + _microseconds(seconds), "now_us": now_us}
         await self._count("throttle_provider", params | self._now())
 
-    async def provider_members(self, member: str, ttl_s: float) -> list[str]:
+    async def provider_members(self, member: str, ttl_s: float) -> list[tuple[str, float]]:
         await self._count("provider_member_seen", {"member": member, "now_us": self._now_us()})
         params = {"ttl_s": ttl_s, "ttl_us": _microseconds(ttl_s), "now_us": self._now_us()}
-        return [row["member"] for row in await self._rows("provider_members", params)]
+        return [(row["member"], float(row["age_s"])) for row in await self._rows("provider_members", params)]
 
     async def provider_member_gone(self, member: str) -> None:
         await self._count("provider_member_gone", {"member": member, "now_us": self._now_us()})

@@ -26,12 +26,37 @@ log = get_logger("insider.providers")
 FOLLOW_EVERY_S: Final = 2.0
 # A process not heard from for this long is gone: its share goes to the others.
 MEMBER_TTL_S: Final = 3 * FOLLOW_EVERY_S
+# A process that joins is counted in the split once it is this old: by then every other process
+# has counted it (each counts every FOLLOW_EVERY_S) ...
+SETTLED_S: Final = FOLLOW_EVERY_S + 0.5
+# ... and it takes its own share only once this old, when the others have already given theirs up.
+OWN_SHARE_AFTER_S: Final = SETTLED_S + FOLLOW_EVERY_S
 # How long a stopping process tries to say it is gone (else the others wait out MEMBER_TTL_S).
 LEAVE_TIMEOUT_S: Final = 0.5
 
 
 class UnknownProvider(LookupError):
     """No provider of that name is configured."""
+
+
+def my_share(concurrency: int, me: str, members: list[tuple[str, float]], *, holding: bool) -> int | None:
+    """This process's share of ``concurrency``, from the processes alive and how long ago each joined.
+
+    The processes settled (:data:`SETTLED_S`: every process has counted them by then), and this
+    one when it is ``holding`` a share already, split it, each a share by its rank. A process
+    that joins where others send has none yet (None: its sends wait) until
+    :data:`OWN_SHARE_AFTER_S`, by when the others have given theirs up, so the shares never add
+    up to more than ``concurrency`` (requests already in flight when a share shrinks finish).
+    Alone, a process takes it all at once. A share of 0 (more processes than ``concurrency``)
+    is final: the provider is passed over here.
+    """
+    if all(member == me for member, _ in members):
+        return concurrency
+    my_age_s = next((age_s for member, age_s in members if member == me), 0.0)
+    if not holding and my_age_s < OWN_SHARE_AFTER_S:
+        return None
+    splitting = [member for member, age_s in members if age_s >= SETTLED_S or member == me]
+    return share(concurrency, len(splitting), splitting.index(me))
 
 
 def share(concurrency: int, members: int, rank: int) -> int:
@@ -82,12 +107,12 @@ class ProviderSwitches:
                 await self._store.throttle_provider(name, provider.throttled_until - now)
                 self._told[name] = provider.throttled_until
         members = await self._store.provider_members(self.member, MEMBER_TTL_S)
-        rank = members.index(self.member) if self.member in members else 0
         self.members = max(1, len(members))
         for provider in self._dispatcher.providers.values():
             if provider.spec.shared_concurrency:
-                provider.in_flight.resize(share(provider.spec.concurrency, self.members, rank))
-                provider.share_counted = True
+                mine = my_share(provider.spec.concurrency, self.member, members, holding=provider.share_counted)
+                provider.in_flight.resize(mine or 0)
+                provider.share_counted = mine is not None
         states = await self._store.provider_states()
         now = self._clock.monotonic()
         for name, provider in self._dispatcher.providers.items():

@@ -550,14 +550,23 @@ async def test_the_providers_pauses_and_members_are_shared_through_the_database(
     state = (await repository.provider_states())["alpha"]
     assert state.enabled is False and state.throttled_s is not None and state.throttled_s > 25.0
 
-    assert await repository.provider_members("m-2", 60.0) == ["m-2"]
-    assert await repository.provider_members("m-1", 60.0) == ["m-1", "m-2"]  # one order for every process
+    def names(members: list[tuple[str, float]]) -> list[str]:
+        return [member for member, _ in members]
+
+    assert names(await repository.provider_members("m-2", 60.0)) == ["m-2"]
+    await advance(0.1)
+    members = await repository.provider_members("m-1", 60.0)
+    assert names(members) == ["m-1", "m-2"]  # one order for every process
+    ages = dict(members)
+    assert ages["m-1"] < ages["m-2"] and 0.0 <= ages["m-1"] < 1.0  # m-1 joined last
+    await advance(0.1)
+    assert dict(await repository.provider_members("m-1", 60.0))["m-1"] > ages["m-1"]  # when it joined stays
     await repository.provider_member_gone("m-1")
-    assert await repository.provider_members("m-3", 60.0) == ["m-2", "m-3"]
+    assert names(await repository.provider_members("m-3", 60.0)) == ["m-2", "m-3"]
     await advance(0.3)
 
     async def only_the_one_alive() -> bool:  # m-2 says nothing more: it drops out once 0.2 s passed
-        return await repository.provider_members("m-3", 0.2) == ["m-3"]
+        return names(await repository.provider_members("m-3", 0.2)) == ["m-3"]
 
     await eventually(only_the_one_alive, timeout_s=5.0, what="m-2 forgotten")
 

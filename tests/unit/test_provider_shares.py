@@ -19,7 +19,15 @@ from insider.domain import Outcome, SendResult
 from insider.providers.config import parse_providers
 from insider.providers.dispatch import Dispatcher, runtime
 from insider.providers.routing import Router
-from insider.providers.switches import MEMBER_TTL_S, ProviderSwitches, share
+from insider.providers.switches import (
+    FOLLOW_EVERY_S,
+    MEMBER_TTL_S,
+    OWN_SHARE_AFTER_S,
+    SETTLED_S,
+    ProviderSwitches,
+    my_share,
+    share,
+)
 
 TO = "+905301234001"
 FILE = """
@@ -45,6 +53,9 @@ class Process:
 
     def capacity(self, name: str) -> int:
         return self.dispatcher.providers[name].in_flight.capacity
+
+    def share_counted(self, name: str) -> bool:
+        return self.dispatcher.providers[name].share_counted
 
 
 def process(repository: SqliteMessageRepository, clock: FakeClock, member: str) -> Process:
@@ -79,7 +90,18 @@ async def test_a_providers_concurrency_set_in_the_file_is_split_between_the_proc
     await one.switches.follow_once()
     assert one.capacity("alpha") == 3  # alone so far
     await two.switches.follow_once()
-    await one.switches.follow_once()
+    assert (one.capacity("alpha"), two.share_counted("alpha")) == (3, False)  # two waits to be counted
+
+    async def follow_both() -> None:
+        await clock.advance(FOLLOW_EVERY_S)
+        await one.switches.follow_once()
+        await two.switches.follow_once()
+
+    await follow_both()
+    assert (one.capacity("alpha"), two.share_counted("alpha")) == (3, False)  # two not settled yet
+    await follow_both()  # two settled: one gives its share up...
+    assert (one.capacity("alpha"), two.share_counted("alpha")) == (2, False)
+    await follow_both()  # ...and then two takes it
     assert (one.capacity("alpha"), two.capacity("alpha")) == (2, 1)
     # beta's concurrency is not in the file: each process keeps its own.
     assert one.capacity("beta") == two.capacity("beta") == 8
@@ -95,13 +117,17 @@ async def test_a_process_that_stops_saying_it_is_alive_leaves_its_share_to_the_o
     one, two = process(repository, clock, "m-1"), process(repository, clock, "m-2")
     await one.switches.follow_once()
     await two.switches.follow_once()
+    for _ in range(3):
+        await clock.advance(FOLLOW_EVERY_S)
+        await one.switches.follow_once()
+        await two.switches.follow_once()
     assert two.capacity("alpha") == 1
     await clock.advance(MEMBER_TTL_S + 0.1)  # m-1 was killed: it says nothing more
     await two.switches.follow_once()
     assert two.capacity("alpha") == 3
 
 
-async def test_a_send_before_the_first_count_waits_for_this_processs_share(
+async def test_a_send_before_this_process_is_counted_waits_for_its_share(
     repository: SqliteMessageRepository, clock: FakeClock
 ) -> None:
     other = process(repository, clock, "m-0")
@@ -111,7 +137,14 @@ async def test_a_send_before_the_first_count_waits_for_this_processs_share(
     await clock.settle()
     assert not sending.done() and one.alpha.requests == []  # not counted yet: it may not take all three
     await one.switches.follow_once()
-    assert (await sending).provider == "alpha" and one.capacity("alpha") == 1
+    await clock.settle()
+    assert not sending.done()  # the other process has not given anything up yet
+    for _ in range(3):
+        await clock.advance(FOLLOW_EVERY_S)
+        await other.switches.follow_once()
+        await one.switches.follow_once()
+    assert (await sending).provider == "alpha"
+    assert (other.capacity("alpha"), one.capacity("alpha")) == (2, 1)
 
 
 async def test_with_no_share_here_the_provider_is_passed_over_and_the_route_goes_on(
@@ -152,3 +185,25 @@ async def test_the_switches_and_the_pauses_survive_in_the_database_for_a_process
     await later.switches.follow_once()
     assert later.dispatcher.providers["beta"].enabled is False
     assert later.dispatcher.providers["alpha"].enabled is True
+
+
+@pytest.mark.parametrize(
+    ("members", "holding", "shares"),
+    [
+        ([("a", 0.0)], set(), {"a": 3}),  # alone: all of it at once
+        ([("a", 100.0), ("b", 0.1)], {"a"}, {"a": 3, "b": None}),  # b just joined: not counted yet
+        ([("a", 100.0), ("b", SETTLED_S)], {"a"}, {"a": 2, "b": None}),  # a gives b's share up first...
+        ([("a", 100.0), ("b", OWN_SHARE_AFTER_S)], {"a"}, {"a": 2, "b": 1}),  # ...then b takes it
+        ([("a", 0.1), ("b", 0.1)], set(), {"a": None, "b": None}),  # two that start at once wait to be counted
+        ([("a", 0.1), ("b", 0.1)], {"a"}, {"a": 3, "b": None}),  # a was alone a moment ago: it keeps it all
+        (
+            [("a", 100.0), ("b", 100.0), ("c", 100.0), ("d", 100.0)],
+            {"a", "b", "c", "d"},
+            {"a": 1, "b": 1, "c": 1, "d": 0},
+        ),
+    ],
+)
+def test_a_process_that_joins_takes_its_share_only_once_the_others_gave_theirs_up(
+    members: list[tuple[str, float]], holding: set[str], shares: dict[str, int | None]
+) -> None:
+    assert {me: my_share(3, me, members, holding=me in holding) for me, _ in members} == shares

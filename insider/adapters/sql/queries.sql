@@ -686,12 +686,13 @@ ON CONFLICT (name) DO UPDATE SET throttled_until = GREATEST(p.throttled_until, E
 
 -- provider_member_seen --
 -- Process %(member)s is alive (it says so every few seconds).
-INSERT INTO insider_provider_members (member, seen_at) VALUES (%(member)s, clock_timestamp())
+INSERT INTO insider_provider_members (member, joined_at, seen_at) VALUES (%(member)s, clock_timestamp(), clock_timestamp())
 ON CONFLICT (member) DO UPDATE SET seen_at = EXCLUDED.seen_at
 
 -- provider_members --
--- The processes seen in the last %(ttl_s)s seconds, in a fixed order (each one's rank).
-SELECT member FROM insider_provider_members
+-- The processes seen in the last %(ttl_s)s seconds, in a fixed order (each one's rank), and
+-- how long ago each joined.
+SELECT member, EXTRACT(EPOCH FROM (clock_timestamp() - joined_at))::float8 AS age_s FROM insider_provider_members
 WHERE seen_at > clock_timestamp() - make_interval(secs => %(ttl_s)s)
 ORDER BY member
 

@@ -7,5 +7,6 @@ ALTER TABLE insider_providers ADD COLUMN IF NOT EXISTS throttled_until timestamp
 
 CREATE TABLE IF NOT EXISTS insider_provider_members (
     member text PRIMARY KEY,
+    joined_at timestamptz NOT NULL,
     seen_at timestamptz NOT NULL
 );

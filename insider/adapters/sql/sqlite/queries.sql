@@ -679,12 +679,13 @@ ON CONFLICT (name) DO UPDATE SET throttled_until_us = max(coalesce(throttled_unt
 
 -- provider_member_seen --
 -- Process :member is alive (it says so every few seconds).
-INSERT INTO insider_provider_members (member, seen_at_us) VALUES (:member, :now_us)
+INSERT INTO insider_provider_members (member, joined_at_us, seen_at_us) VALUES (:member, :now_us, :now_us)
 ON CONFLICT (member) DO UPDATE SET seen_at_us = excluded.seen_at_us
 
 -- provider_members --
--- The processes seen in the last :ttl_us microseconds, in a fixed order (each one's rank).
-SELECT member FROM insider_provider_members WHERE seen_at_us > :now_us - :ttl_us ORDER BY member
+-- The processes seen in the last :ttl_us microseconds, in a fixed order (each one's rank), and
+-- how long ago each joined.
+SELECT member, (:now_us - joined_at_us) / 1000000.0 AS age_s FROM insider_provider_members WHERE seen_at_us > :now_us - :ttl_us ORDER BY member
 
 -- provider_member_gone --
 -- Process :member stops (and processes unseen for a day are forgotten).

@@ -5,5 +5,6 @@ ALTER TABLE insider_providers ADD COLUMN throttled_until_us INTEGER;
 
 CREATE TABLE IF NOT EXISTS insider_provider_members (
     member TEXT PRIMARY KEY,
+    joined_at_us INTEGER NOT NULL,
     seen_at_us INTEGER NOT NULL
 );
