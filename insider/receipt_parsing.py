@@ -72,6 +72,8 @@ class ReceiptResult(enum.StrEnum):
     RECORDED = "recorded"  # kept in the message's history; its status did not change
     DUPLICATE = "duplicate"  # the same receipt was had before: nothing changed
     WAITING = "waiting"  # no message has that provider id yet: kept, applied when one does
+    # Named no provider, and messages of several providers have that id: applied to none (not kept).
+    AMBIGUOUS = "ambiguous"
     FAILED = "failed"  # it could not be stored (logged); the others of its request were
 
 
@@ -80,6 +82,8 @@ class Receipt:
     """One delivery receipt, as received.
 
     ``status`` is the provider's word as written; ``delivery_status`` its meaning when final.
+    ``provider`` names the provider that sent it, when known: ids are unique only per
+    provider, so a named receipt matches only that provider's message with the id.
     """
 
     provider_message_id: str
@@ -87,6 +91,7 @@ class Receipt:
     received_at: datetime
     error_code: str | None = None
     done_at: datetime | None = None
+    provider: str | None = None
 
     @property
     def delivery_status(self) -> str | None:
@@ -172,8 +177,8 @@ def _timestamp(value: Any) -> tuple[datetime | None, str | None]:
         return None, str(exc)
 
 
-def parse_receipts(body: Any, received_at: datetime) -> list[Receipt]:
-    """The receipts of a request body: one object or an array of them.
+def parse_receipts(body: Any, received_at: datetime, *, provider: str | None = None) -> list[Receipt]:
+    """The receipts of a request body: one object or an array of them, each from ``provider`` (None: unnamed).
 
     Raises InvalidReceipts naming every problem: ``<index>.<field>`` in an array, the bare
     field name for a single object. Fields other than messageId, status, errorCode and
@@ -205,7 +210,7 @@ def parse_receipts(body: Any, received_at: datetime) -> list[Receipt]:
             if problem is not None:
                 problems[prefix + name] = [problem]
         if message_id is not None and status is not None and not (code_problem or time_problem):
-            receipts.append(Receipt(message_id, status, received_at, error_code, done_at))
+            receipts.append(Receipt(message_id, status, received_at, error_code, done_at, provider))
     if problems:
         raise InvalidReceipts(problems)
     return receipts

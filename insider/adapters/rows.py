@@ -180,6 +180,7 @@ def receipt_rows(receipts: Sequence[Receipt], hints: Sequence[int | None], time:
             "idx": i,
             "hint": hint,
             "provider_message_id": _storable(r.provider_message_id),
+            "provider": r.provider,
             "receipt_status": _storable(r.status),
             "delivery_status": r.delivery_status,
             "final_status": r.final_status.value if r.final_status is not None else None,
@@ -219,7 +220,7 @@ def dropped_receipt(row: Row, timestamp: Timestamp) -> Receipt:
     """A waiting receipt dropped as too old."""
     received_at = timestamp(row["received_at"])
     assert received_at is not None  # NOT NULL in the schema
-    return Receipt(row["provider_message_id"], row["receipt_status"], received_at)
+    return Receipt(row["provider_message_id"], row["receipt_status"], received_at, provider=row["provider"])
 
 
 def loaded_file_from_row(row: Row, timestamp: Timestamp) -> LoadedFile:

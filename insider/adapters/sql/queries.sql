@@ -452,10 +452,14 @@ LIMIT %(limit)s
 -- %(ids)s whose message now has that id (up to %(limit)s of them, NULL: all), taken out
 -- of the waiting table here, oldest (lowest `seq`) first. Each finds its message by the
 -- provider's id (the cached id `hint` first, checked against the row, then the index on
--- message_id); a found one becomes an event (the same receipt twice is one event), and
--- the first new final one of a `sent` message moves it to delivered or undelivered (a
--- final status never moves back). A given one with no message yet waits. A result row per
--- receipt: the waiting ones taken first (src 0, by seq), then the given (src 1, by idx).
+-- message_id) and, when the receipt names its provider, that provider: ids are unique
+-- only per provider. A receipt that names none matches while the messages with its id
+-- are all one provider's (a message recorded with no provider counts as none); when two
+-- providers' messages have it, it is `ambiguous` and touches neither (nor waits). A
+-- found one becomes an event (the same receipt twice is one event), and the first new
+-- final one of a `sent` message moves it to delivered or undelivered (a final status
+-- never moves back). A given one with no message yet waits. A result row per receipt:
+-- the waiting ones taken first (src 0, by seq), then the given (src 1, by idx).
 --
 -- Why the order holds under READ COMMITTED. The writer never has one provider id in two
 -- of its writes at once and writes each id's receipts in the order they came, so every
@@ -468,15 +472,16 @@ LIMIT %(limit)s
 -- and the given receipt is only an event. If it sees no message with the id, the given
 -- ones wait too, numbered after the earlier ones. Every taker locks waiting rows in `seq`
 -- order, so takers never deadlock on them, and all of them before any message row (the
--- window function in `r` reads every taken row before passing one on). Processes share no
--- order of arrival, but a receipt whose write begins after another's committed still goes
--- after it, whichever process wrote each.
+-- window function in `found` reads every taken row before passing one on). Processes
+-- share no order of arrival, but a receipt whose write begins after another's committed
+-- still goes after it, whichever process wrote each.
 WITH given AS (
     -- The receipts come as one JSON array.
     SELECT *
     FROM jsonb_to_recordset(%(receipts)s::jsonb) AS g(
-        idx integer, hint bigint, provider_message_id text, receipt_status text, delivery_status text,
-        final_status text, error_code text, done_at timestamptz, received_at timestamptz, dedupe_key text
+        idx integer, hint bigint, provider_message_id text, provider text, receipt_status text,
+        delivery_status text, final_status text, error_code text, done_at timestamptz, received_at timestamptz,
+        dedupe_key text
     )
 ), taken AS (
     DELETE FROM insider_pending_receipts p
@@ -484,32 +489,51 @@ WITH given AS (
         SELECT p2.ctid
         FROM insider_pending_receipts p2
         WHERE p2.provider_message_id = ANY (%(ids)s::text[])
-          AND EXISTS (SELECT 1 FROM messages m WHERE m.message_id = p2.provider_message_id)
+          AND EXISTS (
+              SELECT 1 FROM messages m
+              WHERE m.message_id = p2.provider_message_id AND (p2.provider IS NULL OR m.provider = p2.provider)
+          )
         ORDER BY p2.seq
         LIMIT %(limit)s
         FOR UPDATE
     )
-    RETURNING p.seq, p.provider_message_id, p.receipt_status, p.delivery_status, p.final_status, p.error_code,
-              p.done_at, p.received_at, p.dedupe_key
+    RETURNING p.seq, p.provider_message_id, p.provider, p.receipt_status, p.delivery_status, p.final_status,
+              p.error_code, p.done_at, p.received_at, p.dedupe_key
 ), r AS (
-    SELECT a.*,
-           row_number() OVER (PARTITION BY a.provider_message_id, a.dedupe_key ORDER BY a.src, a.pos) AS nth
-    FROM (
-        SELECT 0 AS src, t.seq AS pos, NULL::bigint AS hint, t.provider_message_id, t.receipt_status,
-               t.delivery_status, t.final_status, t.error_code, t.done_at, t.received_at, t.dedupe_key
-        FROM taken t
-        UNION ALL
-        SELECT 1, g.idx, g.hint, g.provider_message_id, g.receipt_status, g.delivery_status, g.final_status,
-               g.error_code, g.done_at, g.received_at, g.dedupe_key
-        FROM given g
-    ) a
-), found AS (
+    SELECT 0 AS src, t.seq AS pos, NULL::bigint AS hint, t.provider_message_id, t.provider, t.receipt_status,
+           t.delivery_status, t.final_status, t.error_code, t.done_at, t.received_at, t.dedupe_key
+    FROM taken t
+    UNION ALL
+    SELECT 1, g.idx, g.hint, g.provider_message_id, g.provider, g.receipt_status, g.delivery_status,
+           g.final_status, g.error_code, g.done_at, g.received_at, g.dedupe_key
+    FROM given g
+), matched AS (
     SELECT r.*,
+           CASE WHEN r.provider IS NULL
+                THEN (SELECT count(DISTINCT m.provider) FROM messages m WHERE m.message_id = r.provider_message_id) > 1
+                ELSE false END AS ambiguous,
            COALESCE(
-               (SELECT m.id FROM messages m WHERE m.id = r.hint AND m.message_id = r.provider_message_id),
-               (SELECT m.id FROM messages m WHERE m.message_id = r.provider_message_id ORDER BY m.id LIMIT 1)
-           ) AS message_id
+               (SELECT m.id FROM messages m
+                WHERE m.id = r.hint AND m.message_id = r.provider_message_id
+                  AND (r.provider IS NULL OR m.provider = r.provider)),
+               (SELECT m.id FROM messages m
+                WHERE m.message_id = r.provider_message_id AND (r.provider IS NULL OR m.provider = r.provider)
+                ORDER BY m.id LIMIT 1)
+           ) AS candidate
     FROM r
+), found AS (
+    -- `nth` > 1: the same receipt earlier in this list, for the same message (or, waiting,
+    -- for the same provider id and provider).
+    SELECT x.*,
+           row_number() OVER (
+               PARTITION BY x.message_id, x.ambiguous,
+                            CASE WHEN x.message_id IS NULL THEN x.provider_message_id END,
+                            CASE WHEN x.message_id IS NULL THEN x.provider END,
+                            x.dedupe_key
+               ORDER BY x.src, x.pos
+           ) AS nth
+    FROM (SELECT matched.*, CASE WHEN matched.ambiguous THEN NULL ELSE matched.candidate END AS message_id
+          FROM matched) x
 ), logged AS (
     INSERT INTO insider_message_events
         (message_id, at, kind, outcome, error_code, provider_message_id, receipt_status, done_at, dedupe_key)
@@ -540,17 +564,18 @@ WITH given AS (
     -- Only a given receipt can miss its message: a taken one was taken because its message
     -- has the id, in this statement's snapshot.
     INSERT INTO insider_pending_receipts
-        (provider_message_id, dedupe_key, receipt_status, delivery_status, final_status, error_code, done_at,
-         received_at)
-    SELECT provider_message_id, dedupe_key, receipt_status, delivery_status, final_status, error_code, done_at,
-           received_at
+        (provider_message_id, provider, dedupe_key, receipt_status, delivery_status, final_status, error_code,
+         done_at, received_at)
+    SELECT provider_message_id, provider, dedupe_key, receipt_status, delivery_status, final_status, error_code,
+           done_at, received_at
     FROM found
-    WHERE message_id IS NULL AND nth = 1
+    WHERE message_id IS NULL AND NOT ambiguous AND nth = 1
     ORDER BY src, pos
     ON CONFLICT DO NOTHING
 )
 SELECT f.src, f.pos, f.message_id,
-       CASE WHEN f.message_id IS NULL THEN 'waiting'
+       CASE WHEN f.ambiguous THEN 'ambiguous'
+            WHEN f.message_id IS NULL THEN 'waiting'
             WHEN mv.id IS NOT NULL THEN 'applied'
             WHEN l.message_id IS NULL OR f.nth > 1 THEN 'duplicate'
             ELSE 'recorded' END AS result,
@@ -561,11 +586,15 @@ LEFT JOIN moved mv ON mv.src = f.src AND mv.pos = f.pos
 ORDER BY f.src, f.pos
 
 -- waiting_ids --
--- Provider ids of waiting receipts that a message now has, those waiting longest first:
--- what the periodic pass applies (with apply_receipts, which takes them in order).
+-- Provider ids of waiting receipts that a message now has (that receipt's provider's, when
+-- it names one), those waiting longest first: what the periodic pass applies (with
+-- apply_receipts, which takes them in order).
 SELECT p.provider_message_id
 FROM insider_pending_receipts p
-WHERE EXISTS (SELECT 1 FROM messages m WHERE m.message_id = p.provider_message_id)
+WHERE EXISTS (
+    SELECT 1 FROM messages m
+    WHERE m.message_id = p.provider_message_id AND (p.provider IS NULL OR m.provider = p.provider)
+)
 GROUP BY p.provider_message_id
 ORDER BY min(p.seq)
 LIMIT %(limit)s
@@ -576,7 +605,7 @@ DELETE FROM insider_pending_receipts p
 WHERE p.ctid IN (
     SELECT p2.ctid FROM insider_pending_receipts p2 WHERE p2.received_at < %(before)s LIMIT %(limit)s
 )
-RETURNING provider_message_id, receipt_status, received_at
+RETURNING provider_message_id, provider, receipt_status, received_at
 
 -- events --
 -- A message's history, oldest first, up to a limit (a message's receipts are not bounded).

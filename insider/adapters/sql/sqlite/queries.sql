@@ -407,6 +407,7 @@ CREATE TEMP TABLE IF NOT EXISTS insider_receipts_in (
     pos INTEGER NOT NULL,
     hint INTEGER,
     provider_message_id TEXT NOT NULL,
+    provider TEXT,
     receipt_status TEXT NOT NULL,
     delivery_status TEXT,
     final_status TEXT,
@@ -415,6 +416,7 @@ CREATE TEMP TABLE IF NOT EXISTS insider_receipts_in (
     received_at TEXT NOT NULL,
     dedupe_key TEXT NOT NULL,
     message_id INTEGER,
+    ambiguous INTEGER NOT NULL,
     nth INTEGER NOT NULL,
     fresh INTEGER NOT NULL,
     applied INTEGER NOT NULL,
@@ -432,19 +434,24 @@ CREATE TEMP TABLE IF NOT EXISTS insider_receipts_in (
 -- (a JSON array) whose message now has that id, oldest (lowest `seq`) first, up to :limit
 -- of them (-1: all): src 0 and their seq, then src 1 and their index. Each finds its
 -- message by the provider's id (the cached id `hint` first, checked against the row, then
--- the index on message_id); a found one is new (`fresh`) unless the same receipt is in its
--- history or earlier in this list (`nth` > 1); the first new final one of a `sent` message
--- moves it to delivered or undelivered (`applied`; a final status never moves back). A
--- given one with no message yet waits. SQLite runs one write transaction at a time, so no
--- other write comes between a waiting receipt and the ones given after it. A row back per
--- receipt planned: none, nothing to do.
+-- the index on message_id) and, when the receipt names its provider, that provider: ids
+-- are unique only per provider. A receipt that names none matches while the messages with
+-- its id are all one provider's (a message recorded with no provider counts as none);
+-- when two providers' messages have it, it is `ambiguous` and touches neither (nor
+-- waits). A found one is new (`fresh`) unless the same receipt is in its history or
+-- earlier in this list for the same message (`nth` > 1); the first new final one of a
+-- `sent` message moves it to delivered or undelivered (`applied`; a final status never
+-- moves back). A given one with no message yet waits. SQLite runs one write transaction
+-- at a time, so no other write comes between a waiting receipt and the ones given after
+-- it. A row back per receipt planned: none, nothing to do.
 INSERT INTO temp.insider_receipts_in
-    (src, pos, hint, provider_message_id, receipt_status, delivery_status, final_status, error_code, done_at,
-     received_at, dedupe_key, message_id, nth, fresh, applied)
+    (src, pos, hint, provider_message_id, provider, receipt_status, delivery_status, final_status, error_code,
+     done_at, received_at, dedupe_key, message_id, ambiguous, nth, fresh, applied)
 WITH given AS (
     SELECT CAST(key AS INTEGER) AS idx,
            json_extract(value, '$.hint') AS hint,
            json_extract(value, '$.provider_message_id') AS provider_message_id,
+           json_extract(value, '$.provider') AS provider,
            json_extract(value, '$.receipt_status') AS receipt_status,
            json_extract(value, '$.delivery_status') AS delivery_status,
            json_extract(value, '$.final_status') AS final_status,
@@ -454,29 +461,49 @@ WITH given AS (
            json_extract(value, '$.dedupe_key') AS dedupe_key
     FROM json_each(:receipts)
 ), taken AS (
-    SELECT p.seq, p.provider_message_id, p.receipt_status, p.delivery_status, p.final_status, p.error_code,
-           p.done_at, p.received_at, p.dedupe_key
+    SELECT p.seq, p.provider_message_id, p.provider, p.receipt_status, p.delivery_status, p.final_status,
+           p.error_code, p.done_at, p.received_at, p.dedupe_key
     FROM insider_pending_receipts p
     WHERE p.provider_message_id IN (SELECT value FROM json_each(:ids))
-      AND EXISTS (SELECT 1 FROM messages m WHERE m.message_id = p.provider_message_id)
+      AND EXISTS (
+          SELECT 1 FROM messages m
+          WHERE m.message_id = p.provider_message_id AND (p.provider IS NULL OR m.provider = p.provider)
+      )
     ORDER BY p.seq
     LIMIT :limit
 ), r AS (
-    SELECT 0 AS src, seq AS pos, NULL AS hint, provider_message_id, receipt_status, delivery_status, final_status,
-           error_code, done_at, received_at, dedupe_key
+    SELECT 0 AS src, seq AS pos, NULL AS hint, provider_message_id, provider, receipt_status, delivery_status,
+           final_status, error_code, done_at, received_at, dedupe_key
     FROM taken
     UNION ALL
-    SELECT 1, idx, hint, provider_message_id, receipt_status, delivery_status, final_status, error_code, done_at,
-           received_at, dedupe_key
+    SELECT 1, idx, hint, provider_message_id, provider, receipt_status, delivery_status, final_status, error_code,
+           done_at, received_at, dedupe_key
     FROM given
-), found AS (
+), matched AS (
     SELECT r.*,
+           CASE WHEN r.provider IS NULL
+                THEN (SELECT count(DISTINCT m.provider) FROM messages m WHERE m.message_id = r.provider_message_id) > 1
+                ELSE 0 END AS ambiguous,
            COALESCE(
-               (SELECT m.id FROM messages m WHERE m.id = r.hint AND m.message_id = r.provider_message_id),
-               (SELECT m.id FROM messages m WHERE m.message_id = r.provider_message_id ORDER BY m.id LIMIT 1)
-           ) AS message_id,
-           row_number() OVER (PARTITION BY r.provider_message_id, r.dedupe_key ORDER BY r.src, r.pos) AS nth
+               (SELECT m.id FROM messages m
+                WHERE m.id = r.hint AND m.message_id = r.provider_message_id
+                  AND (r.provider IS NULL OR m.provider = r.provider)),
+               (SELECT m.id FROM messages m
+                WHERE m.message_id = r.provider_message_id AND (r.provider IS NULL OR m.provider = r.provider)
+                ORDER BY m.id LIMIT 1)
+           ) AS candidate
     FROM r
+), found AS (
+    SELECT x.*,
+           row_number() OVER (
+               PARTITION BY x.message_id, x.ambiguous,
+                            CASE WHEN x.message_id IS NULL THEN x.provider_message_id END,
+                            CASE WHEN x.message_id IS NULL THEN x.provider END,
+                            x.dedupe_key
+               ORDER BY x.src, x.pos
+           ) AS nth
+    FROM (SELECT matched.*, CASE WHEN matched.ambiguous THEN NULL ELSE matched.candidate END AS message_id
+          FROM matched) x
 ), judged AS (
     SELECT found.*,
            found.message_id IS NOT NULL AND found.nth = 1 AND NOT EXISTS (
@@ -492,8 +519,8 @@ WITH given AS (
            ) AS final_rank
     FROM judged
 )
-SELECT src, pos, hint, provider_message_id, receipt_status, delivery_status, final_status, error_code, done_at,
-       received_at, dedupe_key, message_id, nth, fresh,
+SELECT src, pos, hint, provider_message_id, provider, receipt_status, delivery_status, final_status, error_code,
+       done_at, received_at, dedupe_key, message_id, ambiguous, nth, fresh,
        fresh AND final_status IS NOT NULL AND final_rank = 1
        AND EXISTS (SELECT 1 FROM messages m WHERE m.id = ranked.message_id AND m.status = 'sent') AS applied
 FROM ranked
@@ -526,20 +553,23 @@ FROM temp.insider_receipts_in AS t
 WHERE t.applied AND m.id = t.message_id AND m.status = 'sent'
 
 -- receipts_wait --
--- Receipts for a provider id no message has yet: they wait, numbered in the order they came.
+-- Receipts for a provider id no message has yet (of their provider, when they name one):
+-- they wait, numbered in the order they came.
 INSERT INTO insider_pending_receipts
-    (provider_message_id, dedupe_key, receipt_status, delivery_status, final_status, error_code, done_at, received_at)
-SELECT provider_message_id, dedupe_key, receipt_status, delivery_status, final_status, error_code, done_at,
+    (provider_message_id, provider, dedupe_key, receipt_status, delivery_status, final_status, error_code, done_at,
+     received_at)
+SELECT provider_message_id, provider, dedupe_key, receipt_status, delivery_status, final_status, error_code, done_at,
        received_at
 FROM temp.insider_receipts_in
-WHERE message_id IS NULL AND nth = 1
+WHERE message_id IS NULL AND NOT ambiguous AND nth = 1
 ORDER BY src, pos
 ON CONFLICT DO NOTHING
 
 -- receipts_results --
 -- What each receipt did: the waiting ones taken (src 0), then those given (src 1), in order.
 SELECT t.src, t.message_id,
-       CASE WHEN t.message_id IS NULL THEN 'waiting'
+       CASE WHEN t.ambiguous THEN 'ambiguous'
+            WHEN t.message_id IS NULL THEN 'waiting'
             WHEN t.applied THEN 'applied'
             WHEN NOT t.fresh THEN 'duplicate'
             ELSE 'recorded' END AS result,
@@ -553,11 +583,15 @@ ORDER BY t.src, t.pos
 DELETE FROM temp.insider_receipts_in
 
 -- waiting_ids --
--- Provider ids of waiting receipts that a message now has, those waiting longest first:
--- what the periodic pass applies (with receipts_plan, which takes them in order).
+-- Provider ids of waiting receipts that a message now has (that receipt's provider's, when
+-- it names one), those waiting longest first: what the periodic pass applies (with
+-- receipts_plan, which takes them in order).
 SELECT p.provider_message_id
 FROM insider_pending_receipts p
-WHERE EXISTS (SELECT 1 FROM messages m WHERE m.message_id = p.provider_message_id)
+WHERE EXISTS (
+    SELECT 1 FROM messages m
+    WHERE m.message_id = p.provider_message_id AND (p.provider IS NULL OR m.provider = p.provider)
+)
 GROUP BY p.provider_message_id
 ORDER BY min(p.seq)
 LIMIT :limit
@@ -566,7 +600,7 @@ LIMIT :limit
 -- Waiting receipts received before :before: no message got their id in time.
 DELETE FROM insider_pending_receipts
 WHERE rowid IN (SELECT rowid FROM insider_pending_receipts WHERE received_at < :before LIMIT :limit)
-RETURNING provider_message_id, receipt_status, received_at
+RETURNING provider_message_id, provider, receipt_status, received_at
 
 -- events --
 -- A message's history, oldest first, up to a limit (a message's receipts are not bounded).

@@ -1,0 +1,231 @@
+"""Receipts matched by provider and provider id together, on SQLite and PostgreSQL (ids are unique only per provider).
+
+Two providers may hand out the same id: a receipt naming its provider goes to that
+provider's message alone; one naming none goes to the id's message while only one
+provider's messages have the id, and to none (``ambiguous``) when two providers' have it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from insider.domain import Attempt, Message, MessageStatus, Resolution
+from insider.receipt_parsing import WAITING_MAX_AGE_S, Receipt
+from tests.integration import test_delivery_contract as contract
+from tests.integration.test_delivery_contract import Backend
+
+# The delivery contract's backends: SQLite on a fake clock, and the real PostgreSQL.
+sqlite_backend = contract.sqlite_backend
+backend = contract.backend
+
+PHONE = "+905301234001"
+
+
+async def claimed(backend: Backend, content: str) -> Message:
+    message = await backend.repository.enqueue(PHONE, content)
+    [taken] = await backend.repository.claim(1, 30.0)
+    assert taken.id == message.id
+    return taken
+
+
+async def record_sent(backend: Backend, message: Message, provider_id: str, provider: str | None) -> list[str]:
+    """The send's outcome written as ``provider``'s ``provider_id``: the results of the receipts it applied."""
+    at = backend.now()
+    applied = await backend.repository.resolve(
+        [
+            Resolution(
+                message.id,
+                message.claim_token,
+                MessageStatus.SENT,
+                sent_at=at,
+                message_id=provider_id,
+                attempt=Attempt(at, "sent", 1, 202, 3.0, provider_message_id=provider_id, provider=provider),
+                provider=provider,
+            )
+        ]
+    )
+    return [o.result.value for o in applied]
+
+
+async def sent(backend: Backend, provider_id: str, provider: str | None, content: str = "hello") -> Message:
+    message = await claimed(backend, content)
+    assert await record_sent(backend, message, provider_id, provider) == []
+    return message
+
+
+def receipt(backend: Backend, provider_id: str, status: str, provider: str | None = None, **kwargs: object) -> Receipt:
+    return Receipt(provider_id, status, backend.now(), provider=provider, **kwargs)  # type: ignore[arg-type]
+
+
+async def apply(backend: Backend, *receipts: Receipt, hints: list[int | None] | None = None) -> list[str]:
+    outcomes = await backend.repository.apply_receipts(receipts, hints or [None] * len(receipts))
+    return [o.result.value for o in outcomes]
+
+
+async def state(backend: Backend, message: Message) -> tuple[str, str | None, list[str | None]]:
+    """A message's status, delivery status, and the statuses of the receipts in its history."""
+    got = await backend.repository.get(message.id)
+    assert got is not None
+    history = [e.receipt_status for e in await backend.repository.events(message.id) if e.kind == "receipt"]
+    return got.status.value, got.delivery_status, history
+
+
+async def test_the_same_id_from_two_providers_each_receipt_goes_to_its_own_message(backend: Backend) -> None:
+    alpha = await sent(backend, "42", "alpha")
+    carrier = await sent(backend, "42", "carrier")
+
+    assert await apply(backend, receipt(backend, "42", "DELIVRD", "carrier")) == ["applied"]
+    assert await state(backend, carrier) == ("delivered", "delivered", ["DELIVRD"])
+    assert await state(backend, alpha) == ("sent", None, [])
+
+    assert await apply(backend, receipt(backend, "42", "UNDELIV", "alpha", error_code="34")) == ["applied"]
+    assert await state(backend, alpha) == ("undelivered", "undelivered", ["UNDELIV"])
+    assert await state(backend, carrier) == ("delivered", "delivered", ["DELIVRD"])
+
+
+async def test_the_same_receipt_from_two_providers_in_one_write_is_two_receipts(backend: Backend) -> None:
+    alpha = await sent(backend, "42", "alpha")
+    carrier = await sent(backend, "42", "carrier")
+    done_at = backend.now() - timedelta(seconds=2)
+
+    results = await apply(
+        backend,
+        receipt(backend, "42", "DELIVRD", "alpha", done_at=done_at),
+        receipt(backend, "42", "DELIVRD", "carrier", done_at=done_at),
+        receipt(backend, "42", "delivrd", "carrier", done_at=done_at),  # carrier's again: a duplicate of its own
+    )
+
+    assert results == ["applied", "applied", "duplicate"]
+    assert await state(backend, alpha) == ("delivered", "delivered", ["DELIVRD"])
+    assert await state(backend, carrier) == ("delivered", "delivered", ["DELIVRD"])
+
+
+async def test_a_cache_hint_at_the_other_providers_message_is_not_trusted(backend: Backend) -> None:
+    # The cache keeps one entry per provider id: the later send of "42" took it over.
+    alpha = await sent(backend, "42", "alpha")
+    carrier = await sent(backend, "42", "carrier")
+
+    assert await apply(backend, receipt(backend, "42", "DELIVRD", "alpha"), hints=[carrier.id]) == ["applied"]
+
+    assert await state(backend, alpha) == ("delivered", "delivered", ["DELIVRD"])
+    assert await state(backend, carrier) == ("sent", None, [])
+
+
+async def test_a_receipt_before_the_send_waits_for_its_own_providers_message(backend: Backend) -> None:
+    alpha = await claimed(backend, "through alpha")
+    carrier = await claimed(backend, "through carrier")
+
+    assert await apply(backend, receipt(backend, "42", "DELIVRD", "carrier")) == ["waiting"]
+
+    # alpha's message gets "42" first: not the receipt's message, which keeps waiting.
+    assert await record_sent(backend, alpha, "42", "alpha") == []
+    report = await backend.repository.apply_waiting(WAITING_MAX_AGE_S)
+    assert (report.applied, report.dropped) == ([], [])
+    assert await state(backend, alpha) == ("sent", None, [])
+
+    assert await record_sent(backend, carrier, "42", "carrier") == ["applied"]
+    assert await state(backend, carrier) == ("delivered", "delivered", ["DELIVRD"])
+    assert await state(backend, alpha) == ("sent", None, [])
+
+
+async def test_the_same_waiting_receipt_from_two_providers_waits_twice_and_each_meets_its_message(
+    backend: Backend,
+) -> None:
+    alpha = await claimed(backend, "through alpha")
+    carrier = await claimed(backend, "through carrier")
+    done_at = backend.now() - timedelta(seconds=2)
+
+    assert await apply(backend, receipt(backend, "42", "UNDELIV", "alpha", done_at=done_at)) == ["waiting"]
+    assert await apply(backend, receipt(backend, "42", "UNDELIV", "carrier", done_at=done_at)) == ["waiting"]
+
+    assert await record_sent(backend, carrier, "42", "carrier") == ["applied"]
+    assert await record_sent(backend, alpha, "42", "alpha") == ["applied"]
+    assert await state(backend, alpha) == ("undelivered", "undelivered", ["UNDELIV"])
+    assert await state(backend, carrier) == ("undelivered", "undelivered", ["UNDELIV"])
+
+
+async def test_the_periodic_pass_applies_a_waiting_receipt_to_its_own_providers_message(
+    backend: Backend,
+) -> None:
+    assert await apply(backend, receipt(backend, "42", "DELIVRD", "carrier")) == ["waiting"]
+    alpha = await sent(backend, "42", "alpha")
+    report = await backend.repository.apply_waiting(WAITING_MAX_AGE_S)
+    assert (report.applied, report.dropped) == ([], [])  # alpha's "42" is not carrier's
+
+    carrier = await sent(backend, "x", "carrier")
+    # carrier's message got the id in a write that raced the receipt's, so that neither saw the other.
+    await backend.execute("UPDATE messages SET message_id = %s WHERE id = %s", ("42", carrier.id))
+    report = await backend.repository.apply_waiting(WAITING_MAX_AGE_S)
+
+    assert [(o.result.value, o.message_id) for o in report.applied] == [("applied", carrier.id)]
+    assert await state(backend, carrier) == ("delivered", "delivered", ["DELIVRD"])
+    assert await state(backend, alpha) == ("sent", None, [])
+
+
+async def test_an_unnamed_receipt_with_one_provider_is_matched_by_the_id_as_before(backend: Backend) -> None:
+    message = await sent(backend, "p-1", "webhook")
+    older = await sent(backend, "p-legacy", None)  # recorded before insider kept the provider
+
+    assert await apply(backend, receipt(backend, "p-1", "DELIVRD"), receipt(backend, "p-legacy", "REJECTD")) == [
+        "applied",
+        "applied",
+    ]
+    assert await state(backend, message) == ("delivered", "delivered", ["DELIVRD"])
+    assert await state(backend, older) == ("undelivered", "rejected", ["REJECTD"])
+
+    # One provider's two messages with one id (a provider that reuses ids): the first, as before.
+    first = await sent(backend, "p-2", "webhook")
+    second = await sent(backend, "p-2", "webhook")
+    assert await apply(backend, receipt(backend, "p-2", "UNDELIV")) == ["applied"]
+    assert await state(backend, first) == ("undelivered", "undelivered", ["UNDELIV"])
+    assert await state(backend, second) == ("sent", None, [])
+
+    # Before its send, it waits and is applied as before.
+    early = await claimed(backend, "fast network")
+    assert await apply(backend, receipt(backend, "p-3", "DELIVRD")) == ["waiting"]
+    assert await record_sent(backend, early, "p-3", "webhook") == ["applied"]
+
+
+async def test_an_unnamed_receipt_for_an_id_two_providers_hold_touches_neither(backend: Backend) -> None:
+    alpha = await sent(backend, "42", "alpha")
+    carrier = await sent(backend, "42", "carrier")
+
+    results = await apply(backend, receipt(backend, "42", "DELIVRD"), hints=[alpha.id])
+
+    assert results == ["ambiguous"]
+    assert await state(backend, alpha) == ("sent", None, [])
+    assert await state(backend, carrier) == ("sent", None, [])
+    report = await backend.repository.apply_waiting(WAITING_MAX_AGE_S)  # not kept: it would stay ambiguous
+    assert (report.applied, report.dropped) == ([], [])
+    # Named, the same receipt goes where it belongs.
+    assert await apply(backend, receipt(backend, "42", "DELIVRD", "alpha")) == ["applied"]
+    assert await state(backend, carrier) == ("sent", None, [])
+
+
+async def test_an_unnamed_waiting_receipt_that_two_providers_ids_meet_at_once_touches_neither(
+    backend: Backend,
+) -> None:
+    alpha = await claimed(backend, "through alpha")
+    carrier = await claimed(backend, "through carrier")
+    assert await apply(backend, receipt(backend, "42", "DELIVRD")) == ["waiting"]
+
+    at = backend.now()
+    applied = await backend.repository.resolve(
+        [
+            Resolution(m.id, m.claim_token, MessageStatus.SENT, sent_at=at, message_id="42", provider=name)
+            for m, name in ((alpha, "alpha"), (carrier, "carrier"))
+        ]
+    )
+
+    assert [o.result.value for o in applied] == ["ambiguous"]
+    assert await state(backend, alpha) == ("sent", None, [])
+    assert await state(backend, carrier) == ("sent", None, [])
+    report = await backend.repository.apply_waiting(WAITING_MAX_AGE_S)
+    assert (report.applied, report.dropped) == ([], [])
+
+
+async def test_a_named_receipt_never_meets_a_message_recorded_without_a_provider(backend: Backend) -> None:
+    older = await sent(backend, "42", None)
+
+    assert await apply(backend, receipt(backend, "42", "DELIVRD", "carrier")) == ["waiting"]
+    assert await state(backend, older) == ("sent", None, [])
