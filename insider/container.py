@@ -127,15 +127,26 @@ def _shorthand_client(config: ProvidersConfig, client: SmsClient) -> dict[str, S
     return {config.providers[0].name: client}
 
 
+def _provider_names(config: ProvidersConfig) -> frozenset[str]:
+    return frozenset(spec.name for spec in config.providers)
+
+
+def bind_receipts(
+    provider: str, receipts: ReceiptWriter, clock: Clock
+) -> Callable[[list[dict[str, Any]]], Awaitable[None]]:
+    """The receipts callback of ``provider``'s SMPP bind: its receipts, named as its own, to the receipt writer."""
+
+    async def apply(batch: list[dict[str, Any]]) -> None:
+        await receipts.submit(parse_receipts(batch, clock.now(), provider=provider))
+
+    return apply
+
+
 async def _file_clients(
     config: ProvidersConfig, receipts: ReceiptWriter, clock: Clock
 ) -> AsyncIterator[dict[str, SmsClient]]:
     """Each provider of the file's client: an HTTP session each for the webhooks (closed on exit),
-    an SMPP bind each (which the supervisor runs)."""
-
-    async def apply(batch: list[dict[str, Any]]) -> None:
-        await receipts.submit(parse_receipts(batch, clock.now()))
-
+    an SMPP bind each (which the supervisor runs), whose receipts name it."""
     async with AsyncExitStack() as opened:
         clients: dict[str, SmsClient] = {}
         for spec in config.providers:
@@ -151,7 +162,7 @@ async def _file_clients(
                     source=spec.source,
                     window=spec.window,
                     timeout_s=spec.timeout_s,
-                    receipts=apply,
+                    receipts=bind_receipts(spec.name, receipts, clock),
                     system_type=spec.system_type,
                     clock=clock,
                 )
@@ -281,13 +292,16 @@ class Container(containers.DeclarativeContainer):
     # Metrics on a registry of this container's own; the web app serves them at /metrics.
     metrics = providers.Singleton(Metrics)
 
-    # Delivery receipts: written in batches, looked up in the cache first.
+    providers_config = providers.Singleton(_providers_config, settings)
+    # Delivery receipts: written in batches, looked up in the cache first; a receipt may name
+    # one of the providers.
     receipts = providers.Singleton(
         ReceiptWriter,
         repository=repository,
         cache=cache,
         clock=clock,
         observer=metrics,
+        providers=providers.Callable(_provider_names, providers_config),
     )
     receipt_upkeep = providers.Singleton(
         ReceiptUpkeep,
@@ -335,7 +349,6 @@ class Container(containers.DeclarativeContainer):
         default_region=settings.provided.default_region,
         send_order=settings.provided.send_order,
     )
-    providers_config = providers.Singleton(_providers_config, settings)
     provider_clients = providers.Selector(
         providers.Callable(_providers_source, settings),
         shorthand=providers.Singleton(_shorthand_client, config=providers_config, client=sms_client),

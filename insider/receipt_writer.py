@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Final
 
@@ -60,7 +60,8 @@ class ReceiptWriter:
 
     The provider's id is looked up in the sent cache first (``insider:sent:<messageId>``,
     one round trip per batch), then by the database's index when the cache has no entry or
-    is down.
+    is down. A receipt may name its provider (ids are unique only per provider): ``providers``
+    are the names it may give (None: any).
     """
 
     def __init__(
@@ -70,7 +71,9 @@ class ReceiptWriter:
         clock: Clock,
         *,
         observer: Observer | None = None,
+        providers: Collection[str] | None = None,
     ) -> None:
+        self._providers = frozenset(providers) if providers is not None else None
         self._repository = repository
         self._cache = cache
         self._clock = clock
@@ -81,6 +84,11 @@ class ReceiptWriter:
         self._finishing = False  # asked to finish: lanes end once the queue is written
         self._in_flight: set[str] = set()  # provider ids being written (never in two writes at once)
         self._cache_skipped_until = -1.0
+
+    @property
+    def providers(self) -> frozenset[str] | None:
+        """The provider names a receipt may give, or None when any is taken."""
+        return self._providers
 
     async def submit(self, receipts: Sequence[Receipt]) -> list[ReceiptOutcome]:
         """Apply ``receipts``; one outcome each, in order. Raises RepositoryUnavailable."""
@@ -255,3 +263,9 @@ def observe_receipts(observer: Observer | None, outcomes: Sequence[ReceiptOutcom
     for outcome in outcomes:
         tally[outcome.result.value] += 1
     log.info("receipts", count=len(outcomes), **tally)
+    if tally[ReceiptResult.AMBIGUOUS.value]:
+        log.warning(
+            "receipts applied to no message: they name no provider, and messages of several providers have their ids;"
+            " have each provider name itself (?provider=<name>)",
+            count=tally[ReceiptResult.AMBIGUOUS.value],
+        )

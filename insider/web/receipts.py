@@ -34,9 +34,27 @@ def form_receipt(raw: bytes) -> dict[str, str]:
     return receipt
 
 
+def named_provider(request: web.Request) -> str | None:
+    """The provider the receipts come from, as ``?provider=<name>`` names it; None when not named."""
+    name = request.query.get("provider")
+    return name.strip() if name is not None else None
+
+
+def _provider_problem(request: web.Request) -> str | None:
+    """Why ``?provider=`` is not one of the deployment's providers, or None."""
+    name = named_provider(request)
+    known = services(request).receipts.providers
+    if name is None or known is None or name in known:
+        return None
+    names = ", ".join(sorted(known))
+    if not name:
+        return f"must name a provider ({names}), or be left out"
+    return f"no provider has that name: receipts come from one of {names}"
+
+
 def receipts_refusal(request: web.Request) -> web.Response | None:
     """Why POST /api/v1/delivery-reports is refused on its head alone (receipts off, no or a wrong token, a body
-    neither JSON nor a form), or None; judged before its body is read."""
+    neither JSON nor a form, a provider not configured), or None; judged before its body is read."""
     dlr_token = services(request).settings.dlr_token
     if not dlr_token:
         return error_response(
@@ -57,6 +75,9 @@ def receipts_refusal(request: web.Request) -> web.Response | None:
         return refused
     if request.content_type not in ("application/json", FORM):
         return error_response(415, f"the body must be application/json (or {FORM}, as Twilio posts it)")
+    problem = _provider_problem(request)
+    if problem is not None:
+        return error_response(422, "unknown provider", {"provider": [problem]})
     return None
 
 
@@ -71,8 +92,20 @@ def receipts_refusal(request: web.Request) -> web.Response | None:
     "the `token` query parameter (not by the API token); off (404) when INSIDER_DLR_TOKEN is empty. The same "
     "receipt twice changes nothing; one for an id not recorded yet waits up to a day for it. A body with any "
     "invalid receipt is refused whole (422, `fields` named `<index>.<field>`). One receipt may also come as an "
-    "application/x-www-form-urlencoded form, with these names or Twilio's (MessageSid, MessageStatus, ErrorCode).",
+    "application/x-www-form-urlencoded form, with these names or Twilio's (MessageSid, MessageStatus, ErrorCode). "
+    "Provider ids are unique only per provider: `?provider=<name>` says which provider sent the receipts, and then "
+    "only that provider's message with the id is touched; without it, a receipt goes to the message with its id "
+    "while one provider's messages alone have it, and is `ambiguous` (applied to none, not kept) when two "
+    "providers' messages have it. A name that is not one of the providers is 422 (`fields.provider`).",
     parameters=[
+        {
+            "in": "query",
+            "name": "provider",
+            "type": "string",
+            "required": False,
+            "description": "The provider that sent these receipts (its name in the providers file; `webhook` for "
+            "INSIDER_WEBHOOK_URL). Leave out for a provider that cannot add it.",
+        },
         {
             "in": "body",
             "name": "body",
@@ -106,7 +139,7 @@ async def delivery_reports(request: web.Request) -> web.Response:
             400, "the body is not valid JSON" if request.content_type != FORM else "the form is not valid"
         )
     try:
-        parsed = parse_receipts(body, clock.now())
+        parsed = parse_receipts(body, clock.now(), provider=named_provider(request))
     except InvalidReceipts as exc:
         return error_response(422, "invalid receipt", exc.fields)
     outcomes = await receipts.submit(parsed)

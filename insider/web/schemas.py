@@ -254,7 +254,8 @@ class ReceiptResultSchema(Schema):
     result = choice(
         RECEIPT_RESULTS,
         "applied: the message is now delivered or undelivered; recorded: kept in its history, status unchanged; "
-        "duplicate: had before, nothing changed; waiting: no message has that id yet (kept up to a day)",
+        "duplicate: had before, nothing changed; waiting: no message has that id yet (kept up to a day); "
+        "ambiguous: no provider named, and messages of several providers have that id (applied to none, not kept)",
         required=True,
     )
 

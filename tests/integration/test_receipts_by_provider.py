@@ -7,8 +7,16 @@ provider's messages have the id, and to none (``ambiguous``) when two providers'
 
 from __future__ import annotations
 
-from datetime import timedelta
+import contextlib
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+import pytest
+
+from insider.adapters.postgres import PostgresMessageRepository
+from insider.adapters.sqlite import SqliteMessageRepository, open_sqlite
 from insider.domain import Attempt, Message, MessageStatus, Resolution
 from insider.receipt_parsing import WAITING_MAX_AGE_S, Receipt
 from tests.integration import test_delivery_contract as contract
@@ -229,3 +237,83 @@ async def test_a_named_receipt_never_meets_a_message_recorded_without_a_provider
 
     assert await apply(backend, receipt(backend, "42", "DELIVRD", "carrier")) == ["waiting"]
     assert await state(backend, older) == ("sent", None, [])
+
+
+async def waiting_before_0011_then_migrated(repository: Any, older_versions: Any) -> list[str]:
+    """Receipts waiting before migration 0011 keep waiting, naming no provider, and meet their message after it."""
+    await older_versions()
+    await repository.migrate()
+    message = await repository.enqueue(PHONE, "x")
+    [claimed_one] = await repository.claim(1, 30.0)
+    applied = await repository.resolve(
+        [
+            Resolution(
+                claimed_one.id,
+                claimed_one.claim_token,
+                MessageStatus.SENT,
+                sent_at=datetime.now(UTC),
+                message_id="p-1",
+                provider="webhook",
+            )
+        ]
+    )
+    got = await repository.get(message.id)
+    assert got is not None and got.delivery_status == "undelivered"
+    return [o.result.value for o in applied]
+
+
+async def test_migration_0011_keeps_the_receipts_waiting_on_sqlite(tmp_path: Path) -> None:
+    from insider.adapters.sqlite import load_migrations, split_statements
+
+    path = tmp_path / "older.db"
+
+    async def older_versions() -> None:
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.execute(
+                "CREATE TABLE insider_schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            for version, _, text in load_migrations():
+                if version >= 11:
+                    break
+                for statement in split_statements(text):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO insider_schema_migrations VALUES (?, '2026-01-01T00:00:00.000000Z')", (version,)
+                )
+            for status, final in [("UNDELIV", "undelivered"), ("ENROUTE", None)]:
+                conn.execute(
+                    "INSERT INTO insider_pending_receipts (provider_message_id, dedupe_key, receipt_status, "
+                    "delivery_status, final_status, received_at) VALUES ('p-1', ?, ?, ?, ?, ?)",
+                    (status, status, final, final, "2026-01-01T00:00:01.000000Z"),
+                )
+
+    async with open_sqlite(f"sqlite:///{path}") as database:
+        results = await waiting_before_0011_then_migrated(SqliteMessageRepository(database), older_versions)
+    assert results == ["applied", "recorded"]
+
+
+@pytest.mark.postgres
+async def test_migration_0011_keeps_the_receipts_waiting_on_postgres(fresh_postgres_url: str) -> None:
+    from insider.adapters.postgres import load_migrations, open_postgres_pool
+
+    async with open_postgres_pool(fresh_postgres_url) as pool:
+
+        async def older_versions() -> None:
+            async with pool.connection() as conn:
+                for version, _name, text in load_migrations():
+                    if version < 11:
+                        await conn.execute(text)
+                await conn.execute(
+                    "CREATE TABLE insider_schema_migrations (version integer PRIMARY KEY, applied_at timestamptz"
+                    " NOT NULL DEFAULT now()); INSERT INTO insider_schema_migrations (version)"
+                    " SELECT v FROM generate_series(1, 10) AS v"
+                )
+                for status, final in [("UNDELIV", "undelivered"), ("ENROUTE", None)]:
+                    await conn.execute(
+                        "INSERT INTO insider_pending_receipts (provider_message_id, dedupe_key, receipt_status,"
+                        " delivery_status, final_status, received_at) VALUES ('p-1', %s, %s, %s, %s, now())",
+                        (status, status, final, final),
+                    )
+
+        results = await waiting_before_0011_then_migrated(PostgresMessageRepository(pool), older_versions)
+    assert results == ["applied", "recorded"]
