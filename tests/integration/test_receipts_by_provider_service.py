@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -132,10 +133,15 @@ async def test_http_receipts_naming_their_provider_each_meet_that_providers_mess
     assert await service.status(carrier) == ("undelivered", "undelivered")
     assert await service.status(alpha) == ("sent", None)
 
-    # Unnamed, the id is two providers': applied to neither.
-    status, body = await service.post({"messageId": "msg-1", "status": "DELIVRD"})
+    # Unnamed, the id is two providers': applied to neither, and said so in the log. A
+    # provider field in the body names nothing (extra fields are ignored).
+    with structlog.testing.capture_logs() as logs:
+        status, body = await service.post({"messageId": "msg-1", "status": "DELIVRD", "provider": "alpha"})
     assert (status, body["results"]) == (200, [{"messageId": "msg-1", "result": "ambiguous"}])
     assert await service.status(alpha) == ("sent", None)
+    assert [(e["log_level"], e["count"]) for e in logs if e["event"].startswith("receipts applied to no message")] == [
+        ("warning", 1)
+    ]
 
     status, body = await service.post({"messageId": "msg-1", "status": "DELIVRD"}, "?provider=alpha")
     assert (status, body["results"]) == (200, [{"messageId": "msg-1", "result": "applied"}])
@@ -169,3 +175,14 @@ async def test_a_deliver_sm_receipt_names_the_provider_of_its_bind(service: Serv
     assert await service.status(alpha) == ("sent", None)
     history = await service.repository.events(carrier.id)
     assert [(e.kind, e.receipt_status) for e in history] == [("attempt", None), ("receipt", "DELIVRD")]
+
+
+async def test_swagger_describes_the_provider_parameter_and_the_ambiguous_result(service: Service) -> None:
+    spec = await (await service.client.get("/api/docs/swagger.json")).json()
+
+    [operation] = spec["paths"]["/api/v1/delivery-reports"].values()
+    [provider] = [p for p in operation["parameters"] if p["name"] == "provider"]
+    assert (provider["in"], provider["type"], provider["required"]) == ("query", "string", False)
+    assert "422" in operation["responses"]
+    result = spec["definitions"]["ReceiptResult"]["properties"]["result"]
+    assert "ambiguous" in result["enum"] and "ambiguous:" in result["description"]
