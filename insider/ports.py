@@ -280,8 +280,11 @@ class ReceiptStore(Protocol):
         """Apply receipts in one write: one outcome per receipt, in order, then one per waiting receipt applied.
 
         ``hints`` (one per receipt) are our ids for the provider ids, from the cache, or None;
-        a hint is trusted only when that message has the provider's id. A receipt whose
-        provider id no message has yet waits (see :meth:`apply_waiting`). Receipts still
+        a hint is trusted only when that message has the provider's id. A receipt that names
+        its provider meets only that provider's message with the id; one that names none
+        meets the id's message while the messages with that id are all one provider's, and
+        none (``ambiguous``, not kept) when they are several providers'. A receipt whose
+        provider id no message has yet (of its provider) waits (see :meth:`apply_waiting`). Receipts still
         waiting for one of these provider ids, when a message now has it, are applied first,
         in the order they came: a newer receipt never overtakes one that waits. Their
         outcomes follow those of ``receipts``.

@@ -52,6 +52,7 @@ class ReceiptUpkeep:
                 log.warning(
                     "receipt dropped: no message got its provider id within a day",
                     provider_message_id=receipt.provider_message_id,
+                    provider=receipt.provider,
                     status=receipt.status,
                     received_at=receipt.received_at.isoformat(),
                 )

@@ -62,7 +62,8 @@ async def sent(backend: Backend, provider_id: str, provider: str | None, content
 
 
 def receipt(backend: Backend, provider_id: str, status: str, provider: str | None = None, **kwargs: object) -> Receipt:
-    return Receipt(provider_id, status, backend.now(), provider=provider, **kwargs)  # type: ignore[arg-type]
+    received_at = kwargs.pop("received_at", None) or backend.now()
+    return Receipt(provider_id, status, received_at, provider=provider, **kwargs)  # type: ignore[arg-type]
 
 
 async def apply(backend: Backend, *receipts: Receipt, hints: list[int | None] | None = None) -> list[str]:
@@ -237,6 +238,15 @@ async def test_a_named_receipt_never_meets_a_message_recorded_without_a_provider
 
     assert await apply(backend, receipt(backend, "42", "DELIVRD", "carrier")) == ["waiting"]
     assert await state(backend, older) == ("sent", None, [])
+
+
+async def test_a_named_waiting_receipt_older_than_a_day_is_dropped_naming_its_provider(backend: Backend) -> None:
+    old = receipt(backend, "42", "DELIVRD", "carrier", received_at=backend.now() - timedelta(hours=25))
+    assert await apply(backend, old) == ["waiting"]
+
+    report = await backend.repository.apply_waiting(WAITING_MAX_AGE_S)
+
+    assert [(r.provider_message_id, r.provider, r.status) for r in report.dropped] == [("42", "carrier", "DELIVRD")]
 
 
 async def waiting_before_0011_then_migrated(repository: Any, older_versions: Any) -> list[str]:
