@@ -131,6 +131,10 @@ def _provider_names(config: ProvidersConfig) -> frozenset[str]:
     return frozenset(spec.name for spec in config.providers)
 
 
+def _several_providers(config: ProvidersConfig) -> bool:
+    return len(config.providers) > 1
+
+
 def bind_receipts(
     provider: str, receipts: ReceiptWriter, clock: Clock
 ) -> Callable[[list[dict[str, Any]]], Awaitable[None]]:
@@ -270,10 +274,17 @@ class Container(containers.DeclarativeContainer):
     database_wait_s = providers.Object(SERVICE_DATABASE_WAIT_S)
     database_pool = providers.Resource(_postgres_pool, settings=settings, wait_s=database_wait_s)
     sqlite_database = providers.Resource(_sqlite_database, url=settings.provided.database_url)
+    providers_config = providers.Singleton(_providers_config, settings)
+    # With one provider, an unnamed receipt is matched by its id alone, as it always was.
+    several_providers = providers.Callable(_several_providers, providers_config)
     repository = providers.Selector(
         providers.Callable(_database_kind, settings),
-        postgres=providers.Singleton(PostgresMessageRepository, pool=database_pool),
-        sqlite=providers.Singleton(SqliteMessageRepository, database=sqlite_database, clock=clock),
+        postgres=providers.Singleton(
+            PostgresMessageRepository, pool=database_pool, several_providers=several_providers
+        ),
+        sqlite=providers.Singleton(
+            SqliteMessageRepository, database=sqlite_database, clock=clock, several_providers=several_providers
+        ),
     )
 
     redis_client = providers.Resource(_redis, url=settings.provided.redis_url)
@@ -292,7 +303,6 @@ class Container(containers.DeclarativeContainer):
     # Metrics on a registry of this container's own; the web app serves them at /metrics.
     metrics = providers.Singleton(Metrics)
 
-    providers_config = providers.Singleton(_providers_config, settings)
     # Delivery receipts: written in batches, looked up in the cache first; a receipt may name
     # one of the providers.
     receipts = providers.Singleton(

@@ -151,8 +151,8 @@ class PostgresMessageRepository(SqlMessageRepository):
     repository does not close the pool.
     """
 
-    def __init__(self, pool: Pool) -> None:
-        super().__init__()
+    def __init__(self, pool: Pool, *, several_providers: bool = True) -> None:
+        super().__init__(several_providers=several_providers)
         self._pool = pool
 
     # Plain functions, not methods: they run for every time of every row read.
@@ -204,6 +204,7 @@ class PostgresMessageRepository(SqlMessageRepository):
                 "receipts": orjson.dumps(receipt_rows(receipts, hints, self._time)).decode(),
                 "ids": list(ids),
                 "limit": limit,
+                "several": self._several_providers,
             },
         )
         return receipt_outcomes(rows, _utc)

@@ -92,8 +92,11 @@ class SqlMessageRepository(abc.ABC):
     the server's ``now()``.
     """
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, *, several_providers: bool = True) -> None:
         self._clock = clock or SystemClock()
+        # One provider: an unnamed receipt meets the message with its id as it always did,
+        # without asking whether several providers' messages have that id.
+        self._several_providers = several_providers
 
     @abc.abstractmethod
     def _time(self, when: datetime, /) -> Any:

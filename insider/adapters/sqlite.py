@@ -202,8 +202,8 @@ class SqliteMessageRepository(SqlMessageRepository):
     system's by default). The repository does not close the database.
     """
 
-    def __init__(self, database: SqliteDatabase, clock: Clock | None = None) -> None:
-        super().__init__(clock)
+    def __init__(self, database: SqliteDatabase, clock: Clock | None = None, *, several_providers: bool = True) -> None:
+        super().__init__(clock, several_providers=several_providers)
         self._db = database
 
     @property
@@ -251,6 +251,7 @@ class SqliteMessageRepository(SqlMessageRepository):
                 "receipts": json_text(receipt_rows(receipts, hints, self._time)),
                 "ids": json_text(list(ids)),
                 "limit": -1 if limit is None else limit,
+                "several": self._several_providers,
             },
         )
         if not planned:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 
 from insider.adapters.postgres import PostgresMessageRepository
 from insider.adapters.sqlite import SqliteMessageRepository, open_sqlite
+from insider.clock import FakeClock
 from insider.domain import Attempt, Message, MessageStatus, Resolution
 from insider.receipt_parsing import WAITING_MAX_AGE_S, Receipt
 from tests.integration import test_delivery_contract as contract
@@ -327,3 +329,41 @@ async def test_migration_0011_keeps_the_receipts_waiting_on_postgres(fresh_postg
 
         results = await waiting_before_0011_then_migrated(PostgresMessageRepository(pool), older_versions)
     assert results == ["applied", "recorded"]
+
+
+@pytest.fixture
+async def one_provider_sqlite(tmp_path: Path) -> AsyncIterator[Backend]:
+    async with open_sqlite(f"sqlite:///{tmp_path / 'insider.db'}") as database:
+        clock = FakeClock()
+        repository = SqliteMessageRepository(database, clock, several_providers=False)
+        await repository.migrate()
+        yield Backend(repository, clock)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def one_provider(request: pytest.FixtureRequest) -> Backend:
+    """A repository of a deployment with one provider configured."""
+    if request.param == "sqlite":
+        backend: Backend = request.getfixturevalue("one_provider_sqlite")
+        return backend
+    request.getfixturevalue("pg_repository")  # a clean, migrated database
+    pool = request.getfixturevalue("pg_pool")
+    return Backend(PostgresMessageRepository(pool, several_providers=False), pool=pool)
+
+
+async def test_with_one_provider_configured_an_unnamed_receipt_is_matched_by_the_id_alone_as_always(
+    one_provider: Backend,
+) -> None:
+    # Messages another provider (no longer configured) accepted with the same id.
+    first = await sent(one_provider, "42", "retired")
+    second = await sent(one_provider, "42", "webhook")
+
+    assert await apply(one_provider, receipt(one_provider, "42", "DELIVRD")) == ["applied"]
+    assert await apply(one_provider, receipt(one_provider, "42", "UNDELIV"), hints=[second.id]) == ["applied"]
+
+    assert await state(one_provider, first) == ("delivered", "delivered", ["DELIVRD"])
+    assert await state(one_provider, second) == ("undelivered", "undelivered", ["UNDELIV"])
+    # A named one is still matched by provider and id together.
+    third = await sent(one_provider, "43", "retired")
+    assert await apply(one_provider, receipt(one_provider, "43", "DELIVRD", "webhook")) == ["waiting"]
+    assert await state(one_provider, third) == ("sent", None, [])

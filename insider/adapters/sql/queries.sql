@@ -455,7 +455,9 @@ LIMIT %(limit)s
 -- message_id) and, when the receipt names its provider, that provider: ids are unique
 -- only per provider. A receipt that names none matches while the messages with its id
 -- are all one provider's (a message recorded with no provider counts as none); when two
--- providers' messages have it, it is `ambiguous` and touches neither (nor waits). A
+-- providers' messages have it, it is `ambiguous` and touches neither (nor waits). With
+-- one provider configured (%(several)s false) that is not asked: it matches as it always
+-- did (the hinted message, else the first with the id). A
 -- found one becomes an event (the same receipt twice is one event), and the first new
 -- final one of a `sent` message moves it to delivered or undelivered (a final status
 -- never moves back). A given one with no message yet waits. A result row per receipt:
@@ -509,7 +511,7 @@ WITH given AS (
     FROM given g
 ), matched AS (
     SELECT r.*,
-           CASE WHEN r.provider IS NULL
+           CASE WHEN r.provider IS NULL AND %(several)s
                 THEN (SELECT count(DISTINCT m.provider) FROM messages m WHERE m.message_id = r.provider_message_id) > 1
                 ELSE false END AS ambiguous,
            COALESCE(

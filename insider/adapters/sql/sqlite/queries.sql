@@ -438,10 +438,10 @@ CREATE TEMP TABLE IF NOT EXISTS insider_receipts_in (
 -- are unique only per provider. A receipt that names none matches while the messages with
 -- its id are all one provider's (a message recorded with no provider counts as none);
 -- when two providers' messages have it, it is `ambiguous` and touches neither (nor
--- waits). A found one is new (`fresh`) unless the same receipt is in its history or
--- earlier in this list for the same message (`nth` > 1); the first new final one of a
--- `sent` message moves it to delivered or undelivered (`applied`; a final status never
--- moves back). A given one with no message yet waits. SQLite runs one write transaction
+-- waits); with one provider configured (:several false) that is not asked. A found one
+-- is new (`fresh`) unless the same receipt is in its history or earlier in this list for
+-- the same message (`nth` > 1); the first new final one of a `sent` message moves it to
+-- delivered or undelivered (`applied`; a final status never moves back). A given one with no message yet waits. SQLite runs one write transaction
 -- at a time, so no other write comes between a waiting receipt and the ones given after
 -- it. A row back per receipt planned: none, nothing to do.
 INSERT INTO temp.insider_receipts_in
@@ -481,7 +481,7 @@ WITH given AS (
     FROM given
 ), matched AS (
     SELECT r.*,
-           CASE WHEN r.provider IS NULL
+           CASE WHEN r.provider IS NULL AND :several
                 THEN (SELECT count(DISTINCT m.provider) FROM messages m WHERE m.message_id = r.provider_message_id) > 1
                 ELSE 0 END AS ambiguous,
            COALESCE(
