@@ -263,9 +263,15 @@ def observe_receipts(observer: Observer | None, outcomes: Sequence[ReceiptOutcom
     for outcome in outcomes:
         tally[outcome.result.value] += 1
     log.info("receipts", count=len(outcomes), **tally)
-    if tally[ReceiptResult.AMBIGUOUS.value]:
+    warn_ambiguous(outcomes)
+
+
+def warn_ambiguous(outcomes: Sequence[ReceiptOutcome]) -> None:
+    """One warning for the receipts that met no message because their id is several providers'."""
+    count = sum(1 for outcome in outcomes if outcome.result is ReceiptResult.AMBIGUOUS)
+    if count:
         log.warning(
             "receipts applied to no message: they name no provider, and messages of several providers have their ids;"
             " have each provider name itself (?provider=<name>)",
-            count=tally[ReceiptResult.AMBIGUOUS.value],
+            count=count,
         )

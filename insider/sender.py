@@ -29,6 +29,7 @@ from insider.domain import (
 from insider.logs import get_logger
 from insider.ports import Clock, Observer, RepositoryUnavailable, SendQueue, SentCache, SentEntry, SmsClient
 from insider.providers.dispatch import Dispatcher, Tried, single
+from insider.receipt_writer import warn_ambiguous
 
 log = get_logger("insider.sender")
 T = TypeVar("T")
@@ -435,6 +436,7 @@ class BatchSender:
                 await self._clock.sleep(delay)
         if delivered and self._observer is not None:  # receipts that were waiting for these sends
             self._observer.receipts_applied(delivered)
+        warn_ambiguous(delivered)
         sent = [
             SentEntry(r.message_id, r.sent_at, r.id)
             for r in batch

@@ -186,3 +186,22 @@ async def test_swagger_describes_the_provider_parameter_and_the_ambiguous_result
     assert "422" in operation["responses"]
     result = spec["definitions"]["ReceiptResult"]["properties"]["result"]
     assert "ambiguous" in result["enum"] and "ambiguous:" in result["description"]
+
+
+async def test_an_unnamed_receipt_waiting_for_an_id_two_providers_record_at_once_meets_neither(
+    service: Service,
+) -> None:
+    status, body = await service.post({"messageId": "msg-1", "status": "DELIVRD"})
+    assert (status, body["results"]) == (200, [{"messageId": "msg-1", "result": "waiting"}])
+    alpha = await service.repository.enqueue(TO_ALPHA, "hello")
+    carrier = await service.repository.enqueue(TO_CARRIER, "hello")
+
+    with structlog.testing.capture_logs() as logs:
+        await service.supervisor.run_once()  # both in one batch: their outcomes in one write
+
+    for message in (alpha, carrier):
+        got = await service.repository.get(message.id)
+        assert got is not None and (got.status, got.message_id) == (MessageStatus.SENT, "msg-1")
+    assert [(e["log_level"], e["count"]) for e in logs if e["event"].startswith("receipts applied to no message")] == [
+        ("warning", 1)
+    ]
