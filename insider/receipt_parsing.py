@@ -104,7 +104,12 @@ class Receipt:
 
     @property
     def dedupe_key(self) -> str:
-        """The receipt's identity: provider id, status (any case), error code and time of delivery."""
+        """The receipt's identity: provider id, status (any case), error code and time of delivery.
+
+        Not the provider: a message's history holds a receipt once, however it was named; two
+        providers' receipts for one id meet two messages, and wait apart (the waiting table's
+        key has the provider).
+        """
         parts = (
             self.provider_message_id,
             self.status.strip().lower(),

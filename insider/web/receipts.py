@@ -94,9 +94,10 @@ def receipts_refusal(request: web.Request) -> web.Response | None:
     "invalid receipt is refused whole (422, `fields` named `<index>.<field>`). One receipt may also come as an "
     "application/x-www-form-urlencoded form, with these names or Twilio's (MessageSid, MessageStatus, ErrorCode). "
     "Provider ids are unique only per provider: `?provider=<name>` says which provider sent the receipts, and then "
-    "only that provider's message with the id is touched; without it, a receipt goes to the message with its id "
-    "while one provider's messages alone have it, and is `ambiguous` (applied to none, not kept) when two "
-    "providers' messages have it. A name that is not one of the providers is 422 (`fields.provider`).",
+    "only that provider's message with the id is touched. Without it, a receipt goes to the message with its id; "
+    "with several providers configured, only while one provider's messages alone have that id, and it is "
+    "`ambiguous` (applied to none, not kept) when two providers' messages have it. A name that is not one of the "
+    "providers is 422 (`fields.provider`).",
     parameters=[
         {
             "in": "query",
