@@ -415,6 +415,7 @@ class ErrorSchema(Schema):
         values=fields.List(fields.String()),
         metadata={"description": "Per-field problems, for invalid input"},
     )
+    host = fields.String(metadata={"description": "The Host header the service does not answer to (a 421)"})
 
 
 # --- The original Go service's routes (GET /messages, /messages/start, /messages/stop) ---------------

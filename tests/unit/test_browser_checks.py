@@ -245,3 +245,11 @@ async def test_the_original_routes_refuse_in_the_original_envelope(api: Api, pat
     assert foreign.status == 421
     assert (await foreign.json())["success"] is False
     assert await _running(api) is False  # neither start nor stop ran
+
+
+async def test_the_421s_body_is_the_documented_error(api: Api) -> None:
+    response = await api.client.get("/api/v1/messages", headers={"Host": "evil.example"})
+    body = await response.json()
+    spec = await (await api.client.get("/api/docs/swagger.json")).json()
+    documented = spec["definitions"]["Error"]["properties"]
+    assert response.status == 421 and set(body) <= set(documented), (set(body), set(documented))
