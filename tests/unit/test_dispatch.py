@@ -215,3 +215,24 @@ async def test_a_turn_further_away_than_the_providers_timeout_goes_to_the_routes
         dispatched = await route.send(TO, "hi", "k2")  # alpha's next turn is 4 s away, past its 2 s timeout
         assert dispatched.provider == "beta" and [t.provider for t in dispatched.tries] == ["beta"]
         assert len(alpha.requests) == 1
+
+
+async def test_sends_waiting_for_a_slot_when_the_provider_begins_throttling_do_not_go_to_it(clock: FakeClock) -> None:
+    release = asyncio.Event()
+
+    async def throttling(request: Request) -> SendResult:
+        await release.wait()
+        return THROTTLED
+
+    text = FILE.replace('url = "https://a.example"', 'url = "https://a.example"\nconcurrency = 1')
+    alpha = InMemorySmsClient(responder=throttling)
+    beta = answer(SENT)
+    route = dispatcher(clock, alpha, beta, text)
+    sends = [asyncio.ensure_future(route.send(TO, "hi", f"k{i}")) for i in range(3)]
+    await clock.settle()  # the first is at alpha, the others wait for its one slot
+    release.set()
+    done = await asyncio.gather(*sends)
+
+    assert [r.idempotency_key for r in alpha.requests] == ["k0"]  # nothing more went to it while it throttles
+    assert [d.provider for d in done] == ["beta"] * 3
+    assert [[t.provider for t in d.tries] for d in done] == [["alpha", "beta"], ["beta"], ["beta"]]
