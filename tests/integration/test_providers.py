@@ -1,10 +1,12 @@
-"""Several providers through the real service: failover, breakers, ambiguous outcomes, on real local webhooks."""
+"""Several providers through the real service: failover, breakers, ambiguous outcomes, on real local webhooks;
+an SMPP provider on an SMSC of smpp34's server (not our simulator): bind, submits, throttling, deliver_sm receipts."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import smpp34
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -21,6 +24,7 @@ from insider.domain import MessageStatus
 from insider.ports import MessageRepository
 from insider.providers.breaker import BreakerState
 from tests.conftest import eventually
+from tests.integration.smsc_peer import SmscPeer
 
 PHONE = "+905301234001"
 
@@ -228,3 +232,86 @@ def test_a_malformed_providers_file_stops_the_start_with_one_line_and_exit_2(tmp
         f"insider: error: INSIDER_PROVIDERS_FILE: {path}:4: providers[0].rate: expected messages per second, "
         "a number > 0, got -1"
     ]
+
+
+ESME_RTHROTTLED = 0x58
+
+
+async def test_an_smpp_provider_binds_submits_slows_down_when_throttled_and_applies_deliver_sm_receipts(
+    service: Any, tmp_path: Path
+) -> None:
+    submitted_at: list[float] = []
+
+    def throttle_the_first_two(event: smpp34.SubmitSmEvent) -> int:
+        submitted_at.append(time.monotonic())
+        return ESME_RTHROTTLED if len(submitted_at) <= 2 else 0
+
+    path = tmp_path / "providers.toml"
+    async with SmscPeer(policy=throttle_the_first_two) as smsc:
+        path.write_text(
+            f"""
+[[providers]]
+name = "carrier"
+kind = "smpp"
+host = "127.0.0.1"
+port = {smsc.port}
+system_id = "insider"
+password = "secret"
+source = "INSIDER"
+price = 0.01
+"""
+        )
+        container = Container(settings=service(path))
+        async with open_service(container) as supervisor:
+            repository: MessageRepository = await resolve(container.repository)
+            ids = [(await repository.enqueue(PHONE, f"m{i}")).id for i in range(3)]
+            await supervisor.start()
+            await eventually(lambda: [s.status for s in smsc.submits].count(0) == 3, what="three accepted")
+
+            assert [e.system_id for e in smsc.sessions.values()] == ["insider"]  # one bind, ours
+            # Throttled twice: the provider was left alone 1 s, then 2 s, before submitting again.
+            assert submitted_at[1] - submitted_at[0] >= 0.9 and submitted_at[2] - submitted_at[1] >= 1.9
+            await eventually(
+                lambda: _all_status(repository, ids, MessageStatus.SENT), what="every message sent, none failed"
+            )
+            given = {s.message_id for s in smsc.submits if s.status == 0}
+            messages = [m for m in [await repository.get(i) for i in ids] if m is not None]
+            assert {m.message_id for m in messages} == given  # the ids of the SMSC's submit_sm_resp
+            assert {(m.provider, m.cost) for m in messages} == {("carrier", 0.01)}
+            refused = [e for i in ids for e in await repository.events(i) if e.outcome == "retry"]
+            assert len(refused) == 2 and all("ESME_RTHROTTLED" in (e.error or "") for e in refused)
+
+            delivered, undelivered = messages[0].message_id, messages[1].message_id
+            assert delivered is not None and undelivered is not None
+            answers = [
+                await smsc.deliver(
+                    f"id:{delivered} sub:001 dlvrd:001 submit date:2612050930 done date:2612050931 "
+                    "stat:DELIVRD err:000 text:m0".encode(),
+                    esm_class=0x04,
+                ),
+                await smsc.deliver(
+                    b"",
+                    esm_class=0x04,
+                    tlvs=[smpp34.Tlv(0x001E, undelivered.encode() + b"\x00"), smpp34.Tlv(0x0427, bytes([5]))],
+                ),
+            ]
+            assert answers == [0, 0]  # deliver_sm_resp OK
+
+            async def both_applied() -> bool:
+                first = await _all_status(repository, ids[:1], MessageStatus.DELIVERED)
+                return first and await _all_status(repository, ids[1:2], MessageStatus.UNDELIVERED)
+
+            await eventually(both_applied, what="both receipts applied")
+            for message_id, outcome in ((ids[0], "delivered"), (ids[1], "undelivered")):
+                history = await repository.events(message_id)
+                assert [(e.kind, e.outcome) for e in history][-2:] == [("attempt", "sent"), ("receipt", outcome)]
+            got = await repository.get(ids[0])
+            assert got is not None and got.delivered_at is not None
+            await supervisor.stop()
+        assert smsc.unbound  # the bind was let go on the way out
+
+
+async def _all_status(repository: MessageRepository, ids: list[int], status: MessageStatus) -> bool:
+    got = [await repository.get(i) for i in ids]
+    assert all(m is not None and m.status is not MessageStatus.FAILED for m in got)
+    return all(m is not None and m.status is status for m in got)
