@@ -7,6 +7,7 @@ that slows the provider without failing messages, and an SMSC that goes down and
 from __future__ import annotations
 
 import itertools
+import signal
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
@@ -158,6 +159,9 @@ async def test_messages_are_submitted_and_their_deliver_sm_receipts_make_them_de
         assert message["deliveryStatus"] == "delivered" and message["deliveredAt"] is not None
     state = await smsc.state()
     assert (state["binds"], state["counts"]["accepted"], state["counts"]["receiptsSent"]) == (1, 6, 3)
+    service.process.send_signal(signal.SIGTERM)
+    assert service.process.wait(timeout=20) == 0
+    assert "SMPP unbound" in [e["event"] for e in log_events(service.log())]  # let go of the bind on the way out
     assert PHONE not in service.log()
 
 
@@ -180,7 +184,9 @@ async def test_an_smsc_throttling_slows_the_provider_without_failing_a_message(
     # The same SMSC, no longer throttling: stopped, and started again on the same port.
     throttling.simulator.process.terminate()
     assert throttling.simulator.process.wait(timeout=20) == 0
-    smsc = await _smsc_on(start_service, session, throttling.smpp_port, "--dlr-delay", "100ms")
+    smsc = await _smsc_on(
+        start_service, session, throttling.smpp_port, "--dlr-delay", "100ms", "--undelivered-rate", "0"
+    )
     await eventually(lambda: _all_delivered(session, service, ids), timeout_s=40, what="every message delivered")
 
     histories = [await _history(session, service, i) for i in ids]
