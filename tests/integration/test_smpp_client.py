@@ -11,7 +11,8 @@ import pytest
 import smpp34
 from structlog.testing import capture_logs
 
-from insider.adapters.smpp import TLV_MESSAGE_STATE, TLV_NETWORK_ERROR_CODE, TLV_RECEIPTED_MESSAGE_ID, SmppSmsClient
+from insider.adapters.smpp import SmppSmsClient
+from insider.adapters.smpp_codec import TLV_MESSAGE_STATE, TLV_NETWORK_ERROR_CODE, TLV_RECEIPTED_MESSAGE_ID
 from insider.clock import FakeClock
 from insider.domain import Outcome, SendResult
 from insider.receipt_parsing import parse_receipts

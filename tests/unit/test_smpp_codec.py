@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 import pytest
 import smpp34
 
-from insider.adapters.smpp import (
+from insider.adapters.smpp import SmppSmsClient
+from insider.adapters.smpp_codec import (
     DATA_CODING_GSM7,
     DATA_CODING_UCS2,
     TLV_MESSAGE_STATE,
     TLV_RECEIPTED_MESSAGE_ID,
-    SmppSmsClient,
     encode_parts,
     is_receipt,
     receipt_of,
