@@ -34,8 +34,6 @@ import contextlib
 import itertools
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
@@ -47,12 +45,10 @@ from insider.adapters.smpp_codec import (
     NPI_E164,
     TON_INTERNATIONAL,
     encode_parts,
-    inbound_of,
-    is_receipt,
-    receipt_of,
     refused,
     source_address,
 )
+from insider.adapters.smpp_deliveries import InboundCallback, ReceiptsCallback, SmppDeliveries
 from insider.clock import SystemClock
 from insider.domain import Outcome, SendResult, mask_phone
 from insider.logs import get_logger
@@ -60,8 +56,6 @@ from insider.ports import Clock
 
 log = get_logger("insider.smpp")
 
-ReceiptsCallback = Callable[[list[dict[str, Any]]], Awaitable[None]]
-InboundCallback = Callable[[dict[str, Any]], Awaitable[None]]
 
 # The bind's fields (5.2.1-5.2.3), without their NUL. smpp34 1.5 does not refuse longer ones:
 # its core panics in a worker thread and the bind only times out, so they are checked here.
@@ -75,10 +69,6 @@ MAX_SYSTEM_TYPE: Final = 12
 BIND_TIMEOUT_S: Final = 10.0
 RECONNECT_BACKOFF_S: Final = 1.0
 RECONNECT_BACKOFF_MAX_S: Final = 60.0
-# Receipts and inbound messages the callbacks refused are handed to them again after this,
-# doubled up to the cap.
-CALLBACK_RETRY_S: Final = 0.5
-CALLBACK_RETRY_MAX_S: Final = 30.0
 RECEIPT_BUFFER: Final = 1024
 # How often a bind with nothing to say is asked whether it still lives (see _serve).
 LIVENESS_CHECK_S: Final = 5.0
@@ -145,14 +135,6 @@ def _settled(future: asyncio.Future[Any]) -> None:
     """Mark an abandoned future's exception as seen (asyncio would log it as never retrieved)."""
     if not future.cancelled():
         future.exception()
-
-
-@dataclass(slots=True)
-class _Delivery:
-    """One deliver_sm taken from the SMSC: a receipt for the receipts callback, or an inbound message."""
-
-    receipt: dict[str, Any] | None = None
-    inbound: dict[str, Any] | None = None
 
 
 class SmppSmsClient:
@@ -236,8 +218,6 @@ class SmppSmsClient:
         self.bind_timeout_s = bind_timeout_s
         self.reconnect_backoff_s = reconnect_backoff_s
         self.reconnect_backoff_max_s = reconnect_backoff_max_s
-        self._receipts = receipts
-        self._inbound = inbound
         self._clock = clock or SystemClock()
         self._rng = rng or random.Random()
         self._buffer = receipt_buffer
@@ -246,9 +226,7 @@ class SmppSmsClient:
         self._smsc: smpp34.Smsc | None = None
         self._finishing = asyncio.Event()
         self._running = False
-        self._inbox: asyncio.Queue[_Delivery] = asyncio.Queue(maxsize=receipt_buffer)
-        self._unwritten: list[_Delivery] = []
-        self._draining = False
+        self._deliveries = SmppDeliveries(name, receipts, inbound, self._clock, receipt_buffer)
         self.state = "down"  # bound, connecting, down
         self.last_error: str | None = None
         self.bound_since: datetime | None = None
@@ -394,14 +372,12 @@ class SmppSmsClient:
         if self._running:
             raise RuntimeError(f"SMPP provider {self.name} is already running")
         self._running = True
-        self._draining = False
-        deliveries = asyncio.create_task(self._deliver(), name=f"insider-smpp-{self.name}-deliveries")
+        self._deliveries.open()
+        deliveries = asyncio.create_task(self._deliveries.run(), name=f"insider-smpp-{self.name}-deliveries")
         try:
             await self._keep_bound()
             # Give what was received its chance to be written, then let go of it.
-            self._draining = True
-            with contextlib.suppress(asyncio.QueueFull):  # full: it is not waiting for more
-                self._inbox.put_nowait(_Delivery())  # wakes the deliveries task if it waits for more
+            self._deliveries.drain()
             if not await self._within(deliveries, self.timeout_s):
                 deliveries.cancel()
             await asyncio.wait({deliveries})
@@ -411,7 +387,7 @@ class SmppSmsClient:
                 await asyncio.wait({deliveries})
             if not deliveries.cancelled() and deliveries.exception() is not None:
                 log.error("SMPP receipts task crashed", provider=self.name, exc_info=deliveries.exception())
-            self._report_lost()
+            self._deliveries.report_lost()
             self._smsc = None
             self.state = "down"
             self.bound_since = None
@@ -576,93 +552,7 @@ class SmppSmsClient:
             event = await smsc.next()
             if not isinstance(event, smpp34.DeliverSmEvent):
                 return
-            await self._inbox.put(self._delivery(event))
-
-    def _delivery(self, event: smpp34.DeliverSmEvent) -> _Delivery:
-        if is_receipt(event.esm_class, event.tlvs):
-            receipt = receipt_of(event.short_message, event.data_coding, event.tlvs)
-            if receipt is None:
-                log.warning(
-                    "SMPP receipt without a message id or a state; acknowledged and dropped",
-                    provider=self.name,
-                    short_message=event.short_message[:160].decode("latin-1"),
-                )
-                return _Delivery()
-            return _Delivery(receipt=receipt)
-        return _Delivery(inbound=inbound_of(event))
-
-    async def _deliver(self) -> None:
-        """Hand receipts (batched as they come) and inbound messages to the callbacks; again with backoff on failure."""
-        failures = 0
-        while True:
-            if not self._unwritten:
-                if self._draining and self._inbox.empty():
-                    return
-                self._unwritten.append(await self._inbox.get())
-            while not self._inbox.empty() and len(self._unwritten) < self._buffer:
-                self._unwritten.append(self._inbox.get_nowait())
-            try:
-                await self._hand_over()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                if self._draining:
-                    return
-                wait_s = min(CALLBACK_RETRY_MAX_S, CALLBACK_RETRY_S * 2.0 ** min(failures - 1, 30))
-                if failures == 1:
-                    log.warning(
-                        "SMPP receipts not written; trying again with backoff",
-                        provider=self.name,
-                        held=len(self._unwritten),
-                        error=f"{type(exc).__name__}: {exc}",
-                    )
-                await self._clock.sleep(wait_s)
-                continue
-            if failures:
-                log.info("SMPP receipts written again", provider=self.name)
-            failures = 0
-
-    async def _hand_over(self) -> None:
-        """Hand the unwritten ones over in order; what was handed is dropped from them as it succeeds."""
-        while self._unwritten:
-            first = self._unwritten[0]
-            if first.receipt is not None:
-                batch = list(itertools.takewhile(lambda d: d.receipt is not None, self._unwritten))
-                if self._receipts is not None:
-                    await self._receipts([d.receipt for d in batch if d.receipt is not None])
-                else:
-                    log.info("SMPP receipts with nowhere to go", provider=self.name, count=len(batch))
-                del self._unwritten[: len(batch)]
-            elif first.inbound is not None:
-                if self._inbound is not None:
-                    await self._inbound(first.inbound)
-                else:
-                    log.info(
-                        "SMPP inbound message",
-                        provider=self.name,
-                        sender=mask_phone(first.inbound["from"]),
-                        to=first.inbound["to"],
-                        length=len(first.inbound["text"]),
-                    )
-                del self._unwritten[0]
-            else:  # nothing to hand (dropped, or the drain's wake-up)
-                del self._unwritten[0]
-
-    def _report_lost(self) -> None:
-        held = [d for d in self._unwritten if d.receipt is not None or d.inbound is not None]
-        while not self._inbox.empty():
-            item = self._inbox.get_nowait()
-            if item.receipt is not None or item.inbound is not None:
-                held.append(item)
-        self._unwritten.clear()
-        if held:
-            log.error(
-                "SMPP receipts lost: acknowledged to the SMSC but not written before the stop",
-                provider=self.name,
-                receipts=[d.receipt["messageId"] for d in held if d.receipt is not None][:100],
-                inbound=sum(1 for d in held if d.inbound is not None),
-            )
+            await self._deliveries.put(event)
 
 
 def _drop(client: smpp34.Client) -> None:
