@@ -11,13 +11,14 @@ the PDUs and what is read out of them (parts, addresses, statuses, receipts) is
 What smpp34 (1.5) does not do publicly, and what this module does about it:
 
 - ``window_size`` is not enforced by its core: the window of outstanding ``submit_sm`` is
-  kept here. A slot is given back when smpp34 is done with the PDU (its answer came, its own
-  30 s response timer ran out, or the bind dropped), not when a send stops waiting for it, so
-  the SMSC never holds more than ``window`` of ours.
+  kept here (:mod:`insider.adapters.smpp_window`). A slot is given back when smpp34 is done
+  with the PDU (its answer came, its own 30 s response timer ran out, or the bind dropped),
+  not when a send stops waiting for it, so the SMSC never holds more than ``window`` of ours.
 - Its core answers each ``deliver_sm`` as it arrives (``deliver_sm_resp`` OK), before the
   receipt is written, so a receipt cannot be answered after the write. Receipts the callback
-  refused are kept here and handed to it again with backoff, while smpp34's inbound queue
-  (``receipt_buffer``) and ours (as many again) fill. Past that, smpp34 refuses the next
+  refused are kept here (:mod:`insider.adapters.smpp_deliveries`) and handed to it again
+  with backoff, while smpp34's inbound queue (``receipt_buffer``) and ours (as many again)
+  fill. Past that, smpp34 refuses the next
   ``deliver_sm`` with ``ESME_RMSGQFUL``; version 1.5 writes that refusal one octet too long
   and the SMSC drops the bind, so it is bound again with backoff and the SMSC sends what it
   was refused again. Receipts still held when the process stops are logged as lost.
@@ -30,10 +31,8 @@ What smpp34 (1.5) does not do publicly, and what this module does about it:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import random
-from collections import deque
 from datetime import datetime
 from typing import Any, Final
 
@@ -49,6 +48,7 @@ from insider.adapters.smpp_codec import (
     source_address,
 )
 from insider.adapters.smpp_deliveries import InboundCallback, ReceiptsCallback, SmppDeliveries
+from insider.adapters.smpp_window import SubmitWindow
 from insider.clock import SystemClock
 from insider.domain import Outcome, SendResult, mask_phone
 from insider.logs import get_logger
@@ -72,63 +72,6 @@ RECONNECT_BACKOFF_MAX_S: Final = 60.0
 RECEIPT_BUFFER: Final = 1024
 # How often a bind with nothing to say is asked whether it still lives (see _serve).
 LIVENESS_CHECK_S: Final = 5.0
-
-
-class _Window:
-    """Slots for outstanding submit_sm: taken before a PDU goes out, given back when smpp34 is done with it."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._free = size
-        self._waiters: deque[asyncio.Future[None]] = deque()
-        self._idle: list[asyncio.Future[None]] = []
-
-    @property
-    def in_flight(self) -> int:
-        return self.size - self._free
-
-    def take_now(self) -> bool:
-        if self._free and not self._waiters:
-            self._free -= 1
-            return True
-        return False
-
-    def wait(self) -> asyncio.Future[None]:
-        """A future done when a slot is handed to it (the caller then holds it)."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        return waiter
-
-    def abandon(self, waiter: asyncio.Future[None]) -> None:
-        """The caller stopped waiting: a slot handed to it in the meantime goes on to the next."""
-        if waiter.done() and not waiter.cancelled():
-            self.give()
-            return
-        waiter.cancel()
-        with contextlib.suppress(ValueError):
-            self._waiters.remove(waiter)
-
-    def give(self, _: object = None) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._free += 1
-        if self._free == self.size:
-            for idle in self._idle:
-                if not idle.done():
-                    idle.set_result(None)
-            self._idle.clear()
-
-    def idle(self) -> asyncio.Future[None]:
-        """A future done when nothing is in flight."""
-        idle: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self._free == self.size:
-            idle.set_result(None)
-        else:
-            self._idle.append(idle)
-        return idle
 
 
 def _settled(future: asyncio.Future[Any]) -> None:
@@ -221,7 +164,7 @@ class SmppSmsClient:
         self._clock = clock or SystemClock()
         self._rng = rng or random.Random()
         self._buffer = receipt_buffer
-        self._window = _Window(window)
+        self._window = SubmitWindow(window)
         self._references = itertools.count(self._rng.randrange(256))
         self._smsc: smpp34.Smsc | None = None
         self._finishing = asyncio.Event()
