@@ -304,7 +304,9 @@ class BatchSender:
             return self._not_attempted(message, result)
         *before, last = dispatched.tries
         duration_ms = round((self._clock.monotonic() - t0) * 1000, 1)
-        if result.outcome is Outcome.RETRY:
+        if result.outcome is Outcome.RETRY and result.throttled:
+            outcome = "throttled"  # the provider is busy: it slows the message down, never fails it
+        elif result.outcome is Outcome.RETRY:
             outcome = "retry" if message.attempts < self.options.max_attempts else "failed"
         else:
             outcome = result.outcome.value  # sent or failed, as the row becomes
@@ -391,7 +393,10 @@ class BatchSender:
             )
         error = result.error or "unknown error"
         if result.outcome is Outcome.RETRY:
-            if message.attempts >= self.options.max_attempts:
+            # A provider that throttles (429, ESME_RTHROTTLED) is busy, not refusing: the try is
+            # in the history, but it does not count against INSIDER_MAX_ATTEMPTS.
+            throttled = result.throttled
+            if message.attempts >= self.options.max_attempts and not throttled:
                 return Resolution(
                     message.id,
                     message.claim_token,
@@ -399,7 +404,7 @@ class BatchSender:
                     last_error=f"gave up after {message.attempts} attempts: {error}",
                     attempt=attempt,
                 )
-            retry_in_s = self.backoff_s(message.attempts, result.retry_after_s)
+            retry_in_s = self.backoff_s(1 if throttled else message.attempts, result.retry_after_s)
             if message.valid_until is not None:
                 retry_at = self._clock.now().timestamp() + retry_in_s
                 if retry_at >= message.valid_until.timestamp():  # retries stop at expiry
@@ -412,6 +417,7 @@ class BatchSender:
                 last_error=error,
                 retry_in_s=retry_in_s,
                 attempt=attempt,
+                uncount_attempt=throttled,
             )
         return Resolution(message.id, message.claim_token, MessageStatus.FAILED, last_error=error, attempt=attempt)
 
@@ -456,7 +462,8 @@ class BatchSender:
     @staticmethod
     def _report(claimed: list[Message], resolutions: dict[int, Resolution], duration_s: float) -> BatchReport:
         statuses = [r.status for r in resolutions.values()]
-        released = sum(1 for r in resolutions.values() if r.uncount_attempt)
+        # Released: put back unsent with no attempt (a stop, no provider free); a throttled try is a retry.
+        released = sum(1 for r in resolutions.values() if r.uncount_attempt and r.attempt is None)
         return BatchReport(
             claimed=len(claimed),
             sent=statuses.count(MessageStatus.SENT),

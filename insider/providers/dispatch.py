@@ -11,6 +11,7 @@ try is marked as a possible duplicate.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -261,6 +262,10 @@ class Dispatcher:
             provider.in_flight.release()
         elapsed = self._clock.monotonic() - started
         self._note(provider, result, elapsed)
+        if result.throttled and result.retry_after_s is None:  # it said not for how long: its pause, as taken
+            result = dataclasses.replace(
+                result, retry_after_s=max(0.0, provider.throttled_until - self._clock.monotonic())
+            )
         return Tried(provider.name, result, at, round(elapsed * 1000, 1))
 
     def _note(self, provider: ProviderRuntime, result: SendResult, elapsed_s: float) -> None:

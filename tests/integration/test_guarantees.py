@@ -313,7 +313,9 @@ async def test_retry_after_from_the_provider_sets_the_next_attempt(
         assert (await service.sender.run_batch()).claimed == 0  # not due before its time
 
     waiting = await row(pg_repository, message)
-    assert waiting.status is MessageStatus.PENDING and waiting.attempts == 1
+    # The provider asked to slow down: a throttled try, in the history, not counted as an attempt.
+    assert waiting.status is MessageStatus.PENDING and waiting.attempts == 0
+    assert [e.outcome for e in await pg_repository.events(message.id)] == ["throttled"]
     assert waiting.last_error is not None and waiting.last_error.startswith(f"HTTP {status}")
     assert waiting.next_attempt_at is not None
     if status == 429:

@@ -278,7 +278,7 @@ price = 0.01
             messages = [m for m in [await repository.get(i) for i in ids] if m is not None]
             assert {m.message_id for m in messages} == given  # the ids of the SMSC's submit_sm_resp
             assert {(m.provider, m.cost) for m in messages} == {("carrier", 0.01)}
-            refused = [e for i in ids for e in await repository.events(i) if e.outcome == "retry"]
+            refused = [e for i in ids for e in await repository.events(i) if e.outcome == "throttled"]
             assert len(refused) == 2 and all("ESME_RTHROTTLED" in (e.error or "") for e in refused)
 
             delivered, undelivered = messages[0].message_id, messages[1].message_id

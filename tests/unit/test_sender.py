@@ -618,7 +618,8 @@ async def test_a_429_pauses_the_provider_and_the_batchs_other_messages_wait_with
     assert len(sms.requests) == 1  # the provider asked to wait: nothing more went to it
     assert (report.claimed, report.retried, report.released) == (3, 1, 2)
     throttled = await row(repo, first)
-    assert (throttled.status, throttled.attempts) == (MessageStatus.PENDING, 1)
+    assert (throttled.status, throttled.attempts) == (MessageStatus.PENDING, 0)  # busy, not refusing: not counted
+    assert throttled.next_attempt_at == clock.now() + timedelta(seconds=7)
     for message in (second, third):
         waiting = await row(repo, message)
         assert (waiting.status, waiting.attempts) == (MessageStatus.PENDING, 0)  # not an attempt
@@ -658,3 +659,24 @@ async def test_a_batch_does_not_wait_for_a_providers_far_rate_turns_and_those_me
         timedelta(seconds=1.5),
     ]
     assert {m.last_error for m in waiting} == {"no provider can take it now: alpha (at its rate)"}
+
+
+async def test_a_provider_that_throttles_longer_than_the_attempts_allow_never_fails_the_message(
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_sender: Callable[..., BatchSender]
+) -> None:
+    (message,) = add(repo, clock, "a")
+    sms.responder = lambda request: SendResult(
+        Outcome.RETRY, status_code=429, error="HTTP 429: slow down", throttled=True
+    )
+    sender = make_sender(batch_size=1, max_attempts=2)
+    for _ in range(5):  # more throttled tries than INSIDER_MAX_ATTEMPTS
+        report = await sender.run_batch()
+        assert report.retried == 1
+        waiting = await row(repo, message)
+        assert (waiting.status, waiting.attempts) == (MessageStatus.PENDING, 0)
+        assert waiting.next_attempt_at is not None
+        await clock.advance((waiting.next_attempt_at - clock.now()).total_seconds())
+    sms.responder = lambda request: accepted(request)
+    assert (await sender.run_batch()).sent == 1
+    events = await repo.events(message.id)
+    assert [e.outcome for e in events] == ["throttled"] * 5 + ["sent"]  # each try is in the history
