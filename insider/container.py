@@ -23,7 +23,7 @@ from insider.logs import get_logger
 from insider.metrics import CountsCache, Metrics
 from insider.ports import Clock, MessageRepository, ProviderStore, ReceiptStore, RepositoryUnavailable, SmsClient
 from insider.providers.config import ProvidersConfig, ProviderSpec, RouteSpec
-from insider.providers.dispatch import Dispatcher, runtime
+from insider.providers.dispatch import RATE_HOLD_S, Dispatcher, runtime
 from insider.providers.routing import Router
 from insider.providers.switches import ProviderSwitches
 from insider.receipt_parsing import parse_receipts
@@ -176,13 +176,18 @@ async def _file_clients(
         yield clients
 
 
-def _dispatcher(config: ProvidersConfig, clients: dict[str, SmsClient], clock: Clock, repository: object) -> Dispatcher:
+def _dispatcher(
+    config: ProvidersConfig, clients: dict[str, SmsClient], clock: Clock, repository: object, send_interval_s: float
+) -> Dispatcher:
     """The providers as the sender sends through them: breakers for the file's (the shorthand keeps
     today's retries), each one's rate kept in the database when it has one."""
     breakers = config.source != "INSIDER_WEBHOOK_URL"
     runtimes = [runtime(spec, clients[spec.name], clock, breaker=breakers) for spec in config.providers]
     rates = repository if isinstance(repository, ProviderStore) else None
-    return Dispatcher(runtimes, Router(config.routes, config.providers), clock, rates=rates)
+    # A batch every interval may hold for a rate turn up to that interval (the next batch would
+    # come no sooner); back to back (drain mode), only a moment.
+    hold_s = max(RATE_HOLD_S, send_interval_s)
+    return Dispatcher(runtimes, Router(config.routes, config.providers), clock, rates=rates, rate_hold_s=hold_s)
 
 
 def _simulated_sms_client(
@@ -365,7 +370,12 @@ class Container(containers.DeclarativeContainer):
         file=providers.Resource(_file_clients, config=providers_config, receipts=receipts, clock=clock),
     )
     dispatcher = providers.Singleton(
-        _dispatcher, config=providers_config, clients=provider_clients, clock=clock, repository=repository
+        _dispatcher,
+        config=providers_config,
+        clients=provider_clients,
+        clock=clock,
+        repository=repository,
+        send_interval_s=settings.provided.send_interval_s,
     )
     sender = providers.Singleton(
         BatchSender,

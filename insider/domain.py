@@ -239,6 +239,9 @@ class BatchReport:
     released: int = 0
     duration_s: float = 0.0
     expired: int = 0
+    # The soonest that a message this batch put back to pending is due again (seconds from the
+    # batch's end); None: none was put back with a time.
+    next_due_s: float | None = None
 
 
 # The GSM 03.38 default alphabet and its extension table, from the codec package's own

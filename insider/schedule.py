@@ -63,6 +63,7 @@ class Run:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     grid: float = 0.0  # interval mode: when the current batch was due (the next is one interval on)
     tick_due: bool = False  # interval mode: a tick came while a manual batch ran; it goes after it
+    due_at: float | None = None  # drain mode: when the soonest message a batch put back is due again
     children: set[ChildTask] = field(default_factory=set)  # its slot checks, batches and timers
 
 
@@ -281,6 +282,9 @@ class Schedule:
     def _next_after(self, run: Run, report: BatchReport) -> None:
         self._database_is_back()
         now = self._clock.monotonic()
+        if report.next_due_s is not None:
+            due_at = now + report.next_due_s
+            run.due_at = due_at if run.due_at is None or run.due_at <= now else min(run.due_at, due_at)
         if run.lanes == 1:
             # On the grid from the start; an overrun moves the grid, it never bunches batches.
             run.grid = max(run.grid + self.interval_s, now)
@@ -288,8 +292,16 @@ class Schedule:
             self._set_next(run.grid, f"rate: {every}; the last batch went at {_iso(self._clock.now())}")
             self._timer(run, run.grid - now)
         elif report.claimed == 0:
-            self._set_next(now + IDLE_POLL_S, f"queue empty: asking again every {IDLE_POLL_S:g}s")
-            self._timer(run, IDLE_POLL_S)
+            # A message an earlier batch put back (a provider's rate turn, a pause) may be due
+            # before the next poll: asked again then, so that its turn is not missed.
+            soonest = run.due_at if run.due_at is not None and run.due_at > now else None
+            run.due_at = None
+            if soonest is not None and soonest - now < IDLE_POLL_S:
+                self._set_next(soonest, "queue empty until a message put back is due")
+                self._timer(run, soonest - now)
+            else:
+                self._set_next(now + IDLE_POLL_S, f"queue empty: asking again every {IDLE_POLL_S:g}s")
+                self._timer(run, IDLE_POLL_S)
         else:
             self._set_next(now, "due now: draining back to back")
             self._start_batch(run)

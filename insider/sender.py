@@ -464,6 +464,9 @@ class BatchSender:
         statuses = [r.status for r in resolutions.values()]
         # Released: put back unsent with no attempt (a stop, no provider free); a throttled try is a retry.
         released = sum(1 for r in resolutions.values() if r.uncount_attempt and r.attempt is None)
+        dues = [
+            r.retry_in_s for r in resolutions.values() if r.status is MessageStatus.PENDING and r.retry_in_s is not None
+        ]
         return BatchReport(
             claimed=len(claimed),
             sent=statuses.count(MessageStatus.SENT),
@@ -472,6 +475,7 @@ class BatchSender:
             expired=statuses.count(MessageStatus.EXPIRED),
             released=released,
             duration_s=duration_s,
+            next_due_s=min(dues, default=None),
         )
 
 

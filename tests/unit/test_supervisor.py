@@ -25,7 +25,7 @@ from insider.supervisor import (
     Transition,
 )
 from tests.conftest import eventually
-from tests.unit.support import HeldProvider, ProbedRepository
+from tests.unit.support import HeldProvider, ProbedRepository, accepted
 
 PHONE = "+905551234567"
 IDLE, RUNNING = SupervisorState.IDLE, SupervisorState.RUNNING
@@ -518,6 +518,25 @@ async def test_interval_zero_drains_back_to_back_then_polls(
     assert len(sms.requests) == 7
     await clock.advance(0.5)
     assert len(sms.requests) == 8
+    assert supervisor.running
+
+
+async def test_drain_mode_asks_again_when_a_message_put_back_is_due_not_a_whole_poll_later(
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock, make_supervisor: MakeSupervisor
+) -> None:
+    # The provider asks to be left alone 0.3 s (a 429 with Retry-After): the message goes back
+    # to pending, due then; the schedule asks again at 0.3 s, not after IDLE_POLL_S.
+    answers = iter([SendResult(Outcome.RETRY, status_code=429, error="HTTP 429", retry_after_s=0.3, throttled=True)])
+    sms.responder = lambda request: next(answers, None) or accepted(request)
+    add(repo, clock, 1)
+    supervisor = make_supervisor(interval_s=0)
+    await supervisor.start()
+    await eventually(lambda: len(sms.requests) == 1, what="the first, throttled try")
+    await clock.settle()
+    assert clock.next_wake() == pytest.approx(0.3)
+    await clock.advance(0.3)
+    await eventually(lambda: len(sms.requests) == 2, what="the try at its time")
+    assert clock.monotonic() == pytest.approx(0.3)
     assert supervisor.running
 
 
