@@ -177,17 +177,24 @@ async def _file_clients(
 
 
 def _dispatcher(
-    config: ProvidersConfig, clients: dict[str, SmsClient], clock: Clock, repository: object, send_interval_s: float
+    config: ProvidersConfig,
+    clients: dict[str, SmsClient],
+    clock: Clock,
+    repository: object,
+    send_interval_s: float,
+    metrics: Metrics,
 ) -> Dispatcher:
     """The providers as the sender sends through them: breakers for the file's (the shorthand keeps
-    today's retries), each one's rate kept in the database when it has one."""
+    today's retries), each one's rate kept in the database when it has one, each request in the metrics."""
     breakers = config.source != "INSIDER_WEBHOOK_URL"
     runtimes = [runtime(spec, clients[spec.name], clock, breaker=breakers) for spec in config.providers]
     rates = repository if isinstance(repository, ProviderStore) else None
     # A batch every interval may hold for a rate turn up to that interval (the next batch would
     # come no sooner); back to back (drain mode), only a moment.
     hold_s = max(RATE_HOLD_S, send_interval_s)
-    return Dispatcher(runtimes, Router(config.routes, config.providers), clock, rates=rates, rate_hold_s=hold_s)
+    metrics.providers_configured(spec.name for spec in config.providers)
+    router = Router(config.routes, config.providers)
+    return Dispatcher(runtimes, router, clock, rates=rates, rate_hold_s=hold_s, observer=metrics)
 
 
 def _simulated_sms_client(
@@ -376,6 +383,7 @@ class Container(containers.DeclarativeContainer):
         clock=clock,
         repository=repository,
         send_interval_s=settings.provided.send_interval_s,
+        metrics=metrics,
     )
     sender = providers.Singleton(
         BatchSender,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from insider.clock import SystemClock
-from insider.domain import BatchReport, MessageStatus
-from insider.ports import Clock, MessageReader
+from insider.domain import BatchReport, MessageStatus, Outcome, SendResult
+from insider.ports import Clock, MessageReader, ProviderStore, ProviderTotals
 from insider.receipt_parsing import ReceiptOutcome, ReceiptResult
 
 # The Prometheus text exposition format, version 0.0.4 (what generate_latest writes, and every Prometheus reads).
@@ -23,6 +24,18 @@ BATCH_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 
 
 
 OUTCOMES = ("sent", "retry", "failed", "invalid", "expired")
+# insider_provider_breaker_state's values: one series per provider, not one per state.
+BREAKER_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+
+
+@dataclass(slots=True)
+class _ProviderSeries:
+    """One provider's series, kept at hand: the lookup by label is per request."""
+
+    sent: Counter
+    failed: Counter
+    throttled: Counter
+    duration: Histogram
 
 
 class Metrics:
@@ -80,6 +93,82 @@ class Metrics:
         self.sender_running = Gauge("insider_sender_running", "1 while automatic sending runs, else 0", registry=r)
         # Every series exists from the start, at 0; kept at hand, as the lookup is per send.
         self._attempts = {outcome: self.send_attempts.labels(outcome=outcome) for outcome in OUTCOMES}
+        # Per provider: the label's values are the configured providers' names, never a request's input.
+        by = ["provider"]
+        self.provider_sent = Counter("insider_provider_sent", "Requests the provider accepted", by, registry=r)
+        self.provider_failed = Counter(
+            "insider_provider_failed",
+            "Requests the provider did not accept: refused, errors, timeouts, throttled",
+            by,
+            registry=r,
+        )
+        self.provider_throttled = Counter(
+            "insider_provider_throttled",
+            "Times the provider asked to slow down (429, Retry-After, ESME_RTHROTTLED)",
+            by,
+            registry=r,
+        )
+        self.provider_send_duration = Histogram(
+            "insider_provider_send_duration_seconds",
+            "Time one request to the provider took",
+            by,
+            buckets=SEND_BUCKETS_S,
+            registry=r,
+        )
+        self.provider_breaker = Gauge(
+            "insider_provider_breaker_state",
+            "The provider's circuit breaker: 0 closed, 1 half-open, 2 open",
+            by,
+            registry=r,
+        )
+        self.provider_enabled = Gauge(
+            "insider_provider_enabled",
+            "1 while the provider is in rotation, 0 when an operator took it out",
+            by,
+            registry=r,
+        )
+        self.provider_cost = Gauge(
+            "insider_provider_cost",
+            "Cost of the messages the provider accepted, for the whole deployment (a few seconds old)",
+            by,
+            registry=r,
+        )
+        self._providers: dict[str, _ProviderSeries] = {}
+
+    def providers_configured(self, names: Iterable[str]) -> None:
+        """Make every series of these providers, at 0, before their first request."""
+        for name in names:
+            self._series(name)
+
+    def _series(self, provider: str) -> _ProviderSeries:
+        series = self._providers.get(provider)
+        if series is None:
+            series = _ProviderSeries(
+                self.provider_sent.labels(provider=provider),
+                self.provider_failed.labels(provider=provider),
+                self.provider_throttled.labels(provider=provider),
+                self.provider_send_duration.labels(provider=provider),
+            )
+            self._providers[provider] = series
+            self.provider_breaker.labels(provider=provider).set(0)
+            self.provider_enabled.labels(provider=provider).set(1)
+            self.provider_cost.labels(provider=provider).set(0)
+        return series
+
+    def provider_tried(self, provider: str, result: SendResult, duration_s: float) -> None:
+        series = self._series(provider)
+        (series.sent if result.outcome is Outcome.SENT else series.failed).inc()
+        if result.throttled:
+            series.throttled.inc()
+        series.duration.observe(duration_s)
+
+    def set_provider(self, provider: str, *, breaker: str, enabled: bool, cost: float | None = None) -> None:
+        """Set a provider's gauges when scraped; ``cost`` None keeps the last known one."""
+        self._series(provider)
+        self.provider_breaker.labels(provider=provider).set(BREAKER_VALUES[breaker])
+        self.provider_enabled.labels(provider=provider).set(1 if enabled else 0)
+        if cost is not None:
+            self.provider_cost.labels(provider=provider).set(cost)
 
     def send_attempt(self, outcome: str, duration_s: float | None) -> None:
         series = self._attempts.get(outcome)
@@ -145,6 +234,7 @@ class CountsCache:
         self.ttl_s = ttl_s
         self._counts: dict[MessageStatus, int] | None = None
         self.segments_sent = 0  # of every sent message, read with the counts
+        self.providers: list[ProviderTotals] = []  # each provider's totals, read with the counts (when kept)
         self._taken_at = 0.0
         self._lock = asyncio.Lock()
 
@@ -163,6 +253,8 @@ class CountsCache:
             if counts is None:
                 counts = dict(await self._repository.counts())
                 self.segments_sent = await self._repository.segments_sent()
+                if isinstance(self._repository, ProviderStore):
+                    self.providers = await self._repository.provider_totals()
                 self._counts, self._taken_at = counts, self._clock.monotonic()
             return counts
 

@@ -49,6 +49,13 @@ class ProviderRates(Protocol):
         """The seconds until ``provider``'s next free turn (0 when it is free now); nothing reserved."""
 
 
+class TryObserver(Protocol):
+    """Told of every provider request as it ends (metrics per provider)."""
+
+    def provider_tried(self, provider: str, result: SendResult, duration_s: float) -> None:
+        """``provider`` answered ``result`` (or failed to) after ``duration_s``."""
+
+
 @dataclass(frozen=True, slots=True)
 class Tried:
     """One provider's try at one message, for the history."""
@@ -126,12 +133,14 @@ class Dispatcher:
         *,
         rates: ProviderRates | None = None,
         rate_hold_s: float = RATE_HOLD_S,
+        observer: TryObserver | None = None,
     ) -> None:
         self.providers: Mapping[str, ProviderRuntime] = {p.name: p for p in providers}
         self.router = router
         self._clock = clock
         self._rates = rates
         self._rate_hold_s = rate_hold_s
+        self._observer = observer
 
     async def send(
         self,
@@ -266,6 +275,8 @@ class Dispatcher:
             result = dataclasses.replace(
                 result, retry_after_s=max(0.0, provider.throttled_until - self._clock.monotonic())
             )
+        if self._observer is not None:
+            self._observer.provider_tried(provider.name, result, elapsed)
         return Tried(provider.name, result, at, round(elapsed * 1000, 1))
 
     def _note(self, provider: ProviderRuntime, result: SendResult, elapsed_s: float) -> None:

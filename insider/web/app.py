@@ -15,7 +15,7 @@ from insider.container import Container, open_service, resolve
 from insider.logs import get_logger
 from insider.ports import InvalidCursor, RepositoryUnavailable
 from insider.supervisor import SupervisorClosed
-from insider.web import messages, original, probes, receipts, sending
+from insider.web import messages, original, probes, providers, receipts, sending
 from insider.web.access_log import QuerySecretsMasked
 from insider.web.guard import GUARD, BrowserGuard, browser_checks
 from insider.web.openapi import (
@@ -228,6 +228,8 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
                 supervisor=supervisor,
                 receipts=await resolve(container.receipts),
                 clock=await resolve(container.clock),
+                dispatcher=await resolve(container.dispatcher),
+                switches=await resolve(container.provider_switches),
             )
         )
         try:
@@ -307,6 +309,10 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
         app.router.add_route(method, "/api/v1/messages/stop", sending.stop_sending, expect_handler=expect_continue)
     app.router.add_get("/api/v1/sender", sending.sender_status, allow_head=False)
     app.router.add_get("/api/v1/stats", sending.stats, allow_head=False)
+    app.router.add_get("/api/v1/providers", providers.list_providers, allow_head=False)
+    app.router.add_get(providers.PROVIDER_PATH, providers.get_provider, allow_head=False)
+    for action, handler in (("disable", providers.disable_provider), ("enable", providers.enable_provider)):
+        app.router.add_post(f"{providers.PROVIDER_PATH}/{action}", handler, expect_handler=expect_continue)
     # The original Go service's routes (fiber answered them with or without a final slash).
     for path, handler in (
         ("/messages", original.original_list),

@@ -25,6 +25,7 @@ from insider.domain import (
 )
 from insider.ports import InvalidState, MessageNotFound, ReceiptStore
 from insider.web.idempotency import IDEMPOTENCY_DOC, store_once
+from insider.web.providers import route_preview
 from insider.web.responses import INVALID, UNAVAILABLE, error_response, event_json, message_json, stacked
 from insider.web.schemas import (
     BatchSchema,
@@ -160,8 +161,10 @@ async def enqueue_batch(request: web.Request) -> web.Response:
 
 @docs(
     tags=["messages"],
-    summary="Characters, encoding and segments of a text",
-    description="What the dashboard shows as one types, computed by the same code as the API. Stores nothing.",
+    summary="Characters, encoding and segments of a text, and the route a message would take",
+    description="What the dashboard shows as one types, computed by the same code as the API. With `to` (and "
+    "optionally `category` and `priority`), also the route a message would take: its providers in the order they "
+    "would be tried, the first that can take it now, and the cost there (segments x price). Stores nothing.",
 )
 @request_schema(PreviewSchema)
 @response_schema(PreviewResultSchema, 200, description="The text measured")
@@ -170,9 +173,20 @@ async def enqueue_batch(request: web.Request) -> web.Response:
 @response_schema(ErrorSchema, 415, description="The body is not application/json")
 @response_schema(**INVALID, code=422)
 async def preview_message(request: web.Request) -> web.Response:
-    settings = services(request).settings
-    content = request[VALIDATED]["content"]
+    app = services(request)
+    settings = app.settings
+    body = request[VALIDATED]
+    content = body["content"]
     encoding, segments = measure(content)
+    route = None
+    if body.get("to") is not None:
+        try:
+            to = normalize_phone(body["to"], settings.default_region)
+        except InvalidPhone:
+            to = None  # the form is still being typed: no route, and no error for the text
+        if to is not None:
+            category, priority = body.get("category", "transactional"), body.get("priority", DEFAULT_PRIORITY)
+            route = route_preview(app.dispatcher, to, category, priority, segments, app.clock.monotonic())
     return web.json_response(
         {
             "characters": len(content),
@@ -181,6 +195,7 @@ async def preview_message(request: web.Request) -> web.Response:
             "maxLength": settings.content_max_length,
             "maxSegments": settings.max_segments,
             "error": content_error(content, settings.content_max_length, settings.max_segments),
+            "route": route,
         }
     )
 

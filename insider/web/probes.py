@@ -108,6 +108,12 @@ async def metrics(request: web.Request) -> web.Response:
     except RepositoryUnavailable:  # a scrape still answers; the gauge keeps its last value
         pending, by_status = None, None
     app.metrics.set_state(running=app.supervisor.running, pending=pending, counts=by_status)
+    costs = {t.provider: t.cost for t in app.counts.providers} if by_status is not None else {}
+    for provider in app.dispatcher.providers.values():
+        breaker = provider.breaker_state.value
+        app.metrics.set_provider(
+            provider.name, breaker=breaker, enabled=provider.enabled, cost=costs.get(provider.name)
+        )
     return web.Response(body=app.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
 

@@ -67,6 +67,8 @@ def message_json(m: Message) -> dict[str, Any]:
         "deliveredAt": _iso(m.delivered_at),
         "deliveryStatus": m.delivery_status,
         "deliveryError": m.delivery_error,
+        "provider": m.provider,
+        "cost": m.cost,
     }
 
 
@@ -79,7 +81,13 @@ def event_json(e: Event) -> dict[str, Any]:
         "providerMessageId": e.provider_message_id,
     }
     if e.kind == "attempt":
-        body |= {"attempt": e.attempt, "statusCode": e.status_code, "durationMs": e.duration_ms, "error": e.error}
+        body |= {
+            "attempt": e.attempt,
+            "statusCode": e.status_code,
+            "durationMs": e.duration_ms,
+            "error": e.error,
+            "provider": e.provider,
+        }
     else:
         body |= {"status": e.receipt_status, "errorCode": e.error_code, "doneAt": _iso(e.done_at)}
     return body

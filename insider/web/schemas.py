@@ -11,16 +11,19 @@ from insider.domain import (
     MAX_PRIORITY,
     MIN_PRIORITY,
     TIME_RANGE,
+    Category,
     Encoding,
     MessageStatus,
     parse_rfc3339,
     unstorable_text,
 )
 from insider.receipt_parsing import ReceiptResult
+from insider.web.provider_schemas import PreviewRouteSchema, ProviderTotalsSchema
 
 STATUSES = [s.value for s in MessageStatus]
 DELIVERY_STATUSES = ["delivered", "undelivered", "expired", "rejected"]
 RECEIPT_RESULTS = [r.value for r in ReceiptResult]
+CATEGORIES = [c.value for c in Category]
 
 
 def storable(text: str) -> None:
@@ -134,6 +137,14 @@ class PreviewSchema(Schema):
         unknown = RAISE
 
     content = fields.String(required=True, validate=storable, metadata={"description": "The text to measure"})
+    to = fields.String(
+        metadata={"description": "The recipient, in any form POST /api/v1/messages takes: the route is shown for it"}
+    )
+    category = choice(CATEGORIES, "What the message is for (routes match it); default transactional")
+    priority = StrictInteger(
+        validate=validate.Range(MIN_PRIORITY, MAX_PRIORITY),
+        metadata={"description": f"{MIN_PRIORITY} to {MAX_PRIORITY} (routes match it); default {DEFAULT_PRIORITY}"},
+    )
 
 
 class PreviewResultSchema(Schema):
@@ -144,6 +155,16 @@ class PreviewResultSchema(Schema):
     maxSegments = fields.Integer(required=True, metadata={"description": "INSIDER_MAX_SEGMENTS (0: no limit)"})
     error = fields.String(
         allow_none=True, required=True, metadata={"description": "Why it would be refused, or null", "x-nullable": True}
+    )
+    route = fields.Nested(
+        PreviewRouteSchema,
+        allow_none=True,
+        required=True,
+        metadata={
+            "description": "The route a message to `to` would take; null without `to`, when `to` is not a phone "
+            "number, or when no route takes it",
+            "x-nullable": True,
+        },
     )
 
 
@@ -217,6 +238,19 @@ class MessageSchema(Schema):
     deliveryError = fields.String(
         allow_none=True, required=True, metadata={"description": "The provider's error code", "x-nullable": True}
     )
+    provider = fields.String(
+        allow_none=True,
+        required=True,
+        metadata={"description": "The name of the provider that accepted it; null before", "x-nullable": True},
+    )
+    cost = fields.Float(
+        allow_none=True,
+        required=True,
+        metadata={
+            "description": "segments x that provider's price per segment; null without a price",
+            "x-nullable": True,
+        },
+    )
 
 
 class EventSchema(Schema):
@@ -240,6 +274,9 @@ class EventSchema(Schema):
         allow_none=True, metadata={"description": "attempt: how long it took", "x-nullable": True}
     )
     error = fields.String(allow_none=True, metadata={"description": "attempt: what went wrong", "x-nullable": True})
+    provider = fields.String(
+        allow_none=True, metadata={"description": "attempt: the provider it went to", "x-nullable": True}
+    )
     status = fields.String(allow_none=True, metadata={"description": "receipt: the status as sent", "x-nullable": True})
     errorCode = fields.String(allow_none=True, metadata={"description": "receipt: the error code", "x-nullable": True})
     doneAt = fields.DateTime(allow_none=True, metadata={"description": "receipt: when it happened", "x-nullable": True})
@@ -383,6 +420,11 @@ class StatsSchema(Schema):
         },
     )
     segmentsSent = fields.Integer(required=True, metadata={"description": "SMS segments of every sent message"})
+    providers = fields.List(
+        fields.Nested(ProviderTotalsSchema),
+        required=True,
+        metadata={"description": "Each provider's totals (whole deployment), in the order of the providers file"},
+    )
     sender = fields.Nested(SenderSchema, required=True)
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from aiohttp_apispec import docs, response_schema
 
 from insider.domain import MessageStatus
 from insider.web.responses import UNAVAILABLE, sender_json, transition_json
 from insider.web.schemas import ErrorSchema, RunningSchema, SenderSchema, StatsSchema
-from insider.web.services import services
+from insider.web.services import Services, services
 
 
 @docs(
@@ -44,7 +46,8 @@ async def sender_status(request: web.Request) -> web.Response:
     tags=["sender"],
     summary="Messages per status and the sender's state",
     description="What the dashboard shows. The counts are at most a few seconds old: however many clients poll, "
-    "the database is asked once per couple of seconds.",
+    "the database is asked once per couple of seconds. `providers` sums, per provider, the messages it accepted, "
+    "their segments and cost, and the tries it did not accept.",
 )
 @response_schema(StatsSchema, 200, description="Counts and the sender's state")
 @response_schema(**UNAVAILABLE, code=503)
@@ -59,6 +62,25 @@ async def stats(request: web.Request) -> web.Response:
             # Of the messages with a final receipt, the share delivered; null before the first.
             "deliveryRate": round(delivered / (delivered + undelivered), 4) if delivered + undelivered else None,
             "segmentsSent": app.counts.segments_sent,
+            "providers": _provider_totals(app),
             "sender": sender_json(app.supervisor.status()),
         }
     )
+
+
+def _provider_totals(app: Services) -> list[dict[str, Any]]:
+    """Each configured provider's totals, read with the counts (zeros for one that has none yet)."""
+    totals = {t.provider: t for t in app.counts.providers}
+    shown = []
+    for name in app.dispatcher.providers:
+        t = totals.get(name)
+        shown.append(
+            {
+                "name": name,
+                "sent": t.sent if t else 0,
+                "failed": t.failed if t else 0,
+                "segments": t.segments if t else 0,
+                "cost": t.cost if t else 0.0,
+            }
+        )
+    return shown

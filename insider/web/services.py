@@ -9,6 +9,8 @@ from aiohttp import web
 from insider.config import Settings
 from insider.metrics import CountsCache, Metrics
 from insider.ports import Clock, MessageRepository, SentCache
+from insider.providers.dispatch import Dispatcher
+from insider.providers.switches import ProviderSwitches
 from insider.receipt_writer import ReceiptWriter
 from insider.supervisor import Supervisor
 
@@ -25,6 +27,8 @@ class Services:
     supervisor: Supervisor
     receipts: ReceiptWriter
     clock: Clock
+    dispatcher: Dispatcher  # the providers, their routes and their state in this process
+    switches: ProviderSwitches | None  # None: the repository keeps no provider switches
 
 
 class AppServices:

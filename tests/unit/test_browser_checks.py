@@ -37,6 +37,9 @@ GUARDED = [
     ("POST", "/api/v1/messages/1/retry"),
     ("GET", "/api/v1/stats"),
     ("GET", "/api/v1/sender"),
+    ("GET", "/api/v1/providers"),
+    ("POST", "/api/v1/providers/webhook/disable"),
+    ("POST", "/api/v1/providers/webhook/enable"),
     ("GET", "/metrics"),
     # The original Go service's routes.
     ("GET", "/messages"),
