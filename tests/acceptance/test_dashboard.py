@@ -308,3 +308,43 @@ async def test_the_dashboard_queues_a_message_and_counts_its_segments_as_one_typ
         await page.click("#compose-submit")
         await expect(result).to_contain_text("to: to is not a possible phone number")
         assert problems == [p for p in problems if "422" in p]  # the refused POST is the only complaint
+
+
+async def test_the_dashboard_lists_providers_and_takes_one_out_of_rotation(browser: Browser, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    from tests.unit.test_providers_api import down, open_providers
+
+    async with open_providers(tmp_path) as two:
+        two.alpha.responder = down
+        for i in range(3):
+            two.api.repository.add("+905301234001", f"m{i}")
+        await two.send_all()  # alpha fails twice and its breaker opens; beta takes all three
+        page, problems = await open_page(browser, two.api, viewport={"width": 1100, "height": 1000})
+
+        rows = page.locator("#providers-list > tr")
+        await expect(rows).to_have_count(3)
+        alpha, beta = page.locator('tr[data-name="alpha"]'), page.locator('tr[data-name="beta"]')
+        await expect(alpha.locator(".breaker")).to_have_text("open")
+        await expect(alpha.locator(".failed")).to_have_text("2")
+        await expect(alpha.locator(".error")).to_contain_text("HTTP 503: down")
+        await expect(beta.locator(".breaker")).to_have_text("closed")
+        await expect(beta.locator(".sent")).to_have_text("3")
+        await expect(beta.locator(".cost")).to_have_text("0.03")
+        await expect(page.locator('tr[data-name="gamma"] .rate')).to_have_text("50/s")
+        await expect(page.locator("#sent-list")).to_contain_text("via beta (cost 0.01)")
+
+        await beta.locator("button.switch").click()
+        await expect(beta.locator(".enabled")).to_have_text("disabled")
+        await expect(beta.locator("button.switch")).to_have_text("Enable")
+        assert await two.api.repository.provider_switches() == {"beta": False}
+        await beta.locator("button.switch").click()
+        await expect(beta.locator(".enabled")).to_have_text("enabled")
+        assert await two.api.repository.provider_switches() == {"beta": True}
+
+        await page.fill("#compose-to", "+905301234009")
+        await page.fill("#compose-content", "Merhaba")
+        await expect(page.locator("#compose-route")).to_have_text(
+            "Route turkey (failover: alpha → beta) · via beta · cost 0.01"
+        )
+        assert problems == []

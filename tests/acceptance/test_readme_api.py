@@ -122,6 +122,7 @@ REPORTS = "/api/v1/delivery-reports"
 RECEIPT = {"messageId": "3f1c0e4e-8d7e-4a8a-9a35-2f3c8f5b2a10", "status": "DELIVRD"}
 
 MESSAGES = "/api/v1/messages"
+PROVIDERS = "/api/v1/providers"
 # (method, path as the README writes it) -> status code -> the ways to reach it.
 RECIPES: dict[tuple[str, str], dict[int, list[Recipe]]] = {
     ("GET", MESSAGES): {
@@ -154,7 +155,13 @@ RECIPES: dict[tuple[str, str], dict[int, list[Recipe]]] = {
         201: [Recipe(post(f"{MESSAGES}/batch", json={"messages": [VALID, VALID | {"priority": 9}]}))],
         422: [Recipe(post(f"{MESSAGES}/batch", json={"messages": [VALID, {"to": "12", "content": "x"}]}), fields=True)],
     },
-    ("POST", f"{MESSAGES}/preview"): {200: [Recipe(post(f"{MESSAGES}/preview", json={"content": "Merhaba"}))]},
+    ("POST", f"{MESSAGES}/preview"): {
+        200: [
+            Recipe(post(f"{MESSAGES}/preview", json={"content": "Merhaba"})),
+            Recipe(post(f"{MESSAGES}/preview", json={"content": "Merhaba", "to": VALID["to"], "priority": 9})),
+        ],
+        422: [Recipe(post(f"{MESSAGES}/preview", json={"content": "x", "category": "spam"}), fields=True)],
+    },
     ("POST", "/api/v1/messages/{id}/cancel"): {
         200: [Recipe(_cancel_pending)],
         404: [Recipe(post(f"{MESSAGES}/999999/cancel"))],
@@ -182,6 +189,22 @@ RECIPES: dict[tuple[str, str], dict[int, list[Recipe]]] = {
             Recipe(get("/api/v1/stats", headers={"Authorization": "Bearer nope"}), service="token"),
         ],
         503: [Recipe(get("/api/v1/stats"), service="down")],
+    },
+    ("GET", PROVIDERS): {
+        200: [Recipe(get(PROVIDERS))],
+        503: [Recipe(get(PROVIDERS), service="down")],
+    },
+    ("GET", f"{PROVIDERS}/{{name}}"): {
+        200: [Recipe(get(f"{PROVIDERS}/simulator"))],
+        404: [Recipe(get(f"{PROVIDERS}/nobody"))],
+    },
+    ("POST", f"{PROVIDERS}/{{name}}/disable"): {
+        200: [Recipe(post(f"{PROVIDERS}/simulator/disable"))],
+        404: [Recipe(post(f"{PROVIDERS}/nobody/disable"))],
+    },
+    ("POST", f"{PROVIDERS}/{{name}}/enable"): {
+        200: [Recipe(_twice(post(f"{PROVIDERS}/simulator/disable"), post(f"{PROVIDERS}/simulator/enable")))],
+        404: [Recipe(post(f"{PROVIDERS}/nobody/enable"))],
     },
     ("GET", "/"): {200: [Recipe(get("/")), Recipe(get("/"), service="token")]},
     ("GET", "/healthz"): {200: [Recipe(get("/healthz")), Recipe(get("/healthz"), service="down")]},

@@ -169,7 +169,8 @@
   }
 
   const sentMeta = (m) => {
-    const id = m.messageId ? `provider id ${m.messageId}` : "no provider id";
+    const via = m.provider ? `via ${m.provider}${m.cost === null ? "" : ` (cost ${m.cost})`} · ` : "";
+    const id = `${via}${m.messageId ? `provider id ${m.messageId}` : "no provider id"}`;
     if (m.status === "sent") return `${id} · awaiting receipt`;
     const when = m.deliveredAt ? ` ${shortDate(m.deliveredAt)}` : "";
     const error = m.deliveryError ? ` (error ${m.deliveryError})` : "";
@@ -178,17 +179,59 @@
   const failedMeta = (m) =>
     `${m.attempts} attempt${m.attempts === 1 ? "" : "s"}${m.lastError ? ` · ${m.lastError}` : ""}`;
 
+  function renderProviders(providers) {
+    const template = $("provider-item");
+    const rows = providers.map((p) => {
+      const row = template.content.firstElementChild.cloneNode(true);
+      row.dataset.name = p.name;
+      row.dataset.enabled = String(p.enabled);
+      row.dataset.breaker = p.breaker;
+      row.querySelector(".name").textContent = `${p.name} (${p.kind})`;
+      let state = p.enabled ? "enabled" : "disabled";
+      if (p.enabled && p.throttledUntil) state = `throttled until ${clockTime(new Date(p.throttledUntil))}`;
+      row.querySelector(".enabled").textContent = state;
+      row.querySelector(".breaker").textContent = p.breaker;
+      row.querySelector(".rate").textContent = p.rate === null ? "–" : `${p.rate}/s`;
+      row.querySelector(".sent").textContent = String(p.sent);
+      row.querySelector(".failed").textContent = String(p.failed);
+      row.querySelector(".cost").textContent = p.price === null ? "–" : String(p.cost);
+      const last = p.recentErrors[0];
+      row.querySelector(".error").textContent = last ? `${shortDate(last.at)} ${last.error}` : "";
+      const button = row.querySelector(".switch");
+      button.textContent = p.enabled ? "Disable" : "Enable";
+      button.addEventListener("click", () => switchProvider(p.name, p.enabled ? "disable" : "enable", button));
+      return row;
+    });
+    $("providers-list").replaceChildren(...rows);
+  }
+
+  async function switchProvider(name, action, button) {
+    button.disabled = true;
+    try {
+      await api(`api/v1/providers/${encodeURIComponent(name)}/${action}`, "POST");
+      showNotice("");
+    } catch (error) {
+      if (error instanceof AuthRequired) {
+        askForToken();
+        return;
+      }
+      showNotice(error instanceof ApiError ? error.message : "The service cannot be reached.");
+    }
+    schedule(0);
+  }
+
   async function refresh() {
     if (inFlight) return;
     inFlight = true;
     let again = true;
     try {
-      const [stats, sent, failed] = await Promise.allSettled([
+      const [stats, sent, failed, providers] = await Promise.allSettled([
         api("api/v1/stats"),
         api(`api/v1/messages?limit=${LIST_LIMIT}`), // sent, delivered and undelivered
         api(`api/v1/messages?status=failed&limit=${LIST_LIMIT}`),
+        api("api/v1/providers"),
       ]);
-      const results = [stats, sent, failed];
+      const results = [stats, sent, failed, providers];
       if (results.some((r) => r.status === "rejected" && r.reason instanceof AuthRequired)) {
         askForToken();
         again = false; // polling waits for a token
@@ -210,6 +253,7 @@
       }
       if (sent.status === "fulfilled") renderList("sent-list", "sent-empty", sent.value.data, sentMeta);
       if (failed.status === "fulfilled") renderList("failed-list", "failed-empty", failed.value.data, failedMeta);
+      if (providers.status === "fulfilled") renderProviders(providers.value.data);
       const problem = results.find((r) => r.status === "rejected");
       if (problem) {
         const reason = problem.reason;
@@ -246,17 +290,30 @@
     return m.error ? `${parts.join(" · ")} — ${m.error}` : parts.join(" · ");
   }
 
+  function describeRoute(route) {
+    if (!route) return "";
+    const via = route.provider ? `via ${route.provider}` : "no provider can take it now";
+    const cost = route.cost === null ? "" : ` · cost ${route.cost}`;
+    return `Route ${route.name} (${route.strategy}: ${route.providers.join(" → ")}) · ${via}${cost}`;
+  }
+
   async function preview() {
     const seq = ++previewSeq;
     const content = $("compose-content").value;
+    const to = $("compose-to").value.trim();
+    const priority = Number.parseInt($("compose-priority").value || "5", 10);
+    const body = { content };
+    if (to) body.to = to;
+    if (priority >= 0 && priority <= 9) body.priority = priority;
     try {
-      const measured = await api("api/v1/messages/preview", "POST", { content });
+      const measured = await api("api/v1/messages/preview", "POST", body);
       if (seq !== previewSeq) return; // an answer to older text
       const line = $("compose-measure");
       line.textContent = describeMeasure(measured);
       line.dataset.encoding = measured.encoding;
       line.dataset.segments = String(measured.segments);
       line.dataset.invalid = measured.error ? "true" : "false";
+      $("compose-route").textContent = describeRoute(measured.route);
     } catch (error) {
       if (error instanceof AuthRequired) askForToken();
     }
@@ -327,6 +384,7 @@
   document.addEventListener("DOMContentLoaded", () => {
     $("start").addEventListener("click", () => command("api/v1/messages/start"));
     $("compose-content").addEventListener("input", previewSoon);
+    $("compose-to").addEventListener("input", previewSoon);
     $("compose").addEventListener("submit", queue);
     $("stop").addEventListener("click", () => command("api/v1/messages/stop"));
     $("auth").addEventListener("submit", (event) => {
