@@ -45,7 +45,10 @@ class ProviderSchema(Schema):
     )
     breakerRetryAt = _nullable(fields.DateTime, "When an open breaker lets a probe through")
     rate = _nullable(fields.Float, "Messages per second for the whole deployment; null: no limit of its own")
-    concurrency = fields.Integer(required=True, metadata={"description": "Requests in flight at once, per process"})
+    concurrency = fields.Integer(required=True, metadata={"description": "Requests in flight at once, as configured"})
+    concurrencyShare = fields.Integer(
+        required=True, metadata={"description": "This process's share of it: its requests in flight at most"}
+    )
     price = _nullable(fields.Float, "Per segment; null: unknown")
     sent = fields.Integer(required=True, metadata={"description": "Messages it accepted (whole deployment)"})
     failed = fields.Integer(required=True, metadata={"description": "Tries it did not accept (whole deployment)"})

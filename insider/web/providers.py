@@ -46,6 +46,7 @@ def provider_json(p: ProviderRuntime, totals: ProviderTotals | None, clock: Cloc
         "failed": totals.failed if totals else 0,
         "segments": totals.segments if totals else 0,
         "cost": totals.cost if totals else 0.0,
+        "concurrencyShare": p.in_flight.capacity,
         "inFlight": p.in_flight.held,
         "throttled": p.throttled,
         "throttledUntil": _at(clock, p.throttled_until - clock.monotonic()),
@@ -92,8 +93,8 @@ def route_preview(
     summary="Every provider and its state",
     description="In the order of the providers file (or the one provider of INSIDER_WEBHOOK_URL, or the built-in "
     "simulated one). `enabled`, `sent`, `failed`, `segments` and `cost` hold for the whole deployment (the "
-    "totals at most a few seconds old); `breaker`, `inFlight`, `throttled`, `throttledUntil`, `meanLatencyMs` and "
-    "`recentErrors` are this process's.",
+    "totals at most a few seconds old); `breaker`, `concurrencyShare`, `inFlight`, `throttled`, `throttledUntil`, "
+    "`meanLatencyMs` and `recentErrors` are this process's.",
 )
 @response_schema(ProviderListSchema, 200, description="The providers")
 @response_schema(**UNAVAILABLE, code=503)

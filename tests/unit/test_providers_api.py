@@ -113,6 +113,7 @@ async def test_every_provider_is_listed_with_its_settings_and_state(two: Provide
         "breakerRetryAt": None,
         "rate": None,
         "concurrency": 4,
+        "concurrencyShare": 4,
         "price": 0.02,
         "sent": 0,
         "failed": 0,
