@@ -69,10 +69,14 @@ async def test_a_disabled_provider_is_off_for_every_process_and_after_a_restart(
         queued = await second.post("/api/v1/messages", json={"to": PHONE, "content": "around alpha"})
         assert queued.status == 201
         assert (await second.post("/api/v1/messages/start")).status == 200
-        await eventually(lambda: len(beta.keys) == 1, what="the message through beta")
-        assert alpha.keys == []
-        message = await (await second.get(f"/api/v1/messages/{(await queued.json())['id']}")).json()
-        assert message["provider"] == "beta"
+        message_path = f"/api/v1/messages/{(await queued.json())['id']}"
+
+        async def sent_through_beta() -> bool:
+            message = await (await second.get(message_path)).json()
+            return bool(message["status"] == "sent" and message["provider"] == "beta")
+
+        await eventually(sent_through_beta, what="the message sent through beta")
+        assert alpha.keys == [] and len(beta.keys) == 1
 
     async with service(fresh_postgres_url, path) as restarted:
         assert await enabled(restarted) == {"alpha": False, "beta": True}
