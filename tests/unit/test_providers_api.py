@@ -348,3 +348,16 @@ async def test_a_throttling_provider_shows_until_when(two: Providers) -> None:
     assert 'insider_provider_throttled_total{provider="alpha"} 1.0' in scraped
     await two.api.clock.advance(20)
     assert (await two.item("alpha"))["throttledUntil"] is None
+
+
+async def test_a_repository_without_provider_switches_refuses_them_with_409(tmp_path: Path) -> None:
+    path = tmp_path / "providers.toml"
+    path.write_text(PROVIDERS)
+    container = in_memory_container(FakeClock(), providers_file=str(path), webhook_url="")
+    container.provider_clients.override(providers.Object({n: InMemorySmsClient() for n in ("alpha", "beta", "gamma")}))
+    container.provider_switches.override(providers.Object(None))  # as for an embedding program's own adapter
+    async with open_container_api(container) as api:
+        response = await api.client.post("/api/v1/providers/alpha/disable")
+        assert response.status == 409
+        assert (await response.json())["error"] == "this repository keeps no provider switches"
+        assert (await (await api.client.get("/api/v1/providers/alpha")).json())["enabled"] is True
