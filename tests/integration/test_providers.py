@@ -136,6 +136,7 @@ async def test_a_failing_provider_is_passed_over_its_breaker_opens_and_closes_on
         first = [(await repository.enqueue(PHONE, f"m{i}")).id for i in range(6)]
         await supervisor.start()
         await eventually(lambda: len(beta.keys) == 6, what="every message through beta")
+        await eventually(lambda: _all_status(repository, first, MessageStatus.SENT), what="every outcome recorded")
 
         assert len(alpha.keys) == 2  # its breaker opened after two failures: not asked again
         sent = [await repository.get(i) for i in first]
@@ -157,6 +158,7 @@ async def test_a_failing_provider_is_passed_over_its_breaker_opens_and_closes_on
         )
         later = [(await repository.enqueue(PHONE, f"later{i}")).id for i in range(3)]
         await eventually(lambda: len(alpha.keys) == 5, what="alpha taking the traffic again")
+        await eventually(lambda: _all_status(repository, later, MessageStatus.SENT), what="their outcomes recorded")
         assert [m.provider for m in [await repository.get(i) for i in later] if m is not None] == ["alpha"] * 3
         await supervisor.stop()
 
