@@ -322,18 +322,12 @@ class BatchSender:
             last.result.provider_message_id,
             last.provider,
         )
-        resolution = self._resolve(message, result, attempt)
+        resolution = self._resolve(message, result, attempt, provider=dispatched.provider)
         pin = dispatched.provider if result.outcome is Outcome.RETRY and result.ambiguous else None
-        cost = None
-        if resolution.status is MessageStatus.SENT and dispatched.provider is not None:
-            cost = self._dispatch.providers[dispatched.provider].cost(resolution.segments or message.segments)
-        resolution = dataclasses.replace(
-            resolution,
-            earlier=tuple(_earlier(t, message.attempts) for t in before),
-            provider=dispatched.provider if resolution.status is MessageStatus.SENT else None,
-            cost=cost,
-            provider_pin=pin,
-        )
+        if before or pin is not None:  # a failover's earlier tries, or a provider that may have it
+            resolution = dataclasses.replace(
+                resolution, earlier=tuple(_earlier(t, message.attempts) for t in before), provider_pin=pin
+            )
         if resolution.status is MessageStatus.EXPIRED:
             return resolution  # retrying would go past its validUntil; _expire reported it
         fields = _send_fields(message, outcome)
@@ -375,7 +369,10 @@ class BatchSender:
             provider_pin=message.provider_pin,
         )
 
-    def _resolve(self, message: Message, result: SendResult, attempt: Attempt | None = None) -> Resolution:
+    def _resolve(
+        self, message: Message, result: SendResult, attempt: Attempt | None = None, *, provider: str | None = None
+    ) -> Resolution:
+        """The row's new state after ``result``; a sent one records ``provider`` and its cost."""
         if result.outcome is Outcome.SENT:
             encoding, segments = measure(message.content)
             if self._observer is not None:
@@ -390,6 +387,8 @@ class BatchSender:
                 segments=segments,
                 encoding=encoding,
                 attempt=attempt,
+                provider=provider,
+                cost=None if provider is None else self._dispatch.providers[provider].cost(segments),
             )
         error = result.error or "unknown error"
         if result.outcome is Outcome.RETRY:

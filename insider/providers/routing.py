@@ -47,6 +47,13 @@ class Router:
         self._prices = {p.name: p.price for p in providers}
         self._rng = rng or random.random
         self._default = next((r for r in self.routes if r.is_default), None)
+        # Only a default failover route (one provider, or the file's order): the same answer for every message.
+        only = self.routes[0] if len(self.routes) == 1 else None
+        self._always = (
+            Routed(only, only.providers)
+            if only is not None and only.is_default and only.strategy == "failover"
+            else None
+        )
 
     def route(self, to: str, category: str = "transactional", priority: int = 5) -> RouteSpec | None:
         """The route of a message to ``to`` (E.164), or None when no route takes it."""
@@ -99,5 +106,7 @@ class Router:
         return names
 
     def choose(self, to: str, category: str = "transactional", priority: int = 5) -> Routed | None:
+        if self._always is not None:
+            return self._always
         route = self.route(to, category, priority)
         return None if route is None else Routed(route, self.order(route))
