@@ -21,6 +21,7 @@ from insider.clock import SystemClock
 from insider.domain import Outcome, SendResult, mask_phone
 from insider.logs import get_logger
 from insider.ports import Clock
+from insider.simulator_control import Fault, FaultSwitch, Listener, add_control_routes
 
 log = get_logger("insider.simulator")
 
@@ -244,11 +245,25 @@ class SimulatedProvider:
         self.received: deque[Received] = deque(maxlen=LISTED_MESSAGES)
         # One count per kind of answer, so that their sum is every request the webhook answered.
         self.counts = dict.fromkeys(ANSWER_KINDS, 0)
+        self.fault = Fault(retry_after_s=self.options.retry_after_s)
+        self._fault_changed = asyncio.Event()  # set (and replaced) whenever the mode changes
+
+    def set_fault(self, fault: Fault) -> None:
+        """Misbehave as ``fault`` says from now on; requests held by ``hang`` are answered as the new mode says."""
+        self.fault = fault
+        changed, self._fault_changed = self._fault_changed, asyncio.Event()
+        changed.set()
 
     async def answer(self, to: Any, content: Any, idempotency_key: str | None) -> Answer:
-        """Decide the answer at once (so concurrent repeats of a key agree), then take the latency."""
+        """Decide the answer at once (so concurrent repeats of a key agree), then take the latency.
+
+        In ``hang`` mode the request is held, undecided, until the mode changes.
+        """
+        while self.fault.mode == "hang":
+            await self._fault_changed.wait()
+        fault = self.fault
         answer = self._decide(to, content, idempotency_key)
-        low, high = self.options.latency_s
+        low, high = (fault.latency_s, fault.latency_s) if fault.mode == "slow" else self.options.latency_s
         if high > 0:
             await self._sleep(self._rng.uniform(low, high))
         return answer
@@ -257,6 +272,14 @@ class SimulatedProvider:
         if not isinstance(to, str) or not to.strip() or not isinstance(content, str):
             self.counts["rejected"] += 1
             return Answer(400, {"error": 'the body must be {"to": string, "content": string}'}, {})
+        fault = self.fault
+        if fault.mode == "throttle":
+            self.counts["rateLimited"] += 1
+            retry_after = str(math.ceil(fault.retry_after_s))
+            return Answer(429, {"error": "rate limited (simulated: throttle mode)"}, {"Retry-After": retry_after})
+        if fault.mode in ("error", "down"):  # down: a request that came in as it went down
+            self.counts["failed"] += 1
+            return Answer(fault.status, {"error": f"simulated: {fault.mode} mode"}, {})
         if idempotency_key and idempotency_key in self._keys:
             # The same request again (a retry after a lost answer): the same message, not a new one.
             self._keys.move_to_end(idempotency_key)
@@ -292,6 +315,8 @@ class SimulatedSmsClient(SimulatedProvider):
     """
 
     async def send(self, to: str, content: str, idempotency_key: str) -> SendResult:
+        if self.fault.mode == "down":
+            return SendResult(Outcome.RETRY, error="connection error: connection refused (simulated: down mode)")
         answer = await self.answer(to, content, idempotency_key)
         if 200 <= answer.status < 300:
             return SendResult(Outcome.SENT, status_code=answer.status, provider_message_id=answer.message_id)
@@ -362,12 +387,23 @@ def create_simulator_app(provider: SimulatedProvider | None = None) -> web.Appli
 
     ``POST /`` and ``POST /webhook`` take ``{"to", "content"}`` like the real webhook;
     ``GET /healthz`` answers while it runs; ``GET /messages`` lists what it accepted,
-    newest first, with counts of every kind of answer.
+    newest first, with counts of every kind of answer. ``GET /simulator`` shows its fault
+    mode and ``POST /simulator/mode`` (``/down``, ``/up``) switches it, except to ``down``,
+    which would cut the way back: that is done on :func:`create_control_app`'s port.
     """
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
-    app[SIMULATOR] = provider or SimulatedProvider()
+    provider = provider or SimulatedProvider()
+    app = create_control_app(provider)
     app.router.add_post("/", _webhook)
     app.router.add_post("/webhook", _webhook)
+    return app
+
+
+def create_control_app(provider: SimulatedProvider, listener: Listener | None = None) -> web.Application:
+    """The simulator without its webhook: ``/healthz``, ``/messages`` and the fault switch, for a port of its own
+    that stays up while the webhook's is down; ``down`` stops and ``up`` restarts the webhook's ``listener``."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[SIMULATOR] = provider
     app.router.add_get("/healthz", _healthz, allow_head=False)
     app.router.add_get("/messages", _messages, allow_head=False)
+    add_control_routes(app, FaultSwitch(provider, listener))
     return app

@@ -67,8 +67,9 @@ NOT_LINKED = {".git", ".env", ".pytest_cache", ".mypy_cache", ".ruff_cache", "__
 MARKER = re.compile(r"^[ \t]*<!--\s*not run here:\s*(?P<reason>.*?)\s*-->[ \t]*$")
 _LOCAL_PORT = re.compile(r"(?P<pre>\b(?:localhost|127\.0\.0\.1|0\.0\.0\.0):|\[::1\]:)(?P<port>\d{2,5})\b")
 _OPTION_PORT = re.compile(r"(?P<pre>--port[ =])(?P<port>\d{2,5})\b")
+_CONTROL_PORT = re.compile(r"(?P<pre>--control-port[ =])(?P<port>\d{2,5})\b")  # a simulator's second port
 _SETTING_PORT = re.compile(r"(?P<pre>\bINSIDER_PORT=)(?P<port>\d{2,5})\b")
-_PORTS = (_LOCAL_PORT, _OPTION_PORT, _SETTING_PORT)
+_PORTS = (_LOCAL_PORT, _OPTION_PORT, _CONTROL_PORT, _SETTING_PORT)
 _HEREDOC = re.compile(r"(?<!<)<<-?(?!<)\s*(['\"]?)(\w+)\1")
 # The example's own asyncio.sleep calls are cut short; those of the library are left alone.
 _PYTHON_RUNNER = """
@@ -119,6 +120,11 @@ class Server:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    @property
+    def ports(self) -> set[int]:
+        """Where it answers: its port, and a simulator's --control-port."""
+        return {self.port} | {int(m.group("port")) for m in _CONTROL_PORT.finditer(self.command)}
 
 
 @dataclass
@@ -401,7 +407,7 @@ def _run_shell(block: Block, session: Session, where: str) -> tuple[str, dict[in
                 servers.append(_start_server(command, kind, ports, env, session, where, taken))
                 continue
             for documented_port, actual in ports.items():
-                if str(actual) in command and not any(s.port == actual for s in servers):
+                if str(actual) in command and not any(actual in s.ports for s in servers):
                     implied = _implied_server(documented_port, actual, where)
                     taken = {s.port for s in servers}
                     implied_kind = server_kind(implied) or ""

@@ -42,6 +42,17 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _fault(text: str) -> str:
+    """A fault mode, checked here and read by the command (a throttle's Retry-After defaults to --retry-after)."""
+    from insider.simulator_control import FaultError, parse_fault  # aiohttp's server, for this command only
+
+    try:
+        parse_fault(text)
+    except FaultError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _latency(text: str) -> tuple[float, float]:
     """``50ms`` (always that long) or ``20ms-50ms`` (anywhere in between)."""
     low_text, _, high_text = text.partition("-")
@@ -168,6 +179,24 @@ def parser() -> argparse.ArgumentParser:
         default=1.0,
         metavar="DURATION",
         help="the Retry-After of a 429, rounded up to whole seconds (default 1s)",
+    )
+    simulate.add_argument(
+        "--fault",
+        type=_fault,
+        default=None,
+        metavar="MODE",
+        help="start misbehaving: down (connections refused; needs --control-port), hang (no answer), slow:5s "
+        "(every answer after that long), error or error:STATUS (every request answered 503 or STATUS), throttle "
+        "or throttle:2s (every request answered 429 with that Retry-After, default --retry-after). "
+        "POST /simulator/mode switches it at run time (default: up, answering as the options above say)",
+    )
+    simulate.add_argument(
+        "--control-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help="also serve GET /simulator, POST /simulator/mode (/down, /up), /messages and /healthz on this port, "
+        "which stays up while the webhook's port is down (needed for down)",
     )
     simulate.add_argument("--auth-key", default="", help="when set, requests must carry it in x-ins-auth-key")
     simulate.add_argument(

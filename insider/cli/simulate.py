@@ -12,7 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from insider import __version__
-from insider.cli.process import EXIT_FAILED, install_stop_signals, listen, say, until_stopped
+from insider.cli.process import EXIT_FAILED, EXIT_USAGE, install_stop_signals, listen, say, until_stopped
 from insider.cli.summary import display_host, python_command
 from insider.config import format_duration
 from insider.logs import get_logger
@@ -21,9 +21,11 @@ from insider.simulator import (
     ReceiptReporter,
     SimulatedProvider,
     SimulatorOptions,
+    create_control_app,
     create_simulator_app,
     http_receipt_sink,
 )
+from insider.simulator_control import DOWN_GRACE_S, FaultSwitch, parse_fault
 
 log = get_logger("insider")
 
@@ -50,15 +52,27 @@ async def simulate(args: argparse.Namespace) -> int:
         else None
     )
     provider = SimulatedProvider(options, reporter=reporter)
-    app = create_simulator_app(provider)
+    fault = parse_fault(args.fault or "up", retry_after_s=options.retry_after_s)
+    if fault.mode == "down" and args.control_port is None:
+        say("insider: error: --fault down needs --control-port PORT, the port to bring the webhook up again on")
+        return EXIT_USAGE
+    # The webhook's port and, with --control-port, a second one that stays up while the first is down.
+    apps = [create_simulator_app(provider)]
+    port_switch: WebhookPort | None = None
+    if args.control_port is not None:
+        port_switch = WebhookPort(args.host)
+        apps.append(create_control_app(provider, port_switch))
     smsc = None
     if args.smpp_port is not None:
         from insider.smsc import SimulatedSmsc, add_smsc_routes  # smpp34 starts its runtime when imported
 
         smsc = SimulatedSmsc(args.host, args.smpp_port, options, receipts, system_id=args.smpp_system_id)
-        add_smsc_routes(app, smsc)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+        for app in apps:
+            add_smsc_routes(app, smsc)
+    runners = [web.AppRunner(app, access_log=None, handle_signals=False) for app in apps]
+    runner = runners[0]
+    for each in runners:
+        await each.setup()
     stop = asyncio.Event()
     install_stop_signals(stop)
     # The receipts are reported by a task of this command's own, cancelled on the way out; the SMSC likewise.
@@ -68,6 +82,14 @@ async def simulate(args: argparse.Namespace) -> int:
         port = await listen(runner, args.host, args.port)
         if port is None:
             return EXIT_FAILED
+        control_port = None
+        if port_switch is not None:
+            port_switch.attach(runner, port)
+            control_port = await listen(runners[1], args.host, args.control_port, names=" (--control-port)")
+            if control_port is None:
+                return EXIT_FAILED
+        if fault.mode != "up":
+            await FaultSwitch(provider, port_switch).set(fault)
         if smsc is not None:
             try:
                 await smsc.start()
@@ -84,6 +106,7 @@ async def simulate(args: argparse.Namespace) -> int:
             answers.append(f"{options.rate_limit_rate:.0%} 429 (Retry-After {retry_after})")
         if options.fail_rate:
             answers.append(f"{options.fail_rate:.0%} 500")
+        control_url = base_url if control_port is None else f"http://{display_host(args.host)}:{control_port}"
         # The key itself is not printed: this block ends up in logs.
         key_hint = " INSIDER_WEBHOOK_AUTH_KEY=<the --auth-key>" if options.auth_key else ""
         log.info("simulator listening", url=f"{base_url}/webhook")
@@ -96,6 +119,9 @@ async def simulate(args: argparse.Namespace) -> int:
                     f"  Health    GET {base_url}/healthz",
                     f"  Answers   {'; '.join(answers)}",
                     f"  Auth key  {'required (x-ins-auth-key)' if options.auth_key else 'not checked'}",
+                    f"  Mode      {fault.describe()}",
+                    f"  Control   GET {control_url}/simulator; POST {control_url}/simulator/mode "
+                    '{"mode": "error", "status": 503} (or down, up, hang, slow, throttle)',
                     f"  Receipts  {_receipts_line(args.dlr_url, receipts)}",
                     *_smsc_lines(args, base_url, receipts),
                     f"Send to it: INSIDER_WEBHOOK_URL={base_url}/webhook{key_hint} {python_command()} -m insider",
@@ -105,7 +131,8 @@ async def simulate(args: argparse.Namespace) -> int:
         )
         await stop.wait()
     finally:
-        await runner.cleanup()
+        for each in reversed(runners):
+            await each.cleanup()
         if serving is not None:
             serving.cancel()
             await asyncio.wait({serving})
@@ -117,6 +144,31 @@ async def simulate(args: argparse.Namespace) -> int:
         if session is not None:
             await session.close()
     return 0
+
+
+class WebhookPort:
+    """The webhook's listening port: ``down`` stops listening and cuts its connections, ``up`` listens again."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    def attach(self, runner: web.AppRunner, port: int) -> None:
+        """The runner serving the webhook, listening on ``port`` now."""
+        self._runner, self.port = runner, port
+
+    async def stop(self) -> None:
+        if self._runner is None:
+            return
+        for site in self._runner.sites:
+            await site.stop()
+        if self._runner.server is not None:  # the connections open now, idle keep-alive ones included
+            await self._runner.server.shutdown(DOWN_GRACE_S)
+
+    async def start(self) -> None:
+        if self._runner is not None and not self._runner.sites:
+            await web.TCPSite(self._runner, self.host, self.port).start()
 
 
 def _smsc_lines(args: argparse.Namespace, base_url: str, receipts: ReceiptOptions) -> list[str]:

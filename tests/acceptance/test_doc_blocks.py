@@ -80,6 +80,15 @@ def test_documented_ports_are_swapped_wherever_the_block_names_them() -> None:
     )
 
 
+def test_a_simulators_control_port_is_swapped_and_known_as_its_own() -> None:
+    source = "python -m insider simulate --port 9090 --control-port 9190 &\ncurl 127.0.0.1:9190/simulator"
+    assert doc_blocks._documented_ports(source) == {9090, 9190}
+    swapped = doc_blocks._with_ports(source, {9090: 40001, 9190: 40002})
+    assert swapped == "python -m insider simulate --port 40001 --control-port 40002 &\ncurl 127.0.0.1:40002/simulator"
+    server = doc_blocks.Server(swapped.splitlines()[0], Any, Path("log"), 40001, via_make=False)  # type: ignore[arg-type]
+    assert server.ports == {40001, 40002}  # a curl at the control port needs no server of its own
+
+
 @pytest.fixture
 def document(tmp_path: Path) -> Iterator[Any]:
     """Parses Markdown text as the suite parses README.md; yields a function running its examples."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,7 +15,7 @@ import pytest
 
 from insider.adapters.webhook import WebhookSmsClient, open_http_session
 from insider.domain import Outcome
-from tests.acceptance.conftest import Service, free_port, log_events, wait_answering
+from tests.acceptance.conftest import Service, free_port, log_events, service_env, wait_answering
 from tests.conftest import eventually
 
 PHONE = "+905301234001"
@@ -234,3 +236,44 @@ async def test_receipts_racing_the_outcome_write_all_land_on_postgres_and_redis(
     assert "t0k" not in service.log() + simulator.log()
     service.process.send_signal(signal.SIGTERM)
     assert service.process.wait(timeout=20) == 0
+
+
+async def test_down_on_the_control_port_refuses_connections_until_up(
+    start_simulator: Callable[..., Simulator], session: aiohttp.ClientSession
+) -> None:
+    control_url = f"http://127.0.0.1:{free_port()}"
+    simulator = start_simulator("--control-port", control_url.rsplit(":", 1)[1], "--fault", "error:502")
+    await _healthy(session, simulator)
+    client = WebhookSmsClient(session, simulator.base_url + "/webhook", auth_key="", timeout_s=5)
+    assert f"Control   GET {control_url}/simulator" in simulator.log()
+    assert "Mode      error: every request answered 502" in simulator.log()
+
+    failed = await client.send(PHONE, "x", "key-1")
+    async with session.post(control_url + "/simulator/down") as response:
+        assert (await response.json())["listening"] is False
+    refused = await client.send(PHONE, "x", "key-1")
+    async with session.post(control_url + "/simulator/up") as response:
+        assert (await response.json())["mode"] == "up"
+    sent = await client.send(PHONE, "x", "key-1")
+
+    assert (failed.outcome, failed.status_code) == (Outcome.RETRY, 502)
+    # Refused: certainly not taken (not an ambiguous outcome), so a route may move to its next provider.
+    assert (refused.outcome, refused.status_code, refused.ambiguous) == (Outcome.RETRY, None, False)
+    assert refused.error is not None and refused.error.startswith("connection error")
+    assert (sent.outcome, sent.status_code) == (Outcome.SENT, 202)
+    async with session.get(control_url + "/simulator") as response:
+        state = await response.json()
+    assert (state["mode"], state["listening"], state["counts"]["failed"], state["counts"]["accepted"]) == (
+        "up", True, 1, 1
+    )  # fmt: skip
+
+
+def test_down_at_start_without_a_control_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "insider", "simulate", "--port", str(free_port()), "--fault", "down"],
+        cwd=tmp_path, env=service_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert [line for line in done.stderr.splitlines() if line.strip()] == [
+        "insider: error: --fault down needs --control-port PORT, the port to bring the webhook up again on"
+    ]
