@@ -1,0 +1,224 @@
+"""Failover watched from outside: the service on two `simulate` subprocesses, one told to refuse, answer 503 and hang.
+
+Everything is observed as an operator would: what each simulator lists (by content and
+Idempotency-Key), the API's message status, the service's one log event per attempt, and
+the history the service keeps in its database.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from insider.adapters.webhook import open_http_session
+from tests.acceptance.conftest import Service, free_port, log_events, wait_answering
+from tests.conftest import eventually
+
+PHONE = "+905301234001"
+COOLDOWN_S = 3.0  # long enough that new messages reach beta before a half-open probe goes to alpha
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with open_http_session() as opened:
+        yield opened
+
+
+@dataclass
+class Deployment:
+    """Two simulators (alpha with a control port) and the service routing +90 to alpha, then beta."""
+
+    session: aiohttp.ClientSession
+    service: Service
+    alpha: Service
+    beta: Service
+    control_url: str
+    database: Path
+    ids: dict[str, int]
+
+    async def listing(self, simulator: Service) -> list[dict[str, Any]]:
+        # Alpha's through its control port: its webhook's port is closed while it is down.
+        url = self.control_url if simulator is self.alpha else simulator.base_url
+        async with self.session.get(url + "/messages") as response:
+            return list((await response.json())["data"])
+
+    async def counts(self) -> dict[str, int]:
+        async with self.session.get(self.control_url + "/simulator") as response:
+            return dict((await response.json())["counts"])
+
+    async def where(self, content: str) -> list[str]:
+        """The providers that list ``content`` as accepted."""
+        found = []
+        for name, simulator in (("alpha", self.alpha), ("beta", self.beta)):
+            found += [name for m in await self.listing(simulator) if m["content"] == content]
+        return found
+
+    async def switch(self, body: dict[str, Any]) -> None:
+        async with self.session.post(self.control_url + "/simulator/mode", json=body) as response:
+            assert response.status == 200, await response.text()
+
+    async def enqueue(self, content: str) -> None:
+        async with self.session.post(
+            self.service.base_url + "/api/v1/messages", json={"to": PHONE, "content": content}
+        ) as response:
+            assert response.status == 201, await response.text()
+            self.ids[content] = (await response.json())["id"]
+
+    async def status(self, content: str) -> str:
+        async with self.session.get(f"{self.service.base_url}/api/v1/messages/{self.ids[content]}") as response:
+            return str((await response.json())["status"])
+
+    async def landed(self, *contents: str) -> list[str]:
+        """Wait until each of ``contents`` is sent and listed by one simulator; which one, in order."""
+
+        async def all_listed() -> bool:
+            for content in contents:
+                if await self.status(content) != "sent" or not await self.where(content):
+                    return False
+            return True
+
+        await eventually(all_listed, timeout_s=20, what=f"{contents} sent")
+        return [(await self.where(content))[0] for content in contents]
+
+    async def send_one(self, content: str) -> str:
+        await self.enqueue(content)
+        [provider] = await self.landed(content)
+        return provider
+
+    async def back_to_alpha(self, prefix: str) -> None:
+        """After alpha is back, once its breaker's cool-down has passed, messages go to it again."""
+        for i in range(100):
+            if await self.send_one(f"{prefix}-{i}") == "alpha":
+                break
+        else:
+            raise AssertionError("traffic never went back to alpha")
+        assert [await self.send_one(f"{prefix}-then-{i}") for i in range(3)] == ["alpha"] * 3
+
+    def history(self, content: str) -> list[tuple[str, str]]:
+        """The attempts of a message in the service's database: (outcome, provider), oldest first."""
+        with sqlite3.connect(f"file:{self.database}?mode=ro", uri=True) as db:
+            rows = db.execute(
+                "SELECT outcome, provider FROM insider_message_events "
+                "WHERE message_id = ? AND kind = 'attempt' ORDER BY at, id",
+                (self.ids[content],),
+            ).fetchall()
+        return [(str(outcome), str(provider)) for outcome, provider in rows]
+
+    def accepted_by(self, content: str) -> str | None:
+        with sqlite3.connect(f"file:{self.database}?mode=ro", uri=True) as db:
+            row = db.execute("SELECT provider FROM messages WHERE id = ?", (self.ids[content],)).fetchone()
+        return None if row is None else row[0]
+
+
+@pytest.fixture
+async def deployment(
+    start_service: Callable[..., Service], session: aiohttp.ClientSession, tmp_path: Path
+) -> AsyncIterator[Deployment]:
+    alpha_port, control_port, beta_port = free_port(), free_port(), free_port()
+    alpha = start_service(
+        "simulate", "--port", str(alpha_port), "--control-port", str(control_port), "--latency", "0",
+        port=str(alpha_port),
+    )  # fmt: skip
+    beta = start_service("simulate", "--port", str(beta_port), "--latency", "0", port=str(beta_port))
+    for simulator in (alpha, beta):
+        await wait_answering(session, simulator.process, simulator.log, simulator.base_url + "/healthz")
+    providers = tmp_path / "providers.toml"
+    providers.write_text(
+        f"""
+[[providers]]
+name = "alpha"
+url = "{alpha.base_url}/webhook"
+timeout = "1s"
+breaker_failures = 2
+breaker_cooldown = "{COOLDOWN_S:g}s"
+
+[[providers]]
+name = "beta"
+url = "{beta.base_url}/webhook"
+timeout = "1s"
+
+[[routes]]
+match = {{ prefix = ["+90"] }}
+strategy = "failover"
+providers = ["alpha", "beta"]
+"""
+    )
+    service = start_service(
+        providers_file=str(providers),
+        send_interval="0.1s",
+        batch_size="1",
+        send_concurrency="1",
+        retry_backoff="0.1s",
+        retry_backoff_max="0.2s",
+        max_attempts="100",
+    )
+    await service.wait_answering(session)
+    yield Deployment(session, service, alpha, beta, f"http://127.0.0.1:{control_port}", tmp_path / "insider.db", ids={})
+    service.process.send_signal(signal.SIGTERM)
+    assert service.process.wait(timeout=20) == 0
+
+
+async def test_traffic_moves_off_a_provider_that_refuses_answers_503_or_hangs_and_comes_back(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    assert await d.send_one("up") == "alpha"
+
+    # Refused connections: certainly not taken, so each message moves on to beta at once.
+    await d.switch({"mode": "down"})
+    assert [await d.send_one(f"down-{i}") for i in range(4)] == ["beta"] * 4
+    assert d.history("down-0") == [("failover", "alpha"), ("sent", "beta")]
+    # Its breaker opened after two refusals: the later messages did not try alpha at all.
+    assert d.history("down-3") == [("sent", "beta")]
+    await d.switch({"mode": "up"})
+    await d.back_to_alpha("back-from-down")
+
+    # 503: answered, not taken; the same.
+    failed_before = (await d.counts())["failed"]
+    await d.switch({"mode": "error", "status": 503})
+    assert [await d.send_one(f"error-{i}") for i in range(4)] == ["beta"] * 4
+    assert d.history("error-0") == [("failover", "alpha"), ("sent", "beta")]
+    assert (await d.counts())["failed"] - failed_before == 2  # then the breaker was open
+    await d.switch({"mode": "up"})
+    await d.back_to_alpha("back-from-error")
+
+    # Hang: alpha may have the message (a timeout is ambiguous), so it waits for alpha with its
+    # key; once two timeouts have opened the breaker, new messages go to beta.
+    await d.switch({"mode": "hang"})
+    await d.enqueue("hang-0")
+    await d.enqueue("hang-1")
+
+    def timeouts_at_alpha() -> int:
+        return sum(
+            1
+            for e in log_events(d.service.log())
+            if e.get("event") == "send" and e.get("provider") == "alpha" and "outcome unknown" in str(e.get("error"))
+        )
+
+    await eventually(lambda: timeouts_at_alpha() >= 2, timeout_s=20, what="two timeouts at alpha")
+    for i in (2, 3, 4):
+        await d.enqueue(f"hang-{i}")
+    assert await d.landed("hang-2", "hang-3", "hang-4") == ["beta"] * 3
+    assert await d.where("hang-0") == [] and await d.where("hang-1") == []  # held at alpha, not sent elsewhere
+    assert {await d.status("hang-0"), await d.status("hang-1")} == {"pending"}
+    await d.switch({"mode": "up"})
+    assert await d.landed("hang-0", "hang-1") == ["alpha", "alpha"]
+    assert {provider for _, provider in d.history("hang-0")} == {"alpha"}
+    await d.back_to_alpha("back-from-hang")
+
+    # Nothing lost, nothing sent twice: every message listed once, by the provider the service recorded.
+    alpha_listed, beta_listed = await d.listing(d.alpha), await d.listing(d.beta)
+    contents = [m["content"] for m in alpha_listed + beta_listed]
+    assert sorted(contents) == sorted(d.ids), "a message was lost or sent twice"
+    keys = [m["idempotencyKey"] for m in alpha_listed + beta_listed]
+    assert len(keys) == len(set(keys)) == len(d.ids)
+    for listed, name in ((alpha_listed, "alpha"), (beta_listed, "beta")):
+        assert all(d.accepted_by(m["content"]) == name for m in listed)
+    assert {await d.status(content) for content in d.ids} == {"sent"}
