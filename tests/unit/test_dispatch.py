@@ -10,6 +10,7 @@ from insider.adapters.memory import InMemorySmsClient, Request
 from insider.adapters.sqlite import memory_repository
 from insider.clock import FakeClock
 from insider.domain import Outcome, SendResult
+from insider.ports import SmsClient
 from insider.providers.breaker import BreakerState
 from insider.providers.config import parse_providers
 from insider.providers.dispatch import THROTTLE_S, Dispatcher, runtime
@@ -117,6 +118,61 @@ async def test_a_throttling_provider_is_left_alone_for_a_while_and_the_others_ar
     await clock.advance(THROTTLE_S)
     alpha.responder = lambda request: SENT
     assert (await route.send(TO, "hi", "k3")).provider == "alpha"
+
+
+class Turns:
+    """Deployment-wide rates as the database gives them: each send of a provider waits one interval more."""
+
+    def __init__(self) -> None:
+        self.next_s: dict[str, float] = {}
+
+    async def take_send(self, provider: str, rate: float, max_wait_s: float) -> float | None:
+        wait_s = self.next_s.get(provider, 0.0)
+        if wait_s > max_wait_s:
+            return None
+        self.next_s[provider] = wait_s + 1.0 / rate
+        return wait_s
+
+    async def next_turn_in(self, provider: str) -> float:
+        return self.next_s.get(provider, 0.0)
+
+
+class Held:
+    """A provider whose answers wait until released: a request in flight while others wait their turn."""
+
+    def __init__(self, result: SendResult) -> None:
+        self.result = result
+        self.keys: list[str] = []
+        self.release = asyncio.Event()
+
+    async def send(self, to: str, content: str, idempotency_key: str) -> SendResult:
+        self.keys.append(idempotency_key)
+        await self.release.wait()
+        return self.result
+
+
+async def test_a_message_waiting_for_its_rate_turn_does_not_go_to_a_provider_that_throttled_meanwhile(
+    clock: FakeClock,
+) -> None:
+    config = parse_providers(FILE.replace('url = "https://a.example"', 'url = "https://a.example"\nrate = 5'), "p.toml")
+    alpha, beta = Held(THROTTLED), answer(SENT)
+    clients: dict[str, SmsClient] = {"alpha": alpha, "beta": beta}
+    runtimes = [runtime(spec, clients[spec.name], clock) for spec in config.providers]
+    route = Dispatcher(runtimes, Router(config.routes, config.providers), clock, rates=Turns())
+
+    first = asyncio.create_task(route.send(TO, "hi", "k1"))
+    await clock.settle()
+    assert alpha.keys == ["k1"]  # in flight at alpha
+    second = asyncio.create_task(route.send(TO, "hi", "k2"))  # its turn at alpha comes 0.2 s later
+    await clock.settle()
+    assert clock.sleepers == 1  # it took its turn and waits for it
+    alpha.release.set()  # alpha answers k1 with a 429: it is paused
+    assert (await first).provider == "beta"
+    await clock.advance(0.2)
+    dispatched = await second
+
+    assert alpha.keys == ["k1"]  # k2 did not go on to collect a second 429 from a known pause
+    assert [t.provider for t in dispatched.tries] == ["beta"] and dispatched.provider == "beta"
 
 
 async def test_with_every_provider_unavailable_the_message_is_not_attempted_and_says_when_to_come_back(
