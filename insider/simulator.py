@@ -247,6 +247,7 @@ class SimulatedProvider:
         self.counts = dict.fromkeys(ANSWER_KINDS, 0)
         self.fault = Fault(retry_after_s=self.options.retry_after_s)
         self._fault_changed = asyncio.Event()  # set (and replaced) whenever the mode changes
+        self.held = 0  # requests hang is holding now
 
     def set_fault(self, fault: Fault) -> None:
         """Misbehave as ``fault`` says from now on; requests held by ``hang`` are answered as the new mode says."""
@@ -259,8 +260,13 @@ class SimulatedProvider:
 
         In ``hang`` mode the request is held, undecided, until the mode changes.
         """
-        while self.fault.mode == "hang":
-            await self._fault_changed.wait()
+        if self.fault.mode == "hang":
+            self.held += 1
+            try:
+                while self.fault.mode == "hang":
+                    await self._fault_changed.wait()
+            finally:
+                self.held -= 1
         fault = self.fault
         answer = self._decide(to, content, idempotency_key)
         low, high = (fault.latency_s, fault.latency_s) if fault.mode == "slow" else self.options.latency_s

@@ -179,11 +179,12 @@ class FaultSwitch:
         return before
 
     def state(self) -> dict[str, Any]:
-        """``GET /simulator``: the mode, whether the webhook listens, and the counts of answers."""
+        """``GET /simulator``: the mode, whether the webhook listens, the requests held, and the counts of answers."""
         return {
             **self.provider.fault.as_json(),
             "description": self.provider.fault.describe(),
             "listening": self.listening,
+            "held": self.provider.held,
             "counts": self.provider.counts,
         }
 

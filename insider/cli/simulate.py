@@ -29,6 +29,8 @@ from insider.simulator_control import DOWN_GRACE_S, FaultSwitch, parse_fault
 
 log = get_logger("insider")
 
+STOP_TIMEOUT_S = 1.0  # how long requests still being answered may take once the simulator is told to stop
+
 
 def run(args: argparse.Namespace) -> int:
     """Serve the simulated provider until stopped; the exit code."""
@@ -69,7 +71,10 @@ async def simulate(args: argparse.Namespace) -> int:
         smsc = SimulatedSmsc(args.host, args.smpp_port, options, receipts, system_id=args.smpp_system_id)
         for app in apps:
             add_smsc_routes(app, smsc)
-    runners = [web.AppRunner(app, access_log=None, handle_signals=False) for app in apps]
+    # A request held by hang (or a slow answer) is cut after this long when the simulator stops, not 60 s.
+    runners = [
+        web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=STOP_TIMEOUT_S) for app in apps
+    ]
     runner = runners[0]
     for each in runners:
         await each.setup()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -266,6 +268,27 @@ async def test_down_on_the_control_port_refuses_connections_until_up(
     assert (state["mode"], state["listening"], state["counts"]["failed"], state["counts"]["accepted"]) == (
         "up", True, 1, 1
     )  # fmt: skip
+
+
+async def test_a_simulator_holding_requests_in_hang_mode_stops_at_once(
+    start_simulator: Callable[..., Simulator], session: aiohttp.ClientSession
+) -> None:
+    simulator = start_simulator("--fault", "hang")
+    await _healthy(session, simulator)
+    assert "Mode      hang: no answer until the mode changes" in simulator.log()
+    held = asyncio.create_task(WebhookSmsClient(session, simulator.base_url + "/", "", 30).send(PHONE, "x", "k"))
+
+    async def holding() -> bool:
+        async with session.get(simulator.base_url + "/simulator") as response:
+            return bool((await response.json())["held"] == 1)
+
+    await eventually(holding, what="the request held")
+    stopping_at = time.monotonic()
+    simulator.process.send_signal(signal.SIGTERM)
+    assert simulator.process.wait(timeout=20) == 0
+    assert time.monotonic() - stopping_at < 5  # the held request is cut, not waited for (aiohttp's 60 s)
+    result = await asyncio.wait_for(held, 10)
+    assert result.outcome is Outcome.RETRY and result.ambiguous  # it may have been taken: the same key later
 
 
 def test_down_at_start_without_a_control_port_is_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -116,9 +116,10 @@ async def test_hang_holds_a_request_undecided_until_the_mode_changes() -> None:
 
     held = asyncio.create_task(client.send(PHONE, "x", "k1"))
     done, _ = await asyncio.wait({held}, timeout=0.05)  # a bounded look: it must still be held
-    assert not done and len(client.received) == 0
+    assert not done and len(client.received) == 0 and client.held == 1
     client.set_fault(Fault("error", status=502))
     result = await asyncio.wait_for(held, 5)
+    assert client.held == 0
 
     assert (result.outcome, result.status_code) == (Outcome.RETRY, 502)  # answered as the new mode says
 
