@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
 import pytest
 
 from insider.adapters.webhook import open_http_session
@@ -22,7 +23,7 @@ from tests.acceptance.conftest import Service, free_port, log_events, wait_answe
 from tests.conftest import eventually
 
 PHONE = "+905301234001"
-COOLDOWN_S = 3.0  # long enough that new messages reach beta before a half-open probe goes to alpha
+COOLDOWN_S = 5.0  # long enough that new messages reach beta before a half-open probe goes to alpha
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ class Deployment:
     alpha: Service
     beta: Service
     control_url: str
-    database: Path
+    database_url: str
     ids: dict[str, int]
 
     async def listing(self, simulator: Service) -> list[dict[str, Any]]:
@@ -101,26 +102,40 @@ class Deployment:
             raise AssertionError("traffic never went back to alpha")
         assert [await self.send_one(f"{prefix}-then-{i}") for i in range(3)] == ["alpha"] * 3
 
+    def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """A query on the service's database (``%s`` placeholders), read-only."""
+        if self.database_url.startswith("sqlite:///"):
+            path = self.database_url.removeprefix("sqlite:///")
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+                return db.execute(sql.replace("%s", "?"), params).fetchall()
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            return conn.execute(sql, params).fetchall()
+
     def history(self, content: str) -> list[tuple[str, str]]:
         """The attempts of a message in the service's database: (outcome, provider), oldest first."""
-        with sqlite3.connect(f"file:{self.database}?mode=ro", uri=True) as db:
-            rows = db.execute(
-                "SELECT outcome, provider FROM insider_message_events "
-                "WHERE message_id = ? AND kind = 'attempt' ORDER BY at, id",
-                (self.ids[content],),
-            ).fetchall()
+        rows = self.rows(
+            "SELECT outcome, provider FROM insider_message_events WHERE message_id = %s AND kind = 'attempt' "
+            "ORDER BY at, id",
+            self.ids[content],
+        )
         return [(str(outcome), str(provider)) for outcome, provider in rows]
 
     def accepted_by(self, content: str) -> str | None:
-        with sqlite3.connect(f"file:{self.database}?mode=ro", uri=True) as db:
-            row = db.execute("SELECT provider FROM messages WHERE id = ?", (self.ids[content],)).fetchone()
-        return None if row is None else row[0]
+        rows = self.rows("SELECT provider FROM messages WHERE id = %s", self.ids[content])
+        return None if not rows else rows[0][0]
 
 
-@pytest.fixture
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def deployment(
-    start_service: Callable[..., Service], session: aiohttp.ClientSession, tmp_path: Path
+    request: pytest.FixtureRequest,
+    start_service: Callable[..., Service],
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
 ) -> AsyncIterator[Deployment]:
+    if request.param == "postgres":
+        database_url: str = request.getfixturevalue("fresh_postgres_url")
+    else:
+        database_url = f"sqlite:///{tmp_path / 'insider.db'}"
     alpha_port, control_port, beta_port = free_port(), free_port(), free_port()
     alpha = start_service(
         "simulate", "--port", str(alpha_port), "--control-port", str(control_port), "--latency", "0",
@@ -152,6 +167,7 @@ providers = ["alpha", "beta"]
     )
     service = start_service(
         providers_file=str(providers),
+        database_url=database_url,
         send_interval="0.1s",
         batch_size="1",
         send_concurrency="1",
@@ -160,7 +176,7 @@ providers = ["alpha", "beta"]
         max_attempts="100",
     )
     await service.wait_answering(session)
-    yield Deployment(session, service, alpha, beta, f"http://127.0.0.1:{control_port}", tmp_path / "insider.db", ids={})
+    yield Deployment(session, service, alpha, beta, f"http://127.0.0.1:{control_port}", database_url, ids={})
     service.process.send_signal(signal.SIGTERM)
     assert service.process.wait(timeout=20) == 0
 
