@@ -181,8 +181,6 @@ class Dispatcher:
                     why = ("at its rate", 1.0 / provider.spec.rate)
                 elif turn > 0:
                     await self._clock.sleep(turn)
-                    # While this one waited for its turn, another may have been answered 429 (or opened the breaker).
-                    why = provider.unavailable(self._clock.monotonic())
             if why is not None:
                 waits.append(f"{name} ({why[0]})")
                 if why[1] is not None:
