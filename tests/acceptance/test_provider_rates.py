@@ -155,8 +155,7 @@ async def test_a_providers_rate_holds_across_two_processes(deployment: Deploymen
         assert late - early >= (j - i) * interval_s - JITTER_S, (i, j, late - early, alpha)
     span_s = alpha[-1] - alpha[0]
     assert span_s >= (count - 1) * interval_s - JITTER_S
-    # (The rate is not fully used: a message whose turn is more than 0.25 s away goes back to
-    # pending, and some of those were sent almost 1 s after their turn; 3.9 to 7.6 s measured.)
+    # (How fully the rate is used is measured, not asserted here: 3.0 to 3.7 s for these 16.)
     # Both processes sent to alpha: the rate is the deployment's, not each process's.
     assert d.senders_to("alpha") == 2
     listed = await d.listing(d.alpha_url)
