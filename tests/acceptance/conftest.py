@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,3 +122,34 @@ def log_events(text: str) -> list[dict[str, Any]]:
             except ValueError:
                 continue
     return events
+
+
+async def start_simulator(
+    start_service: Callable[..., Service], session: aiohttp.ClientSession, *args: str, control_port: int | None = None
+) -> Service:
+    """``python -m insider simulate`` on a free port (and ``control_port``, when given), answering; ``args``
+    add to it (``--latency 0`` unless they say otherwise)."""
+    port = free_port()
+    latency = () if "--latency" in args else ("--latency", "0")
+    control = () if control_port is None else ("--control-port", str(control_port))
+    simulator = start_service("simulate", "--port", str(port), *control, *latency, *args, port=str(port))
+    await wait_answering(session, simulator.process, simulator.log, simulator.base_url + "/healthz")
+    return simulator
+
+
+def senders_to(services: Iterable[Service], provider: str) -> int:
+    """How many of ``services`` logged a send to ``provider``."""
+    return sum(
+        1
+        for service in services
+        if any(e.get("event") == "send" and e.get("provider") == provider for e in log_events(service.log()))
+    )
+
+
+def stop_gracefully(services: Iterable[Service]) -> None:
+    """SIGTERM to each, then each must end with exit code 0."""
+    services = list(services)
+    for service in services:
+        service.process.send_signal(signal.SIGTERM)
+    for service in services:
+        assert service.process.wait(timeout=20) == 0

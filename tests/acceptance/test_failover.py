@@ -7,7 +7,6 @@ the history the service keeps in its database.
 
 from __future__ import annotations
 
-import signal
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import psycopg
 import pytest
 
 from insider.adapters.webhook import open_http_session
-from tests.acceptance.conftest import Service, free_port, log_events, wait_answering
+from tests.acceptance.conftest import Service, free_port, log_events, start_simulator, stop_gracefully
 from tests.conftest import eventually
 
 PHONE = "+905301234001"
@@ -136,14 +135,9 @@ async def deployment(
         database_url: str = request.getfixturevalue("fresh_postgres_url")
     else:
         database_url = f"sqlite:///{tmp_path / 'insider.db'}"
-    alpha_port, control_port, beta_port = free_port(), free_port(), free_port()
-    alpha = start_service(
-        "simulate", "--port", str(alpha_port), "--control-port", str(control_port), "--latency", "0",
-        port=str(alpha_port),
-    )  # fmt: skip
-    beta = start_service("simulate", "--port", str(beta_port), "--latency", "0", port=str(beta_port))
-    for simulator in (alpha, beta):
-        await wait_answering(session, simulator.process, simulator.log, simulator.base_url + "/healthz")
+    control_port = free_port()
+    alpha = await start_simulator(start_service, session, control_port=control_port)
+    beta = await start_simulator(start_service, session)
     providers = tmp_path / "providers.toml"
     providers.write_text(
         f"""
@@ -177,8 +171,7 @@ providers = ["alpha", "beta"]
     )
     await service.wait_answering(session)
     yield Deployment(session, service, alpha, beta, f"http://127.0.0.1:{control_port}", database_url, ids={})
-    service.process.send_signal(signal.SIGTERM)
-    assert service.process.wait(timeout=20) == 0
+    stop_gracefully([service])
 
 
 async def test_traffic_moves_off_a_provider_that_refuses_answers_503_or_hangs_and_comes_back(

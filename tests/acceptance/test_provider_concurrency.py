@@ -8,7 +8,6 @@ more than two of them in its hands.
 
 from __future__ import annotations
 
-import signal
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +16,7 @@ import aiohttp
 import pytest
 
 from insider.adapters.webhook import open_http_session
-from tests.acceptance.conftest import Service, free_port, log_events, wait_answering
+from tests.acceptance.conftest import Service, senders_to, start_simulator, stop_gracefully
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.postgres
@@ -47,9 +46,7 @@ def test_most_at_once_counts_overlapping_holds() -> None:
 async def test_a_providers_concurrency_holds_across_two_processes(
     start_service: Callable[..., Service], session: aiohttp.ClientSession, fresh_postgres_url: str, tmp_path: Path
 ) -> None:
-    port = free_port()
-    alpha = start_service("simulate", "--port", str(port), "--latency", f"{LATENCY_S * 1000:g}ms", port=str(port))
-    await wait_answering(session, alpha.process, alpha.log, alpha.base_url + "/healthz")
+    alpha = await start_simulator(start_service, session, "--latency", f"{LATENCY_S * 1000:g}ms")
     providers = tmp_path / "providers.toml"
     providers.write_text(
         f"""
@@ -91,13 +88,5 @@ concurrency = {CONCURRENCY}
     times = await arrivals()
     assert most_at_once(times) <= CONCURRENCY, times
     # Both processes sent to alpha: the bound is the deployment's, each process a share of it.
-    senders = sum(
-        1
-        for s in services
-        if any(e.get("event") == "send" and e.get("provider") == "alpha" for e in log_events(s.log()))
-    )
-    assert senders == 2
-    for service in services:
-        service.process.send_signal(signal.SIGTERM)
-    for service in services:
-        assert service.process.wait(timeout=20) == 0
+    assert senders_to(services, "alpha") == 2
+    stop_gracefully(services)

@@ -7,7 +7,6 @@ none. Arrival times are read from each simulator's `GET /messages` (`receivedAt`
 from __future__ import annotations
 
 import itertools
-import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +17,7 @@ import aiohttp
 import pytest
 
 from insider.adapters.webhook import open_http_session
-from tests.acceptance.conftest import Service, free_port, log_events, wait_answering
+from tests.acceptance.conftest import Service, free_port, log_events, senders_to, start_simulator, stop_gracefully
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.postgres
@@ -64,25 +63,16 @@ class Deployment:
 
     def senders_to(self, provider: str) -> int:
         """How many of the service processes sent something to ``provider``."""
-        return sum(
-            1
-            for service in self.services
-            if any(e.get("event") == "send" and e.get("provider") == provider for e in log_events(service.log()))
-        )
+        return senders_to(self.services, provider)
 
 
 @pytest.fixture
 async def deployment(
     start_service: Callable[..., Service], session: aiohttp.ClientSession, fresh_postgres_url: str, tmp_path: Path
 ) -> AsyncIterator[Deployment]:
-    alpha_port, control_port, beta_port = free_port(), free_port(), free_port()
-    alpha = start_service(
-        "simulate", "--port", str(alpha_port), "--control-port", str(control_port), "--latency", "0",
-        port=str(alpha_port),
-    )  # fmt: skip
-    beta = start_service("simulate", "--port", str(beta_port), "--latency", "0", port=str(beta_port))
-    for simulator in (alpha, beta):
-        await wait_answering(session, simulator.process, simulator.log, simulator.base_url + "/healthz")
+    control_port = free_port()
+    alpha = await start_simulator(start_service, session, control_port=control_port)
+    beta = await start_simulator(start_service, session)
     providers = tmp_path / "providers.toml"
     providers.write_text(
         f"""
@@ -121,10 +111,7 @@ providers = ["beta"]
     for service in services:
         await service.wait_answering(session)
     yield Deployment(session, services, f"http://127.0.0.1:{control_port}", beta.base_url)
-    for service in services:
-        service.process.send_signal(signal.SIGTERM)
-    for service in services:
-        assert service.process.wait(timeout=20) == 0
+    stop_gracefully(services)
 
 
 async def arrived(d: Deployment, alpha_count: int, beta_count: int) -> tuple[list[float], list[float]]:
