@@ -292,3 +292,17 @@ async def test_sends_waiting_for_a_slot_when_the_provider_begins_throttling_do_n
     assert [r.idempotency_key for r in alpha.requests] == ["k0"]  # nothing more went to it while it throttles
     assert [d.provider for d in done] == ["beta"] * 3
     assert [[t.provider for t in d.tries] for d in done] == [["alpha", "beta"], ["beta"], ["beta"]]
+
+
+async def test_a_message_an_ambiguous_try_left_with_a_provider_waits_for_it_even_when_it_is_switched_off(
+    clock: FakeClock,
+) -> None:
+    alpha, beta = answer(SENT), answer(SENT)
+    route = dispatcher(clock, alpha, beta)
+    route.providers["alpha"].enabled = False  # an operator took it out of rotation after the timeout
+
+    dispatched = await route.send(TO, "hi", "k1", pinned="alpha")
+    assert dispatched.not_attempted and beta.requests == []  # beta might send it a second time
+    assert dispatched.result.error == "no provider can take it now: alpha (disabled)"
+    route.providers["alpha"].enabled = True
+    assert (await route.send(TO, "hi", "k1", pinned="alpha")).provider == "alpha"
