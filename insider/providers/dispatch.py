@@ -11,6 +11,7 @@ try is marked as a possible duplicate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +34,8 @@ THROTTLE_MAX_S = 60.0
 # further away (but within the provider's timeout) goes back to pending, due at its turn, so
 # that its batch ends and the next batch's messages to other providers are not held back.
 RATE_HOLD_S = 0.25
+# The longest a send waits at start-up for the operators' switches to be read (the database may be down).
+SWITCHES_WAIT_S = 1.0
 # A provider whose concurrency the other processes hold whole is looked at again after this long.
 SHARE_WAIT_S = 1.0
 RECENT_ERRORS = 10
@@ -139,6 +142,8 @@ class Dispatcher:
         self.router = router
         self._clock = clock
         self._rates = rates
+        # Set once the operators' switches are read (ProviderSwitches); None: there are none to read.
+        self.switches_read: asyncio.Event | None = None
         self._rate_hold_s = rate_hold_s
         self._observer = observer
 
@@ -159,6 +164,10 @@ class Dispatcher:
         is told each provider as its request starts (so that a caller cut short knows which one
         may have it).
         """
+        if self.switches_read is not None and not self.switches_read.is_set():
+            with contextlib.suppress(TimeoutError):  # unread (the database down): as they were
+                async with asyncio.timeout(SWITCHES_WAIT_S):
+                    await self.switches_read.wait()
         routed = self.router.choose(to, category, priority)
         assert routed is not None, "a default route always exists"
         route = routed.route

@@ -81,6 +81,9 @@ class ProviderSwitches:
         self.member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._told: dict[str, float] = {}  # each provider's pause this process last told the others (monotonic end)
         self.members = 1  # the processes sharing the providers' concurrency, as last counted
+        # Nothing goes out before the operators' switches are read (a provider disabled before a
+        # restart stays off): the dispatcher waits for this, a moment at start-up.
+        dispatcher.switches_read = asyncio.Event()
         for provider in dispatcher.providers.values():
             if provider.spec.shared_concurrency:  # nothing goes to it before this process knows its share
                 provider.in_flight.resize(0)
@@ -97,6 +100,12 @@ class ProviderSwitches:
         await self._store.switch_provider(name, enabled)
         provider.enabled = enabled
         log.info("provider switched", provider=name, enabled=enabled)
+
+    async def read_once(self) -> None:
+        """Follow once, unless that was done already: what an answer about the providers needs first."""
+        event = self._dispatcher.switches_read
+        if event is not None and not event.is_set():
+            await self.follow_once()
 
     async def follow_once(self) -> None:
         """Tell the others the pauses this process was asked for, count the processes, and read
@@ -124,6 +133,8 @@ class ProviderSwitches:
                     provider.throttled_until = until
                     self._told[name] = until
                     log.info("provider paused by another process", provider=name, for_s=round(state.throttled_s, 3))
+        if self._dispatcher.switches_read is not None:
+            self._dispatcher.switches_read.set()
 
     async def run(self) -> None:
         """Follow every :data:`FOLLOW_EVERY_S`, until cancelled (one line per database outage); on

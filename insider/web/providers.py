@@ -100,6 +100,8 @@ def route_preview(
 @response_schema(**UNAVAILABLE, code=503)
 async def list_providers(request: web.Request) -> web.Response:
     app = services(request)
+    if app.switches is not None:
+        await app.switches.read_once()  # at start-up, what the database says, not the defaults
     totals = await provider_totals(app)
     providers = app.dispatcher.providers.values()
     return web.json_response({"data": [provider_json(p, totals.get(p.name), app.clock) for p in providers]})
@@ -126,6 +128,8 @@ async def get_provider(request: web.Request) -> web.Response:
     provider = app.dispatcher.providers.get(request[PATH]["name"])
     if provider is None:
         return _unknown(request[PATH]["name"])
+    if app.switches is not None:
+        await app.switches.read_once()
     totals = await provider_totals(app)
     return web.json_response(provider_json(provider, totals.get(provider.name), app.clock))
 

@@ -207,3 +207,15 @@ def test_a_process_that_joins_takes_its_share_only_once_the_others_gave_theirs_u
     members: list[tuple[str, float]], holding: set[str], shares: dict[str, int | None]
 ) -> None:
     assert {me: my_share(3, me, members, holding=me in holding) for me, _ in members} == shares
+
+
+async def test_nothing_goes_out_before_the_switches_are_read_so_a_provider_disabled_before_a_restart_stays_off(
+    repository: SqliteMessageRepository, clock: FakeClock
+) -> None:
+    await repository.switch_provider("alpha", False)  # an operator's choice, before this process started
+    restarted = process(repository, clock, "m-1")
+    sending = asyncio.ensure_future(restarted.dispatcher.send(TO, "hi", "k1"))
+    await clock.settle()
+    assert not sending.done()  # the switches are not read yet: it waits for them
+    await restarted.switches.follow_once()
+    assert (await sending).provider == "beta" and restarted.alpha.requests == []
