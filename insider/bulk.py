@@ -23,10 +23,10 @@ from typing import Any, BinaryIO, Final, TextIO
 
 import orjson
 
-from insider.domain import DEFAULT_PRIORITY, InvalidMessage, NewMessage, build_message, parse_rfc3339
+from insider.domain import DEFAULT_PRIORITY, Category, InvalidMessage, NewMessage, build_message, parse_rfc3339
 from insider.ports import FileLoads, LoadedFile
 
-COLUMNS: Final = ("to", "content", "sendAt", "priority", "validUntil")
+COLUMNS: Final = ("to", "content", "sendAt", "priority", "validUntil", "category")
 REQUIRED: Final = ("to", "content")
 
 # What the decoder (errors="surrogateescape") makes of each byte that is not UTF-8.
@@ -287,7 +287,8 @@ class FileReader:
         missing = [name for name in REQUIRED if name not in header]
         if unknown or missing or len(set(header)) != len(header):
             raise BadFile(
-                f"the CSV header must name the columns to,content[,sendAt,priority,validUntil]; got {','.join(header)}"
+                f"the CSV header must name the columns to,content[,sendAt,priority,validUntil,category]; "
+                f"got {','.join(header)}"
             )
         self.header = _text(taken)
         while True:
@@ -322,7 +323,7 @@ class FileReader:
 def _message(record: dict[str, Any], limits: Limits, now: datetime, csv_text: bool) -> NewMessage:
     unknown = [name for name in record if name not in COLUMNS]
     if unknown:
-        raise InvalidMessage(unknown[0], f"{unknown[0]} is not a field (to, content, sendAt, priority, validUntil)")
+        raise InvalidMessage(unknown[0], f"{unknown[0]} is not a field ({', '.join(COLUMNS)})")
     for name in REQUIRED:
         if not isinstance(record.get(name), str):
             raise InvalidMessage(name, f"{name} is missing" if record.get(name) is None else f"{name} must be a string")
@@ -344,6 +345,11 @@ def _message(record: dict[str, Any], limits: Limits, now: datetime, csv_text: bo
             priority = int(priority.strip())
         except ValueError:
             raise InvalidMessage("priority", "priority must be a whole number from 0 to 9") from None
+    category: Any = record.get("category")
+    if category is None or (csv_text and category.strip() == ""):
+        category = Category.TRANSACTIONAL
+    elif csv_text:
+        category = category.strip()
     return build_message(
         record["to"],
         record["content"],
@@ -354,6 +360,7 @@ def _message(record: dict[str, Any], limits: Limits, now: datetime, csv_text: bo
         max_length=limits.max_length,
         region=limits.region,
         max_segments=limits.max_segments,
+        category=category,
     )
 
 

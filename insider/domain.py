@@ -42,6 +42,9 @@ class Category(enum.StrEnum):
     COMMERCIAL = "commercial"  # marketing
 
 
+CATEGORIES: Final = tuple(c.value for c in Category)
+
+
 class SendOrder(enum.StrEnum):
     """Which due messages of one priority go first (INSIDER_SEND_ORDER)."""
 
@@ -427,11 +430,13 @@ def build_message(
     max_length: int,
     region: str = "",
     max_segments: int = 0,
+    category: str = Category.TRANSACTIONAL,
 ) -> NewMessage:
     """A message checked as the API and ``enqueue`` check it; InvalidMessage names the bad field.
 
     ``to`` is normalised to E.164; both times must lie in :data:`TIME_RANGE` (they are stored
-    in UTC); ``valid_until`` must be in the future and after ``send_at``.
+    in UTC); ``valid_until`` must be in the future and after ``send_at``; ``category`` is one
+    of :class:`Category`'s values.
     """
     phone = check_message(to, content, max_length, region=region, max_segments=max_segments)
     try:  # times parsed elsewhere (an embedding program's own) meet the same rule
@@ -444,6 +449,8 @@ def build_message(
         raise InvalidMessage("validUntil", f"validUntil {exc}") from None
     if isinstance(priority, bool) or not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
         raise InvalidMessage("priority", f"priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}")
+    if category not in CATEGORIES:
+        raise InvalidMessage("category", f"category must be {' or '.join(CATEGORIES)}")
     if valid_until is not None:
         if valid_until <= now:
             raise InvalidMessage("validUntil", "validUntil must be in the future")
@@ -455,6 +462,7 @@ def build_message(
         send_at=send_at,
         priority=priority,
         valid_until=valid_until,
+        category=Category(category),
     )
 
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from insider.clock import SystemClock
-from insider.domain import BatchReport, MessageStatus, Outcome, SendResult
-from insider.ports import Clock, MessageReader, ProviderStore, ProviderTotals
+from insider.domain import BatchReport, Category, MessageStatus, Outcome, SendResult
+from insider.ports import CategoryCounter, Clock, MessageReader, ProviderStore, ProviderTotals
 from insider.receipt_parsing import ReceiptOutcome, ReceiptResult
 
 # The Prometheus text exposition format, version 0.0.4 (what generate_latest writes, and every Prometheus reads).
@@ -235,6 +235,7 @@ class CountsCache:
         self._counts: dict[MessageStatus, int] | None = None
         self.segments_sent = 0  # of every sent message, read with the counts
         self.providers: list[ProviderTotals] = []  # each provider's totals, read with the counts (when kept)
+        self.categories: dict[Category, dict[MessageStatus, int]] = {}  # read with the counts (when kept)
         self._taken_at = 0.0
         self._lock = asyncio.Lock()
 
@@ -255,6 +256,8 @@ class CountsCache:
                 self.segments_sent = await self._repository.segments_sent()
                 if isinstance(self._repository, ProviderStore):
                     self.providers = await self._repository.provider_totals()
+                if isinstance(self._repository, CategoryCounter):
+                    self.categories = await self._repository.category_counts()
                 self._counts, self._taken_at = counts, self._clock.monotonic()
             return counts
 

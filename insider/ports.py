@@ -8,7 +8,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from insider.domain import BatchReport, Message, MessageStatus, NewMessage, Resolution, SendOrder, SendResult
+from insider.domain import (
+    BatchReport,
+    Category,
+    Message,
+    MessageStatus,
+    NewMessage,
+    Resolution,
+    SendOrder,
+    SendResult,
+)
 from insider.history import MAX_EVENTS, Event
 from insider.receipt_parsing import Receipt, ReceiptOutcome
 
@@ -137,14 +146,19 @@ class MessageReader(Protocol):
         """The message with this UUID (rows of the original Go service keep theirs), or None."""
 
     async def list_messages(
-        self, status: MessageStatus | None, limit: int, cursor: str | None = None, to: str | None = None
+        self,
+        status: MessageStatus | None,
+        limit: int,
+        cursor: str | None = None,
+        to: str | None = None,
+        category: Category | None = None,
     ) -> Page:
         """Messages in one status, newest first (sent: by ``sent_at``; others: by ``created_at``).
 
         ``status`` None: every message the provider accepted (sent, delivered, undelivered), by ``sent_at``.
 
         Keyset pagination: ``cursor`` is the ``next_cursor`` of the previous page. ``to``
-        (E.164) keeps only the messages to that recipient.
+        (E.164) keeps only the messages to that recipient, ``category`` those of that category.
         """
 
     async def counts(self) -> dict[MessageStatus, int]:
@@ -267,6 +281,14 @@ class ProviderStore(Protocol):
 
     async def provider_totals(self) -> list[ProviderTotals]:
         """Every provider's totals, by name."""
+
+
+@runtime_checkable
+class CategoryCounter(Protocol):
+    """Messages per category and status; the SQL repositories are ones."""
+
+    async def category_counts(self) -> dict[Category, dict[MessageStatus, int]]:
+        """Each category's messages per status (every category and status, zeros included)."""
 
 
 @runtime_checkable

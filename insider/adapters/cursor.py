@@ -8,7 +8,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from insider.domain import EARLIEST_TIME, LATEST_TIME, Message, MessageStatus
+from insider.domain import EARLIEST_TIME, LATEST_TIME, Category, Message, MessageStatus
 from insider.ports import InvalidCursor, Page
 
 # A cursor this service hands out is about 80 characters; anything much longer is forged.
@@ -66,23 +66,32 @@ def decode_cursor(cursor: str, status: MessageStatus | None) -> tuple[datetime, 
 
 
 def page_query(
-    status: MessageStatus | None, limit: int, cursor: str | None, to: str | None = None
+    status: MessageStatus | None,
+    limit: int,
+    cursor: str | None,
+    to: str | None = None,
+    category: Category | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The named query (of ``queries.sql``) and its parameters for one page of ``limit + 1`` rows.
 
     ``status`` None lists every message the provider accepted, by ``sent_at``. After a
     cursor, ``params["key"]`` is its sort key as a datetime; an adapter that stores times
-    otherwise converts it. With ``to``, the ``..._to`` queries of one recipient.
+    otherwise converts it. With ``to``, the ``..._to`` queries of one recipient; with
+    ``category``, their ``..._category`` twins (``sqlfiles.with_category_listings``). A
+    category keeps the sort key, so a cursor stays valid with or without one.
     """
     name = "list_accepted" if status is None else "list_sent" if status is MessageStatus.SENT else "list_by_created"
     params: dict[str, Any] = {"status": _listing(status), "limit": limit + 1}
     if to is not None:
         name += "_to"
         params["to"] = to
-    if cursor is None:
-        return name, params
-    params["key"], params["id"] = decode_cursor(cursor, status)
-    return name + "_after", params
+    if cursor is not None:
+        params["key"], params["id"] = decode_cursor(cursor, status)
+        name += "_after"
+    if category is not None:
+        name += "_category"
+        params["category"] = category.value
+    return name, params
 
 
 def page_of(rows: list[Message], limit: int, status: MessageStatus | None) -> Page:

@@ -65,7 +65,7 @@ def load_migrations() -> list[tuple[int, str, str]]:
     return sqlfiles.load_migrations(_SQL_DIR)
 
 
-_QUERIES: Final = sqlfiles.load_queries(_SQL_DIR)
+_QUERIES: Final = sqlfiles.with_category_listings(sqlfiles.load_queries(_SQL_DIR), "%(category)s")
 
 
 def _q(name: str) -> LiteralString:
@@ -75,13 +75,22 @@ def _q(name: str) -> LiteralString:
 
 # Built from the package's own SQL text and integers, never from input.
 _CLAIM: Final[dict[SendOrder, LiteralString]] = {order: claim_query(_QUERIES, order) for order in SendOrder}
-_COLUMNS: Final = "(recipient_phone, content, send_at, priority, valid_until, encoding, segments)"
+_COLUMNS: Final = "(recipient_phone, content, send_at, priority, valid_until, encoding, segments, category)"
 _COPY: Final = "COPY messages " + _COLUMNS + " FROM STDIN"
 _COPY_STAGED: Final = "COPY pg_temp.insider_file_load " + _COLUMNS + " FROM STDIN"
 
 
 def _copy_row(m: NewMessage) -> tuple[Any, ...]:
-    return (m.recipient_phone, m.content, m.send_at, m.priority, m.valid_until, m.encoding.value, m.segments)
+    return (
+        m.recipient_phone,
+        m.content,
+        m.send_at,
+        m.priority,
+        m.valid_until,
+        m.encoding.value,
+        m.segments,
+        m.category.value,
+    )
 
 
 _CREATE_MIGRATIONS_TABLE: Final = """

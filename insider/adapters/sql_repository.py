@@ -23,7 +23,15 @@ from insider.adapters.rows import (
     provider_ids,
 )
 from insider.clock import SystemClock
-from insider.domain import DEFAULT_PRIORITY, Message, MessageStatus, NewMessage, SendOrder, ensure_storable
+from insider.domain import (
+    DEFAULT_PRIORITY,
+    Category,
+    Message,
+    MessageStatus,
+    NewMessage,
+    SendOrder,
+    ensure_storable,
+)
 from insider.history import MAX_EVENTS, Event
 from insider.ports import (
     Clock,
@@ -214,11 +222,16 @@ class SqlMessageRepository(abc.ABC):
         return self._message(rows[0]) if rows else None
 
     async def list_messages(
-        self, status: MessageStatus | None, limit: int, cursor: str | None = None, to: str | None = None
+        self,
+        status: MessageStatus | None,
+        limit: int,
+        cursor: str | None = None,
+        to: str | None = None,
+        category: Category | None = None,
     ) -> Page:
         if status in (MessageStatus.PENDING, MessageStatus.EXPIRED):
             await self.expire()  # a message past its validUntil is listed as expired, not pending
-        name, params = page_query(status, limit, cursor, to)
+        name, params = page_query(status, limit, cursor, to, category)
         if "key" in params:
             params["key"] = self._time(params["key"])
         # The sent queries skip rows without sent_at, so every listed row has its key.
@@ -320,4 +333,11 @@ class SqlMessageRepository(abc.ABC):
         result = dict.fromkeys(MessageStatus, 0)
         for row in await self._rows("counts"):
             result[MessageStatus(row["status"])] = row["n"]
+        return result
+
+    async def category_counts(self) -> dict[Category, dict[MessageStatus, int]]:
+        await self.expire()  # as counts: pending messages past their validUntil count as expired
+        result = {category: dict.fromkeys(MessageStatus, 0) for category in Category}
+        for row in await self._rows("category_counts"):
+            result[Category(row["category"])][MessageStatus(row["status"])] = int(row["n"])
         return result

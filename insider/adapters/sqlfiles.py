@@ -23,6 +23,23 @@ def load_queries(directory: Traversable) -> dict[str, str]:
     return queries
 
 
+def with_category_listings(queries: dict[str, str], placeholder: str) -> dict[str, str]:
+    """``queries`` and, for each listing of messages (``list_...``), its twin ``..._category``
+    that keeps the messages of one category (the parameter ``placeholder`` names).
+
+    The twin is the listing with ``category = <placeholder> AND`` first in its WHERE, so the
+    rule of each listing (which rows, in which order, after which cursor) is written once.
+    """
+    twins = {}
+    for name, sql in queries.items():
+        if name.startswith("list_"):
+            head, where, rest = sql.partition("\nWHERE ")
+            if not where or "\nWHERE " in rest:
+                raise RuntimeError(f"the listing {name} must have exactly one WHERE at the start of a line")
+            twins[f"{name}_category"] = f"{head}{where}category = {placeholder} AND {rest}"
+    return queries | twins
+
+
 def load_migrations(directory: Traversable) -> list[tuple[int, str, str]]:
     """The migrations in ``directory/migrations``, as (version, file name, SQL), in order."""
     found = []

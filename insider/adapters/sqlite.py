@@ -103,7 +103,7 @@ def split_statements(script: str) -> Iterator[str]:
         raise ValueError(f"unterminated SQL statement: {' '.join(rest)[:80]!r}")
 
 
-_QUERIES: Final = sqlfiles.load_queries(_SQL_DIR)
+_QUERIES: Final = sqlfiles.with_category_listings(sqlfiles.load_queries(_SQL_DIR), ":category")
 
 
 def _q(name: str) -> str:

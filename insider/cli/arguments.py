@@ -112,8 +112,14 @@ def parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--priority", type=int, default=5, help="0 to 9, higher first (default 5)")
     enqueue.add_argument("--valid-until", help="never sent after this RFC 3339 time: expired instead")
     enqueue.add_argument(
+        "--category",
+        default="transactional",
+        help="transactional (the default: codes, order updates) or commercial (marketing); "
+        "a file's lines name their own",
+    )
+    enqueue.add_argument(
         "--file",
-        help="load many messages: CSV with the header to,content[,sendAt,priority,validUntil], or JSON Lines "
+        help="load many messages: CSV with the header to,content[,sendAt,priority,validUntil,category], or JSON Lines "
         "with those fields; - reads standard input. Prints a progress line, what was stored and every "
         "rejected line with its number. The valid lines are stored together at the end, or none; the same "
         "file is loaded once (see --again)",

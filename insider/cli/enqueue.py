@@ -99,6 +99,7 @@ async def enqueue_one(settings: Settings, args: argparse.Namespace) -> int:
             max_length=settings.content_max_length,
             region=settings.default_region,
             max_segments=settings.max_segments,
+            category=args.category,
         )
     except InvalidMessage as exc:  # worded as the API words it: the field is "to"
         reason = str(exc).replace("recipient_phone", "to")

@@ -13,6 +13,7 @@ from marshmallow import Schema, ValidationError
 from insider.config import Settings
 from insider.domain import (
     DEFAULT_PRIORITY,
+    Category,
     InvalidMessage,
     InvalidPhone,
     Message,
@@ -54,7 +55,8 @@ Action = Callable[[web.Request, int], Awaitable[web.Response]]  # on the message
     description="Without `status`, every message the provider accepted (sent, delivered, undelivered), most "
     "recently sent first. With `status`, only that status: `sent` (accepted, no final receipt yet) by send time, "
     "the others by creation time, newest first. Keyset pagination: pass `nextCursor` back as `cursor`. `to` keeps "
-    "the messages to one recipient (any form POST accepts; normalised to E.164).",
+    "the messages to one recipient (any form POST accepts; normalised to E.164); `category` those of one "
+    "category (`transactional` or `commercial`).",
 )
 @querystring_schema(ListQuerySchema)
 @response_schema(PageSchema, 200, description="One page")
@@ -71,7 +73,8 @@ async def list_messages(request: web.Request) -> web.Response:
         except InvalidPhone as exc:
             return error_response(422, "invalid input", {"to": [f"not a possible phone number: {exc}"]})
     status = MessageStatus(query["status"]) if query["status"] is not None else None
-    page = await app.repository.list_messages(status, query["limit"], query["cursor"], to)
+    category = Category(query["category"]) if query["category"] is not None else None
+    page = await app.repository.list_messages(status, query["limit"], query["cursor"], to, category)
     return web.json_response({"data": [message_json(m) for m in page.items], "nextCursor": page.next_cursor})
 
 
@@ -87,6 +90,7 @@ def new_message(data: dict[str, Any], settings: Settings, now: datetime) -> NewM
         max_length=settings.content_max_length,
         region=settings.default_region,
         max_segments=settings.max_segments,
+        category=data.get("category", Category.TRANSACTIONAL),
     )
 
 

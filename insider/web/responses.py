@@ -64,6 +64,7 @@ def message_json(m: Message) -> dict[str, Any]:
         "validUntil": _iso(m.valid_until),
         "encoding": m.encoding.value,
         "segments": m.segments,
+        "category": m.category.value,
         "deliveredAt": _iso(m.delivered_at),
         "deliveryStatus": m.delivery_status,
         "deliveryError": m.delivery_error,

@@ -115,6 +115,11 @@ class EnqueueSchema(Schema):
             "x-nullable": True,
         },
     )
+    category = choice(
+        CATEGORIES,
+        "transactional (the default: codes, order updates) or commercial (marketing); routes match it",
+        load_default=Category.TRANSACTIONAL.value,
+    )
 
 
 class BatchSchema(Schema):
@@ -186,6 +191,7 @@ class ListQuerySchema(Schema):
         validate=validate.Length(min=1, max=64),
         metadata={"description": "Only the messages to this recipient, in any form `to` accepts on POST"},
     )
+    category = choice(CATEGORIES, "Only the messages of this category", load_default=None)
 
 
 class MessageIdSchema(Schema):
@@ -229,6 +235,7 @@ class MessageSchema(Schema):
     )
     encoding = choice([e.value for e in Encoding], required=True)
     segments = fields.Integer(required=True, metadata={"description": "SMS segments of the content"})
+    category = choice(CATEGORIES, "transactional or commercial", required=True)
     deliveredAt = fields.DateTime(
         allow_none=True,
         required=True,
@@ -406,6 +413,16 @@ class CountsSchema(Schema):
     undelivered = fields.Integer(required=True)
 
 
+class CategoryCountsSchema(Schema):
+    counts = fields.Nested(CountsSchema, required=True, metadata={"description": "Its messages per status"})
+    total = fields.Integer(required=True)
+
+
+class CategoriesSchema(Schema):
+    transactional = fields.Nested(CategoryCountsSchema, required=True)
+    commercial = fields.Nested(CategoryCountsSchema, required=True)
+
+
 class StatsSchema(Schema):
     counts = fields.Nested(
         CountsSchema, required=True, metadata={"description": "Messages per status, at most a few seconds old"}
@@ -424,6 +441,11 @@ class StatsSchema(Schema):
         fields.Nested(ProviderTotalsSchema),
         required=True,
         metadata={"description": "Each provider's totals (whole deployment), in the order of the providers file"},
+    )
+    categories = fields.Nested(
+        CategoriesSchema,
+        required=True,
+        metadata={"description": "Each category's messages per status and their total, read with the counts"},
     )
     sender = fields.Nested(SenderSchema, required=True)
 

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp_apispec import docs, response_schema
 
-from insider.domain import MessageStatus
+from insider.domain import Category, MessageStatus
 from insider.web.responses import UNAVAILABLE, sender_json, transition_json
 from insider.web.schemas import ErrorSchema, RunningSchema, SenderSchema, StatsSchema
 from insider.web.services import Services, services
@@ -47,7 +47,8 @@ async def sender_status(request: web.Request) -> web.Response:
     summary="Messages per status and the sender's state",
     description="What the dashboard shows. The counts are at most a few seconds old: however many clients poll, "
     "the database is asked once per couple of seconds. `providers` sums, per provider, the messages it accepted, "
-    "their segments and cost, and the tries it did not accept.",
+    "their segments and cost, and the tries it did not accept. `categories` counts the messages of each category "
+    "(`transactional`, `commercial`) per status, with their total.",
 )
 @response_schema(StatsSchema, 200, description="Counts and the sender's state")
 @response_schema(**UNAVAILABLE, code=503)
@@ -63,9 +64,20 @@ async def stats(request: web.Request) -> web.Response:
             "deliveryRate": round(delivered / (delivered + undelivered), 4) if delivered + undelivered else None,
             "segmentsSent": app.counts.segments_sent,
             "providers": _provider_totals(app),
+            "categories": _category_counts(app),
             "sender": sender_json(app.supervisor.status()),
         }
     )
+
+
+def _category_counts(app: Services) -> dict[str, dict[str, Any]]:
+    """Each category's messages per status and their total, read with the counts (zeros when not kept)."""
+    shown = {}
+    for category in Category:
+        counts = app.counts.categories.get(category, {})
+        by_status = {s.value: counts.get(s, 0) for s in MessageStatus}
+        shown[category.value] = {"counts": by_status, "total": sum(by_status.values())}
+    return shown
 
 
 def _provider_totals(app: Services) -> list[dict[str, Any]]:

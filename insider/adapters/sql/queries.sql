@@ -643,7 +643,8 @@ CREATE TEMPORARY TABLE insider_file_load (
     priority smallint NOT NULL,
     valid_until timestamptz,
     encoding text NOT NULL,
-    segments integer NOT NULL
+    segments integer NOT NULL,
+    category text NOT NULL DEFAULT 'transactional'
 )
 
 -- file_load_record --
@@ -670,8 +671,8 @@ WHERE digest = %(digest)s
 
 -- file_load_publish --
 -- The staged messages into the queue, in file order (their ids follow the lines).
-INSERT INTO messages (recipient_phone, content, send_at, priority, valid_until, encoding, segments)
-SELECT recipient_phone, content, send_at, priority, valid_until, encoding, segments
+INSERT INTO messages (recipient_phone, content, send_at, priority, valid_until, encoding, segments, category)
+SELECT recipient_phone, content, send_at, priority, valid_until, encoding, segments, category
 FROM pg_temp.insider_file_load
 ORDER BY n
 
@@ -734,3 +735,8 @@ DELETE FROM insider_provider_members WHERE member = %(member)s OR seen_at < cloc
 -- provider_totals_read --
 -- What each provider accepted (messages, segments, cost) and how many of its tries failed.
 SELECT provider, sent, failed, segments, cost FROM insider_provider_totals ORDER BY provider
+
+-- category_counts --
+-- How many messages of each category are in each status: kept by triggers (migration 0013).
+SELECT category, status, n
+FROM insider_category_counts

@@ -24,9 +24,9 @@ RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id,
 -- load --
 -- Store one pending message without reading it back (bulk loads, with executemany).
 INSERT INTO messages (recipient_phone, content, created_at, updated_at, idempotency_key,
-                      send_at, priority, valid_until, encoding, segments)
+                      send_at, priority, valid_until, encoding, segments, category)
 VALUES (:recipient_phone, :content, :now, :now, insider_uuid4(),
-        :send_at, :priority, :valid_until, :encoding, :segments)
+        :send_at, :priority, :valid_until, :encoding, :segments, :category)
 
 -- get --
 -- One message in any state.
@@ -636,13 +636,14 @@ CREATE TEMPORARY TABLE __STAGE__ (
     priority INTEGER NOT NULL,
     valid_until TEXT,
     encoding TEXT NOT NULL,
-    segments INTEGER NOT NULL
+    segments INTEGER NOT NULL,
+    category TEXT NOT NULL DEFAULT 'transactional'
 )
 
 -- file_load_add --
 -- One staged message (with executemany).
-INSERT INTO temp.__STAGE__ (recipient_phone, content, send_at, priority, valid_until, encoding, segments)
-VALUES (:recipient_phone, :content, :send_at, :priority, :valid_until, :encoding, :segments)
+INSERT INTO temp.__STAGE__ (recipient_phone, content, send_at, priority, valid_until, encoding, segments, category)
+VALUES (:recipient_phone, :content, :send_at, :priority, :valid_until, :encoding, :segments, :category)
 
 -- file_load_record --
 -- Remember a file being stored; no row back when a file with its digest was stored before.
@@ -669,8 +670,9 @@ WHERE digest = :digest
 -- file_load_publish --
 -- The staged messages into the queue, in file order (their ids follow the lines).
 INSERT INTO messages (recipient_phone, content, created_at, updated_at, idempotency_key,
-                      send_at, priority, valid_until, encoding, segments)
-SELECT recipient_phone, content, :now, :now, insider_uuid4(), send_at, priority, valid_until, encoding, segments
+                      send_at, priority, valid_until, encoding, segments, category)
+SELECT recipient_phone, content, :now, :now, insider_uuid4(), send_at, priority, valid_until, encoding, segments,
+       category
 FROM temp.__STAGE__
 ORDER BY rowid
 
@@ -728,3 +730,9 @@ DELETE FROM insider_provider_members WHERE member = :member OR seen_at_us < :now
 -- provider_totals_read --
 -- What each provider accepted (messages, segments, cost) and how many of its tries failed.
 SELECT provider, sent, failed, segments, cost FROM insider_provider_totals ORDER BY provider
+
+-- category_counts --
+-- How many messages of each category are in each status.
+SELECT category, status, count(*) AS n
+FROM messages
+GROUP BY category, status
