@@ -11,7 +11,7 @@ from aiohttp_apispec import docs, response_schema
 from insider.original import SENT_LIST_MAX, sent_item
 from insider.ports import RepositoryUnavailable
 from insider.supervisor import Supervisor, Transition
-from insider.web.schemas import OriginalErrorSchema, OriginalOkSchema, OriginalSentListSchema
+from insider.web.original_schemas import OriginalErrorSchema, OriginalOkSchema, OriginalSentListSchema
 from insider.web.services import services
 
 _ORIGINAL_FAILURE = {"schema": OriginalErrorSchema}
