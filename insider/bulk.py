@@ -56,6 +56,7 @@ class Limits:
     max_length: int
     region: str = ""
     max_segments: int = 0
+    footer: str = ""  # INSIDER_COMMERCIAL_FOOTER, counted in commercial messages
 
 
 # (the record's first line, its fields or why it cannot be read, whether it came from CSV)
@@ -361,6 +362,7 @@ def _message(record: dict[str, Any], limits: Limits, now: datetime, csv_text: bo
         region=limits.region,
         max_segments=limits.max_segments,
         category=category,
+        footer=limits.footer,
     )
 
 

@@ -187,6 +187,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CONTENT_MAX_LENGTH": ("content_max_length", _int_between(1, 100_000)),
     "MAX_SEGMENTS": ("max_segments", _int_between(0, 255)),
     "DEFAULT_REGION": ("default_region", _region),
+    "COMMERCIAL_FOOTER": ("commercial_footer", _text),
     "SEND_ORDER": ("send_order", _choice(*(o.value for o in SendOrder))),
     "AUTOSTART": ("autostart", parse_bool),
     "MAX_ATTEMPTS": ("max_attempts", _int_between(1, 1_000)),
@@ -268,6 +269,7 @@ class Settings:
     max_segments: int = 0
     default_region: str = ""
     send_order: str = SendOrder.OLDEST.value
+    commercial_footer: str = ""  # appended to commercial messages (domain.text_as_sent)
 
     # PostgreSQL only: a statement running longer is cancelled by the server (0: no limit),
     # and TCP keepalives find a connection whose peer has silently gone.

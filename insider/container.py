@@ -370,6 +370,7 @@ class Container(containers.DeclarativeContainer):
         max_segments=settings.provided.max_segments,
         default_region=settings.provided.default_region,
         send_order=settings.provided.send_order,
+        commercial_footer=settings.provided.commercial_footer,
     )
     provider_clients = providers.Selector(
         providers.Callable(_providers_source, settings),

@@ -43,6 +43,17 @@ class Category(enum.StrEnum):
 
 
 CATEGORIES: Final = tuple(c.value for c in Category)
+# Between a commercial message's content and INSIDER_COMMERCIAL_FOOTER: a line break (one
+# GSM-7 septet).
+FOOTER_SEPARATOR: Final = "\n"
+
+
+def text_as_sent(content: str, category: str, footer: str) -> str:
+    """What the provider receives: a commercial message's content, a line break and ``footer``
+    (INSIDER_COMMERCIAL_FOOTER) when there is one; any other message's content as it is."""
+    if footer and category == Category.COMMERCIAL:
+        return f"{content}{FOOTER_SEPARATOR}{footer}"
+    return content
 
 
 class SendOrder(enum.StrEnum):
@@ -362,6 +373,13 @@ class InvalidMessage(ValueError):
         self.field = field
 
 
+def footer_error(content: str, category: str, footer: str, max_length: int, max_segments: int = 0) -> str | None:
+    """Why a text that passes :func:`content_error` alone cannot be sent with its footer, or None."""
+    sent = text_as_sent(content, category, footer)
+    reason = content_error(sent, max_length, max_segments) if sent != content else None
+    return f"{reason} (with the commercial footer)" if reason is not None else None
+
+
 def check_message(
     recipient_phone: str, content: str, max_length: int, *, region: str = "", max_segments: int = 0
 ) -> str:
@@ -431,12 +449,14 @@ def build_message(
     region: str = "",
     max_segments: int = 0,
     category: str = Category.TRANSACTIONAL,
+    footer: str = "",
 ) -> NewMessage:
     """A message checked as the API and ``enqueue`` check it; InvalidMessage names the bad field.
 
     ``to`` is normalised to E.164; both times must lie in :data:`TIME_RANGE` (they are stored
     in UTC); ``valid_until`` must be in the future and after ``send_at``; ``category`` is one
-    of :class:`Category`'s values.
+    of :class:`Category`'s values. The limits, the encoding and the segments count the text as
+    sent: a commercial message's with ``footer`` (see :func:`text_as_sent`).
     """
     phone = check_message(to, content, max_length, region=region, max_segments=max_segments)
     try:  # times parsed elsewhere (an embedding program's own) meet the same rule
@@ -451,19 +471,17 @@ def build_message(
         raise InvalidMessage("priority", f"priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}")
     if category not in CATEGORIES:
         raise InvalidMessage("category", f"category must be {' or '.join(CATEGORIES)}")
+    reason = footer_error(content, category, footer, max_length, max_segments)
+    if reason is not None:
+        raise InvalidMessage("content", reason)
+    sent = text_as_sent(content, category, footer)
     if valid_until is not None:
         if valid_until <= now:
             raise InvalidMessage("validUntil", "validUntil must be in the future")
         if send_at is not None and valid_until <= send_at:
             raise InvalidMessage("validUntil", "validUntil must be after sendAt")
-    return NewMessage.of(
-        phone,
-        content,
-        send_at=send_at,
-        priority=priority,
-        valid_until=valid_until,
-        category=Category(category),
-    )
+    encoding, segments = measure(sent)
+    return NewMessage(phone, content, send_at, priority, valid_until, encoding, segments, Category(category))
 
 
 def mask_phone(phone: str | None) -> str:

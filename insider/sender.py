@@ -25,6 +25,7 @@ from insider.domain import (
     check_message,
     mask_phone,
     measure,
+    text_as_sent,
 )
 from insider.logs import get_logger
 from insider.ports import Clock, Observer, RepositoryUnavailable, SendQueue, SentCache, SentEntry, SmsClient
@@ -70,6 +71,7 @@ class SenderOptions:
     max_segments: int = 0  # 0: no limit beyond content_max_length
     default_region: str = ""  # ISO country code for national number forms; empty: international only
     send_order: str = SendOrder.OLDEST.value  # among due messages of one priority: oldest or newest first
+    commercial_footer: str = ""  # appended to what commercial messages send (domain.text_as_sent)
 
     @property
     def claim_lease_s(self) -> float:
@@ -279,7 +281,7 @@ class BatchSender:
         try:
             dispatched = await self._dispatch.send(
                 recipient,
-                message.content,
+                text_as_sent(message.content, message.category, self.options.commercial_footer),
                 message.idempotency_key,
                 category=message.category.value,
                 priority=message.priority,
@@ -374,7 +376,8 @@ class BatchSender:
     ) -> Resolution:
         """The row's new state after ``result``; a sent one records ``provider`` and its cost."""
         if result.outcome is Outcome.SENT:
-            encoding, segments = measure(message.content)
+            footer = self.options.commercial_footer
+            encoding, segments = measure(text_as_sent(message.content, message.category, footer))
             if self._observer is not None:
                 self._observer.segments_sent(segments)
             return Resolution(

@@ -100,6 +100,7 @@ async def enqueue_one(settings: Settings, args: argparse.Namespace) -> int:
             region=settings.default_region,
             max_segments=settings.max_segments,
             category=args.category,
+            footer=settings.commercial_footer,
         )
     except InvalidMessage as exc:  # worded as the API words it: the field is "to"
         reason = str(exc).replace("recipient_phone", "to")
@@ -134,7 +135,9 @@ async def enqueue_file(settings: Settings, args: argparse.Namespace) -> int:
         source.close()
         say(f"insider: error: cannot write {args.rejects}: {exc.strerror or exc}")
         return EXIT_FAILED
-    limits = Limits(settings.content_max_length, settings.default_region, settings.max_segments)
+    limits = Limits(
+        settings.content_max_length, settings.default_region, settings.max_segments, settings.commercial_footer
+    )
     started = time.monotonic()
     rejected = 0
 

@@ -21,8 +21,10 @@ from insider.domain import (
     NewMessage,
     build_message,
     content_error,
+    footer_error,
     measure,
     normalize_phone,
+    text_as_sent,
 )
 from insider.ports import InvalidState, MessageNotFound, ReceiptStore
 from insider.web.idempotency import IDEMPOTENCY_DOC, store_once
@@ -91,6 +93,7 @@ def new_message(data: dict[str, Any], settings: Settings, now: datetime) -> NewM
         region=settings.default_region,
         max_segments=settings.max_segments,
         category=data.get("category", Category.TRANSACTIONAL),
+        footer=settings.commercial_footer,
     )
 
 
@@ -168,7 +171,8 @@ async def enqueue_batch(request: web.Request) -> web.Response:
     summary="Characters, encoding and segments of a text, and the route a message would take",
     description="What the dashboard shows as one types, computed by the same code as the API. With `to` (and "
     "optionally `category` and `priority`), also the route a message would take: its providers in the order they "
-    "would be tried, the first that can take it now, and the cost there (segments x price). Stores nothing.",
+    "would be tried, the first that can take it now, and the cost there (segments x price). A commercial message "
+    "is measured as sent, with INSIDER_COMMERCIAL_FOOTER after a line break (`text`). Stores nothing.",
 )
 @request_schema(PreviewSchema)
 @response_schema(PreviewResultSchema, 200, description="The text measured")
@@ -180,8 +184,9 @@ async def preview_message(request: web.Request) -> web.Response:
     app = services(request)
     settings = app.settings
     body = request[VALIDATED]
-    content = body["content"]
-    encoding, segments = measure(content)
+    category = body.get("category", Category.TRANSACTIONAL)
+    text = text_as_sent(body["content"], category, settings.commercial_footer)
+    encoding, segments = measure(text)
     route = None
     if body.get("to") is not None:
         try:
@@ -189,16 +194,24 @@ async def preview_message(request: web.Request) -> web.Response:
         except InvalidPhone:
             to = None  # the form is still being typed: no route, and no error for the text
         if to is not None:
-            category, priority = body.get("category", "transactional"), body.get("priority", DEFAULT_PRIORITY)
+            priority = body.get("priority", DEFAULT_PRIORITY)
             route = route_preview(app.dispatcher, to, category, priority, segments, app.clock.monotonic())
     return web.json_response(
         {
-            "characters": len(content),
+            "text": text,
+            "characters": len(text),
             "encoding": encoding.value,
             "segments": segments,
             "maxLength": settings.content_max_length,
             "maxSegments": settings.max_segments,
-            "error": content_error(content, settings.content_max_length, settings.max_segments),
+            "error": content_error(body["content"], settings.content_max_length, settings.max_segments)
+            or footer_error(
+                body["content"],
+                category,
+                settings.commercial_footer,
+                settings.content_max_length,
+                settings.max_segments,
+            ),
             "route": route,
         }
     )

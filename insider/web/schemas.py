@@ -153,6 +153,13 @@ class PreviewSchema(Schema):
 
 
 class PreviewResultSchema(Schema):
+    text = fields.String(
+        required=True,
+        metadata={
+            "description": "The text as sent: a commercial message's content, a line break and "
+            "INSIDER_COMMERCIAL_FOOTER (when set); any other's content. What the other fields measure"
+        },
+    )
     characters = fields.Integer(required=True, metadata={"description": "Unicode code points"})
     encoding = choice([e.value for e in Encoding], required=True)
     segments = fields.Integer(required=True, metadata={"description": "SMS segments the text takes"})

@@ -109,3 +109,24 @@ def test_into_postgresql_with_copy_keeps_the_category(fresh_postgres_url: str, t
             conn.execute("SELECT category, n FROM insider_category_counts WHERE n > 0").fetchall()
         )
     assert found == counted == {"commercial": 2000, "transactional": 1000}
+
+
+def test_enqueue_and_a_file_count_the_commercial_footer(tmp_path: Path) -> None:
+    footer = {"commercial_footer": "Reply STOP to opt out"}  # 22 septets with its line break
+    # 70 euro signs: 140 septets (an extension character takes two), 162 with the footer: two segments
+    one = run("--to", "+905301234001", "--content", "€" * 70, "--category", "commercial", cwd=tmp_path, **footer)
+    too_long = run("--to", "+905301234001", "--content", "a" * 140, "--category", "commercial", cwd=tmp_path, **footer)
+    path = tmp_path / "m.csv"
+    path.write_text(f"to,content,category\n+905301234001,{'a' * 130},commercial\n", encoding="utf-8")
+    loaded = run("--file", str(path), cwd=tmp_path, **footer)
+
+    assert one.returncode == 0, one.stderr
+    assert too_long.returncode == 1
+    assert too_long.stderr.strip().splitlines() == [
+        "insider: error: invalid message: content is 162 characters, over the limit of 160 "
+        "(with the commercial footer) (INSIDER_CONTENT_MAX_LENGTH)"
+    ]
+    assert loaded.returncode == 0, loaded.stdout
+    with contextlib.closing(sqlite3.connect(tmp_path / "insider.db")) as conn:
+        stored = conn.execute("SELECT length(content), encoding, segments FROM messages ORDER BY id").fetchall()
+    assert stored == [(70, "GSM-7", 2), (130, "GSM-7", 1)]
