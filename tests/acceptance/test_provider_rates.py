@@ -99,7 +99,9 @@ providers = ["beta"]
         start_service(
             providers_file=str(providers),
             database_url=fresh_postgres_url,
-            send_interval="0",
+            # A batch every 50 ms, the deployment's slot shared: both processes claim in turn, so
+            # both send to alpha (draining, the one that put a message back often claims it first).
+            send_interval="0.05s",
             batch_size="4",
             send_concurrency="4",
             retry_backoff="0.2s",
