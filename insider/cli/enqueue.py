@@ -10,21 +10,12 @@ import time
 from contextlib import nullcontext
 from datetime import UTC, datetime
 
-from insider.bulk import (
-    BadFile,
-    FileSource,
-    Limits,
-    Progress,
-    Rejects,
-    already_loaded,
-    file_digest,
-    fix_rejects,
-    load_file,
-)
+from insider.bulk import Limits, Progress, Rejects, already_loaded, fix_rejects, load_file
 from insider.cli.process import EXIT_FAILED, database_down, say, schema_refused
 from insider.config import Settings
 from insider.container import Container, open_repository
 from insider.domain import InvalidMessage, build_message, parse_rfc3339
+from insider.file_records import BadFile, FileSource, file_digest
 from insider.ports import FileAlreadyLoaded, RepositoryUnavailable, SchemaUpgradeRefused
 
 

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from insider.bulk import BadFile, FileReader, FileSource, Limits, Progress, Rejects, load_file, read_messages
+from insider.bulk import Limits, Progress, Rejects, load_file, read_messages
 from insider.cli import enqueue
 from insider.cli.arguments import parser
 from insider.clock import FakeClock
 from insider.config import load_settings
 from insider.domain import TIME_RANGE, MessageStatus
+from insider.file_records import BadFile, FileReader, FileSource
 from insider.ports import FileAlreadyLoaded, RepositoryUnavailable
 from tests.unit.support import ProbedRepository
 
