@@ -273,9 +273,6 @@ class ProviderStore(Protocol):
     async def provider_member_gone(self, member: str) -> None:
         """Process ``member`` stops: its share goes to the others at once."""
 
-    async def provider_switches(self) -> dict[str, bool]:
-        """The providers an operator took out of rotation (False) or put back (True), by name."""
-
     async def switch_provider(self, name: str, enabled: bool) -> None:
         """Take ``name`` out of rotation, or put it back, for the whole deployment (kept across restarts)."""
 

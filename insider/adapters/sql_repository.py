@@ -310,9 +310,6 @@ class SqlMessageRepository(abc.ABC):
     def _now_us(self) -> int:
         return _microseconds(self._clock.now().timestamp())
 
-    async def provider_switches(self) -> dict[str, bool]:
-        return {row["name"]: bool(row["enabled"]) for row in await self._rows("provider_switches")}
-
     async def switch_provider(self, name: str, enabled: bool) -> None:
         await self._rows("switch_provider", {"name": name, "enabled": enabled, **self._now()})
 

@@ -80,7 +80,6 @@ class ProviderSwitches:
         self._clock = clock
         self.member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._told: dict[str, float] = {}  # each provider's pause this process last told the others (monotonic end)
-        self.members = 1  # the processes sharing the providers' concurrency, as last counted
         # Nothing goes out before the operators' switches are read (a provider disabled before a
         # restart stays off): the dispatcher waits for this, a moment at start-up.
         dispatcher.switches_read = asyncio.Event()
@@ -116,7 +115,6 @@ class ProviderSwitches:
                 await self._store.throttle_provider(name, provider.throttled_until - now)
                 self._told[name] = provider.throttled_until
         members = await self._store.provider_members(self.member, MEMBER_TTL_S)
-        self.members = max(1, len(members))
         for provider in self._dispatcher.providers.values():
             if provider.spec.shared_concurrency:
                 mine = my_share(provider.spec.concurrency, self.member, members, holding=provider.share_counted)

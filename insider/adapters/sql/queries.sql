@@ -693,10 +693,6 @@ RETURNING GREATEST(0, EXTRACT(EPOCH FROM (r.tat - clock_timestamp())) - %(interv
 SELECT GREATEST(0, EXTRACT(EPOCH FROM (tat - clock_timestamp())))::float8 AS wait_s
 FROM insider_provider_rates WHERE name = %(name)s
 
--- provider_switches --
--- The providers an operator took out of rotation or put back, for the whole deployment.
-SELECT name, enabled FROM insider_providers
-
 -- switch_provider --
 -- Take a provider out of rotation, or put it back.
 INSERT INTO insider_providers AS p (name, enabled, changed_at) VALUES (%(name)s, %(enabled)s, now())

@@ -690,10 +690,6 @@ RETURNING max(0, tat_us - :interval_us - :now_us) / 1000000.0 AS wait_s
 -- The seconds until provider :name's next free turn (no row: it has never sent).
 SELECT max(0, tat_us - :now_us) / 1000000.0 AS wait_s FROM insider_provider_rates WHERE name = :name
 
--- provider_switches --
--- The providers an operator took out of rotation or put back.
-SELECT name, enabled FROM insider_providers
-
 -- switch_provider --
 -- Take a provider out of rotation, or put it back.
 INSERT INTO insider_providers (name, enabled, changed_at) VALUES (:name, :enabled, :now)
