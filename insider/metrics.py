@@ -23,7 +23,7 @@ DELIVERY_BUCKETS_S = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 6 *
 BATCH_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
-OUTCOMES = ("sent", "retry", "failed", "invalid", "expired")
+OUTCOMES = ("sent", "retry", "failed", "invalid", "expired", "throttled", "deferred", "suppressed")
 # insider_provider_breaker_state's values: one series per provider, not one per state.
 BREAKER_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 
@@ -55,7 +55,8 @@ class Metrics:
         )
         self.send_attempts = Counter(
             "insider_send_attempts",
-            "Send attempts by outcome: sent, retry, failed, invalid, expired",
+            "Send attempts by outcome: sent, retry, failed, invalid, expired, throttled; and messages held back: "
+            "deferred (sending hours, a cap), suppressed (never sent)",
             ["outcome"],
             registry=r,
         )

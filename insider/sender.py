@@ -7,11 +7,13 @@ import contextlib
 import dataclasses
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 
 from insider.bounded import BoundedShield
+from insider.consent import Gate, Suppress, Verdict
 from insider.domain import (
     Attempt,
     BatchReport,
@@ -110,8 +112,10 @@ class BatchSender:
         *,
         jitter: Callable[[], float] = random.random,
         observer: Observer | None = None,
+        gates: Sequence[Gate] = (),
     ) -> None:
         self._repository = repository
+        self._gates = tuple(gates)  # consent, in order: what holds a claimed message back
         # One provider (an SMS client of its own) is one route to it, as it always was.
         self._dispatch = sms_client if isinstance(sms_client, Dispatcher) else single("default", sms_client, clock)
         self._cache = cache
@@ -165,6 +169,10 @@ class BatchSender:
                     log.info("send", **_send_fields(message, "expired"), error=message.last_error)
                     if self._observer is not None:
                         self._observer.send_attempt("expired", None)
+                elif message.status is MessageStatus.SUPPRESSED:  # its number's consent was withdrawn
+                    log.info("send", **_send_fields(message, "suppressed"), reason=message.suppression_reason)
+                    if self._observer is not None:
+                        self._observer.send_attempt("suppressed", None)
             return held
 
         queue = iter(sendable)  # shared by the workers: each message is taken by exactly one
@@ -212,6 +220,8 @@ class BatchSender:
                     recipients[message.id] = phone
                 if len(got) < wanted or len(sendable) == self.options.batch_size:
                     break
+            if self._gates and sendable:
+                sendable[:] = await self._judge(sendable, resolutions)  # before any worker reads the queue
             tasks = [asyncio.create_task(worker()) for _ in range(min(self.options.concurrency, len(sendable)))]
             if tasks:
                 await asyncio.gather(*tasks)
@@ -233,6 +243,60 @@ class BatchSender:
         self._release_unresolved(claimed, resolutions, "stopped", abandoned)
         await shield.run(self._finish(resolutions))
         return self._report(claimed, resolutions, self._clock.monotonic() - started)
+
+    async def _judge(self, messages: list[Message], resolutions: dict[int, Resolution]) -> list[Message]:
+        """Run the consent gates in order; what they hold back is resolved here, the rest returned."""
+        now = self._clock.now()
+        for gate in self._gates:
+            verdicts = await gate.judge(messages, now)
+            if not verdicts:
+                continue
+            kept: list[Message] = []
+            for message in messages:
+                verdict = verdicts.get(message.id)
+                if verdict is None:
+                    kept.append(message)
+                else:
+                    resolutions[message.id] = self._held_back(message, verdict, now)
+            messages = kept
+        return messages
+
+    def _held_back(self, message: Message, verdict: Verdict, now: datetime) -> Resolution:
+        """A message a gate holds back: suppressed for good, or pending until it may go (not an attempt)."""
+        outcome = "suppressed" if isinstance(verdict, Suppress) else "deferred"
+        if self._observer is not None:
+            self._observer.send_attempt(outcome, None)
+        attempt = Attempt(now, outcome, message.attempts, error=verdict.detail)
+        if isinstance(verdict, Suppress):
+            log.info("send", **_send_fields(message, outcome), reason=verdict.reason, detail=verdict.detail)
+            return Resolution(
+                message.id,
+                message.claim_token,
+                MessageStatus.SUPPRESSED,
+                last_error=None,
+                uncount_attempt=True,
+                attempt=attempt,
+                suppression_reason=verdict.reason,
+            )
+        wait_s = max(0.0, (verdict.until - now).total_seconds())
+        log.info(
+            "send",
+            **_send_fields(message, outcome),
+            reason=verdict.reason,
+            detail=verdict.detail,
+            until=verdict.until.isoformat(),
+        )
+        return Resolution(
+            message.id,
+            message.claim_token,
+            MessageStatus.PENDING,
+            last_error=message.last_error,
+            retry_in_s=wait_s,
+            uncount_attempt=True,
+            attempt=attempt,
+            provider_pin=message.provider_pin,
+            wait_reason=verdict.reason,
+        )
 
     def _expire(self, message: Message, last_error: str | None = None, attempt: Attempt | None = None) -> Resolution:
         """A claimed message past its validUntil: never sent, ``expired``.
@@ -466,16 +530,19 @@ class BatchSender:
         statuses = [r.status for r in resolutions.values()]
         # Released: put back unsent with no attempt (a stop, no provider free); a throttled try is a retry.
         released = sum(1 for r in resolutions.values() if r.uncount_attempt and r.attempt is None)
+        deferred = sum(1 for r in resolutions.values() if r.status is MessageStatus.PENDING and r.wait_reason)
         dues = [
             r.retry_in_s for r in resolutions.values() if r.status is MessageStatus.PENDING and r.retry_in_s is not None
         ]
         return BatchReport(
             claimed=len(claimed),
             sent=statuses.count(MessageStatus.SENT),
-            retried=statuses.count(MessageStatus.PENDING) - released,
+            retried=statuses.count(MessageStatus.PENDING) - released - deferred,
             failed=statuses.count(MessageStatus.FAILED),
             expired=statuses.count(MessageStatus.EXPIRED),
             released=released,
+            deferred=deferred,
+            suppressed=statuses.count(MessageStatus.SUPPRESSED),
             duration_s=duration_s,
             next_due_s=min(dues, default=None),
         )

@@ -75,7 +75,10 @@ def _q(name: str) -> LiteralString:
 
 # Built from the package's own SQL text and integers, never from input.
 _CLAIM: Final[dict[SendOrder, LiteralString]] = {order: claim_query(_QUERIES, order) for order in SendOrder}
-_COLUMNS: Final = "(recipient_phone, content, send_at, priority, valid_until, encoding, segments, category)"
+_COLUMNS: Final = (
+    "(recipient_phone, content, send_at, priority, valid_until, encoding, segments, category,"
+    " respect_sending_hours, consent_reply, next_attempt_at, wait_reason)"
+)
 _COPY: Final = "COPY messages " + _COLUMNS + " FROM STDIN"
 _COPY_STAGED: Final = "COPY pg_temp.insider_file_load " + _COLUMNS + " FROM STDIN"
 
@@ -90,6 +93,10 @@ def _copy_row(m: NewMessage) -> tuple[Any, ...]:
         m.encoding.value,
         m.segments,
         m.category.value,
+        m.respect_sending_hours,
+        m.consent_reply,
+        m.wait_until,
+        m.wait_reason if m.wait_until is not None else None,
     )
 
 

@@ -58,6 +58,10 @@ def new_message_row(m: NewMessage, time: Time) -> dict[str, Any]:
         "encoding": m.encoding.value,
         "segments": m.segments,
         "category": m.category.value,
+        "respect_sending_hours": m.respect_sending_hours,
+        "consent_reply": m.consent_reply,
+        "next_attempt_at": time(m.wait_until) if m.wait_until is not None else None,
+        "wait_reason": m.wait_reason if m.wait_until is not None else None,
     }
 
 
@@ -98,6 +102,11 @@ def message_from_row(row: Row, timestamp: Timestamp) -> Message:
         provider=row["provider"],
         cost=float(row["cost"]) if row["cost"] is not None else None,
         provider_pin=row["provider_pin"],
+        suppression_reason=row["suppression_reason"],
+        wait_reason=row["wait_reason"],
+        respect_sending_hours=bool(row["respect_sending_hours"]),
+        consent_reply=bool(row["consent_reply"]),
+        cap_admitted_at=timestamp(row["cap_admitted_at"]),
     )
 
 
@@ -138,6 +147,8 @@ def outcome_row(r: Resolution, time: Time) -> dict[str, Any]:
         "last_error": _storable(r.last_error),
         "retry_in_s": float(r.retry_in_s) if r.retry_in_s is not None else None,
         "uncount": bool(r.uncount_attempt),
+        "wait_reason": r.wait_reason,
+        "suppression_reason": _storable(r.suppression_reason),
         "segments": r.segments,
         "encoding": r.encoding.value if r.encoding is not None else None,
         "at": time(attempt.at) if attempt is not None else None,

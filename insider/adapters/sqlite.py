@@ -333,7 +333,21 @@ class SqliteMessageRepository(SqlMessageRepository):
         def work(conn: sqlite3.Connection) -> list[Row]:
             # The expiry sweep and the claim in one write transaction.
             with write_transaction(conn):
-                return conn.execute(_q("expire"), params).fetchall() + conn.execute(_CLAIM[order], params).fetchall()
+                rows = conn.execute(_q("expire"), params).fetchall() + conn.execute(_CLAIM[order], params).fetchall()
+                conn.executemany(
+                    _q("suppressed_event"),
+                    [
+                        {
+                            "id": r["id"],
+                            "now": params["now"],
+                            "attempts": r["attempts"],
+                            "reason": r["suppression_reason"],
+                        }
+                        for r in rows
+                        if r["status"] == MessageStatus.SUPPRESSED.value
+                    ],
+                )
+                return rows
 
         return self._claimed([self._message(row) for row in await self._db.run(work)], order)
 

@@ -243,6 +243,33 @@ class MessageSchema(Schema):
     encoding = choice([e.value for e in Encoding], required=True)
     segments = fields.Integer(required=True, metadata={"description": "SMS segments of the content"})
     category = choice(CATEGORIES, "transactional or commercial", required=True)
+    respectSendingHours = fields.Boolean(
+        required=True,
+        metadata={"description": "False: a transactional message that may go outside the sending hours"},
+    )
+    waitingUntil = fields.DateTime(
+        allow_none=True,
+        required=True,
+        metadata={
+            "description": "A pending message held back (see waitReason): when it may go; null otherwise",
+            "x-nullable": True,
+        },
+    )
+    waitReason = choice(
+        ["sending-hours", "cap"],
+        "Why a pending message waits until waitingUntil: the recipient's sending hours, or the frequency cap",
+        allow_none=True,
+        required=True,
+    )
+    suppressionReason = fields.String(
+        allow_none=True,
+        required=True,
+        metadata={
+            "description": "A suppressed message: why it was never sent (the suppression's reason, such as "
+            "opt-out, or cap)",
+            "x-nullable": True,
+        },
+    )
     deliveredAt = fields.DateTime(
         allow_none=True,
         required=True,
@@ -274,7 +301,9 @@ class EventSchema(Schema):
         allow_none=True,
         required=True,
         metadata={
-            "description": "attempt: sent, retry, failed, invalid, or expired (its retry would pass validUntil); "
+            "description": "attempt: sent, retry, failed, invalid, expired (its retry would pass validUntil), "
+            "throttled, interrupted, failover; deferred (held back by sending hours or a cap: not an attempt; "
+            "error says why) or suppressed (never sent: error says why); "
             "receipt: delivered, undelivered, expired, rejected, or null for a status that is not final",
             "x-nullable": True,
         },
@@ -418,6 +447,9 @@ class CountsSchema(Schema):
     cancelled = fields.Integer(required=True)
     delivered = fields.Integer(required=True)
     undelivered = fields.Integer(required=True)
+    suppressed = fields.Integer(
+        required=True, metadata={"description": "Never sent: the number is suppressed for the category, or over a cap"}
+    )
 
 
 class CategoryCountsSchema(Schema):

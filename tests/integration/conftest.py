@@ -29,6 +29,7 @@ async def pg_repository(pg_pool: Pool, postgres_url: str) -> PostgresMessageRepo
         _migrated.add(postgres_url)
     async with pg_pool.connection() as conn:
         await conn.execute(
-            "TRUNCATE messages, insider_slots, insider_message_events, insider_pending_receipts RESTART IDENTITY"
+            "TRUNCATE messages, insider_slots, insider_message_events, insider_pending_receipts,"
+            " insider_suppressions, insider_inbound RESTART IDENTITY"
         )
     return repository

@@ -100,6 +100,11 @@ async def test_migrate_creates_the_schema_other_programs_rely_on(
         "provider_pin": "text",
         "cost": "double precision",
         "category": "text",
+        "suppression_reason": "text",
+        "wait_reason": "text",
+        "respect_sending_hours": "boolean",
+        "consent_reply": "boolean",
+        "cap_admitted_at": "timestamp with time zone",
     }
     indexes = {
         name for (name,) in await query(pg_pool, "SELECT indexname FROM pg_indexes WHERE tablename = 'messages'")

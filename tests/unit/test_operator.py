@@ -242,6 +242,7 @@ async def test_stats_counts_every_status_and_tells_the_sender_state(api: Api) ->
         "cancelled": 0,
         "delivered": 0,
         "undelivered": 0,
+        "suppressed": 0,
     }
     assert body["total"] == 3
     assert body["sender"]["running"] is False and body["sender"]["batchSize"] == 2

@@ -6,25 +6,33 @@
 SELECT 1
 
 -- enqueue --
--- Store pending messages, given as one JSON array, in its order; due at sendAt, or at once.
-INSERT INTO messages (recipient_phone, content, send_at, priority, valid_until, encoding, segments, category)
-SELECT v.recipient_phone, v.content, v.send_at, v.priority, v.valid_until, v.encoding, v.segments, v.category
+-- Store pending messages, given as one JSON array, in its order; due at sendAt, or at once
+-- (or when their sending hours allow, with the reason). A number suppressed for its category
+-- is marked `suppressed` as it is inserted (migration 0014's trigger).
+INSERT INTO messages (recipient_phone, content, send_at, priority, valid_until, encoding, segments, category,
+                      respect_sending_hours, consent_reply, next_attempt_at, wait_reason)
+SELECT v.recipient_phone, v.content, v.send_at, v.priority, v.valid_until, v.encoding, v.segments, v.category,
+       v.respect_sending_hours, v.consent_reply, v.next_attempt_at, v.wait_reason
 FROM ROWS FROM (jsonb_to_recordset(%(messages)s::jsonb) AS (
     recipient_phone text, content text, send_at timestamptz, priority smallint, valid_until timestamptz,
-    encoding text, segments integer, category text
-)) WITH ORDINALITY AS v(recipient_phone, content, send_at, priority, valid_until, encoding, segments, category, ord)
+    encoding text, segments integer, category text, respect_sending_hours boolean, consent_reply boolean,
+    next_attempt_at timestamptz, wait_reason text
+)) WITH ORDINALITY AS v(recipient_phone, content, send_at, priority, valid_until, encoding, segments, category,
+                        respect_sending_hours, consent_reply, next_attempt_at, wait_reason, ord)
 ORDER BY v.ord
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
           send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 
 -- get_many --
 -- Messages by id (a JSON array), any state.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb)::bigint)
 
@@ -33,7 +41,8 @@ WHERE id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb)::bigint)
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE id = %(id)s
 
@@ -42,7 +51,8 @@ WHERE id = %(id)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE uuid = %(uuid)s
 
@@ -70,20 +80,37 @@ WITH expired AS (
         __DUE__
     ) d
     LIMIT %(limit)s
+), checked AS (
+    -- Consent can be withdrawn after a message was queued: a number suppressed for the
+    -- message's category (insider_suppressed_for) ends it here, never sent.
+    SELECT due.id, f.reason
+    FROM due
+    JOIN messages x ON x.id = due.id
+    LEFT JOIN insider_suppressed_for f ON f.phone = x.recipient_phone AND f.category = x.category AND NOT x.consent_reply
+), suppressed AS (
+    -- Each suppressed one's history says so, in the same statement.
+    INSERT INTO insider_message_events (message_id, at, kind, outcome, attempt, error)
+    SELECT c.id, now(), 'attempt', 'suppressed', x.attempts, 'suppressed: ' || c.reason
+    FROM checked c JOIN messages x ON x.id = c.id
+    WHERE c.reason IS NOT NULL
 ), claimed AS (
     UPDATE messages m
-    SET status = 'sending',
-        attempts = m.attempts + 1,
-        lease_expires_at = now() + make_interval(secs => %(lease_s)s),
-        claim_token = gen_random_uuid(),
+    SET status = CASE WHEN c.reason IS NULL THEN 'sending' ELSE 'suppressed' END,
+        suppression_reason = c.reason,
+        wait_reason = NULL,
+        attempts = CASE WHEN c.reason IS NULL THEN m.attempts + 1 ELSE m.attempts END,
+        lease_expires_at = CASE WHEN c.reason IS NULL THEN now() + make_interval(secs => %(lease_s)s) END,
+        claim_token = CASE WHEN c.reason IS NULL THEN gen_random_uuid() END,
+        next_attempt_at = CASE WHEN c.reason IS NULL THEN m.next_attempt_at END,
         updated_at = now()
-    FROM due
-    WHERE m.id = due.id
+    FROM checked c
+    WHERE m.id = c.id
     RETURNING m.id, m.recipient_phone, m.content, m.status, m.created_at, m.sent_at, m.message_id,
               m.last_error, m.attempts, m.next_attempt_at, m.lease_expires_at,
               m.idempotency_key::text AS idempotency_key, m.claim_token::text AS claim_token,
               m.send_at, m.priority, m.valid_until, m.encoding, m.segments, m.uuid::text AS uuid,
-              m.delivered_at, m.delivery_status, m.delivery_error, m.provider, m.provider_pin, m.cost, m.category
+              m.delivered_at, m.delivery_status, m.delivery_error, m.provider, m.provider_pin, m.cost, m.category,
+              m.suppression_reason, m.wait_reason, m.respect_sending_hours, m.consent_reply, m.cap_admitted_at
 )
 -- The UUIDs come back as text: the Message holds text, and a uuid.UUID made per column and
 -- row only to be turned into text cost a third of reading a claimed row.
@@ -134,7 +161,8 @@ WITH v AS (
         id bigint, claim_token uuid, status text, sent_at timestamptz, message_id text, last_error text,
         retry_in_s float8, uncount bool, segments integer, encoding text,
         at timestamptz, outcome text, attempt integer, status_code integer, duration_ms float8, error text,
-        attempt_provider text, earlier jsonb, provider text, provider_pin text, cost float8
+        attempt_provider text, earlier jsonb, provider text, provider_pin text, cost float8,
+        wait_reason text, suppression_reason text
     )
 ), written AS (
     UPDATE messages m
@@ -149,6 +177,8 @@ WITH v AS (
         provider = COALESCE(v.provider, m.provider),
         cost = COALESCE(v.cost, m.cost),
         provider_pin = v.provider_pin,
+        wait_reason = v.wait_reason,
+        suppression_reason = COALESCE(v.suppression_reason, m.suppression_reason),
         lease_expires_at = NULL,
         claim_token = NULL,
         attempts = CASE WHEN v.uncount THEN m.attempts - 1 ELSE m.attempts END,
@@ -208,7 +238,8 @@ WHERE id = %(id)s AND status = 'failed'
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
           send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 
 -- cancel --
 -- A pending message (scheduled or waiting for a retry) taken back. A claimed row is
@@ -219,7 +250,8 @@ WHERE id = %(id)s AND status = 'pending'
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
           send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 
 -- expire --
 -- Pending rows past their validUntil become expired (bounded), and come back to be reported;
@@ -240,7 +272,8 @@ RETURNING m.id, m.recipient_phone, m.content, m.status, m.created_at, m.sent_at,
           m.last_error, m.attempts, m.next_attempt_at, m.lease_expires_at,
           m.idempotency_key::text AS idempotency_key, m.claim_token::text AS claim_token,
           m.send_at, m.priority, m.valid_until, m.encoding, m.segments, m.uuid::text AS uuid,
-          m.delivered_at, m.delivery_status, m.delivery_error, m.provider, m.provider_pin, m.cost, m.category
+          m.delivered_at, m.delivery_status, m.delivery_error, m.provider, m.provider_pin, m.cost, m.category,
+              m.suppression_reason, m.wait_reason, m.respect_sending_hours, m.consent_reply, m.cap_admitted_at
 
 -- idempotency_drop_stale --
 -- A key older than 24 hours is forgotten: the same key may be used again.
@@ -310,7 +343,8 @@ SELECT EXISTS (SELECT 1 FROM inserted) OR EXISTS (SELECT 1 FROM updated) AS take
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE status = 'sent' AND sent_at IS NOT NULL
 ORDER BY sent_at DESC, id DESC
@@ -321,7 +355,8 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE status = 'sent' AND sent_at IS NOT NULL AND (sent_at, id) < (%(key)s, %(id)s)
 ORDER BY sent_at DESC, id DESC
@@ -332,7 +367,8 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE status = %(status)s
 ORDER BY created_at DESC, id DESC
@@ -343,7 +379,8 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE status = %(status)s AND (created_at, id) < (%(key)s, %(id)s)
 ORDER BY created_at DESC, id DESC
@@ -354,7 +391,8 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE recipient_phone = %(to)s AND status = 'sent' AND sent_at IS NOT NULL
 ORDER BY sent_at DESC, id DESC
@@ -365,7 +403,8 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE recipient_phone = %(to)s AND status = 'sent' AND sent_at IS NOT NULL AND (sent_at, id) < (%(key)s, %(id)s)
 ORDER BY sent_at DESC, id DESC
@@ -376,7 +415,8 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE recipient_phone = %(to)s AND status = %(status)s
 ORDER BY created_at DESC, id DESC
@@ -387,7 +427,8 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE recipient_phone = %(to)s AND status = %(status)s AND (created_at, id) < (%(key)s, %(id)s)
 ORDER BY created_at DESC, id DESC
@@ -404,7 +445,8 @@ FROM insider_message_counts
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL
 ORDER BY sent_at DESC, id DESC
@@ -415,7 +457,8 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL AND (sent_at, id) < (%(key)s, %(id)s)
 ORDER BY sent_at DESC, id DESC
@@ -426,7 +469,8 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE recipient_phone = %(to)s AND status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL
 ORDER BY sent_at DESC, id DESC
@@ -437,7 +481,8 @@ LIMIT %(limit)s
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments, uuid,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE recipient_phone = %(to)s AND status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL
   AND (sent_at, id) < (%(key)s, %(id)s)
@@ -644,7 +689,11 @@ CREATE TEMPORARY TABLE insider_file_load (
     valid_until timestamptz,
     encoding text NOT NULL,
     segments integer NOT NULL,
-    category text NOT NULL DEFAULT 'transactional'
+    category text NOT NULL DEFAULT 'transactional',
+    respect_sending_hours boolean NOT NULL DEFAULT true,
+    consent_reply boolean NOT NULL DEFAULT false,
+    next_attempt_at timestamptz,
+    wait_reason text
 )
 
 -- file_load_record --
@@ -671,8 +720,10 @@ WHERE digest = %(digest)s
 
 -- file_load_publish --
 -- The staged messages into the queue, in file order (their ids follow the lines).
-INSERT INTO messages (recipient_phone, content, send_at, priority, valid_until, encoding, segments, category)
-SELECT recipient_phone, content, send_at, priority, valid_until, encoding, segments, category
+INSERT INTO messages (recipient_phone, content, send_at, priority, valid_until, encoding, segments, category,
+                      respect_sending_hours, consent_reply, next_attempt_at, wait_reason)
+SELECT recipient_phone, content, send_at, priority, valid_until, encoding, segments, category,
+       respect_sending_hours, consent_reply, next_attempt_at, wait_reason
 FROM pg_temp.insider_file_load
 ORDER BY n
 

@@ -8,32 +8,58 @@
 SELECT 1
 
 -- enqueue --
--- Store pending messages, given as one JSON array, in its order; due at sendAt, or at once.
+-- Store pending messages, given as one JSON array, in its order; due at sendAt, or at once
+-- (or when their sending hours allow, with the reason). A number suppressed for its category
+-- (insider_suppressed_for) is stored `suppressed` at once, never sent.
 INSERT INTO messages (recipient_phone, content, created_at, updated_at, idempotency_key,
-                      send_at, priority, valid_until, encoding, segments, category)
-SELECT json_extract(value, '$.recipient_phone'), json_extract(value, '$.content'), :now, :now, insider_uuid4(),
-       json_extract(value, '$.send_at'), json_extract(value, '$.priority'), json_extract(value, '$.valid_until'),
-       json_extract(value, '$.encoding'), json_extract(value, '$.segments'), json_extract(value, '$.category')
-FROM json_each(:messages)
+                      send_at, priority, valid_until, encoding, segments, category,
+                      respect_sending_hours, consent_reply, status, suppression_reason, next_attempt_at, wait_reason)
+SELECT phone, content, :now, :now, insider_uuid4(), send_at, priority, valid_until, encoding, segments, category,
+       respect_sending_hours, consent_reply,
+       CASE WHEN reason IS NULL THEN 'pending' ELSE 'suppressed' END, reason,
+       CASE WHEN reason IS NULL THEN next_attempt_at END, CASE WHEN reason IS NULL THEN wait_reason END
+FROM (
+    SELECT m.*, (SELECT f.reason FROM insider_suppressed_for f
+                 WHERE f.phone = m.phone AND f.category = m.category AND NOT m.consent_reply) AS reason
+    FROM (
+        SELECT key, json_extract(value, '$.recipient_phone') AS phone, json_extract(value, '$.content') AS content,
+               json_extract(value, '$.send_at') AS send_at, json_extract(value, '$.priority') AS priority,
+               json_extract(value, '$.valid_until') AS valid_until, json_extract(value, '$.encoding') AS encoding,
+               json_extract(value, '$.segments') AS segments, json_extract(value, '$.category') AS category,
+               json_extract(value, '$.respect_sending_hours') AS respect_sending_hours,
+               json_extract(value, '$.consent_reply') AS consent_reply,
+               json_extract(value, '$.next_attempt_at') AS next_attempt_at,
+               json_extract(value, '$.wait_reason') AS wait_reason
+        FROM json_each(:messages)
+    ) m
+)
 ORDER BY key
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
           send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 
 -- load --
--- Store one pending message without reading it back (bulk loads, with executemany).
+-- Store one pending message without reading it back (bulk loads, with executemany); as
+-- enqueue, one whose number is suppressed for its category is stored `suppressed`.
 INSERT INTO messages (recipient_phone, content, created_at, updated_at, idempotency_key,
-                      send_at, priority, valid_until, encoding, segments, category)
-VALUES (:recipient_phone, :content, :now, :now, insider_uuid4(),
-        :send_at, :priority, :valid_until, :encoding, :segments, :category)
+                      send_at, priority, valid_until, encoding, segments, category,
+                      respect_sending_hours, consent_reply, status, suppression_reason, next_attempt_at, wait_reason)
+SELECT :recipient_phone, :content, :now, :now, insider_uuid4(),
+       :send_at, :priority, :valid_until, :encoding, :segments, :category, :respect_sending_hours, :consent_reply,
+       CASE WHEN reason IS NULL THEN 'pending' ELSE 'suppressed' END, reason,
+       CASE WHEN reason IS NULL THEN :next_attempt_at END, CASE WHEN reason IS NULL THEN :wait_reason END
+FROM (SELECT (SELECT f.reason FROM insider_suppressed_for f
+              WHERE f.phone = :recipient_phone AND f.category = :category AND NOT :consent_reply) AS reason)
 
 -- get --
 -- One message in any state.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE id = :id
 
@@ -42,7 +68,8 @@ WHERE id = :id
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE id IN (SELECT value FROM json_each(:ids))
 
@@ -52,11 +79,21 @@ WHERE id IN (SELECT value FROM json_each(:ids))
 -- `due_oldest` or `due_newest` branch per priority, 9 down to 0, each an index range).
 -- A write statement holds SQLite's write lock from its start, so concurrent claimers
 -- take turns and never take the same row.
+-- Consent can be withdrawn after a message was queued: a number suppressed for the
+-- message's category (insider_suppressed_for) ends it here, `suppressed`, never sent (the
+-- adapter writes that to its history in the same transaction).
 UPDATE messages
-SET status = 'sending',
-    attempts = attempts + 1,
-    lease_expires_at = :lease_expires_at,
-    claim_token = insider_uuid4(),
+SET (status, suppression_reason, attempts, lease_expires_at, claim_token, next_attempt_at) = (
+        SELECT CASE WHEN reason IS NULL THEN 'sending' ELSE 'suppressed' END, reason,
+               CASE WHEN reason IS NULL THEN attempts + 1 ELSE attempts END,
+               CASE WHEN reason IS NULL THEN :lease_expires_at END,
+               CASE WHEN reason IS NULL THEN insider_uuid4() END,
+               CASE WHEN reason IS NULL THEN next_attempt_at END
+        FROM (SELECT (SELECT f.reason FROM insider_suppressed_for f
+                      WHERE f.phone = messages.recipient_phone AND f.category = messages.category
+                        AND NOT messages.consent_reply) AS reason)
+    ),
+    wait_reason = NULL,
     updated_at = :now
 WHERE id IN (
     SELECT id FROM (
@@ -74,7 +111,8 @@ WHERE id IN (
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
           send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 
 -- due_oldest --
 -- The due pending rows of priority __PRIORITY__, the longest due first, not past their
@@ -113,7 +151,8 @@ WHERE id IN (
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
           send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 
 -- resolve --
 -- Write back a batch of outcomes, given as one JSON array. A row is written while the
@@ -135,7 +174,9 @@ WITH v AS (
            json_extract(value, '$.encoding') AS encoding,
            json_extract(value, '$.provider') AS provider,
            json_extract(value, '$.provider_pin') AS provider_pin,
-           json_extract(value, '$.cost') AS cost
+           json_extract(value, '$.cost') AS cost,
+           json_extract(value, '$.wait_reason') AS wait_reason,
+           json_extract(value, '$.suppression_reason') AS suppression_reason
     FROM json_each(:resolutions)
 )
 UPDATE messages AS m
@@ -150,6 +191,8 @@ SET status = v.status,
     provider = COALESCE(v.provider, m.provider),
     cost = COALESCE(v.cost, m.cost),
     provider_pin = v.provider_pin,
+    wait_reason = v.wait_reason,
+    suppression_reason = COALESCE(v.suppression_reason, m.suppression_reason),
     lease_expires_at = NULL,
     claim_token = NULL,
     attempts = CASE WHEN v.uncount THEN m.attempts - 1 ELSE m.attempts END,
@@ -168,7 +211,8 @@ WHERE id = :id AND status = 'failed'
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
           send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 
 -- cancel --
 -- A pending message (scheduled or waiting for a retry) taken back; a claimed row is left alone.
@@ -178,7 +222,8 @@ WHERE id = :id AND status = 'pending'
 RETURNING id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
           attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
           send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 
 -- idempotency_drop_stale --
 -- A key older than 24 hours is forgotten: the same key may be used again. (The time 24
@@ -250,7 +295,8 @@ SELECT (due_us - now_us) / 1000000.0 AS wait_s FROM slot
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE status = 'sent' AND sent_at IS NOT NULL
 ORDER BY sent_at DESC, id DESC
@@ -261,7 +307,8 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE status = 'sent' AND sent_at IS NOT NULL AND (sent_at, id) < (:key, :id)
 ORDER BY sent_at DESC, id DESC
@@ -272,7 +319,8 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE status = :status
 ORDER BY created_at DESC, id DESC
@@ -283,7 +331,8 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE status = :status AND (created_at, id) < (:key, :id)
 ORDER BY created_at DESC, id DESC
@@ -294,7 +343,8 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE recipient_phone = :to AND status = 'sent' AND sent_at IS NOT NULL
 ORDER BY sent_at DESC, id DESC
@@ -305,7 +355,8 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE recipient_phone = :to AND status = 'sent' AND sent_at IS NOT NULL AND (sent_at, id) < (:key, :id)
 ORDER BY sent_at DESC, id DESC
@@ -316,7 +367,8 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE recipient_phone = :to AND status = :status
 ORDER BY created_at DESC, id DESC
@@ -327,7 +379,8 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE recipient_phone = :to AND status = :status AND (created_at, id) < (:key, :id)
 ORDER BY created_at DESC, id DESC
@@ -344,7 +397,8 @@ GROUP BY status
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL
 ORDER BY sent_at DESC, id DESC
@@ -355,7 +409,8 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL AND (sent_at, id) < (:key, :id)
 ORDER BY sent_at DESC, id DESC
@@ -366,7 +421,8 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE recipient_phone = :to AND status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL
 ORDER BY sent_at DESC, id DESC
@@ -377,12 +433,18 @@ LIMIT :limit
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
        attempts, next_attempt_at, lease_expires_at, idempotency_key, claim_token,
        send_at, priority, valid_until, encoding, segments,
-       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category
+       delivered_at, delivery_status, delivery_error, provider, provider_pin, cost, category,
+       suppression_reason, wait_reason, respect_sending_hours, consent_reply, cap_admitted_at
 FROM messages
 WHERE recipient_phone = :to AND status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL
   AND (sent_at, id) < (:key, :id)
 ORDER BY sent_at DESC, id DESC
 LIMIT :limit
+
+-- suppressed_event --
+-- A message the claim found suppressed, in its history.
+INSERT INTO insider_message_events (message_id, at, kind, outcome, attempt, error)
+VALUES (:id, :now, 'attempt', 'suppressed', :attempts, 'suppressed: ' || :reason)
 
 -- attempt_event --
 -- One attempt in the message's history (written with its outcome, in one transaction).
@@ -637,13 +699,19 @@ CREATE TEMPORARY TABLE __STAGE__ (
     valid_until TEXT,
     encoding TEXT NOT NULL,
     segments INTEGER NOT NULL,
-    category TEXT NOT NULL DEFAULT 'transactional'
+    category TEXT NOT NULL DEFAULT 'transactional',
+    respect_sending_hours INTEGER NOT NULL DEFAULT 1,
+    consent_reply INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT,
+    wait_reason TEXT
 )
 
 -- file_load_add --
 -- One staged message (with executemany).
-INSERT INTO temp.__STAGE__ (recipient_phone, content, send_at, priority, valid_until, encoding, segments, category)
-VALUES (:recipient_phone, :content, :send_at, :priority, :valid_until, :encoding, :segments, :category)
+INSERT INTO temp.__STAGE__ (recipient_phone, content, send_at, priority, valid_until, encoding, segments, category,
+                           respect_sending_hours, consent_reply, next_attempt_at, wait_reason)
+VALUES (:recipient_phone, :content, :send_at, :priority, :valid_until, :encoding, :segments, :category,
+        :respect_sending_hours, :consent_reply, :next_attempt_at, :wait_reason)
 
 -- file_load_record --
 -- Remember a file being stored; no row back when a file with its digest was stored before.
@@ -670,11 +738,19 @@ WHERE digest = :digest
 -- file_load_publish --
 -- The staged messages into the queue, in file order (their ids follow the lines).
 INSERT INTO messages (recipient_phone, content, created_at, updated_at, idempotency_key,
-                      send_at, priority, valid_until, encoding, segments, category)
+                      send_at, priority, valid_until, encoding, segments, category,
+                      respect_sending_hours, consent_reply, status, suppression_reason, next_attempt_at, wait_reason)
 SELECT recipient_phone, content, :now, :now, insider_uuid4(), send_at, priority, valid_until, encoding, segments,
-       category
-FROM temp.__STAGE__
-ORDER BY rowid
+       category, respect_sending_hours, consent_reply,
+       CASE WHEN reason IS NULL THEN 'pending' ELSE 'suppressed' END, reason,
+       CASE WHEN reason IS NULL THEN next_attempt_at END, CASE WHEN reason IS NULL THEN wait_reason END
+FROM (
+    SELECT s.rowid AS n, s.*, (SELECT f.reason FROM insider_suppressed_for f
+                               WHERE f.phone = s.recipient_phone AND f.category = s.category
+                                 AND NOT s.consent_reply) AS reason
+    FROM temp.__STAGE__ s
+)
+ORDER BY n
 
 -- take_send --
 -- One send of provider :name, at most one per :interval_us microseconds (the generic cell
