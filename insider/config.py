@@ -15,7 +15,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
-from insider.domain import SendOrder, is_region
+from insider.domain import Category, SendOrder, is_region
+from insider.sending_hours import SendingHours, parse_categories, parse_sending_hours, parse_timezone
 
 if TYPE_CHECKING:
     from insider.providers.config import ProvidersConfig
@@ -188,6 +189,9 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MAX_SEGMENTS": ("max_segments", _int_between(0, 255)),
     "DEFAULT_REGION": ("default_region", _region),
     "COMMERCIAL_FOOTER": ("commercial_footer", _text),
+    "SENDING_HOURS": ("sending_hours", parse_sending_hours),
+    "SENDING_HOURS_FOR": ("sending_hours_for", parse_categories),
+    "DEFAULT_TIMEZONE": ("default_timezone", parse_timezone),
     "SEND_ORDER": ("send_order", _choice(*(o.value for o in SendOrder))),
     "AUTOSTART": ("autostart", parse_bool),
     "MAX_ATTEMPTS": ("max_attempts", _int_between(1, 1_000)),
@@ -270,6 +274,11 @@ class Settings:
     default_region: str = ""
     send_order: str = SendOrder.OLDEST.value
     commercial_footer: str = ""  # appended to commercial messages (domain.text_as_sent)
+    # The local hours messages of these categories may reach their recipient (None: any hour),
+    # and the zone of a number with no known zone (see insider.sending_hours).
+    sending_hours: SendingHours | None = None
+    sending_hours_for: tuple[str, ...] = (Category.COMMERCIAL.value,)
+    default_timezone: str = "UTC"
 
     # PostgreSQL only: a statement running longer is cancelled by the server (0: no limit),
     # and TCP keepalives find a connection whose peer has silently gone.
