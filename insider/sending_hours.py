@@ -5,14 +5,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
-from functools import lru_cache
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from phonenumbers import timezone as phone_timezones
 
-from insider.domain import CATEGORIES
+from insider.domain import CATEGORIES, Category
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from insider.config import Settings
 
 # How far ahead a moment allowed in all of a number's zones is looked for; with none in
 # that time (a window narrower than the spread of the zones), the default zone decides.
@@ -98,9 +102,11 @@ def parse_timezone(text: str) -> str:
     return name
 
 
-@lru_cache(maxsize=1024)
 def load_zone(name: str) -> ZoneInfo | None:
-    """The zone named ``name``, or None when zoneinfo (the system's or the tzdata package's) has none."""
+    """The zone named ``name``, or None when zoneinfo (the system's or the tzdata package's) has none.
+
+    zoneinfo keeps the zones it has loaded, so asking again is cheap.
+    """
     if not name or name == UNKNOWN_ZONE:
         return None
     try:
@@ -109,12 +115,11 @@ def load_zone(name: str) -> ZoneInfo | None:
         return None
 
 
-@lru_cache(maxsize=65_536)
 def number_zones(phone_e164: str) -> tuple[str, ...]:
     """The time zones libphonenumber places ``phone_e164`` in (by its prefix), those zoneinfo knows.
 
     Empty for a number with no known zone (``Etc/Unknown``, such as the fictional ``+1555...``)
-    or one that does not parse: the caller's default zone applies. Cached per number.
+    or one that does not parse: the caller's default zone applies.
     """
     try:
         parsed = phonenumbers.parse(phone_e164, None)
@@ -139,7 +144,9 @@ NO_ZONE: Final = "no known zone"
 NO_COMMON_HOUR: Final = "no common sending hour in its zones"
 
 
-def decide(phone_e164: str, at: datetime, window: SendingHours, default_tz: str) -> Decision:
+def decide(
+    phone_e164: str, at: datetime, window: SendingHours, default_tz: str, *, zones: tuple[str, ...] | None = None
+) -> Decision:
     """When a message to ``phone_e164``, due ``at`` (aware), may go under ``window``.
 
     The moment must lie in the window in every zone of the number (a country or a toll-free
@@ -147,10 +154,11 @@ def decide(phone_e164: str, at: datetime, window: SendingHours, default_tz: str)
     number with no known zone follows ``default_tz``; so does one whose zones share no allowed
     moment within :data:`HORIZON`. Local times come from zoneinfo, so daylight saving time is
     exact: a window opening at a time a clock skips opens when the clock jumps past it.
+    ``zones``: the number's zones when the caller knows them (:func:`number_zones`).
     """
     if at.tzinfo is None:
         raise ValueError("at must be timezone-aware")
-    own = number_zones(phone_e164)
+    own = number_zones(phone_e164) if zones is None else zones
     if window.whole_day:
         return Decision(None, own or (default_tz,), fallback=None if own else NO_ZONE)
     if own:
@@ -263,12 +271,60 @@ def describe(decision: Decision, window: SendingHours) -> str:
     return f"outside the sending hours {window} in {where}; may go at {when}"
 
 
+class SendingHoursPolicy:
+    """One deployment's sending hours: the window, the categories it holds, the default zone.
+
+    Keeps each number's zones (up to ``cache_size`` numbers), so a batch or a file of messages
+    to the same numbers asks libphonenumber once per number.
+    """
+
+    def __init__(
+        self, window: SendingHours, categories: Iterable[str], default_tz: str, *, cache_size: int = 65_536
+    ) -> None:
+        self.window = window
+        self.categories = frozenset(categories)
+        self.default_tz = parse_timezone(default_tz)
+        self._zones: dict[str, tuple[str, ...]] = {}
+        self._cache_size = cache_size
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SendingHoursPolicy | None:
+        """The policy INSIDER_SENDING_HOURS sets up, or None when it is empty (any hour)."""
+        if settings.sending_hours is None:
+            return None
+        return cls(settings.sending_hours, settings.sending_hours_for, settings.default_timezone)
+
+    def applies(self, category: str, respect_sending_hours: bool = True) -> bool:
+        """Whether a message of ``category`` keeps the hours. Only a transactional one may opt out:
+        a commercial message keeps them whatever its flag says (one written by another program)."""
+        if category not in self.categories:
+            return False
+        return respect_sending_hours or category != Category.TRANSACTIONAL
+
+    def zones(self, phone_e164: str) -> tuple[str, ...]:
+        """:func:`number_zones`, kept per number."""
+        found = self._zones.get(phone_e164)
+        if found is None:
+            if len(self._zones) >= self._cache_size:
+                del self._zones[next(iter(self._zones))]  # the oldest
+            found = self._zones[phone_e164] = number_zones(phone_e164)
+        return found
+
+    def decide(self, phone_e164: str, at: datetime) -> Decision:
+        """When a message to ``phone_e164`` due ``at`` may go (see :func:`decide`)."""
+        return decide(phone_e164, at, self.window, self.default_tz, zones=self.zones(phone_e164))
+
+    def describe(self, decision: Decision) -> str:
+        return describe(decision, self.window)
+
+
 __all__ = [
     "HORIZON",
     "NO_COMMON_HOUR",
     "NO_ZONE",
     "Decision",
     "SendingHours",
+    "SendingHoursPolicy",
     "decide",
     "describe",
     "load_zone",

@@ -12,6 +12,7 @@ from insider.sending_hours import (
     NO_COMMON_HOUR,
     NO_ZONE,
     SendingHours,
+    SendingHoursPolicy,
     decide,
     describe,
     next_allowed,
@@ -254,3 +255,32 @@ def test_daylight_saving_day_in_the_uk() -> None:
 def test_the_moment_must_be_aware() -> None:
     with pytest.raises(ValueError, match="aware"):
         next_allowed(TURKEY, datetime(2026, 12, 5, 12, 0), DAY, "UTC")
+
+
+# --- One deployment's policy ----------------------------------------------------------------------
+
+
+def test_the_policy_of_the_settings() -> None:
+    assert SendingHoursPolicy.from_settings(load_settings({}, env_file=None)) is None
+    settings = load_settings({"INSIDER_SENDING_HOURS": "08:00-21:00"}, env_file=None)
+    policy = SendingHoursPolicy.from_settings(settings)
+    assert policy is not None
+    assert (policy.window, policy.categories, policy.default_tz) == (DAY, frozenset({"commercial"}), "UTC")
+    assert policy.applies("commercial")
+    assert not policy.applies("transactional")
+    assert policy.decide(NEW_YORK, utc(2026, 12, 5, 12, 0)).until == utc(2026, 12, 5, 13, 0)
+
+
+def test_only_a_transactional_message_opts_out() -> None:
+    policy = SendingHoursPolicy(DAY, ["commercial", "transactional"], "UTC")
+    assert policy.applies("transactional")
+    assert not policy.applies("transactional", respect_sending_hours=False)
+    # A commercial row that says otherwise (written by another program) keeps the hours.
+    assert policy.applies("commercial", respect_sending_hours=False)
+
+
+def test_the_policy_keeps_a_bounded_number_of_zones() -> None:
+    policy = SendingHoursPolicy(DAY, ["commercial"], "UTC", cache_size=2)
+    for phone in (TURKEY, NEW_YORK, LOS_ANGELES, TURKEY):
+        assert policy.zones(phone) == number_zones(phone)
+    assert len(policy._zones) == 2
