@@ -76,12 +76,12 @@ def parse_sending_hours(text: str) -> SendingHours | None:
     if start_h > 23 or start_m > 59 or end_m > 59 or end_h > 24 or (end_h == 24 and end_m):
         raise ValueError(f"expected times from 00:00 to 23:59 (24:00 as the end), got {text!r}")
     start, end = start_h * 60 + start_m, end_h * 60 + end_m
-    if start == end:
+    if start == end % _DAY_MIN and not (start == 0 and end == _DAY_MIN):
         raise ValueError(
             f"the window starts where it ends ({text.strip()!r}): write 00:00-24:00 for the whole day, "
             "or leave it empty for no sending hours"
         )
-    return SendingHours(start, end)
+    return SendingHours(start, end or _DAY_MIN)  # ending at 00:00 is ending at midnight, 24:00
 
 
 def parse_categories(text: str) -> tuple[str, ...]:

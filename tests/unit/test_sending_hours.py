@@ -52,6 +52,7 @@ def test_a_window_is_two_times_the_end_excluded() -> None:
     assert parse_sending_hours(" 8:00 - 21:30 ") == SendingHours(8 * 60, 21 * 60 + 30)
     assert parse_sending_hours("22:00-06:00") == SendingHours(22 * 60, 6 * 60)  # crosses midnight
     assert parse_sending_hours("21:00-24:00") == SendingHours(21 * 60, 24 * 60)
+    assert parse_sending_hours("21:00-00:00") == SendingHours(21 * 60, 24 * 60)  # midnight either way
     assert hours("00:00-24:00").whole_day
     assert parse_sending_hours("") is None
     assert parse_sending_hours("  ") is None
@@ -63,6 +64,7 @@ def test_a_window_is_two_times_the_end_excluded() -> None:
     [
         ("08:00-08:00", "starts where it ends"),
         ("00:00-00:00", "starts where it ends"),
+        ("24:00-24:00", "24:00 as the end"),
         ("06:00-06:00", "00:00-24:00 for the whole day"),
         ("24:00-08:00", "24:00 as the end"),
         ("08:00-24:30", "24:00 as the end"),
