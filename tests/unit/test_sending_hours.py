@@ -286,3 +286,10 @@ def test_the_policy_keeps_a_bounded_number_of_zones() -> None:
     for phone in (TURKEY, NEW_YORK, LOS_ANGELES, TURKEY):
         assert policy.zones(phone) == number_zones(phone)
     assert len(policy._zones) == 2
+
+
+def test_the_readme_toll_free_example() -> None:
+    # README: with 08:00-21:00, +1 800... in December from 22:00 to 00:30 UTC only.
+    assert next_allowed(TOLL_FREE, utc(2026, 12, 5, 21, 59), DAY, "UTC") == utc(2026, 12, 5, 22, 0)
+    assert next_allowed(TOLL_FREE, utc(2026, 12, 6, 0, 29), DAY, "UTC") is None
+    assert next_allowed(TOLL_FREE, utc(2026, 12, 6, 0, 30), DAY, "UTC") == utc(2026, 12, 6, 22, 0)
