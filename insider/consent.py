@@ -16,11 +16,12 @@ from typing import Final, Protocol
 
 from insider.domain import Message
 
-__all__ = ["CAP", "SENDING_HOURS", "Gate", "Suppress", "Verdict", "Wait"]
+__all__ = ["CAP", "SENDING_HOURS", "WAIT_REASONS", "Gate", "Suppress", "Verdict", "Wait"]
 
 # Why a pending message waits (its ``wait_reason``, the API's ``waitReason``).
 SENDING_HOURS: Final = "sending-hours"
 CAP: Final = "cap"
+WAIT_REASONS: Final = (SENDING_HOURS, CAP)
 
 
 @dataclass(frozen=True, slots=True)

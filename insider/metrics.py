@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from insider.clock import SystemClock
+from insider.consent import WAIT_REASONS
 from insider.domain import BatchReport, Category, MessageStatus, Outcome, SendResult
-from insider.ports import CategoryCounter, Clock, MessageReader, ProviderStore, ProviderTotals
+from insider.ports import CategoryCounter, Clock, MessageReader, ProviderStore, ProviderTotals, WaitingCounter
 from insider.receipt_parsing import ReceiptOutcome, ReceiptResult
 
 # The Prometheus text exposition format, version 0.0.4 (what generate_latest writes, and every Prometheus reads).
@@ -91,6 +92,15 @@ class Metrics:
             registry=r,
         )
         self.pending = Gauge("insider_pending_messages", "Messages waiting to be sent (a few seconds old)", registry=r)
+        self.waiting = Gauge(
+            "insider_messages_waiting",
+            "Pending messages held back by consent, by reason: sending-hours (outside the recipient's sending "
+            "hours), cap (a frequency cap); a few seconds old",
+            ["reason"],
+            registry=r,
+        )
+        for reason in WAIT_REASONS:
+            self.waiting.labels(reason=reason).set(0)
         self.sender_running = Gauge("insider_sender_running", "1 while automatic sending runs, else 0", registry=r)
         # Every series exists from the start, at 0; kept at hand, as the lookup is per send.
         self._attempts = {outcome: self.send_attempts.labels(outcome=outcome) for outcome in OUTCOMES}
@@ -207,11 +217,21 @@ class Metrics:
     def segments_sent(self, segments: int) -> None:
         self.segments_sent_total.inc(segments)
 
-    def set_state(self, *, running: bool, pending: int | None, counts: dict[MessageStatus, int] | None = None) -> None:
+    def set_state(
+        self,
+        *,
+        running: bool,
+        pending: int | None,
+        counts: dict[MessageStatus, int] | None = None,
+        waiting: dict[str, int] | None = None,
+    ) -> None:
         """Set the gauges from the current state; ``pending`` None keeps the last known count."""
         self.sender_running.set(1 if running else 0)
         if pending is not None:
             self.pending.set(pending)
+        if waiting is not None:
+            for reason in WAIT_REASONS:
+                self.waiting.labels(reason=reason).set(waiting.get(reason, 0))
         if counts is not None:
             for status in MessageStatus:
                 self.messages.labels(status=status.value).set(counts.get(status, 0))
@@ -237,6 +257,7 @@ class CountsCache:
         self.segments_sent = 0  # of every sent message, read with the counts
         self.providers: list[ProviderTotals] = []  # each provider's totals, read with the counts (when kept)
         self.categories: dict[Category, dict[MessageStatus, int]] = {}  # read with the counts (when kept)
+        self.waiting: dict[str, int] = {}  # pending messages held back, per reason, read with the counts (when kept)
         self._taken_at = 0.0
         self._lock = asyncio.Lock()
 
@@ -259,6 +280,8 @@ class CountsCache:
                     self.providers = await self._repository.provider_totals()
                 if isinstance(self._repository, CategoryCounter):
                     self.categories = await self._repository.category_counts()
+                if isinstance(self._repository, WaitingCounter):
+                    self.waiting = await self._repository.waiting_counts()
                 self._counts, self._taken_at = counts, self._clock.monotonic()
             return counts
 

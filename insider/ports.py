@@ -289,6 +289,14 @@ class CategoryCounter(Protocol):
 
 
 @runtime_checkable
+class WaitingCounter(Protocol):
+    """Pending messages held back by consent, per reason; the SQL repositories are ones."""
+
+    async def waiting_counts(self) -> dict[str, int]:
+        """Pending messages per ``wait_reason`` (every reason of ``consent.WAIT_REASONS``, zeros included)."""
+
+
+@runtime_checkable
 class ReceiptStore(Protocol):
     """Delivery receipts and the upkeep of the history; the SQL repositories are ones.
 

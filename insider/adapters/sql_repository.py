@@ -23,6 +23,7 @@ from insider.adapters.rows import (
     provider_ids,
 )
 from insider.clock import SystemClock
+from insider.consent import WAIT_REASONS
 from insider.domain import (
     DEFAULT_PRIORITY,
     Category,
@@ -337,4 +338,10 @@ class SqlMessageRepository(abc.ABC):
         result = {category: dict.fromkeys(MessageStatus, 0) for category in Category}
         for row in await self._rows("category_counts"):
             result[Category(row["category"])][MessageStatus(row["status"])] = int(row["n"])
+        return result
+
+    async def waiting_counts(self) -> dict[str, int]:
+        result = dict.fromkeys(WAIT_REASONS, 0)
+        for row in await self._rows("waiting_counts"):
+            result[str(row["wait_reason"])] = int(row["n"])
         return result

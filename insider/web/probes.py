@@ -107,7 +107,8 @@ async def metrics(request: web.Request) -> web.Response:
         pending: int | None = by_status.get(MessageStatus.PENDING, 0)
     except RepositoryUnavailable:  # a scrape still answers; the gauge keeps its last value
         pending, by_status = None, None
-    app.metrics.set_state(running=app.supervisor.running, pending=pending, counts=by_status)
+    waiting = app.counts.waiting if by_status is not None else None
+    app.metrics.set_state(running=app.supervisor.running, pending=pending, counts=by_status, waiting=waiting)
     costs = {t.provider: t.cost for t in app.counts.providers} if by_status is not None else {}
     for provider in app.dispatcher.providers.values():
         breaker = provider.breaker_state.value

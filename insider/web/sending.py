@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp_apispec import docs, response_schema
 
+from insider.consent import WAIT_REASONS
 from insider.domain import Category, MessageStatus
 from insider.web.responses import UNAVAILABLE, sender_json, transition_json
 from insider.web.schemas import ErrorSchema, RunningSchema, SenderSchema, StatsSchema
@@ -48,7 +49,8 @@ async def sender_status(request: web.Request) -> web.Response:
     description="What the dashboard shows. The counts are at most a few seconds old: however many clients poll, "
     "the database is asked once per couple of seconds. `providers` sums, per provider, the messages it accepted, "
     "their segments and cost, and the tries it did not accept. `categories` counts the messages of each category "
-    "(`transactional`, `commercial`) per status, with their total.",
+    "(`transactional`, `commercial`) per status, with their total. `waiting` counts the pending messages held back "
+    "by consent, per reason: `sending-hours` (outside the recipient's sending hours), `cap` (a frequency cap).",
 )
 @response_schema(StatsSchema, 200, description="Counts and the sender's state")
 @response_schema(**UNAVAILABLE, code=503)
@@ -65,6 +67,7 @@ async def stats(request: web.Request) -> web.Response:
             "segmentsSent": app.counts.segments_sent,
             "providers": _provider_totals(app),
             "categories": _category_counts(app),
+            "waiting": {reason: app.counts.waiting.get(reason, 0) for reason in WAIT_REASONS},
             "sender": sender_json(app.supervisor.status()),
         }
     )

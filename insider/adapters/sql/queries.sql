@@ -787,3 +787,10 @@ SELECT provider, sent, failed, segments, cost FROM insider_provider_totals ORDER
 -- How many messages of each category are in each status: kept by triggers (migration 0013).
 SELECT category, status, n
 FROM insider_category_counts
+
+-- waiting_counts --
+-- Pending messages held back, per reason (sending-hours, cap): through messages_waiting_idx.
+SELECT wait_reason, count(*) AS n
+FROM messages
+WHERE status = 'pending' AND wait_reason IS NOT NULL
+GROUP BY wait_reason

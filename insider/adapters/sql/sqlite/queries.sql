@@ -808,3 +808,10 @@ SELECT provider, sent, failed, segments, cost FROM insider_provider_totals ORDER
 SELECT category, status, count(*) AS n
 FROM messages
 GROUP BY category, status
+
+-- waiting_counts --
+-- Pending messages held back, per reason (sending-hours, cap): through messages_waiting_idx.
+SELECT wait_reason, count(*) AS n
+FROM messages
+WHERE status = 'pending' AND wait_reason IS NOT NULL
+GROUP BY wait_reason
