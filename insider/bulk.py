@@ -27,6 +27,7 @@ from insider.file_records import (
     read_chunks,
 )
 from insider.ports import FileLoads, LoadedFile
+from insider.sending_hours import SendingHoursPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,8 @@ class Limits:
     region: str = ""
     max_segments: int = 0
     footer: str = ""  # INSIDER_COMMERCIAL_FOOTER, counted in commercial messages
+    # INSIDER_SENDING_HOURS: a line due outside them is stored waiting (None: any hour).
+    sending_hours: SendingHoursPolicy | None = None
 
 
 Checked = tuple[list[NewMessage], list[Rejected]]
@@ -84,6 +87,11 @@ def _message(record: dict[str, Any], limits: Limits, now: datetime, csv_text: bo
         category = Category.TRANSACTIONAL
     elif csv_text:
         category = category.strip()
+    respect: Any = record.get("respectSendingHours")
+    if respect is None or (csv_text and respect.strip() == ""):
+        respect = True
+    elif csv_text:
+        respect = {"true": True, "false": False}.get(respect.strip().lower(), respect)
     return build_message(
         record["to"],
         record["content"],
@@ -96,6 +104,8 @@ def _message(record: dict[str, Any], limits: Limits, now: datetime, csv_text: bo
         max_segments=limits.max_segments,
         category=category,
         footer=limits.footer,
+        respect_sending_hours=respect,
+        sending_hours=limits.sending_hours,
     )
 
 

@@ -31,6 +31,7 @@ from insider.receipt_parsing import parse_receipts
 from insider.receipt_upkeep import ReceiptUpkeep
 from insider.receipt_writer import MAX_WRITERS, ReceiptWriter
 from insider.sender import BatchSender, SenderOptions
+from insider.sending_hours import SendingHoursGate, SendingHoursPolicy
 from insider.simulator import ReceiptReporter, SimulatedSmsClient
 from insider.supervisor import Child, Supervisor
 
@@ -265,10 +266,14 @@ def _children(
     return children
 
 
-def _consent_gates(settings: Settings, repository: object, clock: Clock) -> list[Gate]:
+def _consent_gates(
+    settings: Settings, repository: object, clock: Clock, sending_hours: SendingHoursPolicy | None = None
+) -> list[Gate]:
     """The consent gates a claimed message passes before it is sent, in order (insider.consent):
     sending hours first, so that a message waiting for its hours takes no place under a cap."""
     gates: list[Gate] = []
+    if sending_hours is not None:
+        gates.append(SendingHoursGate(sending_hours))
     return gates
 
 
@@ -363,6 +368,8 @@ class Container(containers.DeclarativeContainer):
 
     # Message counts for /metrics and the dashboard: one query per ttl_s, however many ask.
     counts = providers.Singleton(CountsCache, repository=repository, ttl_s=2.0, clock=clock)
+    # INSIDER_SENDING_HOURS: one policy (and its cache of numbers' zones) for the API and the sender.
+    sending_hours = providers.Singleton(SendingHoursPolicy.from_settings, settings)
 
     sender_options = providers.Singleton(
         SenderOptions,
@@ -402,7 +409,9 @@ class Container(containers.DeclarativeContainer):
         clock=clock,
         options=sender_options,
         observer=metrics,
-        gates=providers.Callable(_consent_gates, settings=settings, repository=repository, clock=clock),
+        gates=providers.Callable(
+            _consent_gates, settings=settings, repository=repository, clock=clock, sending_hours=sending_hours
+        ),
     )
     provider_switches = providers.Singleton(_switches, repository=repository, dispatcher=dispatcher, clock=clock)
     children = providers.Callable(

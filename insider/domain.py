@@ -8,10 +8,13 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import phonenumbers
 from gsm0338.charset import BASIC_CHARACTER_SET, BASIC_CHARACTER_SET_EXTENSION  # type: ignore[import-untyped]
+
+if TYPE_CHECKING:
+    from insider.sending_hours import SendingHoursPolicy
 
 DEFAULT_PRIORITY: Final = 5
 MIN_PRIORITY: Final = 0
@@ -488,13 +491,17 @@ def build_message(
     max_segments: int = 0,
     category: str = Category.TRANSACTIONAL,
     footer: str = "",
+    respect_sending_hours: bool = True,
+    sending_hours: SendingHoursPolicy | None = None,
 ) -> NewMessage:
     """A message checked as the API and ``enqueue`` check it; InvalidMessage names the bad field.
 
     ``to`` is normalised to E.164; both times must lie in :data:`TIME_RANGE` (they are stored
     in UTC); ``valid_until`` must be in the future and after ``send_at``; ``category`` is one
     of :class:`Category`'s values. The limits, the encoding and the segments count the text as
-    sent: a commercial message's with ``footer`` (see :func:`text_as_sent`).
+    sent: a commercial message's with ``footer`` (see :func:`text_as_sent`). Only a
+    transactional message may set ``respect_sending_hours`` false; with ``sending_hours``
+    (INSIDER_SENDING_HOURS), one due outside them is marked to wait until they open.
     """
     phone = check_message(to, content, max_length, region=region, max_segments=max_segments)
     try:  # times parsed elsewhere (an embedding program's own) meet the same rule
@@ -518,8 +525,23 @@ def build_message(
             raise InvalidMessage("validUntil", "validUntil must be in the future")
         if send_at is not None and valid_until <= send_at:
             raise InvalidMessage("validUntil", "validUntil must be after sendAt")
+    if not isinstance(respect_sending_hours, bool):
+        raise InvalidMessage("respectSendingHours", "respectSendingHours must be true or false")
+    if not respect_sending_hours and category != Category.TRANSACTIONAL:
+        raise InvalidMessage("respectSendingHours", "respectSendingHours may be false only for transactional messages")
     encoding, segments = measure(sent)
-    return NewMessage(phone, content, send_at, priority, valid_until, encoding, segments, Category(category))
+    message = NewMessage(
+        phone,
+        content,
+        send_at,
+        priority,
+        valid_until,
+        encoding,
+        segments,
+        Category(category),
+        respect_sending_hours=respect_sending_hours,
+    )
+    return sending_hours.hold(message, now) if sending_hours is not None else message
 
 
 def mask_phone(phone: str | None) -> str:

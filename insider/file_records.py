@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, Final, TextIO
 
 import orjson
 
-COLUMNS: Final = ("to", "content", "sendAt", "priority", "validUntil", "category")
+COLUMNS: Final = ("to", "content", "sendAt", "priority", "validUntil", "category", "respectSendingHours")
 REQUIRED: Final = ("to", "content")
 
 # What the decoder (errors="surrogateescape") makes of each byte that is not UTF-8.
@@ -257,7 +257,8 @@ class FileReader:
         missing = [name for name in REQUIRED if name not in header]
         if unknown or missing or len(set(header)) != len(header):
             raise BadFile(
-                f"the CSV header must name the columns to,content[,sendAt,priority,validUntil,category]; "
+                "the CSV header must name the columns "
+                "to,content[,sendAt,priority,validUntil,category,respectSendingHours]; "
                 f"got {','.join(header)}"
             )
         self.header = _text(taken)

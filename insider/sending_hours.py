@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import TYPE_CHECKING, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -11,7 +12,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 from phonenumbers import timezone as phone_timezones
 
-from insider.domain import CATEGORIES, Category
+from insider.consent import SENDING_HOURS, Verdict, Wait
+from insider.domain import CATEGORIES, Category, Message, NewMessage
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -275,7 +277,8 @@ class SendingHoursPolicy:
     """One deployment's sending hours: the window, the categories it holds, the default zone.
 
     Keeps each number's zones (up to ``cache_size`` numbers), so a batch or a file of messages
-    to the same numbers asks libphonenumber once per number.
+    to the same numbers asks libphonenumber once per number, and each decision for a set of
+    zones and a moment, so a batch claimed (or a file read) at one moment decides once per set.
     """
 
     def __init__(
@@ -285,6 +288,7 @@ class SendingHoursPolicy:
         self.categories = frozenset(categories)
         self.default_tz = parse_timezone(default_tz)
         self._zones: dict[str, tuple[str, ...]] = {}
+        self._decisions: dict[tuple[tuple[str, ...], datetime], Decision] = {}
         self._cache_size = cache_size
 
     @classmethod
@@ -312,10 +316,50 @@ class SendingHoursPolicy:
 
     def decide(self, phone_e164: str, at: datetime) -> Decision:
         """When a message to ``phone_e164`` due ``at`` may go (see :func:`decide`)."""
-        return decide(phone_e164, at, self.window, self.default_tz, zones=self.zones(phone_e164))
+        zones = self.zones(phone_e164)
+        key = (zones, at)
+        found = self._decisions.get(key)
+        if found is None:
+            if len(self._decisions) >= self._cache_size:
+                del self._decisions[next(iter(self._decisions))]
+            found = self._decisions[key] = decide(phone_e164, at, self.window, self.default_tz, zones=zones)
+        return found
 
     def describe(self, decision: Decision) -> str:
         return describe(decision, self.window)
+
+    def hold(self, message: NewMessage, now: datetime) -> NewMessage:
+        """``message`` marked to wait (``wait_until``, ``wait_reason``) when it keeps the sending hours and
+        is due (at its ``send_at``, or ``now``) outside them; otherwise ``message`` itself.
+
+        Stored so, it shows when it may go from enqueue on, and the claim does not read it before.
+        """
+        if not self.applies(message.category, message.respect_sending_hours):
+            return message
+        due = max(message.send_at, now) if message.send_at is not None else now
+        decision = self.decide(message.recipient_phone, due)
+        if decision.until is None:
+            return message
+        return replace(message, wait_until=decision.until, wait_reason=SENDING_HOURS)
+
+
+class SendingHoursGate:
+    """The consent gate of sending hours: a claimed message that keeps them and is outside them now
+    waits until they open (:class:`insider.consent.Wait`, reason ``sending-hours``), its history
+    saying which window, which zones, and until when."""
+
+    def __init__(self, policy: SendingHoursPolicy) -> None:
+        self.policy = policy
+
+    async def judge(self, messages: Sequence[Message], now: datetime) -> dict[int, Verdict]:
+        held: dict[int, Verdict] = {}
+        for message in messages:
+            if not self.policy.applies(message.category, message.respect_sending_hours):
+                continue
+            decision = self.policy.decide(message.recipient_phone, now)
+            if decision.until is not None:
+                held[message.id] = Wait(decision.until, SENDING_HOURS, self.policy.describe(decision))
+        return held
 
 
 __all__ = [
@@ -324,6 +368,7 @@ __all__ = [
     "NO_ZONE",
     "Decision",
     "SendingHours",
+    "SendingHoursGate",
     "SendingHoursPolicy",
     "decide",
     "describe",

@@ -118,8 +118,15 @@ def parser() -> argparse.ArgumentParser:
         "a file's lines name their own",
     )
     enqueue.add_argument(
+        "--ignore-sending-hours",
+        action="store_true",
+        help="a transactional message that may go at any hour, outside INSIDER_SENDING_HOURS (the API's "
+        '"respectSendingHours": false; refused for a commercial one)',
+    )
+    enqueue.add_argument(
         "--file",
-        help="load many messages: CSV with the header to,content[,sendAt,priority,validUntil,category], or JSON Lines "
+        help="load many messages: CSV with the header "
+        "to,content[,sendAt,priority,validUntil,category,respectSendingHours], or JSON Lines "
         "with those fields; - reads standard input. Prints a progress line, what was stored and every "
         "rejected line with its number. The valid lines are stored together at the end, or none; the same "
         "file is loaded once (see --again)",

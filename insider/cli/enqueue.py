@@ -17,6 +17,7 @@ from insider.container import Container, open_repository
 from insider.domain import InvalidMessage, build_message, parse_rfc3339
 from insider.file_records import BadFile, FileSource, file_digest
 from insider.ports import FileAlreadyLoaded, RepositoryUnavailable, SchemaUpgradeRefused
+from insider.sending_hours import SendingHoursPolicy
 
 
 def _read_stdin_text() -> str | None:
@@ -92,9 +93,13 @@ async def enqueue_one(settings: Settings, args: argparse.Namespace) -> int:
             max_segments=settings.max_segments,
             category=args.category,
             footer=settings.commercial_footer,
+            respect_sending_hours=not args.ignore_sending_hours,
+            sending_hours=SendingHoursPolicy.from_settings(settings),
         )
     except InvalidMessage as exc:  # worded as the API words it: the field is "to"
         reason = str(exc).replace("recipient_phone", "to")
+        if exc.field == "respectSendingHours":
+            reason = "--ignore-sending-hours is for transactional messages only: commercial ones keep the sending hours"
         hint = " (INSIDER_CONTENT_MAX_LENGTH)" if "characters, over the limit" in reason else ""
         say(f"insider: error: invalid message: {reason}{hint}")
         return EXIT_FAILED
@@ -127,7 +132,11 @@ async def enqueue_file(settings: Settings, args: argparse.Namespace) -> int:
         say(f"insider: error: cannot write {args.rejects}: {exc.strerror or exc}")
         return EXIT_FAILED
     limits = Limits(
-        settings.content_max_length, settings.default_region, settings.max_segments, settings.commercial_footer
+        settings.content_max_length,
+        settings.default_region,
+        settings.max_segments,
+        settings.commercial_footer,
+        SendingHoursPolicy.from_settings(settings),
     )
     started = time.monotonic()
     rejected = 0

@@ -230,6 +230,7 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
                 clock=await resolve(container.clock),
                 dispatcher=await resolve(container.dispatcher),
                 switches=await resolve(container.provider_switches),
+                sending_hours=await resolve(container.sending_hours),
             )
         )
         try:

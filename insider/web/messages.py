@@ -27,6 +27,7 @@ from insider.domain import (
     text_as_sent,
 )
 from insider.ports import InvalidState, MessageNotFound, ReceiptStore
+from insider.sending_hours import SendingHoursPolicy
 from insider.web.idempotency import IDEMPOTENCY_DOC, store_once
 from insider.web.providers import route_preview
 from insider.web.responses import INVALID, UNAVAILABLE, error_response, event_json, message_json, stacked
@@ -80,8 +81,13 @@ async def list_messages(request: web.Request) -> web.Response:
     return web.json_response({"data": [message_json(m) for m in page.items], "nextCursor": page.next_cursor})
 
 
-def new_message(data: dict[str, Any], settings: Settings, now: datetime) -> NewMessage:
-    """A checked message from one loaded EnqueueSchema body; InvalidMessage names the bad field."""
+def new_message(
+    data: dict[str, Any], settings: Settings, now: datetime, sending_hours: SendingHoursPolicy | None = None
+) -> NewMessage:
+    """A checked message from one loaded EnqueueSchema body; InvalidMessage names the bad field.
+
+    With ``sending_hours``, one due outside them is marked to wait (see SendingHoursPolicy.hold).
+    """
     return build_message(
         data["to"],
         data["content"],
@@ -94,6 +100,8 @@ def new_message(data: dict[str, Any], settings: Settings, now: datetime) -> NewM
         max_segments=settings.max_segments,
         category=data.get("category", Category.TRANSACTIONAL),
         footer=settings.commercial_footer,
+        respect_sending_hours=data.get("respectSendingHours", True),
+        sending_hours=sending_hours,
     )
 
 
@@ -127,7 +135,7 @@ def _enqueue_route(
 async def enqueue_message(request: web.Request) -> web.Response:
     app = services(request)
     try:
-        message = new_message(request[VALIDATED], app.settings, app.clock.now())
+        message = new_message(request[VALIDATED], app.settings, app.clock.now(), app.sending_hours)
     except InvalidMessage as exc:
         return error_response(422, "invalid message", {exc.field: [str(exc).replace("recipient_phone", "to")]})
     return await store_once(request, app.repository, [message], lambda stored: message_json(stored[0]))
@@ -150,7 +158,7 @@ async def enqueue_batch(request: web.Request) -> web.Response:
     for index, item in enumerate(request[VALIDATED]["messages"]):
         prefix = f"messages.{index}."
         try:
-            messages.append(new_message(schema.load(item), app.settings, now))
+            messages.append(new_message(schema.load(item), app.settings, now, app.sending_hours))
         except ValidationError as exc:
             errors = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
             for name, found in errors.items():

@@ -53,6 +53,15 @@ class StrictInteger(fields.Integer):
         return result
 
 
+class StrictBoolean(fields.Boolean):
+    """true or false in JSON: no strings, no numbers."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("must be true or false")
+        return value
+
+
 RFC3339 = f"RFC 3339 date-time with an offset (2026-12-01T09:00:00+03:00 or ...Z), {TIME_RANGE}"
 
 
@@ -119,6 +128,16 @@ class EnqueueSchema(Schema):
         CATEGORIES,
         "transactional (the default: codes, order updates) or commercial (marketing); routes match it",
         load_default=Category.TRANSACTIONAL.value,
+    )
+    respectSendingHours = StrictBoolean(
+        load_default=True,
+        metadata={
+            "description": "Keep the recipient's sending hours (INSIDER_SENDING_HOURS, for the categories "
+            "INSIDER_SENDING_HOURS_FOR names): a message due outside them waits, shown by waitingUntil and "
+            "waitReason. false (a message that must go at any hour) only for a transactional message: a 422 "
+            "naming this field for a commercial one. Default true",
+            "example": True,
+        },
     )
 
 
@@ -462,6 +481,13 @@ class CategoriesSchema(Schema):
     commercial = fields.Nested(CategoryCountsSchema, required=True)
 
 
+class WaitingSchema(Schema):
+    sending_hours = fields.Integer(
+        data_key="sending-hours", required=True, metadata={"description": "Outside the recipient's sending hours"}
+    )
+    cap = fields.Integer(required=True, metadata={"description": "Held back by a frequency cap"})
+
+
 class StatsSchema(Schema):
     counts = fields.Nested(
         CountsSchema, required=True, metadata={"description": "Messages per status, at most a few seconds old"}
@@ -485,6 +511,11 @@ class StatsSchema(Schema):
         CategoriesSchema,
         required=True,
         metadata={"description": "Each category's messages per status and their total, read with the counts"},
+    )
+    waiting = fields.Nested(
+        WaitingSchema,
+        required=True,
+        metadata={"description": "Pending messages held back (their waitReason), per reason, read with the counts"},
     )
     sender = fields.Nested(SenderSchema, required=True)
 
