@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from insider.bulk import Limits, read_messages
 from insider.config import ConfigError, load_settings
+from insider.domain import NewMessage
 from insider.sending_hours import (
     NO_COMMON_HOUR,
     NO_ZONE,
@@ -293,3 +296,53 @@ def test_the_readme_toll_free_example() -> None:
     assert next_allowed(TOLL_FREE, utc(2026, 12, 5, 21, 59), DAY, "UTC") == utc(2026, 12, 5, 22, 0)
     assert next_allowed(TOLL_FREE, utc(2026, 12, 6, 0, 29), DAY, "UTC") is None
     assert next_allowed(TOLL_FREE, utc(2026, 12, 6, 0, 30), DAY, "UTC") == utc(2026, 12, 6, 22, 0)
+
+
+# --- Files ----------------------------------------------------------------------------------------
+
+
+def _read(text: str, policy: SendingHoursPolicy | None, now: datetime) -> tuple[list[NewMessage], list[str]]:
+    limits = Limits(160, sending_hours=policy)
+    chunks = list(read_messages(io.StringIO(text), limits, now=now))
+    return [m for found, _ in chunks for m in found], [str(r) for _, bad in chunks for r in bad]
+
+
+def test_a_csv_line_due_outside_its_hours_is_stored_waiting() -> None:
+    policy = SendingHoursPolicy(DAY, ["commercial"], "UTC")
+    text = (
+        "to,content,category,respectSendingHours\n"
+        f"{TURKEY},a,commercial,\n"
+        f"{NEW_YORK},b,commercial,\n"
+        f"{NEW_YORK},c,transactional,false\n"
+        f"{NEW_YORK},d,commercial,false\n"
+        f"{NEW_YORK},e,transactional,perhaps\n"
+        f"{NEW_YORK},f,transactional, TRUE \n"
+    )
+    messages, rejected = _read(text, policy, utc(2026, 12, 5, 12, 0))
+    assert [(m.content, m.wait_until, m.wait_reason, m.respect_sending_hours) for m in messages] == [
+        ("a", None, None, True),
+        ("b", utc(2026, 12, 5, 13, 0), "sending-hours", True),
+        ("c", None, None, False),
+        ("f", None, None, True),
+    ]
+    assert rejected == [
+        "line 5: respectSendingHours may be false only for transactional messages",
+        "line 6: respectSendingHours must be true or false",
+    ]
+
+
+def test_json_lines_take_respect_sending_hours_as_a_boolean() -> None:
+    policy = SendingHoursPolicy(DAY, ["commercial", "transactional"], "UTC")
+    lines = [
+        f'{{"to": "{NEW_YORK}", "content": "a", "respectSendingHours": false}}',
+        f'{{"to": "{NEW_YORK}", "content": "b"}}',
+        f'{{"to": "{NEW_YORK}", "content": "c", "respectSendingHours": "false"}}',
+    ]
+    messages, rejected = _read("\n".join(lines) + "\n", policy, utc(2026, 12, 5, 12, 0))
+    assert [(m.content, m.wait_reason) for m in messages] == [("a", None), ("b", "sending-hours")]
+    assert rejected == ["line 3: respectSendingHours must be true or false"]
+
+
+def test_a_file_without_sending_hours_marks_nothing() -> None:
+    messages, rejected = _read(f"to,content,category\n{NEW_YORK},b,commercial\n", None, utc(2026, 12, 5, 12, 0))
+    assert [(m.wait_until, m.wait_reason) for m in messages] == [(None, None)] and rejected == []
