@@ -11,9 +11,14 @@ from typing import Any
 
 import pytest
 
+from insider.adapters.memory import InMemorySmsClient
 from insider.clock import FakeClock
+from insider.domain import build_message
+from insider.sender import BatchSender, SenderOptions
+from insider.sending_hours import SendingHours, SendingHoursGate, SendingHoursPolicy, parse_sending_hours
 from insider.web.schemas import MessageSchema, StatsSchema
 from tests.unit import web_support
+from tests.unit.support import ProbedRepository
 from tests.unit.test_messages_api import Api
 
 TURKEY = "+905301234001"  # Europe/Istanbul, UTC+3
@@ -218,3 +223,52 @@ async def test_a_waiting_message_is_seen_at_its_time_not_before(api: Api) -> Non
     await api.run_once()
     assert [r.to for r in api.sms.requests] == [NEW_YORK]
     assert outside["id"] in api.repository.claims[-1]
+
+
+async def test_a_message_still_waiting_at_its_valid_until_expires(api: Api) -> None:
+    message = await commercial(api, NEW_YORK, validUntil="2026-12-05T12:30:00Z")
+    assert message["waitReason"] == "sending-hours"
+    await api.clock.advance(31 * 60)
+    await api.run_once()
+    _, expired = await api.get(f"/api/v1/messages/{message['id']}")
+    assert (expired["status"], expired["waitingUntil"], expired["waitReason"]) == ("expired", None, None)
+    assert api.sms.requests == []
+
+
+async def test_a_waiting_message_keeps_its_time_and_is_judged_then_by_the_settings_in_force() -> None:
+    clock = FakeClock(NOON)
+    repository = ProbedRepository(clock)
+    try:
+        queued_under = SendingHoursPolicy(hours("08:00-21:00"), ["commercial"], "UTC")
+        message = build_message(
+            NEW_YORK,
+            "Sale",
+            send_at=None,
+            priority=5,
+            valid_until=None,
+            now=clock.now(),
+            max_length=160,
+            category="commercial",
+            sending_hours=queued_under,
+        )
+        (stored,) = (await repository.enqueue_many([message])).messages
+        sms = InMemorySmsClient()
+        # The hours switched off: the message still keeps its time.
+        await BatchSender(repository, sms, None, clock, SenderOptions(batch_size=10)).run_batch()
+        assert sms.requests == []
+        # At its time, the hours in force then (from 09:00 in New York) hold it back again.
+        await clock.advance(3600)
+        now_in_force = SendingHoursGate(SendingHoursPolicy(hours("09:00-21:00"), ["commercial"], "UTC"))
+        sender = BatchSender(repository, sms, None, clock, SenderOptions(batch_size=10), gates=[now_in_force])
+        report = await sender.run_batch()
+        assert (report.deferred, sms.requests) == (1, [])
+        held = await repository.get(stored.id)
+        assert held is not None and held.waiting_until == datetime(2026, 12, 5, 14, 0, tzinfo=UTC)
+    finally:
+        await repository.close()
+
+
+def hours(text: str) -> SendingHours:
+    window = parse_sending_hours(text)
+    assert window is not None
+    return window
