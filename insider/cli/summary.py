@@ -131,6 +131,12 @@ def startup_summary(
         f"  Batches   {settings.batch_size} {noun} {every}",
         f"  Sending   {sending}",
     ]
+    if settings.sending_hours is not None:
+        kinds = " and ".join(settings.sending_hours_for)
+        lines.append(
+            f"  Hours     {settings.sending_hours} at the recipient's local time for {kinds} messages "
+            f"(a number with no known zone: {settings.default_timezone})"
+        )
     if settings.from_original:
         taken = "; ".join(f"{name} from {names}" for name, names in settings.from_original)
         lines.append(f"  Original  settings read from the Go service's names: {taken}")

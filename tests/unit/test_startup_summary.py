@@ -107,3 +107,17 @@ def test_a_database_without_a_password_is_given_whole() -> None:
 
     assert "  INSIDER_DATABASE_URL=sqlite:////var/lib/insider/queue.db python -m insider enqueue" in text
     assert "put the database password back" not in text
+
+
+def test_sending_hours_are_named_when_set() -> None:
+    text = startup_summary(
+        settings(sending_hours="08:00-21:00", default_timezone="Europe/Istanbul"),
+        base_url=BASE,
+        running=True,
+        pending=1,
+    )
+    assert (
+        "  Hours     08:00-21:00 at the recipient's local time for commercial messages "
+        "(a number with no known zone: Europe/Istanbul)"
+    ) in text.splitlines()
+    assert "Hours" not in startup_summary(settings(), base_url=BASE, running=True, pending=1)
