@@ -125,8 +125,8 @@ def parser() -> argparse.ArgumentParser:
     )
     enqueue.add_argument(
         "--file",
-        help="load many messages: CSV with the header "
-        "to,content[,sendAt,priority,validUntil,category,respectSendingHours], or JSON Lines "
+        help="load many messages: CSV with the header to,content[,sendAt,priority,validUntil,category] and "
+        "optionally respectSendingHours (true or false), or JSON Lines "
         "with those fields; - reads standard input. Prints a progress line, what was stored and every "
         "rejected line with its number. The valid lines are stored together at the end, or none; the same "
         "file is loaded once (see --again)",
