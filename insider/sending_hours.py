@@ -140,6 +140,7 @@ class Decision:
     # Why the default zone decided, when it did (then ``zones`` is the default zone alone):
     # the number has no known zone, or its zones share no allowed moment within HORIZON.
     fallback: str | None = None
+    at: datetime | None = None  # the moment judged
 
 
 NO_ZONE: Final = "no known zone"
@@ -162,15 +163,16 @@ def decide(
         raise ValueError("at must be timezone-aware")
     own = number_zones(phone_e164) if zones is None else zones
     if window.whole_day:
-        return Decision(None, own or (default_tz,), fallback=None if own else NO_ZONE)
+        return Decision(None, own or (default_tz,), fallback=None if own else NO_ZONE, at=at)
     if own:
         found = _earliest(tuple(_zone(n) for n in own), at, window)
         if found is not None:
-            return Decision(None if found == at else found, own)
+            return Decision(None if found == at else found, own, at=at)
     found = _earliest((_zone(default_tz),), at, window)
     if found is None:  # cannot happen: a window in one zone opens within a day or two
         raise AssertionError(f"no moment in {window} in {default_tz} within {HORIZON}")
-    return Decision(None if found == at else found, (default_tz,), fallback=NO_COMMON_HOUR if own else NO_ZONE)
+    fallback = NO_COMMON_HOUR if own else NO_ZONE
+    return Decision(None if found == at else found, (default_tz,), fallback=fallback, at=at)
 
 
 def next_allowed(phone_e164: str, at: datetime, window: SendingHours, default_tz: str) -> datetime | None:
@@ -263,14 +265,21 @@ def _jump_between(zone: tzinfo, low: datetime, high: datetime) -> datetime:
 def describe(decision: Decision, window: SendingHours) -> str:
     """Why a message waits, for its history and logs: the window, the zones, and when it may go."""
     zones = decision.zones
-    if len(zones) <= 3:
-        where = ", ".join(zones)
+    one = _zone(zones[0]) if len(zones) == 1 else None  # one clock: say what it shows
+    if one is not None and decision.at is not None:
+        where = f": {decision.at.astimezone(one):%H:%M} in {zones[0]}"
+    elif len(zones) <= 3:
+        where = f" in {', '.join(zones)}"
     else:
-        where = f"all {len(zones)} zones of the number ({zones[0]} ... {zones[-1]})"
+        where = f" in all {len(zones)} zones of the number ({zones[0]} ... {zones[-1]})"
     if decision.fallback:
         where += f" (the default time zone: {decision.fallback})"
-    when = decision.until.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if decision.until else "now"
-    return f"outside the sending hours {window} in {where}; may go at {when}"
+    if decision.until is None:
+        return f"inside the sending hours {window}{where}"
+    when = decision.until.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if one is not None:
+        when += f" ({decision.until.astimezone(one):%H:%M} there)"
+    return f"outside the sending hours {window}{where}; may go at {when}"
 
 
 class SendingHoursPolicy:

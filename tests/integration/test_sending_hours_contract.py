@@ -77,7 +77,7 @@ async def test_a_claimed_message_outside_its_hours_waits_then_goes(backend: Back
     outcomes = [e.outcome for e in await repo.events(message.id)]
     assert outcomes == ["deferred", "sent"]  # one deferral: no event piled up while it waited
     [deferred] = [e for e in await repo.events(message.id) if e.outcome == "deferred"]
-    assert deferred.error is not None and "08:00-21:00 in Europe/Istanbul" in deferred.error
+    assert deferred.error is not None and "08:00-21:00: 07:59 in Europe/Istanbul" in deferred.error
 
 
 async def test_messages_marked_at_enqueue_wait_by_every_way_in(backend: Backend) -> None:

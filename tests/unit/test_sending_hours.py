@@ -186,7 +186,10 @@ def test_a_toll_free_number_waits_for_an_hour_allowed_in_all_its_zones() -> None
     assert not DAY.allows((until - timedelta(minutes=1)).astimezone(ZoneInfo("Pacific/Guam")))
     decision = decide(TOLL_FREE, at, DAY, "UTC")
     assert decision.fallback is None
-    assert "all 42 zones of the number" in describe(decision, DAY)
+    assert describe(decision, DAY) == (
+        "outside the sending hours 08:00-21:00 in all 42 zones of the number (America/Adak ... Pacific/Saipan); "
+        "may go at 2026-12-05T22:00:00Z"
+    )
 
 
 def test_zones_with_no_common_hour_follow_the_default_zone() -> None:
@@ -205,7 +208,10 @@ def test_a_number_with_no_known_zone_follows_the_default_zone() -> None:
     assert decision.until == utc(2026, 12, 5, 14, 0)  # 08:00 CST
     assert (decision.zones, decision.fallback) == (("America/Chicago",), NO_ZONE)
     assert next_allowed(FICTIONAL, utc(2026, 12, 5, 12, 0), DAY, "UTC") is None
-    assert "America/Chicago (the default time zone: no known zone)" in describe(decision, DAY)
+    assert describe(decision, DAY) == (
+        "outside the sending hours 08:00-21:00: 06:00 in America/Chicago (the default time zone: no known zone); "
+        "may go at 2026-12-05T14:00:00Z (08:00 there)"
+    )
 
 
 def test_australia_waits_for_its_westernmost_zone() -> None:

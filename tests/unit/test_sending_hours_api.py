@@ -95,7 +95,8 @@ async def test_a_message_claimed_after_its_hours_closed_is_put_back_by_the_gate(
         [deferred] = await events(api, message["id"])
         assert deferred["outcome"] == "deferred"
         assert deferred["error"] == (
-            "outside the sending hours 08:00-21:00 in Europe/Istanbul; may go at 2026-12-06T05:00:00Z"
+            "outside the sending hours 08:00-21:00: 21:00 in Europe/Istanbul; "
+            "may go at 2026-12-06T05:00:00Z (08:00 there)"
         )
         registry = api.base.metrics.registry
         assert registry.get_sample_value("insider_send_attempts_total", {"outcome": "deferred"}) == 1
