@@ -20,6 +20,7 @@ from insider.domain import (
 )
 from insider.history import MAX_EVENTS, Event
 from insider.receipt_parsing import Receipt, ReceiptOutcome
+from insider.suppressions import NewSuppression, Suppression, SuppressionPage
 
 
 class RepositoryUnavailable(Exception):
@@ -288,6 +289,49 @@ class CategoryCounter(Protocol):
         """Each category's messages per status (every category and status, zeros included)."""
 
 
+@dataclass(frozen=True, slots=True)
+class SuppressedMany:
+    """What an import of many suppressions did: numbers added to the list, and numbers already on it, updated."""
+
+    added: int
+    updated: int
+
+
+@runtime_checkable
+class SuppressionList(Protocol):
+    """The suppression list: numbers (E.164) not to send to; the SQL repositories are ones.
+
+    The queue reads it itself (a message to a number suppressed for its category is stored
+    ``suppressed`` at enqueue, and ends so at its claim). Every method raises
+    RepositoryUnavailable when the database cannot be reached.
+    """
+
+    async def suppress(self, entry: NewSuppression) -> tuple[Suppression, bool]:
+        """Put a number on the list, or change its entry (scope, reason, source; it keeps its time).
+
+        Returns the entry as stored, and whether it was added (False: it was there, updated).
+        """
+
+    async def suppress_many(self, entries: Sequence[NewSuppression]) -> SuppressedMany:
+        """Put many numbers on the list (an import) in one transaction: all or none.
+
+        A number given twice takes its last entry.
+        """
+
+    async def unsuppress(self, phone: str) -> bool:
+        """Take a number off the list; whether it was on it. Messages it already held stay suppressed."""
+
+    async def get_suppression(self, phone: str) -> Suppression | None:
+        """A number's entry, or None when it is not on the list."""
+
+    async def list_suppressions(self, limit: int, cursor: str | None = None, to: str | None = None) -> SuppressionPage:
+        """The list, most recently added first, a page at a time (keyset: ``cursor`` is the previous
+        page's ``next_cursor``; InvalidCursor otherwise). ``to`` keeps that number's entry alone."""
+
+    async def count_suppressions(self) -> int:
+        """How many numbers are on the list."""
+
+
 @runtime_checkable
 class WaitingCounter(Protocol):
     """Pending messages held back by consent, per reason; the SQL repositories are ones."""
@@ -399,7 +443,16 @@ class SupervisorStore(Schema, RateSlot, Protocol):
 
 
 class MessageRepository(
-    SendQueue, RateSlot, MessageReader, Intake, ReceiptStore, FileLoads, ProviderStore, Schema, Protocol
+    SendQueue,
+    RateSlot,
+    MessageReader,
+    Intake,
+    ReceiptStore,
+    FileLoads,
+    ProviderStore,
+    SuppressionList,
+    Schema,
+    Protocol,
 ):
     """The queue of messages, every role at once; PostgreSQL is the source of truth in production.
 

@@ -103,3 +103,43 @@ def page_of(rows: list[Message], limit: int, status: MessageStatus | None) -> Pa
     key = last.sent_at if status is None or status is MessageStatus.SENT else last.created_at
     assert key is not None  # sent rows are listed by sent_at, which a sent row has
     return Page(items=page, next_cursor=encode_cursor(status, key, last.id))
+
+
+# The suppression list's listing tags its cursors so; its rows are keyed by number, not id.
+SUPPRESSIONS: Final = "suppressions"
+_E164_MAX_LENGTH: Final = 16  # "+" and at most 15 digits
+
+
+def encode_suppression_cursor(key: datetime, phone: str) -> str:
+    """The cursor of the suppression list's page after the entry (``key``: its created_at, ``phone``)."""
+    raw = json.dumps([SUPPRESSIONS, key.isoformat(), phone], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_suppression_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, phone) after which the next page of the suppression list starts; InvalidCursor
+    if forged or another listing's. Checked as strictly as a message cursor."""
+    if len(cursor) > MAX_CURSOR_LENGTH:
+        raise InvalidCursor(_FORGED)
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        decoded: Any = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, TypeError, binascii.Error, RecursionError):
+        raise InvalidCursor(_FORGED) from None
+    if not (isinstance(decoded, list) and len(decoded) == 3):
+        raise InvalidCursor(_FORGED)
+    listing, key, phone = decoded
+    if not isinstance(key, str) or not isinstance(phone, str):
+        raise InvalidCursor(_FORGED)
+    if not (phone.startswith("+") and phone[1:].isascii() and phone[1:].isdigit() and len(phone) <= _E164_MAX_LENGTH):
+        raise InvalidCursor(_FORGED)
+    try:
+        parsed = datetime.fromisoformat(key)
+        in_utc = parsed.astimezone(UTC) if parsed.tzinfo is not None else None
+    except (ValueError, OverflowError):
+        raise InvalidCursor(_FORGED) from None
+    if in_utc is None or not MIN_KEY <= in_utc <= MAX_KEY:
+        raise InvalidCursor(_FORGED)
+    if listing != SUPPRESSIONS:
+        raise InvalidCursor("cursor belongs to another listing")
+    return in_utc, phone

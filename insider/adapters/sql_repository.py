@@ -5,11 +5,11 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Generator, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 import orjson
 
-from insider.adapters.cursor import page_of, page_query
+from insider.adapters.cursor import decode_suppression_cursor, encode_suppression_cursor, page_of, page_query
 from insider.adapters.rows import (
     Applied,
     Row,
@@ -46,9 +46,11 @@ from insider.ports import (
     Page,
     ProviderState,
     ProviderTotals,
+    SuppressedMany,
     WaitingReport,
 )
 from insider.receipt_parsing import Receipt, ReceiptOutcome
+from insider.suppressions import NewSuppression, Scope, Suppression, SuppressionPage
 
 T = TypeVar("T")
 
@@ -67,6 +69,10 @@ def drive(flow: Flow[T], execute: Callable[[str, Mapping[str, Any]], list[Row]])
             statement = flow.send(execute(*statement))
     except StopIteration as done:
         return cast(T, done.value)
+
+
+# Entries of an import written per statement (all in one transaction).
+SUPPRESSIONS_PER_STATEMENT: Final = 10_000
 
 
 def _microseconds(seconds: float) -> int:
@@ -345,3 +351,82 @@ class SqlMessageRepository(abc.ABC):
         for row in await self._rows("waiting_counts"):
             result[str(row["wait_reason"])] = int(row["n"])
         return result
+
+    def _suppression(self, row: Row) -> Suppression:
+        created_at = self._timestamp(row["created_at"])
+        assert created_at is not None  # NOT NULL
+        return Suppression(row["phone"], Scope(row["scope"]), row["reason"], row["source"], created_at)
+
+    def _suppression_row(self, entry: NewSuppression) -> dict[str, Any]:
+        return {
+            "phone": entry.phone,
+            "scope": entry.scope.value,
+            "reason": entry.reason,
+            "source": entry.source,
+            "created_at": self._time(entry.created_at) if entry.created_at is not None else None,
+        }
+
+    def _suppress(self, entries: Sequence[NewSuppression]) -> Flow[tuple[list[Suppression], int]]:
+        """Add the numbers not on the list, then change the entries of those that were (the last of a
+        number given twice wins); the entries as stored, in the order given, and how many were added.
+
+        Each statement says which rows it wrote: a number taken off the list between the two by
+        another writer is neither added nor changed, and is tried again.
+        """
+        last = {entry.phone: entry for entry in entries}  # in the order of each number's last entry
+        stored: dict[str, Suppression] = {}
+        added = 0
+        todo = list(last.values())
+        while todo:
+            now = self._now()
+            for start in range(0, len(todo), SUPPRESSIONS_PER_STATEMENT):
+                part = todo[start : start + SUPPRESSIONS_PER_STATEMENT]
+                rows = yield "suppression_add", {"entries": json_text([self._suppression_row(e) for e in part]), **now}
+                added += len(rows)
+                stored |= {row["phone"]: self._suppression(row) for row in rows}
+                rest = [e for e in part if e.phone not in stored]
+                if rest:
+                    rows = yield "suppression_update", {"entries": json_text([self._suppression_row(e) for e in rest])}
+                    stored |= {row["phone"]: self._suppression(row) for row in rows}
+            todo = [e for e in todo if e.phone not in stored]
+        return [stored[phone] for phone in last], added
+
+    async def suppress(self, entry: NewSuppression) -> tuple[Suppression, bool]:
+        ensure_storable(reason=entry.reason, source=entry.source)
+        [stored], added = await self._run(self._suppress([entry]), atomic=True)
+        return stored, added == 1
+
+    async def suppress_many(self, entries: Sequence[NewSuppression]) -> SuppressedMany:
+        for entry in entries:
+            ensure_storable(reason=entry.reason, source=entry.source)
+        if not entries:
+            return SuppressedMany(0, 0)
+        stored, added = await self._run(self._suppress(entries), atomic=True)
+        return SuppressedMany(added, len(stored) - added)
+
+    async def unsuppress(self, phone: str) -> bool:
+        return bool(await self._rows("suppression_delete", {"phone": phone}))
+
+    async def get_suppression(self, phone: str) -> Suppression | None:
+        rows = await self._rows("suppression_get", {"phone": phone})
+        return self._suppression(rows[0]) if rows else None
+
+    async def list_suppressions(self, limit: int, cursor: str | None = None, to: str | None = None) -> SuppressionPage:
+        name = "suppressions_page"
+        params: dict[str, Any] = {"limit": limit + 1}
+        if to is not None:
+            name += "_to"
+            params["to"] = to
+        if cursor is not None:
+            key, params["phone"] = decode_suppression_cursor(cursor)
+            params["key"] = self._time(key)
+            name += "_after"
+        rows = [self._suppression(row) for row in await self._rows(name, params)]
+        page = rows[:limit]
+        if len(rows) <= limit or not page:
+            return SuppressionPage(page, None)
+        return SuppressionPage(page, encode_suppression_cursor(page[-1].created_at, page[-1].phone))
+
+    async def count_suppressions(self) -> int:
+        rows = await self._rows("suppression_count")
+        return int(rows[0]["n"])

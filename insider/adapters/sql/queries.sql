@@ -794,3 +794,58 @@ SELECT wait_reason, count(*) AS n
 FROM messages
 WHERE status = 'pending' AND wait_reason IS NOT NULL
 GROUP BY wait_reason
+
+-- suppression_add --
+-- Put numbers on the suppression list (a JSON array of entries), those not on it yet; the
+-- ones added come back. An entry's created_at, when given, is kept (an import of an export).
+INSERT INTO insider_suppressions (phone, scope, reason, source, created_at)
+SELECT v.phone, v.scope, v.reason, v.source, COALESCE(v.created_at, now())
+FROM jsonb_to_recordset(%(entries)s::jsonb) AS v(phone text, scope text, reason text, source text,
+                                                 created_at timestamptz)
+ON CONFLICT (phone) DO NOTHING
+RETURNING phone, scope, reason, source, created_at
+
+-- suppression_update --
+-- Change the entries of numbers already on the list (a JSON array): scope, reason and source;
+-- each keeps the time it was first put on the list. The ones changed come back.
+UPDATE insider_suppressions s
+SET scope = v.scope, reason = v.reason, source = v.source
+FROM jsonb_to_recordset(%(entries)s::jsonb) AS v(phone text, scope text, reason text, source text)
+WHERE s.phone = v.phone
+RETURNING s.phone, s.scope, s.reason, s.source, s.created_at
+
+-- suppression_delete --
+-- Take a number off the list (messages it already ended stay suppressed).
+DELETE FROM insider_suppressions WHERE phone = %(phone)s RETURNING phone
+
+-- suppression_get --
+-- A number's entry on the list.
+SELECT phone, scope, reason, source, created_at FROM insider_suppressions WHERE phone = %(phone)s
+
+-- suppression_count --
+-- How many numbers are on the list.
+SELECT count(*) AS n FROM insider_suppressions
+
+-- suppressions_page --
+-- The list, most recently added first (insider_suppressions_created_idx): one page and one row more.
+SELECT phone, scope, reason, source, created_at FROM insider_suppressions
+ORDER BY created_at DESC, phone DESC
+LIMIT %(limit)s
+
+-- suppressions_page_after --
+SELECT phone, scope, reason, source, created_at FROM insider_suppressions
+WHERE (created_at, phone) < (%(key)s, %(phone)s)
+ORDER BY created_at DESC, phone DESC
+LIMIT %(limit)s
+
+-- suppressions_page_to --
+SELECT phone, scope, reason, source, created_at FROM insider_suppressions
+WHERE phone = %(to)s
+ORDER BY created_at DESC, phone DESC
+LIMIT %(limit)s
+
+-- suppressions_page_to_after --
+SELECT phone, scope, reason, source, created_at FROM insider_suppressions
+WHERE phone = %(to)s AND (created_at, phone) < (%(key)s, %(phone)s)
+ORDER BY created_at DESC, phone DESC
+LIMIT %(limit)s

@@ -815,3 +815,64 @@ SELECT wait_reason, count(*) AS n
 FROM messages
 WHERE status = 'pending' AND wait_reason IS NOT NULL
 GROUP BY wait_reason
+
+-- suppression_add --
+-- Put numbers on the suppression list (a JSON array of entries), those not on it yet; the
+-- ones added come back. An entry's created_at, when given, is kept (an import of an export).
+-- (WHERE true: SQLite reads ON CONFLICT after a bare FROM as part of a join.)
+INSERT INTO insider_suppressions (phone, scope, reason, source, created_at)
+SELECT json_extract(value, '$.phone'), json_extract(value, '$.scope'), json_extract(value, '$.reason'),
+       json_extract(value, '$.source'), COALESCE(json_extract(value, '$.created_at'), :now)
+FROM json_each(:entries)
+WHERE true
+ON CONFLICT (phone) DO NOTHING
+RETURNING phone, scope, reason, source, created_at
+
+-- suppression_update --
+-- Change the entries of numbers already on the list (a JSON array): scope, reason and source;
+-- each keeps the time it was first put on the list. The ones changed come back.
+UPDATE insider_suppressions
+SET scope = v.scope, reason = v.reason, source = v.source
+FROM (
+    SELECT json_extract(value, '$.phone') AS phone, json_extract(value, '$.scope') AS scope,
+           json_extract(value, '$.reason') AS reason, json_extract(value, '$.source') AS source
+    FROM json_each(:entries)
+) AS v
+WHERE insider_suppressions.phone = v.phone
+RETURNING phone, scope, reason, source, created_at
+
+-- suppression_delete --
+-- Take a number off the list (messages it already ended stay suppressed).
+DELETE FROM insider_suppressions WHERE phone = :phone RETURNING phone
+
+-- suppression_get --
+-- A number's entry on the list.
+SELECT phone, scope, reason, source, created_at FROM insider_suppressions WHERE phone = :phone
+
+-- suppression_count --
+-- How many numbers are on the list.
+SELECT count(*) AS n FROM insider_suppressions
+
+-- suppressions_page --
+-- The list, most recently added first (insider_suppressions_created_idx): one page and one row more.
+SELECT phone, scope, reason, source, created_at FROM insider_suppressions
+ORDER BY created_at DESC, phone DESC
+LIMIT :limit
+
+-- suppressions_page_after --
+SELECT phone, scope, reason, source, created_at FROM insider_suppressions
+WHERE (created_at, phone) < (:key, :phone)
+ORDER BY created_at DESC, phone DESC
+LIMIT :limit
+
+-- suppressions_page_to --
+SELECT phone, scope, reason, source, created_at FROM insider_suppressions
+WHERE phone = :to
+ORDER BY created_at DESC, phone DESC
+LIMIT :limit
+
+-- suppressions_page_to_after --
+SELECT phone, scope, reason, source, created_at FROM insider_suppressions
+WHERE phone = :to AND (created_at, phone) < (:key, :phone)
+ORDER BY created_at DESC, phone DESC
+LIMIT :limit
