@@ -11,7 +11,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from insider.clock import SystemClock
 from insider.consent import WAIT_REASONS
 from insider.domain import BatchReport, Category, MessageStatus, Outcome, SendResult
-from insider.ports import CategoryCounter, Clock, MessageReader, ProviderStore, ProviderTotals, WaitingCounter
+from insider.ports import (
+    CategoryCounter,
+    Clock,
+    MessageReader,
+    ProviderStore,
+    ProviderTotals,
+    SuppressionList,
+    WaitingCounter,
+)
 from insider.receipt_parsing import ReceiptOutcome, ReceiptResult
 
 # The Prometheus text exposition format, version 0.0.4 (what generate_latest writes, and every Prometheus reads).
@@ -90,6 +98,9 @@ class Metrics:
             "Time from sent to delivered, as the receipts tell it",
             buckets=DELIVERY_BUCKETS_S,
             registry=r,
+        )
+        self.suppressions = Gauge(
+            "insider_suppressions", "Numbers on the suppression list (a few seconds old)", registry=r
         )
         self.pending = Gauge("insider_pending_messages", "Messages waiting to be sent (a few seconds old)", registry=r)
         self.waiting = Gauge(
@@ -224,9 +235,13 @@ class Metrics:
         pending: int | None,
         counts: dict[MessageStatus, int] | None = None,
         waiting: dict[str, int] | None = None,
+        suppressions: int | None = None,
     ) -> None:
-        """Set the gauges from the current state; ``pending`` None keeps the last known count."""
+        """Set the gauges from the current state; ``pending`` (or ``counts``, ``suppressions``) None keeps
+        the last known value."""
         self.sender_running.set(1 if running else 0)
+        if suppressions is not None:
+            self.suppressions.set(suppressions)
         if pending is not None:
             self.pending.set(pending)
         if waiting is not None:
@@ -258,6 +273,7 @@ class CountsCache:
         self.providers: list[ProviderTotals] = []  # each provider's totals, read with the counts (when kept)
         self.categories: dict[Category, dict[MessageStatus, int]] = {}  # read with the counts (when kept)
         self.waiting: dict[str, int] = {}  # pending messages held back, per reason, read with the counts (when kept)
+        self.suppressions: int | None = None  # numbers on the suppression list, read with the counts (when kept)
         self._taken_at = 0.0
         self._lock = asyncio.Lock()
 
@@ -282,6 +298,8 @@ class CountsCache:
                     self.categories = await self._repository.category_counts()
                 if isinstance(self._repository, WaitingCounter):
                     self.waiting = await self._repository.waiting_counts()
+                if isinstance(self._repository, SuppressionList):
+                    self.suppressions = await self._repository.count_suppressions()
                 self._counts, self._taken_at = counts, self._clock.monotonic()
             return counts
 

@@ -15,7 +15,7 @@ from insider.container import Container, open_service, resolve
 from insider.logs import get_logger
 from insider.ports import InvalidCursor, RepositoryUnavailable
 from insider.supervisor import SupervisorClosed
-from insider.web import messages, original, probes, providers, receipts, sending
+from insider.web import messages, original, probes, providers, receipts, sending, suppressions
 from insider.web.access_log import QuerySecretsMasked
 from insider.web.guard import GUARD, BrowserGuard, browser_checks
 from insider.web.openapi import (
@@ -314,6 +314,10 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     app.router.add_get(providers.PROVIDER_PATH, providers.get_provider, allow_head=False)
     for action, handler in (("disable", providers.disable_provider), ("enable", providers.enable_provider)):
         app.router.add_post(f"{providers.PROVIDER_PATH}/{action}", handler, expect_handler=expect_continue)
+    app.router.add_get(suppressions.SUPPRESSIONS_PATH, suppressions.list_suppressions, allow_head=False)
+    app.router.add_post(suppressions.SUPPRESSIONS_PATH, suppressions.suppress, expect_handler=expect_continue)
+    app.router.add_get(suppressions.SUPPRESSION_PATH, suppressions.get_suppression, allow_head=False)
+    app.router.add_delete(suppressions.SUPPRESSION_PATH, suppressions.unsuppress)
     # The original Go service's routes (fiber answered them with or without a final slash).
     for path, handler in (
         ("/messages", original.original_list),

@@ -108,7 +108,10 @@ async def metrics(request: web.Request) -> web.Response:
     except RepositoryUnavailable:  # a scrape still answers; the gauge keeps its last value
         pending, by_status = None, None
     waiting = app.counts.waiting if by_status is not None else None
-    app.metrics.set_state(running=app.supervisor.running, pending=pending, counts=by_status, waiting=waiting)
+    suppressions = app.counts.suppressions if by_status is not None else None
+    app.metrics.set_state(
+        running=app.supervisor.running, pending=pending, counts=by_status, waiting=waiting, suppressions=suppressions
+    )
     costs = {t.provider: t.cost for t in app.counts.providers} if by_status is not None else {}
     for provider in app.dispatcher.providers.values():
         breaker = provider.breaker_state.value

@@ -348,3 +348,39 @@ async def test_the_dashboard_lists_providers_and_takes_one_out_of_rotation(brows
             "Route turkey (failover: alpha → beta) · via beta · cost 0.01"
         )
         assert problems == []
+
+
+async def test_the_dashboard_shows_the_suppressed_count_and_keeps_the_suppression_list(browser: Browser) -> None:
+    from playwright.async_api import expect
+
+    from insider.domain import Category, NewMessage
+    from tests.unit.test_messages_api import open_api as open_sqlite_api
+
+    async with open_sqlite_api(default_region="TR") as api:
+        page, problems = await open_page(browser, api.base, viewport={"width": 1100, "height": 1000})
+        await expect(page.locator("#suppressions-empty")).to_be_visible()
+        await page.fill("#suppress-to", "0530 123 40 01")
+        await page.select_option("#suppress-scope", "commercial")
+        await page.fill("#suppress-reason", "asked by phone")
+        await page.click("#suppress-submit")
+        result = page.locator("#suppress-result")
+        await expect(result).to_have_text("+905301234001 is suppressed (commercial: asked by phone).")
+        row = page.locator('#suppressions-list > tr[data-to="+905301234001"]')
+        await expect(row.locator(".scope")).to_have_text("commercial")
+        await expect(row.locator(".reason")).to_have_text("asked by phone")
+        await expect(row.locator(".source")).to_have_text("api")
+        await expect(page.locator("#suppressions-empty")).to_be_hidden()
+
+        await api.repository.enqueue_many([NewMessage.of("+905301234001", "sale", category=Category.COMMERCIAL)])
+        await api.clock.advance(api.container.counts().ttl_s)  # the counts are cached that long
+        await expect(page.locator("#count-suppressed")).to_have_text("1", timeout=10_000)
+
+        await page.fill("#suppress-to", "12")
+        await page.click("#suppress-submit")
+        await expect(result).to_contain_text("to: to is not a possible phone number")
+
+        await row.locator("button.remove").click()
+        await expect(result).to_have_text("+905301234001 is off the list.")
+        await expect(page.locator("#suppressions-list > tr")).to_have_count(0)
+        assert await api.repository.get_suppression("+905301234001") is None
+        assert problems == [p for p in problems if "422" in p]  # the refused POST is the only complaint

@@ -142,7 +142,8 @@
   }
 
   function renderCounts(counts, deliveryRate) {
-    for (const status of ["pending", "sending", "sent", "failed", "expired", "cancelled", "delivered", "undelivered"]) {
+    const statuses = ["pending", "sending", "sent", "failed", "expired", "cancelled", "delivered", "undelivered"];
+    for (const status of [...statuses, "suppressed"]) {
       $(`count-${status}`).textContent = counts ? String(counts[status] ?? 0) : "–";
     }
     // Of the messages with a final receipt, the share delivered.
@@ -220,18 +221,89 @@
     schedule(0);
   }
 
+  // The suppression list: its latest entries, each with a button that takes the number off it.
+  function renderSuppressions(entries) {
+    const template = $("suppression-item");
+    const rows = entries.map((s) => {
+      const row = template.content.firstElementChild.cloneNode(true);
+      row.dataset.to = s.to;
+      row.dataset.scope = s.scope;
+      row.querySelector(".to").textContent = s.to;
+      row.querySelector(".scope").textContent = s.scope;
+      row.querySelector(".reason").textContent = s.reason;
+      row.querySelector(".source").textContent = s.source;
+      row.querySelector(".since").textContent = shortDate(s.createdAt);
+      const button = row.querySelector(".remove");
+      button.addEventListener("click", () => unsuppress(s.to, button));
+      return row;
+    });
+    $("suppressions-list").replaceChildren(...rows);
+    $("suppressions-empty").hidden = entries.length > 0;
+  }
+
+  function describeProblem(error) {
+    if (!(error instanceof ApiError)) return "The service cannot be reached.";
+    const details = Object.entries(error.fields || {}).map(([field, problems]) => `${field}: ${problems.join(", ")}`);
+    return details.length ? details.join("; ") : error.message;
+  }
+
+  async function suppress(event) {
+    event.preventDefault();
+    const result = $("suppress-result");
+    const body = { to: $("suppress-to").value.trim(), scope: $("suppress-scope").value };
+    const reason = $("suppress-reason").value.trim();
+    if (reason) body.reason = reason;
+    $("suppress-submit").disabled = true;
+    try {
+      const entry = await api("api/v1/suppressions", "POST", body);
+      result.dataset.kind = "ok";
+      result.textContent = `${entry.to} is suppressed (${entry.scope}: ${entry.reason}).`;
+      $("suppress-to").value = "";
+      $("suppress-reason").value = "";
+      schedule(0);
+    } catch (error) {
+      if (error instanceof AuthRequired) {
+        askForToken();
+        return;
+      }
+      result.dataset.kind = "error";
+      result.textContent = describeProblem(error);
+    } finally {
+      $("suppress-submit").disabled = false;
+    }
+  }
+
+  async function unsuppress(to, button) {
+    button.disabled = true;
+    const result = $("suppress-result");
+    try {
+      await api(`api/v1/suppressions/${encodeURIComponent(to)}`, "DELETE");
+      result.dataset.kind = "ok";
+      result.textContent = `${to} is off the list.`;
+    } catch (error) {
+      if (error instanceof AuthRequired) {
+        askForToken();
+        return;
+      }
+      result.dataset.kind = "error";
+      result.textContent = describeProblem(error);
+    }
+    schedule(0);
+  }
+
   async function refresh() {
     if (inFlight) return;
     inFlight = true;
     let again = true;
     try {
-      const [stats, sent, failed, providers] = await Promise.allSettled([
+      const [stats, sent, failed, providers, suppressions] = await Promise.allSettled([
         api("api/v1/stats"),
         api(`api/v1/messages?limit=${LIST_LIMIT}`), // sent, delivered and undelivered
         api(`api/v1/messages?status=failed&limit=${LIST_LIMIT}`),
         api("api/v1/providers"),
+        api(`api/v1/suppressions?limit=${LIST_LIMIT}`),
       ]);
-      const results = [stats, sent, failed, providers];
+      const results = [stats, sent, failed, providers, suppressions];
       if (results.some((r) => r.status === "rejected" && r.reason instanceof AuthRequired)) {
         askForToken();
         again = false; // polling waits for a token
@@ -254,6 +326,7 @@
       if (sent.status === "fulfilled") renderList("sent-list", "sent-empty", sent.value.data, sentMeta);
       if (failed.status === "fulfilled") renderList("failed-list", "failed-empty", failed.value.data, failedMeta);
       if (providers.status === "fulfilled") renderProviders(providers.value.data);
+      if (suppressions.status === "fulfilled") renderSuppressions(suppressions.value.data);
       const problem = results.find((r) => r.status === "rejected");
       if (problem) {
         const reason = problem.reason;
@@ -386,6 +459,7 @@
     $("compose-content").addEventListener("input", previewSoon);
     $("compose-to").addEventListener("input", previewSoon);
     $("compose").addEventListener("submit", queue);
+    $("suppress").addEventListener("submit", suppress);
     $("stop").addEventListener("click", () => command("api/v1/messages/stop"));
     $("auth").addEventListener("submit", (event) => {
       event.preventDefault();
