@@ -196,8 +196,17 @@ class FileReader:
     any record, when the CSV header is not usable.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        columns: tuple[str, ...] = COLUMNS,
+        required: tuple[str, ...] = REQUIRED,
+        json_lines: bool = True,
+    ) -> None:
         self._lines = _Lines(stream)
+        # The CSV columns a header may name (``required`` among them), and whether JSON Lines are read too.
+        self._columns, self._required, self._json_lines = columns, required, json_lines
         self.header = ""  # the CSV header's text as in the file ("" for JSON Lines): a rejects file starts with it
 
     @property
@@ -215,12 +224,12 @@ class FileReader:
             lines.take()
         else:
             return
-        if line.lstrip().startswith("{"):
-            yield from self._json_lines()
+        if self._json_lines and line.lstrip().startswith("{"):
+            yield from self._json_lines_records()
         else:
             yield from self._csv()
 
-    def _json_lines(self) -> Iterator[tuple[Record, str]]:
+    def _json_lines_records(self) -> Iterator[tuple[Record, str]]:
         lines = self._lines
         for line in lines:
             taken = lines.take()
@@ -253,14 +262,12 @@ class FileReader:
         if problem is not None:
             raise BadFile(f"the CSV header is {problem}")
         header = [name.strip() for name in header]
-        unknown = [name for name in header if name not in COLUMNS]
-        missing = [name for name in REQUIRED if name not in header]
+        unknown = [name for name in header if name not in self._columns]
+        missing = [name for name in self._required if name not in header]
         if unknown or missing or len(set(header)) != len(header):
-            raise BadFile(
-                "the CSV header must name the columns "
-                "to,content[,sendAt,priority,validUntil,category,respectSendingHours]; "
-                f"got {','.join(header)}"
-            )
+            optional = [name for name in self._columns if name not in self._required]
+            wanted = ",".join(self._required) + (f"[,{','.join(optional)}]" if optional else "")
+            raise BadFile(f"the CSV header must name the columns {wanted}; got {','.join(header)}")
         self.header = _text(taken)
         while True:
             try:

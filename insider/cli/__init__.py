@@ -40,6 +40,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from insider.cli import enqueue
 
         return enqueue.run(settings, args)
+    if command == "suppressions":
+        from insider.cli import suppressions
+
+        return suppressions.run(settings, args)
     if command == "migrate":
         from insider.cli import migrate
 

@@ -156,6 +156,31 @@ def parser() -> argparse.ArgumentParser:
     enqueue.add_argument(
         "--check", action="store_true", help="with --file: check every line and report, storing nothing"
     )
+    suppressions = commands.add_parser(
+        "suppressions",
+        help="import or export the suppression list as CSV",
+        description="The suppression list (numbers not to send to) in INSIDER_DATABASE_URL, as CSV with the "
+        "header to,scope,reason,source,createdAt (creating the schema if needed).",
+    )
+    suppressions.set_defaults(suppressions_parser=suppressions)
+    actions = suppressions.add_subparsers(dest="suppressions_command", metavar="ACTION", title="actions")
+    imports = actions.add_parser(
+        "import",
+        help="put a CSV file's numbers on the list",
+        description="Put the numbers of a CSV file on the suppression list. The header names the column to "
+        "(required) and any of scope (all, the default, or commercial), reason (default opt-out), source "
+        "(default import) and createdAt (RFC 3339; default now): an export reads back as it was. A number "
+        "already on the list gets the line's scope, reason and source. Prints every rejected line with its "
+        "number; the good lines are stored together, in one transaction. Exit code 1 if a line was rejected.",
+    )
+    imports.add_argument("file", metavar="FILE", help="the CSV file; - reads standard input")
+    exports = actions.add_parser(
+        "export",
+        help="write the list as CSV",
+        description="Write the whole suppression list as CSV (to,scope,reason,source,createdAt), most recently "
+        "added first.",
+    )
+    exports.add_argument("file", metavar="FILE", nargs="?", default="-", help="where to write it (default -: stdout)")
     simulate = commands.add_parser(
         "simulate",
         help="run a simulated SMS provider (an HTTP server like the webhook)",
