@@ -117,6 +117,25 @@ async def _events_of_new(client: Client, database: Path) -> ClientResponse:
     return await client.get(f"/api/v1/messages/{await _enqueue(client)}/events")
 
 
+SUPPRESSIONS = "/api/v1/suppressions"
+SUPPRESSED = {"to": "+905301234001", "scope": "commercial", "reason": "asked by phone"}
+
+
+async def _suppress_twice(client: Client, database: Path) -> ClientResponse:
+    first = await client.post(SUPPRESSIONS, json=SUPPRESSED)
+    assert first.status == 201, await first.text()
+    return await client.post(SUPPRESSIONS, json=SUPPRESSED | {"scope": "all"})
+
+
+def _suppressed_then(method: str) -> Callable[[Client, Path], Awaitable[ClientResponse]]:
+    async def send(client: Client, database: Path) -> ClientResponse:
+        first = await client.post(SUPPRESSIONS, json=SUPPRESSED)
+        assert first.status == 201, await first.text()
+        return await client.request(method, f"{SUPPRESSIONS}/%2B905301234001")
+
+    return send
+
+
 DLR_TOKEN = "readme-dlr-token"
 REPORTS = "/api/v1/delivery-reports"
 RECEIPT = {"messageId": "3f1c0e4e-8d7e-4a8a-9a35-2f3c8f5b2a10", "status": "DELIVRD"}
@@ -205,6 +224,41 @@ RECIPES: dict[tuple[str, str], dict[int, list[Recipe]]] = {
     ("POST", f"{PROVIDERS}/{{name}}/enable"): {
         200: [Recipe(_twice(post(f"{PROVIDERS}/simulator/disable"), post(f"{PROVIDERS}/simulator/enable")))],
         404: [Recipe(post(f"{PROVIDERS}/nobody/enable"))],
+    },
+    ("GET", SUPPRESSIONS): {
+        200: [Recipe(get(SUPPRESSIONS)), Recipe(get(SUPPRESSIONS, params={"to": "+905301234001", "limit": "1"}))],
+        400: [Recipe(get(SUPPRESSIONS, params={"cursor": "bm90LWEtY3Vyc29y"}), fields=True)],
+        422: [
+            Recipe(get(SUPPRESSIONS, params={"limit": "501"}), fields=True),
+            Recipe(get(SUPPRESSIONS, params={"to": "0530 123"}), fields=True),
+        ],
+        503: [Recipe(get(SUPPRESSIONS), service="down")],
+    },
+    ("POST", SUPPRESSIONS): {
+        201: [Recipe(post(SUPPRESSIONS, json=SUPPRESSED)), Recipe(post(SUPPRESSIONS, json={"to": "+15555550100"}))],
+        200: [Recipe(_suppress_twice)],
+        400: [
+            Recipe(post(SUPPRESSIONS, data=b'{"to": ', headers=JSON)),
+            Recipe(post(SUPPRESSIONS, data=b'["+15555550100"]', headers=JSON), fields=True),
+        ],
+        413: [Recipe(post(SUPPRESSIONS, json=SUPPRESSED | {"reason": "x" * 70_000}))],
+        415: [Recipe(post(SUPPRESSIONS, data=json.dumps(SUPPRESSED).encode(), headers={"Content-Type": "text/plain"}))],
+        422: [
+            Recipe(post(SUPPRESSIONS, json={"to": "0530 123"}), fields=True),
+            Recipe(post(SUPPRESSIONS, json=SUPPRESSED | {"scope": "ads"}), fields=True),
+            Recipe(post(SUPPRESSIONS, json=SUPPRESSED | {"reason": "x" * 201}), fields=True),
+            Recipe(post(SUPPRESSIONS, json=SUPPRESSED | {"source": "me"}), fields=True),
+        ],
+    },
+    ("GET", f"{SUPPRESSIONS}/{{to}}"): {
+        200: [Recipe(_suppressed_then("GET"))],
+        404: [Recipe(get(f"{SUPPRESSIONS}/%2B905301234001"))],
+        422: [Recipe(get(f"{SUPPRESSIONS}/hello"), fields=True)],
+    },
+    ("DELETE", f"{SUPPRESSIONS}/{{to}}"): {
+        204: [Recipe(_suppressed_then("DELETE"))],
+        404: [Recipe(lambda client, database: client.delete(f"{SUPPRESSIONS}/%2B905301234001"))],
+        422: [Recipe(lambda client, database: client.delete(f"{SUPPRESSIONS}/hello"), fields=True)],
     },
     ("GET", "/"): {200: [Recipe(get("/")), Recipe(get("/"), service="token")]},
     ("GET", "/healthz"): {200: [Recipe(get("/healthz")), Recipe(get("/healthz"), service="down")]},
