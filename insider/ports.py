@@ -20,7 +20,7 @@ from insider.domain import (
 )
 from insider.history import MAX_EVENTS, Event
 from insider.receipt_parsing import Receipt, ReceiptOutcome
-from insider.suppressions import NewSuppression, Suppression, SuppressionPage
+from insider.suppressions import DEFAULT_REASON, DEFAULT_SCOPE, NewSuppression, Suppression, SuppressionPage
 
 
 class RepositoryUnavailable(Exception):
@@ -306,10 +306,14 @@ class SuppressionList(Protocol):
     RepositoryUnavailable when the database cannot be reached.
     """
 
-    async def suppress(self, entry: NewSuppression) -> tuple[Suppression, bool]:
-        """Put a number on the list, or change its entry (scope, reason, source; it keeps its time).
+    async def suppress(
+        self, phone: str, scope: str = DEFAULT_SCOPE, reason: str = DEFAULT_REASON, source: str = "api"
+    ) -> tuple[Suppression, bool]:
+        """Put ``phone`` (E.164) on the list, or change its entry (scope, reason, source; it keeps its time).
 
         Returns the entry as stored, and whether it was added (False: it was there, updated).
+        ``scope`` is ``all`` or ``commercial`` (else ValueError); see ``suppressions.check_suppression``
+        for checking what a person typed.
         """
 
     async def suppress_many(self, entries: Sequence[NewSuppression]) -> SuppressedMany:

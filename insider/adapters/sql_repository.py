@@ -50,7 +50,7 @@ from insider.ports import (
     WaitingReport,
 )
 from insider.receipt_parsing import Receipt, ReceiptOutcome
-from insider.suppressions import NewSuppression, Scope, Suppression, SuppressionPage
+from insider.suppressions import DEFAULT_REASON, DEFAULT_SCOPE, NewSuppression, Scope, Suppression, SuppressionPage
 
 T = TypeVar("T")
 
@@ -391,14 +391,17 @@ class SqlMessageRepository(abc.ABC):
             todo = [e for e in todo if e.phone not in stored]
         return [stored[phone] for phone in last], added
 
-    async def suppress(self, entry: NewSuppression) -> tuple[Suppression, bool]:
-        ensure_storable(reason=entry.reason, source=entry.source)
+    async def suppress(
+        self, phone: str, scope: str = DEFAULT_SCOPE, reason: str = DEFAULT_REASON, source: str = "api"
+    ) -> tuple[Suppression, bool]:
+        entry = NewSuppression(phone, Scope(scope), reason, source)
+        ensure_storable(phone=phone, reason=reason, source=source)
         [stored], added = await self._run(self._suppress([entry]), atomic=True)
         return stored, added == 1
 
     async def suppress_many(self, entries: Sequence[NewSuppression]) -> SuppressedMany:
         for entry in entries:
-            ensure_storable(reason=entry.reason, source=entry.source)
+            ensure_storable(phone=entry.phone, reason=entry.reason, source=entry.source)
         if not entries:
             return SuppressedMany(0, 0)
         stored, added = await self._run(self._suppress(entries), atomic=True)

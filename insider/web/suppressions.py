@@ -95,7 +95,7 @@ async def suppress(request: web.Request) -> web.Response:
         )
     except InvalidMessage as exc:
         return error_response(422, "invalid input", {exc.field: [str(exc)]})
-    stored, added = await app.repository.suppress(entry)
+    stored, added = await app.repository.suppress(entry.phone, entry.scope, entry.reason, entry.source)
     return web.json_response(suppression_json(stored), status=201 if added else 200)
 
 

@@ -15,7 +15,7 @@ from insider.clock import SystemClock
 from insider.domain import Category, MessageStatus, NewMessage, UnstorableText
 from insider.ports import InvalidCursor, SuppressionList
 from insider.sender import BatchSender, SenderOptions
-from insider.suppressions import NewSuppression, Scope, check_suppression
+from insider.suppressions import NewSuppression, Scope, Suppression, check_suppression
 from tests.conftest import eventually
 from tests.integration import test_message_features_contract as features
 from tests.integration.test_message_features_contract import OTHER, PHONE, Backend
@@ -29,6 +29,12 @@ def entry(phone: str = PHONE, **more: object) -> NewSuppression:
     return check_suppression(phone, **more)  # type: ignore[arg-type]
 
 
+async def put(repo: SuppressionList, phone: str = PHONE, **more: object) -> tuple[Suppression, bool]:
+    """A number put on the list as a person would: checked first."""
+    e = entry(phone, **more)
+    return await repo.suppress(e.phone, e.scope, e.reason, e.source)
+
+
 def number(i: int) -> str:
     return f"+9053012{i:05d}"
 
@@ -36,12 +42,12 @@ def number(i: int) -> str:
 async def test_suppress_adds_then_updates_keeping_the_first_time(backend: Backend) -> None:
     repo = backend.repository
     assert isinstance(repo, SuppressionList)
-    first, added = await repo.suppress(entry(scope="commercial", reason="asked by phone", source="api"))
+    first, added = await put(repo, scope="commercial", reason="asked by phone", source="api")
     assert added is True
     assert (first.phone, first.scope, first.reason, first.source) == (PHONE, Scope.COMMERCIAL, "asked by phone", "api")
     assert abs((first.created_at - backend.now()).total_seconds()) < 60
     await backend.advance(5)
-    again, added = await repo.suppress(entry(scope="all", reason="STOP", source="inbound"))
+    again, added = await put(repo, scope="all", reason="STOP", source="inbound")
     assert added is False
     assert (again.scope, again.reason, again.source, again.created_at) == (
         Scope.ALL,
@@ -56,7 +62,7 @@ async def test_suppress_adds_then_updates_keeping_the_first_time(backend: Backen
 
 async def test_unsuppress_says_whether_the_number_was_on_the_list(backend: Backend) -> None:
     repo = backend.repository
-    await repo.suppress(entry())
+    await put(repo)
     assert await repo.unsuppress(PHONE) is True
     assert await repo.unsuppress(PHONE) is False
     assert await repo.get_suppression(PHONE) is None
@@ -65,7 +71,7 @@ async def test_unsuppress_says_whether_the_number_was_on_the_list(backend: Backe
 
 async def test_concurrent_suppressions_of_one_number_add_it_once(backend: Backend) -> None:
     repo = backend.repository
-    results = await asyncio.gather(*(repo.suppress(entry(reason=f"r{i}")) for i in range(8)))
+    results = await asyncio.gather(*(put(repo, reason=f"r{i}") for i in range(8)))
     assert sorted(added for _, added in results) == [False] * 7 + [True]
     assert await repo.count_suppressions() == 1
 
@@ -73,7 +79,7 @@ async def test_concurrent_suppressions_of_one_number_add_it_once(backend: Backen
 async def test_pages_follow_the_list_most_recent_first_and_never_repeat(backend: Backend) -> None:
     repo = backend.repository
     for i in range(7):
-        await repo.suppress(entry(number(i)))
+        await put(repo, number(i))
         await backend.advance(1)
     await repo.suppress_many([entry(number(i), source="import") for i in range(7, 12)])  # one time for all five
     seen: list[str] = []
@@ -115,7 +121,7 @@ async def test_a_number_alone_and_cursors_of_other_listings(backend: Backend) ->
 
 async def test_an_import_is_one_transaction_and_the_last_entry_of_a_number_wins(backend: Backend) -> None:
     repo = backend.repository
-    await repo.suppress(entry(number(0), reason="first"))
+    await put(repo, number(0), reason="first")
     then = (backend.now() - timedelta(days=30)).replace(microsecond=0)
     result = await repo.suppress_many(
         [
@@ -138,6 +144,9 @@ async def test_an_import_is_one_transaction_and_the_last_entry_of_a_number_wins(
         await repo.suppress_many([entry(number(8)), bad])
     assert await repo.get_suppression(number(8)) is None
     assert await repo.suppress_many([]) == type(result)(0, 0)
+    with pytest.raises(ValueError):
+        await repo.suppress(number(7), "marketing")
+    assert await repo.get_suppression(number(7)) is None
 
 
 async def test_a_big_import_in_one_go(backend: Backend) -> None:
@@ -164,14 +173,14 @@ async def test_the_list_holds_back_queued_and_new_messages_but_not_what_was_sent
             ]
         )
     ).messages
-    await repo.suppress(entry(scope="commercial", reason="no ads"))
+    await put(repo, scope="commercial", reason="no ads")
     (new,) = (await repo.enqueue_many([NewMessage.of(PHONE, "flash sale", category=Category.COMMERCIAL)])).messages
     assert (new.status, new.suppression_reason) == (MessageStatus.SUPPRESSED, "no ads")
     await sender.run_batch()
     assert [r.content for r in sms.requests] == ["sent before", "your code"]
     still = await repo.get(scheduled.id)
     assert still is not None and still.status is MessageStatus.PENDING  # checked when its time comes
-    await repo.suppress(entry(scope="commercial", reason="opt-out"))  # the reason as it is then
+    await put(repo, scope="commercial", reason="opt-out")  # the reason as it is then
     await backend.advance(delay_s)
 
     async def ended_at_its_time() -> bool:
@@ -193,7 +202,7 @@ async def test_taken_off_the_list_a_number_gets_its_queued_messages(backend: Bac
     sms = InMemorySmsClient()
     sender = BatchSender(repo, sms, None, backend.clock or SystemClock(), SenderOptions(batch_size=10))
     (ended,) = (await repo.enqueue_many([NewMessage.of(PHONE, "held", category=Category.COMMERCIAL)])).messages
-    await repo.suppress(entry())
+    await put(repo)
     (held,) = (await repo.enqueue_many([NewMessage.of(PHONE, "suppressed at once")])).messages
     assert held.status is MessageStatus.SUPPRESSED
     assert await repo.unsuppress(PHONE)
