@@ -20,7 +20,14 @@ from insider.domain import (
 )
 from insider.history import MAX_EVENTS, Event
 from insider.receipt_parsing import Receipt, ReceiptOutcome
-from insider.suppressions import DEFAULT_REASON, DEFAULT_SCOPE, NewSuppression, Suppression, SuppressionPage
+from insider.suppressions import (
+    DEFAULT_REASON,
+    DEFAULT_SCOPE,
+    NewSuppression,
+    SuppressedMany,
+    Suppression,
+    SuppressionPage,
+)
 
 
 class RepositoryUnavailable(Exception):
@@ -287,14 +294,6 @@ class CategoryCounter(Protocol):
 
     async def category_counts(self) -> dict[Category, dict[MessageStatus, int]]:
         """Each category's messages per status (every category and status, zeros included)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SuppressedMany:
-    """What an import of many suppressions did: numbers added to the list, and numbers already on it, updated."""
-
-    added: int
-    updated: int
 
 
 @runtime_checkable

@@ -22,6 +22,7 @@ __all__ = [
     "MAX_SOURCE_LENGTH",
     "NewSuppression",
     "Scope",
+    "SuppressedMany",
     "Suppression",
     "SuppressionPage",
     "check_suppression",
@@ -76,6 +77,14 @@ class SuppressionPage:
 
     items: list[Suppression]
     next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SuppressedMany:
+    """What an import of many suppressions did: numbers added to the list, and numbers already on it, updated."""
+
+    added: int
+    updated: int
 
 
 def text_problem(name: str, text: object, max_length: int) -> str | None:

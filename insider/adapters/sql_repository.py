@@ -46,11 +46,18 @@ from insider.ports import (
     Page,
     ProviderState,
     ProviderTotals,
-    SuppressedMany,
     WaitingReport,
 )
 from insider.receipt_parsing import Receipt, ReceiptOutcome
-from insider.suppressions import DEFAULT_REASON, DEFAULT_SCOPE, NewSuppression, Scope, Suppression, SuppressionPage
+from insider.suppressions import (
+    DEFAULT_REASON,
+    DEFAULT_SCOPE,
+    NewSuppression,
+    Scope,
+    SuppressedMany,
+    Suppression,
+    SuppressionPage,
+)
 
 T = TypeVar("T")
 
