@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from insider.container import Container, open_service, resolve
+from insider.domain import mask_phone
 from insider.logs import get_logger
 from insider.ports import InvalidCursor, RepositoryUnavailable
 from insider.supervisor import SupervisorClosed
@@ -88,13 +89,19 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         (log.debug if _routine(request, response) else log.info)(
             "request",
             method=request.method,
-            path=request.path,
+            path=_logged_path(request),
             status=response.status,
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
         return response
     finally:
         structlog.contextvars.reset_contextvars(**tokens)
+
+
+def _logged_path(request: web.Request) -> str:
+    """The request's path as logged: a phone number in it (a suppression's, by its route) masked."""
+    to = request.match_info.get("to")
+    return request.path.replace(to, mask_phone(to)) if to else request.path
 
 
 def _routine(request: web.Request, response: web.StreamResponse) -> bool:

@@ -94,8 +94,13 @@ async def test_a_number_suppressed_after_its_message_was_scheduled_never_gets_it
         await eventually(counted, timeout_s=10, what="the stats to count both")
         async with session.get(service.base_url + "/metrics") as response:
             assert "insider_suppressions 1.0" in (await response.text()).splitlines()
+        assert (await call("GET", "/suppressions/%2B905301234001"))[0] == 200
+        assert (await call("DELETE", "/suppressions/%2B905301234001"))[0] == 204
+        assert (await call("DELETE", "/suppressions/%2B905301234001"))[0] == 404
         stop_gracefully([service, simulator])
-    assert PHONE not in service.log()  # masked in the logs
+    log = service.log()
+    assert PHONE not in log and PHONE[1:] not in log  # masked in the logs, in a route's path too
+    assert "/api/v1/suppressions/+905*******01" in log
 
 
 def cli(*args: str, cwd: Path, stdin: str | None = None, **settings: str) -> subprocess.CompletedProcess[str]:
