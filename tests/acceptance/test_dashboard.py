@@ -384,3 +384,33 @@ async def test_the_dashboard_shows_the_suppressed_count_and_keeps_the_suppressio
         await expect(page.locator("#suppressions-list > tr")).to_have_count(0)
         assert await api.repository.get_suppression("+905301234001") is None
         assert problems == [p for p in problems if "422" in p]  # the refused POST is the only complaint
+
+
+async def test_the_dashboard_counts_the_messages_waiting_for_their_hours_or_the_cap(browser: Browser) -> None:
+    import dataclasses
+    from datetime import timedelta
+
+    from playwright.async_api import expect
+
+    from insider.consent import CAP, SENDING_HOURS
+    from insider.domain import Category, NewMessage
+    from tests.unit.test_messages_api import open_api as open_sqlite_api
+
+    async with open_sqlite_api() as api:
+        page, problems = await open_page(browser, api.base, viewport={"width": 1100, "height": 1000})
+        await expect(page.locator("#waiting-sending-hours")).to_have_text("0", timeout=10_000)
+        await expect(page.locator("#waiting-cap")).to_have_text("0")
+        later = api.clock.now() + timedelta(hours=6)
+        sale = NewMessage.of("+905301234001", "sale", category=Category.COMMERCIAL)
+        await api.repository.enqueue_many(
+            [
+                dataclasses.replace(sale, wait_until=later, wait_reason=SENDING_HOURS),
+                dataclasses.replace(sale, wait_until=later, wait_reason=SENDING_HOURS),
+                dataclasses.replace(sale, wait_until=later, wait_reason=CAP),
+            ]
+        )
+        await api.clock.advance(api.container.counts().ttl_s)  # the counts are cached that long
+        await expect(page.locator("#waiting-sending-hours")).to_have_text("2", timeout=10_000)
+        await expect(page.locator("#waiting-cap")).to_have_text("1")
+        await expect(page.locator("#count-pending")).to_have_text("3")
+        assert problems == []

@@ -141,10 +141,14 @@
     $("last-tick").textContent = describeTime(lastSender.lastTickAt);
   }
 
-  function renderCounts(counts, deliveryRate) {
+  function renderCounts(counts, deliveryRate, waiting) {
     const statuses = ["pending", "sending", "sent", "failed", "expired", "cancelled", "delivered", "undelivered"];
     for (const status of [...statuses, "suppressed"]) {
       $(`count-${status}`).textContent = counts ? String(counts[status] ?? 0) : "–";
+    }
+    // Of the pending ones, those held back by consent: the recipient's sending hours, the frequency cap.
+    for (const reason of ["sending-hours", "cap"]) {
+      $(`waiting-${reason}`).textContent = counts && waiting ? String(waiting[reason] ?? 0) : "–";
     }
     // Of the messages with a final receipt, the share delivered.
     $("delivery-rate").textContent =
@@ -312,11 +316,11 @@
       $("auth").hidden = true;
       $("forget").hidden = !token();
       if (stats.status === "fulfilled") {
-        renderCounts(stats.value.counts, stats.value.deliveryRate);
+        renderCounts(stats.value.counts, stats.value.deliveryRate, stats.value.waiting);
         $("segments-sent").textContent = String(stats.value.segmentsSent ?? "–");
         renderSender(stats.value.sender);
       } else {
-        renderCounts(null, null);
+        renderCounts(null, null, null);
         try {
           renderSender(await api("api/v1/sender")); // the sender's state needs no database
         } catch {
