@@ -15,44 +15,22 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
+from insider.caps import CAP_ACTIONS, FrequencyCap, parse_frequency_cap
 from insider.domain import Category, SendOrder, is_region
+from insider.durations import format_duration as format_duration
+from insider.durations import parse_duration as parse_duration
 from insider.sending_hours import SendingHours, parse_categories, parse_sending_hours, parse_timezone
 
 if TYPE_CHECKING:
     from insider.providers.config import ProvidersConfig
 
 PREFIX = "INSIDER_"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json")
 
 
 class ConfigError(ValueError):
     """A setting with a value that cannot be used; the message names the variable."""
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from ``120``, ``0.5``, ``500ms``, ``30s``, ``2m``, ``1h`` or ``7d``."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"expected seconds (120, 0.5) or a duration (500ms, 30s, 2m, 1h), got {text!r}")
-    value = float(match.group(1)) * _UNIT_S[match.group(2)]
-    if not math.isfinite(value):
-        raise ValueError(f"duration out of range: {text!r}")
-    return value
-
-
-def format_duration(seconds: float) -> str:
-    """A duration the way the settings write it: ``2m``, ``30s``, ``1h``, ``500ms``, ``1.5s``."""
-    if seconds == 0:
-        return "0s"
-    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
-        if seconds >= size and round(seconds / size, 9).is_integer():
-            return f"{round(seconds / size)}{unit}"
-    if seconds < 1 and round(seconds * 1000, 6).is_integer():
-        return f"{round(seconds * 1000)}ms"
-    return f"{seconds:g}s"
 
 
 def parse_bool(text: str) -> bool:
@@ -193,6 +171,8 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SENDING_HOURS_FOR": ("sending_hours_for", parse_categories),
     "DEFAULT_TIMEZONE": ("default_timezone", parse_timezone),
     "SEND_ORDER": ("send_order", _choice(*(o.value for o in SendOrder))),
+    "COMMERCIAL_CAP": ("commercial_cap", parse_frequency_cap),
+    "COMMERCIAL_CAP_ACTION": ("commercial_cap_action", _choice(*CAP_ACTIONS)),
     "AUTOSTART": ("autostart", parse_bool),
     "MAX_ATTEMPTS": ("max_attempts", _int_between(1, 1_000)),
     "RETRY_BACKOFF": ("retry_backoff_s", _duration_at_least(0.001)),
@@ -279,6 +259,10 @@ class Settings:
     sending_hours: SendingHours | None = None
     sending_hours_for: tuple[str, ...] = (Category.COMMERCIAL.value,)
     default_timezone: str = "UTC"
+    # At most so many commercial messages to one number within a window, for the whole
+    # deployment (None: no cap); one over it waits, or is suppressed (insider.caps).
+    commercial_cap: FrequencyCap | None = None
+    commercial_cap_action: str = "wait"
 
     # PostgreSQL only: a statement running longer is cancelled by the server (0: no limit),
     # and TCP keepalives find a connection whose peer has silently gone.

@@ -17,12 +17,21 @@ from insider.adapters.postgres import PostgresMessageRepository, open_postgres_p
 from insider.adapters.redis import RedisSentCache, open_redis
 from insider.adapters.sqlite import SqliteDatabase, SqliteMessageRepository, is_sqlite_url, open_sqlite
 from insider.adapters.webhook import WebhookSmsClient, open_http_session
+from insider.caps import CapGate
 from insider.clock import SystemClock
 from insider.config import Settings, mask_url
 from insider.consent import Gate
 from insider.logs import get_logger
 from insider.metrics import CountsCache, Metrics
-from insider.ports import Clock, MessageRepository, ProviderStore, ReceiptStore, RepositoryUnavailable, SmsClient
+from insider.ports import (
+    CapStore,
+    Clock,
+    MessageRepository,
+    ProviderStore,
+    ReceiptStore,
+    RepositoryUnavailable,
+    SmsClient,
+)
 from insider.providers.config import ProvidersConfig, ProviderSpec, RouteSpec
 from insider.providers.dispatch import RATE_HOLD_S, Dispatcher, runtime
 from insider.providers.routing import Router
@@ -267,13 +276,23 @@ def _children(
 
 
 def _consent_gates(
-    settings: Settings, repository: object, clock: Clock, sending_hours: SendingHoursPolicy | None = None
+    settings: Settings,
+    repository: object,
+    clock: Clock,
+    metrics: Metrics,
+    sending_hours: SendingHoursPolicy | None = None,
 ) -> list[Gate]:
     """The consent gates a claimed message passes before it is sent, in order (insider.consent):
     sending hours first, so that a message waiting for its hours takes no place under a cap."""
     gates: list[Gate] = []
     if sending_hours is not None:
         gates.append(SendingHoursGate(sending_hours))
+    # The frequency cap last, so that only a message about to be sent takes a place under it.
+    if settings.commercial_cap is not None:
+        if not isinstance(repository, CapStore):
+            raise TypeError(f"INSIDER_COMMERCIAL_CAP needs a repository that keeps caps, not {type(repository)!r}")
+        cap = CapGate(repository, settings.commercial_cap, settings.commercial_cap_action, held=metrics.cap_held)
+        gates.append(cap)
     return gates
 
 
@@ -410,7 +429,12 @@ class Container(containers.DeclarativeContainer):
         options=sender_options,
         observer=metrics,
         gates=providers.Callable(
-            _consent_gates, settings=settings, repository=repository, clock=clock, sending_hours=sending_hours
+            _consent_gates,
+            settings=settings,
+            repository=repository,
+            clock=clock,
+            metrics=metrics,
+            sending_hours=sending_hours,
         ),
     )
     provider_switches = providers.Singleton(_switches, repository=repository, dispatcher=dispatcher, clock=clock)

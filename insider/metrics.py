@@ -156,6 +156,14 @@ class Metrics:
             registry=r,
         )
         self._providers: dict[str, _ProviderSeries] = {}
+        self.cap_holds = Counter(
+            "insider_cap_holds",
+            "Commercial messages the frequency cap held back, by action: wait (pending until it allows them) "
+            "or suppress",
+            ["action"],
+            registry=r,
+        )
+        self._cap_holds = {action: self.cap_holds.labels(action=action) for action in ("wait", "suppress")}
 
     def providers_configured(self, names: Iterable[str]) -> None:
         """Make every series of these providers, at 0, before their first request."""
@@ -203,6 +211,10 @@ class Metrics:
             self.messages_expired.inc()
         if duration_s is not None:
             self.send_duration.observe(duration_s)
+
+    def cap_held(self, action: str) -> None:
+        """The frequency cap held a message back (``action``: wait or suppress)."""
+        self._cap_holds[action].inc()
 
     def batch_done(self, report: BatchReport) -> None:
         self.batch_duration.observe(report.duration_s)

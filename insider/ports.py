@@ -289,6 +289,28 @@ class ProviderStore(Protocol):
 
 
 @runtime_checkable
+class CapStore(Protocol):
+    """A frequency cap's count, for the whole deployment; the SQL repositories are ones.
+
+    Raises RepositoryUnavailable when the database cannot be reached.
+    """
+
+    async def admit_capped(
+        self, candidates: Sequence[tuple[int, str]], limit: int, window_s: float
+    ) -> dict[int, datetime | None]:
+        """Admit claimed messages, given as (id, recipient) in the batch's order, under a cap of
+        ``limit`` messages to one recipient within ``window_s`` seconds; one answer per id.
+
+        None: admitted now (its admission time is stored, and counts from then on while the
+        message is being sent or was sent). A time: over the cap, the earliest at which the
+        count allows another. What counts for a recipient is its admitted messages of the
+        window that are ``sending``, ``sent``, ``delivered`` or ``undelivered`` (one put back
+        to pending, or failed, reached nobody), then the candidates admitted before it. One
+        recipient is admitted by one process at a time.
+        """
+
+
+@runtime_checkable
 class CategoryCounter(Protocol):
     """Messages per category and status; the SQL repositories are ones."""
 
@@ -454,6 +476,7 @@ class MessageRepository(
     FileLoads,
     ProviderStore,
     SuppressionList,
+    CapStore,
     Schema,
     Protocol,
 ):

@@ -105,6 +105,29 @@ def publish_file(record: LoadedFile, again: bool, now: Mapping[str, Any], timest
     return loaded_file_from_row(stored[0], timestamp)
 
 
+def admit_in_order(
+    candidates: Sequence[tuple[int, str]],
+    admitted: Mapping[str, Sequence[datetime]],
+    limit: int,
+    window: timedelta,
+    now: datetime,
+) -> dict[int, datetime | None]:
+    """The cap's decision (``CapStore.admit_capped``) once the admissions that count are read:
+    each candidate in order is admitted (None) while its recipient has fewer than ``limit``,
+    else gets the earliest time the count allows another: the (count - limit + 1)-th oldest
+    admission of the window, plus the window."""
+    held = {phone: sorted(times) for phone, times in admitted.items()}
+    decided: dict[int, datetime | None] = {}
+    for message_id, phone in candidates:
+        times = held.setdefault(phone, [])
+        if len(times) < limit:
+            times.append(now)  # the latest: later candidates count it
+            decided[message_id] = None
+        else:
+            decided[message_id] = times[len(times) - limit] + window
+    return decided
+
+
 class SqlMessageRepository(abc.ABC):
     """The half of the repository port that reads the same on SQLite and PostgreSQL.
 
@@ -209,6 +232,36 @@ class SqlMessageRepository(abc.ABC):
             yield "idempotency_store", {"key": idempotency.key, "message_ids": json_text([m.id for m in stored])}
             yield "idempotency_clean", now
         return Enqueued(stored)
+
+    async def admit_capped(
+        self, candidates: Sequence[tuple[int, str]], limit: int, window_s: float
+    ) -> dict[int, datetime | None]:
+        if not candidates:
+            return {}
+        return await self._run(self._admit_capped(candidates, limit, window_s), atomic=True)
+
+    def _admit_capped(
+        self, candidates: Sequence[tuple[int, str]], limit: int, window_s: float
+    ) -> Flow[dict[int, datetime | None]]:
+        """One transaction: each recipient locked (PostgreSQL: an advisory lock per number, in one
+        order; SQLite: the write lock), the time read once the locks are held, the admissions that
+        count read (cap_admissions: the rule), the decision, and the admitted ones marked."""
+        phones = json_text(sorted({phone for _, phone in candidates}))
+        [locked] = yield "cap_lock", {"phones": phones, **self._now()}
+        now = self._timestamp(locked["now"])
+        assert now is not None
+        window = timedelta(seconds=window_s)
+        params = {"phones": phones, "ids": json_text([i for i, _ in candidates]), "since": self._time(now - window)}
+        admitted: dict[str, list[datetime]] = {}
+        for row in (yield "cap_admissions", params):
+            at = self._timestamp(row["cap_admitted_at"])
+            assert at is not None
+            admitted.setdefault(row["recipient_phone"], []).append(at)
+        decided = admit_in_order(candidates, admitted, limit, window, now)
+        taken = [i for i, until in decided.items() if until is None]
+        if taken:
+            yield "cap_admit", {"ids": json_text(taken), "now": self._time(now)}
+        return decided
 
     async def apply_receipts(self, receipts: Sequence[Receipt], hints: Sequence[int | None]) -> list[ReceiptOutcome]:
         if not receipts:

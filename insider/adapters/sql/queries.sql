@@ -338,6 +338,35 @@ SELECT EXISTS (SELECT 1 FROM inserted) OR EXISTS (SELECT 1 FROM updated) AS take
        (SELECT EXTRACT(EPOCH FROM last_at + make_interval(secs => %(interval_s)s) - clock_timestamp())::float8
         FROM insider_slots WHERE name = %(name)s) AS wait_s
 
+-- cap_lock --
+-- A frequency cap's admission, in one transaction: first the advisory lock of each
+-- recipient (a hash of the number), taken in the keys' order so that two processes never
+-- wait on each other crosswise, then the time, read once they are held (now() would be
+-- when the transaction began, before the wait).
+SELECT clock_timestamp() AS now
+FROM (SELECT count(pg_advisory_xact_lock(k)) AS locked
+      FROM (SELECT DISTINCT hashtextextended(p, 0) AS k
+            FROM jsonb_array_elements_text(%(phones)s::jsonb) AS p
+            ORDER BY k) AS keys) AS held
+
+-- cap_admissions --
+-- What counts against the cap of each recipient: its admitted messages since %(since)s
+-- that reach or reached it (one put back to pending, or failed, never did), the
+-- candidates themselves aside. One range of messages_cap_idx per recipient.
+SELECT recipient_phone, cap_admitted_at
+FROM messages
+WHERE recipient_phone IN (SELECT jsonb_array_elements_text(%(phones)s::jsonb))
+  AND cap_admitted_at > %(since)s
+  AND status IN ('sending', 'sent', 'delivered', 'undelivered')
+  AND id NOT IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb)::bigint)
+ORDER BY recipient_phone, cap_admitted_at
+
+-- cap_admit --
+-- The admitted ones, as of the time cap_lock read (still claimed).
+UPDATE messages
+SET cap_admitted_at = %(now)s
+WHERE id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb)::bigint) AND status = 'sending'
+
 -- list_sent --
 -- The first page of sent messages, newest first.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,

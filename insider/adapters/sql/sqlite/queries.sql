@@ -290,6 +290,29 @@ WITH slot AS (
 )
 SELECT (due_us - now_us) / 1000000.0 AS wait_s FROM slot
 
+-- cap_lock --
+-- A frequency cap's admission runs in one write transaction: SQLite's one writer at a time
+-- is the lock of every recipient. The time, read once it is held.
+SELECT :now AS now
+
+-- cap_admissions --
+-- What counts against the cap of each recipient: its admitted messages since :since that
+-- reach or reached it (one put back to pending, or failed, never did), the candidates
+-- themselves aside. One range of messages_cap_idx per recipient.
+SELECT recipient_phone, cap_admitted_at
+FROM messages
+WHERE recipient_phone IN (SELECT value FROM json_each(:phones))
+  AND cap_admitted_at > :since
+  AND status IN ('sending', 'sent', 'delivered', 'undelivered')
+  AND id NOT IN (SELECT value FROM json_each(:ids))
+ORDER BY recipient_phone, cap_admitted_at
+
+-- cap_admit --
+-- The admitted ones, as of :now (still claimed).
+UPDATE messages
+SET cap_admitted_at = :now
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'sending'
+
 -- list_sent --
 -- The first page of sent messages, newest first.
 SELECT id, recipient_phone, content, status, created_at, sent_at, message_id, last_error,
