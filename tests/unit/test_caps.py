@@ -4,12 +4,15 @@ the metric, and what the API shows of a held message."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from datetime import datetime, timedelta
 
 import pytest
 
 from insider.adapters.memory import InMemorySmsClient, Request
 from insider.adapters.sql_repository import admit_in_order
+from insider.adapters.sqlite import _q as sqlite_query
 from insider.caps import CapGate, FrequencyCap, parse_frequency_cap
 from insider.clock import FakeClock
 from insider.config import ConfigError, Settings, default_config_file, load_settings
@@ -100,6 +103,17 @@ def test_the_earliest_time_is_the_oldest_admission_that_must_leave_plus_the_wind
         8: at[0] + window,
         9: None,
     }
+
+
+def test_the_admissions_are_read_one_index_range_per_recipient(repo: ProbedRepository) -> None:
+    def plan(conn: sqlite3.Connection) -> list[str]:
+        params = {"phones": json.dumps([PHONE, OTHER]), "ids": "[1]", "since": "2026-01-01T00:00:00.000000Z"}
+        return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sqlite_query("cap_admissions"), params)]
+
+    assert (
+        "SEARCH messages USING INDEX messages_cap_idx (recipient_phone=? AND cap_admitted_at>?)"
+        in repo.database.run_now(plan)
+    )
 
 
 # --- one batch after another ---------------------------------------------------------------------

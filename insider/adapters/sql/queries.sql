@@ -355,7 +355,7 @@ FROM (SELECT count(pg_advisory_xact_lock(k)) AS locked
 -- candidates themselves aside. One range of messages_cap_idx per recipient.
 SELECT recipient_phone, cap_admitted_at
 FROM messages
-WHERE recipient_phone IN (SELECT jsonb_array_elements_text(%(phones)s::jsonb))
+WHERE recipient_phone = ANY (ARRAY(SELECT jsonb_array_elements_text(%(phones)s::jsonb)))
   AND cap_admitted_at > %(since)s
   AND status IN ('sending', 'sent', 'delivered', 'undelivered')
   AND id NOT IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb)::bigint)
