@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import pytest
@@ -16,7 +17,7 @@ from insider.adapters.sqlite import _q as sqlite_query
 from insider.caps import CapGate, FrequencyCap, parse_frequency_cap
 from insider.clock import FakeClock
 from insider.config import ConfigError, Settings, default_config_file, load_settings
-from insider.consent import CAP
+from insider.consent import CAP, Gate, Verdict, Wait
 from insider.container import _consent_gates
 from insider.domain import Category, Message, MessageStatus, Outcome, SendResult
 from insider.metrics import Metrics
@@ -140,6 +141,11 @@ def capped(
     assert limit is not None
     gate = CapGate(repo, limit, action, held=metrics.cap_held if metrics is not None else None)
     return BatchSender(repo, sms, None, clock, SenderOptions(batch_size=10, retry_backoff_s=30.0), gates=[gate])
+
+
+def admitted_at(message: Message) -> datetime:
+    assert message.cap_admitted_at is not None
+    return message.cap_admitted_at
 
 
 async def current(repo: ProbedRepository, message: Message) -> Message:
@@ -296,6 +302,58 @@ async def test_a_message_of_higher_priority_takes_the_place_first(
     assert [r.content for r in sms.requests] == ["urgent"]
     assert (await current(repo, low)).wait_reason == CAP
     assert (await current(repo, urgent)).status is MessageStatus.SENT
+
+
+async def test_when_its_time_comes_a_waiting_message_goes_or_waits_again(
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock
+) -> None:
+    sender = capped(repo, sms, clock, "1/1h")
+    _, later = commercial(repo, clock, "first", "later")
+    await sender.run_batch()
+    assert (await current(repo, later)).waiting_until == clock.now() + timedelta(hours=1)
+    await clock.advance(3600)
+    urgent = repo.add(PHONE, "urgent", category=Category.COMMERCIAL, priority=9)  # due as the place frees
+    await sender.run_batch()
+    assert [r.content for r in sms.requests] == ["first", "urgent"]
+    again = await current(repo, later)
+    assert (again.status, again.wait_reason, again.waiting_until) == (
+        MessageStatus.PENDING,
+        CAP,
+        admitted_at(await current(repo, urgent)) + timedelta(hours=1),
+    )
+    assert [e.outcome for e in await repo.events(later.id)] == ["deferred", "deferred"]
+    await clock.advance(3600)
+    await sender.run_batch()
+    assert [r.content for r in sms.requests] == ["first", "urgent", "later"]
+
+
+class HoursStandIn:
+    """A gate before the cap that holds one message back, as the sending hours would."""
+
+    def __init__(self, content: str) -> None:
+        self.content = content
+
+    async def judge(self, messages: Sequence[Message], now: datetime) -> dict[int, Verdict]:
+        return {
+            m.id: Wait(now + timedelta(hours=8), "sending-hours", "night")
+            for m in messages
+            if m.content == self.content
+        }
+
+
+async def test_a_message_an_earlier_gate_holds_back_takes_no_place_under_the_cap(
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock
+) -> None:
+    limit = parse_frequency_cap("1/24h")
+    assert limit is not None
+    gates: list[Gate] = [HoursStandIn("night"), CapGate(repo, limit)]
+    sender = BatchSender(repo, sms, None, clock, SenderOptions(batch_size=10), gates=gates)
+    night, _ = commercial(repo, clock, "night", "day")
+    report = await sender.run_batch()
+    assert [r.content for r in sms.requests] == ["day"]
+    assert (report.sent, report.deferred) == (1, 1)
+    held = await current(repo, night)
+    assert (held.wait_reason, held.cap_admitted_at) == ("sending-hours", None)
 
 
 # --- through the API -----------------------------------------------------------------------------
