@@ -353,6 +353,8 @@ FROM (SELECT count(pg_advisory_xact_lock(k)) AS locked
 -- What counts against the cap of each recipient: its admitted messages since %(since)s
 -- that reach or reached it (one put back to pending, or failed, never did), the
 -- candidates themselves aside. One range of messages_cap_idx per recipient.
+-- (A message claimed again after a retry counts with its earlier admission until it is
+-- admitted anew: a count too high for a moment, never too low.)
 SELECT recipient_phone, cap_admitted_at
 FROM messages
 WHERE recipient_phone = ANY (ARRAY(SELECT jsonb_array_elements_text(%(phones)s::jsonb)))

@@ -299,6 +299,8 @@ SELECT :now AS now
 -- What counts against the cap of each recipient: its admitted messages since :since that
 -- reach or reached it (one put back to pending, or failed, never did), the candidates
 -- themselves aside. One range of messages_cap_idx per recipient.
+-- (A message claimed again after a retry counts with its earlier admission until it is
+-- admitted anew: a count too high for a moment, never too low.)
 SELECT recipient_phone, cap_admitted_at
 FROM messages
 WHERE recipient_phone IN (SELECT value FROM json_each(:phones))
