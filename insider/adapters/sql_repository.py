@@ -105,6 +105,23 @@ def publish_file(record: LoadedFile, again: bool, now: Mapping[str, Any], timest
     return loaded_file_from_row(stored[0], timestamp)
 
 
+# A frequency cap admits so many recipients per transaction at most: PostgreSQL holds a lock per
+# recipient until the transaction ends, in a lock table every session shares (room for about
+# max_locks_per_transaction x max_connections, 6,400 by default), and a batch may hold 10,000.
+CAP_RECIPIENTS_PER_TRANSACTION = 500
+
+
+def recipient_chunks(candidates: Sequence[tuple[int, str]], size: int) -> list[list[tuple[int, str]]]:
+    """``candidates`` (id, recipient) in parts of at most ``size`` recipients, each recipient's
+    candidates all in one part, every part in the candidates' order."""
+    phones = list(dict.fromkeys(phone for _, phone in candidates))
+    parts = []
+    for start in range(0, len(phones), size):
+        part = set(phones[start : start + size])
+        parts.append([c for c in candidates if c[1] in part])
+    return parts
+
+
 def admit_in_order(
     candidates: Sequence[tuple[int, str]],
     admitted: Mapping[str, Sequence[datetime]],
@@ -236,9 +253,12 @@ class SqlMessageRepository(abc.ABC):
     async def admit_capped(
         self, candidates: Sequence[tuple[int, str]], limit: int, window_s: float
     ) -> dict[int, datetime | None]:
-        if not candidates:
-            return {}
-        return await self._run(self._admit_capped(candidates, limit, window_s), atomic=True)
+        decided: dict[int, datetime | None] = {}
+        # A transaction per part: each takes its locks in one order and lets them all go at its
+        # end, so parts never wait on each other crosswise either.
+        for part in recipient_chunks(candidates, CAP_RECIPIENTS_PER_TRANSACTION):
+            decided |= await self._run(self._admit_capped(part, limit, window_s), atomic=True)
+        return decided
 
     def _admit_capped(
         self, candidates: Sequence[tuple[int, str]], limit: int, window_s: float

@@ -161,3 +161,21 @@ async def test_two_processes_admitting_at_once_never_go_over_the_cap(
                 (mine,),
             )
             assert dict(await cur.fetchall()) == dict.fromkeys(mine, limit), round_number
+
+
+@pytest.mark.postgres
+async def test_a_batch_to_more_numbers_than_the_lock_table_has_room_for_is_admitted(
+    pg_repository: PostgresMessageRepository, other_pool: Pool
+) -> None:
+    # PostgreSQL's lock table, shared by every session, has room for about
+    # max_locks_per_transaction (64) x max_connections (100) locks by default, and some more:
+    # here another session holds 8,000 advisory locks while 8,000 numbers are admitted, which
+    # one transaction holding a lock per number could not do.
+    count = 8000
+    await pg_repository.load([commercial("sale", to=f"+9053{n:08d}") for n in range(count)])
+    claimed = await pg_repository.claim(count, LEASE_S)
+    assert len(claimed) == count
+    async with other_pool.connection() as hog, hog.transaction():
+        await hog.execute("SELECT count(pg_advisory_xact_lock(1, n)) FROM generate_series(1, %s) AS n", (count,))
+        decided = await pg_repository.admit_capped([(m.id, m.recipient_phone) for m in claimed], 1, HOUR_S)
+    assert len(decided) == count and set(decided.values()) == {None}

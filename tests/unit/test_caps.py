@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from insider.adapters.memory import InMemorySmsClient, Request
-from insider.adapters.sql_repository import admit_in_order
+from insider.adapters.sql_repository import admit_in_order, recipient_chunks
 from insider.adapters.sqlite import _q as sqlite_query
 from insider.caps import CapGate, FrequencyCap, parse_frequency_cap
 from insider.clock import FakeClock
@@ -104,6 +104,13 @@ def test_the_earliest_time_is_the_oldest_admission_that_must_leave_plus_the_wind
         8: at[0] + window,
         9: None,
     }
+
+
+def test_a_batch_is_admitted_in_parts_of_whole_recipients_in_its_order() -> None:
+    candidates = [(1, "a"), (2, "b"), (3, "a"), (4, "c"), (5, "b"), (6, "d")]
+    assert recipient_chunks(candidates, 2) == [[(1, "a"), (2, "b"), (3, "a"), (5, "b")], [(4, "c"), (6, "d")]]
+    assert recipient_chunks(candidates, 10) == [candidates]
+    assert recipient_chunks([], 10) == []
 
 
 def test_the_admissions_are_read_one_index_range_per_recipient(repo: ProbedRepository) -> None:
