@@ -21,6 +21,7 @@ from insider.consent import CAP, Gate, Verdict, Wait
 from insider.container import _consent_gates
 from insider.domain import Category, Message, MessageStatus, Outcome, SendResult
 from insider.metrics import Metrics
+from insider.ports import RepositoryUnavailable
 from insider.sender import BatchSender, SenderOptions
 from tests.unit.support import ProbedRepository
 from tests.unit.test_messages_api import open_api
@@ -332,6 +333,32 @@ async def test_when_its_time_comes_a_waiting_message_goes_or_waits_again(
     await clock.advance(3600)
     await sender.run_batch()
     assert [r.content for r in sms.requests] == ["first", "urgent", "later"]
+
+
+class UnreachableCaps(ProbedRepository):
+    """The database answers the claim, then not the cap's admission."""
+
+    async def admit_capped(
+        self, candidates: Sequence[tuple[int, str]], limit: int, window_s: float
+    ) -> dict[int, datetime | None]:
+        raise RepositoryUnavailable("the test made the database unavailable")
+
+
+async def test_when_the_cap_cannot_be_counted_nothing_is_sent_and_nothing_lost(
+    sms: InMemorySmsClient, clock: FakeClock
+) -> None:
+    repo = UnreachableCaps(clock)
+    try:
+        sale = commercial(repo, clock, "sale")[0]
+        code = repo.add(PHONE, "code", created_at=clock.now() - timedelta(minutes=1))
+        with pytest.raises(RepositoryUnavailable):
+            await capped(repo, sms, clock, "3/24h").run_batch()
+        assert sms.requests == []  # the transactional one waits for the batch too
+        for message in (sale, code):
+            back = await current(repo, message)
+            assert (back.status, back.attempts, back.cap_admitted_at) == (MessageStatus.PENDING, 0, None)
+    finally:
+        await repo.close()
 
 
 class HoursStandIn:
