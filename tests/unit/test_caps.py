@@ -335,6 +335,21 @@ async def test_when_its_time_comes_a_waiting_message_goes_or_waits_again(
     assert [r.content for r in sms.requests] == ["first", "urgent", "later"]
 
 
+async def test_a_message_waiting_for_the_cap_still_expires_at_its_valid_until(
+    repo: ProbedRepository, sms: InMemorySmsClient, clock: FakeClock
+) -> None:
+    sender = capped(repo, sms, clock, "1/1h")
+    commercial(repo, clock, "first")
+    brief = repo.add(PHONE, "brief", category=Category.COMMERCIAL, valid_until=clock.now() + timedelta(minutes=30))
+    await sender.run_batch()
+    assert (await current(repo, brief)).wait_reason == CAP
+    await clock.advance(31 * 60)
+    assert (await current(repo, brief)).status is MessageStatus.EXPIRED
+    await clock.advance(3600)
+    await sender.run_batch()
+    assert [r.content for r in sms.requests] == ["first"]
+
+
 class UnreachableCaps(ProbedRepository):
     """The database answers the claim, then not the cap's admission."""
 
