@@ -3,6 +3,7 @@
 Two `python -m insider` processes share one database and one provider (the built-in simulator
 as a separate process) with INSIDER_COMMERCIAL_CAP=2/1h: of six commercial messages to one
 number, the provider receives exactly two; the other four wait, pending, for about an hour.
+Then, one process at a time, the second holds back what the first's admissions fill.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import aiohttp
 import pytest
 
 from insider.adapters.webhook import open_http_session
+from insider.domain import mask_phone
 from tests.acceptance.conftest import Service, log_events, service_env, start_simulator, stop_gracefully
 from tests.conftest import eventually
 
 PHONE = "+905301234001"
+OTHER = "+905301234002"
 
 
 @pytest.fixture
@@ -84,14 +87,44 @@ async def test_two_processes_send_no_more_than_the_cap_and_the_rest_wait(
         ]
     stats = await get_json(session, services[1].base_url + "/api/v1/stats")
     assert (stats["counts"]["sent"] + stats["counts"]["delivered"], stats["counts"]["pending"]) == (2, 4)
-    # Both processes took part: each logged sends or holds of these messages.
-    for service in services:
-        assert any(
-            e.get("event") == "send" and e.get("outcome") in ("sent", "deferred") for e in log_events(service.log())
-        )
-    stop_gracefully(services)
-    received = (await get_json(session, simulator.base_url + "/messages"))["data"]
-    assert len(received) == 2  # and still two once both have stopped
+    assert stats["waiting"]["cap"] == 4
+
+    # One process's admissions hold the other back: with the second stopped, the first sends
+    # two messages to another number; then, the first stopped, the second holds four more.
+    first, second = (service.base_url + "/api/v1/messages" for service in services)
+    await post(session, second + "/stop")
+    await post(session, first + "/batch", {"messages": [commercial(OTHER, f"First {i}") for i in range(2)]})
+
+    async def first_sent() -> bool:
+        return len((await get_json(session, first, status="sent", to=OTHER))["data"]) == 2
+
+    await eventually(first_sent, timeout_s=30, what="two messages to the other number sent by the first process")
+    await post(session, first + "/stop")
+    await post(session, second + "/start")
+    await post(session, second + "/batch", {"messages": [commercial(OTHER, f"Second {i}") for i in range(4)]})
+
+    async def second_held() -> bool:
+        waiting = (await get_json(session, second, status="pending", to=OTHER))["data"]
+        return len(waiting) == 4 and all(m["waitReason"] == "cap" for m in waiting)
+
+    await eventually(second_held, timeout_s=30, what="the second process holding four messages back")
+    stop_gracefully(services)  # their logs written out
+    held = [
+        [e for e in log_events(s.log()) if e.get("outcome") == "deferred" and e.get("to") == mask_phone(OTHER)]
+        for s in services
+    ]
+    assert (len(held[0]), len(held[1])) == (0, 4)
+    received = [m["content"] for m in (await get_json(session, simulator.base_url + "/messages"))["data"]]
+    assert len(received) == 4 and sorted(c for c in received if c.startswith("First")) == ["First 0", "First 1"]
+
+
+async def post(session: aiohttp.ClientSession, url: str, body: dict[str, Any] | None = None) -> None:
+    async with session.post(url, json=body) as response:
+        assert response.status in (200, 201), await response.text()
+
+
+def commercial(to: str, content: str) -> dict[str, str]:
+    return {"to": to, "content": content, "category": "commercial"}
 
 
 def test_a_bad_cap_stops_start_up_with_one_line() -> None:

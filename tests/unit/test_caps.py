@@ -426,7 +426,10 @@ async def test_the_api_shows_why_and_until_when_a_message_waits() -> None:
         _, sent = await api.get("/api/v1/messages", status="sent")
         assert sorted(m["content"] for m in sent["data"]) == ["sale 0", "sale 1"]
         assert all(m["waitReason"] is None and m["waitingUntil"] is None for m in sent["data"])
+        _, stats = await api.get("/api/v1/stats")
+        assert stats["waiting"]["cap"] == 1
         metrics = await api.client.get("/metrics")
         text = await metrics.text()
+        assert 'insider_messages_waiting{reason="cap"} 1.0' in text
         assert 'insider_cap_holds_total{action="wait"} 1.0' in text
         assert 'insider_send_attempts_total{outcome="deferred"} 1.0' in text
