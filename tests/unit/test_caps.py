@@ -23,6 +23,7 @@ from insider.domain import Category, Message, MessageStatus, Outcome, SendResult
 from insider.metrics import Metrics
 from insider.ports import RepositoryUnavailable
 from insider.sender import BatchSender, SenderOptions
+from insider.sending_hours import SendingHoursGate, SendingHoursPolicy
 from tests.unit.support import ProbedRepository
 from tests.unit.test_messages_api import open_api
 
@@ -86,6 +87,12 @@ def test_the_container_adds_the_cap_gate_only_with_a_cap(repo: ProbedRepository,
     [gate] = _consent_gates(settings(commercial_cap="3/24h", commercial_cap_action="suppress"), repo, clock, metrics)
     assert isinstance(gate, CapGate)
     assert (gate.cap, gate.action) == (FrequencyCap(3, 86400.0), "suppress")
+
+
+def test_the_sending_hours_come_before_the_cap(repo: ProbedRepository, clock: FakeClock) -> None:
+    both = settings(commercial_cap="3/24h", sending_hours="08:00-21:00")
+    gates = _consent_gates(both, repo, clock, Metrics(), SendingHoursPolicy.from_settings(both))
+    assert [type(g) for g in gates] == [SendingHoursGate, CapGate]
 
 
 # --- the decision --------------------------------------------------------------------------------
