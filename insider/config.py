@@ -16,9 +16,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from dotenv import dotenv_values
 
 from insider.caps import CAP_ACTIONS, FrequencyCap, parse_frequency_cap
-from insider.domain import Category, SendOrder, is_region
+from insider.domain import Category, SendOrder, content_error, is_region
 from insider.durations import format_duration as format_duration
 from insider.durations import parse_duration as parse_duration
+from insider.keywords import DEFAULT_OPT_IN, DEFAULT_OPT_OUT, Keywords, parse_keywords
 from insider.sending_hours import SendingHours, parse_categories, parse_sending_hours, parse_timezone
 
 if TYPE_CHECKING:
@@ -170,6 +171,11 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SENDING_HOURS": ("sending_hours", parse_sending_hours),
     "SENDING_HOURS_FOR": ("sending_hours_for", parse_categories),
     "DEFAULT_TIMEZONE": ("default_timezone", parse_timezone),
+    "OPT_OUT_KEYWORDS": ("opt_out_keywords", parse_keywords),
+    "OPT_IN_KEYWORDS": ("opt_in_keywords", parse_keywords),
+    "OPT_OUT_SCOPE": ("opt_out_scope", _choice("all", "commercial")),
+    "OPT_OUT_REPLY": ("opt_out_reply", _text),
+    "OPT_IN_REPLY": ("opt_in_reply", _text),
     "SEND_ORDER": ("send_order", _choice(*(o.value for o in SendOrder))),
     "COMMERCIAL_CAP": ("commercial_cap", parse_frequency_cap),
     "COMMERCIAL_CAP_ACTION": ("commercial_cap_action", _choice(*CAP_ACTIONS)),
@@ -263,6 +269,13 @@ class Settings:
     # deployment (None: no cap); one over it waits, or is suppressed (insider.caps).
     commercial_cap: FrequencyCap | None = None
     commercial_cap_action: str = "wait"
+    # Replies of these words (insider.keywords) suppress their sender (scope all or commercial) or lift it,
+    # and are answered with these confirmations (empty: none).
+    opt_out_keywords: tuple[str, ...] = DEFAULT_OPT_OUT
+    opt_in_keywords: tuple[str, ...] = DEFAULT_OPT_IN
+    opt_out_scope: str = "all"
+    opt_out_reply: str = ""
+    opt_in_reply: str = ""
 
     # PostgreSQL only: a statement running longer is cancelled by the server (0: no limit),
     # and TCP keepalives find a connection whose peer has silently gone.
@@ -382,6 +395,7 @@ def load_settings(
     settings = Settings(**values, from_original=tuple(taken.items()), ignored=ignored)
     if settings.retry_backoff_max_s < settings.retry_backoff_s:
         raise ConfigError("INSIDER_RETRY_BACKOFF_MAX: must not be below INSIDER_RETRY_BACKOFF")
+    _check_consent_replies(settings)
     if settings.providers_file:
         from insider.providers.config import Defaults, ProvidersFileError, load_providers_file
 
@@ -392,6 +406,18 @@ def load_settings(
             raise ConfigError(f"INSIDER_PROVIDERS_FILE: {exc}") from None
         settings = replace(settings, providers=providers)
     return settings
+
+
+def _check_consent_replies(settings: Settings) -> None:
+    """No word both opts out and opts in; a confirmation is a message the sender would send."""
+    try:
+        Keywords(settings.opt_out_keywords, settings.opt_in_keywords)
+    except ValueError as exc:
+        raise ConfigError(f"INSIDER_OPT_IN_KEYWORDS: {exc} (also in INSIDER_OPT_OUT_KEYWORDS)") from None
+    for name, text in (("OPT_OUT_REPLY", settings.opt_out_reply), ("OPT_IN_REPLY", settings.opt_in_reply)):
+        problem = content_error(text, settings.content_max_length, settings.max_segments) if text else None
+        if problem is not None:
+            raise ConfigError(f"{PREFIX}{name}: {problem}")
 
 
 # --- The original Go service's settings ------------------------------------------------------------
