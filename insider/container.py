@@ -26,6 +26,7 @@ from insider.metrics import CountsCache, Metrics
 from insider.ports import (
     CapStore,
     Clock,
+    InboundStore,
     MessageRepository,
     ProviderStore,
     ReceiptStore,
@@ -39,6 +40,7 @@ from insider.providers.switches import ProviderSwitches
 from insider.receipt_parsing import parse_receipts
 from insider.receipt_upkeep import ReceiptUpkeep
 from insider.receipt_writer import MAX_WRITERS, ReceiptWriter
+from insider.replies import Replies, bind_inbound
 from insider.sender import BatchSender, SenderOptions
 from insider.sending_hours import SendingHoursGate, SendingHoursPolicy
 from insider.simulator import ReceiptReporter, SimulatedSmsClient
@@ -157,11 +159,16 @@ def bind_receipts(
     return apply
 
 
+def _replies(repository: object, settings: Settings, metrics: Metrics) -> Replies | None:
+    """Replies to the repository, when it keeps them (an embedding program may bring one that does not)."""
+    return Replies.for_settings(repository, settings, metrics) if isinstance(repository, InboundStore) else None
+
+
 async def _file_clients(
-    config: ProvidersConfig, receipts: ReceiptWriter, clock: Clock
+    config: ProvidersConfig, receipts: ReceiptWriter, clock: Clock, replies: Replies | None, region: str
 ) -> AsyncIterator[dict[str, SmsClient]]:
     """Each provider of the file's client: an HTTP session each for the webhooks (closed on exit),
-    an SMPP bind each (which the supervisor runs), whose receipts name it."""
+    an SMPP bind each (which the supervisor runs), whose receipts and replies name it."""
     async with AsyncExitStack() as opened:
         clients: dict[str, SmsClient] = {}
         for spec in config.providers:
@@ -178,6 +185,7 @@ async def _file_clients(
                     window=spec.window,
                     timeout_s=spec.timeout_s,
                     receipts=bind_receipts(spec.name, receipts, clock),
+                    inbound=bind_inbound(spec.name, replies, region) if replies is not None else None,
                     system_type=spec.system_type,
                     clock=clock,
                 )
@@ -385,6 +393,9 @@ class Container(containers.DeclarativeContainer):
         simulator=providers.Singleton(_simulated_sms_client, sleep=clock.provided.sleep, reporter=simulated_receipts),
     )
 
+    # Replies (POST /api/v1/inbound, SMPP): stored, their keywords acted on, in the metrics.
+    replies = providers.Singleton(_replies, repository=repository, settings=settings, metrics=metrics)
+
     # Message counts for /metrics and the dashboard: one query per ttl_s, however many ask.
     counts = providers.Singleton(CountsCache, repository=repository, ttl_s=2.0, clock=clock)
     # INSIDER_SENDING_HOURS: one policy (and its cache of numbers' zones) for the API and the sender.
@@ -409,7 +420,14 @@ class Container(containers.DeclarativeContainer):
     provider_clients = providers.Selector(
         providers.Callable(_providers_source, settings),
         shorthand=providers.Singleton(_shorthand_client, config=providers_config, client=sms_client),
-        file=providers.Resource(_file_clients, config=providers_config, receipts=receipts, clock=clock),
+        file=providers.Resource(
+            _file_clients,
+            config=providers_config,
+            receipts=receipts,
+            clock=clock,
+            replies=replies,
+            region=settings.provided.default_region,
+        ),
     )
     dispatcher = providers.Singleton(
         _dispatcher,

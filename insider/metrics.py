@@ -33,6 +33,8 @@ BATCH_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 
 
 
 OUTCOMES = ("sent", "retry", "failed", "invalid", "expired", "throttled", "deferred", "suppressed")
+# What a reply asked for (insider.keywords.Action), or nothing.
+REPLY_ACTIONS = ("opt-out", "opt-in", "none")
 # insider_provider_breaker_state's values: one series per provider, not one per state.
 BREAKER_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 
@@ -164,6 +166,13 @@ class Metrics:
             registry=r,
         )
         self._cap_holds = {action: self.cap_holds.labels(action=action) for action in ("wait", "suppress")}
+        self.inbound_replies = Counter(
+            "insider_inbound_replies",
+            "Replies received (POST /api/v1/inbound, SMPP), by what they asked: opt-out, opt-in, none",
+            ["action"],
+            registry=r,
+        )
+        self._replies = {action: self.inbound_replies.labels(action=action) for action in REPLY_ACTIONS}
 
     def providers_configured(self, names: Iterable[str]) -> None:
         """Make every series of these providers, at 0, before their first request."""
@@ -239,6 +248,10 @@ class Metrics:
 
     def segments_sent(self, segments: int) -> None:
         self.segments_sent_total.inc(segments)
+
+    def reply_received(self, action: str | None) -> None:
+        """A reply was stored; ``action`` what its keyword asked for (None: no keyword)."""
+        self._replies[action or "none"].inc()
 
     def set_state(
         self,

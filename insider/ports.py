@@ -19,6 +19,7 @@ from insider.domain import (
     SendResult,
 )
 from insider.history import MAX_EVENTS, Event
+from insider.inbound import Inbound, Reply
 from insider.receipt_parsing import Receipt, ReceiptOutcome
 from insider.suppressions import (
     DEFAULT_REASON,
@@ -394,6 +395,47 @@ class ReceiptStore(Protocol):
 
     async def prune_events(self, older_than_s: float, limit: int) -> int:
         """Delete up to ``limit`` events older than ``older_than_s``; how many went."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedReply:
+    """What :meth:`InboundStore.record_inbound` did: the reply stored, or (``replayed``) the one stored
+    before with the same provider id, which nothing was done for again."""
+
+    reply: Reply
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyPage:
+    """One page of replies and the cursor of the next page (None on the last)."""
+
+    items: list[Reply]
+    next_cursor: str | None
+
+
+@runtime_checkable
+class InboundStore(Protocol):
+    """Replies (inbound messages) and what their keywords do to the suppression list; the SQL repositories are ones.
+
+    Every method raises RepositoryUnavailable when the database cannot be reached.
+    """
+
+    async def record_inbound(
+        self, inbound: Inbound, action: str | None, scope: str, confirmation: NewMessage | None
+    ) -> RecordedReply:
+        """Store a reply and do what it asks, in one transaction.
+
+        ``action`` ``opt-out``: its sender is suppressed for ``scope`` (``all`` or ``commercial``;
+        a wider suppression already there stays), reason ``opt-out``, source ``inbound``;
+        ``opt-in``: its sender's suppression goes. ``confirmation`` (a message to the sender,
+        never held back by a suppression) is queued with it. A reply whose provider and provider
+        id were stored before is that one (``replayed``): nothing is done again.
+        """
+
+    async def list_inbound(self, limit: int, cursor: str | None = None, from_phone: str | None = None) -> ReplyPage:
+        """Replies, newest first; ``from_phone`` (E.164) keeps those of one sender. Keyset pagination:
+        ``cursor`` is the ``next_cursor`` of the previous page (InvalidCursor when it is not one)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,3 +143,28 @@ def decode_suppression_cursor(cursor: str) -> tuple[datetime, str]:
     if listing != SUPPRESSIONS:
         raise InvalidCursor("cursor belongs to another listing")
     return in_utc, phone
+
+
+def encode_id_cursor(listing: str, row_id: int) -> str:
+    """A cursor of a listing ordered by id alone (newest first): the last id of a page."""
+    raw = json.dumps([listing, row_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_id_cursor(cursor: str, listing: str) -> int:
+    """The id after which the next page of ``listing`` starts; InvalidCursor if forged or another listing's."""
+    if len(cursor) > MAX_CURSOR_LENGTH:
+        raise InvalidCursor(_FORGED)
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        decoded: Any = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, TypeError, binascii.Error, RecursionError):
+        raise InvalidCursor(_FORGED) from None
+    if not (isinstance(decoded, list) and len(decoded) == 2):
+        raise InvalidCursor(_FORGED)
+    value, row_id = decoded
+    if type(row_id) is not int or not 1 <= row_id <= MAX_ID:
+        raise InvalidCursor(_FORGED)
+    if value != listing:
+        raise InvalidCursor("cursor belongs to another listing")
+    return row_id

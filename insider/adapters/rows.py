@@ -24,6 +24,7 @@ from insider.domain import (
     storable_text,
 )
 from insider.history import Event
+from insider.inbound import Reply
 from insider.ports import LoadedFile
 from insider.receipt_parsing import Receipt, ReceiptOutcome, ReceiptResult
 
@@ -63,6 +64,22 @@ def new_message_row(m: NewMessage, time: Time) -> dict[str, Any]:
         "next_attempt_at": time(m.wait_until) if m.wait_until is not None else None,
         "wait_reason": m.wait_reason if m.wait_until is not None else None,
     }
+
+
+def reply_from_row(row: Row, timestamp: Timestamp) -> Reply:
+    """The Reply of a row of insider_inbound."""
+    received_at = timestamp(row["received_at"])
+    assert received_at is not None  # NOT NULL in the schema
+    return Reply(
+        id=row["id"],
+        from_phone=row["from_phone"],
+        text=row["text"],
+        received_at=received_at,
+        action=row["action"],
+        to_phone=row["to_phone"],
+        provider=row["provider"],
+        provider_message_id=row["provider_message_id"],
+    )
 
 
 def message_from_row(row: Row, timestamp: Timestamp) -> Message:

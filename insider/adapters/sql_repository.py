@@ -9,7 +9,15 @@ from typing import Any, Final, TypeVar, cast
 
 import orjson
 
-from insider.adapters.cursor import decode_suppression_cursor, encode_suppression_cursor, page_of, page_query
+from insider.adapters.cursor import (
+    MAX_ID,
+    decode_id_cursor,
+    decode_suppression_cursor,
+    encode_id_cursor,
+    encode_suppression_cursor,
+    page_of,
+    page_query,
+)
 from insider.adapters.rows import (
     Applied,
     Row,
@@ -21,6 +29,7 @@ from insider.adapters.rows import (
     message_from_row,
     new_message_row,
     provider_ids,
+    reply_from_row,
 )
 from insider.clock import SystemClock
 from insider.consent import WAIT_REASONS
@@ -34,6 +43,7 @@ from insider.domain import (
     ensure_storable,
 )
 from insider.history import MAX_EVENTS, Event
+from insider.inbound import Inbound
 from insider.ports import (
     Clock,
     Enqueued,
@@ -46,6 +56,8 @@ from insider.ports import (
     Page,
     ProviderState,
     ProviderTotals,
+    RecordedReply,
+    ReplyPage,
     WaitingReport,
 )
 from insider.receipt_parsing import Receipt, ReceiptOutcome
@@ -60,6 +72,9 @@ from insider.suppressions import (
 )
 
 T = TypeVar("T")
+
+# The listing of replies tags its cursors so.
+_REPLIES: Final = "inbound"
 
 # One statement of a flow: the name of a query in the dialect's queries.sql, and its parameters.
 Statement = tuple[str, Mapping[str, Any]]
@@ -513,3 +528,46 @@ class SqlMessageRepository(abc.ABC):
     async def count_suppressions(self) -> int:
         rows = await self._rows("suppression_count")
         return int(rows[0]["n"])
+
+    async def record_inbound(
+        self, inbound: Inbound, action: str | None, scope: str, confirmation: NewMessage | None
+    ) -> RecordedReply:
+        if confirmation is not None:
+            ensure_storable(recipient_phone=confirmation.recipient_phone, content=confirmation.content)
+        return await self._run(self._record_inbound(inbound, action, scope, confirmation), atomic=True)
+
+    def _record_inbound(
+        self, inbound: Inbound, action: str | None, scope: str, confirmation: NewMessage | None
+    ) -> Flow[RecordedReply]:
+        """The reply first (a provider's id seen before: that reply, nothing else), then the suppression
+        list, then the confirmation, as enqueue stores it: one transaction."""
+        now = self._now()
+        reply = {
+            "from_phone": inbound.from_phone,
+            "to_phone": inbound.to_phone,
+            "text": inbound.text,
+            "provider": inbound.provider,
+            "provider_message_id": inbound.provider_message_id,
+            "action": action,
+        }
+        rows = yield "inbound_record", reply | now
+        if not rows:
+            [stored] = yield "inbound_stored", reply
+            return RecordedReply(reply_from_row(stored, self._timestamp), replayed=True)
+        if action == "opt-out":
+            yield "inbound_opt_out", {"phone": inbound.from_phone, "scope": scope, **now}
+        elif action == "opt-in":
+            yield "inbound_opt_in", {"phone": inbound.from_phone}
+        if confirmation is not None:
+            yield from self._enqueue([confirmation], None)
+        return RecordedReply(reply_from_row(rows[0], self._timestamp))
+
+    async def list_inbound(self, limit: int, cursor: str | None = None, from_phone: str | None = None) -> ReplyPage:
+        before = decode_id_cursor(cursor, _REPLIES) if cursor is not None else MAX_ID
+        params: dict[str, Any] = {"before": before, "limit": limit + 1}
+        if from_phone is not None:
+            params["from_phone"] = from_phone
+        rows = await self._rows("inbound_list_from" if from_phone is not None else "inbound_list", params)
+        items = [reply_from_row(row, self._timestamp) for row in rows[:limit]]
+        more = len(rows) > limit and items
+        return ReplyPage(items, encode_id_cursor(_REPLIES, items[-1].id) if more else None)

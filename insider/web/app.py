@@ -16,7 +16,7 @@ from insider.domain import mask_phone
 from insider.logs import get_logger
 from insider.ports import InvalidCursor, RepositoryUnavailable
 from insider.supervisor import SupervisorClosed
-from insider.web import messages, original, probes, providers, receipts, sending, suppressions
+from insider.web import inbound, messages, original, probes, providers, receipts, sending, suppressions
 from insider.web.access_log import QuerySecretsMasked
 from insider.web.guard import GUARD, BrowserGuard, browser_checks
 from insider.web.openapi import (
@@ -27,7 +27,14 @@ from insider.web.openapi import (
     serve_swagger,
 )
 from insider.web.original import original_error
-from insider.web.paths import DELIVERY_REPORTS_PATH, OPEN_API_PATHS, guarded, is_original
+from insider.web.paths import (
+    DELIVERY_REPORTS_PATH,
+    INBOUND_PATH,
+    OPEN_API_OPERATIONS,
+    OPEN_API_PATHS,
+    guarded,
+    is_original,
+)
 from insider.web.responses import error_response
 from insider.web.server import (
     LIMITS,
@@ -151,7 +158,7 @@ def _protected(request: web.Request) -> bool:
     """
     resource = request.match_info.route.resource
     paths = (request.path, resource.canonical if resource is not None else "")
-    if any(p in OPEN_API_PATHS for p in paths):
+    if any(p in OPEN_API_PATHS or (request.method, p) in OPEN_API_OPERATIONS for p in paths):
         return False
     return any(guarded(p) for p in paths)
 
@@ -189,12 +196,15 @@ def _takes_json(request: web.Request) -> bool:
 
 @web.middleware
 async def require_receipts_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The receipts endpoint's own refusals, before its body is read: receipts off (404), no or a wrong
-    INSIDER_DLR_TOKEN (401), a body neither JSON nor a form (415)."""
+    """The refusals of the endpoints a provider posts to (receipts, replies), before the body is read: off (404),
+    no or a wrong INSIDER_DLR_TOKEN (401), a body neither JSON nor a form (415), an unknown ``?provider=`` (422)."""
+    refused = None
     if request.match_info.handler is receipts.delivery_reports:
         refused = receipts.receipts_refusal(request)
-        if refused is not None:
-            return refused
+    elif request.match_info.handler is inbound.receive_inbound:
+        refused = inbound.inbound_refusal(request)
+    if refused is not None:
+        return refused
     return await handler(request)
 
 
@@ -238,6 +248,7 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
                 dispatcher=await resolve(container.dispatcher),
                 switches=await resolve(container.provider_switches),
                 sending_hours=await resolve(container.sending_hours),
+                replies=await resolve(container.replies),
             )
         )
         try:
@@ -307,6 +318,8 @@ def create_app(container: Container, *, autostart: bool | None = None, wait_for_
     )
     app.router.add_get(r"/api/v1/messages/{id:[0-9]+}/events", messages.message_events, allow_head=False)
     app.router.add_post(DELIVERY_REPORTS_PATH, receipts.delivery_reports, expect_handler=expect_continue)
+    app.router.add_post(INBOUND_PATH, inbound.receive_inbound, expect_handler=expect_continue)
+    app.router.add_get(INBOUND_PATH, inbound.list_inbound, allow_head=False)
     app.router.add_post(
         f"/api/v1/messages/{{uuid:{UUID_PATTERN}}}/cancel",
         messages.cancel_message_by_uuid,

@@ -10,7 +10,8 @@ from aiohttp import web
 from aiohttp_apispec import setup_aiohttp_apispec
 
 from insider import __version__
-from insider.web.paths import DELIVERY_REPORTS_PATH, OPEN_API_PATHS, guarded, is_original
+from insider.web.inbound_schemas import INBOUND_DEFINITION
+from insider.web.paths import DELIVERY_REPORTS_PATH, OPEN_API_OPERATIONS, OPEN_API_PATHS, guarded, is_original
 from insider.web.receipts import DLR_AUTH_HEADER
 from insider.web.schemas import RECEIPT_DEFINITION
 
@@ -92,6 +93,15 @@ def document_security(spec: dict[str, Any], token_required: bool, dlr_token_set:
     The receipts endpoint has its own token (INSIDER_DLR_TOKEN), described only when it is set.
     """
     spec.setdefault("definitions", {})["Receipt"] = RECEIPT_DEFINITION
+    spec["definitions"]["Inbound"] = INBOUND_DEFINITION
+    # A provider's POSTs carry INSIDER_DLR_TOKEN: the receipts, and the replies.
+    dlr_operations = [*spec.get("paths", {}).get(DELIVERY_REPORTS_PATH, {}).values()]
+    dlr_operations += [
+        operation
+        for method, path in OPEN_API_OPERATIONS
+        for name, operation in spec.get("paths", {}).get(path, {}).items()
+        if name == method.lower()
+    ]
     schemes: dict[str, Any] = {}
     if dlr_token_set:
         schemes[DLR_SECURITY_SCHEME] = {
@@ -106,7 +116,7 @@ def document_security(spec: dict[str, Any], token_required: bool, dlr_token_set:
             "name": "token",
             "description": "INSIDER_DLR_TOKEN as a query parameter, for providers that only take a URL",
         }
-        for operation in spec.get("paths", {}).get(DELIVERY_REPORTS_PATH, {}).values():
+        for operation in dlr_operations:
             operation["security"] = [{DLR_SECURITY_SCHEME: []}, {DLR_QUERY_SECURITY_SCHEME: []}]
     if token_required:
         schemes[SECURITY_SCHEME] = {
@@ -129,7 +139,9 @@ def document_security(spec: dict[str, Any], token_required: bool, dlr_token_set:
         if path in OPEN_API_PATHS:
             continue
         if guarded(path):
-            for operation in operations.values():
+            for method, operation in operations.items():
+                if (method.upper(), path) in OPEN_API_OPERATIONS:
+                    continue
                 operation["security"] = [{SECURITY_SCHEME: []}]
                 refused = original_unauthorized if is_original(path) else unauthorized
                 operation.setdefault("responses", {})["401"] = refused

@@ -8,8 +8,12 @@ API_PREFIX = "/api/v1"
 # The original Go service's routes: GET /messages, /messages/start, /messages/stop.
 ORIGINAL_PREFIX = "/messages"
 DELIVERY_REPORTS_PATH = "/api/v1/delivery-reports"
+INBOUND_PATH = "/api/v1/inbound"
 # Under /api/v1 but not guarded by INSIDER_API_TOKEN: they have a token of their own.
 OPEN_API_PATHS = frozenset({DELIVERY_REPORTS_PATH})
+# Operations (method, path) of that kind on a path whose other operations the token guards: a provider
+# posts replies with the receipts' token; listing them is the API's.
+OPEN_API_OPERATIONS = frozenset({("POST", INBOUND_PATH)})
 
 
 def guarded(path: str) -> bool:

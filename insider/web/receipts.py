@@ -55,11 +55,18 @@ def _provider_problem(request: web.Request) -> str | None:
 def receipts_refusal(request: web.Request) -> web.Response | None:
     """Why POST /api/v1/delivery-reports is refused on its head alone (receipts off, no or a wrong token, a body
     neither JSON nor a form, a provider not configured), or None; judged before its body is read."""
+    return provider_post_refusal(
+        request, "delivery receipts are off: set INSIDER_DLR_TOKEN to turn on POST /api/v1/delivery-reports"
+    )
+
+
+def provider_post_refusal(request: web.Request, off: str) -> web.Response | None:
+    """Why a provider's POST (receipts, replies) is refused on its head alone: ``off`` (404) without
+    INSIDER_DLR_TOKEN, no or a wrong token (401), a body neither JSON nor a form (415), a ``?provider=``
+    not configured (422); or None."""
     dlr_token = services(request).settings.dlr_token
     if not dlr_token:
-        return error_response(
-            404, "delivery receipts are off: set INSIDER_DLR_TOKEN to turn on POST /api/v1/delivery-reports"
-        )
+        return error_response(404, off)
     given = request.headers.get(DLR_AUTH_HEADER)
     if given is None:
         given = request.query.get("token")

@@ -12,6 +12,7 @@ from insider.ports import Clock, MessageRepository, SentCache
 from insider.providers.dispatch import Dispatcher
 from insider.providers.switches import ProviderSwitches
 from insider.receipt_writer import ReceiptWriter
+from insider.replies import Replies
 from insider.sending_hours import SendingHoursPolicy
 from insider.supervisor import Supervisor
 
@@ -31,6 +32,7 @@ class Services:
     dispatcher: Dispatcher  # the providers, their routes and their state in this process
     switches: ProviderSwitches | None  # None: the repository keeps no provider switches
     sending_hours: SendingHoursPolicy | None = None  # INSIDER_SENDING_HOURS; None: any hour
+    replies: Replies | None = None  # None: the repository keeps no replies
 
 
 class AppServices:

@@ -879,4 +879,44 @@ LIMIT %(limit)s
 SELECT phone, scope, reason, source, created_at FROM insider_suppressions
 WHERE phone = %(to)s AND (created_at, phone) < (%(key)s, %(phone)s)
 ORDER BY created_at DESC, phone DESC
+
+-- inbound_record --
+-- Store a reply; one whose provider and provider id were stored before is not stored again.
+INSERT INTO insider_inbound (from_phone, to_phone, text, provider, provider_message_id, action, received_at)
+VALUES (%(from_phone)s, %(to_phone)s, %(text)s, %(provider)s, %(provider_message_id)s, %(action)s, now())
+ON CONFLICT ((coalesce(provider, '')), provider_message_id) WHERE provider_message_id IS NOT NULL DO NOTHING
+RETURNING id, from_phone, to_phone, text, provider, provider_message_id, action, received_at
+
+-- inbound_stored --
+-- The reply stored before with this provider and provider id.
+SELECT id, from_phone, to_phone, text, provider, provider_message_id, action, received_at
+FROM insider_inbound
+WHERE coalesce(provider, '') = coalesce(%(provider)s, '') AND provider_message_id = %(provider_message_id)s
+
+-- inbound_opt_out --
+-- A reply's opt-out keyword: its sender suppressed (a suppression of every message stays one).
+INSERT INTO insider_suppressions (phone, scope, reason, source, created_at)
+VALUES (%(phone)s, %(scope)s, 'opt-out', 'inbound', now())
+ON CONFLICT (phone) DO UPDATE
+SET scope = CASE WHEN insider_suppressions.scope = 'all' THEN 'all' ELSE EXCLUDED.scope END,
+    reason = EXCLUDED.reason, source = EXCLUDED.source, created_at = EXCLUDED.created_at
+
+-- inbound_opt_in --
+-- A reply's opt-in keyword: its sender's suppression lifted.
+DELETE FROM insider_suppressions WHERE phone = %(phone)s
+
+-- inbound_list --
+-- A page of replies, newest first, after the cursor's id (or from the newest).
+SELECT id, from_phone, to_phone, text, provider, provider_message_id, action, received_at
+FROM insider_inbound
+WHERE id < %(before)s
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- inbound_list_from --
+-- A page of one sender's replies, newest first.
+SELECT id, from_phone, to_phone, text, provider, provider_message_id, action, received_at
+FROM insider_inbound
+WHERE from_phone = %(from_phone)s AND id < %(before)s
+ORDER BY id DESC
 LIMIT %(limit)s
