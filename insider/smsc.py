@@ -9,7 +9,8 @@ receipt (``registered_delivery``) gets one as a ``deliver_sm`` after the receipt
 it came from or, when that one is gone, another of the same ``system_id``; a receipt the
 ESME refuses (an error ``deliver_sm_resp``) or that finds no session is tried twice more, a
 second apart, then counted lost. ``set_down(True)`` stops listening and drops every bind
-(an SMSC that is down); ``set_down(False)`` listens again.
+(an SMSC that is down); ``set_down(False)`` listens again. :meth:`SimulatedSmsc.reply` plays a
+handset's reply: a ``deliver_sm`` that is no receipt, to a bound ESME.
 
 smpp34's server accepts every bind and does not show the password, so only the
 ``system_id`` can be checked: a bind with another one is dropped at once.
@@ -56,7 +57,11 @@ SMSC_COUNTS: Final = (
     "receiptsSent",
     "receiptsRefused",
     "receiptsLost",
+    "repliesSent",
 )
+# A handset's reply: GSM 7-bit when the default alphabet has it, else UCS-2.
+DATA_CODING_GSM7: Final = 0x00
+DATA_CODING_UCS2: Final = 0x08
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +225,31 @@ class SimulatedSmsc:
         handle = asyncio.get_running_loop().call_later(delay, answer)
         self._answers.add(handle)
 
+    async def reply(self, sender: str, to: str, text: str) -> bool:
+        """A handset's reply from ``sender`` (E.164) to ``to``, as a deliver_sm (no receipt) to a bound ESME;
+        whether one took it."""
+        try:
+            body, coding = text.encode("gsm03.38"), DATA_CODING_GSM7
+        except UnicodeEncodeError:
+            body, coding = text.encode("utf-16-be"), DATA_CODING_UCS2
+        for esme in list(self._sessions.values()):
+            try:
+                response = await esme.deliver_sm(
+                    to,
+                    body,
+                    source_addr=sender.removeprefix("+"),
+                    source_addr_ton=1 if sender.startswith("+") else 0,
+                    source_addr_npi=1,
+                    data_coding=coding,
+                )
+            except smpp34.SmppError:
+                continue
+            if response.command_status == 0:
+                self.counts["repliesSent"] += 1
+                log.info("simulated reply sent as deliver_sm", sender=mask_phone(sender), length=len(text))
+                return True
+        return False
+
     async def _send_receipts(self, receipts: list[dict[str, Any]]) -> None:
         """The reporter's sink: each receipt as a deliver_sm, tried again a second apart when refused."""
         waiting = [r for r in receipts if r["messageId"] in self._submitted]
@@ -297,9 +327,25 @@ async def _up(request: web.Request) -> web.Response:
     return await _state(request)
 
 
+async def _reply(request: web.Request) -> web.Response:
+    """``{"from", "to"?, "text"}``: a handset's reply sent to a bound ESME (409 when none took it)."""
+    try:
+        body = await request.json()
+        sender, to, text = body["from"], body.get("to", "INSIDER"), body["text"]
+        if not all(isinstance(v, str) for v in (sender, to, text)):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return web.json_response({"error": 'the body must be {"from", "to"?, "text"}, strings'}, status=400)
+    if not await request.app[SMSC].reply(sender, to, text):
+        return web.json_response({"error": "no bound ESME took the reply"}, status=409)
+    return await _state(request)
+
+
 def add_smsc_routes(app: web.Application, smsc: SimulatedSmsc) -> None:
-    """``GET /smsc`` (state and counts), ``POST /smsc/down`` and ``POST /smsc/up`` on the simulator's app."""
+    """``GET /smsc`` (state and counts), ``POST /smsc/down``, ``POST /smsc/up`` and ``POST /smsc/replies``
+    on the simulator's app."""
     app[SMSC] = smsc
+    app.router.add_post("/smsc/replies", _reply)
     app.router.add_get("/smsc", _state, allow_head=False)
     app.router.add_post("/smsc/down", _down)
     app.router.add_post("/smsc/up", _up)

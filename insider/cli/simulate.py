@@ -188,7 +188,8 @@ def _smsc_lines(args: argparse.Namespace, base_url: str, receipts: ReceiptOption
         f"system_id {system_id}, password not checked)",
         f"            answers as above (ESME_RTHROTTLED, ESME_RSYSERR); receipts as deliver_sm after {delay}, "
         f"{receipts.undelivered_rate:.0%} undelivered",
-        f"            GET {base_url}/smsc; POST {base_url}/smsc/down refuses binds, POST {base_url}/smsc/up again",
+        f"            GET {base_url}/smsc; POST {base_url}/smsc/down refuses binds, POST {base_url}/smsc/up again; "
+        f'POST {base_url}/smsc/replies {{"from", "text"}} sends a handset\'s reply',
         f'Bind to it: an smpp provider with host = "{display_host(args.host)}", port = {args.smpp_port}, '
         f'system_id = "{args.smpp_system_id or "insider"}", any password of up to 8 characters',
     ]

@@ -83,6 +83,7 @@ async def test_the_simulated_smsc_binds_takes_messages_and_sends_receipts(
         "receiptsSent": 2,  # one per message: asked on the last part only
         "receiptsRefused": 0,
         "receiptsLost": 0,
+        "repliesSent": 0,
     }
     simulator.process.send_signal(signal.SIGTERM)
     assert simulator.process.wait(timeout=20) == 0
