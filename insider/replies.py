@@ -90,12 +90,23 @@ class Replies:
 
 def bind_inbound(provider: str, replies: Replies, region: str) -> Callable[[dict[str, Any]], Awaitable[None]]:
     """The inbound callback of ``provider``'s SMPP bind: a handset's reply ``{"from", "to", "text"}``, named as
-    the provider's, to ``replies``. One that cannot be taken (a sender that is no phone number) is logged and
-    dropped; a database that is down raises (the bind hands it again, with backoff)."""
+    the provider's, to ``replies``.
+
+    A sender without its ``+`` (an SMSC that does not say its number is international) is read
+    in ``region``, else as an international number's digits. One that cannot be taken (a sender
+    that is no phone number) is logged and dropped; a database that is down raises (the bind
+    hands it again, with backoff).
+    """
 
     async def take(message: dict[str, Any]) -> None:
         try:
-            inbound = parse_inbound(message, region, provider=provider)
+            try:
+                inbound = parse_inbound(message, region, provider=provider)
+            except InvalidInbound:
+                sender = message.get("from")
+                if not (isinstance(sender, str) and sender.isdigit()):
+                    raise
+                inbound = parse_inbound(message | {"from": "+" + sender}, region, provider=provider)
         except InvalidInbound as exc:
             log.warning(
                 "SMPP reply that cannot be taken; acknowledged and dropped",
