@@ -68,7 +68,9 @@ class Replies:
         """
         action = self.keywords.action(inbound.text)
         text = self._confirmations[action] if action is not None else ""
-        confirmation = NewMessage.of(inbound.from_phone, text, category=Category.TRANSACTIONAL) if text else None
+        confirmation = None
+        if text:
+            confirmation = NewMessage.of(inbound.from_phone, text, category=Category.TRANSACTIONAL, consent_reply=True)
         recorded = await self._store.record_inbound(inbound, action, self._scope, confirmation)
         reply = recorded.reply
         log.info(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Generator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar, cast
@@ -534,6 +535,7 @@ class SqlMessageRepository(abc.ABC):
     ) -> RecordedReply:
         if confirmation is not None:
             ensure_storable(recipient_phone=confirmation.recipient_phone, content=confirmation.content)
+            confirmation = dataclasses.replace(confirmation, consent_reply=True)  # past the suppression it records
         return await self._run(self._record_inbound(inbound, action, scope, confirmation), atomic=True)
 
     def _record_inbound(

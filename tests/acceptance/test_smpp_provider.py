@@ -234,3 +234,37 @@ async def test_the_smsc_going_down_and_up_loses_nothing(
         assert all("not bound" in (e["error"] or "") for e in history[:-2])
     events = [e["event"] for e in log_events(service.log())]
     assert "SMPP bind down; binding again with backoff" in events and "SMPP bound again" in events
+
+
+async def test_a_handsets_reply_through_the_smsc_is_stored_under_the_provider_and_its_stop_suppresses(
+    start_service: Callable[..., Service], session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    smsc = await _smsc(start_service, session, "--dlr-delay", "100ms")
+    service = await _service(start_service, session, tmp_path, smsc)
+
+    async def bound() -> bool:
+        return bool((await smsc.state())["binds"] == 1)
+
+    await eventually(bound, what="the bind")
+    for text in ("Evet, geliyorum 👍", "ıptal"):
+        async with session.post(smsc.simulator.base_url + "/smsc/replies", json={"from": PHONE, "text": text}) as sent:
+            assert sent.status == 200, await sent.text()
+
+    async def replies() -> list[dict[str, Any]]:
+        async with session.get(service.base_url + "/api/v1/inbound") as response:
+            assert response.status == 200
+            return list((await response.json())["data"])
+
+    async def both_stored() -> bool:
+        return len(await replies()) == 2
+
+    await eventually(both_stored, what="both replies stored")
+    stored = await replies()
+    assert [(r["from"], r["to"], r["text"], r["action"], r["provider"]) for r in stored] == [
+        (PHONE, "INSIDER", "ıptal", "opt-out", "carrier"),
+        (PHONE, "INSIDER", "Evet, geliyorum 👍", None, "carrier"),
+    ]
+    message_id = await _queue(session, service, SHORT)
+    assert (await _message(session, service, message_id))["status"] == "suppressed"
+    assert (await smsc.state())["counts"]["accepted"] == 0
+    assert PHONE not in service.log()
