@@ -6,6 +6,7 @@ import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -34,6 +35,8 @@ class Api:
     client: TestClient[Any, Any]
     repository: SqliteMessageRepository
     container: Container
+    clock: FakeClock
+    sms: InMemorySmsClient
 
     async def post(self, body: Any, *, token: str | None = TOKEN, **kwargs: Any) -> tuple[int, Any]:
         headers = {"x-ins-auth-key": token} if token is not None else {}
@@ -78,15 +81,16 @@ async def open_api(**settings: str) -> AsyncIterator[Api]:
     }
     env |= {f"INSIDER_{k.upper()}": v for k, v in settings.items()}
     container = Container(settings=load_settings(env, env_file=None))
-    container.clock.override(FakeClock())
-    container.sms_client.override(InMemorySmsClient())
+    clock, sms = FakeClock(), InMemorySmsClient()
+    container.clock.override(clock)
+    container.sms_client.override(sms)
     container.cache.override(InMemorySentCache())
     client: TestClient[Any, Any] = TestClient(TestServer(create_app(container)))
     await client.start_server()
     try:
         repository = await resolve(container.repository)
         assert isinstance(repository, SqliteMessageRepository)
-        yield Api(client, repository, container)
+        yield Api(client, repository, container, clock, sms)
     finally:
         await client.close()
 
@@ -190,6 +194,32 @@ async def test_the_confirmation_is_a_transactional_consent_reply_that_no_suppres
         await api.post({"from": PHONE, "text": "Başla"})
         page = await api.repository.list_messages(MessageStatus.PENDING, 10)
         assert [(m.content, m.consent_reply) for m in page.items] == [(back, True), (out, True)]
+
+
+async def test_each_keyword_reply_is_confirmed_and_only_the_confirmations_reach_the_provider() -> None:
+    async with open_api(opt_out_reply="Bye", opt_in_reply="Hi") as api:
+        supervisor = await resolve(api.container.supervisor)
+        scheduled = await api.repository.enqueue(
+            PHONE, "tomorrow's offer", send_at=api.clock.now() + timedelta(hours=1)
+        )
+        for text in ("STOP", "stop"):  # two replies (no provider id): each confirmed
+            await api.post({"from": PHONE, "text": text})
+        await api.client.post(URL, json={"from": PHONE, "text": "x"}, headers={"x-ins-auth-key": TOKEN})
+        await api.clock.advance(3600)
+        for _ in range(3):
+            await supervisor.run_once()
+        # The message scheduled before the opt-out is suppressed when its time comes, never sent.
+        assert [(r.to, r.content) for r in api.sms.requests] == [(PHONE, "Bye"), (PHONE, "Bye")]
+        suppressed = await api.repository.get(scheduled.id)
+        assert suppressed is not None and suppressed.status is MessageStatus.SUPPRESSED
+        assert suppressed.suppression_reason == "opt-out"
+        await api.post({"from": PHONE, "text": "START"})
+        later = await api.repository.enqueue(PHONE, "a new offer")
+        await supervisor.run_once()
+        await supervisor.run_once()
+        assert sorted(r.content for r in api.sms.requests[2:]) == ["Hi", "a new offer"]
+        sent = await api.repository.get(later.id)
+        assert sent is not None and sent.status is MessageStatus.SENT
 
 
 async def test_no_confirmation_without_its_text_nor_for_other_replies() -> None:
