@@ -113,7 +113,7 @@ class SmppDeliveries:
                 wait_s = min(CALLBACK_RETRY_MAX_S, CALLBACK_RETRY_S * 2.0 ** min(failures - 1, 30))
                 if failures == 1:
                     log.warning(
-                        "SMPP receipts not written; trying again with backoff",
+                        "SMPP receipts or replies not written; trying again with backoff",
                         provider=self.name,
                         held=len(self._unwritten),
                         error=f"{type(exc).__name__}: {exc}",
@@ -121,7 +121,7 @@ class SmppDeliveries:
                 await self._clock.sleep(wait_s)
                 continue
             if failures:
-                log.info("SMPP receipts written again", provider=self.name)
+                log.info("SMPP receipts or replies written again", provider=self.name)
             failures = 0
 
     async def _hand_over(self) -> None:

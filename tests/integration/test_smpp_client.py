@@ -497,3 +497,27 @@ async def test_finish_lets_the_submits_in_flight_be_answered_first(
 
     assert (await send).outcome is Outcome.SENT
     await bind.stop()
+
+
+async def test_a_reply_the_inbound_callback_could_not_write_is_handed_again_with_backoff(
+    smsc: SmscPeer, binds: Callable[..., Awaitable[Bind]], clock: FakeClock
+) -> None:
+    got: list[str] = []
+    healthy = False
+
+    async def inbound(message: dict[str, Any]) -> None:
+        if not healthy:
+            raise RuntimeError("database down")
+        got.append(message["text"])
+
+    await binds(smsc.port, inbound=inbound)
+    with capture_logs() as logs:
+        assert await smsc.deliver(b"STOP") == 0  # acknowledged at once, written later
+        await eventually(lambda: clock.sleepers > 0, what="the backoff")
+    assert got == []
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "SMPP receipts or replies not written; trying again with backoff"
+    ]
+    healthy = True
+    await clock.advance(1.0)
+    await eventually(lambda: got == ["STOP"], what="the reply written")
