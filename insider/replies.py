@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from insider.config import Settings
-from insider.domain import Category, NewMessage, mask_phone
+from insider.domain import MAX_PRIORITY, Category, NewMessage, mask_phone
 from insider.inbound import Inbound, InvalidInbound, parse_inbound
 from insider.keywords import Action, Keywords
 from insider.logs import get_logger
@@ -69,8 +69,15 @@ class Replies:
         action = self.keywords.action(inbound.text)
         text = self._confirmations[action] if action is not None else ""
         confirmation = None
-        if text:
-            confirmation = NewMessage.of(inbound.from_phone, text, category=Category.TRANSACTIONAL, consent_reply=True)
+        if text:  # an answer to what the sender just wrote: at once, first in the queue, at any hour
+            confirmation = NewMessage.of(
+                inbound.from_phone,
+                text,
+                priority=MAX_PRIORITY,
+                category=Category.TRANSACTIONAL,
+                respect_sending_hours=False,
+                consent_reply=True,
+            )
         recorded = await self._store.record_inbound(inbound, action, self._scope, confirmation)
         reply = recorded.reply
         log.info(

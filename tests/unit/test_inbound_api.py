@@ -191,6 +191,7 @@ async def test_the_confirmation_is_a_transactional_consent_reply_that_no_suppres
         [confirmation] = page.items
         assert (confirmation.recipient_phone, confirmation.content) == (PHONE, out)
         assert confirmation.category is Category.TRANSACTIONAL and confirmation.consent_reply
+        assert (confirmation.priority, confirmation.respect_sending_hours) == (9, False)
         await api.post({"from": PHONE, "text": "Başla"})
         page = await api.repository.list_messages(MessageStatus.PENDING, 10)
         assert [(m.content, m.consent_reply) for m in page.items] == [(back, True), (out, True)]

@@ -68,6 +68,8 @@ async def test_a_keyword_is_recorded_with_its_action_scope_and_confirmation() ->
     assert bye is not None and hi is not None
     assert (bye.recipient_phone, bye.content, bye.category) == (PHONE, "Bye", Category.TRANSACTIONAL)
     assert bye.consent_reply and hi.consent_reply and hi.content == "Hi again"
+    # An answer to what the sender just wrote: first in the queue, and at any hour.
+    assert (bye.priority, bye.respect_sending_hours) == (9, False)
 
 
 async def test_no_confirmation_text_means_none_queued() -> None:
