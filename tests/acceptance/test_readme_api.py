@@ -93,6 +93,19 @@ def _twice(
     return send
 
 
+def _twice_taken(
+    send: Callable[[Client, Path], Awaitable[ClientResponse]],
+) -> Callable[[Client, Path], Awaitable[ClientResponse]]:
+    """``send`` taken (``201``), then again; the second answer is the one checked."""
+
+    async def again(client: Client, database: Path) -> ClientResponse:
+        first = await send(client, database)
+        assert first.status == 201, await first.text()
+        return await send(client, database)
+
+    return again
+
+
 def _while_shutting_down(
     send: Callable[[Client, Path], Awaitable[ClientResponse]],
 ) -> Callable[[Client, Path], Awaitable[ClientResponse]]:
@@ -142,6 +155,10 @@ RECEIPT = {"messageId": "3f1c0e4e-8d7e-4a8a-9a35-2f3c8f5b2a10", "status": "DELIV
 
 MESSAGES = "/api/v1/messages"
 PROVIDERS = "/api/v1/providers"
+INBOUND = "/api/v1/inbound"
+REPLY = {"from": "+905301234567", "text": "STOP"}
+DLR = {"x-ins-auth-key": DLR_TOKEN}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 # (method, path as the README writes it) -> status code -> the ways to reach it.
 RECIPES: dict[tuple[str, str], dict[int, list[Recipe]]] = {
     ("GET", MESSAGES): {
@@ -296,6 +313,35 @@ RECIPES: dict[tuple[str, str], dict[int, list[Recipe]]] = {
                 fields=True,
             )
         ],
+    },
+    ("POST", INBOUND): {
+        201: [
+            Recipe(post(INBOUND, json=REPLY, headers=DLR), service="dlr"),
+            Recipe(
+                post(INBOUND, data={"From": "+905301234567", "Body": "Başla"}, params={"token": DLR_TOKEN}),
+                service="dlr",
+            ),
+        ],
+        200: [Recipe(_twice_taken(post(INBOUND, json=REPLY | {"messageId": "SM1"}, headers=DLR)), service="dlr")],
+        400: [
+            Recipe(post(INBOUND, data=b'{"from": ', headers=DLR | JSON), service="dlr"),
+            Recipe(post(INBOUND, data=b'["STOP"]', headers=DLR | JSON), service="dlr", fields=True),
+        ],
+        401: [Recipe(post(INBOUND, json=REPLY, headers={"x-ins-auth-key": "nope"}), service="dlr")],
+        404: [Recipe(post(INBOUND, json=REPLY, headers=DLR))],  # no token set: off
+        413: [Recipe(post(INBOUND, data=b"Body=" + b"x" * 70_000, headers=DLR | FORM), service="dlr")],
+        415: [Recipe(post(INBOUND, data=b"STOP", headers=DLR | {"Content-Type": "text/plain"}), service="dlr")],
+        422: [
+            Recipe(post(INBOUND, json={"from": "nobody", "text": "STOP"}, headers=DLR), service="dlr", fields=True),
+            Recipe(post(INBOUND, data={"From": "+905301234567"}, headers=DLR), service="dlr", fields=True),
+        ],
+    },
+    ("GET", INBOUND): {
+        200: [Recipe(get(INBOUND)), Recipe(get(INBOUND, params={"from": "+905301234567", "limit": "1"}))],
+        400: [Recipe(get(INBOUND, params={"cursor": "bm90LWEtY3Vyc29y"}), fields=True)],
+        401: [Recipe(get(INBOUND), service="token")],
+        422: [Recipe(get(INBOUND, params={"from": "nobody"}), fields=True)],
+        503: [Recipe(get(INBOUND), service="down")],
     },
     # Not rows of the tables: what the API section's prose says of every route.
     ("GET", "/api/v1/nowhere"): {404: [Recipe(get("/api/v1/nowhere")), Recipe(get("/nowhere"))]},
