@@ -33,11 +33,25 @@ _COMBINING_DOT_ABOVE: Final = "\u0307"
 
 
 def fold(text: str) -> str:
-    """``text`` as keywords are compared: NFC, trimmed, runs of white space as one space, case folded,
-    the Turkish dotted and dotless i (İ, I, ı, i) as one letter."""
+    """``text`` as keywords are compared: NFC, trimmed (of white space and invisible format characters such
+    as a zero-width space or a byte order mark), runs of white space as one space, case folded, the Turkish
+    dotted and dotless i (İ, I, ı, i) as one letter."""
     composed = unicodedata.normalize("NFC", text)  # a decomposed İ (I + U+0307) is İ
-    folded = _SPACES.sub(" ", composed.strip()).translate(_TURKISH_I).casefold()
+    folded = _SPACES.sub(" ", _trimmed(composed)).translate(_TURKISH_I).casefold()
     return folded.replace("i" + _COMBINING_DOT_ABOVE, "i")
+
+
+def _invisible(char: str) -> bool:
+    return char.isspace() or unicodedata.category(char) == "Cf"
+
+
+def _trimmed(text: str) -> str:
+    start, end = 0, len(text)
+    while start < end and _invisible(text[start]):
+        start += 1
+    while end > start and _invisible(text[end - 1]):
+        end -= 1
+    return text[start:end]
 
 
 def parse_keywords(text: str) -> tuple[str, ...]:
@@ -60,7 +74,8 @@ def parse_keywords(text: str) -> tuple[str, ...]:
 class Keywords:
     """The opt-out and opt-in keywords of a deployment; :meth:`action` reads a reply with them.
 
-    A reply matches a keyword when, trimmed of white space at both ends, it is that keyword
+    A reply matches a keyword when, trimmed of white space (and invisible format characters) at both ends,
+    it is that keyword
     and nothing else, in any case, with any of the Turkish i's: ``stop``, `` Stop ``,
     ``ıptal`` and ``İPTAL`` match; ``stop please`` and ``STOP.`` do not (as Twilio reads them).
     """

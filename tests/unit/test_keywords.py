@@ -26,6 +26,9 @@ def load(environ: dict[str, str]) -> Settings:
         " STOP ",
         "\tstop\n",
         "\u00a0Stop\u00a0",  # a no-break space, as some handsets add
+        "\ufeffSTOP",  # a byte order mark
+        "STOP\u200b",  # a zero-width space
+        "\u200eSTOP\r\n",  # a left-to-right mark, a line end
         "stopall",
         "Unsubscribe",
         "cancel",
