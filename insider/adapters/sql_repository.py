@@ -556,10 +556,13 @@ class SqlMessageRepository(abc.ABC):
         if not rows:
             [stored] = yield "inbound_stored", reply
             return RecordedReply(reply_from_row(stored, self._timestamp), replayed=True)
-        if action == "opt-out":
-            yield "inbound_opt_out", {"phone": inbound.from_phone, "scope": scope, **now}
+        phone = inbound.from_phone
+        if action == "opt-out":  # on the list, as the suppressions API puts it there; never narrowed
+            existing = yield "suppression_get", {"phone": phone}
+            wider = Scope.ALL if existing and existing[0]["scope"] == Scope.ALL else Scope(scope)
+            yield from self._suppress([NewSuppression(phone, wider, "opt-out", "inbound")])
         elif action == "opt-in":
-            yield "inbound_opt_in", {"phone": inbound.from_phone}
+            yield "suppression_delete", {"phone": phone}
         if confirmation is not None:
             yield from self._enqueue([confirmation], None)
         return RecordedReply(reply_from_row(rows[0], self._timestamp))

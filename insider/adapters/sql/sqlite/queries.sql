@@ -914,18 +914,6 @@ SELECT id, from_phone, to_phone, text, provider, provider_message_id, action, re
 FROM insider_inbound
 WHERE coalesce(provider, '') = coalesce(:provider, '') AND provider_message_id = :provider_message_id
 
--- inbound_opt_out --
--- A reply's opt-out keyword: its sender suppressed (a suppression of every message stays one).
-INSERT INTO insider_suppressions (phone, scope, reason, source, created_at)
-VALUES (:phone, :scope, 'opt-out', 'inbound', :now)
-ON CONFLICT (phone) DO UPDATE
-SET scope = CASE WHEN insider_suppressions.scope = 'all' THEN 'all' ELSE excluded.scope END,
-    reason = excluded.reason, source = excluded.source, created_at = excluded.created_at
-
--- inbound_opt_in --
--- A reply's opt-in keyword: its sender's suppression lifted.
-DELETE FROM insider_suppressions WHERE phone = :phone
-
 -- inbound_list --
 -- A page of replies, newest first, after the cursor's id (or from the newest).
 SELECT id, from_phone, to_phone, text, provider, provider_message_id, action, received_at
