@@ -262,5 +262,5 @@ async def test_sigterm_with_a_stubborn_child_a_hung_provider_and_a_black_holed_d
     events = log_events(log)
     abandoned = [e["child"] for e in events if e["event"].startswith("a child of the supervisor did not end")]
     # The stubborn child; and the batch too when psycopg's cancel of its write waits on the black hole.
-    assert "stubborn" in abandoned and set(abandoned) <= {"stubborn", "batch"}
+    assert "stubborn" in abandoned and set(abandoned) <= {"stubborn", "batch"}, log
     assert any(e["event"] == "exiting without the tasks that ignored their cancellation" for e in events), log
