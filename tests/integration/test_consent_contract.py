@@ -164,3 +164,19 @@ async def test_a_message_known_to_wait_at_enqueue_shows_it_and_is_not_due(backen
     (stored,) = (await repo.enqueue_many([waiting])).messages
     assert (stored.status, stored.wait_reason, stored.waiting_until) == (MessageStatus.PENDING, SENDING_HOURS, until)
     assert await repo.claim(10, LEASE_S) == []
+
+
+async def test_a_row_another_program_inserts_is_marked_on_postgresql_and_never_sent_on_either(backend: Backend) -> None:
+    repo = backend.repository
+    await suppress(backend, PHONE, "all")
+    row_id = await backend.insert_like_go(PHONE, "from the Go service's clients")
+    stored = await repo.get(row_id)
+    assert stored is not None
+    if backend.pool is not None:  # PostgreSQL: marked as it is inserted, whatever inserts it
+        assert (stored.status, stored.suppression_reason) == (MessageStatus.SUPPRESSED, "opt-out")
+    else:  # SQLite: insider's own inserts are marked; another program's row is ended by the claim
+        assert stored.status is MessageStatus.PENDING
+    claimed = await repo.claim(10, LEASE_S)
+    assert all(m.status is MessageStatus.SUPPRESSED for m in claimed)
+    final = await repo.get(row_id)
+    assert final is not None and final.status is MessageStatus.SUPPRESSED
