@@ -40,15 +40,7 @@ def decode_cursor(cursor: str, status: MessageStatus | None) -> tuple[datetime, 
     fail (a boolean compared with a BIGINT, an id over 64 bits, a time outside the year range):
     ``[status, aware ISO 8601 time within years 1000 to 9999 in UTC, id from 1 to 2^63 - 1]``.
     """
-    if len(cursor) > MAX_CURSOR_LENGTH:
-        raise InvalidCursor(_FORGED)
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        decoded: Any = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-    except (ValueError, TypeError, binascii.Error, RecursionError):  # UnicodeError is a ValueError
-        raise InvalidCursor(_FORGED) from None
-    if not (isinstance(decoded, list) and len(decoded) == 3):
-        raise InvalidCursor(_FORGED)
+    decoded = _unpack(cursor, 3)
     value, key, message_id = decoded
     # bool is an int in Python, but PostgreSQL would compare a boolean with a BIGINT and fail.
     if not isinstance(key, str) or type(message_id) is not int or not 1 <= message_id <= MAX_ID:
@@ -119,15 +111,7 @@ def encode_suppression_cursor(key: datetime, phone: str) -> str:
 def decode_suppression_cursor(cursor: str) -> tuple[datetime, str]:
     """The (created_at, phone) after which the next page of the suppression list starts; InvalidCursor
     if forged or another listing's. Checked as strictly as a message cursor."""
-    if len(cursor) > MAX_CURSOR_LENGTH:
-        raise InvalidCursor(_FORGED)
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        decoded: Any = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-    except (ValueError, TypeError, binascii.Error, RecursionError):
-        raise InvalidCursor(_FORGED) from None
-    if not (isinstance(decoded, list) and len(decoded) == 3):
-        raise InvalidCursor(_FORGED)
+    decoded = _unpack(cursor, 3)
     listing, key, phone = decoded
     if not isinstance(key, str) or not isinstance(phone, str):
         raise InvalidCursor(_FORGED)
@@ -153,18 +137,25 @@ def encode_id_cursor(listing: str, row_id: int) -> str:
 
 def decode_id_cursor(cursor: str, listing: str) -> int:
     """The id after which the next page of ``listing`` starts; InvalidCursor if forged or another listing's."""
-    if len(cursor) > MAX_CURSOR_LENGTH:
-        raise InvalidCursor(_FORGED)
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        decoded: Any = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-    except (ValueError, TypeError, binascii.Error, RecursionError):
-        raise InvalidCursor(_FORGED) from None
-    if not (isinstance(decoded, list) and len(decoded) == 2):
-        raise InvalidCursor(_FORGED)
+    decoded = _unpack(cursor, 2)
     value, row_id = decoded
     if type(row_id) is not int or not 1 <= row_id <= MAX_ID:
         raise InvalidCursor(_FORGED)
     if value != listing:
         raise InvalidCursor("cursor belongs to another listing")
     return row_id
+
+
+def _unpack(cursor: str, length: int) -> list[Any]:
+    """The JSON list of ``length`` items a cursor encodes; InvalidCursor for anything else
+    (too long, not base64, not JSON, too deep, another shape)."""
+    if len(cursor) > MAX_CURSOR_LENGTH:
+        raise InvalidCursor(_FORGED)
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        decoded: Any = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, TypeError, binascii.Error, RecursionError):  # UnicodeError is a ValueError
+        raise InvalidCursor(_FORGED) from None
+    if not (isinstance(decoded, list) and len(decoded) == length):
+        raise InvalidCursor(_FORGED)
+    return decoded
