@@ -181,6 +181,7 @@ def read_log(path: Path) -> str:
 # that it cannot hold a shutdown past its bound.
 STUBBORN_SERVICE = """
 import asyncio
+import os
 import sys
 
 from dependency_injector import providers
@@ -195,7 +196,9 @@ async def stubborn() -> None:
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
-            print("stubborn: cancelled, and going on", file=sys.stderr, flush=True)
+            # One write of a whole line: the service's log lines go to the same file from a thread of
+            # their own, and print's text and its line break, written apart, could take one between them.
+            os.write(2, b"stubborn: cancelled, and going on\\n")
 
 
 Container.children.override(providers.Object([Child("stubborn", stubborn, close_timeout_s=1.0)]))
